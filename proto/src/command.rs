@@ -1,0 +1,203 @@
+//! What people (through chat or the console) ask of the agent.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actor::Actor;
+use crate::events::Event;
+use crate::ids::{RunId, StepId};
+
+/// One `/rollback` subcommand, as sent from the bot to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// The tenancy preflight of a runbook against its database; writes nothing.
+    Plan {
+        /// The runbook's name.
+        runbook: String,
+    },
+    /// Start a run of a runbook.
+    Start {
+        /// The runbook's name.
+        runbook: String,
+        /// Only describe what each step would do.
+        #[serde(default)]
+        dry_run: bool,
+        /// Parameter overrides.
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+    },
+    /// Show a run's state.
+    Status {
+        /// The run.
+        run: RunId,
+    },
+    /// Start the next phase.
+    Next {
+        /// The run.
+        run: RunId,
+    },
+    /// Approve a step.
+    Approve {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: StepId,
+    },
+    /// Tick a checklist item (by its number, from 1).
+    Check {
+        /// The run.
+        run: RunId,
+        /// The checklist step.
+        step: StepId,
+        /// The item's number.
+        item: u32,
+    },
+    /// Run a failed or in-doubt step again.
+    Retry {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: StepId,
+    },
+    /// Skip a step.
+    Skip {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: StepId,
+        /// Why.
+        reason: String,
+    },
+    /// Declare an in-doubt step done (after checking by hand).
+    MarkDone {
+        /// The run.
+        run: RunId,
+        /// The step.
+        step: StepId,
+        /// What was checked.
+        reason: String,
+    },
+    /// Stop starting new steps.
+    Pause {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
+    },
+    /// Continue a paused run.
+    Resume {
+        /// The run.
+        run: RunId,
+    },
+    /// Stop the run for good.
+    Abort {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
+    },
+    /// Acknowledge the run's escalation, ending the chain of pings.
+    Ack {
+        /// The run.
+        run: RunId,
+    },
+    /// Request an emergency restore; the typed database name must match the runbook's.
+    Emergency {
+        /// The emergency runbook's name.
+        runbook: String,
+        /// The database name as the person typed it.
+        database: String,
+    },
+    /// Confirm another person's emergency request.
+    ConfirmEmergency {
+        /// The emergency run.
+        run: RunId,
+    },
+    /// The postmortem of a run.
+    Replay {
+        /// The run.
+        run: RunId,
+    },
+}
+
+impl Command {
+    /// The run the command is about, if it names one.
+    pub fn run(&self) -> Option<RunId> {
+        match self {
+            Command::Plan { .. } | Command::Start { .. } | Command::Emergency { .. } => None,
+            Command::Status { run }
+            | Command::Next { run }
+            | Command::Approve { run, .. }
+            | Command::Check { run, .. }
+            | Command::Retry { run, .. }
+            | Command::Skip { run, .. }
+            | Command::MarkDone { run, .. }
+            | Command::Pause { run, .. }
+            | Command::Resume { run }
+            | Command::Abort { run, .. }
+            | Command::Ack { run }
+            | Command::ConfirmEmergency { run }
+            | Command::Replay { run } => Some(*run),
+        }
+    }
+
+    /// The command as a person would type it, for audit records and messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Command::Plan { runbook } => format!("plan {runbook}"),
+            Command::Start { runbook, dry_run, .. } => {
+                format!("start {runbook}{}", if *dry_run { " --dry-run" } else { "" })
+            }
+            Command::Status { run } => format!("status {run}"),
+            Command::Next { run } => format!("next {run}"),
+            Command::Approve { run, step } => format!("approve {run} {step}"),
+            Command::Check { run, step, item } => format!("check {run} {step} {item}"),
+            Command::Retry { run, step } => format!("retry {run} {step}"),
+            Command::Skip { run, step, .. } => format!("skip {run} {step}"),
+            Command::MarkDone { run, step, .. } => format!("mark-done {run} {step}"),
+            Command::Pause { run, .. } => format!("pause {run}"),
+            Command::Resume { run } => format!("resume {run}"),
+            Command::Abort { run, .. } => format!("abort {run}"),
+            Command::Ack { run } => format!("ack {run}"),
+            Command::Emergency { runbook, .. } => format!("emergency {runbook}"),
+            Command::ConfirmEmergency { run } => format!("confirm-emergency {run}"),
+            Command::Replay { run } => format!("replay {run}"),
+        }
+    }
+}
+
+/// A command with who sent it and its idempotency key, as carried over NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// Repeating a request with the same key returns the first outcome and appends nothing.
+    pub idempotency_key: String,
+    /// Who is asking.
+    pub actor: Actor,
+    /// The chat roles the asker holds (role ids or names as configured in the policy).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// What they ask.
+    pub command: Command,
+}
+
+/// The agent's answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CommandReply {
+    /// The command was accepted and produced these events.
+    Accepted {
+        /// The run concerned.
+        run: Option<RunId>,
+        /// The events appended, in order.
+        events: Vec<Event>,
+        /// A message for the person.
+        message: String,
+    },
+    /// The command was refused; nothing was appended except an audit record.
+    Rejected {
+        /// Why, in words a person can act on.
+        reason: String,
+    },
+}

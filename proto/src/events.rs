@@ -1,0 +1,226 @@
+//! What happened in a run: past-tense, append-only facts.
+//!
+//! Events are data with a version (the envelope's `schema_version`): fields may be
+//! added with defaults, and the meaning of an existing field never changes.
+//! They carry no floating-point numbers, which keeps the hash chain's canonical
+//! bytes stable across serializers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::{PhaseId, StepId};
+
+/// Which output stream of a step a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output, or the body of an HTTP response.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// What a dry run would have done.
+    DryRun,
+}
+
+/// One fact in the history of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    /// A run of a runbook began; the runbook's full text is kept so replay never needs the file.
+    RunStarted {
+        /// The runbook's name.
+        runbook: String,
+        /// sha256 of the runbook's text.
+        runbook_hash: String,
+        /// The runbook's full TOML text as it was at the start.
+        runbook_source: String,
+        /// Parameter values for this run, overriding the runbook's defaults.
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+        /// Whether steps only describe what they would do.
+        dry_run: bool,
+    },
+    /// A phase began (by a person's `next`, or automatically).
+    PhaseStarted {
+        /// The phase.
+        phase: PhaseId,
+    },
+    /// Every step of a phase reached an outcome.
+    PhaseCompleted {
+        /// The phase.
+        phase: PhaseId,
+    },
+    /// The agent began an attempt at a step.
+    StepStarted {
+        /// The step.
+        step: StepId,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// A bounded chunk of a step's output.
+    StepOutputRecorded {
+        /// The step.
+        step: StepId,
+        /// The attempt that produced it.
+        attempt: u32,
+        /// Which stream.
+        stream: OutputStream,
+        /// Position of this chunk within the attempt's stream, from 0.
+        chunk: u32,
+        /// The text.
+        text: String,
+    },
+    /// A long step reports how far it got.
+    StepProgressed {
+        /// The step.
+        step: StepId,
+        /// Units done.
+        done: u64,
+        /// Units in all.
+        total: u64,
+        /// What the units are, or what is happening.
+        note: String,
+    },
+    /// An attempt at a step succeeded.
+    StepSucceeded {
+        /// The step.
+        step: StepId,
+        /// The attempt (0 for steps completed by people).
+        attempt: u32,
+        /// A one-line summary for chat and the postmortem.
+        summary: String,
+    },
+    /// An attempt at a step failed.
+    StepFailed {
+        /// The step.
+        step: StepId,
+        /// The attempt.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// Whether the failure was transient.
+        retryable: bool,
+        /// Set when the agent will try again by itself after this many milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
+    /// After a restart, a non-idempotent step was found started with no outcome.
+    StepInDoubt {
+        /// The step.
+        step: StepId,
+        /// The attempt whose outcome is unknown.
+        attempt: u32,
+    },
+    /// A person asked for a failed or in-doubt step to run again.
+    StepRetryRequested {
+        /// The step.
+        step: StepId,
+    },
+    /// A person declared an in-doubt step done.
+    StepMarkedDone {
+        /// The step.
+        step: StepId,
+        /// Why they believe it is done.
+        reason: String,
+    },
+    /// A person skipped a step.
+    StepSkipped {
+        /// The step.
+        step: StepId,
+        /// Why.
+        reason: String,
+    },
+    /// A person ticked one item of a checklist step.
+    ChecklistItemChecked {
+        /// The checklist step.
+        step: StepId,
+        /// The item's position, from 1.
+        item: u32,
+    },
+    /// A person approved a step (the approver is the envelope's actor).
+    ApprovalGranted {
+        /// The step.
+        step: StepId,
+    },
+    /// A person paused the run: no new step starts until it resumes.
+    RunPaused {
+        /// Why.
+        reason: String,
+    },
+    /// A person resumed a paused run.
+    RunResumed,
+    /// The run was stopped for good.
+    RunAborted {
+        /// Why.
+        reason: String,
+    },
+    /// Every phase completed.
+    RunCompleted,
+    /// The agent pinged a level of the escalation path.
+    EscalationRaised {
+        /// The level, from 1 (team lead) upwards.
+        level: u32,
+        /// Why: what is stalled or failed.
+        reason: String,
+        /// Who was notified (role or user mentions, webhook names).
+        notified: Vec<String>,
+    },
+    /// A person acknowledged the escalation; the chain stops.
+    EscalationAcknowledged {
+        /// The highest level raised when acknowledged.
+        level: u32,
+    },
+    /// A person asked for an emergency restore, typing the database name.
+    EmergencyRequested {
+        /// The database to restore, as typed and checked.
+        database: String,
+        /// The second person's confirmation must come before this instant.
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+    /// A second authorised person confirmed the emergency restore.
+    EmergencyConfirmed {
+        /// The database.
+        database: String,
+    },
+    /// A command was refused; kept for the audit trail (changes no state).
+    CommandRefused {
+        /// The command, as a person would type it.
+        command: String,
+        /// The reason given to the person.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The event's type name, as stored in its `type` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::RunStarted { .. } => "RunStarted",
+            Event::PhaseStarted { .. } => "PhaseStarted",
+            Event::PhaseCompleted { .. } => "PhaseCompleted",
+            Event::StepStarted { .. } => "StepStarted",
+            Event::StepOutputRecorded { .. } => "StepOutputRecorded",
+            Event::StepProgressed { .. } => "StepProgressed",
+            Event::StepSucceeded { .. } => "StepSucceeded",
+            Event::StepFailed { .. } => "StepFailed",
+            Event::StepInDoubt { .. } => "StepInDoubt",
+            Event::StepRetryRequested { .. } => "StepRetryRequested",
+            Event::StepMarkedDone { .. } => "StepMarkedDone",
+            Event::StepSkipped { .. } => "StepSkipped",
+            Event::ChecklistItemChecked { .. } => "ChecklistItemChecked",
+            Event::ApprovalGranted { .. } => "ApprovalGranted",
+            Event::RunPaused { .. } => "RunPaused",
+            Event::RunResumed => "RunResumed",
+            Event::RunAborted { .. } => "RunAborted",
+            Event::RunCompleted => "RunCompleted",
+            Event::EscalationRaised { .. } => "EscalationRaised",
+            Event::EscalationAcknowledged { .. } => "EscalationAcknowledged",
+            Event::EmergencyRequested { .. } => "EmergencyRequested",
+            Event::EmergencyConfirmed { .. } => "EmergencyConfirmed",
+            Event::CommandRefused { .. } => "CommandRefused",
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The shared language of the rollback agent, its bot and its replay: ids, commands,
+//! events and their envelope, NATS subjects, runbooks, permissions, the run state
+//! machine and the decision function. No IO.
+
+pub mod actor;
+pub mod command;
+pub mod decide;
+pub mod envelope;
+pub mod events;
+pub mod ids;
+pub mod policy;
+pub mod runbook;
+pub mod state;
+pub mod subjects;
+
+pub use actor::Actor;
+pub use command::{Command, CommandReply, CommandRequest};
+pub use decide::{NewRun, Rejection, RejectionKind, authorize, decide, decide_start, settle};
+pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope};
+pub use events::{Event, OutputStream};
+pub use ids::{EventId, PhaseId, RunId, StepId};
+pub use policy::{Caller, Permission, Policy};
+pub use runbook::{Runbook, RunbookError};
+pub use state::{RunState, RunStatus, StepStatus, TransitionError, fold};

@@ -1,0 +1,43 @@
+//! NATS names: the event stream, its subjects, the command subject and the lease bucket.
+
+use crate::ids::RunId;
+
+/// The one stream that holds every event of every run.
+pub const EVENTS_STREAM: &str = "ROLLBACK_EVENTS";
+/// Prefix of the per-run event subjects.
+pub const EVENTS_PREFIX: &str = "rollback.evt";
+/// The subjects the event stream captures.
+pub const EVENTS_WILDCARD: &str = "rollback.evt.*";
+/// Commands from the bot (or the console) to the agent, as request/reply.
+pub const COMMANDS_SUBJECT: &str = "rollback.cmd";
+/// Queue group of the agents answering commands, so one agent answers each.
+pub const COMMANDS_QUEUE: &str = "rollback-agents";
+/// The JetStream key-value bucket holding one lease per run being executed.
+pub const LEASE_BUCKET: &str = "ROLLBACK_LEASES";
+
+/// The subject carrying the events of one run.
+pub fn events_subject(run: RunId) -> String {
+    format!("{EVENTS_PREFIX}.{run}")
+}
+
+/// The run a subject belongs to, if it is an event subject.
+pub fn run_of_subject(subject: &str) -> Option<RunId> {
+    subject
+        .strip_prefix(EVENTS_PREFIX)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let run = RunId::new();
+        assert_eq!(run_of_subject(&events_subject(run)), Some(run));
+        assert_eq!(run_of_subject("rollback.evtx.abc"), None);
+        assert_eq!(run_of_subject("rollback.cmd"), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! A given/when/then harness for the decision function: a run is built by deciding
+//! commands and recording agent outcomes, and every accepted event is sealed and
+//! applied exactly as the agent would store it.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rollback_proto::envelope::{ChainHead, Draft, Envelope};
+use rollback_proto::{
+    Actor, Caller, Command, Event, NewRun, Permission, Policy, Rejection, RunId, RunState, Runbook, StepId,
+    decide, decide_start, settle,
+};
+use time::OffsetDateTime;
+
+pub const FIXTURE: &str = r#"
+name = "fixture"
+description = "a small runbook touching every rule"
+
+[params]
+app_dir = "/srv/app"
+
+[[phases]]
+id = "prepare"
+title = "Prepare"
+
+[[phases.steps]]
+id = "assess"
+kind = "checklist"
+items = ["Document the issue", "Notify stakeholders"]
+
+[[phases.steps]]
+id = "maintenance-on"
+kind = "shell"
+command = "php artisan down"
+workdir = "${app_dir}"
+idempotent = true
+
+[[phases]]
+id = "database"
+
+[[phases.steps]]
+id = "sign-off"
+kind = "approval"
+approvals = 2
+
+[[phases.steps]]
+id = "drop"
+kind = "drop_schemas"
+target = "app"
+archive_dir = "/var/backups"
+destructive = true
+approvals = 1
+
+[[phases]]
+id = "after"
+auto_advance = true
+
+[[phases.steps]]
+id = "smoke"
+kind = "http"
+url = "http://127.0.0.1:9/health"
+"#;
+
+pub const EMERGENCY: &str = r#"
+name = "emergency"
+
+[emergency]
+database = "app"
+confirm_within = "10m"
+
+[[phases]]
+id = "restore"
+auto_advance = true
+
+[[phases.steps]]
+id = "maintenance-on"
+kind = "shell"
+command = "php artisan down"
+"#;
+
+pub fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+}
+
+pub fn chat(id: &str, roles: &[&str]) -> Caller {
+    Caller {
+        actor: Actor::Chat { user_id: id.into(), name: id.into() },
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// alice drives runs, bob drives and approves, carol only approves, dave and erin may
+/// trigger emergencies, mallory may do nothing.
+pub fn alice() -> Caller {
+    chat("alice", &["oncall"])
+}
+pub fn bob() -> Caller {
+    chat("bob", &["oncall", "approvers"])
+}
+pub fn carol() -> Caller {
+    chat("carol", &["approvers"])
+}
+pub fn dave() -> Caller {
+    chat("dave", &["emergency"])
+}
+pub fn erin() -> Caller {
+    chat("erin", &["emergency"])
+}
+pub fn mallory() -> Caller {
+    chat("mallory", &["visitors"])
+}
+
+pub fn policy() -> Policy {
+    Policy {
+        roles: BTreeMap::from([
+            ("oncall".into(), BTreeSet::from([Permission::Run])),
+            ("approvers".into(), BTreeSet::from([Permission::Approve])),
+            ("emergency".into(), BTreeSet::from([Permission::Emergency, Permission::Run])),
+        ]),
+        users: BTreeMap::new(),
+    }
+}
+
+pub fn step(s: &str) -> StepId {
+    StepId::new(s).unwrap()
+}
+
+/// A run under test: its state, its stored envelopes, and a clock.
+pub struct Scenario {
+    pub state: RunState,
+    pub envelopes: Vec<Envelope>,
+    pub head: ChainHead,
+    pub now: OffsetDateTime,
+    pub policy: Policy,
+}
+
+impl Scenario {
+    /// A run of `source` started by `caller`.
+    pub fn start(source: &str, caller: &Caller, dry_run: bool) -> Scenario {
+        Self::try_start(source, caller, dry_run, BTreeMap::new(), None).expect("start accepted")
+    }
+
+    pub fn try_start(
+        source: &str,
+        caller: &Caller,
+        dry_run: bool,
+        params: BTreeMap<String, String>,
+        typed_database: Option<&str>,
+    ) -> Result<Scenario, Rejection> {
+        let runbook = Runbook::parse("fixture.toml", source).expect("fixture parses");
+        let run_id = RunId::new();
+        let name = runbook.name.clone();
+        let new = NewRun { run_id, name: &name, source, runbook: &runbook, params: &params, dry_run, typed_database };
+        let events = decide_start(&new, caller, &policy(), t0())?;
+        let mut head = ChainHead::genesis(run_id);
+        let envelopes = head.seal(events.into_iter().map(|event| Draft {
+            actor: caller.actor.clone(),
+            causation_id: Some("start".into()),
+            at: t0(),
+            event,
+        }));
+        let state = rollback_proto::fold(&envelopes).unwrap().unwrap();
+        Ok(Scenario { state, envelopes, head, now: t0(), policy: policy() })
+    }
+
+    pub fn run(&self) -> RunId {
+        self.state.run_id
+    }
+
+    /// Decides a command; on acceptance, stores and applies its events.
+    pub fn when(&mut self, caller: &Caller, command: Command) -> Result<Vec<Event>, Rejection> {
+        let events = decide(&self.state, &command, caller, &self.policy, self.now)?;
+        self.store(&caller.actor, events.clone());
+        Ok(events)
+    }
+
+    /// Records an outcome reported by the agent's executor, with its follow-ups.
+    pub fn agent(&mut self, event: Event) -> Vec<Event> {
+        let events = settle(&self.state, &Actor::Agent, self.now, vec![event]).expect("legal agent event");
+        self.store(&Actor::Agent, events.clone());
+        events
+    }
+
+    pub fn store(&mut self, actor: &Actor, events: Vec<Event>) {
+        let sealed = self.head.seal(events.into_iter().map(|event| Draft {
+            actor: actor.clone(),
+            causation_id: None,
+            at: self.now,
+            event,
+        }));
+        for env in &sealed {
+            self.state.apply(env).expect("decided events always apply");
+        }
+        self.envelopes.extend(sealed);
+    }
+
+    /// Advances the clock.
+    pub fn wait(&mut self, d: time::Duration) {
+        self.now += d;
+    }
+}
