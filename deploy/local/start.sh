@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Local start: nats-server (JetStream) and PostgreSQL on 127.0.0.1 with their data under .local/,
+# then the agent against them. Servers that already run (pid files) are reused and left running;
+# what this script started is stopped when it exits (Ctrl-C included).
+#   NATS_PORT (default 4222), PG_PORT (default: first free from 5432), extra args go to `run`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+root=$PWD
+
+deploy/local/install-deps.sh
+
+local_dir=$root/.local
+logs=$local_dir/logs
+nats_dir=$local_dir/nats
+pg_data=$local_dir/pg
+pg_run=$local_dir/pg-run
+mkdir -p "$logs" "$nats_dir"
+
+say() { printf 'start: %s\n' "$*"; }
+die() { printf 'start: %s\n' "$*" >&2; exit 1; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# PostgreSQL refuses to run as root; its files then belong to the postgres user. From / so that
+# an unreadable working directory cannot trouble it (every path here is absolute).
+as_pg() {
+  if is_root; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    (cd / && "$@")
+  fi
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Same lookup order as the test support library (tests/src/binaries.rs).
+nats_bin() {
+  if [ -n "${NATS_SERVER_BIN:-}" ]; then echo "$NATS_SERVER_BIN"
+  elif command -v nats-server >/dev/null 2>&1; then command -v nats-server
+  else echo "$root/.venv/bin/nats-server"
+  fi
+}
+pg_bin_dir() {
+  if [ -n "${PG_BIN_DIR:-}" ]; then echo "$PG_BIN_DIR"
+  elif command -v postgres >/dev/null 2>&1; then dirname "$(readlink -f "$(command -v postgres)")"
+  else dirname "$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1)"
+  fi
+}
+
+started_nats_pid=
+started_pg=
+agent_pid=
+
+stop_pid() { # pid, seconds: TERM, wait with a deadline, then KILL
+  local pid=$1 deadline=$((SECONDS + $2))
+  kill -TERM "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [ -n "$agent_pid" ]; then stop_pid "$agent_pid" 30; fi
+  if [ -n "$started_nats_pid" ]; then
+    say "stopping nats-server ($started_nats_pid)"
+    stop_pid "$started_nats_pid" 10
+    rm -f "$nats_dir/nats.pid"
+  fi
+  if [ -n "$started_pg" ]; then
+    say "stopping PostgreSQL"
+    as_pg "$(pg_bin_dir)/pg_ctl" stop -D "$pg_data" -m fast -w >/dev/null || true
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- nats-server -------------------------------------------------------------------------
+nats_pid=$(cat "$nats_dir/nats.pid" 2>/dev/null || true)
+if [ -n "$nats_pid" ] && grep -qa nats-server "/proc/$nats_pid/cmdline" 2>/dev/null; then
+  nats_port=$(cat "$nats_dir/port" 2>/dev/null || echo "${NATS_PORT:-4222}")
+  say "nats-server already running (pid $nats_pid, port $nats_port)"
+else
+  nats_port=${NATS_PORT:-4222}
+  bin=$(nats_bin)
+  [ -x "$bin" ] || die "nats-server not found at $bin: run deploy/local/install-deps.sh"
+  echo "$nats_port" >"$nats_dir/port"
+  # Its own session: Ctrl-C reaches the script, which stops the server after the agent.
+  setsid "$bin" -js -sd "$nats_dir" -a 127.0.0.1 -p "$nats_port" -P "$nats_dir/nats.pid" \
+    >>"$logs/nats.log" 2>&1 </dev/null &
+  started_nats_pid=$!
+  deadline=$((SECONDS + 30))
+  # The client port greets with INFO only once JetStream is up.
+  until (exec 3<>"/dev/tcp/127.0.0.1/$nats_port" && read -r -t 2 line <&3 && [[ $line == INFO* ]]) 2>/dev/null; do
+    if ! kill -0 "$started_nats_pid" 2>/dev/null; then
+      started_nats_pid=
+      tail -n 20 "$logs/nats.log" >&2
+      die "nats-server exited (log: $logs/nats.log)"
+    fi
+    ((SECONDS < deadline)) || die "nats-server not ready after 30s (log: $logs/nats.log)"
+    sleep 0.1
+  done
+  say "nats-server started (pid $started_nats_pid, port $nats_port, log $logs/nats.log)"
+fi
+
+# --- PostgreSQL --------------------------------------------------------------------------
+pg_bin=$(pg_bin_dir)
+[ -x "$pg_bin/postgres" ] || die "PostgreSQL not found in $pg_bin: run deploy/local/install-deps.sh"
+if [ ! -f "$pg_data/PG_VERSION" ]; then
+  mkdir -p "$pg_data"
+  if is_root; then chown postgres: "$pg_data"; fi
+  as_pg test -w "$pg_data" ||
+    die "the postgres user cannot write $pg_data: a parent folder is probably private"
+  say "initdb $pg_data"
+  as_pg "$pg_bin/initdb" -A trust -U postgres -E UTF8 --locale=C -D "$pg_data" >>"$logs/initdb.log" 2>&1 ||
+    { tail -n 20 "$logs/initdb.log" >&2; die "initdb failed (log: $logs/initdb.log)"; }
+fi
+if as_pg "$pg_bin/pg_ctl" status -D "$pg_data" >/dev/null 2>&1; then
+  pg_port=$(sed -n 4p "$pg_data/postmaster.pid")
+  say "PostgreSQL already running (port $pg_port)"
+else
+  if [ -n "${PG_PORT:-}" ]; then
+    pg_port=$PG_PORT
+  else
+    pg_port=5432
+    while port_in_use "$pg_port"; do pg_port=$((pg_port + 1)); done
+  fi
+  mkdir -p "$pg_run"
+  touch "$logs/postgres.log"
+  if is_root; then chown postgres: "$pg_run" "$logs/postgres.log"; fi
+  # pg_ctl puts the server in its own session and waits until it accepts connections. Set before
+  # the start so that a server that came up too slowly is still stopped on the way out.
+  started_pg=1
+  as_pg "$pg_bin/pg_ctl" start -w -t 60 -D "$pg_data" -l "$logs/postgres.log" \
+    -o "-p $pg_port -k '$pg_run' -c listen_addresses=127.0.0.1" >/dev/null ||
+    { tail -n 20 "$logs/postgres.log" >&2; die "PostgreSQL did not start (log: $logs/postgres.log)"; }
+  say "PostgreSQL started (port $pg_port, log $logs/postgres.log)"
+fi
+
+# --- agent -------------------------------------------------------------------------------
+export NATS_URL="nats://127.0.0.1:$nats_port"
+export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+say "NATS_URL=$NATS_URL DATABASE_URL=$DATABASE_URL"
+# In the background so that TERM and INT run the cleanup at once instead of after the agent
+# exits; cargo run execs the agent, so $! is the agent once it is built.
+cargo run --release -p rollback-agent -- run "$@" <&0 &
+agent_pid=$!
+status=0
+wait "$agent_pid" || status=$?
+agent_pid=
+exit "$status"

@@ -1,0 +1,15 @@
+//! Support for the end-to-end tests: real `nats-server` and PostgreSQL processes on free
+//! loopback ports, their data in temporary folders that go away with them.
+//!
+//! Every server is started with `PR_SET_PDEATHSIG`, so it dies with the test process even when
+//! the test is killed; dropping the handle stops it and removes its folder.
+
+mod binaries;
+mod nats;
+mod postgres;
+mod process;
+
+pub use binaries::{find_binary, postgres_bin_dir, workspace_root};
+pub use nats::NatsServer;
+pub use postgres::{Postgres, TestDatabase};
+pub use process::free_port;

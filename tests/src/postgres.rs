@@ -1,0 +1,286 @@
+//! A real PostgreSQL server on loopback, its cluster in a temporary folder.
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use tempfile::TempDir;
+
+use crate::binaries::postgres_bin_dir;
+use crate::process::{START_ATTEMPTS, free_port, log_tail, spawn_tied, stop};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Immediate shutdown is enough: the cluster is thrown away right after.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A running PostgreSQL cluster with a passwordless `postgres` superuser; dropping it shuts the
+/// server down and removes its folder.
+pub struct Postgres {
+    child: Option<Child>,
+    port: u16,
+    bin_dir: PathBuf,
+    dir: TempDir,
+}
+
+/// A database of its own for one test, on a shared [`Postgres`].
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    /// `postgres://postgres@127.0.0.1:<port>/<name>`
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        PgPool::connect(&self.url)
+            .await
+            .with_context(|| format!("connecting to {}", self.url))
+    }
+}
+
+impl Postgres {
+    /// Runs initdb into a temporary folder, starts the server on a free loopback port, and waits
+    /// until it accepts connections. Durability is off: the data dies with the test.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin_dir = postgres_bin_dir()?;
+        let owner = server_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("rollback-pg-")
+            .tempdir()
+            .context("creating a temporary folder for PostgreSQL")?;
+        // The server user must be able to enter the folder and create the cluster inside it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .with_context(|| format!("chown {} to postgres", dir.path().display()))?;
+        }
+        let mut server = Postgres {
+            child: None,
+            port: 0,
+            bin_dir,
+            dir,
+        };
+        std::fs::create_dir(server.socket_dir())?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(server.socket_dir(), Some(uid), Some(gid))?;
+        }
+        server.initdb(owner).await?;
+
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port()?;
+            match server.spawn_and_wait(owner).await {
+                Ok(()) => return Ok(server),
+                Err(err) => last_err = Some(err),
+            }
+        }
+        Err(last_err.expect("at least one attempt").context(format!(
+            "PostgreSQL did not come up in {START_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`, a superuser without password.
+    pub fn admin_url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The folder of the server's version of `pg_dump`, `pg_restore`, `psql`, ...
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Where the Unix socket lives (`psql -h <socket_dir>` works too).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// The postmaster's process id while the server runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Creates an empty database with a unique name (`t_<uuid>`), so tests can share one server.
+    pub async fn fresh_database(&self) -> anyhow::Result<TestDatabase> {
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(&self.admin_url())
+            .await
+            .with_context(|| format!("connecting to {}", self.admin_url()))?;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        admin.close().await.ok();
+        Ok(TestDatabase {
+            url: self.url_for(&name),
+            name,
+        })
+    }
+
+    fn url_for(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    async fn initdb(&self, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
+        let mut command = tokio::process::Command::new(self.bin_dir.join("initdb"));
+        command
+            .args([
+                "-N",
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(self.data_dir())
+            .current_dir(self.dir.path())
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = owner {
+            command.uid(uid).gid(gid);
+        }
+        let output = command.output().await.context("running initdb")?;
+        if !output.status.success() {
+            bail!(
+                "initdb -D {} failed with {}:\n{}{}",
+                self.data_dir().display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            );
+        }
+        Ok(())
+    }
+
+    async fn spawn_and_wait(&mut self, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
+        let mut command = Command::new(self.bin_dir.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(self.socket_dir())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ])
+            // postgres resolves its own path relative to the cwd, which must be readable by it.
+            .current_dir(self.dir.path());
+        if let Some((uid, gid)) = owner {
+            command.uid(uid).gid(gid);
+        }
+        let log = self.log_path();
+        self.child = Some(spawn_tied(command, &log)?);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!(
+                    "postgres on port {} exited early with {status}; {}",
+                    self.port,
+                    log_tail(&log, 20)
+                );
+            }
+            let probe =
+                tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect(&self.admin_url()));
+            if let Ok(Ok(conn)) = probe.await {
+                conn.close().await.ok();
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                bail!(
+                    "postgres on port {} not accepting connections after {READY_TIMEOUT:?}; {}",
+                    self.port,
+                    log_tail(&log, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, libc::SIGQUIT, STOP_GRACE);
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("url", &self.admin_url())
+            .field("pid", &self.pid())
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+/// PostgreSQL refuses to run as root: then the cluster belongs to the `postgres` user that the
+/// Debian package creates. Otherwise it runs as whoever runs the tests.
+fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = CString::new("postgres").expect("no NUL byte");
+    // SAFETY: passwd is plain data; getpwnam_r (unlike getpwnam) writes only into our buffers,
+    // so parallel tests cannot clobber each other's result.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        bail!(
+            "running as root, PostgreSQL needs a `postgres` user to run as; it comes with the \
+             package: deploy/local/install-deps.sh (or: apt-get update && apt-get install -y postgresql)"
+        );
+    }
+    Ok(Some((entry.pw_uid, entry.pw_gid)))
+}

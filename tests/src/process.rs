@@ -1,0 +1,98 @@
+//! Pieces shared by the server wrappers: ports, child processes tied to the test, logs.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// How many times a server start is tried with fresh ports: another process can grab a port
+/// between [`free_port`] returning it and the server binding it.
+pub(crate) const START_ATTEMPTS: usize = 3;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(free_ports::<1>()?[0])
+}
+
+/// `N` distinct loopback ports; all listeners are held together so the kernel cannot hand out
+/// the same port twice.
+pub(crate) fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("binding 127.0.0.1:0 to find a free port")?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// Spawns `command` with stdout and stderr appended to `log`, killed by the kernel when the
+/// spawning thread's process goes away so that a panicking or killed test leaves no server behind.
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked exits: spawn from the test's own thread
+/// or a runtime worker, never from a short-lived helper thread.
+pub(crate) fn spawn_tied(mut command: Command, log: &Path) -> anyhow::Result<Child> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening log {}", log.display()))?;
+    let err = out.try_clone()?;
+    let parent = std::process::id();
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid). It runs after
+    // std's setuid/setgid, which matters because a credential change clears the death signal.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect; nobody would kill us then.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+    let program = command.get_program().to_string_lossy().into_owned();
+    command
+        .spawn()
+        .with_context(|| format!("starting {program}"))
+}
+
+/// Sends `signal`, waits up to `grace` for the child to exit, then SIGKILLs it and reaps it.
+pub(crate) fn stop(child: &mut Child, signal: libc::c_int, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    if signal != libc::SIGKILL {
+        // SAFETY: plain kill(2) on our own, not yet reaped, child.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
+    let text = match std::fs::read(log) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(err) => return format!("(log {} unreadable: {err})", log.display()),
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    format!("last lines of {}:\n{tail}", log.display())
+}

@@ -1,0 +1,4 @@
+//! The one end-to-end test binary: every area adds a module here, so the workspace links a
+//! single test executable instead of one per file.
+
+mod support;
