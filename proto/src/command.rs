@@ -147,8 +147,13 @@ impl Command {
     pub fn describe(&self) -> String {
         match self {
             Command::Plan { runbook } => format!("plan {runbook}"),
-            Command::Start { runbook, dry_run, .. } => {
-                format!("start {runbook}{}", if *dry_run { " --dry-run" } else { "" })
+            Command::Start {
+                runbook, dry_run, ..
+            } => {
+                format!(
+                    "start {runbook}{}",
+                    if *dry_run { " --dry-run" } else { "" }
+                )
             }
             Command::Status { run } => format!("status {run}"),
             Command::Next { run } => format!("next {run}"),

@@ -42,7 +42,10 @@ pub struct Rejection {
 }
 
 fn reject(kind: RejectionKind, reason: impl Into<String>) -> Rejection {
-    Rejection { kind, reason: reason.into() }
+    Rejection {
+        kind,
+        reason: reason.into(),
+    }
 }
 
 /// The permission a command needs; `None` for read-only commands anyone may run.
@@ -70,7 +73,11 @@ pub fn authorize(command: &Command, caller: &Caller, policy: &Policy) -> Result<
     match required_permission(command) {
         Some(p) if !policy.allows(caller, p) => Err(reject(
             RejectionKind::Unauthorized,
-            format!("you are not allowed to `{}`: it needs the `{}` permission", command.describe(), p.name()),
+            format!(
+                "you are not allowed to `{}`: it needs the `{}` permission",
+                command.describe(),
+                p.name()
+            ),
         )),
         _ => Ok(()),
     }
@@ -119,16 +126,31 @@ pub struct NewRun<'a> {
 }
 
 /// Decides `start` and `emergency`: the events that open a run.
-pub fn decide_start(new: &NewRun<'_>, caller: &Caller, policy: &Policy, now: OffsetDateTime) -> Result<Vec<Event>, Rejection> {
+pub fn decide_start(
+    new: &NewRun<'_>,
+    caller: &Caller,
+    policy: &Policy,
+    now: OffsetDateTime,
+) -> Result<Vec<Event>, Rejection> {
     let emergency = new.runbook.emergency.as_ref();
     let command = match new.typed_database {
-        Some(db) => Command::Emergency { runbook: new.name.to_owned(), database: db.to_owned() },
-        None => Command::Start { runbook: new.name.to_owned(), dry_run: new.dry_run, params: new.params.clone() },
+        Some(db) => Command::Emergency {
+            runbook: new.name.to_owned(),
+            database: db.to_owned(),
+        },
+        None => Command::Start {
+            runbook: new.name.to_owned(),
+            dry_run: new.dry_run,
+            params: new.params.clone(),
+        },
     };
     authorize(&command, caller, policy)?;
     for key in new.params.keys() {
         if !new.runbook.params.contains_key(key) {
-            return Err(reject(RejectionKind::Invalid, format!("runbook `{}` has no parameter `{key}`", new.name)));
+            return Err(reject(
+                RejectionKind::Invalid,
+                format!("runbook `{}` has no parameter `{key}`", new.name),
+            ));
         }
     }
     let mut events = vec![Event::RunStarted {
@@ -143,20 +165,32 @@ pub fn decide_start(new: &NewRun<'_>, caller: &Caller, policy: &Policy, now: Off
             if typed.trim() != spec.database {
                 return Err(reject(
                     RejectionKind::Invalid,
-                    format!("the typed name `{typed}` does not match the database this runbook restores; nothing was started"),
+                    format!(
+                        "the typed name `{typed}` does not match the database this runbook restores; nothing was started"
+                    ),
                 ));
             }
-            let window = time::Duration::try_from(spec.confirm_within).unwrap_or(time::Duration::MINUTE);
-            events.push(Event::EmergencyRequested { database: spec.database.clone(), expires_at: now + window });
+            let window =
+                time::Duration::try_from(spec.confirm_within).unwrap_or(time::Duration::MINUTE);
+            events.push(Event::EmergencyRequested {
+                database: spec.database.clone(),
+                expires_at: now + window,
+            });
         }
         (Some(_), None) => {
             return Err(reject(
                 RejectionKind::Invalid,
-                format!("`{}` is an emergency runbook: use `/rollback emergency`", new.name),
+                format!(
+                    "`{}` is an emergency runbook: use `/rollback emergency`",
+                    new.name
+                ),
             ));
         }
         (None, Some(_)) => {
-            return Err(reject(RejectionKind::Invalid, format!("`{}` is not an emergency runbook", new.name)));
+            return Err(reject(
+                RejectionKind::Invalid,
+                format!("`{}` is not an emergency runbook", new.name),
+            ));
         }
         (None, None) => {}
     }
@@ -182,7 +216,10 @@ fn internal(e: TransitionError) -> Rejection {
 }
 
 fn not_found(state: &RunState, step: &StepId) -> Rejection {
-    reject(RejectionKind::NotFound, format!("run {} has no step `{step}`", state.run_id))
+    reject(
+        RejectionKind::NotFound,
+        format!("run {} has no step `{step}`", state.run_id),
+    )
 }
 
 /// Decides a command about an existing run.
@@ -196,16 +233,22 @@ pub fn decide(
     use RejectionKind::*;
     authorize(command, caller, policy)?;
     if command.run().is_none() {
-        return Err(reject(Invalid, "this command starts a run; it is not about an existing one"));
+        return Err(reject(
+            Invalid,
+            "this command starts a run; it is not about an existing one",
+        ));
     }
     if command.run() != Some(state.run_id) {
         return Err(reject(Invalid, "the command is not about this run"));
     }
     let finished = || match &state.status {
-        crate::state::RunStatus::Completed => reject(WrongState, format!("run {} has completed", state.run_id)),
-        crate::state::RunStatus::Aborted { reason } => {
-            reject(WrongState, format!("run {} was aborted ({reason})", state.run_id))
+        crate::state::RunStatus::Completed => {
+            reject(WrongState, format!("run {} has completed", state.run_id))
         }
+        crate::state::RunStatus::Aborted { reason } => reject(
+            WrongState,
+            format!("run {} was aborted ({reason})", state.run_id),
+        ),
         crate::state::RunStatus::Active => unreachable!("only called on finished runs"),
     };
     let step_in_active_phase = |step: &StepId| -> Result<(usize, usize), Rejection> {
@@ -213,7 +256,10 @@ pub fn decide(
         if state.active_phase != Some(p) {
             return Err(reject(
                 WrongState,
-                format!("step `{step}` belongs to phase `{}`, which is not under way", state.runbook.phases[p].id),
+                format!(
+                    "step `{step}` belongs to phase `{}`, which is not under way",
+                    state.runbook.phases[p].id
+                ),
             ));
         }
         Ok((p, s))
@@ -221,45 +267,80 @@ pub fn decide(
 
     let events = match command {
         Command::Status { .. } | Command::Replay { .. } => return Ok(Vec::new()),
-        Command::Plan { .. } | Command::Start { .. } | Command::Emergency { .. } => unreachable!("checked above"),
+        Command::Plan { .. } | Command::Start { .. } | Command::Emergency { .. } => {
+            unreachable!("checked above")
+        }
         Command::Ack { .. } => {
             if !state.escalation.open {
-                return Err(reject(WrongState, format!("run {} has no open escalation to acknowledge", state.run_id)));
+                return Err(reject(
+                    WrongState,
+                    format!("run {} has no open escalation to acknowledge", state.run_id),
+                ));
             }
-            vec![Event::EscalationAcknowledged { level: state.escalation.level }]
+            vec![Event::EscalationAcknowledged {
+                level: state.escalation.level,
+            }]
         }
         _ if state.is_finished() => return Err(finished()),
         Command::ConfirmEmergency { .. } => {
             let Some(em) = &state.emergency else {
-                return Err(reject(WrongState, format!("run {} is not an emergency restore", state.run_id)));
+                return Err(reject(
+                    WrongState,
+                    format!("run {} is not an emergency restore", state.run_id),
+                ));
             };
             if em.confirmed_by.is_some() {
-                return Err(reject(WrongState, "the emergency restore is already confirmed"));
+                return Err(reject(
+                    WrongState,
+                    "the emergency restore is already confirmed",
+                ));
             }
             if em.requested_by.same_person(&caller.actor) {
-                return Err(reject(TwoPersonRule, "you requested this emergency restore: a second person must confirm it"));
+                return Err(reject(
+                    TwoPersonRule,
+                    "you requested this emergency restore: a second person must confirm it",
+                ));
             }
             if now > em.expires_at {
-                return Err(reject(Expired, "the confirmation window has closed: request the emergency restore again"));
+                return Err(reject(
+                    Expired,
+                    "the confirmation window has closed: request the emergency restore again",
+                ));
             }
-            vec![Event::EmergencyConfirmed { database: em.database.clone() }]
+            vec![Event::EmergencyConfirmed {
+                database: em.database.clone(),
+            }]
         }
         Command::Next { .. } => {
             if let Some(p) = state.active_phase {
-                let left = state.phases[p].steps.iter().filter(|s| !s.status.is_terminal()).count();
+                let left = state.phases[p]
+                    .steps
+                    .iter()
+                    .filter(|s| !s.status.is_terminal())
+                    .count();
                 return Err(reject(
                     WrongState,
-                    format!("phase `{}` is still under way ({left} step(s) without an outcome)", state.runbook.phases[p].id),
+                    format!(
+                        "phase `{}` is still under way ({left} step(s) without an outcome)",
+                        state.runbook.phases[p].id
+                    ),
                 ));
             }
             if state.awaiting_emergency_confirmation() {
-                return Err(reject(WrongState, "the emergency restore waits for a second person's confirmation"));
+                return Err(reject(
+                    WrongState,
+                    "the emergency restore waits for a second person's confirmation",
+                ));
             }
             if state.paused.is_some() {
                 return Err(reject(WrongState, "the run is paused: resume it first"));
             }
-            let p = state.next_phase().ok_or_else(|| reject(WrongState, "every phase has completed"))?;
-            vec![Event::PhaseStarted { phase: state.runbook.phases[p].id.clone() }]
+            let p = state
+                .next_phase()
+                .ok_or_else(|| reject(WrongState, "every phase has completed"))?;
+            vec![Event::PhaseStarted {
+                phase: state.runbook.phases[p].id.clone(),
+            }]
         }
         Command::Approve { step, .. } => {
             let (p, s) = step_in_active_phase(step)?;
@@ -269,21 +350,35 @@ pub fn decide(
                 return Err(reject(Invalid, format!("step `{step}` needs no approval")));
             }
             if st.status.is_terminal() || matches!(st.status, StepStatus::Running { .. }) {
-                return Err(reject(WrongState, format!("step `{step}` is already past approval")));
+                return Err(reject(
+                    WrongState,
+                    format!("step `{step}` is already past approval"),
+                ));
             }
             if st.approvals.iter().any(|a| a.same_person(&caller.actor)) {
-                return Err(reject(Invalid, format!("you have already approved `{step}`")));
+                return Err(reject(
+                    Invalid,
+                    format!("you have already approved `{step}`"),
+                ));
             }
             if def.destructive && state.requester(p).same_person(&caller.actor) {
                 return Err(reject(
                     TwoPersonRule,
-                    format!("`{step}` is destructive and you requested it: someone else must approve it"),
+                    format!(
+                        "`{step}` is destructive and you requested it: someone else must approve it"
+                    ),
                 ));
             }
             let mut events = vec![Event::ApprovalGranted { step: step.clone() }];
-            if matches!(def.kind, StepKind::Approval) && st.approvals.len() as u32 + 1 >= def.approvals {
-                let names: Vec<String> =
-                    st.approvals.iter().chain([&caller.actor]).map(|a| a.to_string()).collect();
+            if matches!(def.kind, StepKind::Approval)
+                && st.approvals.len() as u32 + 1 >= def.approvals
+            {
+                let names: Vec<String> = st
+                    .approvals
+                    .iter()
+                    .chain([&caller.actor])
+                    .map(|a| a.to_string())
+                    .collect();
                 events.push(Event::StepSucceeded {
                     step: step.clone(),
                     attempt: 0,
@@ -301,16 +396,28 @@ pub fn decide(
             if *item == 0 || *item as usize > list.items.len() {
                 return Err(reject(
                     Invalid,
-                    format!("checklist `{step}` has items 1 to {}; there is no item {item}", list.items.len()),
+                    format!(
+                        "checklist `{step}` has items 1 to {}; there is no item {item}",
+                        list.items.len()
+                    ),
                 ));
             }
             if st.status != StepStatus::Pending {
-                return Err(reject(WrongState, format!("checklist `{step}` already has an outcome")));
+                return Err(reject(
+                    WrongState,
+                    format!("checklist `{step}` already has an outcome"),
+                ));
             }
             if st.checked.contains(item) {
-                return Err(reject(Invalid, format!("item {item} of `{step}` is already ticked")));
+                return Err(reject(
+                    Invalid,
+                    format!("item {item} of `{step}` is already ticked"),
+                ));
             }
-            let mut events = vec![Event::ChecklistItemChecked { step: step.clone(), item: *item }];
+            let mut events = vec![Event::ChecklistItemChecked {
+                step: step.clone(),
+                item: *item,
+            }];
             if st.checked.len() + 1 == list.items.len() {
                 events.push(Event::StepSucceeded {
                     step: step.clone(),
@@ -323,33 +430,53 @@ pub fn decide(
         Command::Retry { step, .. } => {
             let (p, s) = step_in_active_phase(step)?;
             if !state.phases[p].steps[s].status.needs_person() {
-                return Err(reject(WrongState, format!("step `{step}` has not failed and is not in doubt")));
+                return Err(reject(
+                    WrongState,
+                    format!("step `{step}` has not failed and is not in doubt"),
+                ));
             }
             vec![Event::StepRetryRequested { step: step.clone() }]
         }
         Command::MarkDone { step, reason, .. } => {
             let (p, s) = step_in_active_phase(step)?;
             if !matches!(state.phases[p].steps[s].status, StepStatus::InDoubt { .. }) {
-                return Err(reject(WrongState, format!("only a step in doubt can be marked done; `{step}` is not")));
+                return Err(reject(
+                    WrongState,
+                    format!("only a step in doubt can be marked done; `{step}` is not"),
+                ));
             }
-            vec![Event::StepMarkedDone { step: step.clone(), reason: reason.clone() }]
+            vec![Event::StepMarkedDone {
+                step: step.clone(),
+                reason: reason.clone(),
+            }]
         }
         Command::Skip { step, reason, .. } => {
             let (p, s) = step_in_active_phase(step)?;
             let st = &state.phases[p].steps[s].status;
             if st.is_terminal() {
-                return Err(reject(WrongState, format!("step `{step}` already has an outcome")));
+                return Err(reject(
+                    WrongState,
+                    format!("step `{step}` already has an outcome"),
+                ));
             }
             if matches!(st, StepStatus::Running { .. }) {
-                return Err(reject(WrongState, format!("step `{step}` is running: wait for it, or abort the run")));
+                return Err(reject(
+                    WrongState,
+                    format!("step `{step}` is running: wait for it, or abort the run"),
+                ));
             }
-            vec![Event::StepSkipped { step: step.clone(), reason: reason.clone() }]
+            vec![Event::StepSkipped {
+                step: step.clone(),
+                reason: reason.clone(),
+            }]
         }
         Command::Pause { reason, .. } => {
             if state.paused.is_some() {
                 return Err(reject(WrongState, "the run is already paused"));
             }
-            vec![Event::RunPaused { reason: reason.clone() }]
+            vec![Event::RunPaused {
+                reason: reason.clone(),
+            }]
         }
         Command::Resume { .. } => {
             if state.paused.is_none() {
@@ -357,7 +484,9 @@ pub fn decide(
             }
             vec![Event::RunResumed]
         }
-        Command::Abort { reason, .. } => vec![Event::RunAborted { reason: reason.clone() }],
+        Command::Abort { reason, .. } => vec![Event::RunAborted {
+            reason: reason.clone(),
+        }],
     };
     settle(state, &caller.actor, now, events).map_err(internal)
 }

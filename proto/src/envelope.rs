@@ -75,7 +75,11 @@ pub struct ChainHead {
 impl ChainHead {
     /// The head of a run with no events yet.
     pub fn genesis(run_id: RunId) -> Self {
-        Self { run_id, seq: 0, hash: GENESIS_HASH.to_owned() }
+        Self {
+            run_id,
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
     }
 
     /// Seals drafts into envelopes that continue this chain, advancing the head.
@@ -132,7 +136,10 @@ pub fn chain_hash(prev_hash: &str, envelope: &Value) -> String {
 fn write_canonical(value: &Value, skip_key: Option<&str>, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().filter(|k| Some(k.as_str()) != skip_key).collect();
+            let mut keys: Vec<&String> = map
+                .keys()
+                .filter(|k| Some(k.as_str()) != skip_key)
+                .collect();
             keys.sort_unstable();
             out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
@@ -220,7 +227,10 @@ pub struct ChainVerifier {
 impl ChainVerifier {
     /// A verifier expecting the first event of `run`.
     pub fn new(run: RunId) -> Self {
-        Self { head: ChainHead::genesis(run), position: 0 }
+        Self {
+            head: ChainHead::genesis(run),
+            position: 0,
+        }
     }
 
     /// Where the verified chain stands.
@@ -232,7 +242,11 @@ impl ChainVerifier {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Envelope, ChainError> {
         self.position += 1;
         let run = self.head.run_id;
-        let malformed = |reason: String| ChainError::Malformed { run, position: self.position, reason };
+        let malformed = |reason: String| ChainError::Malformed {
+            run,
+            position: self.position,
+            reason,
+        };
         let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
         let stored_hash = value
             .get("hash")
@@ -243,16 +257,30 @@ impl ChainVerifier {
         let envelope: Envelope =
             serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
         if envelope.run_id != run {
-            return Err(ChainError::WrongRun { run, position: self.position, found: envelope.run_id });
+            return Err(ChainError::WrongRun {
+                run,
+                position: self.position,
+                found: envelope.run_id,
+            });
         }
         if envelope.seq != self.head.seq + 1 {
-            return Err(ChainError::Gap { run, expected: self.head.seq + 1, found: envelope.seq });
+            return Err(ChainError::Gap {
+                run,
+                expected: self.head.seq + 1,
+                found: envelope.seq,
+            });
         }
         if envelope.prev_hash != self.head.hash {
-            return Err(ChainError::BrokenLink { run, seq: envelope.seq });
+            return Err(ChainError::BrokenLink {
+                run,
+                seq: envelope.seq,
+            });
         }
         if computed != stored_hash {
-            return Err(ChainError::Tampered { run, seq: envelope.seq });
+            return Err(ChainError::Tampered {
+                run,
+                seq: envelope.seq,
+            });
         }
         self.head.seq = envelope.seq;
         self.head.hash = stored_hash;
@@ -270,7 +298,9 @@ mod tests {
             actor: Actor::Agent,
             causation_id: None,
             at: OffsetDateTime::UNIX_EPOCH,
-            event: Event::RunPaused { reason: reason.to_owned() },
+            event: Event::RunPaused {
+                reason: reason.to_owned(),
+            },
         }
     }
 
@@ -313,7 +343,14 @@ mod tests {
         let (run, envs) = chain(3);
         let mut v = ChainVerifier::new(run);
         v.push(&envs[0].to_bytes()).unwrap();
-        assert!(matches!(v.push(&envs[2].to_bytes()), Err(ChainError::Gap { expected: 2, found: 3, .. })));
+        assert!(matches!(
+            v.push(&envs[2].to_bytes()),
+            Err(ChainError::Gap {
+                expected: 2,
+                found: 3,
+                ..
+            })
+        ));
 
         // A whole forged event, correctly hashed but linked to nothing.
         let mut forged = envs[1].clone();
@@ -322,15 +359,24 @@ mod tests {
         forged.hash = chain_hash(GENESIS_HASH, &value);
         let mut v = ChainVerifier::new(run);
         v.push(&envs[0].to_bytes()).unwrap();
-        assert!(matches!(v.push(&forged.to_bytes()), Err(ChainError::BrokenLink { seq: 2, .. })));
+        assert!(matches!(
+            v.push(&forged.to_bytes()),
+            Err(ChainError::BrokenLink { seq: 2, .. })
+        ));
     }
 
     #[test]
     fn another_runs_event_and_garbage_are_reported() {
         let (_, envs) = chain(1);
         let mut v = ChainVerifier::new(RunId::new());
-        assert!(matches!(v.push(&envs[0].to_bytes()), Err(ChainError::WrongRun { .. })));
+        assert!(matches!(
+            v.push(&envs[0].to_bytes()),
+            Err(ChainError::WrongRun { .. })
+        ));
         let mut v = ChainVerifier::new(RunId::new());
-        assert!(matches!(v.push(b"{not json"), Err(ChainError::Malformed { .. })));
+        assert!(matches!(
+            v.push(b"{not json"),
+            Err(ChainError::Malformed { .. })
+        ));
     }
 }

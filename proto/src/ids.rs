@@ -80,7 +80,9 @@ pub enum IdError {
 fn check_name(s: &str) -> Result<(), IdError> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
@@ -155,7 +157,14 @@ mod tests {
     #[test]
     fn names_accept_the_documented_alphabet_only() {
         assert!(StepId::new("backup-db_1").is_ok());
-        for bad in ["", "Upper", "-lead", "semi;colon", "space d", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Upper",
+            "-lead",
+            "semi;colon",
+            "space d",
+            &"x".repeat(65),
+        ] {
             assert!(StepId::new(bad).is_err(), "{bad:?} accepted");
         }
     }

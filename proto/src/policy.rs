@@ -55,7 +55,10 @@ pub struct Caller {
 impl Caller {
     /// The agent itself, which holds every permission.
     pub fn agent() -> Self {
-        Self { actor: Actor::Agent, roles: Vec::new() }
+        Self {
+            actor: Actor::Agent,
+            roles: Vec::new(),
+        }
     }
 }
 
@@ -67,9 +70,14 @@ impl Policy {
             Actor::Chat { user_id, .. } => user_id.as_str(),
             Actor::Console { user } => user.as_str(),
         };
-        let grants = |set: &BTreeSet<Permission>| set.contains(&permission) || set.contains(&Permission::Admin);
+        let grants = |set: &BTreeSet<Permission>| {
+            set.contains(&permission) || set.contains(&Permission::Admin)
+        };
         self.users.get(user_key).is_some_and(grants)
-            || caller.roles.iter().any(|r| self.roles.get(r).is_some_and(grants))
+            || caller
+                .roles
+                .iter()
+                .any(|r| self.roles.get(r).is_some_and(grants))
     }
 }
 
@@ -79,7 +87,10 @@ mod tests {
 
     fn chat(id: &str, roles: &[&str]) -> Caller {
         Caller {
-            actor: Actor::Chat { user_id: id.into(), name: id.into() },
+            actor: Actor::Chat {
+                user_id: id.into(),
+                name: id.into(),
+            },
             roles: roles.iter().map(|r| r.to_string()).collect(),
         }
     }

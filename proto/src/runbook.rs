@@ -21,9 +21,9 @@ mod validate;
 
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use kinds::{
-    ChecklistStep, ConsolidateStep, DropSchemasStep, DumpFormat, ExportDeltaStep, HttpMethod, HttpStep,
-    IdStrategy, ImportDeltaStep, PgDumpStep, PgRestoreStep, ShellStep, SqlStep, TenancyScope, TenancyStep,
-    WaitCondition, WaitHttp, WaitSql, WaitStep,
+    ChecklistStep, ConsolidateStep, DropSchemasStep, DumpFormat, ExportDeltaStep, HttpMethod,
+    HttpStep, IdStrategy, ImportDeltaStep, PgDumpStep, PgRestoreStep, ShellStep, SqlStep,
+    TenancyScope, TenancyStep, WaitCondition, WaitHttp, WaitSql, WaitStep,
 };
 pub use params::ExpandError;
 
@@ -83,7 +83,10 @@ pub struct Step {
     /// It destroys or overwrites data; it then needs an approval by someone other than the requester.
     pub destructive: bool,
     /// How long one attempt may take.
-    #[serde(with = "duration::option_text", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// How failed attempts are retried.
     pub retry: RetryPolicy,
@@ -231,6 +234,10 @@ impl StepKind {
 
 impl Runbook {
     /// Parses and checks a runbook; `file` is its display name, used only in error messages.
+    #[allow(
+        clippy::result_large_err,
+        reason = "parsed once per run; see `parse.rs`"
+    )]
     pub fn parse(file: &str, source: &str) -> Result<Runbook, RunbookError> {
         parse::parse(file, source)
     }
@@ -238,7 +245,12 @@ impl Runbook {
     /// The step with this id: its phase index, its index in the phase, and the step.
     pub fn step(&self, id: &StepId) -> Option<(usize, usize, &Step)> {
         self.phases.iter().enumerate().find_map(|(p, phase)| {
-            phase.steps.iter().enumerate().find(|(_, step)| step.id == *id).map(|(s, step)| (p, s, step))
+            phase
+                .steps
+                .iter()
+                .enumerate()
+                .find(|(_, step)| step.id == *id)
+                .map(|(s, step)| (p, s, step))
         })
     }
 
@@ -249,12 +261,23 @@ impl Runbook {
 
     /// Every step with its phase, in run order.
     pub fn steps(&self) -> impl Iterator<Item = (&Phase, &Step)> {
-        self.phases.iter().flat_map(|phase| phase.steps.iter().map(move |step| (phase, step)))
+        self.phases
+            .iter()
+            .flat_map(|phase| phase.steps.iter().map(move |step| (phase, step)))
     }
 
     /// Replaces `${name}` in `text` by the run's override, else the declared default; `$${` is a literal `${`.
-    pub fn expand(&self, text: &str, overrides: &BTreeMap<String, String>) -> Result<String, ExpandError> {
-        params::expand(text, |name| overrides.get(name).or_else(|| self.params.get(name)).map(String::as_str))
+    pub fn expand(
+        &self,
+        text: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<String, ExpandError> {
+        params::expand(text, |name| {
+            overrides
+                .get(name)
+                .or_else(|| self.params.get(name))
+                .map(String::as_str)
+        })
     }
 }
 
@@ -273,8 +296,7 @@ pub struct TextPosition {
 }
 
 /// A runbook that cannot be used, and where the problem is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.located())]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunbookError {
     /// The file's display name, as given to [`Runbook::parse`].
     pub file: String,
@@ -293,26 +315,35 @@ impl RunbookError {
     pub fn kind(&self) -> &RunbookErrorKind {
         &self.kind
     }
+}
 
-    fn located(&self) -> String {
-        fn label(what: &str, name: &str) -> String {
-            if name.starts_with('#') { format!("{what} {name}") } else { format!("{what} `{name}`") }
-        }
-        let mut out = self.file.clone();
+/// `file:line:column: phase `p`, step `s`: what is wrong`, leaving out what is not known.
+impl fmt::Display for RunbookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `#n` stands for a phase or step without a valid id, and is not quoted.
+        let named = |what: &str, name: &str| {
+            if name.starts_with('#') {
+                format!("{what} {name}")
+            } else {
+                format!("{what} `{name}`")
+            }
+        };
+        f.write_str(&self.file)?;
         if let Some(at) = self.at {
-            out.push_str(&format!(":{}:{}", at.line, at.column));
+            write!(f, ":{}:{}", at.line, at.column)?;
         }
-        if let Some(phase) = &self.phase {
-            out.push_str(&format!(": {}", label("phase", phase)));
+        let place: Vec<String> = [("phase", &self.phase), ("step", &self.step)]
+            .into_iter()
+            .filter_map(|(what, name)| name.as_deref().map(|name| named(what, name)))
+            .collect();
+        if !place.is_empty() {
+            write!(f, ": {}", place.join(", "))?;
         }
-        if let Some(step) = &self.step {
-            out.push_str(if self.phase.is_some() { ", " } else { ": " });
-            out.push_str(&label("step", step));
-        }
-        out.push_str(&format!(": {}", self.kind));
-        out
+        write!(f, ": {}", self.kind)
     }
 }
+
+impl std::error::Error for RunbookError {}
 
 /// What is wrong with a runbook.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -332,7 +363,9 @@ pub enum RunbookErrorKind {
         expected: Vec<&'static str>,
     },
     /// Two steps share an id; step ids are unique across the whole runbook.
-    #[error("step id `{id}` is already used in phase `{first_phase}`; step ids must be unique across the runbook")]
+    #[error(
+        "step id `{id}` is already used in phase `{first_phase}`; step ids must be unique across the runbook"
+    )]
     DuplicateStepId {
         /// The id.
         id: StepId,
@@ -376,13 +409,18 @@ pub enum RunbookErrorKind {
     #[error("a destructive step needs at least one approval (set approvals = 1 or more)")]
     DestructiveWithoutApproval,
     /// A step that destroys data but does not say so.
-    #[error("{what} destroys data and must say so: set destructive = true (and approvals = 1 or more)")]
+    #[error(
+        "{what} destroys data and must say so: set destructive = true (and approvals = 1 or more)"
+    )]
     NotMarkedDestructive {
         /// What the step does (`a \`drop_schemas\` step`).
         what: &'static str,
     },
     /// `${name}` in a step's text names an undeclared parameter.
-    #[error("`{field}` uses `${{{name}}}`, which is not declared in [params]{}", declared_list(declared))]
+    #[error(
+        "`{field}` uses `${{{name}}}`, which is not declared in [params]{}; write `$${{` for a literal `${{`",
+        declared_list(declared)
+    )]
     UnknownParam {
         /// The parameter name.
         name: String,

@@ -102,7 +102,12 @@ pub enum StepStatus {
 impl StepStatus {
     /// Whether the step has an outcome that lets the phase move on.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, StepStatus::Succeeded { .. } | StepStatus::MarkedDone { .. } | StepStatus::Skipped { .. })
+        matches!(
+            self,
+            StepStatus::Succeeded { .. }
+                | StepStatus::MarkedDone { .. }
+                | StepStatus::Skipped { .. }
+        )
     }
 
     /// Whether the step is stuck until a person acts.
@@ -272,7 +277,9 @@ pub enum TransitionError {
 }
 
 /// Folds a run's envelopes, in order, into its state.
-pub fn fold<'a>(envelopes: impl IntoIterator<Item = &'a Envelope>) -> Result<Option<RunState>, TransitionError> {
+pub fn fold<'a>(
+    envelopes: impl IntoIterator<Item = &'a Envelope>,
+) -> Result<Option<RunState>, TransitionError> {
     let mut state: Option<RunState> = None;
     for env in envelopes {
         match &mut state {
@@ -286,15 +293,42 @@ pub fn fold<'a>(envelopes: impl IntoIterator<Item = &'a Envelope>) -> Result<Opt
 impl RunState {
     /// Builds the state from a run's first envelope, which must be `RunStarted` with seq 1.
     pub fn new(env: &Envelope) -> Result<Self, TransitionError> {
-        let Event::RunStarted { runbook, runbook_hash, runbook_source, params, dry_run } = &env.event else {
-            return Err(TransitionError::NotAStart { run: env.run_id, seq: env.seq, event: env.event.name() });
+        let Event::RunStarted {
+            runbook,
+            runbook_hash,
+            runbook_source,
+            params,
+            dry_run,
+        } = &env.event
+        else {
+            return Err(TransitionError::NotAStart {
+                run: env.run_id,
+                seq: env.seq,
+                event: env.event.name(),
+            });
         };
         if env.seq != 1 {
-            return Err(TransitionError::NotAStart { run: env.run_id, seq: env.seq, event: env.event.name() });
+            return Err(TransitionError::NotAStart {
+                run: env.run_id,
+                seq: env.seq,
+                event: env.event.name(),
+            });
         }
-        let parsed = Runbook::parse(runbook, runbook_source)
-            .map_err(|e| TransitionError::Runbook { run: env.run_id, source: Box::new(e) })?;
-        Ok(Self::from_runbook(env.run_id, parsed, runbook, runbook_hash, params, *dry_run, &env.actor, env.at))
+        let parsed =
+            Runbook::parse(runbook, runbook_source).map_err(|e| TransitionError::Runbook {
+                run: env.run_id,
+                source: Box::new(e),
+            })?;
+        Ok(Self::from_runbook(
+            env.run_id,
+            parsed,
+            runbook,
+            runbook_hash,
+            params,
+            *dry_run,
+            &env.actor,
+            env.at,
+        ))
     }
 
     /// The state right after `RunStarted`, from an already parsed runbook.
@@ -312,7 +346,10 @@ impl RunState {
         let phases = runbook
             .phases
             .iter()
-            .map(|p| PhaseState { status: PhaseStatus::Pending, steps: p.steps.iter().map(|_| StepState::new()).collect() })
+            .map(|p| PhaseState {
+                status: PhaseStatus::Pending,
+                steps: p.steps.iter().map(|_| StepState::new()).collect(),
+            })
             .collect();
         Self {
             run_id,
@@ -371,12 +408,16 @@ impl RunState {
 
     /// The next phase to start, if any.
     pub fn next_phase(&self) -> Option<usize> {
-        self.phases.iter().position(|p| !matches!(p.status, PhaseStatus::Completed { .. }))
+        self.phases
+            .iter()
+            .position(|p| !matches!(p.status, PhaseStatus::Completed { .. }))
     }
 
     /// Whether an emergency run still waits for its second person.
     pub fn awaiting_emergency_confirmation(&self) -> bool {
-        self.emergency.as_ref().is_some_and(|e| e.confirmed_by.is_none())
+        self.emergency
+            .as_ref()
+            .is_some_and(|e| e.confirmed_by.is_none())
     }
 
     /// The event that must follow the current state by itself (phase or run completion,
@@ -387,7 +428,9 @@ impl RunState {
         }
         if let Some(p) = self.active_phase {
             if self.phases[p].steps.iter().all(|s| s.status.is_terminal()) {
-                return Some(Event::PhaseCompleted { phase: self.runbook.phases[p].id.clone() });
+                return Some(Event::PhaseCompleted {
+                    phase: self.runbook.phases[p].id.clone(),
+                });
             }
             return None;
         }
@@ -398,28 +441,47 @@ impl RunState {
                     && self.paused.is_none()
                     && !self.awaiting_emergency_confirmation() =>
             {
-                Some(Event::PhaseStarted { phase: self.runbook.phases[p].id.clone() })
+                Some(Event::PhaseStarted {
+                    phase: self.runbook.phases[p].id.clone(),
+                })
             }
             Some(_) => None,
         }
     }
 
     fn illegal(&self, event: &Event, why: impl Into<String>) -> TransitionError {
-        TransitionError::Illegal { run: self.run_id, seq: self.seq + 1, event: event.name(), why: why.into() }
+        TransitionError::Illegal {
+            run: self.run_id,
+            seq: self.seq + 1,
+            event: event.name(),
+            why: why.into(),
+        }
     }
 
     /// Locates a step of the active phase, or explains why it cannot be acted on.
     fn active_step(&self, event: &Event, id: &StepId) -> Result<(usize, usize), TransitionError> {
         let Some((p, s, _)) = self.runbook.step(id) else {
-            return Err(TransitionError::Unknown { run: self.run_id, seq: self.seq + 1, name: id.to_string() });
+            return Err(TransitionError::Unknown {
+                run: self.run_id,
+                seq: self.seq + 1,
+                name: id.to_string(),
+            });
         };
         if self.active_phase != Some(p) {
-            return Err(self.illegal(event, format!("phase `{}` is not under way", self.runbook.phases[p].id)));
+            return Err(self.illegal(
+                event,
+                format!("phase `{}` is not under way", self.runbook.phases[p].id),
+            ));
         }
         Ok((p, s))
     }
 
-    pub(crate) fn apply_event(&mut self, actor: &Actor, at: OffsetDateTime, event: &Event) -> Result<(), TransitionError> {
+    pub(crate) fn apply_event(
+        &mut self,
+        actor: &Actor,
+        at: OffsetDateTime,
+        event: &Event,
+    ) -> Result<(), TransitionError> {
         use Event as E;
         match event {
             E::CommandRefused { .. } => {}
@@ -432,11 +494,20 @@ impl RunState {
             }
             _ if self.is_finished() => return Err(self.illegal(event, "the run is finished")),
             E::RunStarted { .. } => {
-                return Err(TransitionError::NotAStart { run: self.run_id, seq: self.seq + 1, event: event.name() });
+                return Err(TransitionError::NotAStart {
+                    run: self.run_id,
+                    seq: self.seq + 1,
+                    event: event.name(),
+                });
             }
-            E::EmergencyRequested { database, expires_at } => {
+            E::EmergencyRequested {
+                database,
+                expires_at,
+            } => {
                 if self.emergency.is_some() || self.active_phase.is_some() {
-                    return Err(self.illegal(event, "an emergency request must come first and only once"));
+                    return Err(
+                        self.illegal(event, "an emergency request must come first and only once")
+                    );
                 }
                 self.emergency = Some(EmergencyState {
                     database: database.clone(),
@@ -453,7 +524,9 @@ impl RunState {
                     return Err(self.illegal(event, "already confirmed"));
                 }
                 if em.requested_by.same_person(actor) || *actor == Actor::Agent {
-                    return Err(self.illegal(event, "the requester cannot confirm their own emergency"));
+                    return Err(
+                        self.illegal(event, "the requester cannot confirm their own emergency")
+                    );
                 }
                 if at > em.expires_at {
                     return Err(self.illegal(event, "the confirmation window had closed"));
@@ -465,10 +538,20 @@ impl RunState {
             }
             E::PhaseStarted { phase } => {
                 let Some(p) = self.runbook.phase_index(phase) else {
-                    return Err(TransitionError::Unknown { run: self.run_id, seq: self.seq + 1, name: phase.to_string() });
+                    return Err(TransitionError::Unknown {
+                        run: self.run_id,
+                        seq: self.seq + 1,
+                        name: phase.to_string(),
+                    });
                 };
                 if let Some(active) = self.active_phase {
-                    return Err(self.illegal(event, format!("phase `{}` is still under way", self.runbook.phases[active].id)));
+                    return Err(self.illegal(
+                        event,
+                        format!(
+                            "phase `{}` is still under way",
+                            self.runbook.phases[active].id
+                        ),
+                    ));
                 }
                 if self.next_phase() != Some(p) {
                     return Err(self.illegal(event, "phases run in order, once each"));
@@ -479,7 +562,10 @@ impl RunState {
                 if self.paused.is_some() {
                     return Err(self.illegal(event, "the run is paused"));
                 }
-                self.phases[p].status = PhaseStatus::Active { by: actor.clone(), since: at };
+                self.phases[p].status = PhaseStatus::Active {
+                    by: actor.clone(),
+                    since: at,
+                };
                 self.active_phase = Some(p);
             }
             E::PhaseCompleted { phase } => {
@@ -490,7 +576,9 @@ impl RunState {
                 if !self.phases[p].steps.iter().all(|s| s.status.is_terminal()) {
                     return Err(self.illegal(event, "some steps have no outcome yet"));
                 }
-                let PhaseStatus::Active { since, .. } = self.phases[p].status else { unreachable!("active phase") };
+                let PhaseStatus::Active { since, .. } = self.phases[p].status else {
+                    unreachable!("active phase")
+                };
                 self.phases[p].status = PhaseStatus::Completed { started: since, at };
                 self.active_phase = None;
             }
@@ -513,12 +601,20 @@ impl RunState {
                 self.paused = None;
             }
             E::RunAborted { reason } => {
-                self.status = RunStatus::Aborted { reason: reason.clone() };
+                self.status = RunStatus::Aborted {
+                    reason: reason.clone(),
+                };
             }
             E::EscalationRaised { level, .. } => {
-                let expected_ok = if self.escalation.open { *level > self.escalation.level } else { *level == 1 };
+                let expected_ok = if self.escalation.open {
+                    *level > self.escalation.level
+                } else {
+                    *level == 1
+                };
                 if !expected_ok {
-                    return Err(self.illegal(event, "escalation levels climb one chain at a time, from 1"));
+                    return Err(
+                        self.illegal(event, "escalation levels climb one chain at a time, from 1")
+                    );
                 }
                 self.escalation.level = *level;
                 self.escalation.open = true;
@@ -528,23 +624,33 @@ impl RunState {
                 let def = &self.runbook.phases[p].steps[s];
                 let st = &self.phases[p].steps[s];
                 if def.kind.is_human() {
-                    return Err(self.illegal(event, "checklists and approvals are completed by people"));
+                    return Err(
+                        self.illegal(event, "checklists and approvals are completed by people")
+                    );
                 }
                 if self.paused.is_some() {
                     return Err(self.illegal(event, "the run is paused"));
                 }
                 let may_start = matches!(
                     st.status,
-                    StepStatus::Pending | StepStatus::RetryWaiting { .. } | StepStatus::Running { .. }
+                    StepStatus::Pending
+                        | StepStatus::RetryWaiting { .. }
+                        | StepStatus::Running { .. }
                 );
                 if !may_start || *attempt != st.attempts + 1 {
-                    return Err(self.illegal(event, format!("step `{step}` cannot start attempt {attempt} now")));
+                    return Err(self.illegal(
+                        event,
+                        format!("step `{step}` cannot start attempt {attempt} now"),
+                    ));
                 }
                 if (st.approvals.len() as u32) < def.approvals {
                     return Err(self.illegal(event, format!("step `{step}` lacks approvals")));
                 }
                 let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Running { attempt: *attempt, since: at };
+                st.status = StepStatus::Running {
+                    attempt: *attempt,
+                    since: at,
+                };
                 st.attempts = *attempt;
                 st.started_at.get_or_insert(at);
             }
@@ -554,14 +660,20 @@ impl RunState {
                     return Err(self.illegal(event, "output of an attempt that never started"));
                 }
             }
-            E::StepProgressed { step, done, total, .. } => {
+            E::StepProgressed {
+                step, done, total, ..
+            } => {
                 let (p, s) = self.active_step(event, step)?;
                 if !matches!(self.phases[p].steps[s].status, StepStatus::Running { .. }) {
                     return Err(self.illegal(event, "progress of a step that is not running"));
                 }
                 self.phases[p].steps[s].progress = Some((*done, *total));
             }
-            E::StepSucceeded { step, attempt, summary } => {
+            E::StepSucceeded {
+                step,
+                attempt,
+                summary,
+            } => {
                 let (p, s) = self.active_step(event, step)?;
                 let def = &self.runbook.phases[p].steps[s];
                 let st = &self.phases[p].steps[s];
@@ -572,44 +684,83 @@ impl RunState {
                     (StepKind::Approval, StepStatus::Pending) => {
                         *attempt == 0 && st.approvals.len() as u32 >= def.approvals
                     }
-                    (_, StepStatus::Running { attempt: running, .. }) => running == attempt,
+                    (
+                        _,
+                        StepStatus::Running {
+                            attempt: running, ..
+                        },
+                    ) => running == attempt,
                     _ => false,
                 };
                 if !ok {
-                    return Err(self.illegal(event, format!("step `{step}` cannot succeed from {:?}", st.status)));
+                    return Err(self.illegal(
+                        event,
+                        format!("step `{step}` cannot succeed from {:?}", st.status),
+                    ));
                 }
                 let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Succeeded { summary: summary.clone() };
+                st.status = StepStatus::Succeeded {
+                    summary: summary.clone(),
+                };
                 st.started_at.get_or_insert(at);
                 st.finished_at = Some(at);
             }
-            E::StepFailed { step, attempt, error, retry_in_ms, .. } => {
+            E::StepFailed {
+                step,
+                attempt,
+                error,
+                retry_in_ms,
+                ..
+            } => {
                 let (p, s) = self.active_step(event, step)?;
                 match self.phases[p].steps[s].status {
-                    StepStatus::Running { attempt: running, .. } if running == *attempt => {}
-                    _ => return Err(self.illegal(event, format!("attempt {attempt} of `{step}` is not running"))),
+                    StepStatus::Running {
+                        attempt: running, ..
+                    } if running == *attempt => {}
+                    _ => {
+                        return Err(self.illegal(
+                            event,
+                            format!("attempt {attempt} of `{step}` is not running"),
+                        ));
+                    }
                 }
                 self.phases[p].steps[s].status = match retry_in_ms {
                     Some(ms) => StepStatus::RetryWaiting {
                         attempt: *attempt,
                         error: error.clone(),
-                        due: at + time::Duration::milliseconds(i64::try_from(*ms).unwrap_or(i64::MAX / 2_000_000)),
+                        due: at
+                            + time::Duration::milliseconds(
+                                i64::try_from(*ms).unwrap_or(i64::MAX / 2_000_000),
+                            ),
                     },
-                    None => StepStatus::Failed { attempt: *attempt, error: error.clone() },
+                    None => StepStatus::Failed {
+                        attempt: *attempt,
+                        error: error.clone(),
+                    },
                 };
             }
             E::StepInDoubt { step, attempt } => {
                 let (p, s) = self.active_step(event, step)?;
                 match self.phases[p].steps[s].status {
-                    StepStatus::Running { attempt: running, .. } if running == *attempt => {}
-                    _ => return Err(self.illegal(event, format!("attempt {attempt} of `{step}` is not running"))),
+                    StepStatus::Running {
+                        attempt: running, ..
+                    } if running == *attempt => {}
+                    _ => {
+                        return Err(self.illegal(
+                            event,
+                            format!("attempt {attempt} of `{step}` is not running"),
+                        ));
+                    }
                 }
                 self.phases[p].steps[s].status = StepStatus::InDoubt { attempt: *attempt };
             }
             E::StepRetryRequested { step } => {
                 let (p, s) = self.active_step(event, step)?;
                 if !self.phases[p].steps[s].status.needs_person() {
-                    return Err(self.illegal(event, format!("step `{step}` has neither failed nor is in doubt")));
+                    return Err(self.illegal(
+                        event,
+                        format!("step `{step}` has neither failed nor is in doubt"),
+                    ));
                 }
                 self.phases[p].steps[s].status = StepStatus::Pending;
             }
@@ -619,17 +770,24 @@ impl RunState {
                     return Err(self.illegal(event, format!("step `{step}` is not in doubt")));
                 }
                 let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::MarkedDone { reason: reason.clone() };
+                st.status = StepStatus::MarkedDone {
+                    reason: reason.clone(),
+                };
                 st.finished_at = Some(at);
             }
             E::StepSkipped { step, reason } => {
                 let (p, s) = self.active_step(event, step)?;
                 let st = &self.phases[p].steps[s].status;
                 if st.is_terminal() || matches!(st, StepStatus::Running { .. }) {
-                    return Err(self.illegal(event, format!("step `{step}` is running or already has an outcome")));
+                    return Err(self.illegal(
+                        event,
+                        format!("step `{step}` is running or already has an outcome"),
+                    ));
                 }
                 let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Skipped { reason: reason.clone() };
+                st.status = StepStatus::Skipped {
+                    reason: reason.clone(),
+                };
                 st.finished_at = Some(at);
             }
             E::ChecklistItemChecked { step, item } => {
@@ -639,10 +797,15 @@ impl RunState {
                 };
                 let st = &self.phases[p].steps[s];
                 if *item == 0 || *item as usize > c.items.len() || st.checked.contains(item) {
-                    return Err(self.illegal(event, format!("item {item} is not an unticked item of `{step}`")));
+                    return Err(self.illegal(
+                        event,
+                        format!("item {item} is not an unticked item of `{step}`"),
+                    ));
                 }
                 if st.status != StepStatus::Pending {
-                    return Err(self.illegal(event, format!("checklist `{step}` already has an outcome")));
+                    return Err(
+                        self.illegal(event, format!("checklist `{step}` already has an outcome"))
+                    );
                 }
                 self.phases[p].steps[s].checked.insert(*item);
             }
@@ -660,7 +823,9 @@ impl RunState {
                     return Err(self.illegal(event, "approvers must be distinct people"));
                 }
                 if def.destructive && self.requester(p).same_person(actor) {
-                    return Err(self.illegal(event, "nobody approves their own destructive request"));
+                    return Err(
+                        self.illegal(event, "nobody approves their own destructive request")
+                    );
                 }
                 self.phases[p].steps[s].approvals.push(actor.clone());
             }

@@ -9,9 +9,18 @@ use common::*;
 use proptest::prelude::*;
 use rollback_proto::envelope::{ChainHead, Draft};
 use rollback_proto::state::StepStatus;
-use rollback_proto::{Actor, Caller, Command, Event, OutputStream, PhaseId, RunId, RunState, StepId, settle};
+use rollback_proto::{
+    Actor, Caller, Command, Event, OutputStream, PhaseId, RunId, RunState, StepId, settle,
+};
 
-const STEPS: [&str; 6] = ["assess", "maintenance-on", "sign-off", "drop", "smoke", "ghost"];
+const STEPS: [&str; 6] = [
+    "assess",
+    "maintenance-on",
+    "sign-off",
+    "drop",
+    "smoke",
+    "ghost",
+];
 const PHASES: [&str; 5] = ["prepare", "database", "after", "restore", "ghost"];
 
 fn people() -> Vec<Caller> {
@@ -20,9 +29,19 @@ fn people() -> Vec<Caller> {
 
 #[derive(Debug, Clone)]
 enum Move {
-    Person { who: usize, what: u8, step: usize, item: u32 },
-    Agent { what: u8, retryable: bool },
-    Wait { minutes: i64 },
+    Person {
+        who: usize,
+        what: u8,
+        step: usize,
+        item: u32,
+    },
+    Agent {
+        what: u8,
+        retryable: bool,
+    },
+    Wait {
+        minutes: i64,
+    },
 }
 
 fn moves() -> impl Strategy<Value = Move> {
@@ -37,17 +56,35 @@ fn moves() -> impl Strategy<Value = Move> {
 fn person_command(run: RunId, what: u8, step: StepId, item: u32) -> Command {
     // Abort and pause are rare, so that scripts get far enough to be interesting.
     const COMMON: [u8; 12] = [0, 1, 1, 2, 2, 2, 3, 5, 7, 9, 10, 10];
-    let what = if what > 10 { COMMON[usize::from(what) % COMMON.len()] } else { what };
+    let what = if what > 10 {
+        COMMON[usize::from(what) % COMMON.len()]
+    } else {
+        what
+    };
     match what {
         0 => Command::Next { run },
         1 => Command::Approve { run, step },
         2 => Command::Check { run, step, item },
         3 => Command::Retry { run, step },
-        4 => Command::Skip { run, step, reason: "prop".into() },
-        5 => Command::MarkDone { run, step, reason: "prop".into() },
-        6 => Command::Pause { run, reason: "prop".into() },
+        4 => Command::Skip {
+            run,
+            step,
+            reason: "prop".into(),
+        },
+        5 => Command::MarkDone {
+            run,
+            step,
+            reason: "prop".into(),
+        },
+        6 => Command::Pause {
+            run,
+            reason: "prop".into(),
+        },
         7 => Command::Resume { run },
-        8 => Command::Abort { run, reason: "prop".into() },
+        8 => Command::Abort {
+            run,
+            reason: "prop".into(),
+        },
         9 => Command::Ack { run },
         _ => Command::ConfirmEmergency { run },
     }
@@ -56,15 +93,22 @@ fn person_command(run: RunId, what: u8, step: StepId, item: u32) -> Command {
 /// What the executor could report next, given the state (None when it has nothing to do).
 fn agent_event(state: &RunState, what: u8, retryable: bool) -> Option<Event> {
     let p = state.active_phase?;
-    let (idx, st) = state.phases[p].steps.iter().enumerate().find(|(_, s)| !s.status.is_terminal())?;
+    let (idx, st) = state.phases[p]
+        .steps
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !s.status.is_terminal())?;
     let step = state.runbook.phases[p].steps[idx].id.clone();
     match (&st.status, what) {
-        (StepStatus::Pending | StepStatus::RetryWaiting { .. }, _) => {
-            Some(Event::StepStarted { step, attempt: st.attempts + 1 })
-        }
-        (StepStatus::Running { attempt, .. }, 0) => {
-            Some(Event::StepSucceeded { step, attempt: *attempt, summary: "ok".into() })
-        }
+        (StepStatus::Pending | StepStatus::RetryWaiting { .. }, _) => Some(Event::StepStarted {
+            step,
+            attempt: st.attempts + 1,
+        }),
+        (StepStatus::Running { attempt, .. }, 0) => Some(Event::StepSucceeded {
+            step,
+            attempt: *attempt,
+            summary: "ok".into(),
+        }),
         (StepStatus::Running { attempt, .. }, 1) => Some(Event::StepFailed {
             step,
             attempt: *attempt,
@@ -72,7 +116,10 @@ fn agent_event(state: &RunState, what: u8, retryable: bool) -> Option<Event> {
             retryable,
             retry_in_ms: retryable.then_some(1_000),
         }),
-        (StepStatus::Running { attempt, .. }, 2) => Some(Event::StepInDoubt { step, attempt: *attempt }),
+        (StepStatus::Running { attempt, .. }, 2) => Some(Event::StepInDoubt {
+            step,
+            attempt: *attempt,
+        }),
         (StepStatus::Running { attempt, .. }, 3) => Some(Event::StepOutputRecorded {
             step,
             attempt: *attempt,
@@ -80,9 +127,18 @@ fn agent_event(state: &RunState, what: u8, retryable: bool) -> Option<Event> {
             chunk: 0,
             text: "line".into(),
         }),
-        (StepStatus::Running { .. }, 4) => Some(Event::StepProgressed { step, done: 1, total: 2, note: "rows".into() }),
+        (StepStatus::Running { .. }, 4) => Some(Event::StepProgressed {
+            step,
+            done: 1,
+            total: 2,
+            note: "rows".into(),
+        }),
         _ => Some(Event::EscalationRaised {
-            level: if state.escalation.open { state.escalation.level + 1 } else { 1 },
+            level: if state.escalation.open {
+                state.escalation.level + 1
+            } else {
+                1
+            },
             reason: "stalled".into(),
             notified: vec!["@leads".into()],
         }),
@@ -118,10 +174,10 @@ proptest! {
                     let _ = sc.when(&people[who], cmd); // `when` applies what is accepted, or panics
                 }
                 Move::Agent { what, retryable } => {
-                    if let Some(event) = agent_event(&sc.state, what, retryable) {
-                        if let Ok(events) = settle(&sc.state, &Actor::Agent, sc.now, vec![event]) {
-                            sc.store(&Actor::Agent, events);
-                        }
+                    if let Some(event) = agent_event(&sc.state, what, retryable)
+                        && let Ok(events) = settle(&sc.state, &Actor::Agent, sc.now, vec![event])
+                    {
+                        sc.store(&Actor::Agent, events);
                     }
                 }
                 Move::Wait { minutes } => sc.wait(time::Duration::minutes(minutes)),
@@ -137,9 +193,12 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
     let phase = (0..PHASES.len()).prop_map(|i| PhaseId::new(PHASES[i]).unwrap());
     let small = 0..4u32;
     prop_oneof![
-        phase.clone().prop_map(|phase| Event::PhaseStarted { phase }),
+        phase
+            .clone()
+            .prop_map(|phase| Event::PhaseStarted { phase }),
         phase.prop_map(|phase| Event::PhaseCompleted { phase }),
-        (step.clone(), small.clone()).prop_map(|(step, attempt)| Event::StepStarted { step, attempt }),
+        (step.clone(), small.clone())
+            .prop_map(|(step, attempt)| Event::StepStarted { step, attempt }),
         (step.clone(), small.clone()).prop_map(|(step, attempt)| Event::StepOutputRecorded {
             step,
             attempt,
@@ -147,40 +206,74 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             chunk: 0,
             text: String::new()
         }),
-        (step.clone(), any::<u64>(), any::<u64>()).prop_map(|(step, done, total)| Event::StepProgressed {
-            step,
-            done,
-            total,
-            note: String::new()
-        }),
-        (step.clone(), small.clone()).prop_map(|(step, attempt)| Event::StepSucceeded { step, attempt, summary: String::new() }),
-        (step.clone(), small.clone(), any::<bool>(), proptest::option::of(any::<u64>())).prop_map(
-            |(step, attempt, retryable, retry_in_ms)| Event::StepFailed {
+        (step.clone(), any::<u64>(), any::<u64>()).prop_map(|(step, done, total)| {
+            Event::StepProgressed {
                 step,
-                attempt,
-                error: String::new(),
-                retryable,
-                retry_in_ms
+                done,
+                total,
+                note: String::new(),
             }
-        ),
-        (step.clone(), small.clone()).prop_map(|(step, attempt)| Event::StepInDoubt { step, attempt }),
-        step.clone().prop_map(|step| Event::StepRetryRequested { step }),
-        step.clone().prop_map(|step| Event::StepMarkedDone { step, reason: String::new() }),
-        step.clone().prop_map(|step| Event::StepSkipped { step, reason: String::new() }),
-        (step.clone(), small.clone()).prop_map(|(step, item)| Event::ChecklistItemChecked { step, item }),
+        }),
+        (step.clone(), small.clone()).prop_map(|(step, attempt)| Event::StepSucceeded {
+            step,
+            attempt,
+            summary: String::new()
+        }),
+        (
+            step.clone(),
+            small.clone(),
+            any::<bool>(),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(
+                |(step, attempt, retryable, retry_in_ms)| Event::StepFailed {
+                    step,
+                    attempt,
+                    error: String::new(),
+                    retryable,
+                    retry_in_ms
+                }
+            ),
+        (step.clone(), small.clone())
+            .prop_map(|(step, attempt)| Event::StepInDoubt { step, attempt }),
+        step.clone()
+            .prop_map(|step| Event::StepRetryRequested { step }),
+        step.clone().prop_map(|step| Event::StepMarkedDone {
+            step,
+            reason: String::new()
+        }),
+        step.clone().prop_map(|step| Event::StepSkipped {
+            step,
+            reason: String::new()
+        }),
+        (step.clone(), small.clone())
+            .prop_map(|(step, item)| Event::ChecklistItemChecked { step, item }),
         step.prop_map(|step| Event::ApprovalGranted { step }),
-        Just(Event::RunPaused { reason: String::new() }),
+        Just(Event::RunPaused {
+            reason: String::new()
+        }),
         Just(Event::RunResumed),
-        Just(Event::RunAborted { reason: String::new() }),
+        Just(Event::RunAborted {
+            reason: String::new()
+        }),
         Just(Event::RunCompleted),
-        small.clone().prop_map(|level| Event::EscalationRaised { level, reason: String::new(), notified: vec![] }),
+        small.clone().prop_map(|level| Event::EscalationRaised {
+            level,
+            reason: String::new(),
+            notified: vec![]
+        }),
         small.prop_map(|level| Event::EscalationAcknowledged { level }),
         (-30i64..30).prop_map(|m| Event::EmergencyRequested {
             database: "app".into(),
             expires_at: t0() + time::Duration::minutes(m)
         }),
-        Just(Event::EmergencyConfirmed { database: "app".into() }),
-        Just(Event::CommandRefused { command: String::new(), reason: String::new() }),
+        Just(Event::EmergencyConfirmed {
+            database: "app".into()
+        }),
+        Just(Event::CommandRefused {
+            command: String::new(),
+            reason: String::new()
+        }),
         "[ -~\n]{0,40}".prop_map(|src| Event::RunStarted {
             runbook: "x".into(),
             runbook_hash: String::new(),
@@ -232,4 +325,3 @@ proptest! {
         }
     }
 }
-

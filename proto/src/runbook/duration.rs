@@ -25,7 +25,9 @@ pub enum DurationError {
     #[error("bad duration: the text is empty; write e.g. \"30s\", \"10m\" or \"1h30m\"")]
     Empty,
     /// A number with no unit after it, a unit with no number, or a stray character.
-    #[error("bad duration `{text}`: write numbers with units, e.g. \"500ms\", \"30s\", \"10m\", \"1h30m\"")]
+    #[error(
+        "bad duration `{text}`: write numbers with units, e.g. \"500ms\", \"30s\", \"10m\", \"1h30m\""
+    )]
     Malformed {
         /// The text as written.
         text: String,
@@ -57,7 +59,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if text.is_empty() {
         return Err(DurationError::Empty);
     }
-    let malformed = || DurationError::Malformed { text: text.to_owned() };
+    let malformed = || DurationError::Malformed {
+        text: text.to_owned(),
+    };
     let mut rest = text;
     let mut total = Duration::ZERO;
     let mut next_unit = 0; // index into UNITS of the largest unit still allowed
@@ -68,7 +72,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         }
         let number: u64 = rest[..digits]
             .parse()
-            .map_err(|_| DurationError::Overflow { text: text.to_owned() })?;
+            .map_err(|_| DurationError::Overflow {
+                text: text.to_owned(),
+            })?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         if unit_len == 0 {
@@ -77,15 +83,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let Some(index) = UNITS.iter().position(|(name, _)| *name == unit) else {
-            return Err(DurationError::UnknownUnit { text: text.to_owned(), unit: unit.to_owned() });
+            return Err(DurationError::UnknownUnit {
+                text: text.to_owned(),
+                unit: unit.to_owned(),
+            });
         };
         if index < next_unit {
-            return Err(DurationError::OutOfOrder { text: text.to_owned() });
+            return Err(DurationError::OutOfOrder {
+                text: text.to_owned(),
+            });
         }
         next_unit = index + 1;
         total = scaled(number, UNITS[index].1)
             .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| DurationError::Overflow { text: text.to_owned() })?;
+            .ok_or_else(|| DurationError::Overflow {
+                text: text.to_owned(),
+            })?;
     }
     Ok(total)
 }
@@ -140,7 +153,10 @@ pub mod option_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// Writes the short form, or nothing.
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             Some(value) => super::text::serialize(value, serializer),
             None => serializer.serialize_none(),
@@ -148,9 +164,13 @@ pub mod option_text {
     }
 
     /// Reads the short form.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(deserializer)?;
-        super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+        super::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -178,7 +198,17 @@ mod tests {
 
     #[test]
     fn formats_back_to_the_short_form() {
-        for text in ["500ms", "30s", "10m", "2h", "1h30m", "1d12h", "1s500ms", "0s", "1m1s1ms1us1ns"] {
+        for text in [
+            "500ms",
+            "30s",
+            "10m",
+            "2h",
+            "1h30m",
+            "1d12h",
+            "1s500ms",
+            "0s",
+            "1m1s1ms1us1ns",
+        ] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
@@ -197,20 +227,50 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_duration_round_trips_through_text(secs in proptest::prelude::any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            proptest::prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
+
     #[test]
     fn refuses_bad_text() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         for bad in ["10", "s", "1.5h", "10 m", " 10m", "-5s", "1h 30m", "10m!"] {
-            assert!(matches!(parse_duration(bad), Err(DurationError::Malformed { .. })), "{bad:?} accepted");
+            assert!(
+                matches!(parse_duration(bad), Err(DurationError::Malformed { .. })),
+                "{bad:?} accepted"
+            );
         }
-        assert!(matches!(parse_duration("10x"), Err(DurationError::UnknownUnit { unit, .. }) if unit == "x"));
-        assert!(matches!(parse_duration("10min"), Err(DurationError::UnknownUnit { .. })));
+        assert!(
+            matches!(parse_duration("10x"), Err(DurationError::UnknownUnit { unit, .. }) if unit == "x")
+        );
+        assert!(matches!(
+            parse_duration("10min"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
         for bad in ["30m1h", "1m1m", "5ms1s"] {
-            assert!(matches!(parse_duration(bad), Err(DurationError::OutOfOrder { .. })), "{bad:?} accepted");
+            assert!(
+                matches!(parse_duration(bad), Err(DurationError::OutOfOrder { .. })),
+                "{bad:?} accepted"
+            );
         }
-        assert!(matches!(parse_duration("99999999999999999999s"), Err(DurationError::Overflow { .. })));
-        assert!(matches!(parse_duration("999999999999999999d"), Err(DurationError::Overflow { .. })));
-        for err in [parse_duration(""), parse_duration("10x"), parse_duration("30m1h"), parse_duration("1")] {
+        assert!(matches!(
+            parse_duration("99999999999999999999s"),
+            Err(DurationError::Overflow { .. })
+        ));
+        assert!(matches!(
+            parse_duration("999999999999999999d"),
+            Err(DurationError::Overflow { .. })
+        ));
+        for err in [
+            parse_duration(""),
+            parse_duration("10x"),
+            parse_duration("30m1h"),
+            parse_duration("1"),
+        ] {
             assert!(err.unwrap_err().to_string().starts_with(BAD_DURATION));
         }
     }

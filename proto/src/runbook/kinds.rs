@@ -111,10 +111,15 @@ impl TryFrom<WaitFields> for WaitStep {
             (Some(http), None) => WaitCondition::Http(http),
             (None, Some(sql)) => WaitCondition::Sql(sql),
             _ => {
-                return Err("a `wait` step needs exactly one of `http = { url = … }` or `sql = { target = …, query = … }`");
+                return Err(
+                    "a `wait` step needs exactly one of `http = { url = … }` or `sql = { target = …, query = … }`",
+                );
             }
         };
-        Ok(Self { condition, interval: fields.interval })
+        Ok(Self {
+            condition,
+            interval: fields.interval,
+        })
     }
 }
 
@@ -199,7 +204,11 @@ pub struct PgRestoreStep {
     #[serde(default = "default_jobs")]
     pub jobs: u32,
     /// Refuse an archive older than this.
-    #[serde(default, with = "duration::option_text", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_age: Option<Duration>,
     /// Restore over the target database itself (destructive); false by default.
     #[serde(default)]
@@ -230,7 +239,10 @@ impl TenancyScope {
 
 impl Default for TenancyScope {
     fn default() -> Self {
-        Self { schema_pattern: "^tenant_([0-9]+)$".to_owned(), tenants_table: "tenants".to_owned() }
+        Self {
+            schema_pattern: "^tenant_([0-9]+)$".to_owned(),
+            tenants_table: "tenants".to_owned(),
+        }
     }
 }
 

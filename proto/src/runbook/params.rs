@@ -10,7 +10,9 @@ pub enum ExpandError {
         name: String,
     },
     /// `${` with no closing `}`, or `${}`.
-    #[error("`{text}` has a `${{` with no parameter name and `}}` after it (write `$${{` for a literal `${{`)")]
+    #[error(
+        "`{text}` has a `${{` with no parameter name and `}}` after it (write `$${{` for a literal `${{`)"
+    )]
     Malformed {
         /// The whole text.
         text: String,
@@ -38,7 +40,9 @@ fn pieces(text: &str) -> Result<Vec<Piece<'_>>, ExpandError> {
         out.push(Piece::Literal(&rest[..at]));
         let after = &rest[at + 2..];
         let Some(end) = after.find('}').filter(|&end| end > 0) else {
-            return Err(ExpandError::Malformed { text: text.to_owned() });
+            return Err(ExpandError::Malformed {
+                text: text.to_owned(),
+            });
         };
         out.push(Piece::Param(&after[..end]));
         rest = &after[end + 1..];
@@ -59,13 +63,18 @@ pub(crate) fn references(text: &str) -> Result<Vec<&str>, ExpandError> {
 }
 
 /// Replaces every `${name}` in `text` by `lookup(name)`; the replacement is not expanded again.
-pub(crate) fn expand<'v>(text: &str, lookup: impl Fn(&str) -> Option<&'v str>) -> Result<String, ExpandError> {
+pub(crate) fn expand<'v>(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<&'v str>,
+) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(text.len());
     for piece in pieces(text)? {
         match piece {
             Piece::Literal(literal) => out.push_str(literal),
             Piece::Param(name) => {
-                let value = lookup(name).ok_or_else(|| ExpandError::UnknownParam { name: name.to_owned() })?;
+                let value = lookup(name).ok_or_else(|| ExpandError::UnknownParam {
+                    name: name.to_owned(),
+                })?;
                 out.push_str(value);
             }
         }
@@ -94,15 +103,27 @@ mod tests {
 
     #[test]
     fn expands_references_and_leaves_other_dollars_alone() {
-        assert_eq!(expand("cd ${app_dir} && ls", lookup).unwrap(), "cd /srv/app && ls");
-        assert_eq!(expand("${app_dir}${app_dir}", lookup).unwrap(), "/srv/app/srv/app");
-        assert_eq!(expand("echo $HOME $$ $1 {x}", lookup).unwrap(), "echo $HOME $$ $1 {x}");
+        assert_eq!(
+            expand("cd ${app_dir} && ls", lookup).unwrap(),
+            "cd /srv/app && ls"
+        );
+        assert_eq!(
+            expand("${app_dir}${app_dir}", lookup).unwrap(),
+            "/srv/app/srv/app"
+        );
+        assert_eq!(
+            expand("echo $HOME $$ $1 {x}", lookup).unwrap(),
+            "echo $HOME $$ $1 {x}"
+        );
         assert_eq!(expand("", lookup).unwrap(), "");
     }
 
     #[test]
     fn a_doubled_dollar_escapes_a_reference() {
-        assert_eq!(expand("echo $${HOME} in ${app_dir}", lookup).unwrap(), "echo ${HOME} in /srv/app");
+        assert_eq!(
+            expand("echo $${HOME} in ${app_dir}", lookup).unwrap(),
+            "echo ${HOME} in /srv/app"
+        );
         assert_eq!(references("$${nope} ${app_dir}").unwrap(), ["app_dir"]);
     }
 
@@ -113,9 +134,17 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_references_are_refused() {
-        assert_eq!(expand("${nope}", lookup), Err(ExpandError::UnknownParam { name: "nope".into() }));
+        assert_eq!(
+            expand("${nope}", lookup),
+            Err(ExpandError::UnknownParam {
+                name: "nope".into()
+            })
+        );
         for bad in ["${app_dir", "${}", "x ${"] {
-            assert!(matches!(expand(bad, lookup), Err(ExpandError::Malformed { .. })), "{bad:?} accepted");
+            assert!(
+                matches!(expand(bad, lookup), Err(ExpandError::Malformed { .. })),
+                "{bad:?} accepted"
+            );
         }
     }
 

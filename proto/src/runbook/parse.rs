@@ -2,8 +2,14 @@
 //!
 //! The text is parsed into a spanned tree first, then walked phase by phase and step by
 //! step; each piece is deserialized on its own, so every error knows its phase, its step
-//! and its line. A step's table is split in two: the fields every step has, and the
-//! fields of its kind, each deserialized by a struct that refuses unknown fields.
+//! and its line. A step's table is split by key into the fields every step has, the
+//! fields of its kind and, for the tenancy builtins, their [`TenancyScope`]; each part is
+//! deserialized by a struct that refuses unknown fields.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "a runbook is parsed once per run; an error is rare and carries its whole location"
+)]
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -18,8 +24,9 @@ use super::duration::{self, BAD_DURATION};
 use super::kinds::NoFields;
 use super::params;
 use super::{
-    ConsolidateStep, DropSchemasStep, DryRunBehaviour, DumpFormat, EmergencySpec, Phase, RetryPolicy, Runbook,
-    RunbookError, RunbookErrorKind, Step, StepKind, TenancyScope, TenancyStep, TextPosition,
+    ConsolidateStep, DropSchemasStep, DryRunBehaviour, DumpFormat, EmergencySpec, Phase,
+    RetryPolicy, Runbook, RunbookError, RunbookErrorKind, Step, StepKind, TenancyScope,
+    TenancyStep, TextPosition,
 };
 use crate::ids::{PhaseId, StepId};
 
@@ -36,9 +43,9 @@ struct Header {
     #[serde(default)]
     params: BTreeMap<String, String>,
     emergency: Option<EmergencySpec>,
-    #[serde(default)]
-    #[allow(dead_code)] // walked separately, so each phase's errors know their place
-    phases: IgnoredAny,
+    /// Walked separately, so that each phase's errors know their place.
+    #[serde(default, rename = "phases")]
+    _phases: IgnoredAny,
 }
 
 /// A `[[phases]]` table, without its steps.
@@ -49,9 +56,9 @@ struct PhaseHeader {
     title: Option<String>,
     #[serde(default)]
     auto_advance: bool,
-    #[serde(default)]
-    #[allow(dead_code)] // walked separately
-    steps: IgnoredAny,
+    /// Walked separately, step by step.
+    #[serde(default, rename = "steps")]
+    _steps: IgnoredAny,
 }
 
 /// The fields every step has; the rest of its table belongs to its kind.
@@ -60,8 +67,9 @@ struct PhaseHeader {
 struct CommonFields {
     id: StepId,
     title: Option<String>,
-    #[allow(dead_code)] // read and checked before the split
-    kind: String,
+    /// Read and checked before the split.
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
     #[serde(default)]
     idempotent: bool,
     #[serde(default)]
@@ -77,8 +85,17 @@ struct CommonFields {
 }
 
 /// The keys of [`CommonFields`]: everything else in a step's table goes to its kind.
-const COMMON_FIELDS: [&str; 9] =
-    ["id", "title", "kind", "idempotent", "destructive", "timeout", "retry", "approvals", "dry_run"];
+const COMMON_FIELDS: [&str; 9] = [
+    "id",
+    "title",
+    "kind",
+    "idempotent",
+    "destructive",
+    "timeout",
+    "retry",
+    "approvals",
+    "dry_run",
+];
 
 /// Where in the runbook an error applies.
 #[derive(Clone, Default)]
@@ -97,7 +114,11 @@ pub(super) fn parse(file: &str, source: &str) -> Result<Runbook, RunbookError> {
     let parser = Parser { file, source };
     let doc = DeTable::parse(source).map_err(|e| {
         let message = e.message().to_owned();
-        parser.error(e.span(), &Place::default(), RunbookErrorKind::Syntax { message })
+        parser.error(
+            e.span(),
+            &Place::default(),
+            RunbookErrorKind::Syntax { message },
+        )
     })?;
     let doc = Spanned::new(doc.span(), DeValue::Table(doc.into_inner()));
     parser.runbook(&doc)
@@ -111,15 +132,23 @@ impl Parser<'_> {
         if let Err(e) = PhaseId::new(header.name.as_str()) {
             return Err(self.field_error(table, "name", &top, e.to_string()));
         }
-        if let Some(name) = header.params.keys().find(|name| !params::is_param_name(name)) {
-            let message =
-                format!("`{name}` is not a parameter name: use A-Z, a-z, 0-9 and `_`, not starting with a digit");
+        if let Some(name) = header
+            .params
+            .keys()
+            .find(|name| !params::is_param_name(name))
+        {
+            let message = format!(
+                "`{name}` is not a parameter name: use A-Z, a-z, 0-9 and `_`, not starting with a digit"
+            );
             return Err(self.field_error(table, "params", &top, message));
         }
         if let Some(emergency) = &header.emergency {
             let at = self.span_of(table, "emergency").unwrap_or(doc.span());
             if emergency.database.trim().is_empty() {
-                let kind = invalid("emergency.database", "must name the database a person types to confirm");
+                let kind = invalid(
+                    "emergency.database",
+                    "must name the database a person types to confirm",
+                );
                 return Err(self.error(Some(at), &top, kind));
             }
             if emergency.confirm_within.is_zero() {
@@ -135,7 +164,11 @@ impl Parser<'_> {
             Some(value) => self.tables_in(value, "phases", "[[phases]]", &top)?,
         };
         if phases.is_empty() {
-            return Err(self.error(table.get("phases").map(Spanned::span), &top, RunbookErrorKind::NoPhases));
+            return Err(self.error(
+                table.get("phases").map(Spanned::span),
+                &top,
+                RunbookErrorKind::NoPhases,
+            ));
         }
         let mut runbook = Runbook {
             name: header.name,
@@ -160,10 +193,16 @@ impl Parser<'_> {
         step_phases: &mut BTreeMap<StepId, PhaseId>,
     ) -> Result<Phase, RunbookError> {
         let table = as_table(value);
-        let place = Place { phase: Some(label::<PhaseId>(table, index)), step: None };
+        let place = Place {
+            phase: Some(label::<PhaseId>(table, index)),
+            step: None,
+        };
         let header: PhaseHeader = self.deserialize(value, &place)?;
         if let Some(first) = runbook.phase_index(&header.id) {
-            let kind = RunbookErrorKind::DuplicatePhaseId { id: header.id, first: first + 1 };
+            let kind = RunbookErrorKind::DuplicatePhaseId {
+                id: header.id,
+                first: first + 1,
+            };
             return Err(self.error(self.span_of(table, "id"), &place, kind));
         }
         let steps = match table.get("steps") {
@@ -181,10 +220,16 @@ impl Parser<'_> {
         };
         for (index, value) in steps.into_iter().enumerate() {
             let table = as_table(value);
-            let place = Place { phase: place.phase.clone(), step: Some(label::<StepId>(table, index)) };
+            let place = Place {
+                phase: place.phase.clone(),
+                step: Some(label::<StepId>(table, index)),
+            };
             let step = self.step(value, &place, &runbook.params)?;
             if let Some(first_phase) = step_phases.get(&step.id) {
-                let kind = RunbookErrorKind::DuplicateStepId { id: step.id.clone(), first_phase: first_phase.clone() };
+                let kind = RunbookErrorKind::DuplicateStepId {
+                    id: step.id.clone(),
+                    first_phase: first_phase.clone(),
+                };
                 return Err(self.error(self.span_of(table, "id"), &place, kind));
             }
             step_phases.insert(step.id.clone(), phase.id.clone());
@@ -193,11 +238,21 @@ impl Parser<'_> {
         Ok(phase)
     }
 
-    fn step(&self, value: &Value<'_>, place: &Place, params: &BTreeMap<String, String>) -> Result<Step, RunbookError> {
+    fn step(
+        &self,
+        value: &Value<'_>,
+        place: &Place,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Step, RunbookError> {
         let table = as_table(value);
-        let kind = match table.get("kind").map(|kind| (kind.get_ref().as_str(), kind.span())) {
+        let kind = match table
+            .get("kind")
+            .map(|kind| (kind.get_ref().as_str(), kind.span()))
+        {
             None => {
-                let kind = RunbookErrorKind::MissingField { field: "kind".into() };
+                let kind = RunbookErrorKind::MissingField {
+                    field: "kind".into(),
+                };
                 return Err(self.error(Some(value.span()), place, kind));
             }
             Some((None, span)) => {
@@ -207,7 +262,10 @@ impl Parser<'_> {
             Some((Some(kind), span)) => match StepKind::NAMES.iter().find(|name| **name == kind) {
                 Some(name) => *name,
                 None => {
-                    let kind = RunbookErrorKind::UnknownKind { kind: kind.into(), expected: StepKind::NAMES.to_vec() };
+                    let kind = RunbookErrorKind::UnknownKind {
+                        kind: kind.into(),
+                        expected: StepKind::NAMES.to_vec(),
+                    };
                     return Err(self.error(Some(span), place, kind));
                 }
             },
@@ -219,23 +277,16 @@ impl Parser<'_> {
         let (scope, own) = split(&own, |key| tenancy && TenancyScope::FIELDS.contains(&key));
         let common: CommonFields = self.deserialize(&common, place)?;
         let scope: TenancyScope = self.deserialize(&scope, place)?;
-        let kind = match kind {
-            "checklist" => StepKind::Checklist(self.deserialize(&own, place)?),
-            "approval" => self.deserialize::<NoFields>(&own, place).map(|_| StepKind::Approval)?,
-            "shell" => StepKind::Shell(self.deserialize(&own, place)?),
-            "http" => StepKind::Http(self.deserialize(&own, place)?),
-            "sql" => StepKind::Sql(self.deserialize(&own, place)?),
-            "wait" => StepKind::Wait(self.deserialize(&own, place)?),
-            "pg_dump" => StepKind::PgDump(self.deserialize(&own, place)?),
-            "pg_restore" => StepKind::PgRestore(self.deserialize(&own, place)?),
-            "plan" => StepKind::Plan(TenancyStep { scope, ..self.deserialize(&own, place)? }),
-            "consolidate" => StepKind::Consolidate(ConsolidateStep { scope, ..self.deserialize(&own, place)? }),
-            "verify" => StepKind::Verify(TenancyStep { scope, ..self.deserialize(&own, place)? }),
-            "drop_schemas" => StepKind::DropSchemas(DropSchemasStep { scope, ..self.deserialize(&own, place)? }),
-            "export_delta" => StepKind::ExportDelta(self.deserialize(&own, place)?),
-            "import_delta" => StepKind::ImportDelta(self.deserialize(&own, place)?),
-            other => unreachable!("`{other}` is in StepKind::NAMES but has no arm"),
-        };
+        let kind = self
+            .kind_fields(kind, &own, scope, place)
+            .map_err(|mut e| {
+                if let RunbookErrorKind::UnknownField { field, expected } = &mut e.kind
+                    && !field.contains(['.', '['])
+                {
+                    *expected = other_fields(kind, expected, tenancy);
+                }
+                e
+            })?;
         let mut step = Step {
             title: common.title.unwrap_or_else(|| common.id.to_string()),
             id: common.id,
@@ -265,8 +316,54 @@ impl Parser<'_> {
         Ok(step)
     }
 
+    /// Reads the fields of a step's kind.
+    fn kind_fields(
+        &self,
+        kind: &str,
+        own: &Value<'_>,
+        scope: TenancyScope,
+        place: &Place,
+    ) -> Result<StepKind, RunbookError> {
+        Ok(match kind {
+            "checklist" => StepKind::Checklist(self.deserialize(own, place)?),
+            "approval" => self
+                .deserialize::<NoFields>(own, place)
+                .map(|_| StepKind::Approval)?,
+            "shell" => StepKind::Shell(self.deserialize(own, place)?),
+            "http" => StepKind::Http(self.deserialize(own, place)?),
+            "sql" => StepKind::Sql(self.deserialize(own, place)?),
+            "wait" => StepKind::Wait(self.deserialize(own, place)?),
+            "pg_dump" => StepKind::PgDump(self.deserialize(own, place)?),
+            "pg_restore" => StepKind::PgRestore(self.deserialize(own, place)?),
+            "plan" => StepKind::Plan(TenancyStep {
+                scope,
+                ..self.deserialize(own, place)?
+            }),
+            "consolidate" => StepKind::Consolidate(ConsolidateStep {
+                scope,
+                ..self.deserialize(own, place)?
+            }),
+            "verify" => StepKind::Verify(TenancyStep {
+                scope,
+                ..self.deserialize(own, place)?
+            }),
+            "drop_schemas" => StepKind::DropSchemas(DropSchemasStep {
+                scope,
+                ..self.deserialize(own, place)?
+            }),
+            "export_delta" => StepKind::ExportDelta(self.deserialize(own, place)?),
+            "import_delta" => StepKind::ImportDelta(self.deserialize(own, place)?),
+            other => unreachable!("`{other}` is in StepKind::NAMES but has no arm"),
+        })
+    }
+
     /// Refuses `${name}` references to undeclared parameters anywhere in a step's text.
-    fn check_params(&self, step: &Value<'_>, place: &Place, params: &BTreeMap<String, String>) -> Result<(), RunbookError> {
+    fn check_params(
+        &self,
+        step: &Value<'_>,
+        place: &Place,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), RunbookError> {
         let mut strings = Vec::new();
         for (key, value) in as_table(step).iter() {
             if !matches!(key.get_ref().as_ref(), "id" | "kind") {
@@ -277,13 +374,20 @@ impl Parser<'_> {
             let missing = match params::references(text) {
                 Ok(names) => names.into_iter().find(|name| !params.contains_key(*name)),
                 Err(_) => {
-                    let kind = invalid(&field, "has a `${` with no parameter name and `}` after it (write `$${` for a literal `${`)");
+                    let kind = invalid(
+                        &field,
+                        "has a `${` with no parameter name and `}` after it (write `$${` for a literal `${`)",
+                    );
                     return Err(self.error(Some(span), place, kind));
                 }
             };
             if let Some(name) = missing {
                 let declared = params.keys().cloned().collect();
-                let kind = RunbookErrorKind::UnknownParam { name: name.to_owned(), field, declared };
+                let kind = RunbookErrorKind::UnknownParam {
+                    name: name.to_owned(),
+                    field,
+                    declared,
+                };
                 return Err(self.error(Some(span), place, kind));
             }
         }
@@ -291,28 +395,54 @@ impl Parser<'_> {
     }
 
     /// The tables of an array of tables (`[[phases]]`), or an error naming how to write one.
-    fn tables_in<'v, 'i>(&self, value: &'v Value<'i>, key: &str, how: &str, place: &Place) -> Result<Vec<&'v Value<'i>>, RunbookError> {
+    fn tables_in<'v, 'i>(
+        &self,
+        value: &'v Value<'i>,
+        key: &str,
+        how: &str,
+        place: &Place,
+    ) -> Result<Vec<&'v Value<'i>>, RunbookError> {
         let tables = value.get_ref().as_array().and_then(|array| {
-            array.iter().all(|item| item.get_ref().is_table()).then(|| array.iter().collect::<Vec<_>>())
+            array
+                .iter()
+                .all(|item| item.get_ref().is_table())
+                .then(|| array.iter().collect::<Vec<_>>())
         });
         tables.ok_or_else(|| {
-            let kind = invalid(key, &format!("must be a list of tables, each written {how}"));
+            let kind = invalid(
+                key,
+                &format!("must be a list of tables, each written {how}"),
+            );
             self.error(Some(value.span()), place, kind)
         })
     }
 
     /// Deserializes one piece of the tree, turning serde's error into a located one.
-    fn deserialize<T: DeserializeOwned>(&self, value: &Value<'_>, place: &Place) -> Result<T, RunbookError> {
+    fn deserialize<T: DeserializeOwned>(
+        &self,
+        value: &Value<'_>,
+        place: &Place,
+    ) -> Result<T, RunbookError> {
         T::deserialize(ValueDeserializer::from(value.clone())).map_err(|e| {
             // Errors about the piece as a whole (a missing field) carry its own span, or none.
-            let span = e.span().filter(|span| !span.is_empty() && *span != value.span());
-            let path = span.as_ref().and_then(|span| key_path(value.get_ref(), span));
+            let span = e
+                .span()
+                .filter(|span| !span.is_empty() && *span != value.span());
+            let path = span
+                .as_ref()
+                .and_then(|span| key_path(value.get_ref(), span));
             let span = span.unwrap_or(value.span());
             self.error(Some(span), place, classify(e.message(), path))
         })
     }
 
-    fn field_error(&self, table: &DeTable<'_>, key: &str, place: &Place, message: String) -> RunbookError {
+    fn field_error(
+        &self,
+        table: &DeTable<'_>,
+        key: &str,
+        place: &Place,
+        message: String,
+    ) -> RunbookError {
         self.error(self.span_of(table, key), place, invalid(key, &message))
     }
 
@@ -332,17 +462,46 @@ impl Parser<'_> {
 }
 
 fn invalid(field: &str, message: &str) -> RunbookErrorKind {
-    RunbookErrorKind::InvalidField { field: Some(field.to_owned()), message: message.to_owned() }
+    RunbookErrorKind::InvalidField {
+        field: Some(field.to_owned()),
+        message: message.to_owned(),
+    }
+}
+
+/// The hint after an unknown field of a step: serde's list covers the kind's own fields only.
+fn other_fields(kind: &str, expected: &str, tenancy: bool) -> String {
+    let mut others: Vec<_> = if tenancy {
+        TenancyScope::FIELDS.to_vec()
+    } else {
+        Vec::new()
+    };
+    others.extend(COMMON_FIELDS);
+    let others = others
+        .iter()
+        .map(|field| format!("`{field}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match expected.strip_prefix(", there are no fields") {
+        Some(_) => format!("; a step of kind `{kind}` takes only {others}"),
+        None => format!("{expected}, or one of {others}"),
+    }
 }
 
 /// Splits a table in two by key: (the entries `wanted` picks, the others), both with its span.
 fn split<'i>(value: &Value<'i>, wanted: impl Fn(&str) -> bool) -> (Value<'i>, Value<'i>) {
     let (mut picked, mut rest) = (DeTable::new(), DeTable::new());
     for (key, field) in as_table(value).iter() {
-        let half = if wanted(key.get_ref()) { &mut picked } else { &mut rest };
+        let half = if wanted(key.get_ref()) {
+            &mut picked
+        } else {
+            &mut rest
+        };
         half.insert(key.clone(), field.clone());
     }
-    (Spanned::new(value.span(), DeValue::Table(picked)), Spanned::new(value.span(), DeValue::Table(rest)))
+    (
+        Spanned::new(value.span(), DeValue::Table(picked)),
+        Spanned::new(value.span(), DeValue::Table(rest)),
+    )
 }
 
 /// A table's contents; callers only pass values known to be tables.
@@ -361,18 +520,30 @@ fn label<Id: std::str::FromStr + ToString>(table: &DeTable<'_>, index: usize) ->
 
 /// Sorts serde's message into a kind a caller can branch on.
 fn classify(message: &str, path: Option<String>) -> RunbookErrorKind {
-    let quoted = |rest: &str| rest.split_once('`').map(|(name, tail)| (name.to_owned(), tail.to_owned()));
+    let quoted = |rest: &str| {
+        rest.split_once('`')
+            .map(|(name, tail)| (name.to_owned(), tail.to_owned()))
+    };
     if let Some((field, _)) = message.strip_prefix("missing field `").and_then(quoted) {
         let field = path.map_or_else(|| field.clone(), |path| format!("{path}.{field}"));
         return RunbookErrorKind::MissingField { field };
     }
     if let Some((field, expected)) = message.strip_prefix("unknown field `").and_then(quoted) {
-        return RunbookErrorKind::UnknownField { field: path.unwrap_or(field), expected };
+        return RunbookErrorKind::UnknownField {
+            field: path.unwrap_or(field),
+            expected,
+        };
     }
     if message.starts_with(BAD_DURATION) {
-        return RunbookErrorKind::BadDuration { field: path, message: message.to_owned() };
+        return RunbookErrorKind::BadDuration {
+            field: path,
+            message: message.to_owned(),
+        };
     }
-    RunbookErrorKind::InvalidField { field: path, message: message.to_owned() }
+    RunbookErrorKind::InvalidField {
+        field: path,
+        message: message.to_owned(),
+    }
 }
 
 /// The dotted path (`retry.max_attempts`, `items[2]`) of the key or value at `span`.
@@ -391,13 +562,15 @@ fn key_path(value: &DeValue<'_>, span: &Span) -> Option<String> {
                 None => within(child.span()).then_some(name),
             }
         }),
-        DeValue::Array(array) => array.iter().enumerate().find_map(|(index, child)| {
-            match key_path(child.get_ref(), span) {
-                Some(rest) if rest.starts_with('[') => Some(format!("[{index}]{rest}")),
-                Some(rest) => Some(format!("[{index}].{rest}")),
-                None => within(child.span()).then(|| format!("[{index}]")),
-            }
-        }),
+        DeValue::Array(array) => {
+            array.iter().enumerate().find_map(|(index, child)| {
+                match key_path(child.get_ref(), span) {
+                    Some(rest) if rest.starts_with('[') => Some(format!("[{index}]{rest}")),
+                    Some(rest) => Some(format!("[{index}].{rest}")),
+                    None => within(child.span()).then(|| format!("[{index}]")),
+                }
+            })
+        }
         _ => None,
     }
 }
@@ -425,5 +598,8 @@ fn position(source: &str, offset: usize) -> TextPosition {
     let offset = offset.min(source.len());
     let before = source.get(..offset).unwrap_or(source);
     let line_start = before.rfind('\n').map_or(0, |at| at + 1);
-    TextPosition { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1 }
+    TextPosition {
+        line: before.matches('\n').count() + 1,
+        column: before[line_start..].chars().count() + 1,
+    }
 }

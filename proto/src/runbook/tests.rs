@@ -11,7 +11,10 @@ fn step_id(id: &str) -> StepId {
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A step with every common field at its default.
@@ -30,7 +33,12 @@ fn plain(id: &str, kind: StepKind) -> Step {
 }
 
 fn phase(id: &str, title: &str, auto_advance: bool, steps: Vec<Step>) -> Phase {
-    Phase { id: PhaseId::new(id).unwrap(), title: title.to_owned(), auto_advance, steps }
+    Phase {
+        id: PhaseId::new(id).unwrap(),
+        title: title.to_owned(),
+        auto_advance,
+        steps,
+    }
 }
 
 fn expected_every_kind() -> Runbook {
@@ -239,7 +247,11 @@ fn a_runbook_with_every_kind_parses_to_the_expected_model() {
 #[test]
 fn human_kinds_are_checklist_and_approval() {
     let parsed = Runbook::parse("every-kind.toml", EVERY_KIND).unwrap();
-    let human: Vec<_> = parsed.steps().filter(|(_, s)| s.kind.is_human()).map(|(_, s)| s.id.as_str()).collect();
+    let human: Vec<_> = parsed
+        .steps()
+        .filter(|(_, s)| s.kind.is_human())
+        .map(|(_, s)| s.id.as_str())
+        .collect();
     assert_eq!(human, ["assess", "go-ahead"]);
 }
 
@@ -249,12 +261,21 @@ fn the_model_serializes_to_json_the_way_it_is_written() {
     let json = serde_json::to_value(&parsed).unwrap();
     let shell = &json["phases"][0]["steps"][2];
     assert_eq!(shell["kind"], "shell");
-    assert_eq!(shell["command"], "php artisan down --retry=60 && echo $${HOME}");
+    assert_eq!(
+        shell["command"],
+        "php artisan down --retry=60 && echo $${HOME}"
+    );
     assert_eq!(shell["timeout"], "2m");
     assert_eq!(shell["retry"]["max_delay"], "30s");
     assert_eq!(json["phases"][0]["steps"][1]["kind"], "approval");
-    assert_eq!(json["phases"][2]["steps"][3]["http"]["url"], "https://app.example/health");
-    assert_eq!(json["phases"][1]["steps"][2]["schema_pattern"], "^t_([0-9]+)$");
+    assert_eq!(
+        json["phases"][2]["steps"][3]["http"]["url"],
+        "https://app.example/health"
+    );
+    assert_eq!(
+        json["phases"][1]["steps"][2]["schema_pattern"],
+        "^t_([0-9]+)$"
+    );
 }
 
 #[test]
@@ -262,9 +283,15 @@ fn steps_and_phases_are_found_by_id() {
     let parsed = Runbook::parse("every-kind.toml", EVERY_KIND).unwrap();
     let (p, s, step) = parsed.step(&step_id("drop")).unwrap();
     assert_eq!((p, s, step.kind.name()), (1, 4, "drop_schemas"));
-    assert_eq!(parsed.step(&step_id("assess")).map(|(p, s, _)| (p, s)), Some((0, 0)));
+    assert_eq!(
+        parsed.step(&step_id("assess")).map(|(p, s, _)| (p, s)),
+        Some((0, 0))
+    );
     assert!(parsed.step(&step_id("nope")).is_none());
-    assert_eq!(parsed.phase_index(&PhaseId::new("emergency").unwrap()), Some(2));
+    assert_eq!(
+        parsed.phase_index(&PhaseId::new("emergency").unwrap()),
+        Some(2)
+    );
     assert_eq!(parsed.phase_index(&PhaseId::new("nope").unwrap()), None);
 }
 
@@ -272,11 +299,27 @@ fn steps_and_phases_are_found_by_id() {
 fn params_expand_from_overrides_then_defaults() {
     let parsed = Runbook::parse("every-kind.toml", EVERY_KIND).unwrap();
     let none = BTreeMap::new();
-    assert_eq!(parsed.expand("${backup_dir}/full", &none).unwrap(), "/var/backups/rollback/full");
+    assert_eq!(
+        parsed.expand("${backup_dir}/full", &none).unwrap(),
+        "/var/backups/rollback/full"
+    );
     let overrides = map(&[("backup_dir", "/mnt/b")]);
-    assert_eq!(parsed.expand("${backup_dir}/x in ${app_dir}", &overrides).unwrap(), "/mnt/b/x in /srv/app");
-    assert_eq!(parsed.expand("echo $${HOME}", &none).unwrap(), "echo ${HOME}");
-    assert_eq!(parsed.expand("${nope}", &none), Err(ExpandError::UnknownParam { name: "nope".into() }));
+    assert_eq!(
+        parsed
+            .expand("${backup_dir}/x in ${app_dir}", &overrides)
+            .unwrap(),
+        "/mnt/b/x in /srv/app"
+    );
+    assert_eq!(
+        parsed.expand("echo $${HOME}", &none).unwrap(),
+        "echo ${HOME}"
+    );
+    assert_eq!(
+        parsed.expand("${nope}", &none),
+        Err(ExpandError::UnknownParam {
+            name: "nope".into()
+        })
+    );
 }
 
 #[test]
@@ -303,21 +346,38 @@ timeout = "1m"
     let dump = &parsed.phases[0].steps[0];
     assert_eq!(dump.title, "dump");
     assert_eq!(dump.retry, RetryPolicy::default());
-    let StepKind::PgDump(dump) = &dump.kind else { panic!("not a pg_dump") };
-    assert_eq!((dump.format, dump.jobs, dump.schemas.as_ref()), (DumpFormat::Directory, 2, None));
-    let StepKind::Wait(wait) = &parsed.phases[0].steps[1].kind else { panic!("not a wait") };
+    let StepKind::PgDump(dump) = &dump.kind else {
+        panic!("not a pg_dump")
+    };
+    assert_eq!(
+        (dump.format, dump.jobs, dump.schemas.as_ref()),
+        (DumpFormat::Directory, 2, None)
+    );
+    let StepKind::Wait(wait) = &parsed.phases[0].steps[1].kind else {
+        panic!("not a wait")
+    };
     assert_eq!(wait.interval, Duration::from_secs(5));
 }
 
 #[test]
 fn the_source_hash_is_the_sha256_of_the_text() {
-    assert_eq!(source_hash(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    assert_ne!(source_hash(EVERY_KIND), source_hash(&format!("{EVERY_KIND} ")));
+    assert_eq!(
+        source_hash(""),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    assert_ne!(
+        source_hash(EVERY_KIND),
+        source_hash(&format!("{EVERY_KIND} "))
+    );
 }
 
 #[test]
 fn retry_delays_grow_and_stop_at_the_cap_and_the_last_attempt() {
-    let retry = RetryPolicy { max_attempts: 5, max_delay: Duration::from_secs(5), ..RetryPolicy::default() };
+    let retry = RetryPolicy {
+        max_attempts: 5,
+        max_delay: Duration::from_secs(5),
+        ..RetryPolicy::default()
+    };
     let delays: Vec<_> = (0..=5).map(|attempt| retry.delay_after(attempt)).collect();
     let secs = |s| Some(Duration::from_secs(s));
     assert_eq!(delays, [None, secs(1), secs(2), secs(4), secs(5), None]);
@@ -356,47 +416,84 @@ fn error(source: &str) -> RunbookError {
 fn assert_error(source: &str, prefix: &str, parts: &[&str]) -> RunbookError {
     let e = error(source);
     let text = e.to_string();
-    assert!(text.starts_with(prefix), "`{text}` does not start with `{prefix}`");
+    assert!(
+        text.starts_with(prefix),
+        "`{text}` does not start with `{prefix}`"
+    );
     for part in parts {
         assert!(text.contains(part), "`{text}` does not contain `{part}`");
     }
     e
 }
 
-const IN_DROP: &str = "deploy/runbooks/x.toml:";
+/// Errors located in the text start with the file, then its line and column.
+const AT_LINE: &str = "deploy/runbooks/x.toml:";
 
 #[test]
 fn a_syntax_error_has_its_line_and_column() {
-    let e = assert_error("name = \"x\"\n[[phases]\n", FILE, &["TOML syntax error", "`]`"]);
+    let e = assert_error(
+        "name = \"x\"\n[[phases]\n",
+        FILE,
+        &["TOML syntax error", "`]`"],
+    );
     assert!(matches!(e.kind, RunbookErrorKind::Syntax { .. }));
-    assert_eq!(e.at, Some(TextPosition { line: 2, column: 10 }));
+    assert_eq!(
+        e.at,
+        Some(TextPosition {
+            line: 2,
+            column: 10
+        })
+    );
     assert_eq!((e.phase, e.step), (None, None));
 }
 
 #[test]
 fn a_destructive_step_without_approval_is_refused() {
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"drop\"\nkind = \"drop_schemas\"\ntarget = \"app\"\narchive_dir = \"/a\"\ndestructive = true\n"),
-        IN_DROP,
-        &["phase `database-rollback`, step `drop`: a destructive step needs at least one approval (set approvals = 1 or more)"],
+        &with_steps(
+            "[[phases.steps]]\nid = \"drop\"\nkind = \"drop_schemas\"\ntarget = \"app\"\narchive_dir = \"/a\"\ndestructive = true\n",
+        ),
+        AT_LINE,
+        &[
+            "phase `database-rollback`, step `drop`: a destructive step needs at least one approval (set approvals = 1 or more)",
+        ],
     );
     assert_eq!(e.kind, RunbookErrorKind::DestructiveWithoutApproval);
-    assert_eq!((e.phase.as_deref(), e.step.as_deref()), (Some("database-rollback"), Some("drop")));
-    assert_eq!(e.at.map(|at| at.line), Some(18), "points at `destructive = true`");
+    assert_eq!(
+        (e.phase.as_deref(), e.step.as_deref()),
+        (Some("database-rollback"), Some("drop"))
+    );
+    assert_eq!(
+        e.at.map(|at| at.line),
+        Some(18),
+        "points at `destructive = true`"
+    );
 }
 
 #[test]
 fn destroying_steps_must_be_marked_destructive() {
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"drop\"\nkind = \"drop_schemas\"\ntarget = \"app\"\narchive_dir = \"/a\"\n"),
-        IN_DROP,
-        &["phase `database-rollback`, step `drop`: a `drop_schemas` step destroys data", "destructive = true"],
+        &with_steps(
+            "[[phases.steps]]\nid = \"drop\"\nkind = \"drop_schemas\"\ntarget = \"app\"\narchive_dir = \"/a\"\n",
+        ),
+        AT_LINE,
+        &[
+            "phase `database-rollback`, step `drop`: a `drop_schemas` step destroys data",
+            "destructive = true",
+        ],
     );
-    assert!(matches!(e.kind, RunbookErrorKind::NotMarkedDestructive { .. }));
+    assert!(matches!(
+        e.kind,
+        RunbookErrorKind::NotMarkedDestructive { .. }
+    ));
     let e = error(&with_steps(
         "[[phases.steps]]\nid = \"restore\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\nin_place = true\n",
     ));
-    assert!(e.to_string().contains("step `restore`: a `pg_restore` with in_place = true destroys data"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("step `restore`: a `pg_restore` with in_place = true destroys data"),
+        "{e}"
+    );
     assert!(Runbook::parse(FILE, &with_steps("[[phases.steps]]\nid = \"restore\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\n")).is_ok());
 }
 
@@ -404,8 +501,10 @@ fn destroying_steps_must_be_marked_destructive() {
 fn an_approval_step_needs_approvers() {
     let e = assert_error(
         &with_steps("[[phases.steps]]\nid = \"sign-off\"\nkind = \"approval\"\n"),
-        IN_DROP,
-        &["phase `database-rollback`, step `sign-off`: an approval step needs at least one approver"],
+        AT_LINE,
+        &[
+            "phase `database-rollback`, step `sign-off`: an approval step needs at least one approver",
+        ],
     );
     assert_eq!(e.kind, RunbookErrorKind::ZeroApprovers);
 }
@@ -414,43 +513,69 @@ fn an_approval_step_needs_approvers() {
 fn an_unknown_kind_lists_the_kinds() {
     let e = assert_error(
         &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shel\"\ncommand = \"x\"\n"),
-        IN_DROP,
-        &["step `down`: unknown step kind `shel`", "checklist, approval, shell, http"],
+        AT_LINE,
+        &[
+            "step `down`: unknown step kind `shel`",
+            "checklist, approval, shell, http",
+        ],
     );
-    assert!(matches!(&e.kind, RunbookErrorKind::UnknownKind { kind, expected } if kind == "shel" && expected.len() == 14));
+    assert!(
+        matches!(&e.kind, RunbookErrorKind::UnknownKind { kind, expected } if kind == "shel" && expected.len() == 14)
+    );
     assert_eq!(e.at.map(|at| at.line), Some(15));
 }
 
 #[test]
 fn missing_and_unknown_fields_are_named() {
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncomand = \"php artisan down\"\n"),
-        IN_DROP,
-        &["phase `database-rollback`, step `down`: unknown field `comand`, expected one of `command`"],
+        &with_steps(
+            "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncomand = \"php artisan down\"\n",
+        ),
+        AT_LINE,
+        &[
+            "phase `database-rollback`, step `down`: unknown field `comand`, expected one of `command`",
+            "or one of `id`, `title`",
+        ],
     );
     assert!(matches!(&e.kind, RunbookErrorKind::UnknownField { field, .. } if field == "comand"));
     assert_eq!(e.at.map(|at| at.line), Some(16));
 
     let e = assert_error(
         &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\n"),
-        IN_DROP,
+        AT_LINE,
         &["step `down`: missing field `command`"],
     );
-    assert_eq!(e.kind, RunbookErrorKind::MissingField { field: "command".into() });
+    assert_eq!(
+        e.kind,
+        RunbookErrorKind::MissingField {
+            field: "command".into()
+        }
+    );
 
     let e = error(&with_steps("[[phases.steps]]\nid = \"down\"\n"));
-    assert_eq!(e.kind, RunbookErrorKind::MissingField { field: "kind".into() });
+    assert_eq!(
+        e.kind,
+        RunbookErrorKind::MissingField {
+            field: "kind".into()
+        }
+    );
 
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\nretry = { max_attempts = 2, jiter = true }\nidempotent = true\n"),
-        IN_DROP,
+        &with_steps(
+            "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\nretry = { max_attempts = 2, jiter = true }\nidempotent = true\n",
+        ),
+        AT_LINE,
         &["step `down`: unknown field `retry.jiter`"],
     );
-    assert!(matches!(&e.kind, RunbookErrorKind::UnknownField { field, .. } if field == "retry.jiter"));
+    assert!(
+        matches!(&e.kind, RunbookErrorKind::UnknownField { field, .. } if field == "retry.jiter")
+    );
 
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"poll\"\nkind = \"wait\"\ntimeout = \"1m\"\nhttp = { expect_status = [200] }\n"),
-        IN_DROP,
+        &with_steps(
+            "[[phases.steps]]\nid = \"poll\"\nkind = \"wait\"\ntimeout = \"1m\"\nhttp = { expect_status = [200] }\n",
+        ),
+        AT_LINE,
         &["step `poll`: missing field `http.url`"],
     );
     assert!(matches!(e.kind, RunbookErrorKind::MissingField { .. }));
@@ -460,82 +585,139 @@ fn missing_and_unknown_fields_are_named() {
 fn fields_of_the_wrong_type_are_named() {
     let e = assert_error(
         &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = 3\n"),
-        IN_DROP,
+        AT_LINE,
         &["step `down`: `command`: invalid type: integer `3`, expected a string"],
     );
-    assert!(matches!(&e.kind, RunbookErrorKind::InvalidField { field: Some(f), .. } if f == "command"));
-    let e = error(&with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\ndry_run = \"run\"\n"));
-    assert!(e.to_string().contains("step `down`: `dry_run`: unknown variant `run`"), "{e}");
-    let e = error(&with_steps("[[phases.steps]]\nid = \"list\"\nkind = \"checklist\"\nitems = [\"a\", 2]\n"));
-    assert!(e.to_string().contains("step `list`: `items[1]`: invalid type"), "{e}");
+    assert!(
+        matches!(&e.kind, RunbookErrorKind::InvalidField { field: Some(f), .. } if f == "command")
+    );
+    let e = error(&with_steps(
+        "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\ndry_run = \"run\"\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("step `down`: `dry_run`: unknown variant `run`"),
+        "{e}"
+    );
+    let e = error(&with_steps(
+        "[[phases.steps]]\nid = \"list\"\nkind = \"checklist\"\nitems = [\"a\", 2]\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("step `list`: `items[1]`: invalid type"),
+        "{e}"
+    );
 }
 
 #[test]
 fn steps_and_phases_without_a_valid_id_are_numbered() {
     let e = assert_error(
         &with_steps("[[phases.steps]]\nkind = \"shell\"\ncommand = \"x\"\n"),
-        IN_DROP,
+        AT_LINE,
         &["phase `database-rollback`, step #2: missing field `id`"],
     );
     assert_eq!(e.step.as_deref(), Some("#2"));
     let e = assert_error(
         &with_steps("[[phases.steps]]\nid = \"Bad Id\"\nkind = \"shell\"\ncommand = \"x\"\n"),
-        IN_DROP,
+        AT_LINE,
         &["step #2: `id`: `Bad Id` is not a valid id"],
     );
     assert!(matches!(e.kind, RunbookErrorKind::InvalidField { .. }));
     let src = format!("{}\n[[phases]]\ntitle = \"no id\"\n", with_steps(""));
-    assert_error(&src, IN_DROP, &["phase #2: missing field `id`"]);
+    assert_error(&src, AT_LINE, &["phase #2: missing field `id`"]);
 }
 
 #[test]
 fn duplicate_ids_are_refused() {
     let e = assert_error(
-        &format!("{}\n[[phases]]\nid = \"later\"\n[[phases.steps]]\nid = \"ok\"\nkind = \"approval\"\napprovals = 1\n", with_steps("")),
-        IN_DROP,
+        &format!(
+            "{}\n[[phases]]\nid = \"later\"\n[[phases.steps]]\nid = \"ok\"\nkind = \"approval\"\napprovals = 1\n",
+            with_steps("")
+        ),
+        AT_LINE,
         &["phase `later`, step `ok`: step id `ok` is already used in phase `database-rollback`"],
     );
     assert!(matches!(e.kind, RunbookErrorKind::DuplicateStepId { .. }));
     let e = assert_error(
-        &format!("{}\n[[phases]]\nid = \"database-rollback\"\n[[phases.steps]]\nid = \"b\"\nkind = \"approval\"\napprovals = 1\n", with_steps("")),
-        IN_DROP,
+        &format!(
+            "{}\n[[phases]]\nid = \"database-rollback\"\n[[phases.steps]]\nid = \"b\"\nkind = \"approval\"\napprovals = 1\n",
+            with_steps("")
+        ),
+        AT_LINE,
         &["phase `database-rollback`: phase id `database-rollback` is already used by phase #1"],
     );
-    assert!(matches!(e.kind, RunbookErrorKind::DuplicatePhaseId { first: 1, .. }));
+    assert!(matches!(
+        e.kind,
+        RunbookErrorKind::DuplicatePhaseId { first: 1, .. }
+    ));
     assert_eq!(e.step, None);
 }
 
 #[test]
 fn undeclared_params_are_refused_where_they_are_used() {
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"ls\"\nworkdir = \"${app_dir}\"\n"),
-        IN_DROP,
-        &["step `down`: `workdir` uses `${app_dir}`, which is not declared in [params] (declared: backup_dir)"],
+        &with_steps(
+            "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"ls\"\nworkdir = \"${app_dir}\"\n",
+        ),
+        AT_LINE,
+        &[
+            "step `down`: `workdir` uses `${app_dir}`, which is not declared in [params] (declared: backup_dir)",
+        ],
     );
-    assert!(matches!(&e.kind, RunbookErrorKind::UnknownParam { name, field, .. } if name == "app_dir" && field == "workdir"));
-    let e = error(&with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"ls\"\nenv = { DIR = \"${nope}\" }\n"));
-    assert!(e.to_string().contains("step `down`: `env.DIR` uses `${nope}`"), "{e}");
-    let e = error(&with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"echo ${backup_dir\"\n"));
-    assert!(e.to_string().contains("step `down`: `command`: has a `${` with no parameter name"), "{e}");
+    assert!(
+        matches!(&e.kind, RunbookErrorKind::UnknownParam { name, field, .. } if name == "app_dir" && field == "workdir")
+    );
+    let e = error(&with_steps(
+        "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"ls\"\nenv = { DIR = \"${nope}\" }\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("step `down`: `env.DIR` uses `${nope}`"),
+        "{e}"
+    );
+    let e = error(&with_steps(
+        "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"echo ${backup_dir\"\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("step `down`: `command`: has a `${` with no parameter name"),
+        "{e}"
+    );
     // Escaped and declared references are fine.
-    let ok = with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"echo $${HOME} ${backup_dir}\"\n");
+    let ok = with_steps(
+        "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"echo $${HOME} ${backup_dir}\"\n",
+    );
     assert!(Runbook::parse(FILE, &ok).is_ok());
 }
 
 #[test]
 fn bad_durations_are_refused_with_their_field() {
     let e = assert_error(
-        &with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\ntimeout = \"10x\"\n"),
-        IN_DROP,
+        &with_steps(
+            "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\ntimeout = \"10x\"\n",
+        ),
+        AT_LINE,
         &["step `down`: `timeout`: bad duration `10x`: unknown unit `x`"],
     );
-    assert!(matches!(&e.kind, RunbookErrorKind::BadDuration { field: Some(f), .. } if f == "timeout"));
+    assert!(
+        matches!(&e.kind, RunbookErrorKind::BadDuration { field: Some(f), .. } if f == "timeout")
+    );
     let e = error(&with_steps(
         "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\nretry = { initial_delay = \"1.5s\" }\n",
     ));
-    assert!(e.to_string().contains("step `down`: `retry.initial_delay`: bad duration `1.5s`"), "{e}");
-    let e = error(&with_steps("[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\ntimeout = \"0s\"\n"));
-    assert!(e.to_string().contains("step `down`: `timeout`: must be longer than 0s"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("step `down`: `retry.initial_delay`: bad duration `1.5s`"),
+        "{e}"
+    );
+    let e = error(&with_steps(
+        "[[phases.steps]]\nid = \"down\"\nkind = \"shell\"\ncommand = \"x\"\ntimeout = \"0s\"\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("step `down`: `timeout`: must be longer than 0s"),
+        "{e}"
+    );
     let e = assert_error(
         "name = \"x\"\n[emergency]\ndatabase = \"app\"\nconfirm_within = \"soon\"\n",
         "deploy/runbooks/x.toml:4:18: `emergency.confirm_within`: bad duration `soon`",
@@ -548,12 +730,26 @@ fn bad_durations_are_refused_with_their_field() {
 fn a_runbook_needs_phases_and_phases_need_steps() {
     let e = assert_error("name = \"x\"\n", FILE, &["the runbook has no phases"]);
     assert_eq!(e.kind, RunbookErrorKind::NoPhases);
-    let e = assert_error("name = \"x\"\n[[phases]]\nid = \"empty\"\n", IN_DROP, &["phase `empty`: the phase has no steps"]);
+    let e = assert_error(
+        "name = \"x\"\n[[phases]]\nid = \"empty\"\n",
+        AT_LINE,
+        &["phase `empty`: the phase has no steps"],
+    );
     assert_eq!(e.kind, RunbookErrorKind::EmptyPhase);
     let e = error("name = \"x\"\n[phases]\nid = \"p\"\n");
-    assert!(e.to_string().contains("`phases`: must be a list of tables, each written [[phases]]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`phases`: must be a list of tables, each written [[phases]]"),
+        "{e}"
+    );
     let e = error("description = \"x\"\n[[phases]]\n");
-    assert_eq!(e.kind, RunbookErrorKind::MissingField { field: "name".into() }, "{e}");
+    assert_eq!(
+        e.kind,
+        RunbookErrorKind::MissingField {
+            field: "name".into()
+        },
+        "{e}"
+    );
 }
 
 #[test]
@@ -564,12 +760,32 @@ fn retry_policies_that_cannot_work_are_refused() {
         ))
     };
     for (retry, idempotent, reason) in [
-        ("{ max_attempts = 0 }", true, "max_attempts must be at least 1"),
-        ("{ max_attempts = 3, multiplier = 0.5 }", true, "multiplier must be a number of at least 1"),
-        ("{ max_attempts = 3, initial_delay = \"2m\" }", true, "initial_delay is longer than max_delay"),
-        ("{ max_attempts = 3 }", false, "not idempotent is never re-run automatically"),
+        (
+            "{ max_attempts = 0 }",
+            true,
+            "max_attempts must be at least 1",
+        ),
+        (
+            "{ max_attempts = 3, multiplier = 0.5 }",
+            true,
+            "multiplier must be a number of at least 1",
+        ),
+        (
+            "{ max_attempts = 3, initial_delay = \"2m\" }",
+            true,
+            "initial_delay is longer than max_delay",
+        ),
+        (
+            "{ max_attempts = 3 }",
+            false,
+            "not idempotent is never re-run automatically",
+        ),
     ] {
-        let e = assert_error(&step(retry, idempotent), IN_DROP, &["step `down`: bad retry policy: ", reason]);
+        let e = assert_error(
+            &step(retry, idempotent),
+            AT_LINE,
+            &["step `down`: bad retry policy: ", reason],
+        );
         assert!(matches!(e.kind, RunbookErrorKind::BadRetry { .. }));
     }
 }
@@ -577,72 +793,110 @@ fn retry_policies_that_cannot_work_are_refused() {
 #[test]
 fn kind_rules_are_checked() {
     for (step, message) in [
-        ("kind = \"checklist\"\nitems = []", "`items`: must not be an empty list"),
-        ("kind = \"shell\"\ncommand = \" \"", "`command`: must not be empty"),
-        ("kind = \"sql\"\ntarget = \"app\"\nstatements = []", "`statements`: must not be an empty list"),
-        ("kind = \"wait\"\nhttp = { url = \"http://x\" }", "missing field `timeout`"),
-        ("kind = \"wait\"\ntimeout = \"1m\"", "a `wait` step needs exactly one of `http = { url = … }` or `sql"),
+        (
+            "kind = \"checklist\"\nitems = []",
+            "`items`: must not be an empty list",
+        ),
+        (
+            "kind = \"shell\"\ncommand = \" \"",
+            "`command`: must not be empty",
+        ),
+        (
+            "kind = \"sql\"\ntarget = \"app\"\nstatements = []",
+            "`statements`: must not be an empty list",
+        ),
+        (
+            "kind = \"wait\"\nhttp = { url = \"http://x\" }",
+            "missing field `timeout`",
+        ),
+        (
+            "kind = \"wait\"\ntimeout = \"1m\"",
+            "a `wait` step needs exactly one of `http = { url = … }` or `sql",
+        ),
         (
             "kind = \"wait\"\ntimeout = \"1m\"\nhttp = { url = \"http://x\" }\nsql = { target = \"a\", query = \"q\" }",
             "a `wait` step needs exactly one of `http = { url = … }` or `sql",
         ),
-        ("kind = \"wait\"\ntimeout = \"1s\"\ninterval = \"5s\"\nhttp = { url = \"http://x\" }", "`interval`: is longer than"),
-        ("kind = \"http\"\nurl = \"http://x\"\nexpect_status = [42]", "42 is not an HTTP status"),
-        ("kind = \"pg_dump\"\ntarget = \"app\"\noutput_dir = \"/b\"\nformat = \"custom\"\njobs = 4", "parallel jobs only with format"),
-        ("kind = \"plan\"\ntarget = \"app\"\nschema_pattern = \"tenant_%\"", "must be anchored"),
-        ("kind = \"consolidate\"\ntarget = \"app\"\nconcurrency = 0", "`concurrency`: must be at least 1"),
-        ("kind = \"consolidate\"\ntarget = \"app\"\nid = \"x\"\nfoo = 1", "unknown field `foo`"),
-        ("kind = \"export_delta\"\ntarget = \"app\"\nbaseline = \"app\"\noutput_dir = \"/d\"", "must name the restored"),
+        (
+            "kind = \"wait\"\ntimeout = \"1s\"\ninterval = \"5s\"\nhttp = { url = \"http://x\" }",
+            "`interval`: is longer than",
+        ),
+        (
+            "kind = \"http\"\nurl = \"http://x\"\nexpect_status = [42]",
+            "42 is not an HTTP status",
+        ),
+        (
+            "kind = \"pg_dump\"\ntarget = \"app\"\noutput_dir = \"/b\"\nformat = \"custom\"\njobs = 4",
+            "parallel jobs only with format",
+        ),
+        (
+            "kind = \"plan\"\ntarget = \"app\"\nschema_pattern = \"tenant_%\"",
+            "must be anchored",
+        ),
+        (
+            "kind = \"consolidate\"\ntarget = \"app\"\nconcurrency = 0",
+            "`concurrency`: must be at least 1",
+        ),
+        (
+            "kind = \"consolidate\"\ntarget = \"app\"\nfoo = 1",
+            "unknown field `foo`",
+        ),
+        (
+            "kind = \"export_delta\"\ntarget = \"app\"\nbaseline = \"app\"\noutput_dir = \"/d\"",
+            "must name the restored",
+        ),
         (
             "kind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\nin_place = true\nnew_database = \"n\"\ndestructive = true\napprovals = 1",
             "`new_database`: a restore in place",
         ),
-        ("kind = \"approval\"\napprovals = 1\nitems = [\"x\"]", "unknown field `items`"),
+        (
+            "kind = \"approval\"\napprovals = 1\nitems = [\"x\"]",
+            "unknown field `items`",
+        ),
     ] {
-        let step = if step.contains("\nid = ") { step.replace("\nid = \"x\"", "") } else { step.to_owned() };
         let source = with_steps(&format!("[[phases.steps]]\nid = \"s\"\n{step}\n"));
-        assert_error(&source, IN_DROP, &["phase `database-rollback`, step `s`: ", message]);
+        assert_error(
+            &source,
+            AT_LINE,
+            &["phase `database-rollback`, step `s`: ", message],
+        );
     }
 }
 
 #[test]
 fn top_level_fields_are_checked() {
     let e = error("name = \"x\"\ndescripton = \"typo\"\n[[phases]]\n");
-    assert!(e.to_string().contains("unknown field `descripton`, expected one of `name`, `description`"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("unknown field `descripton`, expected one of `name`, `description`"),
+        "{e}"
+    );
     let e = error("name = \"Tenancy Rollback\"\n");
-    assert!(e.to_string().starts_with("deploy/runbooks/x.toml:1:8: `name`: `Tenancy Rollback` is not a valid id"), "{e}");
+    assert!(
+        e.to_string().starts_with(
+            "deploy/runbooks/x.toml:1:8: `name`: `Tenancy Rollback` is not a valid id"
+        ),
+        "{e}"
+    );
     let e = error("name = \"x\"\n[params]\n\"app-dir\" = \"/a\"\n");
-    assert!(e.to_string().contains("`params`: `app-dir` is not a parameter name"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`params`: `app-dir` is not a parameter name"),
+        "{e}"
+    );
     let e = error("name = \"x\"\n[params]\ndir = 1\n");
-    assert!(e.to_string().contains("`params.dir`: invalid type: integer `1`, expected a string"), "{e}");
-    let e = error("name = \"x\"\n[[phases]]\nid = \"p\"\nauto_advance = \"yes\"\n[[phases.steps]]\nid = \"a\"\nkind = \"approval\"\napprovals = 1\n");
-    assert!(e.to_string().contains("phase `p`: `auto_advance`: invalid type: string \"yes\", expected a boolean"), "{e}");
-}
-
-#[test]
-fn zz_print_messages() {
-    for step in [
-        "kind = \"plan\"",
-        "kind = \"plan\"\ntarget = \"a\"\nschema_patern = \"x\"",
-        "kind = \"plan\"\ntarget = 1",
-        "kind = \"plan\"\ntarget = \"a\"\ntenants_table = 1",
-        "kind = \"consolidate\"\ntarget = \"a\"\nids = \"new\"",
-        "kind = \"wait\"\ntimeout = \"1m\"\nhttp = { url = \"u\", foo = 1 }",
-        "kind = \"wait\"\ntimeout = \"1m\"\ninterval = \"x\"\nhttp = { url = \"u\" }",
-        "kind = \"wait\"\ntimeout = \"1m\"\nhtp = { url = \"u\" }",
-        "kind = \"approval\"\napprovals = 1\nfoo = 1",
-        "kind = \"approval\"\napprovals = -1",
-        "kind = \"http\"\nurl = \"u\"\nmethod = \"get\"",
-        "kind = \"shell\"\ncommand = \"x\"\n[phases.steps.retry]\nmax_attempts = \"x\"",
-        "kind = 3",
-        "kind = \"pg_restore\"\ntarget = \"a\"\narchive = \"b\"\nmax_age = \"7days\"",
-    ] {
-        let source = with_steps(&format!("[[phases.steps]]\nid = \"s\"\n{step}\n"));
-        println!("{}", error(&source));
-    }
-    println!("{}", error("name = \"x\"\n[[phases]]\nid = \"p\"\nsteps = 3\n"));
-    println!("{}", error("name = \"x\"\n[[phases]]\nid = \"p\"\nstep = 3\n"));
-    println!("{}", error("name = \"x\"\n[emergency]\nconfirm_within = \"1m\"\n"));
-    println!("{}", error("name = \"x\"\nname = \"y\"\n"));
-    println!("{}", error("name = \"x\"\n[[phases]]\nid = \"p\"\n[[phases.steps]]\nid = \"s\"\nkind = \"checklist\"\nitems = [\"${a}\"]\n"));
+    assert!(
+        e.to_string()
+            .contains("`params.dir`: invalid type: integer `1`, expected a string"),
+        "{e}"
+    );
+    let e = error(
+        "name = \"x\"\n[[phases]]\nid = \"p\"\nauto_advance = \"yes\"\n[[phases.steps]]\nid = \"a\"\nkind = \"approval\"\napprovals = 1\n",
+    );
+    assert!(
+        e.to_string().contains(
+            "phase `p`: `auto_advance`: invalid type: string \"yes\", expected a boolean"
+        ),
+        "{e}"
+    );
 }

@@ -21,7 +21,9 @@ fn approvals(step: &Step) -> Result<(), Broken> {
     }
     let destroys = match &step.kind {
         StepKind::DropSchemas(_) => Some("a `drop_schemas` step"),
-        StepKind::PgRestore(restore) if restore.in_place => Some("a `pg_restore` with in_place = true"),
+        StepKind::PgRestore(restore) if restore.in_place => {
+            Some("a `pg_restore` with in_place = true")
+        }
         _ => None,
     };
     if let Some(what) = destroys
@@ -51,14 +53,25 @@ fn retry(step: &Step) -> Result<(), Broken> {
     } else {
         return Ok(());
     };
-    Err(("retry", RunbookErrorKind::BadRetry { reason: reason.to_owned() }))
+    Err((
+        "retry",
+        RunbookErrorKind::BadRetry {
+            reason: reason.to_owned(),
+        },
+    ))
 }
 
 fn kind(step: &Step) -> Result<(), Broken> {
     match &step.kind {
         StepKind::Checklist(list) => {
             non_empty_list("items", &list.items, "list what people must check")?;
-            texts(&list.items.iter().map(|item| ("items", item.as_str())).collect::<Vec<_>>())
+            texts(
+                &list
+                    .items
+                    .iter()
+                    .map(|item| ("items", item.as_str()))
+                    .collect::<Vec<_>>(),
+            )
         }
         StepKind::Approval => Ok(()),
         StepKind::Shell(shell) => texts(&[("command", &shell.command)]),
@@ -69,11 +82,21 @@ fn kind(step: &Step) -> Result<(), Broken> {
         StepKind::Sql(sql) => {
             texts(&[("target", &sql.target)])?;
             non_empty_list("statements", &sql.statements, "list the statements to run")?;
-            texts(&sql.statements.iter().map(|s| ("statements", s.as_str())).collect::<Vec<_>>())
+            texts(
+                &sql.statements
+                    .iter()
+                    .map(|s| ("statements", s.as_str()))
+                    .collect::<Vec<_>>(),
+            )
         }
         StepKind::Wait(wait) => {
             let Some(timeout) = step.timeout else {
-                return Err(("kind", RunbookErrorKind::MissingField { field: "timeout".into() }));
+                return Err((
+                    "kind",
+                    RunbookErrorKind::MissingField {
+                        field: "timeout".into(),
+                    },
+                ));
             };
             if wait.interval.is_zero() {
                 return Err(("interval", zero_duration("interval")));
@@ -87,16 +110,28 @@ fn kind(step: &Step) -> Result<(), Broken> {
                     texts(&[("http.url", &http.url)])?;
                     statuses("http.expect_status", &http.expect_status)
                 }
-                super::WaitCondition::Sql(sql) => texts(&[("sql.target", &sql.target), ("sql.query", &sql.query)]),
+                super::WaitCondition::Sql(sql) => {
+                    texts(&[("sql.target", &sql.target), ("sql.query", &sql.query)])
+                }
             }
         }
         StepKind::PgDump(dump) => {
             texts(&[("target", &dump.target), ("output_dir", &dump.output_dir)])?;
             if let Some(schemas) = &dump.schemas {
-                non_empty_list("schemas", schemas, "leave it out to dump the whole database")?;
+                non_empty_list(
+                    "schemas",
+                    schemas,
+                    "leave it out to dump the whole database",
+                )?;
             }
             if dump.format == super::DumpFormat::Custom && dump.jobs > 1 {
-                return Err(("jobs", invalid("jobs", "pg_dump runs parallel jobs only with format = \"directory\"")));
+                return Err((
+                    "jobs",
+                    invalid(
+                        "jobs",
+                        "pg_dump runs parallel jobs only with format = \"directory\"",
+                    ),
+                ));
             }
             at_least_one("jobs", dump.jobs)
         }
@@ -119,7 +154,9 @@ fn kind(step: &Step) -> Result<(), Broken> {
             texts(&[("target", &plan.target)])?;
             scope(&plan.scope)?;
             match &plan.tables {
-                Some(tables) => non_empty_list("tables", tables, "leave it out to take every table"),
+                Some(tables) => {
+                    non_empty_list("tables", tables, "leave it out to take every table")
+                }
                 None => Ok(()),
             }
         }
@@ -133,14 +170,20 @@ fn kind(step: &Step) -> Result<(), Broken> {
             scope(&drop.scope)
         }
         StepKind::ExportDelta(export) => {
-            texts(&[("target", &export.target), ("baseline", &export.baseline), ("output_dir", &export.output_dir)])?;
+            texts(&[
+                ("target", &export.target),
+                ("baseline", &export.baseline),
+                ("output_dir", &export.output_dir),
+            ])?;
             if export.baseline == export.target {
                 let message = "must name the restored pre-migration copy, not the target itself";
                 return Err(("baseline", invalid("baseline", message)));
             }
             Ok(())
         }
-        StepKind::ImportDelta(import) => texts(&[("target", &import.target), ("file", &import.file)]),
+        StepKind::ImportDelta(import) => {
+            texts(&[("target", &import.target), ("file", &import.file)])
+        }
     }
 }
 
@@ -166,7 +209,10 @@ fn texts(fields: &[(&'static str, &str)]) -> Result<(), Broken> {
 
 fn non_empty_list(field: &'static str, list: &[String], hint: &str) -> Result<(), Broken> {
     if list.is_empty() {
-        return Err((field, invalid(field, &format!("must not be an empty list ({hint})"))));
+        return Err((
+            field,
+            invalid(field, &format!("must not be an empty list ({hint})")),
+        ));
     }
     Ok(())
 }
@@ -179,16 +225,31 @@ fn at_least_one(field: &'static str, value: u32) -> Result<(), Broken> {
 }
 
 fn statuses(field: &'static str, statuses: &[u16]) -> Result<(), Broken> {
-    match statuses.iter().find(|status| !(100..=599).contains(*status)) {
-        Some(status) => Err((field, invalid(field, &format!("{status} is not an HTTP status (100 to 599)")))),
+    match statuses
+        .iter()
+        .find(|status| !(100..=599).contains(*status))
+    {
+        Some(status) => Err((
+            field,
+            invalid(
+                field,
+                &format!("{status} is not an HTTP status (100 to 599)"),
+            ),
+        )),
         None => Ok(()),
     }
 }
 
 fn zero_duration(field: &str) -> RunbookErrorKind {
-    RunbookErrorKind::BadDuration { field: Some(field.to_owned()), message: "must be longer than 0s".to_owned() }
+    RunbookErrorKind::BadDuration {
+        field: Some(field.to_owned()),
+        message: "must be longer than 0s".to_owned(),
+    }
 }
 
 fn invalid(field: &str, message: &str) -> RunbookErrorKind {
-    RunbookErrorKind::InvalidField { field: Some(field.to_owned()), message: message.to_owned() }
+    RunbookErrorKind::InvalidField {
+        field: Some(field.to_owned()),
+        message: message.to_owned(),
+    }
 }

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rollback_proto::envelope::{ChainHead, Draft, Envelope};
 use rollback_proto::{
-    Actor, Caller, Command, Event, NewRun, Permission, Policy, Rejection, RunId, RunState, Runbook, StepId,
-    decide, decide_start, settle,
+    Actor, Caller, Command, Event, NewRun, Permission, Policy, Rejection, RunId, RunState, Runbook,
+    StepId, decide, decide_start, settle,
 };
 use time::OffsetDateTime;
 
@@ -85,7 +85,10 @@ pub fn t0() -> OffsetDateTime {
 
 pub fn chat(id: &str, roles: &[&str]) -> Caller {
     Caller {
-        actor: Actor::Chat { user_id: id.into(), name: id.into() },
+        actor: Actor::Chat {
+            user_id: id.into(),
+            name: id.into(),
+        },
         roles: roles.iter().map(|r| r.to_string()).collect(),
     }
 }
@@ -116,7 +119,10 @@ pub fn policy() -> Policy {
         roles: BTreeMap::from([
             ("oncall".into(), BTreeSet::from([Permission::Run])),
             ("approvers".into(), BTreeSet::from([Permission::Approve])),
-            ("emergency".into(), BTreeSet::from([Permission::Emergency, Permission::Run])),
+            (
+                "emergency".into(),
+                BTreeSet::from([Permission::Emergency, Permission::Run]),
+            ),
         ]),
         users: BTreeMap::new(),
     }
@@ -151,7 +157,15 @@ impl Scenario {
         let runbook = Runbook::parse("fixture.toml", source).expect("fixture parses");
         let run_id = RunId::new();
         let name = runbook.name.clone();
-        let new = NewRun { run_id, name: &name, source, runbook: &runbook, params: &params, dry_run, typed_database };
+        let new = NewRun {
+            run_id,
+            name: &name,
+            source,
+            runbook: &runbook,
+            params: &params,
+            dry_run,
+            typed_database,
+        };
         let events = decide_start(&new, caller, &policy(), t0())?;
         let mut head = ChainHead::genesis(run_id);
         let envelopes = head.seal(events.into_iter().map(|event| Draft {
@@ -161,7 +175,13 @@ impl Scenario {
             event,
         }));
         let state = rollback_proto::fold(&envelopes).unwrap().unwrap();
-        Ok(Scenario { state, envelopes, head, now: t0(), policy: policy() })
+        Ok(Scenario {
+            state,
+            envelopes,
+            head,
+            now: t0(),
+            policy: policy(),
+        })
     }
 
     pub fn run(&self) -> RunId {
@@ -177,7 +197,8 @@ impl Scenario {
 
     /// Records an outcome reported by the agent's executor, with its follow-ups.
     pub fn agent(&mut self, event: Event) -> Vec<Event> {
-        let events = settle(&self.state, &Actor::Agent, self.now, vec![event]).expect("legal agent event");
+        let events =
+            settle(&self.state, &Actor::Agent, self.now, vec![event]).expect("legal agent event");
         self.store(&Actor::Agent, events.clone());
         events
     }
