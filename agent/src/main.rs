@@ -4,11 +4,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
+use rollback_agent::tenancy::plan::{self, PlanOptions};
+use rollback_agent::tenancy::{demo, verify};
 use rollback_proto::Runbook;
+use rollback_proto::runbook::{IdStrategy, StepKind};
+use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
-#[command(name = "rollback-agent", version, about = "Executes rollback runbooks phase by phase, recording every action as an event")]
+#[command(
+    name = "rollback-agent",
+    version,
+    about = "Executes rollback runbooks phase by phase, recording every action as an event"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -22,16 +31,169 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// The tenancy preflight: what consolidation would do and what stands in its way. Writes nothing.
+    Plan {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Count rows exactly instead of using the planner's estimates.
+        #[arg(long)]
+        exact: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Move every tenant schema's rows back into the shared tables (exactly once; safe to re-run).
+    Consolidate {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Tenants worked on at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Report what would be done and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Prove that the shared tables hold exactly the tenant schemas' rows. Reads only.
+    Verify {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Units checked at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Create a realistic demo schema-per-tenant database (deterministic for a seed).
+    DemoDb {
+        /// The database to fill; it must not already have a `tenants` table.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Number of tenants.
+        #[arg(long, default_value_t = 10)]
+        tenants: u32,
+        /// Rows per table per tenant, on average.
+        #[arg(long, default_value_t = 50)]
+        rows: u32,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Rows per shared table from before the migration.
+        #[arg(long, default_value_t = 20)]
+        shared_rows: u32,
+        /// Make one tenant this many times larger than the others.
+        #[arg(long, default_value_t = 1)]
+        big_tenant_factor: u32,
+        /// Add decoy schemas (`tenants_archive`, `tenantx`, hostile names, orphans).
+        #[arg(long)]
+        decoys: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+/// Where the tenancy engine looks: a runbook's tenancy step, or flags.
+#[derive(Args)]
+struct ScopeArgs {
+    /// The database (defaults to DATABASE_URL).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Take the scope (pattern, tenants table, tables, ids) from this runbook's first tenancy step.
+    #[arg(long)]
+    runbook: Option<PathBuf>,
+    /// Schema names that are tenant schemas: an anchored regular expression, group 1 the tenant id.
+    #[arg(long)]
+    schema_pattern: Option<String>,
+    /// The shared table listing the tenants.
+    #[arg(long)]
+    tenants_table: Option<String>,
+    /// Only these tables (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    tables: Option<Vec<String>>,
+    /// Keep ids (only when unique across tenants) or remap them.
+    #[arg(long, value_enum)]
+    ids: Option<Ids>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Ids {
+    Remap,
+    Keep,
+}
+
+impl ScopeArgs {
+    fn options(&self) -> anyhow::Result<PlanOptions> {
+        let mut opts = PlanOptions::default();
+        if let Some(path) = &self.runbook {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let rb = Runbook::parse(&path.display().to_string(), &source)?;
+            let step = rb
+                .steps()
+                .find_map(|(_, s)| match &s.kind {
+                    StepKind::Plan(t) | StepKind::Verify(t) => {
+                        Some((t.scope.clone(), t.tables.clone(), None))
+                    }
+                    StepKind::Consolidate(c) => Some((c.scope.clone(), None, Some(c.ids))),
+                    _ => None,
+                })
+                .with_context(|| {
+                    format!("{} has no plan, consolidate or verify step", path.display())
+                })?;
+            opts.scope = step.0;
+            opts.tables = step.1;
+            if let Some(ids) = step.2 {
+                opts.ids = ids;
+            }
+        }
+        if let Some(p) = &self.schema_pattern {
+            opts.scope.schema_pattern = p.clone();
+        }
+        if let Some(t) = &self.tenants_table {
+            opts.scope.tenants_table = t.clone();
+        }
+        if self.tables.is_some() {
+            opts.tables = self.tables.clone();
+        }
+        match self.ids {
+            Some(Ids::Remap) => opts.ids = IdStrategy::Remap,
+            Some(Ids::Keep) => opts.ids = IdStrategy::Keep,
+            None => {}
+        }
+        Ok(opts)
+    }
+}
+
+async fn connect(url: &str, max: u32) -> anyhow::Result<sqlx::PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .connect(url)
+        .await
+        .context("connecting to the database")
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command {
         Cmd::CheckRunbook { files } => check_runbooks(&files),
+        cmd => runtime.block_on(run(cmd)),
     };
     match result {
         Ok(code) => code,
@@ -42,14 +204,132 @@ fn main() -> ExitCode {
     }
 }
 
+/// Exit code for "ran, and said no" (a refused plan, a failed verification).
+const REFUSED: u8 = 2;
+
+async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::CheckRunbook { .. } => unreachable!("handled without a runtime"),
+        Cmd::Plan {
+            scope,
+            exact,
+            format,
+        } => {
+            let pool = connect(&scope.database_url, 4).await?;
+            let mut p = plan::plan(&pool, &scope.options()?).await?;
+            if exact {
+                plan::count_exactly(&pool, &mut p).await?;
+            }
+            match format {
+                Format::Text => print!("{p}"),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&p)?),
+            }
+            Ok(if p.is_executable() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(REFUSED)
+            })
+        }
+        Cmd::Consolidate {
+            scope,
+            concurrency,
+            dry_run,
+            format,
+        } => {
+            let pool = connect(&scope.database_url, concurrency as u32 + 2).await?;
+            let p = plan::plan(&pool, &scope.options()?).await?;
+            if !p.is_executable() {
+                print!("{p}");
+                return Ok(ExitCode::from(REFUSED));
+            }
+            let opts = ConsolidateOptions {
+                concurrency,
+                dry_run,
+            };
+            let report = consolidate::consolidate(&pool, &p, &opts, &|pr| {
+                tracing::info!(units = pr.units_done, of = pr.units_total, rows = pr.rows_done, tenant = pr.tenant, table = %pr.table, skipped = pr.skipped, "unit");
+            })
+            .await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text if dry_run => report.would.iter().for_each(|w| println!("would {w}")),
+                Format::Text => println!(
+                    "consolidated {} unit(s) ({} already done), {} row(s) in {} ms",
+                    report.units_done,
+                    report.units_skipped,
+                    report.rows_total(),
+                    report.elapsed_ms
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
+            scope,
+            concurrency,
+            format,
+        } => {
+            let pool = connect(&scope.database_url, concurrency as u32 + 2).await?;
+            let p = plan::plan(&pool, &scope.options()?).await?;
+            let report = verify::verify(&pool, &p, concurrency).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => {
+                    println!(
+                        "checked {} unit(s), {} row(s); {} tenant(s) verified",
+                        report.units_checked,
+                        report.rows_checked,
+                        report.verified_tenants.len()
+                    );
+                    for f in report.failures() {
+                        println!("FAIL {f}");
+                    }
+                }
+            }
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(REFUSED)
+            })
+        }
+        Cmd::DemoDb {
+            database_url,
+            tenants,
+            rows,
+            seed,
+            shared_rows,
+            big_tenant_factor,
+            decoys,
+        } => {
+            let pool = connect(&database_url, 6).await?;
+            let spec = demo::DemoSpec {
+                tenants,
+                rows,
+                seed,
+                shared_rows,
+                big_tenant_factor,
+                decoys,
+                ..Default::default()
+            };
+            let summary = demo::generate(&pool, &spec).await?;
+            println!("{}", demo::describe(&summary));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn check_runbooks(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for file in files {
-        let source = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let source =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         match Runbook::parse(&file.display().to_string(), &source) {
             Ok(rb) => {
                 let steps: usize = rb.phases.iter().map(|p| p.steps.len()).sum();
-                println!("{}: ok ({} phases, {steps} steps)", file.display(), rb.phases.len());
+                println!(
+                    "{}: ok ({} phases, {steps} steps)",
+                    file.display(),
+                    rb.phases.len()
+                );
             }
             Err(e) => {
                 failed = true;
@@ -57,5 +337,9 @@ fn check_runbooks(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

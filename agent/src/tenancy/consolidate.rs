@@ -1,0 +1,506 @@
+//! Consolidation: every tenant table's rows go back into the shared table, with their
+//! tenant id, new ids from the shared sequence, and foreign keys rewritten through the
+//! id map. Exactly once, even across `kill -9`.
+//!
+//! The unit of work is one (tenant, table). Its transaction takes a SHARE lock on the
+//! source (no writer can change it under us, so every statement of the unit reads the same
+//! rows), claims the unit in `rollback_engine.units`, allocates the new ids into the id map,
+//! refuses orphans, inserts, and commits all of it at once. A re-run skips claimed units.
+//! Tenants run in parallel; within a tenant, tables go in foreign-key order so that a
+//! parent's id map exists before its children are rewritten.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use rollback_proto::runbook::IdStrategy;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use tokio::sync::Mutex;
+
+use super::plan::{Plan, Refusal, TablePlan};
+use super::sql;
+use super::state::{self, id_map, units};
+
+/// How to consolidate.
+#[derive(Debug, Clone)]
+pub struct ConsolidateOptions {
+    /// Tenants worked on at once.
+    pub concurrency: usize,
+    /// Report what would be done and write nothing.
+    pub dry_run: bool,
+}
+
+impl Default for ConsolidateOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            dry_run: false,
+        }
+    }
+}
+
+/// Progress after each unit, for the agent to turn into events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Units finished (done now or found done).
+    pub units_done: u64,
+    /// Units in all.
+    pub units_total: u64,
+    /// Rows copied so far in this call.
+    pub rows_done: u64,
+    /// The unit just finished: tenant.
+    pub tenant: i64,
+    /// The unit just finished: table.
+    pub table: String,
+    /// Whether it had been done before.
+    pub skipped: bool,
+}
+
+/// What consolidation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConsolidateReport {
+    /// Units in the plan.
+    pub units_total: u64,
+    /// Units done by this call.
+    pub units_done: u64,
+    /// Units found done by an earlier call.
+    pub units_skipped: u64,
+    /// Rows copied by this call, per table.
+    pub rows: BTreeMap<String, u64>,
+    /// Sequences moved past the largest id: (sequence, value).
+    pub sequences: Vec<(String, i64)>,
+    /// In a dry run: what would be done, one line per table.
+    pub would: Vec<String>,
+    /// Wall-clock time.
+    pub elapsed_ms: u64,
+}
+
+impl ConsolidateReport {
+    /// Rows copied in all.
+    pub fn rows_total(&self) -> u64 {
+        self.rows.values().sum()
+    }
+}
+
+/// Why consolidation stopped. Every unit finished before the error stays done.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsolidateError {
+    /// The plan refuses; nothing was written.
+    #[error("the plan refuses consolidation: {}", .0.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
+    Refused(Vec<Refusal>),
+    /// A foreign key points at a parent row that does not exist in the tenant.
+    #[error(
+        "tenant {tenant}, table {table}: {count} row(s) have {column} pointing at no row of {parent} (e.g. {examples:?}); nothing of this unit was written"
+    )]
+    Orphans {
+        /// The tenant.
+        tenant: i64,
+        /// The child table.
+        table: String,
+        /// The foreign-key column.
+        column: String,
+        /// The parent table.
+        parent: String,
+        /// How many rows.
+        count: i64,
+        /// Some of the dangling values.
+        examples: Vec<i64>,
+    },
+    /// The database failed during a unit.
+    #[error("tenant {tenant}, table {table}: {source}")]
+    Unit {
+        /// The tenant.
+        tenant: i64,
+        /// The table.
+        table: String,
+        /// The error.
+        source: sqlx::Error,
+    },
+    /// The database failed outside a unit.
+    #[error("consolidation bookkeeping: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ConsolidateError {
+    /// Whether trying again may succeed (a dropped connection, a serialization failure).
+    pub fn is_transient(&self) -> bool {
+        let db = match self {
+            ConsolidateError::Unit { source, .. } | ConsolidateError::Database(source) => source,
+            _ => return false,
+        };
+        match db {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(e) => {
+                // serialization_failure, deadlock_detected, admin_shutdown/crash_shutdown, cannot_connect_now
+                matches!(
+                    e.code().as_deref(),
+                    Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The SQL of one table's units, built once from the plan and bound per tenant.
+struct UnitSql {
+    table: String,
+    source_tpl: String,
+    claim: String,
+    map_ids: String,
+    orphans: Vec<(String, String, String)>, // (column, parent, query)
+    insert: String,
+    finish: String,
+}
+
+/// Where the tenant schema's name goes in the per-table SQL templates.
+const SCHEMA_SLOT: &str = "\u{1}SCHEMA\u{1}";
+
+fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
+    let src = format!("{}.{}", SCHEMA_SLOT, sql::ident(&t.name));
+    let dest = sql::table(&plan.shared_schema, &t.name);
+    let id = sql::ident(&t.id_column);
+    let new_id = match (plan.ids, &t.id_sequence) {
+        (IdStrategy::Remap, Some(seq)) => format!("nextval({}::regclass)", sql::literal(seq)),
+        _ => format!("s.{id}"),
+    };
+    let map_ids = format!(
+        "INSERT INTO {} (tbl, tenant, old_id, new_id) SELECT $1, $2, s.{id}, {new_id} FROM {src} s ORDER BY s.{id}",
+        id_map()
+    );
+    let orphans = t
+        .foreign_keys
+        .iter()
+        .map(|fk| {
+            let col = sql::ident(&fk.column);
+            let q = format!(
+                "SELECT s.{col}::int8 FROM {src} s WHERE s.{col} IS NOT NULL AND NOT EXISTS \
+                 (SELECT 1 FROM {} m WHERE m.tbl = $1 AND m.tenant = $2 AND m.old_id = s.{col})",
+                id_map()
+            );
+            (fk.column.clone(), fk.parent.clone(), q)
+        })
+        .collect();
+
+    let mut cols = vec![id.clone(), sql::ident(&plan.tenant_column)];
+    let mut vals = vec!["m.new_id".to_owned(), "$2".to_owned()];
+    let mut joins = String::new();
+    for (i, c) in t
+        .columns
+        .iter()
+        .filter(|c| c.name != t.id_column)
+        .enumerate()
+    {
+        cols.push(sql::ident(&c.name));
+        match t.foreign_keys.iter().find(|fk| fk.column == c.name) {
+            Some(fk) => {
+                let alias = format!("f{i}");
+                joins.push_str(&format!(
+                    " LEFT JOIN {map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = $2 AND {alias}.old_id = s.{col}",
+                    map = id_map(),
+                    parent = sql::literal(&fk.parent),
+                    col = sql::ident(&c.name),
+                ));
+                vals.push(format!("{alias}.new_id"));
+            }
+            None => vals.push(format!("s.{}", sql::ident(&c.name))),
+        }
+    }
+    let overriding = if t.identity_always {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
+    let insert = format!(
+        "INSERT INTO {dest} ({}){overriding} SELECT {} FROM {src} s JOIN {map} m ON m.tbl = $1 AND m.tenant = $2 AND m.old_id = s.{id}{joins}",
+        cols.join(", "),
+        vals.join(", "),
+        map = id_map(),
+    );
+    UnitSql {
+        table: t.name.clone(),
+        source_tpl: src,
+        claim: format!(
+            "INSERT INTO {} (tenant, tbl, rows) VALUES ($2, $1, -1) ON CONFLICT DO NOTHING RETURNING 1",
+            units()
+        ),
+        map_ids,
+        orphans,
+        insert,
+        finish: format!(
+            "UPDATE {} SET rows = $3, finished_at = now() WHERE tenant = $2 AND tbl = $1",
+            units()
+        ),
+    }
+}
+
+fn bind_schema(tpl: &str, schema: &str) -> String {
+    tpl.replace(SCHEMA_SLOT, &sql::ident(schema))
+}
+
+/// Runs one unit. Returns the rows copied, or `None` when an earlier run had done it.
+async fn run_unit(
+    pool: &PgPool,
+    u: &UnitSql,
+    tenant: i64,
+    schema: &str,
+) -> Result<Option<u64>, ConsolidateError> {
+    let unit_err = |source| ConsolidateError::Unit {
+        tenant,
+        table: u.table.clone(),
+        source,
+    };
+    let mut tx: Transaction<'_, Postgres> = pool.begin().await.map_err(unit_err)?;
+    let lock = format!(
+        "LOCK TABLE {} IN SHARE MODE",
+        bind_schema(&u.source_tpl, schema)
+    );
+    sqlx::query(AssertSqlSafe(lock))
+        .execute(&mut *tx)
+        .await
+        .map_err(unit_err)?;
+    let claimed = sqlx::query(AssertSqlSafe(u.claim.clone()))
+        .bind(&u.table)
+        .bind(tenant)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unit_err)?;
+    if claimed.is_none() {
+        tx.rollback().await.map_err(unit_err)?;
+        return Ok(None);
+    }
+    sqlx::query(AssertSqlSafe(bind_schema(&u.map_ids, schema)))
+        .bind(&u.table)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(unit_err)?;
+    for (column, parent, q) in &u.orphans {
+        let dangling: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(bind_schema(q, schema)))
+            .bind(parent)
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unit_err)?;
+        if !dangling.is_empty() {
+            return Err(ConsolidateError::Orphans {
+                tenant,
+                table: u.table.clone(),
+                column: column.clone(),
+                parent: parent.clone(),
+                count: dangling.len() as i64,
+                examples: dangling.into_iter().take(5).collect(),
+            });
+        }
+    }
+    let rows = sqlx::query(AssertSqlSafe(bind_schema(&u.insert, schema)))
+        .bind(&u.table)
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .map_err(unit_err)?
+        .rows_affected();
+    sqlx::query(AssertSqlSafe(u.finish.clone()))
+        .bind(&u.table)
+        .bind(tenant)
+        .bind(rows as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(unit_err)?;
+    tx.commit().await.map_err(unit_err)?;
+    Ok(Some(rows))
+}
+
+/// Keeps the planner's view of the id map current as it grows, so joins against it stay
+/// index lookups filtered by tenant instead of turning quadratic.
+struct MapStatistics {
+    rows_since: AtomicU64,
+    analyzed_at: Mutex<u64>,
+}
+
+impl MapStatistics {
+    async fn note(&self, pool: &PgPool, rows: u64) -> Result<(), sqlx::Error> {
+        let since = self.rows_since.fetch_add(rows, Ordering::Relaxed) + rows;
+        let Ok(mut at) = self.analyzed_at.try_lock() else {
+            return Ok(());
+        };
+        if since > (*at).max(10_000) {
+            self.rows_since.fetch_sub(since, Ordering::Relaxed);
+            *at += since;
+            sqlx::query(AssertSqlSafe(format!("ANALYZE {}", id_map())))
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Consolidates every unit of the plan. `progress` is called after each unit.
+pub async fn consolidate(
+    pool: &PgPool,
+    plan: &Plan,
+    opts: &ConsolidateOptions,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<ConsolidateReport, ConsolidateError> {
+    if !plan.is_executable() {
+        return Err(ConsolidateError::Refused(plan.refusals.clone()));
+    }
+    let started = Instant::now();
+    let units_total: u64 = plan
+        .tables
+        .iter()
+        .map(|t| t.unit_tenants.len() as u64)
+        .sum();
+    if opts.dry_run {
+        return dry_run(pool, plan, units_total, started).await;
+    }
+    state::prepare(pool, plan).await?;
+
+    let sqls: Vec<UnitSql> = plan.tables.iter().map(|t| unit_sql(plan, t)).collect();
+    let done = AtomicU64::new(0);
+    let rows_done = AtomicU64::new(0);
+    let skipped = AtomicU64::new(0);
+    let per_table: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+    let stats = Arc::new(MapStatistics {
+        rows_since: AtomicU64::new(0),
+        analyzed_at: Mutex::new(0),
+    });
+
+    futures::stream::iter(plan.tenants.iter().map(Ok::<_, ConsolidateError>))
+        .try_for_each_concurrent(opts.concurrency.max(1), |tenant| {
+            let (sqls, done, rows_done, skipped, per_table, stats) =
+                (&sqls, &done, &rows_done, &skipped, &per_table, &stats);
+            async move {
+                for (t, u) in plan.tables.iter().zip(sqls) {
+                    if t.unit_tenants.binary_search(&tenant.id).is_err() {
+                        continue;
+                    }
+                    let outcome = run_unit(pool, u, tenant.id, &tenant.schema).await?;
+                    let rows = outcome.unwrap_or(0);
+                    if outcome.is_none() {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        *per_table.lock().await.entry(t.name.clone()).or_default() += rows;
+                        stats.note(pool, rows).await?;
+                    }
+                    progress(Progress {
+                        units_done: done.fetch_add(1, Ordering::Relaxed) + 1,
+                        units_total,
+                        rows_done: rows_done.fetch_add(rows, Ordering::Relaxed) + rows,
+                        tenant: tenant.id,
+                        table: t.name.clone(),
+                        skipped: outcome.is_none(),
+                    });
+                }
+                Ok(())
+            }
+        })
+        .await?;
+
+    let sequences = advance_sequences(pool, plan).await?;
+    let units_skipped = skipped.load(Ordering::Relaxed);
+    Ok(ConsolidateReport {
+        units_total,
+        units_done: done.load(Ordering::Relaxed) - units_skipped,
+        units_skipped,
+        rows: per_table.into_inner(),
+        sequences,
+        would: Vec::new(),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Moves every id sequence at or past the largest id of its table.
+pub async fn advance_sequences(
+    pool: &PgPool,
+    plan: &Plan,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for t in &plan.tables {
+        let Some(seq) = &t.id_sequence else { continue };
+        let q = format!(
+            "SELECT setval($1::regclass, GREATEST((SELECT max({id})::int8 FROM {dest}), pg_sequence_last_value($1::regclass), 1))",
+            id = sql::ident(&t.id_column),
+            dest = sql::table(&plan.shared_schema, &t.name),
+        );
+        let v: i64 = sqlx::query_scalar(AssertSqlSafe(q))
+            .bind(seq)
+            .fetch_one(pool)
+            .await?;
+        out.push((seq.clone(), v));
+    }
+    Ok(out)
+}
+
+/// Counts what would be copied, table by table, and writes nothing.
+async fn dry_run(
+    pool: &PgPool,
+    plan: &Plan,
+    units_total: u64,
+    started: Instant,
+) -> Result<ConsolidateReport, ConsolidateError> {
+    let engine_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(units())
+        .fetch_one(pool)
+        .await?;
+    let mut report = ConsolidateReport {
+        units_total,
+        ..Default::default()
+    };
+    for t in &plan.tables {
+        let rows = super::plan::count_table(pool, plan, t).await?;
+        let mut already = 0u64;
+        if engine_exists {
+            already = sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
+                "SELECT count(*) FROM {} WHERE tbl = $1",
+                units()
+            )))
+            .bind(&t.name)
+            .fetch_one(pool)
+            .await? as u64;
+        }
+        let fks: Vec<String> = t
+            .foreign_keys
+            .iter()
+            .map(|f| format!("{} via the {} id map", f.column, f.parent))
+            .collect();
+        report.would.push(format!(
+            "{}: copy {rows} row(s) from {} tenant schema(s) into {}.{} ({} ids{}{}){}",
+            t.name,
+            t.unit_tenants.len(),
+            plan.shared_schema,
+            t.name,
+            match plan.ids {
+                IdStrategy::Remap => "new",
+                IdStrategy::Keep => "kept",
+            },
+            if fks.is_empty() {
+                String::new()
+            } else {
+                format!("; rewrite {}", fks.join(", "))
+            },
+            if t.defaulted.is_empty() {
+                String::new()
+            } else {
+                format!("; default {}", t.defaulted.join(", "))
+            },
+            if already > 0 {
+                format!(" — {already} unit(s) already done would be skipped")
+            } else {
+                String::new()
+            },
+        ));
+        report.rows.insert(t.name.clone(), rows);
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// How long a transient failure waits before the unit is tried again, as a hint for callers.
+pub const RETRY_HINT: Duration = Duration::from_secs(1);
