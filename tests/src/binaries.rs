@@ -147,3 +147,28 @@ fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
+
+/// The workspace's own `rollback-agent` executable, built by the same `cargo test` /
+/// `cargo nextest` run (the agent crate's CLI tests make cargo build it).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    project_binary("rollback-agent")
+}
+
+/// A binary of this workspace, from the target folder the running test was built into.
+pub fn project_binary(name: &str) -> anyhow::Result<PathBuf> {
+    // The test executable sits in target/<profile>/deps; binaries sit one level up.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the target folder from {}", exe.display()))?;
+    let path = profile_dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        anyhow::bail!(
+            "{} is not built: run the suite with `deploy/local/test.sh` (or `cargo build -p {name}` first)",
+            path.display()
+        )
+    }
+}

@@ -9,7 +9,7 @@ mod nats;
 mod postgres;
 mod process;
 
-pub use binaries::{find_binary, postgres_bin_dir, workspace_root};
+pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, workspace_root};
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};
 pub use process::free_port;

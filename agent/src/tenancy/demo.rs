@@ -559,37 +559,3 @@ mod tests {
         assert_eq!(mix(&[7, 8, 9]), mix(&[7, 8, 9]));
     }
 }
-#[cfg(test)]
-#[test]
-fn tmp_dump_sql() {
-    let spec = DemoSpec {
-        tenants: 2,
-        rows: 125,
-        shared_rows: 4,
-        decoys: true,
-        ..DemoSpec::default()
-    };
-    let mut public = public_ddl();
-    public.push_str(&tenants_sql(
-        mix(&[spec.seed, SALT_TENANT_ROWS]),
-        2,
-        Some(3),
-    ));
-    public.push_str(&insert_sql(&Fill {
-        schema: "public",
-        counts: [4; 8],
-        seed: 1,
-        layout: shared_layout(&spec),
-    }));
-    std::fs::write("/tmp/demo_public.sql", &public).unwrap();
-    let t = tenant_schema_ddl("tenant_1");
-    std::fs::write("/tmp/demo_tddl.sql", &t).unwrap();
-    let mut t = String::new();
-    t.push_str(&insert_sql(&Fill {
-        schema: "tenant_1",
-        counts: tenant_rows(&spec, 1),
-        seed: 5,
-        layout: Layout::Tenant,
-    }));
-    std::fs::write("/tmp/demo_tenant.sql", &t).unwrap();
-}

@@ -748,7 +748,7 @@ async fn unique_collisions(
     if tenants.is_empty() {
         return Ok(None);
     }
-    let per_tenant = key.columns.iter().any(|c| *c == opts.tenant_column);
+    let per_tenant = key.columns.contains(&opts.tenant_column);
     let select_cols: Vec<String> = key
         .columns
         .iter()

@@ -167,8 +167,11 @@ fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
         match t.foreign_keys.iter().find(|f| f.column == c.name) {
             Some(fk) => {
                 let alias = format!("f{i}");
-                src_row.push(format!("s.{col}::int8"));
-                dst_row.push(format!("{alias}.old_id"));
+                // A link that maps to nothing in this tenant must not look like a NULL link.
+                src_row.push(format!("s.{col}::int8::text"));
+                dst_row.push(format!(
+                    "CASE WHEN d.{col} IS NULL THEN NULL ELSE coalesce({alias}.old_id::text, 'unmapped:' || d.{col}::text) END"
+                ));
                 joins.push_str(&format!(
                     " LEFT JOIN {map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = $2 AND {alias}.new_id = d.{col}",
                     map = id_map(),

@@ -1,4 +1,7 @@
 //! The one end-to-end test binary: every area adds a module here, so the workspace links a
 //! single test executable instead of one per file.
 
+mod demo_db;
+mod store;
 mod support;
+mod tenancy;

@@ -1,0 +1,629 @@
+//! Event store benchmark against a real nats-server, with raw async-nats baselines.
+//!
+//! `cargo bench -p rollback-tests --bench event_store`. Progress goes to stderr, the result
+//! table to stdout as Markdown. Targets: sequential appends >= 0.8 of raw awaited publishes,
+//! concurrent appends >= 0.5 of raw pipelined publishes, a verified and folded load <= 1.5 times
+//! a raw ordered-consumer read, with a peak heap that does not grow with the run's length.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use rollback_agent::store::{EventStore, JetStreamEventStore, RunCursor, StoreConfig};
+use rollback_proto::envelope::{ChainVerifier, Draft};
+use rollback_proto::events::Event;
+use rollback_proto::runbook::source_hash;
+use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
+use rollback_proto::{Actor, RunId, RunState};
+use rollback_tests::NatsServer;
+use time::OffsetDateTime;
+
+// ---------------------------------------------------------------------------------------------
+// Heap accounting: a counting wrapper around the system allocator, switched on only while a
+// memory measurement runs (the atomics would otherwise slow the timed phases, and the store's
+// load allocates more often than a raw read does).
+
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static CURRENT: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn grew(by: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        let now = CURRENT.fetch_add(by as isize, Ordering::Relaxed) + by as isize;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+fn shrank(by: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        CURRENT.fetch_sub(by as isize, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; only counters are updated around it.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            if new_size >= layout.size() {
+                grew(new_size - layout.size());
+            } else {
+                shrank(layout.size() - new_size);
+            }
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// The heap high-water mark, above what was live when `f` started, while `f` runs.
+async fn peak_heap_during<T>(f: impl Future<Output = T>) -> (T, usize) {
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::SeqCst);
+    let out = f.await;
+    COUNTING.store(false, Ordering::SeqCst);
+    (out, (PEAK.load(Ordering::Relaxed) - base).max(0) as usize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload.
+
+/// Throughput phases run this many interleaved rounds (raw, then store) and keep each one's
+/// best round, so a burst of load from elsewhere on the machine does not decide a ratio.
+const ROUNDS: usize = 3;
+const RAW_AWAITED: usize = 8_000;
+const STORE_SEQUENTIAL: usize = 8_000;
+const RAW_PIPELINED: usize = 50_000;
+const WINDOW: usize = 1_000;
+const CONCURRENT_RUNS: usize = 100;
+const PER_RUN: usize = 300;
+const LONG_RUN: usize = 100_000;
+const SHORT_RUN: usize = 10_000;
+const READ_REPEATS: usize = 3;
+/// Events for the CPU-only cost of proto's seal, verify and apply.
+const CPU_EVENTS: usize = 50_000;
+
+const RUNBOOK: &str = r#"
+name = "bench"
+[[phases]]
+id = "p"
+[[phases.steps]]
+id = "s"
+kind = "shell"
+command = "true"
+"#;
+
+fn draft(event: Event) -> Draft {
+    Draft {
+        actor: Actor::Agent,
+        causation_id: None,
+        at: OffsetDateTime::now_utc(),
+        event,
+    }
+}
+
+fn start_drafts() -> Vec<Draft> {
+    vec![
+        draft(Event::RunStarted {
+            runbook: "bench".into(),
+            runbook_hash: source_hash(RUNBOOK),
+            runbook_source: RUNBOOK.into(),
+            params: Default::default(),
+            dry_run: false,
+        }),
+        draft(Event::PhaseStarted {
+            phase: "p".parse().expect("valid id"),
+        }),
+        draft(Event::StepStarted {
+            step: "s".parse().expect("valid id"),
+            attempt: 1,
+        }),
+    ]
+}
+
+fn progress(done: u64, total: u64) -> Draft {
+    draft(Event::StepProgressed {
+        step: "s".parse().expect("valid id"),
+        done,
+        total,
+        note: "rows copied into the shared schema".into(),
+    })
+}
+
+async fn start_run(store: &JetStreamEventStore) -> anyhow::Result<RunCursor> {
+    Ok(store
+        .append(&RunCursor::genesis(RunId::new()), start_drafts())
+        .await?
+        .0)
+}
+
+/// The bytes of a typical stored event, for the raw baselines.
+fn sample_payload() -> Vec<u8> {
+    let mut head = RunCursor::genesis(RunId::new()).head;
+    head.seal(vec![progress(12_345, 100_000)])
+        .remove(0)
+        .to_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements.
+
+async fn raw_awaited(
+    js: &jetstream::Context,
+    payload: &[u8],
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let subject = "rollback.evt.bench-raw-awaited";
+    let started = Instant::now();
+    for _ in 0..n {
+        js.publish(subject, payload.to_vec().into()).await?.await?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn raw_pipelined(
+    js: &jetstream::Context,
+    payload: &[u8],
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let subject = "rollback.evt.bench-raw-pipelined";
+    let started = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    for _ in 0..n {
+        if in_flight.len() == WINDOW {
+            in_flight.pop_front().expect("window is full").await?;
+        }
+        in_flight.push_back(js.publish(subject, payload.to_vec().into()).await?);
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn store_sequential(store: &JetStreamEventStore, n: usize) -> anyhow::Result<Duration> {
+    let mut cursor = start_run(store).await?;
+    let started = Instant::now();
+    for i in 0..n {
+        cursor = store
+            .append(&cursor, vec![progress(i as u64, n as u64)])
+            .await?
+            .0;
+    }
+    Ok(started.elapsed())
+}
+
+async fn store_concurrent(
+    store: &JetStreamEventStore,
+    runs: usize,
+    each: usize,
+) -> anyhow::Result<Duration> {
+    let mut cursors = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        cursors.push(start_run(store).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut cursor in cursors {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in 0..each {
+                cursor = store
+                    .append(&cursor, vec![progress(i as u64, each as u64)])
+                    .await?
+                    .0;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Writes a run of `events` events through the store in 1000-event decisions; returns the run
+/// and the time the appends took.
+async fn write_long_run(
+    store: &JetStreamEventStore,
+    events: usize,
+) -> anyhow::Result<(RunId, Duration)> {
+    let mut cursor = start_run(store).await?;
+    let started = Instant::now();
+    let mut written = 3;
+    while written < events {
+        let batch = (events - written).min(1000);
+        let drafts = (0..batch)
+            .map(|i| progress((written + i) as u64, events as u64))
+            .collect();
+        cursor = store.append(&cursor, drafts).await?.0;
+        written += batch;
+    }
+    Ok((cursor.run(), started.elapsed()))
+}
+
+/// Reads a run's subject with a plain ordered consumer, touching each payload, nothing more.
+async fn raw_read(js: &jetstream::Context, run: RunId, events: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let stream = js.get_stream_no_info(EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: events_subject(run),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut bytes = 0;
+    for _ in 0..events {
+        let message = messages.next().await.context("consumer ended")??;
+        bytes += message.payload.len();
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed())
+}
+
+async fn store_load(
+    store: &JetStreamEventStore,
+    run: RunId,
+    events: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let loaded = store.load(run).await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        loaded.cursor.head.seq == events as u64,
+        "loaded {} events",
+        loaded.cursor.head.seq
+    );
+    Ok(elapsed)
+}
+
+struct ReadResult {
+    raw: Duration,
+    load: Duration,
+    raw_peak: usize,
+    load_peak: usize,
+}
+
+/// Best of a few alternating rounds of raw read and store load, then one more of each with the
+/// heap counted.
+async fn compare_reads(
+    js: &jetstream::Context,
+    store: &JetStreamEventStore,
+    run: RunId,
+    events: usize,
+) -> anyhow::Result<ReadResult> {
+    let (mut raw, mut load) = (Duration::MAX, Duration::MAX);
+    for _ in 0..READ_REPEATS {
+        raw = raw.min(raw_read(js, run, events).await?);
+        load = load.min(store_load(store, run, events).await?);
+    }
+    let (raw_result, raw_peak) = peak_heap_during(raw_read(js, run, events)).await;
+    let (load_result, load_peak) = peak_heap_during(store_load(store, run, events)).await;
+    raw_result?;
+    load_result?;
+    Ok(ReadResult {
+        raw,
+        load,
+        raw_peak,
+        load_peak,
+    })
+}
+
+/// CPU cost per event of proto's chain and fold code alone, no IO: seal, verify, apply.
+fn proto_costs() -> anyhow::Result<(Duration, Duration, Duration)> {
+    let per_event = |d: Duration| d / CPU_EVENTS as u32;
+    let mut head = RunCursor::genesis(RunId::new()).head;
+    let started = Instant::now();
+    let mut envelopes = head.seal(start_drafts());
+    for i in 0..CPU_EVENTS {
+        envelopes.extend(head.seal(vec![progress(i as u64, CPU_EVENTS as u64)]));
+    }
+    let seal = per_event(started.elapsed());
+    let bytes: Vec<Vec<u8>> = envelopes.iter().map(|e| e.to_bytes()).collect();
+
+    let mut verifier = ChainVerifier::new(head.run_id);
+    let started = Instant::now();
+    for b in &bytes {
+        std::hint::black_box(verifier.push(b)?);
+    }
+    let verify = per_event(started.elapsed());
+
+    let mut state = RunState::new(&envelopes[0])?;
+    let started = Instant::now();
+    for envelope in &envelopes[1..] {
+        state.apply(envelope)?;
+    }
+    let apply = per_event(started.elapsed());
+    Ok((seal, verify, apply))
+}
+
+/// Keeps the shortest of several measurements.
+fn best(current: &mut Duration, measured: Duration) {
+    *current = (*current).min(measured);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+struct Row {
+    what: String,
+    count: String,
+    result: String,
+    ratio: String,
+    target: String,
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn print_tables(rows: &[Row]) {
+    let header = ["measurement", "count", "result", "ratio", "target"];
+    let cells: Vec<[&str; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.what.as_str(),
+                r.count.as_str(),
+                r.result.as_str(),
+                r.ratio.as_str(),
+                r.target.as_str(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |row: &[&str; 5]| {
+        row.iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    eprintln!();
+    eprintln!("{}", line(&header));
+    for row in &cells {
+        eprintln!("{}", line(row));
+    }
+    eprintln!();
+
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for row in &cells {
+        println!("| {} |", row.join(" | "));
+    }
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    let store = JetStreamEventStore::connect(js.clone(), StoreConfig::default()).await?;
+    let payload = sample_payload();
+    eprintln!(
+        "nats-server at {}; event payload {} bytes",
+        nats.url(),
+        payload.len()
+    );
+
+    let concurrent_n = CONCURRENT_RUNS * PER_RUN;
+    let [
+        mut t_awaited,
+        mut t_sequential,
+        mut t_pipelined,
+        mut t_concurrent,
+    ] = [Duration::MAX; 4];
+    for round in 1..=ROUNDS {
+        eprintln!(
+            "round {round}/{ROUNDS}: raw awaited, store sequential, raw pipelined, store concurrent"
+        );
+        best(
+            &mut t_awaited,
+            raw_awaited(&js, &payload, RAW_AWAITED).await?,
+        );
+        best(
+            &mut t_sequential,
+            store_sequential(&store, STORE_SEQUENTIAL).await?,
+        );
+        best(
+            &mut t_pipelined,
+            raw_pipelined(&js, &payload, RAW_PIPELINED).await?,
+        );
+        best(
+            &mut t_concurrent,
+            store_concurrent(&store, CONCURRENT_RUNS, PER_RUN).await?,
+        );
+    }
+    let raw_awaited = rate(RAW_AWAITED, t_awaited);
+    let sequential = rate(STORE_SEQUENTIAL, t_sequential);
+    let raw_pipelined = rate(RAW_PIPELINED, t_pipelined);
+    let concurrent = rate(concurrent_n, t_concurrent);
+
+    eprintln!("writing runs of {LONG_RUN} and {SHORT_RUN} events in 1000-event decisions");
+    let (long_run, long_write) = write_long_run(&store, LONG_RUN).await?;
+    let batched = rate(LONG_RUN - 3, long_write);
+    let (short_run, _) = write_long_run(&store, SHORT_RUN).await?;
+    eprintln!(
+        "reading {LONG_RUN} events: raw ordered consumer vs store load, best of {READ_REPEATS}"
+    );
+    let long = compare_reads(&js, &store, long_run, LONG_RUN).await?;
+    eprintln!(
+        "reading {SHORT_RUN} events: raw ordered consumer vs store load, best of {READ_REPEATS}"
+    );
+    let short = compare_reads(&js, &store, short_run, SHORT_RUN).await?;
+    eprintln!("proto alone: seal, verify and apply {CPU_EVENTS} events");
+    let (seal, verify, apply) = proto_costs()?;
+
+    let seq_ratio = sequential / raw_awaited;
+    let conc_ratio = concurrent / raw_pipelined;
+    let long_ratio = long.load.as_secs_f64() / long.raw.as_secs_f64();
+    let short_ratio = short.load.as_secs_f64() / short.raw.as_secs_f64();
+    let micros = |d: Duration| format!("{:.2} µs/event", d.as_secs_f64() * 1e6);
+    let baseline = || "1.00 (baseline)".to_string();
+    let row = |what: String, count: usize, result: String, ratio: String, target: String| Row {
+        what,
+        count: count.to_string(),
+        result,
+        ratio,
+        target,
+    };
+    let rows = vec![
+        row(
+            "raw JetStream publish, acks awaited one by one".into(),
+            RAW_AWAITED,
+            format!("{raw_awaited:.0} msg/s"),
+            baseline(),
+            String::new(),
+        ),
+        row(
+            format!("raw JetStream publish, {WINDOW} acks in flight"),
+            RAW_PIPELINED,
+            format!("{raw_pipelined:.0} msg/s"),
+            baseline(),
+            String::new(),
+        ),
+        row(
+            "store append, one run, single-event decisions".into(),
+            STORE_SEQUENTIAL,
+            format!("{sequential:.0} events/s"),
+            format!("{seq_ratio:.2} of raw awaited"),
+            format!(">= 0.8: {}", verdict(seq_ratio >= 0.8)),
+        ),
+        row(
+            format!("store append, {CONCURRENT_RUNS} runs concurrently, single-event decisions"),
+            concurrent_n,
+            format!("{concurrent:.0} events/s"),
+            format!("{conc_ratio:.2} of raw pipelined"),
+            format!(">= 0.5: {}", verdict(conc_ratio >= 0.5)),
+        ),
+        row(
+            "store append, one run, 1000-event atomic decisions".into(),
+            LONG_RUN - 3,
+            format!("{batched:.0} events/s"),
+            format!("{:.2} of raw pipelined", batched / raw_pipelined),
+            String::new(),
+        ),
+        row(
+            "raw ordered-consumer read of one run".into(),
+            LONG_RUN,
+            format!(
+                "{:.3} s, peak heap {}",
+                long.raw.as_secs_f64(),
+                mib(long.raw_peak)
+            ),
+            baseline(),
+            String::new(),
+        ),
+        row(
+            "store load: read + verify chain + fold".into(),
+            LONG_RUN,
+            format!(
+                "{:.3} s, peak heap {}",
+                long.load.as_secs_f64(),
+                mib(long.load_peak)
+            ),
+            format!("{long_ratio:.2} x raw read"),
+            format!("<= 1.5: {}", verdict(long_ratio <= 1.5)),
+        ),
+        row(
+            "raw ordered-consumer read of one run".into(),
+            SHORT_RUN,
+            format!(
+                "{:.3} s, peak heap {}",
+                short.raw.as_secs_f64(),
+                mib(short.raw_peak)
+            ),
+            baseline(),
+            String::new(),
+        ),
+        row(
+            "store load: read + verify chain + fold".into(),
+            SHORT_RUN,
+            format!(
+                "{:.3} s, peak heap {}",
+                short.load.as_secs_f64(),
+                mib(short.load_peak)
+            ),
+            format!("{short_ratio:.2} x raw read"),
+            format!(
+                "flat heap: {} ({} here, {} for 10x the events)",
+                verdict(long.load_peak <= short.load_peak + short.load_peak / 2),
+                mib(short.load_peak),
+                mib(long.load_peak)
+            ),
+        ),
+        row(
+            "proto: ChainHead::seal, CPU only".into(),
+            CPU_EVENTS,
+            micros(seal),
+            String::new(),
+            String::new(),
+        ),
+        row(
+            "proto: ChainVerifier::push, CPU only".into(),
+            CPU_EVENTS,
+            micros(verify),
+            String::new(),
+            String::new(),
+        ),
+        row(
+            "proto: RunState::apply, CPU only".into(),
+            CPU_EVENTS,
+            micros(apply),
+            String::new(),
+            String::new(),
+        ),
+    ];
+    print_tables(&rows);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench())
+}

@@ -1,0 +1,495 @@
+//! The JetStream event store against a real nats-server: optimistic concurrency, deduplication,
+//! append-only history, tamper evidence, atomic decisions, listing and following.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use rollback_agent::store::{
+    AppendError, EventStore, JetStreamEventStore, LoadError, RunCursor, StoreConfig,
+};
+use rollback_proto::envelope::{ChainError, ChainHead, Draft, Envelope, chain_hash};
+use rollback_proto::events::Event;
+use rollback_proto::runbook::source_hash;
+use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
+use rollback_proto::{Actor, RunId, StepId, TransitionError};
+use rollback_tests::NatsServer;
+use time::OffsetDateTime;
+use tokio::sync::Barrier;
+
+type TestResult = anyhow::Result<()>;
+
+/// How long a test waits for something that should happen at once.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+const RUNBOOK: &str = r#"
+name = "store-test"
+[[phases]]
+id = "p"
+[[phases.steps]]
+id = "s"
+kind = "shell"
+command = "true"
+"#;
+
+fn draft(event: Event) -> Draft {
+    Draft {
+        actor: Actor::Console {
+            user: "tester".into(),
+        },
+        causation_id: None,
+        at: OffsetDateTime::now_utc(),
+        event,
+    }
+}
+
+/// The three events that start a run and its only step.
+fn start_drafts() -> Vec<Draft> {
+    vec![
+        draft(Event::RunStarted {
+            runbook: "store-test".into(),
+            runbook_hash: source_hash(RUNBOOK),
+            runbook_source: RUNBOOK.into(),
+            params: Default::default(),
+            dry_run: false,
+        }),
+        draft(Event::PhaseStarted {
+            phase: "p".parse().unwrap(),
+        }),
+        draft(Event::StepStarted {
+            step: step(),
+            attempt: 1,
+        }),
+    ]
+}
+
+fn step() -> StepId {
+    "s".parse().unwrap()
+}
+
+fn progress(note: impl Into<String>) -> Draft {
+    draft(Event::StepProgressed {
+        step: step(),
+        done: 1,
+        total: 10,
+        note: note.into(),
+    })
+}
+
+async fn connect(nats: &NatsServer) -> anyhow::Result<JetStreamEventStore> {
+    connect_with(nats, StoreConfig::default()).await
+}
+
+async fn connect_with(
+    nats: &NatsServer,
+    config: StoreConfig,
+) -> anyhow::Result<JetStreamEventStore> {
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    Ok(JetStreamEventStore::connect(js, config).await?)
+}
+
+/// A started run: its cursor after the three start events.
+async fn start_run(store: &JetStreamEventStore) -> anyhow::Result<RunCursor> {
+    let (cursor, _) = store
+        .append(&RunCursor::genesis(RunId::new()), start_drafts())
+        .await?;
+    Ok(cursor)
+}
+
+async fn stream_messages(store: &JetStreamEventStore) -> anyhow::Result<u64> {
+    let mut stream = store.jetstream().get_stream(EVENTS_STREAM).await?;
+    Ok(stream.info().await?.state.messages)
+}
+
+/// The seqs of a run as stored, verified.
+async fn stored_seqs(store: &JetStreamEventStore, run: RunId) -> anyhow::Result<Vec<u64>> {
+    Ok(store
+        .load_envelopes(run)
+        .await?
+        .iter()
+        .map(|e| e.seq)
+        .collect())
+}
+
+#[tokio::test]
+async fn connecting_sets_up_an_append_only_stream_and_is_idempotent() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let first = connect(&nats).await?;
+    // A second agent starting against the same server.
+    let second = connect(&nats).await?;
+    assert!(first.atomic_batches() && second.atomic_batches());
+
+    let mut stream = first.jetstream().get_stream(EVENTS_STREAM).await?;
+    let config = &stream.info().await?.config;
+    assert_eq!(config.subjects, vec!["rollback.evt.*".to_string()]);
+    assert_eq!(config.storage, jetstream::stream::StorageType::File);
+    assert!(config.deny_delete && config.deny_purge && !config.allow_rollup);
+    assert!(config.allow_direct && config.allow_atomic_publish);
+    assert_eq!(config.num_replicas, 1);
+    assert_eq!(config.duplicate_window, Duration::from_secs(600));
+
+    let empty = first.load(RunId::new()).await?;
+    assert!(empty.state.is_none());
+    assert_eq!(empty.cursor.stream_seq, 0);
+    assert_eq!(empty.cursor.head.seq, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn racing_writers_never_lose_or_duplicate_an_event() -> TestResult {
+    const WRITERS: usize = 4;
+    const EACH: usize = 15;
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+    let run = start_run(&store).await?.run();
+
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        // Each writer is its own agent with its own connection.
+        let store = connect(&nats).await?;
+        let (conflicts, barrier) = (conflicts.clone(), barrier.clone());
+        writers.spawn(async move {
+            let mut appended = 0;
+            let mut first_round = true;
+            while appended < EACH {
+                let loaded = store.load(run).await?;
+                if first_round {
+                    // Every writer holds the same cursor before anyone appends: a real race.
+                    barrier.wait().await;
+                    first_round = false;
+                }
+                match store
+                    .append(
+                        &loaded.cursor,
+                        vec![progress(format!("w{writer}-{appended}"))],
+                    )
+                    .await
+                {
+                    Ok(_) => appended += 1,
+                    Err(AppendError::Conflict { run: r, expected }) => {
+                        assert_eq!((r, expected), (run, loaded.cursor.stream_seq));
+                        conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(other) => return Err(anyhow::Error::new(other)),
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = writers.join_next().await {
+        result??;
+    }
+
+    let total = 3 + WRITERS * EACH;
+    let envelopes = store.load_envelopes(run).await?;
+    assert_eq!(
+        envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=total as u64).collect::<Vec<_>>()
+    );
+    let notes: BTreeSet<String> = envelopes
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::StepProgressed { note, .. } => Some(note.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notes.len(),
+        WRITERS * EACH,
+        "every writer's every event exactly once"
+    );
+    assert_eq!(stream_messages(&store).await?, total as u64);
+    let loaded = store.load(run).await?;
+    assert_eq!(loaded.state.expect("started").seq, total as u64);
+    let conflicts = conflicts.load(Ordering::Relaxed);
+    assert!(
+        conflicts >= WRITERS - 1,
+        "only {conflicts} conflicts observed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn appending_the_same_events_again_stores_nothing() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+    let genesis = RunCursor::genesis(RunId::new());
+    let (started, start_envelopes) = store.append(&genesis, start_drafts()).await?;
+    let (after_one, one) = store.append(&started, vec![progress("one")]).await?;
+    let before = stream_messages(&store).await?;
+
+    // A retried single publish (its confirmation lost), then a retried three-event decision.
+    let (again, echoed) = store.append_sealed(&started, one.clone()).await?;
+    assert_eq!((&again, &echoed), (&after_one, &one));
+    let (again, _) = store
+        .append_sealed(&genesis, start_envelopes.clone())
+        .await?;
+    assert_eq!(again, started);
+
+    // Still recognised once someone else has appended after them.
+    let (latest, _) = store.append(&after_one, vec![progress("two")]).await?;
+    let (again, _) = store.append_sealed(&started, one).await?;
+    assert_eq!(again, after_one);
+    let (again, _) = store.append_sealed(&genesis, start_envelopes).await?;
+    assert_eq!(again, started);
+
+    assert_eq!(stream_messages(&store).await?, before + 1);
+    let loaded = store.load(started.run()).await?;
+    assert_eq!(loaded.cursor, latest);
+    assert_eq!(
+        stored_seqs(&store, started.run()).await?,
+        vec![1, 2, 3, 4, 5]
+    );
+
+    // New events on a stale cursor are a conflict, not a duplicate.
+    let err = store
+        .append(&started, vec![progress("late")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::Conflict { expected, .. } if expected == started.stream_seq),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_cannot_be_deleted_or_purged_through_nats() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+    let cursor = start_run(&store).await?;
+    let run = cursor.run();
+    let stream = store.jetstream().get_stream(EVENTS_STREAM).await?;
+
+    let deleted = stream.delete_message(cursor.stream_seq).await;
+    assert!(deleted.is_err(), "delete allowed: {deleted:?}");
+    assert!(stream.purge().await.is_err(), "purge allowed");
+    assert!(
+        stream.purge().filter(events_subject(run)).await.is_err(),
+        "subject purge allowed"
+    );
+    let relaxed = store
+        .jetstream()
+        .update_stream(jetstream::stream::Config {
+            deny_delete: false,
+            ..stream.cached_info().config.clone()
+        })
+        .await;
+    assert!(relaxed.is_err(), "deny_delete could be switched off");
+
+    assert_eq!(stored_seqs(&store, run).await?, vec![1, 2, 3]);
+    assert_eq!(store.load(run).await?.cursor, cursor);
+    Ok(())
+}
+
+/// Publishes raw bytes onto a run's subject behind the store's back.
+async fn publish_raw(store: &JetStreamEventStore, run: RunId, bytes: Vec<u8>) -> TestResult {
+    store
+        .jetstream()
+        .publish(events_subject(run), bytes.into())
+        .await?
+        .await?;
+    Ok(())
+}
+
+fn chain_error(err: LoadError) -> ChainError {
+    match err {
+        LoadError::Chain(e) => e,
+        other => panic!("expected a chain error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn history_changed_behind_the_store_is_reported_not_folded() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+
+    // An altered copy of an event the agent would write next: content changed, hash kept.
+    let cursor = start_run(&store).await?;
+    let run = cursor.run();
+    let mut next = cursor.head.clone().seal(vec![progress("honest")]).remove(0);
+    next.event = Event::StepProgressed {
+        step: step(),
+        done: 10,
+        total: 10,
+        note: "forged".into(),
+    };
+    publish_raw(&store, run, next.to_bytes()).await?;
+    assert_eq!(
+        chain_error(store.load(run).await.unwrap_err()),
+        ChainError::Tampered { run, seq: 4 }
+    );
+    assert!(matches!(
+        store.load_envelopes(run).await,
+        Err(LoadError::Chain(ChainError::Tampered { .. }))
+    ));
+
+    // A stored event published again with a change: a repeated seq.
+    let cursor = start_run(&store).await?;
+    let run = cursor.run();
+    let mut third = store.load_envelopes(run).await?.remove(2);
+    third.causation_id = Some("rewritten".into());
+    publish_raw(&store, run, third.to_bytes()).await?;
+    assert_eq!(
+        chain_error(store.load(run).await.unwrap_err()),
+        ChainError::Gap {
+            run,
+            expected: 4,
+            found: 3
+        }
+    );
+
+    // A forged event, correctly hashed but linked to nothing.
+    let cursor = start_run(&store).await?;
+    let run = cursor.run();
+    let mut forged = ChainHead {
+        hash: "f".repeat(64),
+        ..cursor.head.clone()
+    }
+    .seal(vec![progress("forged")])
+    .remove(0);
+    assert_ne!(forged.prev_hash, cursor.head.hash);
+    forged.hash = chain_hash(&forged.prev_hash, &serde_json::to_value(&forged)?);
+    publish_raw(&store, run, forged.to_bytes()).await?;
+    assert_eq!(
+        chain_error(store.load(run).await.unwrap_err()),
+        ChainError::BrokenLink { run, seq: 4 }
+    );
+
+    // An intact chain whose event cannot follow: a transition error, kept apart.
+    let cursor = start_run(&store).await?;
+    let run = cursor.run();
+    let unknown = draft(Event::StepProgressed {
+        step: "nope".parse()?,
+        done: 1,
+        total: 1,
+        note: String::new(),
+    });
+    store.append(&cursor, vec![unknown]).await?;
+    match store.load(run).await {
+        Err(LoadError::Transition(TransitionError::Unknown { seq: 4, .. })) => {}
+        other => panic!("expected an unknown-step transition error, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_decision_is_stored_whole_or_not_at_all() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+    assert!(store.atomic_batches());
+    let cursor = start_run(&store).await?;
+    let run = cursor.run();
+
+    let decision = vec![progress("a"), progress("b"), progress("c")];
+    let (after, envelopes) = store.append(&cursor, decision).await?;
+    assert_eq!(
+        envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+    assert_eq!(after.head.seq, 6);
+    // Three consecutive messages in the stream, in order.
+    let stream = store.jetstream().get_stream(EVENTS_STREAM).await?;
+    for (offset, envelope) in envelopes.iter().enumerate() {
+        let message = stream
+            .direct_get(after.stream_seq - 2 + offset as u64)
+            .await?;
+        assert_eq!(message.subject.as_str(), events_subject(run));
+        assert_eq!(
+            serde_json::from_slice::<Envelope>(&message.payload)?,
+            *envelope
+        );
+    }
+
+    // The same decision point, decided again by a writer that lost the race: all refused.
+    let before = stream_messages(&store).await?;
+    let stale = store
+        .append(&cursor, vec![progress("x"), progress("y"), progress("z")])
+        .await;
+    assert!(
+        matches!(stale, Err(AppendError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(stream_messages(&store).await?, before);
+    assert_eq!(store.load(run).await?.cursor, after);
+
+    // Without atomic batches the same contract holds for appends that do not race.
+    let sequential = connect_with(
+        &nats,
+        StoreConfig {
+            atomic_batches: false,
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(!sequential.atomic_batches());
+    let (next, _) = sequential
+        .append(&after, vec![progress("d"), progress("e")])
+        .await?;
+    let (again, _) = sequential
+        .append_sealed(&after, store.load_envelopes(run).await?.split_off(6))
+        .await?;
+    assert_eq!(again, next);
+    assert_eq!(stored_seqs(&store, run).await?, (1..=8).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn runs_are_listed_and_followed_live() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+    let first = start_run(&store).await?;
+    let (first, _) = store.append(&first, vec![progress("1")]).await?;
+    let second = start_run(&store).await?;
+
+    let runs = store.list_runs().await?;
+    assert_eq!(
+        runs.iter().map(|r| (r.run, r.events)).collect::<Vec<_>>(),
+        vec![(first.run(), 4), (second.run(), 3)]
+    );
+    assert!(runs.iter().all(|r| r.runbook == "store-test"));
+    assert_eq!(
+        runs[0].started_by,
+        Actor::Console {
+            user: "tester".into()
+        }
+    );
+
+    // Follow from seq 2: the two events already there, then what is appended later.
+    let mut follow = Box::pin(store.follow(second.run(), 2));
+    let seq = |item: Option<Result<Envelope, _>>| item.expect("follow ended").map(|e| e.seq);
+    assert_eq!(
+        seq(tokio::time::timeout(DEADLINE, follow.next()).await?)?,
+        3
+    );
+    let (second, _) = store.append(&second, vec![progress("live-1")]).await?;
+    assert_eq!(
+        seq(tokio::time::timeout(DEADLINE, follow.next()).await?)?,
+        4
+    );
+    let (second, _) = store
+        .append(&second, vec![progress("live-2"), progress("live-3")])
+        .await?;
+    assert_eq!(
+        seq(tokio::time::timeout(DEADLINE, follow.next()).await?)?,
+        5
+    );
+    assert_eq!(
+        seq(tokio::time::timeout(DEADLINE, follow.next()).await?)?,
+        6
+    );
+
+    // Another run's events never show up in this one's follow.
+    store.append(&first, vec![progress("elsewhere")]).await?;
+    store.append(&second, vec![progress("live-4")]).await?;
+    assert_eq!(
+        seq(tokio::time::timeout(DEADLINE, follow.next()).await?)?,
+        7
+    );
+    Ok(())
+}
