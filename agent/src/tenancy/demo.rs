@@ -12,6 +12,7 @@
 
 mod ddl;
 mod rows;
+mod words;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -61,6 +62,7 @@ pub struct DemoSpec {
     /// Add decoy schemas, an orphan schema and an orphan tenant (see [`Decoys`]).
     pub decoys: bool,
     /// Tenant schemas built at the same time, each on its own connection from the pool.
+    /// The work is the server's (catalog writes, mostly): more than its cores slows it down.
     pub concurrency: usize,
 }
 

@@ -507,9 +507,6 @@ async fn thousand_tenants() -> TestResult {
         rows: 125,
         big_tenant_factor: 20,
         decoys: true,
-        concurrency: std::env::var("TMP_CONC")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(4),
         ..DemoSpec::default()
     };
     let summary = demo::generate(&pool, &spec).await?;

@@ -4,6 +4,7 @@
 //! `now()`, so a seed always gives byte-identical content.
 
 use super::ddl::{quote_ident, quote_literal};
+use super::words::*;
 use super::{TABLES, mix};
 
 /// Where the rows go, which decides how ids and foreign keys are laid out.
@@ -27,6 +28,7 @@ pub(super) struct Fill<'a> {
     pub counts: [u64; 8],
     /// Already mixed with whatever identifies the schema (the tenant id).
     pub seed: u64,
+    /// How ids and foreign keys are laid out.
     pub layout: Layout,
 }
 
@@ -134,224 +136,6 @@ struct RowSql {
     counts: [u64; 8],
     rows: u64,
 }
-
-const FIRST_NAMES: [&str; 24] = [
-    "Ada",
-    "Grace",
-    "Alan",
-    "Zoë",
-    "José",
-    "Łukasz",
-    "Siobhán",
-    "Mei",
-    "Kwame",
-    "Chloé",
-    "Björn",
-    "Fatima",
-    "Hiroshi",
-    "Ingrid",
-    "Jamal",
-    "Katarzyna",
-    "Liam",
-    "Noor",
-    "Priya",
-    "Renée",
-    "Søren",
-    "Tomás",
-    "Valentina",
-    "Yusuf",
-];
-/// The same people as [`FIRST_NAMES`], as they write their email address.
-const HANDLES: [&str; 24] = [
-    "ada", "grace", "alan", "zoe", "jose", "lukasz", "siobhan", "mei", "kwame", "chloe", "bjorn",
-    "fatima", "hiroshi", "ingrid", "jamal", "kasia", "liam", "noor", "priya", "renee", "soren",
-    "tomas", "vale", "yusuf",
-];
-const LAST_NAMES: [&str; 16] = [
-    "Lovelace",
-    "Hopper",
-    "O'Brien",
-    "Müller",
-    "García",
-    "Nowak",
-    "Nakamura",
-    "Okafor",
-    "van der Berg",
-    "D'Angelo",
-    "Ødegaard",
-    "Kowalski",
-    "Silva",
-    "Chen",
-    "Dubois",
-    "Nguyen",
-];
-/// The same families as [`LAST_NAMES`], as they write their email address.
-const LAST_HANDLES: [&str; 16] = [
-    "lovelace",
-    "hopper",
-    "obrien",
-    "mueller",
-    "garcia",
-    "nowak",
-    "nakamura",
-    "okafor",
-    "vanderberg",
-    "dangelo",
-    "odegaard",
-    "kowalski",
-    "silva",
-    "chen",
-    "dubois",
-    "nguyen",
-];
-const DOMAINS: [&str; 5] = [
-    "example.com",
-    "mail.example.org",
-    "school.example",
-    "Example.NET",
-    "uni.example.edu",
-];
-const SUBJECTS: [&str; 12] = [
-    "Rust",
-    "PostgreSQL",
-    "Laravel",
-    "Data Science",
-    "UX Design",
-    "Marketing",
-    "Accounting",
-    "Photography",
-    "Spanish",
-    "Machine Learning",
-    "Public Speaking",
-    "Café Management",
-];
-const LEVELS: [&str; 6] = [
-    "Intro to",
-    "Advanced",
-    "Practical",
-    "Mastering",
-    "Foundations of",
-    "Weekend Bootcamp:",
-];
-/// Quotes, ampersands, non-ASCII, a tab: text that breaks hand-built SQL and CSV.
-const SENTENCES: [&str; 10] = [
-    "It's hands-on: 10 labs, 3 projects.",
-    "Bring a laptop & your curiosity.",
-    "Kurs auf Deutsch — Grundlagen & Übungen.",
-    "\"Best course I took this year\" — a graduate",
-    "No prior experience needed; we start from zero.",
-    "Includes a certificate (PDF, 1 page).",
-    "Live Q&A every Friday at 17:00 CET.",
-    "Prix spécial pour les étudiants !",
-    "Week 1\tsetup\nWeek 2\tpractice",
-    "100% online, 0% boring.",
-];
-const JOB_TITLES: [&str; 10] = [
-    "Junior Developer",
-    "Data Analyst",
-    "Teaching Assistant",
-    "Marketing Manager",
-    "Backend Engineer (Rust)",
-    "UX Researcher",
-    "Bookkeeper",
-    "Photographer's Assistant",
-    "Head of Growth",
-    "DBA, PostgreSQL",
-];
-const COMPANIES: [&str; 10] = [
-    "Acme Corp",
-    "O'Reilly & Sons",
-    "Müller GmbH",
-    "Initech",
-    "Globex",
-    "Umbrella Learning",
-    "Zürich Analytics AG",
-    "北京教育科技",
-    "Hooli",
-    "Soylent \"Foods\" Ltd",
-];
-const LEAD_SOURCES: [&str; 6] = [
-    "landing_page",
-    "referral",
-    "google_ads",
-    "newsletter",
-    "linkedin",
-    "csv_import",
-];
-const MEDIUMS: [&str; 4] = ["cpc", "email", "social", "organic"];
-const CAMPAIGNS: [&str; 5] = [
-    "spring-launch",
-    "black_friday",
-    "alumni 2023",
-    "webinar#4",
-    "été",
-];
-const ANSWERS: [&str; 5] = [
-    "career change",
-    "promotion",
-    "just curious",
-    "my employer pays",
-    "",
-];
-const TEMPLATE_NAMES: [&str; 6] = [
-    "Hero",
-    "Minimal",
-    "Webinar",
-    "Course launch",
-    "Black Friday",
-    "Newsletter signup",
-];
-const CSS_CLASSES: [&str; 4] = ["hero", "hero hero--dark", "split", "card-grid"];
-const SLUG_WORDS: [&str; 10] = [
-    "learn", "rust", "spring", "offer", "free", "webinar", "career", "data", "bootcamp", "alumni",
-];
-const THEMES: [&str; 3] = ["light", "dark", "system"];
-const LOCALES: [&str; 6] = ["en", "de", "fr", "pl", "ja", "pt-BR"];
-const WIDGETS: [&str; 5] = ["courses", "leads", "revenue", "calendar", "inbox"];
-const REFERRERS: [&str; 5] = [
-    "google.com",
-    "t.co",
-    "newsletter",
-    "(direct)",
-    "linkedin.com",
-];
-
-const TENANT_NAMES: [&str; 8] = [
-    "Bright",
-    "Northern",
-    "Open",
-    "Café",
-    "Golden",
-    "Saint-Émile",
-    "Blue Ridge",
-    "Quantum",
-];
-const TENANT_NAME_SLUGS: [&str; 8] = [
-    "bright",
-    "northern",
-    "open",
-    "cafe",
-    "golden",
-    "saint-emile",
-    "blue-ridge",
-    "quantum",
-];
-const TENANT_NOUNS: [&str; 6] = [
-    "Academy",
-    "Coders",
-    "School of Design",
-    "Learning Co.",
-    "Akademie",
-    "Bootcamp",
-];
-const TENANT_NOUN_SLUGS: [&str; 6] = [
-    "academy",
-    "coders",
-    "school-of-design",
-    "learning-co",
-    "akademie",
-    "bootcamp",
-];
 
 // Fixed eras, never now(): tenants signed up from 2019, shared rows are from before the
 // migration, tenant-schema rows from the schema era.
@@ -783,5 +567,55 @@ fn analytics_snapshots(r: &RowSql) -> Select {
                 ),
             ),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_written_into_the_quoted_schema_without_clock_or_randomness() {
+        let sql = insert_sql(&Fill {
+            schema: "tenant_7; DROP TABLE x",
+            counts: [3, 0, 0, 0, 0, 0, 0, 0],
+            seed: 9,
+            layout: Layout::Decoy,
+        });
+        assert!(sql.starts_with("INSERT INTO \"tenant_7; DROP TABLE x\".users (id, name,"));
+        assert!(
+            sql.contains("pg_get_serial_sequence('\"tenant_7; DROP TABLE x\".users', 'id'), 3)")
+        );
+        assert_eq!(sql.matches("INSERT INTO").count(), 1, "only users has rows");
+        for sql in [
+            sql,
+            insert_sql(&Fill {
+                schema: "public",
+                counts: [20; 8],
+                seed: 9,
+                layout: Layout::Shared {
+                    classes: 3,
+                    stride: 2,
+                },
+            }),
+        ] {
+            for volatile in ["now()", "random()", "clock_", "current_"] {
+                assert!(!sql.contains(volatile), "{volatile} in {sql}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_seed_reaches_every_value() {
+        let fill = |seed| {
+            insert_sql(&Fill {
+                schema: "tenant_1",
+                counts: [5; 8],
+                seed,
+                layout: Layout::Tenant,
+            })
+        };
+        assert_eq!(fill(1), fill(1));
+        assert_ne!(fill(1), fill(2));
     }
 }
