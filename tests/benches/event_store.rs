@@ -456,7 +456,58 @@ async fn bench() -> anyhow::Result<()> {
         mut t_pipelined,
         mut t_concurrent,
     ] = [Duration::MAX; 4];
-    for round in 1..=ROUNDS {
+    let rounds = if std::env::var_os("TMP_ONLY_LOAD").is_some() {
+        0
+    } else {
+        ROUNDS
+    };
+    if std::env::var_os("TMP_ONLY_CONC").is_some() {
+        for headers in [0u8, 1, 2, 3, 0, 1, 2, 3] {
+            let started = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..CONCURRENT_RUNS {
+                let js = js.clone();
+                let payload = payload.clone();
+                tasks.spawn(async move {
+                    let subject = events_subject(RunId::new());
+                    let mut last = 0;
+                    for _ in 0..PER_RUN {
+                        let mut m = async_nats::jetstream::message::PublishMessage::build()
+                            .payload(payload.clone().into());
+                        if headers & 1 != 0 {
+                            m = m.message_id(RunId::new().to_string());
+                        }
+                        if headers & 2 != 0 {
+                            m = m.expected_last_subject_sequence(last);
+                        }
+                        last = js.send_publish(subject.clone(), m).await?.await?.sequence;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r??;
+            }
+            eprintln!(
+                "raw 100 tasks awaited headers={headers}: {:.0}/s",
+                rate(CONCURRENT_RUNS * PER_RUN, started.elapsed())
+            );
+        }
+        if std::env::var_os("TMP_RAW_ONLY").is_some() {
+            return Ok(());
+        }
+        for _ in 0..3 {
+            let t = store_concurrent(&store, CONCURRENT_RUNS, PER_RUN).await?;
+            let p = raw_pipelined(&js, &payload, RAW_PIPELINED).await?;
+            eprintln!(
+                "conc {:.0}/s pipelined {:.0}/s",
+                rate(CONCURRENT_RUNS * PER_RUN, t),
+                rate(RAW_PIPELINED, p)
+            );
+        }
+        return Ok(());
+    }
+    for round in 1..=rounds {
         eprintln!(
             "round {round}/{ROUNDS}: raw awaited, store sequential, raw pipelined, store concurrent"
         );

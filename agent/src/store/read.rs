@@ -4,10 +4,12 @@
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::stream::DirectGetErrorKind;
+use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use rollback_proto::envelope::{ChainError, ChainVerifier, Envelope};
 use rollback_proto::subjects::{EVENTS_WILDCARD, events_subject, run_of_subject};
 use rollback_proto::{Event, RunId, RunState, TransitionError};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::{
@@ -16,6 +18,12 @@ use super::{
 
 /// Summaries fetched at once when listing runs.
 const SUMMARY_CONCURRENCY: usize = 16;
+/// Runs with at least this many events are verified on a thread of their own while being read.
+const PIPELINE_FROM: u64 = 1024;
+/// Messages handed to the verifying thread at a time.
+const CHUNK: usize = 128;
+/// Chunks waiting for the verifying thread at most.
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Why reading a run's messages stopped.
 enum ReadFailure {
@@ -39,19 +47,20 @@ impl ReadFailure {
     }
 }
 
-/// Reads one run's messages in stored order from the first, verifying each.
-struct RunReader {
+/// One run's stored messages in order from the first, as raw payloads.
+struct RunMessages {
     messages: Ordered,
-    verifier: ChainVerifier,
     /// Stop after this stream sequence (the run's last message when reading began); `None`
     /// reads on as new messages arrive.
     until: Option<u64>,
     /// Stream sequence of the last message read.
     reached: u64,
+    /// Messages the run had when reading began.
+    stored: u64,
 }
 
-impl RunReader {
-    /// A reader up to the run's current last message, or `None` for a run with no events.
+impl RunMessages {
+    /// The run's messages up to its current last one, or `None` for a run with no events.
     async fn to_end(store: &JetStreamEventStore, run: RunId) -> Result<Option<Self>, ReadFailure> {
         let subject = events_subject(run);
         let last = match store
@@ -83,20 +92,21 @@ impl RunReader {
             .create_consumer(config)
             .await
             .map_err(|e| ReadFailure::Transport(e.into()))?;
+        let stored = consumer.cached_info().num_pending;
         let messages = consumer
             .messages()
             .await
             .map_err(|e| ReadFailure::Transport(e.into()))?;
         Ok(Self {
             messages,
-            verifier: ChainVerifier::new(run),
             until,
             reached: 0,
+            stored,
         })
     }
 
-    /// The next verified envelope, or `None` once the last message is read.
-    async fn next(&mut self) -> Option<Result<Envelope, ReadFailure>> {
+    /// The next payload, or `None` once the last message is read.
+    async fn next(&mut self) -> Option<Result<Bytes, ReadFailure>> {
         if self.until.is_some_and(|until| self.reached >= until) {
             return None;
         }
@@ -113,19 +123,109 @@ impl RunReader {
             Ok(info) => self.reached = info.stream_sequence,
             Err(err) => return Some(Err(ReadFailure::Transport(err))),
         }
-        Some(
-            self.verifier
-                .push(&message.payload)
-                .map_err(ReadFailure::Chain),
-        )
+        Some(Ok(message.message.payload))
     }
+}
 
-    fn cursor(&self) -> RunCursor {
-        RunCursor {
-            head: self.verifier.head().clone(),
-            stream_seq: self.reached,
+/// One run's messages, each verified as it is read.
+struct RunReader {
+    messages: RunMessages,
+    verifier: ChainVerifier,
+}
+
+impl RunReader {
+    fn new(messages: RunMessages, run: RunId) -> Self {
+        Self {
+            messages,
+            verifier: ChainVerifier::new(run),
         }
     }
+
+    /// The next verified envelope, or `None` once the last message is read.
+    async fn next(&mut self) -> Option<Result<Envelope, ReadFailure>> {
+        Some(match self.messages.next().await? {
+            Ok(payload) => self.verifier.push(&payload).map_err(ReadFailure::Chain),
+            Err(err) => Err(err),
+        })
+    }
+}
+
+/// A run's state as its stored payloads are verified and applied one by one.
+struct Fold {
+    verifier: ChainVerifier,
+    state: Option<RunState>,
+}
+
+impl Fold {
+    fn new(run: RunId) -> Self {
+        Self {
+            verifier: ChainVerifier::new(run),
+            state: None,
+        }
+    }
+
+    fn push(&mut self, payload: &[u8]) -> Result<(), LoadError> {
+        let envelope = self.verifier.push(payload)?;
+        match &mut self.state {
+            None => self.state = Some(RunState::new(&envelope)?),
+            Some(state) => state.apply(&envelope)?,
+        }
+        Ok(())
+    }
+
+    /// Verifies and folds payloads handed over in chunks, on a thread of its own so that
+    /// reading the next messages and checking these overlap.
+    fn run_on_chunks(mut self, mut chunks: mpsc::Receiver<Vec<Bytes>>) -> Result<Self, LoadError> {
+        while let Some(chunk) = chunks.blocking_recv() {
+            for payload in chunk {
+                self.push(&payload)?;
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Reads `messages` while a blocking thread verifies and folds what was read.
+async fn fold_alongside(run: RunId, messages: &mut RunMessages) -> Result<Fold, LoadError> {
+    // Bounded: the reader waits for the verifier rather than buffering the run.
+    let (chunks, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let folding = tokio::task::spawn_blocking(move || Fold::new(run).run_on_chunks(receiver));
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let read = loop {
+        match messages.next().await {
+            Some(Ok(payload)) => {
+                chunk.push(payload);
+                if chunk.len() == CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                    if chunks.send(full).await.is_err() {
+                        // The verifier stopped at a bad event: its error is the answer.
+                        break Ok(());
+                    }
+                }
+            }
+            Some(Err(err)) => break Err(err.into_load(run)),
+            None => {
+                // A send error means the verifier already stopped; it reports why.
+                let _ = chunks.send(chunk).await;
+                break Ok(());
+            }
+        }
+    };
+    drop(chunks);
+    let folded = match folding.await {
+        Ok(folded) => folded,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => {
+            return Err(LoadError::Unavailable {
+                run,
+                source: err.into(),
+            });
+        }
+    };
+    // The first problem in stored order wins: a bad event before a transport failure.
+    let fold = folded?;
+    read?;
+    Ok(fold)
 }
 
 /// Where a stream of a run's envelopes stands.
@@ -136,11 +236,13 @@ enum Step {
 }
 
 impl JetStreamEventStore {
-    /// Reads a run from its first event, verifying the hash chain and folding the state;
-    /// holds one message at a time.
+    /// Reads a run from its first event, verifying the hash chain and folding the state.
+    ///
+    /// Memory stays flat whatever the run's length. A long run is verified on a thread of its
+    /// own while the next messages are read, with a few chunks of messages between the two.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        let Some(mut reader) = RunReader::to_end(self, run)
+        let Some(mut messages) = RunMessages::to_end(self, run)
             .await
             .map_err(|e| e.into_load(run))?
         else {
@@ -149,17 +251,21 @@ impl JetStreamEventStore {
                 cursor: RunCursor::genesis(run),
             });
         };
-        let mut state: Option<RunState> = None;
-        while let Some(envelope) = reader.next().await {
-            let envelope = envelope.map_err(|e| e.into_load(run))?;
-            match &mut state {
-                None => state = Some(RunState::new(&envelope)?),
-                Some(state) => state.apply(&envelope)?,
+        let fold = if messages.stored < PIPELINE_FROM {
+            let mut fold = Fold::new(run);
+            while let Some(payload) = messages.next().await {
+                fold.push(&payload.map_err(|e| e.into_load(run))?)?;
             }
-        }
+            fold
+        } else {
+            fold_alongside(run, &mut messages).await?
+        };
         Ok(LoadedRun {
-            state,
-            cursor: reader.cursor(),
+            state: fold.state,
+            cursor: RunCursor {
+                head: fold.verifier.head().clone(),
+                stream_seq: messages.reached,
+            },
         })
     }
 
@@ -172,8 +278,8 @@ impl JetStreamEventStore {
         futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
             async move {
                 let mut reader = match step {
-                    Step::Open(store) => match RunReader::to_end(&store, run).await {
-                        Ok(Some(reader)) => Box::new(reader),
+                    Step::Open(store) => match RunMessages::to_end(&store, run).await {
+                        Ok(Some(messages)) => Box::new(RunReader::new(messages, run)),
                         Ok(None) => return None,
                         Err(err) => return Some((Err(err.into_load(run)), Step::Done)),
                     },
@@ -208,8 +314,8 @@ impl JetStreamEventStore {
         futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
             async move {
                 let mut reader = match step {
-                    Step::Open(store) => match RunReader::open(&store, run, None).await {
-                        Ok(reader) => Box::new(reader),
+                    Step::Open(store) => match RunMessages::open(&store, run, None).await {
+                        Ok(messages) => Box::new(RunReader::new(messages, run)),
                         Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
                     },
                     Step::Reading(reader) => reader,

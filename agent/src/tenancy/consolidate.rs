@@ -154,7 +154,9 @@ struct UnitSql {
     source_tpl: String,
     claim: String,
     map_ids: String,
-    orphans: Vec<(String, String, String)>, // (column, parent, query)
+    /// Per foreign key: (column, parent, the query listing its dangling values); run only to
+    /// explain a unit that failed on one.
+    orphans: Vec<(String, String, String)>,
     insert: String,
     finish: String,
 }
@@ -207,7 +209,14 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
                     parent = sql::literal(&fk.parent),
                     col = sql::ident(&c.name),
                 ));
-                vals.push(format!("{alias}.new_id"));
+                // A link with no parent in this tenant stops the whole unit, loudly.
+                vals.push(format!(
+                    "CASE WHEN s.{col} IS NOT NULL AND {alias}.new_id IS NULL \
+                     THEN {orphan}($1, {column}, $2, s.{col}::int8) ELSE {alias}.new_id END",
+                    col = sql::ident(&c.name),
+                    orphan = state::orphan_fn(),
+                    column = sql::literal(&c.name),
+                ));
             }
             None => vals.push(format!("s.{}", sql::ident(&c.name))),
         }
@@ -262,6 +271,7 @@ async fn run_unit(
         bind_schema(&u.source_tpl, schema)
     );
     sqlx::query(AssertSqlSafe(lock))
+        .persistent(false)
         .execute(&mut *tx)
         .await
         .map_err(unit_err)?;
@@ -276,36 +286,28 @@ async fn run_unit(
         return Ok(None);
     }
     sqlx::query(AssertSqlSafe(bind_schema(&u.map_ids, schema)))
+        .persistent(false)
         .bind(&u.table)
         .bind(tenant)
         .execute(&mut *tx)
         .await
         .map_err(unit_err)?;
-    for (column, parent, q) in &u.orphans {
-        let dangling: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(bind_schema(q, schema)))
-            .bind(parent)
-            .bind(tenant)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(unit_err)?;
-        if !dangling.is_empty() {
-            return Err(ConsolidateError::Orphans {
-                tenant,
-                table: u.table.clone(),
-                column: column.clone(),
-                parent: parent.clone(),
-                count: dangling.len() as i64,
-                examples: dangling.into_iter().take(5).collect(),
-            });
-        }
-    }
-    let rows = sqlx::query(AssertSqlSafe(bind_schema(&u.insert, schema)))
+    let inserted = sqlx::query(AssertSqlSafe(bind_schema(&u.insert, schema)))
+        .persistent(false)
         .bind(&u.table)
         .bind(tenant)
         .execute(&mut *tx)
-        .await
-        .map_err(unit_err)?
-        .rows_affected();
+        .await;
+    let rows = match inserted {
+        Ok(done) => done.rows_affected(),
+        Err(e) if state::is_orphan_error(&e) => {
+            drop(tx); // rolls the unit back before the orphans are counted
+            return Err(explain_orphans(pool, u, tenant, schema)
+                .await
+                .unwrap_or_else(|e| unit_err(e)));
+        }
+        Err(e) => return Err(unit_err(e)),
+    };
     sqlx::query(AssertSqlSafe(u.finish.clone()))
         .bind(&u.table)
         .bind(tenant)
@@ -315,6 +317,37 @@ async fn run_unit(
         .map_err(unit_err)?;
     tx.commit().await.map_err(unit_err)?;
     Ok(Some(rows))
+}
+
+/// Counts the dangling links of a unit that failed on one, for a message a person can act on.
+async fn explain_orphans(
+    pool: &PgPool,
+    u: &UnitSql,
+    tenant: i64,
+    schema: &str,
+) -> Result<ConsolidateError, sqlx::Error> {
+    for (column, parent, q) in &u.orphans {
+        let dangling: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(bind_schema(q, schema)))
+            .persistent(false)
+            .bind(parent)
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
+        if !dangling.is_empty() {
+            return Ok(ConsolidateError::Orphans {
+                tenant,
+                table: u.table.clone(),
+                column: column.clone(),
+                parent: parent.clone(),
+                count: dangling.len() as i64,
+                examples: dangling.into_iter().take(5).collect(),
+            });
+        }
+    }
+    Err(sqlx::Error::Protocol(format!(
+        "tenant {tenant}, table {}: the database reported a dangling link that cannot be found again",
+        u.table
+    )))
 }
 
 /// Keeps the planner's view of the id map current as it grows, so joins against it stay

@@ -213,6 +213,7 @@ pub fn schema_regex(pattern: &str) -> Result<Regex, PlanError> {
 /// data); writes nothing.
 pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let re = schema_regex(&opts.scope.schema_pattern)?;
+    let started = std::time::Instant::now();
     let mut refusals = Vec::new();
     let mut warnings = Vec::new();
 
@@ -273,8 +274,22 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
 
     // Tables: what the tenant schemas hold, by name and column signature.
     let schemas: Vec<String> = tenants.iter().map(|t| t.schema.clone()).collect();
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        tenants = tenants.len(),
+        "plan: tenants found"
+    );
     let tenant_tables = catalog::tenant_tables(pool, &schemas).await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        tables = tenant_tables.len(),
+        "plan: tenant tables read"
+    );
     let shared = catalog::shared_tables(pool, &opts.shared_schema).await?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plan: shared tables read"
+    );
     let wanted: Option<BTreeSet<&str>> = opts
         .tables
         .as_ref()
@@ -402,6 +417,10 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
         .filter_map(|i| by_index[i].take())
         .collect();
 
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plan: tables mapped"
+    );
     // Keys that must stay unique once every tenant's rows sit in one table.
     for t in &tables {
         let dest = &shared[&t.name];
@@ -429,6 +448,10 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
         }
     }
 
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plan: unique keys checked"
+    );
     let units = tables.iter().map(|t| t.tenants).sum();
     let rows = tables.iter().map(|t| t.rows).sum();
     Ok(Plan {
@@ -780,11 +803,42 @@ async fn unique_collisions(
     } else {
         BTreeSet::new()
     };
+    // A key with the tenant column can only collide within a tenant: between the tenant's
+    // rows and the shared rows already there for it (the tenant table's own unique index
+    // keeps its rows apart; should it lack one, the unit fails whole on insert). So only
+    // tenants that already have shared rows need reading.
+    let with_shared_rows: Option<BTreeSet<i64>> = if per_tenant {
+        let q = format!(
+            "SELECT DISTINCT {tc}::int8 FROM {} d{}",
+            sql::table(&opts.shared_schema, &table.name),
+            if engine {
+                format!(
+                    " WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.tbl = {} AND m.new_id = d.{})",
+                    state::id_map(),
+                    sql::literal(&table.name),
+                    sql::ident(&table.id_column)
+                )
+            } else {
+                String::new()
+            },
+            tc = sql::ident(&opts.tenant_column),
+        );
+        Some(
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(q))
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect(),
+        )
+    } else {
+        None
+    };
     let mut parts: Vec<String> = Vec::new();
-    for t in tenants
-        .iter()
-        .filter(|t| !done.contains(&t.id) && table.unit_tenants.binary_search(&t.id).is_ok())
-    {
+    for t in tenants.iter().filter(|t| {
+        !done.contains(&t.id)
+            && table.unit_tenants.binary_search(&t.id).is_ok()
+            && with_shared_rows.as_ref().is_none_or(|s| s.contains(&t.id))
+    }) {
         let src_cols: Vec<String> = key
             .columns
             .iter()

@@ -28,6 +28,19 @@ pub fn baseline() -> String {
     sql::table(ENGINE_SCHEMA, "baseline")
 }
 
+/// `rollback_engine.orphan(tbl, col, tenant, value)`: raises the engine's orphan error.
+pub fn orphan_fn() -> String {
+    sql::table(ENGINE_SCHEMA, "orphan")
+}
+
+/// The SQLSTATE the orphan function raises.
+pub const ORPHAN_SQLSTATE: &str = "RB001";
+
+/// Whether a database error is the engine's own "dangling link" error.
+pub fn is_orphan_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(ORPHAN_SQLSTATE))
+}
+
 /// Creates the bookkeeping tables if needed and records, once, the shared rows that were
 /// there before any tenant row came back (so verify can prove they were left alone).
 pub async fn prepare(pool: &PgPool, plan: &Plan) -> Result<(), sqlx::Error> {
@@ -47,7 +60,15 @@ pub async fn prepare(pool: &PgPool, plan: &Plan) -> Result<(), sqlx::Error> {
              finished_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant, tbl));
          CREATE TABLE IF NOT EXISTS {baseline} (
              tbl text PRIMARY KEY, rows int8 NOT NULL, fingerprint numeric NOT NULL,
-             recorded_at timestamptz NOT NULL DEFAULT now());",
+             recorded_at timestamptz NOT NULL DEFAULT now());
+         CREATE OR REPLACE FUNCTION {orphan}(tbl text, col text, tenant int8, val int8) RETURNS int8
+             LANGUAGE plpgsql AS $f$
+             BEGIN
+                 RAISE EXCEPTION USING ERRCODE = '{code}',
+                     MESSAGE = format('tenant %s, table %s: %s = %s points at no row of the tenant', tenant, tbl, col, val);
+             END $f$;",
+        orphan = orphan_fn(),
+        code = ORPHAN_SQLSTATE,
         schema = sql::ident(ENGINE_SCHEMA),
         id_map = id_map(),
         units = units(),

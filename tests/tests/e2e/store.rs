@@ -361,6 +361,26 @@ async fn history_changed_behind_the_store_is_reported_not_folded() -> TestResult
         ChainError::BrokenLink { run, seq: 4 }
     );
 
+    // A long run, verified while it is read: the same verdicts.
+    let mut cursor = start_run(&store).await?;
+    let run = cursor.run();
+    for chunk in 0..3 {
+        let decision = (0..400).map(|i| progress(format!("{chunk}-{i}"))).collect();
+        cursor = store.append(&cursor, decision).await?.0;
+    }
+    let loaded = store.load(run).await?;
+    assert_eq!(
+        (loaded.cursor.head.seq, loaded.state.map(|s| s.seq)),
+        (1203, Some(1203))
+    );
+    let mut next = cursor.head.clone().seal(vec![progress("honest")]).remove(0);
+    next.actor = Actor::Agent;
+    publish_raw(&store, run, next.to_bytes()).await?;
+    assert_eq!(
+        chain_error(store.load(run).await.unwrap_err()),
+        ChainError::Tampered { run, seq: 1204 }
+    );
+
     // An intact chain whose event cannot follow: a transition error, kept apart.
     let cursor = start_run(&store).await?;
     let run = cursor.run();

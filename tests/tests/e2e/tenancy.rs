@@ -426,6 +426,10 @@ async fn the_plan_refuses_bad_shapes_before_writing_anything() {
         text.contains("column `title` is character varying(200) here but character varying(120)"),
         "{text}"
     );
+    assert!(
+        text.contains("unique key users_email_everywhere (email) would collide across tenants: same@example.com ×2"),
+        "{text}"
+    );
 
     let err = consolidate(&pool, &p, &ConsolidateOptions::default(), &|_| {})
         .await
