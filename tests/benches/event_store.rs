@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use rollback_agent::store::{EventStore, JetStreamEventStore, RunCursor, StoreConfig};
@@ -18,7 +19,7 @@ use rollback_proto::envelope::{ChainVerifier, Draft};
 use rollback_proto::events::Event;
 use rollback_proto::runbook::source_hash;
 use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
-use rollback_proto::{Actor, RunId, RunState};
+use rollback_proto::{Actor, EventId, RunId, RunState};
 use rollback_tests::NatsServer;
 use time::OffsetDateTime;
 
@@ -207,6 +208,42 @@ async fn raw_pipelined(
     }
     for ack in in_flight {
         ack.await?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Publishes from `subjects` tasks at once, each awaiting its ack before the next publish and
+/// sending the headers the store sends (`Nats-Msg-Id`, `Nats-Expected-Last-Subject-Sequence`):
+/// the traffic of the concurrent store appends, without the store.
+async fn raw_same_shape(
+    js: &jetstream::Context,
+    payload: &[u8],
+    subjects: usize,
+    each: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..subjects {
+        let (js, payload) = (js.clone(), payload.to_vec());
+        tasks.spawn(async move {
+            let subject = events_subject(RunId::new());
+            let mut last = 0;
+            for _ in 0..each {
+                let message = PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(EventId::new().to_string())
+                    .expected_last_subject_sequence(last);
+                last = js
+                    .send_publish(subject.clone(), message)
+                    .await?
+                    .await?
+                    .sequence;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
     }
     Ok(started.elapsed())
 }
@@ -450,67 +487,13 @@ async fn bench() -> anyhow::Result<()> {
     );
 
     let concurrent_n = CONCURRENT_RUNS * PER_RUN;
-    let [
-        mut t_awaited,
-        mut t_sequential,
-        mut t_pipelined,
-        mut t_concurrent,
-    ] = [Duration::MAX; 4];
-    let rounds = if std::env::var_os("TMP_ONLY_LOAD").is_some() {
-        0
-    } else {
-        ROUNDS
-    };
-    if std::env::var_os("TMP_ONLY_CONC").is_some() {
-        for headers in [0u8, 1, 2, 3, 0, 1, 2, 3] {
-            let started = Instant::now();
-            let mut tasks = tokio::task::JoinSet::new();
-            for _ in 0..CONCURRENT_RUNS {
-                let js = js.clone();
-                let payload = payload.clone();
-                tasks.spawn(async move {
-                    let subject = events_subject(RunId::new());
-                    let mut last = 0;
-                    for _ in 0..PER_RUN {
-                        let mut m = async_nats::jetstream::message::PublishMessage::build()
-                            .payload(payload.clone().into());
-                        if headers & 1 != 0 {
-                            m = m.message_id(RunId::new().to_string());
-                        }
-                        if headers & 2 != 0 {
-                            m = m.expected_last_subject_sequence(last);
-                        }
-                        last = js.send_publish(subject.clone(), m).await?.await?.sequence;
-                    }
-                    anyhow::Ok(())
-                });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r??;
-            }
-            eprintln!(
-                "raw 100 tasks awaited headers={headers}: {:.0}/s",
-                rate(CONCURRENT_RUNS * PER_RUN, started.elapsed())
-            );
-        }
-        if std::env::var_os("TMP_RAW_ONLY").is_some() {
-            return Ok(());
-        }
-        for _ in 0..3 {
-            let t = store_concurrent(&store, CONCURRENT_RUNS, PER_RUN).await?;
-            let p = raw_pipelined(&js, &payload, RAW_PIPELINED).await?;
-            eprintln!(
-                "conc {:.0}/s pipelined {:.0}/s",
-                rate(CONCURRENT_RUNS * PER_RUN, t),
-                rate(RAW_PIPELINED, p)
-            );
-        }
-        return Ok(());
-    }
-    for round in 1..=rounds {
-        eprintln!(
-            "round {round}/{ROUNDS}: raw awaited, store sequential, raw pipelined, store concurrent"
-        );
+    let mut t_awaited = Duration::MAX;
+    let mut t_sequential = Duration::MAX;
+    let mut t_pipelined = Duration::MAX;
+    let mut t_same_shape = Duration::MAX;
+    let mut t_concurrent = Duration::MAX;
+    for round in 1..=ROUNDS {
+        eprintln!("round {round}/{ROUNDS}: appends one by one, then {CONCURRENT_RUNS} at once");
         best(
             &mut t_awaited,
             raw_awaited(&js, &payload, RAW_AWAITED).await?,
@@ -524,10 +507,15 @@ async fn bench() -> anyhow::Result<()> {
             raw_pipelined(&js, &payload, RAW_PIPELINED).await?,
         );
         best(
+            &mut t_same_shape,
+            raw_same_shape(&js, &payload, CONCURRENT_RUNS, PER_RUN).await?,
+        );
+        best(
             &mut t_concurrent,
             store_concurrent(&store, CONCURRENT_RUNS, PER_RUN).await?,
         );
     }
+    let same_shape = rate(concurrent_n, t_same_shape);
     let raw_awaited = rate(RAW_AWAITED, t_awaited);
     let sequential = rate(STORE_SEQUENTIAL, t_sequential);
     let raw_pipelined = rate(RAW_PIPELINED, t_pipelined);
@@ -577,6 +565,15 @@ async fn bench() -> anyhow::Result<()> {
             String::new(),
         ),
         row(
+            format!(
+                "raw publish, {CONCURRENT_RUNS} subjects x 1 ack awaited, Msg-Id + expected-seq headers"
+            ),
+            concurrent_n,
+            format!("{same_shape:.0} msg/s"),
+            format!("{:.2} of raw pipelined", same_shape / raw_pipelined),
+            "(the store's traffic, no store)".into(),
+        ),
+        row(
             "store append, one run, single-event decisions".into(),
             STORE_SEQUENTIAL,
             format!("{sequential:.0} events/s"),
@@ -587,7 +584,10 @@ async fn bench() -> anyhow::Result<()> {
             format!("store append, {CONCURRENT_RUNS} runs concurrently, single-event decisions"),
             concurrent_n,
             format!("{concurrent:.0} events/s"),
-            format!("{conc_ratio:.2} of raw pipelined"),
+            format!(
+                "{conc_ratio:.2} of raw pipelined, {:.2} of same shape",
+                concurrent / same_shape
+            ),
             format!(">= 0.5: {}", verdict(conc_ratio >= 0.5)),
         ),
         row(
@@ -676,5 +676,6 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(bench())
+    // On a worker like every other task, so the two workers (one per core) do all the work.
+    runtime.block_on(async { tokio::spawn(bench()).await? })
 }

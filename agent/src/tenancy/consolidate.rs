@@ -304,7 +304,7 @@ async fn run_unit(
             drop(tx); // rolls the unit back before the orphans are counted
             return Err(explain_orphans(pool, u, tenant, schema)
                 .await
-                .unwrap_or_else(|e| unit_err(e)));
+                .unwrap_or_else(&unit_err));
         }
         Err(e) => return Err(unit_err(e)),
     };

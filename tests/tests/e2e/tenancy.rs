@@ -401,7 +401,10 @@ async fn the_plan_refuses_bad_shapes_before_writing_anything() {
         "ALTER TABLE tenant_2.users ADD COLUMN nickname text;
          CREATE TABLE tenant_3.secrets (id bigserial PRIMARY KEY, body text);
          ALTER TABLE public.jobs ALTER COLUMN title TYPE varchar(120);
-         ALTER TABLE tenant_1.jobs ALTER COLUMN title TYPE varchar(200);",
+         ALTER TABLE tenant_1.jobs ALTER COLUMN title TYPE varchar(200);
+         UPDATE tenant_1.users SET email = 'same@example.com' WHERE id = 1;
+         UPDATE tenant_3.users SET email = 'same@example.com' WHERE id = 1;
+         CREATE UNIQUE INDEX users_email_everywhere ON public.users (email);",
     )
     .execute(&pool)
     .await
