@@ -8,6 +8,7 @@ pub mod decide;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod next;
 pub mod policy;
 pub mod runbook;
 pub mod state;
@@ -19,6 +20,7 @@ pub use decide::{NewRun, Rejection, RejectionKind, authorize, decide, decide_sta
 pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope};
 pub use events::{Event, OutputStream};
 pub use ids::{EventId, PhaseId, RunId, StepId};
+pub use next::{NextAction, Waiting};
 pub use policy::{Caller, Permission, Policy};
 pub use runbook::{Runbook, RunbookError};
 pub use state::{RunState, RunStatus, StepStatus, TransitionError, fold};

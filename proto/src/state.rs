@@ -167,6 +167,17 @@ pub struct EscalationState {
     pub open: bool,
     /// Who acknowledged the last chain.
     pub acknowledged_by: Option<Actor>,
+    /// When the last level was raised.
+    pub raised_at: Option<OffsetDateTime>,
+    /// When the last chain was acknowledged.
+    pub acknowledged_at: Option<OffsetDateTime>,
+}
+
+impl EscalationState {
+    /// Whether the open chain belongs to a stall that has since ended (the run moved on).
+    pub fn is_stale(&self, last_activity_at: OffsetDateTime) -> bool {
+        self.raised_at.is_some_and(|r| r < last_activity_at)
+    }
 }
 
 /// An emergency restore request and its confirmation.
@@ -205,6 +216,8 @@ pub struct RunState {
     pub started_at: OffsetDateTime,
     /// Time of the last event.
     pub updated_at: OffsetDateTime,
+    /// Time of the last event that moved the run (escalations and refusals do not).
+    pub last_activity_at: OffsetDateTime,
     /// Active, completed or aborted.
     pub status: RunStatus,
     /// Set while paused, with the reason.
@@ -362,6 +375,7 @@ impl RunState {
             started_by: by.clone(),
             started_at: at,
             updated_at: at,
+            last_activity_at: at,
             status: RunStatus::Active,
             paused: None,
             phases,
@@ -491,6 +505,7 @@ impl RunState {
                 }
                 self.escalation.open = false;
                 self.escalation.acknowledged_by = Some(actor.clone());
+                self.escalation.acknowledged_at = Some(at);
             }
             _ if self.is_finished() => return Err(self.illegal(event, "the run is finished")),
             E::RunStarted { .. } => {
@@ -606,11 +621,14 @@ impl RunState {
                 };
             }
             E::EscalationRaised { level, .. } => {
-                let expected_ok = if self.escalation.open {
-                    *level > self.escalation.level
-                } else {
-                    *level == 1
-                };
+                // A chain climbs while it is open; a new one starts at 1 once the old one
+                // was acknowledged or the run moved on since it was raised.
+                let expected_ok =
+                    if self.escalation.open && !self.escalation.is_stale(self.last_activity_at) {
+                        *level > self.escalation.level
+                    } else {
+                        *level == 1
+                    };
                 if !expected_ok {
                     return Err(
                         self.illegal(event, "escalation levels climb one chain at a time, from 1")
@@ -618,6 +636,7 @@ impl RunState {
                 }
                 self.escalation.level = *level;
                 self.escalation.open = true;
+                self.escalation.raised_at = Some(at);
             }
             E::StepStarted { step, attempt } => {
                 let (p, s) = self.active_step(event, step)?;
@@ -831,6 +850,14 @@ impl RunState {
             }
         }
         self.updated_at = at;
+        if !matches!(
+            event,
+            E::EscalationRaised { .. }
+                | E::EscalationAcknowledged { .. }
+                | E::CommandRefused { .. }
+        ) {
+            self.last_activity_at = at;
+        }
         Ok(())
     }
 }

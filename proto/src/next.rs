@@ -1,0 +1,197 @@
+//! What the executor should do next with a run, and when the escalation path is due:
+//! pure functions of the state, so every agent and every replay agree.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::ids::StepId;
+use crate::runbook::StepKind;
+use crate::state::{RunState, RunStatus, StepStatus};
+
+/// Who or what a run is waiting for when the executor has nothing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// The run is completed or aborted.
+    Finished,
+    /// A person paused it.
+    Paused,
+    /// A second person must confirm the emergency restore.
+    EmergencyConfirmation,
+    /// A person must say `next` to start the next phase.
+    NextPhase,
+    /// A person must act on a step (tick, approve, retry, skip, mark done).
+    People {
+        /// The step.
+        step: StepId,
+        /// What is needed, in words.
+        need: String,
+    },
+}
+
+/// The executor's next move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextAction {
+    /// Nothing to run until an event arrives.
+    Idle(Waiting),
+    /// Start this attempt of this step.
+    Start {
+        /// The step.
+        step: StepId,
+        /// The attempt to start.
+        attempt: u32,
+    },
+    /// A transient failure's retry, due at a given time.
+    RetryAt {
+        /// The step.
+        step: StepId,
+        /// The attempt to start when due.
+        attempt: u32,
+        /// When.
+        due: OffsetDateTime,
+    },
+    /// A step started by an executor that is gone, with no outcome: run it again if it is
+    /// idempotent, otherwise mark it in doubt for a person.
+    Recover {
+        /// The step.
+        step: StepId,
+        /// The attempt that has no outcome.
+        attempt: u32,
+        /// Whether running it again is safe.
+        idempotent: bool,
+    },
+}
+
+impl RunState {
+    /// What an executor that is not running anything for this run should do next.
+    pub fn next_action(&self) -> NextAction {
+        if self.status != RunStatus::Active {
+            return NextAction::Idle(Waiting::Finished);
+        }
+        if self.awaiting_emergency_confirmation() {
+            return NextAction::Idle(Waiting::EmergencyConfirmation);
+        }
+        let Some(p) = self.active_phase else {
+            return NextAction::Idle(if self.paused.is_some() {
+                Waiting::Paused
+            } else {
+                Waiting::NextPhase
+            });
+        };
+        let phase = &self.runbook.phases[p];
+        let Some((s, st)) = self.phases[p]
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, st)| !st.status.is_terminal())
+        else {
+            // Every step has an outcome: the phase completes as a follow-up of the last one.
+            return NextAction::Idle(Waiting::NextPhase);
+        };
+        let def = &phase.steps[s];
+        let step = def.id.clone();
+        match &st.status {
+            StepStatus::Running { attempt, .. } => NextAction::Recover {
+                step,
+                attempt: *attempt,
+                idempotent: def.idempotent,
+            },
+            _ if self.paused.is_some() => NextAction::Idle(Waiting::Paused),
+            StepStatus::Failed { error, .. } => NextAction::Idle(Waiting::People {
+                step,
+                need: format!("failed ({error}): retry, skip or abort"),
+            }),
+            StepStatus::InDoubt { .. } => NextAction::Idle(Waiting::People {
+                step,
+                need: "in doubt after a restart: retry, mark done, skip or abort".into(),
+            }),
+            StepStatus::RetryWaiting { due, .. } => NextAction::RetryAt {
+                step,
+                attempt: st.attempts + 1,
+                due: *due,
+            },
+            StepStatus::Pending => match &def.kind {
+                StepKind::Checklist(list) => NextAction::Idle(Waiting::People {
+                    step,
+                    need: format!(
+                        "{} of {} item(s) ticked",
+                        st.checked.len(),
+                        list.items.len()
+                    ),
+                }),
+                _ if (st.approvals.len() as u32) < def.approvals => {
+                    NextAction::Idle(Waiting::People {
+                        step,
+                        need: format!(
+                            "{} of {} approval(s){}",
+                            st.approvals.len(),
+                            def.approvals,
+                            if def.destructive {
+                                ", not by the requester"
+                            } else {
+                                ""
+                            }
+                        ),
+                    })
+                }
+                StepKind::Approval => NextAction::Idle(Waiting::People {
+                    step,
+                    need: "approval".into(),
+                }),
+                _ => NextAction::Start {
+                    step,
+                    attempt: st.attempts + 1,
+                },
+            },
+            StepStatus::Succeeded { .. }
+            | StepStatus::MarkedDone { .. }
+            | StepStatus::Skipped { .. } => {
+                unreachable!("found as non-terminal")
+            }
+        }
+    }
+
+    /// The next escalation level to raise and when, if the run is stalled waiting for people.
+    ///
+    /// A chain starts `stall_after` (plus the first level's delay) after the run last moved;
+    /// each further level comes its own delay after the one before; an acknowledgement ends
+    /// the chain until the run moves and stalls again.
+    pub fn next_escalation(
+        &self,
+        stall_after: Duration,
+        level_delays: &[Duration],
+    ) -> Option<(u32, OffsetDateTime)> {
+        let waiting_for_people = matches!(
+            self.next_action(),
+            NextAction::Idle(
+                Waiting::NextPhase | Waiting::People { .. } | Waiting::EmergencyConfirmation
+            )
+        );
+        if !waiting_for_people || level_delays.is_empty() {
+            return None;
+        }
+        let esc = &self.escalation;
+        let delay = |level: u32| {
+            time::Duration::try_from(level_delays[(level - 1) as usize])
+                .unwrap_or(time::Duration::ZERO)
+        };
+        if esc.open && !esc.is_stale(self.last_activity_at) {
+            let next = esc.level + 1;
+            if next as usize > level_delays.len() {
+                return None;
+            }
+            return Some((
+                next,
+                esc.raised_at.unwrap_or(self.last_activity_at) + delay(next),
+            ));
+        }
+        if esc
+            .acknowledged_at
+            .is_some_and(|a| a >= self.last_activity_at)
+        {
+            return None;
+        }
+        let stall = time::Duration::try_from(stall_after).unwrap_or(time::Duration::ZERO);
+        Some((1, self.last_activity_at + stall + delay(1)))
+    }
+}

@@ -1,0 +1,304 @@
+//! The executor's next move and the escalation timetable, as functions of the state.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rollback_proto::{Command, Event, NextAction, Waiting};
+
+fn people(sc: &Scenario) -> (String, String) {
+    match sc.state.next_action() {
+        NextAction::Idle(Waiting::People { step, need }) => (step.to_string(), need),
+        other => panic!("expected to wait for people, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_executor_follows_the_runbook_and_waits_for_people_where_it_must() {
+    let mut sc = Scenario::start(FIXTURE, &alice(), false);
+    let run = sc.run();
+    assert_eq!(sc.state.next_action(), NextAction::Idle(Waiting::NextPhase));
+    sc.when(&alice(), Command::Next { run }).unwrap();
+    assert_eq!(
+        people(&sc),
+        ("assess".into(), "0 of 2 item(s) ticked".into())
+    );
+    sc.when(
+        &alice(),
+        Command::Check {
+            run,
+            step: step("assess"),
+            item: 1,
+        },
+    )
+    .unwrap();
+    sc.when(
+        &alice(),
+        Command::Check {
+            run,
+            step: step("assess"),
+            item: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Start {
+            step: step("maintenance-on"),
+            attempt: 1
+        }
+    );
+
+    sc.agent(Event::StepStarted {
+        step: step("maintenance-on"),
+        attempt: 1,
+    });
+    // Found running by an executor that did not start it: the crash-recovery case.
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Recover {
+            step: step("maintenance-on"),
+            attempt: 1,
+            idempotent: true
+        }
+    );
+    sc.agent(Event::StepFailed {
+        step: step("maintenance-on"),
+        attempt: 1,
+        error: "503".into(),
+        retryable: true,
+        retry_in_ms: Some(1500),
+    });
+    let NextAction::RetryAt {
+        attempt: 2, due, ..
+    } = sc.state.next_action()
+    else {
+        panic!("{:?}", sc.state.next_action())
+    };
+    assert_eq!(due, sc.now + time::Duration::milliseconds(1500));
+    sc.agent(Event::StepStarted {
+        step: step("maintenance-on"),
+        attempt: 2,
+    });
+    sc.agent(Event::StepFailed {
+        step: step("maintenance-on"),
+        attempt: 2,
+        error: "exit 1".into(),
+        retryable: false,
+        retry_in_ms: None,
+    });
+    assert!(people(&sc).1.contains("retry, skip or abort"));
+    sc.when(
+        &alice(),
+        Command::Pause {
+            run,
+            reason: "look".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(sc.state.next_action(), NextAction::Idle(Waiting::Paused));
+    sc.when(&alice(), Command::Resume { run }).unwrap();
+    sc.when(
+        &alice(),
+        Command::Retry {
+            run,
+            step: step("maintenance-on"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Start {
+            step: step("maintenance-on"),
+            attempt: 3
+        }
+    );
+    sc.agent(Event::StepStarted {
+        step: step("maintenance-on"),
+        attempt: 3,
+    });
+    sc.agent(Event::StepSucceeded {
+        step: step("maintenance-on"),
+        attempt: 3,
+        summary: "ok".into(),
+    });
+
+    sc.when(&alice(), Command::Next { run }).unwrap();
+    assert_eq!(
+        people(&sc),
+        ("sign-off".into(), "0 of 2 approval(s)".into())
+    );
+    sc.when(
+        &bob(),
+        Command::Approve {
+            run,
+            step: step("sign-off"),
+        },
+    )
+    .unwrap();
+    sc.when(
+        &carol(),
+        Command::Approve {
+            run,
+            step: step("sign-off"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        people(&sc),
+        (
+            "drop".into(),
+            "0 of 1 approval(s), not by the requester".into()
+        )
+    );
+    sc.when(
+        &carol(),
+        Command::Approve {
+            run,
+            step: step("drop"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Start {
+            step: step("drop"),
+            attempt: 1
+        }
+    );
+    sc.when(
+        &alice(),
+        Command::Abort {
+            run,
+            reason: "enough".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(sc.state.next_action(), NextAction::Idle(Waiting::Finished));
+}
+
+#[test]
+fn an_emergency_run_waits_for_its_confirmation() {
+    let sc =
+        Scenario::try_start(EMERGENCY, &dave(), false, Default::default(), Some("app")).unwrap();
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Idle(Waiting::EmergencyConfirmation)
+    );
+}
+
+const DELAYS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(600),
+    Duration::from_secs(1200),
+];
+const STALL: Duration = Duration::from_secs(900);
+
+#[test]
+fn escalation_climbs_level_by_level_until_acknowledged() {
+    let mut sc = Scenario::start(FIXTURE, &alice(), false);
+    let run = sc.run();
+    let moved = sc.now;
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        Some((1, moved + time::Duration::minutes(15)))
+    );
+
+    sc.wait(time::Duration::minutes(15));
+    sc.agent(Event::EscalationRaised {
+        level: 1,
+        reason: "stalled".into(),
+        notified: vec![],
+    });
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        Some((2, sc.now + time::Duration::minutes(10)))
+    );
+    sc.wait(time::Duration::minutes(10));
+    sc.agent(Event::EscalationRaised {
+        level: 2,
+        reason: "stalled".into(),
+        notified: vec![],
+    });
+    sc.wait(time::Duration::minutes(20));
+    sc.agent(Event::EscalationRaised {
+        level: 3,
+        reason: "stalled".into(),
+        notified: vec![],
+    });
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        None,
+        "the path has three levels"
+    );
+
+    sc.when(&bob(), Command::Ack { run }).unwrap();
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        None,
+        "acknowledged"
+    );
+
+    // The run moves, then stalls again: a new chain starts at level 1.
+    sc.wait(time::Duration::minutes(1));
+    sc.when(&alice(), Command::Next { run }).unwrap();
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        Some((1, sc.now + time::Duration::minutes(15)))
+    );
+}
+
+#[test]
+fn a_run_that_moved_since_the_last_ping_starts_a_new_chain() {
+    let mut sc = Scenario::start(FIXTURE, &alice(), false);
+    let run = sc.run();
+    sc.agent(Event::EscalationRaised {
+        level: 1,
+        reason: "stalled".into(),
+        notified: vec![],
+    });
+    sc.wait(time::Duration::minutes(1));
+    sc.when(&alice(), Command::Next { run }).unwrap();
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS).map(|e| e.0),
+        Some(1)
+    );
+    sc.wait(time::Duration::minutes(16));
+    sc.agent(Event::EscalationRaised {
+        level: 1,
+        reason: "stalled again".into(),
+        notified: vec![],
+    });
+}
+
+#[test]
+fn a_run_with_work_to_do_is_not_escalated() {
+    let mut sc = Scenario::start(FIXTURE, &alice(), false);
+    let run = sc.run();
+    sc.when(&alice(), Command::Next { run }).unwrap();
+    sc.when(
+        &alice(),
+        Command::Skip {
+            run,
+            step: step("assess"),
+            reason: "x".into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(sc.state.next_action(), NextAction::Start { .. }));
+    assert_eq!(sc.state.next_escalation(STALL, &DELAYS), None);
+    sc.when(
+        &alice(),
+        Command::Pause {
+            run,
+            reason: "x".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        None,
+        "a paused run was paused on purpose"
+    );
+}
