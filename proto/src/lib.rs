@@ -10,6 +10,7 @@ pub mod events;
 pub mod ids;
 pub mod next;
 pub mod policy;
+pub mod render;
 pub mod runbook;
 pub mod state;
 pub mod subjects;

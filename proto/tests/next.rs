@@ -302,3 +302,36 @@ fn a_run_with_work_to_do_is_not_escalated() {
         "a paused run was paused on purpose"
     );
 }
+
+#[test]
+fn the_status_text_says_where_the_run_stands_and_what_it_waits_for() {
+    let mut sc = Scenario::start(FIXTURE, &alice(), true);
+    let run = sc.run();
+    sc.when(&alice(), Command::Next { run }).unwrap();
+    sc.when(
+        &alice(),
+        Command::Check {
+            run,
+            step: step("assess"),
+            item: 2,
+        },
+    )
+    .unwrap();
+    let text = rollback_proto::render::status_text(&sc.state);
+    assert!(
+        text.contains("fixture (dry run) — ACTIVE — started by alice"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Phase 1/3 prepare — Prepare: under way (started by alice (alice))"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[ ] assess (checklist) — 1 of 2 item(s) ticked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Waiting for a person on `assess`: 1 of 2 item(s) ticked"),
+        "{text}"
+    );
+}
