@@ -1,7 +1,8 @@
 //! Appending a decision: guarded by the run's last stream sequence, deduplicated by event id,
 //! several events stored as one atomic batch (JetStream ADR-50).
 //!
-//! What the server does (nats-server 2.15, checked by `tests/tests/e2e/store.rs`):
+//! What the server does (observed on nats-server 2.15.1; what the store relies on is covered by
+//! `tests/tests/e2e/store.rs`):
 //! - A batch is a run of messages with `Nats-Batch-Id` and `Nats-Batch-Sequence` 1..n; the last
 //!   carries `Nats-Batch-Commit: 1` and is sent as a request. Its reply is the PubAck of the whole
 //!   batch (`seq` of the last message, `batch`, `count`) or an `error`. Nothing of a refused or
@@ -354,4 +355,64 @@ struct ApiError {
 struct StoredIdentity {
     event_id: EventId,
     hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use rollback_proto::envelope::Draft;
+    use rollback_proto::{Actor, Event, RunId};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn paused(n: usize) -> Vec<Draft> {
+        (0..n)
+            .map(|i| Draft {
+                actor: Actor::Agent,
+                causation_id: None,
+                at: OffsetDateTime::UNIX_EPOCH,
+                event: Event::RunPaused {
+                    reason: format!("r{i}"),
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_envelopes_that_continue_the_cursor_are_appended() {
+        let cursor = RunCursor::genesis(RunId::new());
+        let envelopes = cursor.head.clone().seal(paused(3));
+        assert!(check_continuation(&cursor, &envelopes).is_ok());
+        assert!(check_continuation(&cursor, &[]).is_ok());
+
+        let not_a_continuation = |envelopes: &[Envelope]| {
+            matches!(
+                check_continuation(&cursor, envelopes),
+                Err(AppendError::NotAContinuation { .. })
+            )
+        };
+        assert!(not_a_continuation(&envelopes[1..]), "a gap");
+        assert!(
+            not_a_continuation(&[envelopes[0].clone(), envelopes[0].clone()]),
+            "a repeat"
+        );
+        let mut relinked = envelopes.clone();
+        relinked[2].prev_hash = relinked[0].hash.clone();
+        assert!(not_a_continuation(&relinked), "a broken link");
+        let elsewhere = RunCursor::genesis(RunId::new()).head.seal(paused(1));
+        assert!(not_a_continuation(&elsewhere), "another run");
+    }
+
+    #[test]
+    fn batch_replies_parse_as_the_server_sends_them() {
+        let ok: BatchAck =
+            serde_json::from_str(r#"{"stream":"S","seq":4,"batch":"b1","count":3}"#).unwrap();
+        assert!(ok.error.is_none());
+        assert_eq!((ok.seq, ok.count), (4, Some(3)));
+        let stale: BatchAck = serde_json::from_str(
+            r#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 4"},"stream":"S","seq":0}"#,
+        )
+        .unwrap();
+        assert_eq!(stale.error.map(|e| e.err_code), Some(WRONG_LAST_SEQUENCE));
+    }
 }

@@ -17,7 +17,9 @@ mod read;
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamError, CreateStreamErrorKind, GetStreamErrorKind,
+};
 use async_nats::jetstream::{self, ErrorCode, stream};
 use futures::Stream;
 use rollback_proto::envelope::{ChainHead, Draft, Envelope};
@@ -25,6 +27,7 @@ use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD};
 use rollback_proto::{Actor, RunId, RunState};
 use time::OffsetDateTime;
 
+pub use append::MAX_EVENTS_PER_APPEND;
 pub use error::{AppendError, ConnectError, FollowError, ListError, LoadError};
 
 /// Where a run stands in the store: its chain head and the stream position of its last event.
@@ -212,16 +215,13 @@ impl EventStore for JetStreamEventStore {
     }
 }
 
-/// The stream's configuration: history is append-only and readable from any replica.
-fn stream_config(config: &StoreConfig, atomic: bool) -> stream::Config {
+/// The settings the store relies on, over `base`: history append-only (no delete, purge or
+/// rollup), file storage, direct gets, the duplicate window, replicas, atomic batches.
+fn required(base: stream::Config, config: &StoreConfig, atomic: bool) -> stream::Config {
     stream::Config {
         name: EVENTS_STREAM.to_owned(),
-        description: Some("rollback agent event log: one subject per run, append-only".to_owned()),
         subjects: vec![EVENTS_WILDCARD.to_owned()],
         storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        // Should anyone ever set a limit, refuse new events rather than drop old history.
-        discard: stream::DiscardPolicy::New,
         num_replicas: config.replicas,
         duplicate_window: config.duplicate_window,
         deny_delete: true,
@@ -229,47 +229,108 @@ fn stream_config(config: &StoreConfig, atomic: bool) -> stream::Config {
         allow_rollup: false,
         allow_direct: true,
         allow_atomic_publish: atomic,
+        ..base
+    }
+}
+
+/// A new stream's starting point, before [`required`].
+fn fresh() -> stream::Config {
+    stream::Config {
+        description: Some("rollback agent event log: one subject per run, append-only".to_owned()),
+        retention: stream::RetentionPolicy::Limits,
+        // Should anyone ever set a limit, refuse new events rather than drop old history.
+        discard: stream::DiscardPolicy::New,
         ..Default::default()
     }
 }
 
-/// Creates or updates the stream; returns whether it accepts atomic batches.
+/// Creates the stream, or brings an existing one to the settings the store relies on while
+/// keeping the rest of its configuration (limits or placement an operator chose); returns
+/// whether it accepts atomic batches.
 async fn ensure_stream(
     js: &jetstream::Context,
     config: &StoreConfig,
 ) -> Result<bool, ConnectError> {
-    let info = match create_or_update(js, stream_config(config, true)).await {
-        Ok(info) => info,
-        // A server that does not know atomic batches may refuse the flag: run without them.
-        Err(first) => match create_or_update(js, stream_config(config, false)).await {
-            Ok(info) => {
-                tracing::warn!(error = %first, "the server refused atomic batches");
-                info
-            }
-            Err(_) => return Err(ConnectError::Stream(first)),
-        },
+    let existing = match js.get_stream(EVENTS_STREAM).await {
+        Ok(stream) => Some(stream.cached_info().config.clone()),
+        Err(err)
+            if matches!(err.kind(), GetStreamErrorKind::JetStream(e)
+                if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            None
+        }
+        Err(err) => return Err(ConnectError::Unavailable(err.into())),
     };
-    if !info.config.allow_atomic_publish {
+    let base = existing.clone().unwrap_or_else(fresh);
+    let wanted = required(base.clone(), config, true);
+    if existing.as_ref() == Some(&wanted) {
+        return Ok(true);
+    }
+    let written = match write_stream(js, existing.is_some(), wanted).await {
+        Ok(written) => written,
+        // A server that does not know atomic batches may refuse the flag: run without them.
+        Err(first) => {
+            match write_stream(js, existing.is_some(), required(base, config, false)).await {
+                Ok(written) => {
+                    tracing::warn!(error = %first, "the server refused atomic batches");
+                    written
+                }
+                Err(_) => return Err(ConnectError::Stream(first)),
+            }
+        }
+    };
+    if !written.allow_atomic_publish {
         tracing::warn!(
             "the event stream does not accept atomic batches; appending decisions event by event"
         );
     }
-    Ok(info.config.allow_atomic_publish)
+    Ok(written.allow_atomic_publish)
 }
 
-/// `create_or_update_stream`, tolerating another agent creating the stream at the same moment.
-async fn create_or_update(
+/// Creates or updates the stream; returns its configuration as the server stored it.
+async fn write_stream(
     js: &jetstream::Context,
+    exists: bool,
     config: stream::Config,
-) -> Result<stream::Info, CreateStreamError> {
-    match js.create_or_update_stream(config.clone()).await {
-        // Update found no stream, then create lost the race to another agent: update again.
-        Err(err)
-            if matches!(err.kind(), CreateStreamErrorKind::JetStream(e)
-                if e.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
-        {
-            js.update_stream(config).await
+) -> Result<stream::Config, CreateStreamError> {
+    if !exists {
+        match js.create_stream(config.clone()).await {
+            Ok(stream) => return Ok(stream.cached_info().config.clone()),
+            // Another agent created it a moment ago (with other settings): update it instead.
+            Err(err)
+                if matches!(err.kind(), CreateStreamErrorKind::JetStream(e)
+                    if e.error_code() == ErrorCode::STREAM_NAME_EXIST) => {}
+            Err(err) => return Err(err),
         }
-        other => other,
+    }
+    js.update_stream(config).await.map(|info| info.config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_settings_keep_what_an_operator_chose() {
+        let operated = stream::Config {
+            max_bytes: 1 << 30,
+            deny_delete: false,
+            allow_rollup: true,
+            ..fresh()
+        };
+        let config = StoreConfig {
+            replicas: 3,
+            ..Default::default()
+        };
+        let wanted = required(operated, &config, true);
+        assert_eq!(wanted.max_bytes, 1 << 30);
+        assert_eq!(wanted.discard, stream::DiscardPolicy::New);
+        assert!(wanted.deny_delete && wanted.deny_purge && !wanted.allow_rollup);
+        assert!(wanted.allow_direct && wanted.allow_atomic_publish);
+        assert_eq!(
+            (wanted.num_replicas, wanted.duplicate_window),
+            (3, config.duplicate_window)
+        );
+        assert_eq!(wanted.subjects, vec![EVENTS_WILDCARD.to_owned()]);
     }
 }

@@ -1,9 +1,13 @@
 //! Reading runs back: every message verified through the hash chain and folded through the
-//! same `apply` the agent decides with, one message at a time, in constant memory.
+//! same `apply` the agent decides with, in order, in constant memory (no envelope is kept
+//! after it is applied).
+//!
+//! A run is read with an ordered consumer filtered to its subject. The consumer counts the
+//! subject's messages when it is created, so a load reads exactly the run as it was then and
+//! needs no separate "last sequence" lookup; an empty run costs one consumer creation.
 
-use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use rollback_proto::envelope::{ChainError, ChainVerifier, Envelope};
@@ -50,48 +54,53 @@ impl ReadFailure {
 /// One run's stored messages in order from the first, as raw payloads.
 struct RunMessages {
     messages: Ordered,
-    /// Stop after this stream sequence (the run's last message when reading began); `None`
-    /// reads on as new messages arrive.
-    until: Option<u64>,
-    /// Stream sequence of the last message read.
+    /// Messages still to read before the end; `None` reads on as new messages arrive.
+    remaining: Option<u64>,
+    /// Stream sequence of the last message, once read (not tracked when reading live).
     reached: u64,
     /// Messages the run had when reading began.
     stored: u64,
 }
 
 impl RunMessages {
-    /// The run's messages up to its current last one, or `None` for a run with no events.
+    /// The messages the run has now, or `None` for a run with no events.
+    ///
+    /// The consumer counts the subject's messages when it is created: reading that many
+    /// gives exactly the run as it was then, even while other writers append.
     async fn to_end(store: &JetStreamEventStore, run: RunId) -> Result<Option<Self>, ReadFailure> {
-        let subject = events_subject(run);
-        let last = match store
-            .stream
-            .direct_get_builder()
-            .last_by_subject(subject.as_str())
-            .send()
-            .await
-        {
-            Ok(message) => message.sequence,
-            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => return Ok(None),
-            Err(err) => return Err(ReadFailure::Transport(err.into())),
-        };
-        Self::open(store, run, Some(last)).await.map(Some)
+        let consumer = Self::consumer(store, run).await?;
+        let stored = consumer.cached_info().num_pending;
+        if stored == 0 {
+            return Ok(None);
+        }
+        Self::read(consumer, Some(stored)).await.map(Some)
     }
 
-    async fn open(
+    /// The run's messages from the first, on and on as new ones arrive.
+    async fn live(store: &JetStreamEventStore, run: RunId) -> Result<Self, ReadFailure> {
+        Self::read(Self::consumer(store, run).await?, None).await
+    }
+
+    async fn consumer(
         store: &JetStreamEventStore,
         run: RunId,
-        until: Option<u64>,
-    ) -> Result<Self, ReadFailure> {
+    ) -> Result<Consumer<OrderedConfig>, ReadFailure> {
         let config = OrderedConfig {
             filter_subject: events_subject(run),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         };
-        let consumer = store
+        store
             .stream
             .create_consumer(config)
             .await
-            .map_err(|e| ReadFailure::Transport(e.into()))?;
+            .map_err(|e| ReadFailure::Transport(e.into()))
+    }
+
+    async fn read(
+        consumer: Consumer<OrderedConfig>,
+        remaining: Option<u64>,
+    ) -> Result<Self, ReadFailure> {
         let stored = consumer.cached_info().num_pending;
         let messages = consumer
             .messages()
@@ -99,7 +108,7 @@ impl RunMessages {
             .map_err(|e| ReadFailure::Transport(e.into()))?;
         Ok(Self {
             messages,
-            until,
+            remaining,
             reached: 0,
             stored,
         })
@@ -107,8 +116,10 @@ impl RunMessages {
 
     /// The next payload, or `None` once the last message is read.
     async fn next(&mut self) -> Option<Result<Bytes, ReadFailure>> {
-        if self.until.is_some_and(|until| self.reached >= until) {
-            return None;
+        match &mut self.remaining {
+            Some(0) => return None,
+            Some(remaining) => *remaining -= 1,
+            None => {}
         }
         let message = match self.messages.next().await {
             Some(Ok(message)) => message,
@@ -119,9 +130,13 @@ impl RunMessages {
                 )));
             }
         };
-        match message.info() {
-            Ok(info) => self.reached = info.stream_sequence,
-            Err(err) => return Some(Err(ReadFailure::Transport(err))),
+        // Only the cursor needs a stream sequence: the last message's (the subscription
+        // already keeps the order, and parsing every reply subject costs a few percent).
+        if self.remaining == Some(0) {
+            match message.info() {
+                Ok(info) => self.reached = info.stream_sequence,
+                Err(err) => return Some(Err(ReadFailure::Transport(err))),
+            }
         }
         Some(Ok(message.message.payload))
     }
@@ -314,7 +329,7 @@ impl JetStreamEventStore {
         futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
             async move {
                 let mut reader = match step {
-                    Step::Open(store) => match RunMessages::open(&store, run, None).await {
+                    Step::Open(store) => match RunMessages::live(&store, run).await {
                         Ok(messages) => Box::new(RunReader::new(messages, run)),
                         Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
                     },

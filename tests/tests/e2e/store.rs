@@ -131,6 +131,20 @@ async fn connecting_sets_up_an_append_only_stream_and_is_idempotent() -> TestRes
     assert_eq!(config.num_replicas, 1);
     assert_eq!(config.duplicate_window, Duration::from_secs(600));
 
+    assert_eq!(config.discard, jetstream::stream::DiscardPolicy::New);
+
+    // A limit an operator set survives an agent starting; a relaxed guarantee does not.
+    let operated = jetstream::stream::Config {
+        max_bytes: 1 << 30,
+        allow_direct: false,
+        ..config.clone()
+    };
+    first.jetstream().update_stream(operated).await?;
+    connect(&nats).await?;
+    let config = &stream.info().await?.config;
+    assert_eq!(config.max_bytes, 1 << 30);
+    assert!(config.allow_direct);
+
     let empty = first.load(RunId::new()).await?;
     assert!(empty.state.is_none());
     assert_eq!(empty.cursor.stream_seq, 0);
@@ -255,6 +269,63 @@ async fn appending_the_same_events_again_stores_nothing() -> TestResult {
         matches!(err, AppendError::Conflict { expected, .. } if expected == started.stream_seq),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unconfirmed_append_is_retried_safely_after_an_outage() -> TestResult {
+    const ACK_TIMEOUT: Duration = Duration::from_millis(500);
+    let mut nats = NatsServer::start().await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::context::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .build(client);
+    let config = StoreConfig {
+        ack_timeout: ACK_TIMEOUT,
+        ..Default::default()
+    };
+    let store = JetStreamEventStore::connect(js, config).await?;
+    let cursor = start_run(&store).await?;
+
+    nats.kill();
+    let mut pending = Vec::new();
+    for decision in [vec![progress("one")], vec![progress("a"), progress("b")]] {
+        match store.append(&cursor, decision).await {
+            Err(AppendError::Unavailable { envelopes, .. }) => pending.push(envelopes),
+            other => panic!("expected an unknown outcome while the server is down, got {other:?}"),
+        }
+    }
+    nats.restart().await?;
+
+    // The client may still deliver what it buffered during the outage: whichever way, one of
+    // the two decisions (both on the same cursor) ends up stored once; the other conflicts.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut outcomes = Vec::new();
+    for envelopes in pending {
+        let outcome = loop {
+            match store.append_sealed(&cursor, envelopes.clone()).await {
+                Err(AppendError::Unavailable { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => break other,
+            }
+        };
+        outcomes.push(outcome);
+    }
+    let stored: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    assert_eq!(stored.len(), 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(AppendError::Conflict { .. }))),
+        "{outcomes:?}"
+    );
+    let (after, envelopes) = stored[0];
+    let run = cursor.run();
+    let expected: Vec<u64> = (1..=after.head.seq).collect();
+    assert_eq!(stored_seqs(&store, run).await?, expected);
+    assert_eq!(store.load(run).await?.cursor, *after);
+    assert_eq!(&store.load_envelopes(run).await?[3..], envelopes.as_slice());
     Ok(())
 }
 
