@@ -1,13 +1,14 @@
 //! The event envelope and the hash chain that makes a run's history tamper-evident.
 //!
 //! `hash = sha256(prev_hash ‖ canonical bytes of the envelope without its hash)`.
-//! The canonical bytes are the envelope's JSON with object keys sorted and no
-//! whitespace, computed from the JSON *as stored*, so a reader verifies exactly
-//! what was written even if it does not know every field (a newer writer's events).
-//! Events carry no floating-point numbers, so number formatting is stable.
+//! The canonical bytes are the envelope's compact JSON with its fields in declaration order
+//! and `hash` left out; the stored bytes are exactly those with `,"hash":"…"` appended as the
+//! last field. A reader therefore verifies the bytes as stored, with one parse and no
+//! re-encoding, and fields a newer writer added are covered by the hash too. Any change to
+//! the stored bytes, even whitespace, is a change to the record and is reported.
+//! Events carry no floating-point numbers, so every writer encodes them alike.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -42,10 +43,26 @@ pub struct Envelope {
     pub schema_version: u32,
     /// Hash of the previous event of the run, or [`GENESIS_HASH`].
     pub prev_hash: String,
-    /// Hash of this event, chained to `prev_hash`.
-    pub hash: String,
     /// What happened.
     pub event: Event,
+    /// Hash of this event, chained to `prev_hash`; always the last field stored.
+    pub hash: String,
+}
+
+/// The envelope without its hash: what the hash covers, in the same field order.
+#[derive(Serialize)]
+struct Unhashed<'a> {
+    event_id: &'a EventId,
+    run_id: &'a RunId,
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    actor: &'a Actor,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causation_id: &'a Option<String>,
+    schema_version: u32,
+    prev_hash: &'a str,
+    event: &'a Event,
 }
 
 /// The fields of an envelope that its author chooses; `seal` adds the chain fields.
@@ -108,62 +125,74 @@ impl Envelope {
             causation_id: draft.causation_id,
             schema_version: SCHEMA_VERSION,
             prev_hash: prev_hash.to_owned(),
-            hash: String::new(),
             event: draft.event,
+            hash: String::new(),
         };
-        let value = serde_json::to_value(&env).expect("envelopes always serialize");
-        env.hash = chain_hash(prev_hash, &value);
+        env.rehash();
         env
     }
 
-    /// The JSON bytes stored in the stream.
+    /// Recomputes `hash` from the other fields (sealing; forging one in a test).
+    pub fn rehash(&mut self) {
+        self.hash = chain_hash(&self.prev_hash, &self.unhashed_bytes());
+    }
+
+    fn unhashed_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&Unhashed {
+            event_id: &self.event_id,
+            run_id: &self.run_id,
+            seq: self.seq,
+            at: self.at,
+            actor: &self.actor,
+            causation_id: &self.causation_id,
+            schema_version: self.schema_version,
+            prev_hash: &self.prev_hash,
+            event: &self.event,
+        })
+        .expect("envelopes always serialize")
+    }
+
+    /// The bytes stored in the stream: the canonical bytes with the hash as the last field.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("envelopes always serialize")
+        let mut bytes = self.unhashed_bytes();
+        bytes.pop(); // the closing brace
+        bytes.extend_from_slice(HASH_FIELD);
+        bytes.extend_from_slice(self.hash.as_bytes());
+        bytes.extend_from_slice(b"\"}");
+        bytes
     }
 }
 
-/// sha256 over the previous hash and the canonical bytes of `envelope` minus its `hash` field.
-pub fn chain_hash(prev_hash: &str, envelope: &Value) -> String {
+/// How the hash field begins in stored bytes.
+const HASH_FIELD: &[u8] = b",\"hash\":\"";
+
+/// sha256 over the previous hash and the canonical bytes, as lowercase hex.
+pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
-    let mut buf = Vec::with_capacity(512);
-    write_canonical(envelope, Some("hash"), &mut buf);
-    hasher.update(&buf);
+    hasher.update(canonical);
     hex::encode(hasher.finalize())
 }
 
-/// Writes `value` as canonical JSON: keys sorted, no whitespace, `skip_key` left out at the top.
-fn write_canonical(value: &Value, skip_key: Option<&str>, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map
-                .keys()
-                .filter(|k| Some(k.as_str()) != skip_key)
-                .collect();
-            keys.sort_unstable();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
-                out.push(b':');
-                write_canonical(&map[key], None, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, None, out);
-            }
-            out.push(b']');
-        }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+/// Splits stored bytes into the canonical bytes (hash field removed) and the stored hash.
+fn split_hash(bytes: &[u8]) -> Option<(Vec<u8>, &str)> {
+    // `,"hash":"<64 hex>"}` must close the object.
+    let tail = HASH_FIELD.len() + 64 + 2;
+    if bytes.len() < tail + 2 || !bytes.ends_with(b"\"}") {
+        return None;
     }
+    let start = bytes.len() - tail;
+    if &bytes[start..start + HASH_FIELD.len()] != HASH_FIELD {
+        return None;
+    }
+    let hex = std::str::from_utf8(&bytes[start + HASH_FIELD.len()..bytes.len() - 2]).ok()?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut canonical = Vec::with_capacity(start + 1);
+    canonical.extend_from_slice(&bytes[..start]);
+    canonical.push(b'}');
+    Some((canonical, hex))
 }
 
 /// What is wrong with a stored run history.
@@ -233,6 +262,14 @@ impl ChainVerifier {
         }
     }
 
+    /// A verifier that continues after an already verified head (a reload, a live follow).
+    pub fn resume(head: ChainHead) -> Self {
+        Self {
+            position: head.seq,
+            head,
+        }
+    }
+
     /// Where the verified chain stands.
     pub fn head(&self) -> &ChainHead {
         &self.head
@@ -247,15 +284,13 @@ impl ChainVerifier {
             position: self.position,
             reason,
         };
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
-        let stored_hash = value
-            .get("hash")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("no `hash` field".into()))?
-            .to_owned();
-        let computed = chain_hash(&self.head.hash, &value);
         let envelope: Envelope =
-            serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        let Some((canonical, stored_hash)) = split_hash(bytes) else {
+            return Err(malformed(
+                "the hash is not the last field of the stored bytes".into(),
+            ));
+        };
         if envelope.run_id != run {
             return Err(ChainError::WrongRun {
                 run,
@@ -276,14 +311,14 @@ impl ChainVerifier {
                 seq: envelope.seq,
             });
         }
-        if computed != stored_hash {
+        if chain_hash(&self.head.hash, &canonical) != stored_hash {
             return Err(ChainError::Tampered {
                 run,
                 seq: envelope.seq,
             });
         }
         self.head.seq = envelope.seq;
-        self.head.hash = stored_hash;
+        self.head.hash = stored_hash.to_owned();
         Ok(envelope)
     }
 }
@@ -321,10 +356,21 @@ mod tests {
     }
 
     #[test]
-    fn key_order_and_whitespace_do_not_matter() {
-        let (run, envs) = chain(1);
+    fn the_stored_bytes_are_the_record() {
+        let (run, envs) = chain(2);
+        assert_eq!(
+            envs[0].to_bytes(),
+            serde_json::to_vec(&envs[0]).unwrap(),
+            "serde and to_bytes agree"
+        );
+        // Re-encoded (pretty-printed) bytes are a different record.
         let pretty = serde_json::to_vec_pretty(&envs[0]).unwrap();
-        assert!(ChainVerifier::new(run).push(&pretty).is_ok());
+        assert!(ChainVerifier::new(run).push(&pretty).is_err());
+        // A resumed verifier continues where a first one stopped.
+        let mut first = ChainVerifier::new(run);
+        first.push(&envs[0].to_bytes()).unwrap();
+        let mut resumed = ChainVerifier::resume(first.head().clone());
+        assert_eq!(resumed.push(&envs[1].to_bytes()).unwrap(), envs[1]);
     }
 
     #[test]
@@ -332,9 +378,11 @@ mod tests {
         let (run, envs) = chain(2);
         let mut v = ChainVerifier::new(run);
         v.push(&envs[0].to_bytes()).unwrap();
-        let mut value = serde_json::to_value(&envs[1]).unwrap();
-        value["event"]["reason"] = "something else".into();
-        let err = v.push(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        let mut altered = envs[1].clone();
+        altered.event = Event::RunPaused {
+            reason: "something else".into(),
+        };
+        let err = v.push(&altered.to_bytes()).unwrap_err();
         assert_eq!(err, ChainError::Tampered { run, seq: 2 });
     }
 
@@ -355,8 +403,7 @@ mod tests {
         // A whole forged event, correctly hashed but linked to nothing.
         let mut forged = envs[1].clone();
         forged.prev_hash = GENESIS_HASH.into();
-        let value = serde_json::to_value(&forged).unwrap();
-        forged.hash = chain_hash(GENESIS_HASH, &value);
+        forged.rehash();
         let mut v = ChainVerifier::new(run);
         v.push(&envs[0].to_bytes()).unwrap();
         assert!(matches!(

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rollback_agent::store::{
     AppendError, EventStore, JetStreamEventStore, LoadError, RunCursor, StoreConfig,
 };
-use rollback_proto::envelope::{ChainError, ChainHead, Draft, Envelope, chain_hash};
+use rollback_proto::envelope::{ChainError, ChainHead, Draft, Envelope};
 use rollback_proto::events::Event;
 use rollback_proto::runbook::source_hash;
 use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
@@ -425,7 +425,7 @@ async fn history_changed_behind_the_store_is_reported_not_folded() -> TestResult
     .seal(vec![progress("forged")])
     .remove(0);
     assert_ne!(forged.prev_hash, cursor.head.hash);
-    forged.hash = chain_hash(&forged.prev_hash, &serde_json::to_value(&forged)?);
+    forged.rehash();
     publish_raw(&store, run, forged.to_bytes()).await?;
     assert_eq!(
         chain_error(store.load(run).await.unwrap_err()),
