@@ -238,7 +238,11 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
             )),
         }
     }
-    let tenants_table = sql::table(&opts.shared_schema, &opts.scope.tenants_table);
+    // `tenants` lives in the shared schema unless written `schema.table`.
+    let tenants_table = match opts.scope.tenants_table.split_once('.') {
+        Some((schema, table)) => sql::table(schema, table),
+        None => sql::table(&opts.shared_schema, &opts.scope.tenants_table),
+    };
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&tenants_table)
         .fetch_one(pool)
