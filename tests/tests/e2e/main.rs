@@ -2,6 +2,7 @@
 //! single test executable instead of one per file.
 
 mod demo_db;
+mod steps;
 mod store;
 mod support;
 mod tenancy;

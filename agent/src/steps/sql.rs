@@ -1,0 +1,543 @@
+//! `sql`: statements against a named PostgreSQL target, all in one transaction; the named
+//! targets themselves; and which database errors are worth another attempt.
+//!
+//! A failure before `COMMIT` leaves nothing behind, so a transient one may be retried even for
+//! a step that is not idempotent. A connection lost *during* `COMMIT` is different: the
+//! transaction may have committed, so such a failure is retryable only for idempotent steps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rollback_proto::OutputStream;
+use rollback_proto::runbook::SqlStep;
+use sqlx::postgres::{PgDatabaseError, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgPool};
+
+use super::{OutputSink, StepContext, StepOutcome, human};
+
+/// How long cancelling a running statement may take before we stop trying.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether another attempt may succeed after `err`: the connection or the pool failed, or the
+/// server gave up on the transaction for reasons of its own (serialization failure, deadlock,
+/// shutdown, too many connections). Constraint violations, syntax errors, missing tables and
+/// the like are permanent.
+pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exceptions.
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    // serialization_failure, deadlock_detected
+                    "40001" | "40P01"
+                    // admin_shutdown, crash_shutdown, cannot_connect_now
+                    | "57P01" | "57P02" | "57P03"
+                    // too_many_connections: others will disconnect
+                    | "53300"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// `SQLSTATE 42601: syntax error at or near "SELEC"`, with PostgreSQL's detail and hint; other
+/// errors as sqlx words them (which never include the connection URL).
+pub(super) fn describe_db_error(err: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = err else {
+        return err.to_string();
+    };
+    let mut text = format!(
+        "SQLSTATE {}: {}",
+        db.code().as_deref().unwrap_or("?????"),
+        db.message()
+    );
+    if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+        if let Some(detail) = pg.detail() {
+            text.push_str(&format!(" (detail: {detail})"));
+        }
+        if let Some(hint) = pg.hint() {
+            text.push_str(&format!(" (hint: {hint})"));
+        }
+    }
+    text
+}
+
+/// How the pool of each target is sized and how long a connection may be waited for.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections per target.
+    pub max_connections: u32,
+    /// How long to wait for a connection, including connecting; then the attempt fails
+    /// (retryably).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The named PostgreSQL targets a runbook's steps may use, each with a pool created on first
+/// use and kept.
+///
+/// The URLs hold credentials: they are never printed, not even by `Debug`, and no error
+/// message contains them.
+#[derive(Default)]
+pub struct DatabaseTargets {
+    urls: BTreeMap<String, String>,
+    settings: PoolSettings,
+    // A std mutex: it is never held across an await, only to look up or insert a pool.
+    pools: Mutex<HashMap<String, PgPool>>,
+}
+
+/// Why a database target cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseTargetError {
+    /// No target has this name.
+    #[error("unknown database target `{name}`; {}", known_targets(known))]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        known: Vec<String>,
+    },
+    /// The target's URL cannot be used.
+    #[error("the connection URL of database target `{name}` is invalid: {reason}")]
+    InvalidUrl {
+        /// The target.
+        name: String,
+        /// What is wrong, without the URL.
+        reason: String,
+    },
+}
+
+fn known_targets(known: &[String]) -> String {
+    if known.is_empty() {
+        "no database targets are configured".to_owned()
+    } else {
+        format!("the configured targets are {}", known.join(", "))
+    }
+}
+
+impl DatabaseTargets {
+    /// Targets from (name, connection URL) pairs, with default [`PoolSettings`].
+    pub fn new<N: Into<String>, U: Into<String>>(
+        targets: impl IntoIterator<Item = (N, U)>,
+    ) -> Self {
+        Self {
+            urls: targets
+                .into_iter()
+                .map(|(name, url)| (name.into(), url.into()))
+                .collect(),
+            settings: PoolSettings::default(),
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same targets with other pool settings (pools already created keep theirs).
+    pub fn with_settings(mut self, settings: PoolSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The targets' names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.urls.keys().map(String::as_str)
+    }
+
+    /// The pool of target `name`, created (without connecting) on first use.
+    pub fn get(&self, name: &str) -> Result<PgPool, DatabaseTargetError> {
+        let Some(url) = self.urls.get(name) else {
+            return Err(DatabaseTargetError::Unknown {
+                name: name.to_owned(),
+                known: self.urls.keys().cloned().collect(),
+            });
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = pools.get(name) {
+            return Ok(pool.clone());
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(self.settings.max_connections)
+            .acquire_timeout(self.settings.acquire_timeout)
+            .connect_lazy(url)
+            .map_err(|err| DatabaseTargetError::InvalidUrl {
+                name: name.to_owned(),
+                reason: invalid_url_reason(&err, url),
+            })?;
+        pools.insert(name.to_owned(), pool.clone());
+        Ok(pool)
+    }
+
+    /// Closes every pool created so far, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        let pools: Vec<PgPool> = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, pool)| pool)
+            .collect();
+        for pool in pools {
+            pool.close().await;
+        }
+    }
+}
+
+/// sqlx's reason, with the URL cut out should a parser ever quote it.
+fn invalid_url_reason(err: &sqlx::Error, url: &str) -> String {
+    let reason = match err {
+        sqlx::Error::Configuration(inner) => inner.to_string(),
+        other => other.to_string(),
+    };
+    reason.replace(url, "<url>")
+}
+
+/// Names only: the URLs hold credentials.
+impl fmt::Debug for DatabaseTargets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseTargets")
+            .field("names", &self.urls.keys().collect::<Vec<_>>())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) async fn run(ctx: &StepContext<'_>, step: &SqlStep) -> StepOutcome {
+    let target = match ctx.expand("target", &step.target) {
+        Ok(target) => target,
+        Err(outcome) => return outcome,
+    };
+    let statements = match step
+        .statements
+        .iter()
+        .enumerate()
+        .map(|(i, statement)| ctx.expand(&format!("statements #{}", i + 1), statement))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(statements) => statements,
+        Err(outcome) => return outcome,
+    };
+    let timeout = ctx.timeout();
+    if ctx.describes_only() {
+        let mut description = format!(
+            "would run on database target `{target}`, in one transaction, within {}:\n",
+            human(timeout)
+        );
+        for (i, statement) in statements.iter().enumerate() {
+            description.push_str(&format!("{}. {}\n", i + 1, statement.trim()));
+        }
+        let summary = format!(
+            "run {} statement(s) on `{target}` in one transaction",
+            statements.len()
+        );
+        return ctx.describe(&description, &summary).await;
+    }
+    let pool = match ctx.databases.get(&target) {
+        Ok(pool) => pool,
+        Err(err) => return StepOutcome::permanent(err.to_string()),
+    };
+
+    let backend = AtomicI32::new(0);
+    let committing = AtomicBool::new(false);
+    let work = execute(
+        &pool,
+        &statements,
+        timeout,
+        &backend,
+        &committing,
+        &ctx.output,
+    );
+    let stopped = tokio::select! {
+        result = work => {
+            return match result {
+                Ok(rows) => StepOutcome::Succeeded {
+                    summary: format!(
+                        "committed {} statement(s) on `{target}`, {} row(s)",
+                        rows.len(),
+                        rows.iter().sum::<u64>()
+                    ),
+                },
+                Err(failure) => failure.outcome(&target, timeout, ctx.step.idempotent),
+            };
+        }
+        () = tokio::time::sleep(timeout) => Stopped::TimedOut,
+        () = ctx.cancel.cancelled() => Stopped::Cancelled,
+    };
+    // The statement may still run on the server: ask it to stop, from another connection.
+    cancel_backend(&pool, backend.load(Ordering::SeqCst)).await;
+    let in_doubt = committing.load(Ordering::SeqCst);
+    match (stopped, in_doubt) {
+        (_, true) => StepOutcome::Failed {
+            error: format!(
+                "stopped during COMMIT on `{target}`: the transaction may or may not have been committed"
+            ),
+            retryable: ctx.step.idempotent,
+        },
+        (Stopped::TimedOut, false) => StepOutcome::transient(format!(
+            "timed out after {} on `{target}`; the transaction was rolled back",
+            human(timeout)
+        )),
+        (Stopped::Cancelled, false) => ctx.cancelled(),
+    }
+}
+
+enum Stopped {
+    TimedOut,
+    Cancelled,
+}
+
+/// Where the transaction failed.
+enum Failure {
+    /// Before any statement: connecting, `BEGIN`, setting the timeout.
+    Start(sqlx::Error),
+    /// Statement `index` (from 0).
+    Statement(usize, usize, sqlx::Error),
+    /// `COMMIT`.
+    Commit(sqlx::Error),
+}
+
+impl Failure {
+    fn outcome(self, target: &str, timeout: Duration, idempotent: bool) -> StepOutcome {
+        let (error, err) = match self {
+            Failure::Start(err) => (
+                format!(
+                    "cannot start a transaction on `{target}`: {}",
+                    describe_db_error(&err)
+                ),
+                err,
+            ),
+            Failure::Statement(index, total, err) => (
+                format!(
+                    "statement {} of {total} failed on `{target}`, nothing was committed: {}",
+                    index + 1,
+                    describe_db_error(&err)
+                ),
+                err,
+            ),
+            Failure::Commit(err) => {
+                let definite = matches!(&err, sqlx::Error::Database(_));
+                if definite {
+                    // The server answered COMMIT with an error: it rolled back.
+                    let error = format!(
+                        "COMMIT failed on `{target}`, nothing was committed: {}",
+                        describe_db_error(&err)
+                    );
+                    let retryable = is_transient_db_error(&err);
+                    return StepOutcome::Failed { error, retryable };
+                }
+                return StepOutcome::Failed {
+                    error: format!(
+                        "the connection to `{target}` failed during COMMIT, so the transaction may or may not have been committed: {}",
+                        describe_db_error(&err)
+                    ),
+                    retryable: idempotent,
+                };
+            }
+        };
+        if let sqlx::Error::Database(db) = &err
+            && db.code().as_deref() == Some("57014")
+        {
+            // query_canceled: our own statement_timeout, as `SET LOCAL` in the transaction.
+            return StepOutcome::transient(format!(
+                "timed out after {} (statement_timeout); {error}",
+                human(timeout)
+            ));
+        }
+        StepOutcome::Failed {
+            retryable: is_transient_db_error(&err),
+            error,
+        }
+    }
+}
+
+/// Runs the statements in one transaction; the rows each affected or returned.
+async fn execute(
+    pool: &PgPool,
+    statements: &[String],
+    timeout: Duration,
+    backend: &AtomicI32,
+    committing: &AtomicBool,
+    output: &OutputSink,
+) -> Result<Vec<u64>, Failure> {
+    let mut conn = pool.acquire().await.map_err(Failure::Start)?;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Failure::Start)?;
+    backend.store(pid, Ordering::SeqCst);
+    let mut tx = conn.begin().await.map_err(Failure::Start)?;
+    // The server stops a statement that overruns even if the agent is gone by then.
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", timeout.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await
+        .map_err(Failure::Start)?;
+    let mut rows = Vec::with_capacity(statements.len());
+    for (index, statement) in statements.iter().enumerate() {
+        // Simple protocol: runbook SQL has no parameters, and DDL gains nothing from preparing.
+        let result = sqlx::raw_sql(AssertSqlSafe(statement.as_str()))
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| Failure::Statement(index, statements.len(), err))?;
+        let affected = result.rows_affected();
+        output
+            .write(
+                OutputStream::Stdout,
+                &format!("statement {}: {affected} row(s)\n", index + 1),
+            )
+            .await;
+        rows.push(affected);
+    }
+    committing.store(true, Ordering::SeqCst);
+    tx.commit().await.map_err(Failure::Commit)?;
+    Ok(rows)
+}
+
+/// Asks the server to stop what backend `pid` is running; best effort, bounded in time.
+async fn cancel_backend(pool: &PgPool, pid: i32) {
+    if pid == 0 {
+        return;
+    }
+    let cancel = sqlx::query("SELECT pg_cancel_backend($1)")
+        .bind(pid)
+        .execute(pool);
+    match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(pid, error = %describe_db_error(&err), "cancelling the statement failed")
+        }
+        Err(_) => tracing::warn!(pid, "cancelling the statement timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn unknown_targets_are_named_with_the_known_ones() {
+        let targets = DatabaseTargets::new([("main", "postgres://u:pw@localhost/db")]);
+        let err = targets.get("mian").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown database target `mian`; the configured targets are main"
+        );
+        let none = DatabaseTargets::default();
+        assert!(
+            none.get("main")
+                .unwrap_err()
+                .to_string()
+                .contains("no database targets are configured")
+        );
+    }
+
+    #[test]
+    fn urls_never_print() {
+        let targets = DatabaseTargets::new([("main", "postgres://u:hunter2@localhost/db")]);
+        let debug = format!("{targets:?}");
+        assert!(debug.contains("main"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_url_is_named_without_the_url() {
+        let targets = DatabaseTargets::new([("main", "postgres://u:hunter2@localhost:port/db")]);
+        let err = targets.get("main").unwrap_err().to_string();
+        assert!(err.contains("`main`"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn pools_are_created_once_per_target() {
+        let targets = DatabaseTargets::new([("main", "postgres://u@127.0.0.1:1/db")]);
+        let first = targets.get("main").unwrap();
+        let second = targets.get("main").unwrap();
+        // Same pool: closing one closes the other.
+        first.close().await;
+        assert!(second.is_closed());
+    }
+
+    #[test]
+    fn transient_classification() {
+        assert!(is_transient_db_error(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient_db_error(&sqlx::Error::PoolClosed));
+        assert!(is_transient_db_error(&sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset)
+        )));
+        assert!(is_transient_db_error(&sqlx::Error::Protocol("eof".into())));
+        assert!(!is_transient_db_error(&sqlx::Error::RowNotFound));
+        assert!(!is_transient_db_error(&sqlx::Error::ColumnNotFound(
+            "x".into()
+        )));
+    }
+
+    #[tokio::test]
+    async fn dry_run_describes_statements_and_target() {
+        let mut step = Fixture::new(runbook(
+            "table = \"orders\"",
+            "kind = \"sql\"\ntarget = \"main\"\nstatements = [\"DELETE FROM ${table}\", \"VACUUM ${table}\"]",
+        ));
+        step.dry_run = true;
+        let (outcome, chunks) = step.run().await;
+        assert_eq!(
+            outcome,
+            StepOutcome::Succeeded {
+                summary: "dry run: would run 2 statement(s) on `main` in one transaction".into()
+            }
+        );
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].stream, OutputStream::DryRun);
+        assert_eq!(
+            chunks[0].text,
+            "would run on database target `main`, in one transaction, within 10m:\n\
+             1. DELETE FROM orders\n2. VACUUM orders\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_target_fails_permanently() {
+        let step = Fixture::new(runbook(
+            "",
+            "kind = \"sql\"\ntarget = \"nowhere\"\nstatements = [\"SELECT 1\"]",
+        ));
+        let (outcome, _) = step.run().await;
+        assert_eq!(
+            outcome,
+            StepOutcome::permanent(
+                "unknown database target `nowhere`; no database targets are configured"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expansion_error_names_the_statement() {
+        let mut step = Fixture::new(runbook(
+            "table = \"orders\"",
+            "kind = \"sql\"\ntarget = \"main\"\nstatements = [\"SELECT 1\", \"DELETE FROM ${table}\"]",
+        ));
+        step.runbook.params.clear();
+        let (outcome, _) = step.run().await;
+        let StepOutcome::Failed { error, retryable } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            error.starts_with("cannot expand `statements #2`"),
+            "{error}"
+        );
+        assert!(!retryable);
+    }
+}
