@@ -1,6 +1,11 @@
-//! placeholder
+//! The rollback agent: the JetStream event store, the command service, the executor and its
+//! step kinds, the tenancy engine, configuration and telemetry.
+
+pub mod agent;
 pub mod config;
+pub mod executor;
 pub mod secret;
+pub mod service;
 pub mod steps;
 pub mod store;
 pub mod telemetry;

@@ -25,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the agent: answer commands and execute runbooks until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file (TOML); environment variables override it.
+        #[arg(long, env = "ROLLBACK_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Check runbook files: every problem is reported with its file, phase and step.
     CheckRunbook {
         /// The runbook files.
@@ -210,6 +216,24 @@ const REFUSED: u8 = 2;
 async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::CheckRunbook { .. } => unreachable!("handled without a runtime"),
+        Cmd::Run { config } => {
+            let config = rollback_agent::config::AgentConfig::load_from_env(config.as_deref())?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("stopping");
+                signal.cancel();
+            });
+            rollback_agent::agent::run(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Plan {
             scope,
             exact,

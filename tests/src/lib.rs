@@ -4,11 +4,13 @@
 //! Every server is started with `PR_SET_PDEATHSIG`, so it dies with the test process even when
 //! the test is killed; dropping the handle stops it and removes its folder.
 
+mod agent;
 mod binaries;
 mod nats;
 mod postgres;
 mod process;
 
+pub use agent::{AgentProcess, CommandClient, chat_user};
 pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, workspace_root};
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};

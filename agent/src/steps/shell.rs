@@ -63,6 +63,17 @@ pub(super) async fn run(ctx: &StepContext<'_>, step: &ShellStep) -> StepOutcome 
     if let Some(dir) = &expanded.workdir {
         command.current_dir(dir);
     }
+    // If the agent dies (kill -9), the shell dies with it, so the rest of the command does
+    // not carry on unseen; the step is then in doubt (or re-run, if idempotent).
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => return StepOutcome::permanent(spawn_error(&expanded, &err)),

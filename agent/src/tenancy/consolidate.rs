@@ -405,8 +405,9 @@ pub async fn consolidate(
         analyzed_at: Mutex::new(0),
     });
 
-    futures::stream::iter(plan.tenants.iter().map(Ok::<_, ConsolidateError>))
-        .try_for_each_concurrent(opts.concurrency.max(1), |tenant| {
+    futures::stream::iter((0..plan.tenants.len()).map(Ok::<_, ConsolidateError>))
+        .try_for_each_concurrent(opts.concurrency.max(1), |i| {
+            let tenant = &plan.tenants[i];
             let (sqls, done, rows_done, skipped, per_table, stats) =
                 (&sqls, &done, &rows_done, &skipped, &per_table, &stats);
             async move {

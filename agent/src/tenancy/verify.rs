@@ -246,19 +246,22 @@ pub async fn verify(
         .collect();
     let sqls: Vec<TableSql> = plan.tables.iter().map(|t| table_sql(plan, t)).collect();
     let mut work = Vec::new();
-    for (t, s) in plan.tables.iter().zip(&sqls) {
+    for (i, t) in plan.tables.iter().enumerate() {
         for &tenant in &t.unit_tenants {
             if done.contains(&(tenant, t.name.clone())) {
-                work.push((t, s, tenant));
+                work.push((i, tenant));
             } else {
                 report.missing_units.push((tenant, t.name.clone()));
             }
         }
     }
     let results: Vec<(i64, String, RowSet, RowSet)> =
-        futures::stream::iter(work.into_iter().map(Ok))
-            .map_ok(|(t, s, tenant)| {
+        // Indices rather than borrows in the items: the combinators' futures then stay `Send`
+        // for any caller.
+        futures::stream::iter(work.into_iter().map(Ok::<_, sqlx::Error>))
+            .map_ok(|(i, tenant)| {
                 let schema = schema_of[&tenant];
+                let (t, s) = (&plan.tables[i], &sqls[i]);
                 async move {
                     let source = s.source.replace(SCHEMA_SLOT, &sql::ident(schema));
                     let expected = fetch_row_set(pool, source, &t.name, tenant).await?;

@@ -1,6 +1,7 @@
 //! The one end-to-end test binary: every area adds a module here, so the workspace links a
 //! single test executable instead of one per file.
 
+mod agent;
 mod demo_db;
 mod steps;
 mod store;

@@ -1,0 +1,492 @@
+//! The executor: drives one run at a time per lease, from the events alone.
+//!
+//! Each run has one [`drive_run`] task on one agent (the lease). It loads the run (verified,
+//! folded), asks `proto` what to do next, does it, and records every action as events;
+//! recovery after a crash is the same loop starting from whatever the events say, so a
+//! step found started with no outcome is re-run only when idempotent and otherwise put in
+//! doubt for a person.
+
+pub mod lease;
+mod record;
+mod tenancy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use rollback_proto::runbook::{Step, StepKind};
+use rollback_proto::{Event, NextAction, RunId, RunState, StepId};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::steps::{self, DatabaseTargets, OutputChunk, OutputSink, StepContext, StepOutcome};
+use crate::store::{JetStreamEventStore, LoadError};
+use crate::telemetry::Metrics;
+pub use lease::{Lease, LeaseError};
+use record::Recorder;
+
+/// One level of the escalation path, as the executor uses it.
+#[derive(Debug, Clone)]
+pub struct EscalationLevel {
+    /// Its name (`team lead`).
+    pub name: String,
+    /// Delay after the previous level (the first: after the stall).
+    pub after: Duration,
+    /// Chat mentions recorded in the event, for the bot to ping.
+    pub mentions: Vec<String>,
+    /// Webhook URLs to POST to (secret: they carry tokens).
+    pub webhooks: Vec<crate::secret::Secret<String>>,
+}
+
+/// What the executor needs from the agent.
+pub struct ExecutorDeps {
+    /// The event store.
+    pub store: JetStreamEventStore,
+    /// The lease bucket.
+    pub leases: kv::Store,
+    /// This agent's name, the lease holder.
+    pub holder: String,
+    /// The lease's time to live.
+    pub lease_ttl: Duration,
+    /// Named database targets for steps.
+    pub databases: Arc<DatabaseTargets>,
+    /// How long a run may wait for people before the escalation path starts.
+    pub stall_after: Duration,
+    /// The escalation path.
+    pub escalation: Vec<EscalationLevel>,
+    /// Counters for /metrics.
+    pub metrics: Metrics,
+    /// For webhooks.
+    pub http: reqwest::Client,
+}
+
+/// Why a run's executor stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The run's history could not be read or does not verify.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The lease store failed.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// Events could not be recorded.
+    #[error("recording events of run {run}: {reason}")]
+    Record {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a run's executor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The run is completed or aborted.
+    Finished,
+    /// The agent is shutting down (the run goes on elsewhere or after a restart).
+    Shutdown,
+    /// The lease was lost to another agent.
+    LeaseLost,
+    /// No such run.
+    NotFound,
+}
+
+/// Drives one run until it finishes, the lease is lost, or `shutdown` fires. Waits for the
+/// lease while another agent holds it (that is how a standby agent takes over).
+#[tracing::instrument(skip_all, fields(run_id = %run))]
+pub async fn drive_run(
+    deps: Arc<ExecutorDeps>,
+    run: RunId,
+    shutdown: CancellationToken,
+) -> Result<RunEnd, ExecError> {
+    let mut lease = loop {
+        if let Some(l) = Lease::acquire(&deps.leases, run, &deps.holder).await? {
+            break l;
+        }
+        // Someone else executes it; poll until their lease expires or the run ends.
+        let loaded = deps.store.load(run).await?;
+        match loaded.state {
+            None => return Ok(RunEnd::NotFound),
+            Some(s) if s.is_finished() => return Ok(RunEnd::Finished),
+            Some(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(RunEnd::Shutdown),
+            _ = tokio::time::sleep(deps.lease_ttl / 3) => {}
+        }
+    };
+    tracing::info!(holder = lease.holder(), "lease taken");
+
+    // Renewal runs beside the work; losing the lease cancels the work.
+    let lost = CancellationToken::new();
+    let work = shutdown.child_token();
+    let renewal = {
+        let (lost, work) = (lost.clone(), work.clone());
+        let every = deps.lease_ttl / 3;
+        async move {
+            loop {
+                tokio::select! {
+                    _ = work.cancelled() => return lease,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match lease.renew().await {
+                    Ok(()) => {}
+                    Err(LeaseError::Lost(_)) => {
+                        tracing::warn!("lease lost");
+                        lost.cancel();
+                        work.cancel();
+                        return lease;
+                    }
+                    // NATS away for a moment: keep trying; the lease holds for its TTL.
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                }
+            }
+        }
+    };
+    let renewal = tokio::spawn(renewal);
+
+    let outcome = run_loop(&deps, run, &work).await;
+    work.cancel();
+    let lease = renewal.await.expect("lease renewal task does not panic");
+    let end = match outcome {
+        Ok(end) if lost.is_cancelled() => Ok(if end == RunEnd::Finished {
+            end
+        } else {
+            RunEnd::LeaseLost
+        }),
+        other => other,
+    };
+    if !lost.is_cancelled() {
+        lease.release().await;
+    }
+    end
+}
+
+async fn run_loop(
+    deps: &ExecutorDeps,
+    run: RunId,
+    work: &CancellationToken,
+) -> Result<RunEnd, ExecError> {
+    let mut rec = Recorder::load(deps, run).await?;
+    let delays: Vec<Duration> = deps.escalation.iter().map(|l| l.after).collect();
+    loop {
+        if work.is_cancelled() {
+            return Ok(RunEnd::Shutdown);
+        }
+        let Some(state) = rec.state() else {
+            return Ok(RunEnd::NotFound);
+        };
+        if state.is_finished() {
+            return Ok(RunEnd::Finished);
+        }
+        let now = OffsetDateTime::now_utc();
+        let escalation = state.next_escalation(deps.stall_after, &delays);
+        if let Some((level, due)) = escalation
+            && due <= now
+        {
+            raise_escalation(deps, &mut rec, level).await?;
+            continue;
+        }
+        let mut wake_at = escalation.map(|(_, due)| due);
+        match state.next_action() {
+            NextAction::Start { step, attempt } => {
+                run_attempt(deps, &mut rec, &step, attempt, work).await?;
+                continue;
+            }
+            NextAction::Recover {
+                step,
+                attempt,
+                idempotent: true,
+            } => {
+                tracing::info!(step = %step, attempt, "re-running an idempotent step found without an outcome");
+                run_attempt(deps, &mut rec, &step, attempt + 1, work).await?;
+                continue;
+            }
+            NextAction::Recover {
+                step,
+                attempt,
+                idempotent: false,
+            } => {
+                tracing::warn!(step = %step, attempt, "step found without an outcome: in doubt");
+                rec.record(vec![Event::StepInDoubt { step, attempt }])
+                    .await?;
+                continue;
+            }
+            NextAction::RetryAt { step, attempt, due } if due <= now => {
+                run_attempt(deps, &mut rec, &step, attempt, work).await?;
+                continue;
+            }
+            NextAction::RetryAt { due, .. } => wake_at = Some(wake_at.map_or(due, |w| w.min(due))),
+            NextAction::Idle(_) => {}
+        }
+        // Nothing to do now: wait for the next event, a due time, or the end.
+        let sleep = wake_at
+            .map(|at| {
+                (at - OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+            })
+            .unwrap_or(Duration::from_secs(3600));
+        let mut events = Box::pin(deps.store.follow(run, rec.seq()));
+        tokio::select! {
+            _ = work.cancelled() => return Ok(RunEnd::Shutdown),
+            _ = tokio::time::sleep(sleep) => {}
+            next = events.next() => {
+                if let Some(Err(e)) = next {
+                    tracing::warn!(error = %e, "following the run failed; reloading");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        rec.reload().await?;
+    }
+}
+
+/// Runs one attempt of a step: records its start, streams its output, records its outcome.
+#[tracing::instrument(skip_all, fields(step = %step, attempt))]
+async fn run_attempt(
+    deps: &ExecutorDeps,
+    rec: &mut Recorder<'_>,
+    step: &StepId,
+    attempt: u32,
+    work: &CancellationToken,
+) -> Result<(), ExecError> {
+    if !rec
+        .record(vec![Event::StepStarted {
+            step: step.clone(),
+            attempt,
+        }])
+        .await?
+    {
+        return Ok(()); // the run moved on meanwhile (paused, skipped, aborted): decide again
+    }
+    deps.metrics.record_step_attempt();
+    let state = rec.state().expect("a run with a started step").clone();
+    let (_, _, def, _) = state.step(step).expect("the step exists");
+    let def = def.clone();
+    let cancel = work.child_token();
+    let (sink, mut chunks) = OutputSink::channel(64);
+    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel::<Progress>(16);
+    let mut latest_progress: Option<Progress> = None;
+
+    let step_future = execute(
+        deps,
+        &state,
+        &def,
+        attempt,
+        sink,
+        progress_tx,
+        cancel.clone(),
+    );
+    tokio::pin!(step_future);
+    let mut aborted = Box::pin(deps.store.follow(state.run_id, rec.seq()));
+    let mut pending: Vec<OutputChunk> = Vec::new();
+    let mut chunk_no: u32 = 0;
+    let flush_every = Duration::from_millis(250);
+    let mut flush = tokio::time::interval(flush_every);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut step_future => break outcome,
+            Some(chunk) = chunks.recv() => pending.push(chunk),
+            Some(p) = progress_rx.recv() => latest_progress = Some(p),
+            _ = flush.tick() => {
+                let mut events = output_events(step, attempt, &mut chunk_no, std::mem::take(&mut pending));
+                if let Some(p) = latest_progress.take() {
+                    events.push(Event::StepProgressed { step: step.clone(), done: p.done, total: p.total, note: p.note });
+                }
+                if !events.is_empty() {
+                    rec.record(events).await?;
+                }
+            }
+            Some(event) = aborted.next() => {
+                // A person aborted the run while the step ran: stop it.
+                if let Ok(env) = event
+                    && matches!(env.event, Event::RunAborted { .. })
+                {
+                    cancel.cancel();
+                }
+            }
+        }
+    };
+    while let Ok(chunk) = chunks.try_recv() {
+        pending.push(chunk);
+    }
+    if !pending.is_empty() {
+        let events = output_events(step, attempt, &mut chunk_no, pending);
+        rec.record(events).await?;
+    }
+    if work.is_cancelled() {
+        // Shutting down or lease lost: no outcome is recorded, so whoever resumes the run
+        // sees the step without one and treats it as in doubt (or re-runs it if idempotent).
+        return Ok(());
+    }
+    let outcome_event = match outcome {
+        StepOutcome::Succeeded { summary } => {
+            deps.metrics
+                .record_step(def.kind.name(), crate::telemetry::StepOutcome::Succeeded);
+            Event::StepSucceeded {
+                step: step.clone(),
+                attempt,
+                summary,
+            }
+        }
+        StepOutcome::Failed { error, retryable } => {
+            deps.metrics
+                .record_step(def.kind.name(), crate::telemetry::StepOutcome::Failed);
+            let retry_in_ms = (retryable && attempt < def.retry.max_attempts)
+                .then(|| retry_delay(&def, attempt).as_millis() as u64);
+            Event::StepFailed {
+                step: step.clone(),
+                attempt,
+                error,
+                retryable,
+                retry_in_ms,
+            }
+        }
+    };
+    rec.record(vec![outcome_event]).await?;
+    Ok(())
+}
+
+/// The backoff before the attempt after `attempt`: exponential, capped, jittered (backon).
+fn retry_delay(step: &Step, attempt: u32) -> Duration {
+    use backon::BackoffBuilder;
+    let policy = &step.retry;
+    let mut builder = backon::ExponentialBuilder::default()
+        .with_min_delay(policy.initial_delay)
+        .with_max_delay(policy.max_delay)
+        .with_factor(policy.multiplier as f32)
+        .with_max_times(policy.max_attempts as usize);
+    if policy.jitter {
+        builder = builder.with_jitter();
+    }
+    builder
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(policy.max_delay)
+}
+
+fn output_events(
+    step: &StepId,
+    attempt: u32,
+    chunk_no: &mut u32,
+    chunks: Vec<OutputChunk>,
+) -> Vec<Event> {
+    chunks
+        .into_iter()
+        .map(|c| {
+            let event = Event::StepOutputRecorded {
+                step: step.clone(),
+                attempt,
+                stream: c.stream,
+                chunk: *chunk_no,
+                text: c.text,
+            };
+            *chunk_no += 1;
+            event
+        })
+        .collect()
+}
+
+/// Runs the step's kind: the generic kinds in `steps`, the tenancy engine here.
+async fn execute(
+    deps: &ExecutorDeps,
+    state: &RunState,
+    step: &Step,
+    attempt: u32,
+    output: OutputSink,
+    progress: tokio::sync::mpsc::Sender<Progress>,
+    cancel: CancellationToken,
+) -> StepOutcome {
+    match &step.kind {
+        StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
+            tenancy::run(deps, state, step, output, progress, cancel).await
+        }
+        StepKind::PgDump(_)
+        | StepKind::PgRestore(_)
+        | StepKind::DropSchemas(_)
+        | StepKind::ExportDelta(_)
+        | StepKind::ImportDelta(_) => StepOutcome::Failed {
+            error: format!(
+                "step kind `{}` is not available in this version of the agent",
+                step.kind.name()
+            ),
+            retryable: false,
+        },
+        _ => {
+            let ctx = StepContext {
+                run_id: state.run_id,
+                step,
+                attempt,
+                dry_run: state.dry_run,
+                runbook: &state.runbook,
+                params: &state.params,
+                databases: &deps.databases,
+                output,
+                cancel,
+            };
+            steps::run_step(ctx).await
+        }
+    }
+}
+
+/// Raises one level of the escalation path: the event first, then the webhooks.
+async fn raise_escalation(
+    deps: &ExecutorDeps,
+    rec: &mut Recorder<'_>,
+    level: u32,
+) -> Result<(), ExecError> {
+    let Some(path) = deps.escalation.get(level as usize - 1) else {
+        return Ok(());
+    };
+    let state = rec.state().expect("a loaded run").clone();
+    let waiting = match state.next_action() {
+        NextAction::Idle(w) => format!("{w:?}"),
+        other => format!("{other:?}"),
+    };
+    let reason = format!(
+        "run {} ({}) has been waiting since {} — {}: {}",
+        state.run_id, state.runbook_name, state.last_activity_at, path.name, waiting
+    );
+    let mut notified = path.mentions.clone();
+    notified.extend((1..=path.webhooks.len()).map(|i| format!("webhook #{i} of {}", path.name)));
+    if !rec
+        .record(vec![Event::EscalationRaised {
+            level,
+            reason: reason.clone(),
+            notified,
+        }])
+        .await?
+    {
+        return Ok(());
+    }
+    deps.metrics.record_escalation(&level.to_string());
+    for hook in &path.webhooks {
+        let body = serde_json::json!({ "run": state.run_id.to_string(), "level": level, "name": path.name, "reason": reason });
+        let sent = deps
+            .http
+            .post(hook.expose())
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+            // The event is the record; a webhook that fails is reported, not retried forever.
+            tracing::warn!(level, error = %e.without_url(), "escalation webhook failed");
+        }
+    }
+    Ok(())
+}
+
+/// How far a long step got, as the executor records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+    /// What the units are.
+    pub note: String,
+}

@@ -1,0 +1,205 @@
+//! The tenancy engine as step kinds: `plan`, `consolidate` and `verify`, their progress
+//! turned into output the executor records as events.
+
+use rollback_proto::runbook::{ConsolidateStep, Step, StepKind, TenancyStep};
+use rollback_proto::{OutputStream, RunState};
+use tokio_util::sync::CancellationToken;
+
+use super::{ExecutorDeps, Progress};
+use crate::steps::{OutputSink, StepOutcome};
+use crate::tenancy::consolidate::{self, ConsolidateOptions};
+use crate::tenancy::plan::{self, PlanOptions};
+use crate::tenancy::verify;
+
+fn options(
+    state: &RunState,
+    scope: &rollback_proto::runbook::TenancyScope,
+    tables: Option<Vec<String>>,
+) -> Result<PlanOptions, String> {
+    let expand = |t: &str| {
+        state
+            .runbook
+            .expand(t, &state.params)
+            .map_err(|e| e.to_string())
+    };
+    Ok(PlanOptions {
+        scope: rollback_proto::runbook::TenancyScope {
+            schema_pattern: expand(&scope.schema_pattern)?,
+            tenants_table: expand(&scope.tenants_table)?,
+        },
+        tables,
+        ..PlanOptions::default()
+    })
+}
+
+fn permanent(error: impl ToString) -> StepOutcome {
+    StepOutcome::Failed {
+        error: error.to_string(),
+        retryable: false,
+    }
+}
+
+pub(super) async fn run(
+    deps: &ExecutorDeps,
+    state: &RunState,
+    step: &Step,
+    output: OutputSink,
+    progress: tokio::sync::mpsc::Sender<Progress>,
+    cancel: CancellationToken,
+) -> StepOutcome {
+    let (target, opts, consolidate_step): (
+        &str,
+        Result<PlanOptions, String>,
+        Option<&ConsolidateStep>,
+    ) = match &step.kind {
+        StepKind::Plan(TenancyStep {
+            target,
+            scope,
+            tables,
+        })
+        | StepKind::Verify(TenancyStep {
+            target,
+            scope,
+            tables,
+        }) => (target, options(state, scope, tables.clone()), None),
+        StepKind::Consolidate(c) => (
+            &c.target,
+            options(state, &c.scope, None).map(|mut o| {
+                o.ids = c.ids;
+                o
+            }),
+            Some(c),
+        ),
+        _ => return permanent("not a tenancy step"),
+    };
+    let opts = match opts {
+        Ok(o) => o,
+        Err(e) => return permanent(e),
+    };
+    let target = match state.runbook.expand(target, &state.params) {
+        Ok(t) => t,
+        Err(e) => return permanent(e),
+    };
+    let pool = match deps.databases.get(&target) {
+        Ok(p) => p,
+        Err(e) => return permanent(e),
+    };
+    let work = async {
+        let plan = match plan::plan(&pool, &opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                return transient_or_not(
+                    e.to_string(),
+                    matches!(e, plan::PlanError::Database(ref d) if crate::steps::is_transient_db_error(d)),
+                );
+            }
+        };
+        match &step.kind {
+            StepKind::Plan(_) => {
+                output.write(OutputStream::Stdout, &plan.to_string()).await;
+                if plan.is_executable() {
+                    StepOutcome::Succeeded {
+                        summary: format!(
+                            "{} tenant(s), {} unit(s), about {} row(s); nothing stands in the way",
+                            plan.tenants.len(),
+                            plan.units,
+                            plan.rows
+                        ),
+                    }
+                } else {
+                    permanent(format!(
+                        "the plan refuses: {}",
+                        plan.refusals
+                            .iter()
+                            .map(|r| r.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))
+                }
+            }
+            StepKind::Consolidate(_) => {
+                let c = consolidate_step.expect("a consolidate step");
+                let dry = state.dry_run
+                    && step.dry_run == rollback_proto::runbook::DryRunBehaviour::Describe;
+                let copts = ConsolidateOptions {
+                    concurrency: c.concurrency.max(1) as usize,
+                    dry_run: dry,
+                };
+                let report = consolidate::consolidate(&pool, &plan, &copts, &|p| {
+                    // Lossy on purpose: a newer report supersedes one the executor has not taken yet.
+                    let _ = progress.try_send(Progress {
+                        done: p.units_done,
+                        total: p.units_total,
+                        note: format!("units; {} row(s) copied", p.rows_done),
+                    });
+                })
+                .await;
+                match report {
+                    Ok(r) if dry => {
+                        output
+                            .write(
+                                OutputStream::DryRun,
+                                &r.would
+                                    .iter()
+                                    .map(|w| format!("would {w}\n"))
+                                    .collect::<String>(),
+                            )
+                            .await;
+                        StepOutcome::Succeeded {
+                            summary: format!(
+                                "dry run: would copy {} row(s) in {} unit(s)",
+                                r.rows_total(),
+                                r.units_total
+                            ),
+                        }
+                    }
+                    Ok(r) => StepOutcome::Succeeded {
+                        summary: format!(
+                            "{} unit(s) consolidated ({} already done), {} row(s)",
+                            r.units_done,
+                            r.units_skipped,
+                            r.rows_total()
+                        ),
+                    },
+                    Err(e) => {
+                        let transient = e.is_transient();
+                        transient_or_not(e.to_string(), transient)
+                    }
+                }
+            }
+            _ => match verify::verify(&pool, &plan, 4).await {
+                Ok(v) if v.is_ok() => StepOutcome::Succeeded {
+                    summary: format!(
+                        "{} unit(s), {} row(s) verified; {} tenant(s) proven",
+                        v.units_checked,
+                        v.rows_checked,
+                        v.verified_tenants.len()
+                    ),
+                },
+                Ok(v) => {
+                    let failures = v.failures();
+                    output
+                        .write(OutputStream::Stdout, &failures.join("\n"))
+                        .await;
+                    permanent(format!(
+                        "verification failed: {} problem(s), first: {}",
+                        failures.len(),
+                        failures[0]
+                    ))
+                }
+                Err(e) => transient_or_not(
+                    e.to_string(),
+                    matches!(e, verify::VerifyError::Database(ref d) if crate::steps::is_transient_db_error(d)),
+                ),
+            },
+        }
+    };
+    tokio::select! {
+        outcome = work => outcome,
+        _ = cancel.cancelled() => permanent("cancelled"),
+    }
+}
+
+fn transient_or_not(error: String, retryable: bool) -> StepOutcome {
+    StepOutcome::Failed { error, retryable }
+}

@@ -1,0 +1,563 @@
+//! The command service: NATS request/reply on `rollback.cmd`. Each command goes through
+//! `proto`'s `decide`; accepted events are appended; the reply says accepted (with the
+//! events) or rejected (with the reason). A command repeated with the same idempotency key
+//! returns the first outcome and appends nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use rollback_proto::envelope::Draft;
+use rollback_proto::subjects::{COMMANDS_QUEUE, COMMANDS_SUBJECT};
+use rollback_proto::{
+    Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rejection, RejectionKind,
+    RunId, Runbook, authorize, decide, decide_start,
+};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::steps::DatabaseTargets;
+use crate::store::{AppendError, JetStreamEventStore, LoadError, RunCursor};
+use crate::telemetry::{CommandOutcome, Metrics};
+use crate::tenancy::plan::{self, PlanOptions};
+
+/// The key-value bucket remembering each command's outcome by idempotency key.
+pub const OUTCOMES_BUCKET: &str = "ROLLBACK_COMMAND_OUTCOMES";
+
+/// How long a command's outcome is remembered (chat retries come within seconds).
+const OUTCOMES_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// A claim on a key whose holder died is taken over after this long.
+const STALE_CLAIM: Duration = Duration::from_secs(30);
+
+/// How many times a command is decided again after losing a race to another writer.
+const MAX_CONFLICTS: usize = 10;
+
+/// What the command service needs.
+pub struct CommandService {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// The event store.
+    pub store: JetStreamEventStore,
+    /// Outcomes by idempotency key.
+    pub outcomes: kv::Store,
+    /// Where runbooks are read from.
+    pub runbooks_dir: PathBuf,
+    /// Who may do what.
+    pub policy: Policy,
+    /// For `plan`.
+    pub databases: Arc<DatabaseTargets>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Creates (or opens) the outcomes bucket.
+pub async fn outcomes_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    js.create_or_update_key_value(kv::Config {
+        bucket: OUTCOMES_BUCKET.to_owned(),
+        description: "outcome of each command by idempotency key".to_owned(),
+        history: 1,
+        max_age: OUTCOMES_KEPT,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn rejected(reason: impl Into<String>) -> CommandReply {
+    CommandReply::Rejected {
+        reason: reason.into(),
+    }
+}
+
+impl CommandService {
+    /// Answers commands until `shutdown`; several agents share the load through a queue group.
+    pub async fn serve(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::Error> {
+        let mut sub = self
+            .client
+            .queue_subscribe(COMMANDS_SUBJECT, COMMANDS_QUEUE.to_owned())
+            .await?;
+        // Bounded: at most this many commands are decided at once; the rest wait in NATS.
+        let (tx, rx) = tokio::sync::mpsc::channel::<async_nats::Message>(64);
+        let worker = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio_stream_from(rx)
+                    .for_each_concurrent(16, |msg| {
+                        let this = this.clone();
+                        async move {
+                            let reply = this.handle(&msg.payload).await;
+                            if let Some(to) = msg.reply {
+                                let body = serde_json::to_vec(&reply).expect("replies serialize");
+                                if let Err(e) = this.client.publish(to, Bytes::from(body)).await {
+                                    tracing::warn!(error = %e, "could not send a command reply");
+                                }
+                            }
+                        }
+                    })
+                    .await
+            })
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = sub.next() => match msg {
+                    Some(msg) => {
+                        if tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        drop(tx);
+        let _ = worker.await;
+        Ok(())
+    }
+
+    /// Handles one request's bytes; never fails: every problem is a rejection.
+    pub async fn handle(&self, payload: &[u8]) -> CommandReply {
+        let req: CommandRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.record_command(CommandOutcome::Malformed);
+                return rejected(format!("malformed command: {e}"));
+            }
+        };
+        if req.idempotency_key.trim().is_empty() {
+            self.metrics.record_command(CommandOutcome::Malformed);
+            return rejected("malformed command: an idempotency key is required");
+        }
+        let key = outcome_key(&req.idempotency_key);
+        match self.claim(&key).await {
+            Ok(Claim::Done(reply)) => {
+                self.metrics.record_command(CommandOutcome::Duplicate);
+                reply
+            }
+            Ok(Claim::Ours(revision)) => {
+                let reply = self.process(&req).await;
+                let body = serde_json::to_vec(&Stored::Done(reply.clone())).expect("serializes");
+                if let Err(e) = self.outcomes.update(&key, body.into(), revision).await {
+                    tracing::warn!(error = %e, "could not remember a command's outcome");
+                }
+                self.metrics.record_command(match reply {
+                    CommandReply::Accepted { .. } => CommandOutcome::Accepted,
+                    CommandReply::Rejected { .. } => CommandOutcome::Rejected,
+                });
+                reply
+            }
+            Err(reason) => rejected(reason),
+        }
+    }
+
+    /// Claims a command's key, or finds its first outcome (waiting briefly while another
+    /// agent is still deciding it).
+    async fn claim(&self, key: &str) -> Result<Claim, String> {
+        let pending = serde_json::to_vec(&Stored::Pending {
+            since: OffsetDateTime::now_utc().unix_timestamp(),
+        })
+        .expect("serializes");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.outcomes.create(key, pending.clone().into()).await {
+                Ok(revision) => return Ok(Claim::Ours(revision)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(format!(
+                        "the agent could not record the command ({e}); try again"
+                    ));
+                }
+            }
+            let entry = self.outcomes.entry(key).await.map_err(|e| e.to_string())?;
+            let Some(entry) = entry else { continue };
+            match serde_json::from_slice::<Stored>(&entry.value) {
+                Ok(Stored::Done(reply)) => return Ok(Claim::Done(reply)),
+                Ok(Stored::Pending { since }) => {
+                    let age = OffsetDateTime::now_utc().unix_timestamp() - since;
+                    if age > STALE_CLAIM.as_secs() as i64 {
+                        // Its holder died mid-way; deciding again is safe: decide sees the
+                        // events that holder may have appended.
+                        if let Ok(rev) = self
+                            .outcomes
+                            .update(key, pending.clone().into(), entry.revision)
+                            .await
+                        {
+                            return Ok(Claim::Ours(rev));
+                        }
+                    }
+                }
+                Err(_) => return Err("the stored outcome of this command is unreadable".into()),
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(
+                    "this command is still being handled; ask for the status in a moment".into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn process(&self, req: &CommandRequest) -> CommandReply {
+        let caller = Caller {
+            actor: req.actor.clone(),
+            roles: req.roles.clone(),
+        };
+        let now = OffsetDateTime::now_utc();
+        match &req.command {
+            Command::Start {
+                runbook,
+                dry_run,
+                params,
+            } => {
+                self.start(req, &caller, runbook, *dry_run, params.clone(), None, now)
+                    .await
+            }
+            Command::Emergency { runbook, database } => {
+                self.start(
+                    req,
+                    &caller,
+                    runbook,
+                    false,
+                    Default::default(),
+                    Some(database),
+                    now,
+                )
+                .await
+            }
+            Command::Plan { runbook } => {
+                if let Err(r) = authorize(&req.command, &caller, &self.policy) {
+                    return rejected(r.reason);
+                }
+                self.plan(runbook).await
+            }
+            command => {
+                let run = command.run().expect("every other command names a run");
+                self.on_run(req, &caller, run, now).await
+            }
+        }
+    }
+
+    /// Reads `<runbooks_dir>/<name>.toml`; the name is checked so it cannot leave the folder.
+    fn read_runbook(&self, name: &str) -> Result<(String, Runbook), String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(format!(
+                "`{name}` is not a runbook name (use lowercase letters, digits, - and _)"
+            ));
+        }
+        let path = self.runbooks_dir.join(format!("{name}.toml"));
+        let source = std::fs::read_to_string(&path)
+            .map_err(|_| format!("there is no runbook named `{name}`"))?;
+        let runbook =
+            Runbook::parse(&format!("{name}.toml"), &source).map_err(|e| e.to_string())?;
+        Ok((source, runbook))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        req: &CommandRequest,
+        caller: &Caller,
+        name: &str,
+        dry_run: bool,
+        params: std::collections::BTreeMap<String, String>,
+        typed_database: Option<&String>,
+        now: OffsetDateTime,
+    ) -> CommandReply {
+        if let Err(r) = authorize(&req.command, caller, &self.policy) {
+            return rejected(r.reason);
+        }
+        let (source, runbook) = match self.read_runbook(name) {
+            Ok(x) => x,
+            Err(e) => return rejected(e),
+        };
+        let run_id = RunId::new();
+        let new = NewRun {
+            run_id,
+            name,
+            source: &source,
+            runbook: &runbook,
+            params: &params,
+            dry_run,
+            typed_database: typed_database.map(String::as_str),
+        };
+        let events = match decide_start(&new, caller, &self.policy, now) {
+            Ok(e) => e,
+            Err(r) => return rejected(r.reason),
+        };
+        match self
+            .append(
+                RunCursor::genesis(run_id),
+                &req.idempotency_key,
+                &caller.actor,
+                now,
+                events.clone(),
+            )
+            .await
+        {
+            Ok(()) => CommandReply::Accepted {
+                run: Some(run_id),
+                events,
+                message: format!(
+                    "run {run_id} of `{name}` started{}",
+                    if dry_run { " (dry run)" } else { "" }
+                ),
+            },
+            Err(e) => rejected(format!("the run could not be recorded: {e}")),
+        }
+    }
+
+    async fn plan(&self, name: &str) -> CommandReply {
+        let (_, runbook) = match self.read_runbook(name) {
+            Ok(x) => x,
+            Err(e) => return rejected(e),
+        };
+        let Some((target, scope, tables)) = runbook.steps().find_map(|(_, s)| match &s.kind {
+            rollback_proto::runbook::StepKind::Plan(t) => {
+                Some((t.target.clone(), t.scope.clone(), t.tables.clone()))
+            }
+            _ => None,
+        }) else {
+            return rejected(format!("runbook `{name}` has no plan step"));
+        };
+        let target = match runbook.expand(&target, &Default::default()) {
+            Ok(t) => t,
+            Err(e) => return rejected(e.to_string()),
+        };
+        let pool = match self.databases.get(&target) {
+            Ok(p) => p,
+            Err(e) => return rejected(e.to_string()),
+        };
+        let opts = PlanOptions {
+            scope,
+            tables,
+            ..PlanOptions::default()
+        };
+        match plan::plan(&pool, &opts).await {
+            Ok(p) => CommandReply::Accepted {
+                run: None,
+                events: Vec::new(),
+                message: p.to_string(),
+            },
+            Err(e) => rejected(format!("the plan could not be made: {e}")),
+        }
+    }
+
+    async fn on_run(
+        &self,
+        req: &CommandRequest,
+        caller: &Caller,
+        run: RunId,
+        now: OffsetDateTime,
+    ) -> CommandReply {
+        for _ in 0..MAX_CONFLICTS {
+            let loaded = match self.store.load(run).await {
+                Ok(l) => l,
+                Err(LoadError::Unavailable { .. }) => {
+                    return rejected("the event log is unreachable right now; try again");
+                }
+                Err(e) => return rejected(format!("run {run} cannot be read: {e}")),
+            };
+            let Some(state) = loaded.state else {
+                return rejected(format!("there is no run {run}"));
+            };
+            match &req.command {
+                Command::Status { .. } => {
+                    return CommandReply::Accepted {
+                        run: Some(run),
+                        events: Vec::new(),
+                        message: rollback_proto::render::status_text(&state),
+                    };
+                }
+                Command::Replay { .. } => {
+                    return match self.store.load_envelopes(run).await {
+                        Ok(envs) => CommandReply::Accepted {
+                            run: Some(run),
+                            events: Vec::new(),
+                            message: timeline(&envs),
+                        },
+                        Err(e) => rejected(format!("run {run} cannot be read: {e}")),
+                    };
+                }
+                _ => {}
+            }
+            let events = match decide(&state, &req.command, caller, &self.policy, now) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    self.audit(loaded.cursor, req, caller, &rejection, now)
+                        .await;
+                    return rejected(rejection.reason);
+                }
+            };
+            match self
+                .append(
+                    loaded.cursor,
+                    &req.idempotency_key,
+                    &caller.actor,
+                    now,
+                    events.clone(),
+                )
+                .await
+            {
+                Ok(()) => {
+                    return CommandReply::Accepted {
+                        run: Some(run),
+                        events,
+                        message: format!("`{}` accepted", req.command.describe()),
+                    };
+                }
+                Err(AppendError::Conflict { .. }) => {
+                    self.metrics.record_append_conflict();
+                    continue; // reload and decide again
+                }
+                Err(e) => return rejected(format!("the event log did not take the command: {e}")),
+            }
+        }
+        rejected("the run is changing too fast to decide this command; try again")
+    }
+
+    async fn append(
+        &self,
+        cursor: RunCursor,
+        key: &str,
+        actor: &rollback_proto::Actor,
+        now: OffsetDateTime,
+        events: Vec<Event>,
+    ) -> Result<(), AppendError> {
+        let drafts = events
+            .into_iter()
+            .map(|event| Draft {
+                actor: actor.clone(),
+                causation_id: Some(key.to_owned()),
+                at: now,
+                event,
+            })
+            .collect::<Vec<_>>();
+        let n = drafts.len() as u64;
+        let mut head = cursor.head.clone();
+        let mut envelopes = head.seal(drafts);
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..6 {
+            match self.store.append_sealed(&cursor, envelopes).await {
+                Ok(_) => {
+                    self.metrics.record_events_appended(n);
+                    return Ok(());
+                }
+                Err(AppendError::Unavailable {
+                    envelopes: again, ..
+                }) => {
+                    envelopes = again;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (_, again) = (cursor.clone(), envelopes);
+        self.store.append_sealed(&cursor, again).await.map(|_| ())
+    }
+
+    /// Records a refusal in the run's log, so the audit trail shows who tried what.
+    async fn audit(
+        &self,
+        cursor: RunCursor,
+        req: &CommandRequest,
+        caller: &Caller,
+        rejection: &Rejection,
+        now: OffsetDateTime,
+    ) {
+        if !matches!(
+            rejection.kind,
+            RejectionKind::Unauthorized | RejectionKind::TwoPersonRule
+        ) {
+            return; // ordinary mistakes (a wrong item number) are answered, not recorded
+        }
+        let event = Event::CommandRefused {
+            command: req.command.describe(),
+            reason: rejection.reason.clone(),
+        };
+        for attempt in 0..3 {
+            let cursor = if attempt == 0 {
+                cursor.clone()
+            } else {
+                match self.store.load(cursor.run()).await {
+                    Ok(l) => l.cursor,
+                    Err(_) => return,
+                }
+            };
+            match self
+                .append(
+                    cursor,
+                    &req.idempotency_key,
+                    &caller.actor,
+                    now,
+                    vec![event.clone()],
+                )
+                .await
+            {
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record a refused command");
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
+}
+
+/// A plain timeline of a run: every event with its time and author.
+pub fn timeline(envelopes: &[rollback_proto::Envelope]) -> String {
+    let mut out = String::new();
+    for env in envelopes {
+        let detail = serde_json::to_string(&env.event).unwrap_or_default();
+        out.push_str(&format!(
+            "#{:<4} {} {:<28} {}\n",
+            env.seq,
+            env.at,
+            env.actor.to_string(),
+            detail
+        ));
+    }
+    out
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum Stored {
+    Pending { since: i64 },
+    Done(CommandReply),
+}
+
+enum Claim {
+    Ours(u64),
+    Done(CommandReply),
+}
+
+/// Keys are hashed: idempotency keys come from outside and may hold any character.
+fn outcome_key(idempotency_key: &str) -> String {
+    hex::encode(Sha256::digest(idempotency_key.as_bytes()))
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
