@@ -185,6 +185,27 @@ pub enum Event {
         /// The database.
         database: String,
     },
+    /// A verification step proved these tenants' data consolidated exactly; only they may
+    /// have their schemas dropped in this run.
+    TenantsVerified {
+        /// The verify step.
+        step: StepId,
+        /// The tenants proven, by id.
+        tenants: Vec<i64>,
+    },
+    /// A step wrote an archive (a `pg_dump`), with the checksum a restore checks it against.
+    ArchiveWritten {
+        /// The step.
+        step: StepId,
+        /// Where it is (a directory for the directory format, a file otherwise).
+        path: String,
+        /// sha256 of the archive's bytes (of every file, in name order, for a directory).
+        sha256: String,
+        /// Its size.
+        bytes: u64,
+        /// The schemas it holds (empty: the whole database).
+        schemas: Vec<String>,
+    },
     /// A command was refused; kept for the audit trail (changes no state).
     CommandRefused {
         /// The command, as a person would type it.
@@ -220,6 +241,8 @@ impl Event {
             Event::EscalationAcknowledged { .. } => "EscalationAcknowledged",
             Event::EmergencyRequested { .. } => "EmergencyRequested",
             Event::EmergencyConfirmed { .. } => "EmergencyConfirmed",
+            Event::TenantsVerified { .. } => "TenantsVerified",
+            Event::ArchiveWritten { .. } => "ArchiveWritten",
             Event::CommandRefused { .. } => "CommandRefused",
         }
     }

@@ -230,6 +230,27 @@ pub struct RunState {
     pub escalation: EscalationState,
     /// The emergency request, on emergency runs.
     pub emergency: Option<EmergencyState>,
+    /// Tenants the latest verification in this run proved (the only ones that may be dropped).
+    pub verified_tenants: BTreeSet<i64>,
+    /// Archives written in this run, in order.
+    pub archives: Vec<ArchiveRecord>,
+}
+
+/// An archive a step wrote, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRecord {
+    /// The step that wrote it.
+    pub step: StepId,
+    /// Where it is.
+    pub path: String,
+    /// sha256 of its bytes.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// The schemas it holds (empty: the whole database).
+    pub schemas: Vec<String>,
+    /// When it was recorded.
+    pub at: OffsetDateTime,
 }
 
 /// Why an event cannot be applied.
@@ -382,6 +403,8 @@ impl RunState {
             active_phase: None,
             escalation: EscalationState::default(),
             emergency: None,
+            verified_tenants: BTreeSet::new(),
+            archives: Vec::new(),
         }
     }
 
@@ -678,6 +701,38 @@ impl RunState {
                 if *attempt == 0 || *attempt > self.phases[p].steps[s].attempts {
                     return Err(self.illegal(event, "output of an attempt that never started"));
                 }
+            }
+            E::TenantsVerified { step, tenants } => {
+                let (p, s) = self.active_step(event, step)?;
+                if !matches!(self.runbook.phases[p].steps[s].kind, StepKind::Verify(_)) {
+                    return Err(self.illegal(event, format!("step `{step}` is not a verification")));
+                }
+                if !matches!(self.phases[p].steps[s].status, StepStatus::Running { .. }) {
+                    return Err(
+                        self.illegal(event, "a verification result of a step that is not running")
+                    );
+                }
+                self.verified_tenants = tenants.iter().copied().collect();
+            }
+            E::ArchiveWritten {
+                step,
+                path,
+                sha256,
+                bytes,
+                schemas,
+            } => {
+                let (p, s) = self.active_step(event, step)?;
+                if !matches!(self.phases[p].steps[s].status, StepStatus::Running { .. }) {
+                    return Err(self.illegal(event, "an archive of a step that is not running"));
+                }
+                self.archives.push(ArchiveRecord {
+                    step: step.clone(),
+                    path: path.clone(),
+                    sha256: sha256.clone(),
+                    bytes: *bytes,
+                    schemas: schemas.clone(),
+                    at,
+                });
             }
             E::StepProgressed {
                 step, done, total, ..

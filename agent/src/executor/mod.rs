@@ -268,8 +268,9 @@ async fn run_attempt(
     let def = def.clone();
     let cancel = work.child_token();
     let (sink, mut chunks) = OutputSink::channel(64);
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel::<Progress>(16);
+    let (notes_tx, mut notes_rx) = tokio::sync::mpsc::channel::<StepNote>(16);
     let mut latest_progress: Option<Progress> = None;
+    let mut facts: Vec<Event> = Vec::new();
 
     let step_future = execute(
         deps,
@@ -277,7 +278,7 @@ async fn run_attempt(
         &def,
         attempt,
         sink,
-        progress_tx,
+        notes_tx,
         cancel.clone(),
     );
     tokio::pin!(step_future);
@@ -290,9 +291,13 @@ async fn run_attempt(
         tokio::select! {
             outcome = &mut step_future => break outcome,
             Some(chunk) = chunks.recv() => pending.push(chunk),
-            Some(p) = progress_rx.recv() => latest_progress = Some(p),
+            Some(note) = notes_rx.recv() => match note {
+                StepNote::Progress(p) => latest_progress = Some(p),
+                StepNote::Record(event) => facts.push(event),
+            },
             _ = flush.tick() => {
                 let mut events = output_events(step, attempt, &mut chunk_no, std::mem::take(&mut pending));
+                events.append(&mut facts);
                 if let Some(p) = latest_progress.take() {
                     events.push(Event::StepProgressed { step: step.clone(), done: p.done, total: p.total, note: p.note });
                 }
@@ -313,8 +318,26 @@ async fn run_attempt(
     while let Ok(chunk) = chunks.try_recv() {
         pending.push(chunk);
     }
-    if !pending.is_empty() {
-        let events = output_events(step, attempt, &mut chunk_no, pending);
+    // Progress reported since the last flush would be lost with the attempt (a short step
+    // reports all of it between two ticks): record the latest report before the outcome, so
+    // the log always says how far the step got.
+    while let Ok(note) = notes_rx.try_recv() {
+        match note {
+            StepNote::Progress(p) => latest_progress = Some(p),
+            StepNote::Record(event) => facts.push(event),
+        }
+    }
+    let mut events = output_events(step, attempt, &mut chunk_no, pending);
+    events.append(&mut facts);
+    if let Some(p) = latest_progress {
+        events.push(Event::StepProgressed {
+            step: step.clone(),
+            done: p.done,
+            total: p.total,
+            note: p.note,
+        });
+    }
+    if !events.is_empty() {
         rec.record(events).await?;
     }
     if work.is_cancelled() {
@@ -397,12 +420,12 @@ async fn execute(
     step: &Step,
     attempt: u32,
     output: OutputSink,
-    progress: tokio::sync::mpsc::Sender<Progress>,
+    notes: tokio::sync::mpsc::Sender<StepNote>,
     cancel: CancellationToken,
 ) -> StepOutcome {
     match &step.kind {
         StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
-            tenancy::run(deps, state, step, output, progress, cancel).await
+            tenancy::run(deps, state, step, output, notes, cancel).await
         }
         StepKind::PgDump(_)
         | StepKind::PgRestore(_)
@@ -478,6 +501,16 @@ async fn raise_escalation(
         }
     }
     Ok(())
+}
+
+/// What a step reports besides its output: progress (lossy, the latest wins) and facts
+/// the executor records as events during the attempt (never dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepNote {
+    /// How far it got.
+    Progress(Progress),
+    /// An event about the attempt (a verification result, an archive written).
+    Record(Event),
 }
 
 /// How far a long step got, as the executor records it.

@@ -5,7 +5,7 @@ use rollback_proto::runbook::{ConsolidateStep, Step, StepKind, TenancyStep};
 use rollback_proto::{OutputStream, RunState};
 use tokio_util::sync::CancellationToken;
 
-use super::{ExecutorDeps, Progress};
+use super::{ExecutorDeps, Progress, StepNote};
 use crate::steps::{OutputSink, StepOutcome};
 use crate::tenancy::consolidate::{self, ConsolidateOptions};
 use crate::tenancy::plan::{self, PlanOptions};
@@ -44,7 +44,7 @@ pub(super) async fn run(
     state: &RunState,
     step: &Step,
     output: OutputSink,
-    progress: tokio::sync::mpsc::Sender<Progress>,
+    notes: tokio::sync::mpsc::Sender<StepNote>,
     cancel: CancellationToken,
 ) -> StepOutcome {
     let (target, opts, consolidate_step): (
@@ -127,11 +127,11 @@ pub(super) async fn run(
                 };
                 let report = consolidate::consolidate(&pool, &plan, &copts, &|p| {
                     // Lossy on purpose: a newer report supersedes one the executor has not taken yet.
-                    let _ = progress.try_send(Progress {
+                    let _ = notes.try_send(StepNote::Progress(Progress {
                         done: p.units_done,
                         total: p.units_total,
                         note: format!("units; {} row(s) copied", p.rows_done),
-                    });
+                    }));
                 })
                 .await;
                 match report {
@@ -167,15 +167,48 @@ pub(super) async fn run(
                     }
                 }
             }
-            _ => match verify::verify(&pool, &plan, 4).await {
-                Ok(v) if v.is_ok() => StepOutcome::Succeeded {
+            StepKind::Verify(_)
+                if state.dry_run
+                    && step.dry_run == rollback_proto::runbook::DryRunBehaviour::Describe =>
+            {
+                // A dry run consolidated nothing, so there is nothing to compare yet: verifying
+                // would fail on the missing bookkeeping. Say what would be proved instead.
+                output
+                    .write(
+                        OutputStream::DryRun,
+                        &format!(
+                            "would verify the row count and fingerprint of {} unit(s) of {} tenant(s) (about {} row(s)), then that every unit was consolidated, no foreign key crosses tenants, sequences are ahead and pre-existing shared rows are unchanged\n",
+                            plan.units,
+                            plan.tenants.len(),
+                            plan.rows
+                        ),
+                    )
+                    .await;
+                StepOutcome::Succeeded {
                     summary: format!(
-                        "{} unit(s), {} row(s) verified; {} tenant(s) proven",
-                        v.units_checked,
-                        v.rows_checked,
-                        v.verified_tenants.len()
+                        "dry run: would verify {} unit(s) of {} tenant(s)",
+                        plan.units,
+                        plan.tenants.len()
                     ),
-                },
+                }
+            }
+            _ => match verify::verify(&pool, &plan, 4).await {
+                Ok(v) if v.is_ok() => {
+                    let _ = notes
+                        .send(StepNote::Record(rollback_proto::Event::TenantsVerified {
+                            step: step.id.clone(),
+                            tenants: v.verified_tenants.clone(),
+                        }))
+                        .await;
+                    StepOutcome::Succeeded {
+                        summary: format!(
+                            "{} unit(s), {} row(s) verified; {} tenant(s) proven",
+                            v.units_checked,
+                            v.rows_checked,
+                            v.verified_tenants.len()
+                        ),
+                    }
+                }
                 Ok(v) => {
                     let failures = v.failures();
                     output
