@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use rollback_proto::runbook::IdStrategy;
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::sync::Mutex;
 
 use super::plan::{Plan, Refusal, TablePlan};
@@ -149,22 +149,27 @@ impl ConsolidateError {
 }
 
 /// The SQL of one table's units, built once from the plan and bound per tenant.
+///
+/// A unit is one script sent in one round trip; PostgreSQL runs a multi-statement query as
+/// one implicit transaction, so the lock, the claim, the id map, the rows and the progress
+/// row commit together or not at all (an error anywhere rolls all of it back).
 struct UnitSql {
     table: String,
-    source_tpl: String,
-    claim: String,
-    map_ids: String,
+    script: String,
     /// Per foreign key: (column, parent, the query listing its dangling values); run only to
     /// explain a unit that failed on one.
     orphans: Vec<(String, String, String)>,
-    insert: String,
-    finish: String,
 }
 
 /// Where the tenant schema's name goes in the per-table SQL templates.
 const SCHEMA_SLOT: &str = "\u{1}SCHEMA\u{1}";
+/// Where the table's name (as a text value) goes.
+const TABLE_SLOT: &str = "\u{1}TABLE\u{1}";
+/// Where the tenant id goes.
+const TENANT_SLOT: &str = "\u{1}TENANT\u{1}";
 
 fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
+    let (tbl, ten) = (TABLE_SLOT, TENANT_SLOT);
     let src = format!("{}.{}", SCHEMA_SLOT, sql::ident(&t.name));
     let dest = sql::table(&plan.shared_schema, &t.name);
     let id = sql::ident(&t.id_column);
@@ -172,8 +177,14 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
         (IdStrategy::Remap, Some(seq)) => format!("nextval({}::regclass)", sql::literal(seq)),
         _ => format!("s.{id}"),
     };
+    // The unit's own claim is the only `units` row with rows = -1: statements after the
+    // claim do nothing when the unit was done before (the claim then inserted nothing).
+    let claimed = format!(
+        "EXISTS (SELECT 1 FROM {} u WHERE u.tenant = {ten} AND u.tbl = {tbl} AND u.rows = -1)",
+        units()
+    );
     let map_ids = format!(
-        "INSERT INTO {} (tbl, tenant, old_id, new_id) SELECT $1, $2, s.{id}, {new_id} FROM {src} s ORDER BY s.{id}",
+        "INSERT INTO {} (tbl, tenant, old_id, new_id) SELECT {tbl}, {ten}, s.{id}, {new_id} FROM {src} s WHERE {claimed} ORDER BY s.{id}",
         id_map()
     );
     let orphans = t
@@ -183,7 +194,7 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
             let col = sql::ident(&fk.column);
             let q = format!(
                 "SELECT s.{col}::int8 FROM {src} s WHERE s.{col} IS NOT NULL AND NOT EXISTS \
-                 (SELECT 1 FROM {} m WHERE m.tbl = $1 AND m.tenant = $2 AND m.old_id = s.{col})",
+                 (SELECT 1 FROM {} m WHERE m.tbl = {tbl} AND m.tenant = {ten} AND m.old_id = s.{col})",
                 id_map()
             );
             (fk.column.clone(), fk.parent.clone(), q)
@@ -191,7 +202,7 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
         .collect();
 
     let mut cols = vec![id.clone(), sql::ident(&plan.tenant_column)];
-    let mut vals = vec!["m.new_id".to_owned(), "$2".to_owned()];
+    let mut vals = vec!["m.new_id".to_owned(), ten.to_owned()];
     let mut joins = String::new();
     for (i, c) in t
         .columns
@@ -204,7 +215,7 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
             Some(fk) => {
                 let alias = format!("f{i}");
                 joins.push_str(&format!(
-                    " LEFT JOIN {map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = $2 AND {alias}.old_id = s.{col}",
+                    " LEFT JOIN {map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = {ten} AND {alias}.old_id = s.{col}",
                     map = id_map(),
                     parent = sql::literal(&fk.parent),
                     col = sql::ident(&c.name),
@@ -212,7 +223,7 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
                 // A link with no parent in this tenant stops the whole unit, loudly.
                 vals.push(format!(
                     "CASE WHEN s.{col} IS NOT NULL AND {alias}.new_id IS NULL \
-                     THEN {orphan}($1, {column}, $2, s.{col}::int8) ELSE {alias}.new_id END",
+                     THEN {orphan}({tbl}, {column}, {ten}, s.{col}::int8) ELSE {alias}.new_id END",
                     col = sql::ident(&c.name),
                     orphan = state::orphan_fn(),
                     column = sql::literal(&c.name),
@@ -227,30 +238,36 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
         ""
     };
     let insert = format!(
-        "INSERT INTO {dest} ({}){overriding} SELECT {} FROM {src} s JOIN {map} m ON m.tbl = $1 AND m.tenant = $2 AND m.old_id = s.{id}{joins}",
+        "INSERT INTO {dest} ({}){overriding} SELECT {} FROM {src} s JOIN {map} m ON m.tbl = {tbl} AND m.tenant = {ten} AND m.old_id = s.{id}{joins} WHERE {claimed}",
         cols.join(", "),
         vals.join(", "),
         map = id_map(),
     );
+    let script = [
+        format!("LOCK TABLE {src} IN SHARE MODE"),
+        format!("INSERT INTO {} (tenant, tbl, rows) VALUES ({ten}, {tbl}, -1) ON CONFLICT DO NOTHING", units()),
+        map_ids,
+        insert,
+        format!(
+            "UPDATE {units} SET rows = (SELECT count(*) FROM {map} WHERE tbl = {tbl} AND tenant = {ten}), \
+             finished_at = now() WHERE tenant = {ten} AND tbl = {tbl} AND rows = -1 RETURNING rows",
+            units = units(),
+            map = id_map(),
+        ),
+    ]
+    .join(";\n");
     UnitSql {
         table: t.name.clone(),
-        source_tpl: src,
-        claim: format!(
-            "INSERT INTO {} (tenant, tbl, rows) VALUES ($2, $1, -1) ON CONFLICT DO NOTHING RETURNING 1",
-            units()
-        ),
-        map_ids,
+        script,
         orphans,
-        insert,
-        finish: format!(
-            "UPDATE {} SET rows = $3, finished_at = now() WHERE tenant = $2 AND tbl = $1",
-            units()
-        ),
     }
 }
 
-fn bind_schema(tpl: &str, schema: &str) -> String {
+/// Fills a template's slots with a unit's quoted schema, table name and tenant id.
+fn bind(tpl: &str, table: &str, tenant: i64, schema: &str) -> String {
     tpl.replace(SCHEMA_SLOT, &sql::ident(schema))
+        .replace(TABLE_SLOT, &sql::literal(table))
+        .replace(TENANT_SLOT, &tenant.to_string())
 }
 
 /// Runs one unit. Returns the rows copied, or `None` when an earlier run had done it.
@@ -265,58 +282,15 @@ async fn run_unit(
         table: u.table.clone(),
         source,
     };
-    let mut tx: Transaction<'_, Postgres> = pool.begin().await.map_err(unit_err)?;
-    let lock = format!(
-        "LOCK TABLE {} IN SHARE MODE",
-        bind_schema(&u.source_tpl, schema)
-    );
-    sqlx::query(AssertSqlSafe(lock))
-        .persistent(false)
-        .execute(&mut *tx)
-        .await
-        .map_err(unit_err)?;
-    let claimed = sqlx::query(AssertSqlSafe(u.claim.clone()))
-        .bind(&u.table)
-        .bind(tenant)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unit_err)?;
-    if claimed.is_none() {
-        tx.rollback().await.map_err(unit_err)?;
-        return Ok(None);
+    let script = bind(&u.script, &u.table, tenant, schema);
+    match sqlx::raw_sql(AssertSqlSafe(script)).fetch_all(pool).await {
+        // The closing UPDATE returns the unit's row count only when this call claimed it.
+        Ok(rows) => Ok(rows.first().map(|r| r.get::<i64, _>(0) as u64)),
+        Err(e) if state::is_orphan_error(&e) => Err(explain_orphans(pool, u, tenant, schema)
+            .await
+            .unwrap_or_else(&unit_err)),
+        Err(e) => Err(unit_err(e)),
     }
-    sqlx::query(AssertSqlSafe(bind_schema(&u.map_ids, schema)))
-        .persistent(false)
-        .bind(&u.table)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await
-        .map_err(unit_err)?;
-    let inserted = sqlx::query(AssertSqlSafe(bind_schema(&u.insert, schema)))
-        .persistent(false)
-        .bind(&u.table)
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await;
-    let rows = match inserted {
-        Ok(done) => done.rows_affected(),
-        Err(e) if state::is_orphan_error(&e) => {
-            drop(tx); // rolls the unit back before the orphans are counted
-            return Err(explain_orphans(pool, u, tenant, schema)
-                .await
-                .unwrap_or_else(&unit_err));
-        }
-        Err(e) => return Err(unit_err(e)),
-    };
-    sqlx::query(AssertSqlSafe(u.finish.clone()))
-        .bind(&u.table)
-        .bind(tenant)
-        .bind(rows as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(unit_err)?;
-    tx.commit().await.map_err(unit_err)?;
-    Ok(Some(rows))
 }
 
 /// Counts the dangling links of a unit that failed on one, for a message a person can act on.
@@ -327,10 +301,8 @@ async fn explain_orphans(
     schema: &str,
 ) -> Result<ConsolidateError, sqlx::Error> {
     for (column, parent, q) in &u.orphans {
-        let dangling: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(bind_schema(q, schema)))
+        let dangling: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(bind(q, parent, tenant, schema)))
             .persistent(false)
-            .bind(parent)
-            .bind(tenant)
             .fetch_all(pool)
             .await?;
         if !dangling.is_empty() {
