@@ -6,6 +6,7 @@
 //! step found started with no outcome is re-run only when idempotent and otherwise put in
 //! doubt for a person.
 
+mod backup;
 pub mod lease;
 mod record;
 mod tenancy;
@@ -272,15 +273,7 @@ async fn run_attempt(
     let mut latest_progress: Option<Progress> = None;
     let mut facts: Vec<Event> = Vec::new();
 
-    let step_future = execute(
-        deps,
-        &state,
-        &def,
-        attempt,
-        sink,
-        notes_tx,
-        cancel.clone(),
-    );
+    let step_future = execute(deps, &state, &def, attempt, sink, notes_tx, cancel.clone());
     tokio::pin!(step_future);
     let mut aborted = Box::pin(deps.store.follow(state.run_id, rec.seq()));
     let mut pending: Vec<OutputChunk> = Vec::new();
@@ -427,11 +420,10 @@ async fn execute(
         StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
             tenancy::run(deps, state, step, output, notes, cancel).await
         }
-        StepKind::PgDump(_)
-        | StepKind::PgRestore(_)
-        | StepKind::DropSchemas(_)
-        | StepKind::ExportDelta(_)
-        | StepKind::ImportDelta(_) => StepOutcome::Failed {
+        StepKind::PgDump(_) | StepKind::PgRestore(_) | StepKind::DropSchemas(_) => {
+            backup::run(deps, state, step, output, notes, cancel).await
+        }
+        StepKind::ExportDelta(_) | StepKind::ImportDelta(_) => StepOutcome::Failed {
             error: format!(
                 "step kind `{}` is not available in this version of the agent",
                 step.kind.name()

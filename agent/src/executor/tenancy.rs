@@ -11,7 +11,8 @@ use crate::tenancy::consolidate::{self, ConsolidateOptions};
 use crate::tenancy::plan::{self, PlanOptions};
 use crate::tenancy::verify;
 
-fn options(
+/// The plan options of a tenancy step's scope, `${param}`s expanded.
+pub(super) fn options(
     state: &RunState,
     scope: &rollback_proto::runbook::TenancyScope,
     tables: Option<Vec<String>>,

@@ -298,13 +298,13 @@ async fn pump(
 
 /// The process group `sh` leads; killed on drop unless disarmed, so no path (a panic, the
 /// attempt's future dropped by its owner) leaves it running.
-struct ProcessGroup {
+pub(crate) struct ProcessGroup {
     pgid: libc::pid_t,
     armed: AtomicBool,
 }
 
 impl ProcessGroup {
-    fn new(pid: u32) -> Self {
+    pub(crate) fn new(pid: u32) -> Self {
         Self {
             pgid: libc::pid_t::try_from(pid).expect("pids fit in pid_t"),
             armed: AtomicBool::new(true),
@@ -312,7 +312,7 @@ impl ProcessGroup {
     }
 
     /// Sends SIGKILL to every member; true when there was a member to kill.
-    fn kill(&self) -> bool {
+    pub(crate) fn kill(&self) -> bool {
         // SAFETY: killpg only sends a signal. The group id is the pid of our own child, which
         // the kernel does not hand out again while the child is unreaped or the group has
         // members. Once `sh` is reaped and the group empty the call fails with ESRCH; the only
@@ -321,7 +321,7 @@ impl ProcessGroup {
     }
 
     /// The group is dead and `sh` reaped: nothing left to kill, and its id may be reused.
-    fn disarm(&self) {
+    pub(crate) fn disarm(&self) {
         self.armed.store(false, Ordering::Relaxed);
     }
 }

@@ -50,7 +50,7 @@ pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
 
 /// `SQLSTATE 42601: syntax error at or near "SELEC"`, with PostgreSQL's detail and hint; other
 /// errors as sqlx words them (which never include the connection URL).
-pub(super) fn describe_db_error(err: &sqlx::Error) -> String {
+pub(crate) fn describe_db_error(err: &sqlx::Error) -> String {
     let sqlx::Error::Database(db) = err else {
         return err.to_string();
     };
@@ -179,6 +179,18 @@ impl DatabaseTargets {
             })?;
         pools.insert(name.to_owned(), pool.clone());
         Ok(pool)
+    }
+
+    /// The connection URL of target `name`, for the client programs (`pg_dump`, `pg_restore`),
+    /// which take it apart into libpq environment variables. It holds credentials: never print it.
+    pub(crate) fn url(&self, name: &str) -> Result<&str, DatabaseTargetError> {
+        self.urls
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| DatabaseTargetError::Unknown {
+                name: name.to_owned(),
+                known: self.urls.keys().cloned().collect(),
+            })
     }
 
     /// Closes every pool created so far, waiting for connections in use to come back.

@@ -1,0 +1,673 @@
+//! Restoring an archive: into a new database that is verified and then takes the target's
+//! name, into a new database only, or over the target itself.
+//!
+//! The archive is checked (present, fresh enough, checksum as recorded) before anything
+//! changes. While `pg_restore` loads the database, a second `pg_restore` reads the archive's
+//! data as a script and counts the rows of every table; the restored database must hold a
+//! table for each, with exactly that many rows. The name swap happens in one transaction,
+//! after new connections to the target are refused and the open ones ended, so the name
+//! always points at one complete database.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use time::OffsetDateTime;
+
+use super::{ArchiveError, ClientIo, ConnectionParams, PgPrograms, run_program, verify_archive};
+use crate::steps::describe_db_error;
+use crate::tenancy::sql;
+
+/// PostgreSQL cuts longer identifiers short (with only a notice).
+const MAX_NAME_BYTES: usize = 63;
+/// How long open connections to the target may take to end before the swap gives up.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to restore, from what, and where.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest<'a> {
+    /// The archive (a directory or a custom-format file).
+    pub archive: &'a Path,
+    /// The sha256 recorded when it was written.
+    pub sha256: &'a str,
+    /// Refuse it when older than this.
+    pub max_age: Option<Duration>,
+    /// Parallel jobs.
+    pub jobs: u32,
+    /// Where it goes.
+    pub into: RestoreInto,
+}
+
+/// Where a restore goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreInto {
+    /// Create this database and restore into it; the target is left as it is.
+    NewDatabase(String),
+    /// Create `new_database`, restore and verify it, then give it the target's name; the
+    /// target is kept, renamed to `kept_as`.
+    Replace {
+        /// The database restored into.
+        new_database: String,
+        /// The target's name afterwards.
+        kept_as: String,
+    },
+    /// Over the target itself (`--clean --if-exists`): destructive.
+    InPlace,
+}
+
+impl RestoreInto {
+    /// A [`RestoreInto::Replace`] with names made from the target's and the time:
+    /// `<target>_restored_<stamp>` and `<target>_before_restore_<stamp>`.
+    pub fn replace_with_default_names(target: &str, now: OffsetDateTime) -> Self {
+        RestoreInto::Replace {
+            new_database: stamped_name(target, "_restored_", now),
+            kept_as: stamped_name(target, "_before_restore_", now),
+        }
+    }
+}
+
+/// `<base><infix><YYYYMMDDhhmmss>`, the base shortened so the whole fits PostgreSQL's 63 bytes.
+pub fn stamped_name(base: &str, infix: &str, now: OffsetDateTime) -> String {
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day][hour][minute][second]"
+        ))
+        .expect("a UTC time formats");
+    let room = MAX_NAME_BYTES - infix.len() - stamp.len();
+    let mut end = base.len().min(room);
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{infix}{stamp}", &base[..end])
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The database that holds the restored data now (under its final name).
+    pub database: String,
+    /// Tables verified.
+    pub tables: usize,
+    /// Rows verified.
+    pub rows: u64,
+    /// Where the target's previous database is (after a [`RestoreInto::Replace`]).
+    pub kept_as: Option<String>,
+}
+
+/// Why a restore did not happen or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The archive was refused, or a program could not run; nothing was changed.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// A database name cannot be used.
+    #[error("database name `{name}` cannot be used: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database to restore into exists already; it is never overwritten.
+    #[error(
+        "database `{0}` already exists; a restore never writes into an existing database \
+         (choose another new_database, or drop that one first)"
+    )]
+    DatabaseExists(String),
+    /// The server refused or failed something.
+    #[error("{action}: {reason}")]
+    Database {
+        /// What was being done.
+        action: String,
+        /// PostgreSQL's words (SQLSTATE, message, detail).
+        reason: String,
+    },
+    /// `pg_restore` failed; a database created for it was dropped again.
+    #[error("{source}{}", cleanup.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    Restore {
+        /// What failed.
+        source: ArchiveError,
+        /// What happened to the new database.
+        cleanup: Option<String>,
+    },
+    /// The restored database does not hold what the archive holds.
+    #[error(
+        "the restore into `{database}` does not match the archive: {}{}",
+        problems.join("; "),
+        cleanup.as_deref().map(|c| format!(" ({c})")).unwrap_or_default()
+    )]
+    Mismatch {
+        /// The database.
+        database: String,
+        /// Each table that differs.
+        problems: Vec<String>,
+        /// What happened to the new database.
+        cleanup: Option<String>,
+    },
+}
+
+fn db_error(action: impl Into<String>) -> impl FnOnce(sqlx::Error) -> RestoreError {
+    let action = action.into();
+    move |err| RestoreError::Database {
+        action,
+        reason: describe_db_error(&err),
+    }
+}
+
+/// `pg_restore`'s arguments for restoring `archive` into `database`.
+pub fn restore_args(archive: &Path, database: &str, jobs: u32, in_place: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--no-password".into(), "--exit-on-error".into()];
+    if jobs > 1 {
+        args.push(format!("--jobs={jobs}").into());
+    }
+    if in_place {
+        args.push("--clean".into());
+        args.push("--if-exists".into());
+        if jobs <= 1 {
+            // Over the live database, all or nothing when the format allows it.
+            args.push("--single-transaction".into());
+        }
+    }
+    // As a connection string, so a database name with `=` in it stays a name.
+    args.push(format!("--dbname=dbname={}", conninfo_value(database)).into());
+    args.push(archive.into());
+    args
+}
+
+/// A libpq connection-string value: single-quoted, `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// What a restore would do, for a dry run.
+pub fn describe_restore(
+    programs: &PgPrograms,
+    target: &ConnectionParams,
+    req: &RestoreRequest<'_>,
+) -> String {
+    let database = match &req.into {
+        RestoreInto::NewDatabase(name)
+        | RestoreInto::Replace {
+            new_database: name, ..
+        } => name,
+        RestoreInto::InPlace => target.database(),
+    };
+    let mut text = format!(
+        "would check archive {} against sha256 {}{}\n",
+        req.archive.display(),
+        req.sha256,
+        req.max_age
+            .map(|age| format!(
+                " and refuse it if older than {}",
+                rollback_proto::runbook::format_duration(age)
+            ))
+            .unwrap_or_default()
+    );
+    if !matches!(req.into, RestoreInto::InPlace) {
+        text.push_str(&format!(
+            "would create database `{database}` (encoding and locale of `{}`)\n",
+            target.database()
+        ));
+    }
+    let mut line = programs.pg_restore.display().to_string();
+    for arg in restore_args(
+        req.archive,
+        database,
+        req.jobs,
+        req.into == RestoreInto::InPlace,
+    ) {
+        line.push(' ');
+        line.push_str(&super::shell_quote(&arg.to_string_lossy()));
+    }
+    text.push_str(&format!(
+        "would run: {line}\nconnected to {}\n",
+        target.with_database(database).describe()
+    ));
+    text.push_str(&format!(
+        "would verify that `{database}` holds every table of the archive with its row count\n"
+    ));
+    if let RestoreInto::Replace { kept_as, .. } = &req.into {
+        text.push_str(&format!(
+            "would refuse new connections to `{t}`, end the open ones, and in one transaction rename `{t}` to `{kept_as}` and `{database}` to `{t}`\n",
+            t = target.database()
+        ));
+    }
+    text
+}
+
+/// Restores `req.archive` as `req.into` says, on the server of `target`.
+pub async fn restore(
+    programs: &PgPrograms,
+    target: &ConnectionParams,
+    req: &RestoreRequest<'_>,
+    io: &ClientIo,
+) -> Result<RestoreReport, RestoreError> {
+    // Nothing changes before the archive is proven.
+    verify_archive(req.archive, req.sha256, req.max_age).await?;
+
+    let (database, created) = match &req.into {
+        RestoreInto::NewDatabase(name) => (name.clone(), true),
+        RestoreInto::Replace {
+            new_database,
+            kept_as,
+        } => {
+            for name in [new_database, kept_as] {
+                if name == target.database() {
+                    return Err(RestoreError::InvalidName {
+                        name: name.clone(),
+                        reason: "it is the target's own name".into(),
+                    });
+                }
+            }
+            if new_database == kept_as {
+                return Err(RestoreError::InvalidName {
+                    name: kept_as.clone(),
+                    reason: "the new database and the kept target need different names".into(),
+                });
+            }
+            (new_database.clone(), true)
+        }
+        RestoreInto::InPlace => (target.database().to_owned(), false),
+    };
+    if created {
+        check_name(&database)?;
+        if let RestoreInto::Replace { kept_as, .. } = &req.into {
+            check_name(kept_as)?;
+        }
+        create_database_like(target, &database).await?;
+    }
+    let drop_new = |database: &str| {
+        let database = database.to_owned();
+        async move {
+            if !created {
+                return None;
+            }
+            Some(match drop_database(target, &database).await {
+                Ok(()) => format!("database `{database}` was dropped again"),
+                Err(err) => format!("dropping database `{database}` failed too: {err}"),
+            })
+        }
+    };
+
+    let into = target.with_database(&database);
+    let in_place = req.into == RestoreInto::InPlace;
+    let args = restore_args(req.archive, &database, req.jobs, in_place);
+    let loaded = tokio::try_join!(
+        run_program(&programs.pg_restore, &args, &into, io, None,),
+        count_archive_rows(programs, &into, req.archive, io),
+    );
+    let expected = match loaded {
+        Ok(((), expected)) => expected,
+        Err(source) => {
+            return Err(RestoreError::Restore {
+                source,
+                cleanup: drop_new(&database).await,
+            });
+        }
+    };
+    let problems = compare_rows(&into, &expected).await?;
+    if !problems.is_empty() {
+        return Err(RestoreError::Mismatch {
+            database: database.clone(),
+            problems,
+            cleanup: drop_new(&database).await,
+        });
+    }
+    let report = RestoreReport {
+        database: database.clone(),
+        tables: expected.len(),
+        rows: expected.values().sum(),
+        kept_as: None,
+    };
+    match &req.into {
+        RestoreInto::Replace { kept_as, .. } => {
+            swap(target, &database, kept_as).await?;
+            Ok(RestoreReport {
+                database: target.database().to_owned(),
+                kept_as: Some(kept_as.clone()),
+                ..report
+            })
+        }
+        _ => Ok(report),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), RestoreError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "it is longer than PostgreSQL's 63 bytes"
+    } else if name.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(RestoreError::InvalidName {
+        name: name.to_owned(),
+        reason: reason.into(),
+    })
+}
+
+/// A connection to a database other than the target, for creating, dropping and renaming it.
+async fn maintenance(target: &ConnectionParams) -> Result<PgConnection, RestoreError> {
+    let mut last = None;
+    for db in ["postgres", "template1"] {
+        if db == target.database() {
+            continue;
+        }
+        match PgConnection::connect_with(&target.connect_options().database(db)).await {
+            Ok(conn) => return Ok(conn),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(db_error(
+        "connecting to the server's maintenance database (postgres or template1)",
+    )(last.expect("one database was tried")))
+}
+
+/// Creates `name` empty (from template0), with the target's encoding, locale and owner.
+async fn create_database_like(target: &ConnectionParams, name: &str) -> Result<(), RestoreError> {
+    let mut conn = maintenance(target).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db_error("looking for the database to restore into"))?;
+    if exists {
+        return Err(RestoreError::DatabaseExists(name.to_owned()));
+    }
+    // As JSON: the locale columns differ between server versions (daticulocale, datlocale).
+    let like: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(d) || jsonb_build_object('encoding_name', pg_encoding_to_char(d.encoding),
+                'owner_name', pg_get_userbyid(d.datdba))
+         FROM pg_database d WHERE d.datname = $1",
+    )
+    .bind(target.database())
+    .fetch_optional(&mut conn)
+    .await
+    .map_err(db_error("reading the target database's settings"))?;
+    let Some(like) = like else {
+        return Err(RestoreError::Database {
+            action: format!("reading the settings of database `{}`", target.database()),
+            reason: "it does not exist".into(),
+        });
+    };
+    let text = |key: &str| {
+        like.get(key)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let mut ddl = format!("CREATE DATABASE {} TEMPLATE template0", sql::ident(name));
+    if let Some(owner) = text("owner_name") {
+        ddl.push_str(&format!(" OWNER {}", sql::ident(owner)));
+    }
+    if let Some(encoding) = text("encoding_name") {
+        ddl.push_str(&format!(" ENCODING {}", sql::literal(encoding)));
+    }
+    for (key, option) in [("datcollate", "LC_COLLATE"), ("datctype", "LC_CTYPE")] {
+        if let Some(value) = text(key) {
+            ddl.push_str(&format!(" {option} {}", sql::literal(value)));
+        }
+    }
+    if text("datlocprovider") == Some("i")
+        && let Some(icu) = text("daticulocale").or_else(|| text("datlocale"))
+    {
+        ddl.push_str(&format!(
+            " LOCALE_PROVIDER icu ICU_LOCALE {}",
+            sql::literal(icu)
+        ));
+    }
+    sqlx::raw_sql(AssertSqlSafe(ddl))
+        .execute(&mut conn)
+        .await
+        .map_err(db_error(format!("creating database `{name}`")))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+async fn drop_database(target: &ConnectionParams, name: &str) -> Result<(), RestoreError> {
+    let mut conn = maintenance(target).await?;
+    end_connections(&mut conn, name).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {}",
+        sql::ident(name)
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(db_error(format!("dropping database `{name}`")))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Ends every other session on `database` and waits until they are gone.
+async fn end_connections(conn: &mut PgConnection, database: &str) -> Result<(), RestoreError> {
+    let deadline = tokio::time::Instant::now() + DISCONNECT_TIMEOUT;
+    loop {
+        // Signals every session still there; they leave a moment later.
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(database)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error(format!("ending the sessions on `{database}`")))?;
+        if left == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RestoreError::Database {
+                action: format!("ending the sessions on `{database}`"),
+                reason: format!(
+                    "{left} session(s) still open after {}s",
+                    DISCONNECT_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Gives `restored` the target's name, keeping the target as `kept_as`.
+async fn swap(
+    target: &ConnectionParams,
+    restored: &str,
+    kept_as: &str,
+) -> Result<(), RestoreError> {
+    let name = target.database();
+    let mut conn = maintenance(target).await?;
+    // Refuse new sessions first, so none arrives between ending the open ones and the rename.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+        sql::ident(name)
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(db_error(format!("refusing new connections to `{name}`")))?;
+    let swapped = async {
+        end_connections(&mut conn, name).await?;
+        end_connections(&mut conn, restored).await?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "BEGIN;
+             ALTER DATABASE {target} RENAME TO {kept};
+             ALTER DATABASE {restored} RENAME TO {target};
+             ALTER DATABASE {kept} WITH ALLOW_CONNECTIONS true;
+             COMMIT;",
+            target = sql::ident(name),
+            kept = sql::ident(kept_as),
+            restored = sql::ident(restored),
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(db_error(format!(
+            "renaming `{name}` to `{kept_as}` and `{restored}` to `{name}`"
+        )))
+    }
+    .await;
+    if let Err(err) = swapped {
+        // Nothing was renamed (one transaction): let the target be used again.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
+        let reopened = sqlx::raw_sql(AssertSqlSafe(format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            sql::ident(name)
+        )))
+        .execute(&mut conn)
+        .await;
+        if let Err(again) = reopened {
+            tracing::error!(database = name, error = %again, "could not allow connections to the target again");
+        }
+        return Err(err);
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Rows per table as the archive holds them: `(schema, table) -> rows`, read from the data
+/// section of the archive rendered as a script (one line per row inside each `COPY`).
+async fn count_archive_rows(
+    programs: &PgPrograms,
+    conn: &ConnectionParams,
+    archive: &Path,
+    io: &ClientIo,
+) -> Result<BTreeMap<(String, String), u64>, ArchiveError> {
+    let mut counts = BTreeMap::new();
+    let mut current: Option<((String, String), u64)> = None;
+    let mut on_line = |line: &[u8]| match &mut current {
+        Some((_, rows)) if line != b"\\." => *rows += 1,
+        Some(_) => {
+            let (table, rows) = current.take().expect("inside a COPY");
+            *counts.entry(table).or_insert(0) += rows;
+        }
+        None => {
+            if let Some(table) = copy_target(line) {
+                current = Some((table, 0));
+            }
+        }
+    };
+    let args: Vec<OsString> = vec!["--data-only".into(), "--file=-".into(), archive.into()];
+    run_program(&programs.pg_restore, &args, conn, io, Some(&mut on_line)).await?;
+    Ok(counts)
+}
+
+/// The table of a `COPY schema.table (cols) FROM stdin;` line, names unquoted.
+fn copy_target(line: &[u8]) -> Option<(String, String)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let rest = line.strip_prefix("COPY ")?;
+    if !rest.ends_with(" FROM stdin;") {
+        return None;
+    }
+    let (schema, rest) = identifier(rest)?;
+    let (table, _) = identifier(rest.strip_prefix('.')?)?;
+    Some((schema, table))
+}
+
+/// One identifier as `pg_dump` writes it (quoted when needed, `""` inside quotes) and the rest.
+fn identifier(text: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = text.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if quoted[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                } else {
+                    return Some((name, &quoted[i + 1..]));
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        let end = text.find(['.', ' ', '(']).unwrap_or(text.len());
+        (end > 0).then(|| (text[..end].to_owned(), &text[end..]))
+    }
+}
+
+/// Every table of `expected` exists in the database with exactly its rows; the differences.
+async fn compare_rows(
+    conn: &ConnectionParams,
+    expected: &BTreeMap<(String, String), u64>,
+) -> Result<Vec<String>, RestoreError> {
+    let mut db = PgConnection::connect_with(&conn.connect_options())
+        .await
+        .map_err(db_error(format!(
+            "connecting to the restored database `{}`",
+            conn.database()
+        )))?;
+    let mut problems = Vec::new();
+    for ((schema, table), rows) in expected {
+        let name = sql::table(schema, table);
+        let counted: Result<i64, _> =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {name}")))
+                .fetch_one(&mut db)
+                .await;
+        match counted {
+            Ok(n) if n as u64 == *rows => {}
+            Ok(n) => problems.push(format!("{name} has {n} row(s), the archive {rows}")),
+            Err(err) => problems.push(format!("{name}: {}", describe_db_error(&err))),
+        }
+    }
+    db.close().await.ok();
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_lines_name_their_table() {
+        assert_eq!(
+            copy_target(b"COPY public.users (id, name) FROM stdin;"),
+            Some(("public".into(), "users".into()))
+        );
+        assert_eq!(
+            copy_target(b"COPY \"tenant_7; DROP TABLE x\".\"Users\"\"s\" (id) FROM stdin;"),
+            Some(("tenant_7; DROP TABLE x".into(), "Users\"s".into()))
+        );
+        assert_eq!(copy_target(b"COPY x FROM stdin;"), None);
+        assert_eq!(
+            copy_target(b"SELECT pg_catalog.setval('s', 1, true);"),
+            None
+        );
+    }
+
+    #[test]
+    fn stamped_names_fit_postgres() {
+        let at = time::macros::datetime!(2025-03-04 05:06:07 UTC);
+        assert_eq!(
+            stamped_name("app", "_restored_", at),
+            "app_restored_20250304050607"
+        );
+        let long = "é".repeat(40);
+        let name = stamped_name(&long, "_before_restore_", at);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.ends_with("_before_restore_20250304050607"));
+    }
+
+    #[test]
+    fn restore_arguments_keep_odd_names_as_names() {
+        let args: Vec<String> = restore_args(Path::new("/b/a"), "x=y o'k", 4, false)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--no-password",
+                "--exit-on-error",
+                "--jobs=4",
+                "--dbname=dbname='x=y o\\'k'",
+                "/b/a"
+            ]
+        );
+        let in_place = restore_args(Path::new("/b/a"), "app", 1, true);
+        assert!(in_place.contains(&"--clean".into()));
+        assert!(in_place.contains(&"--single-transaction".into()));
+    }
+}

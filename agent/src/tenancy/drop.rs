@@ -1,0 +1,688 @@
+//! Dropping tenant schemas: only verified tenants', only after their archive is written, only
+//! by exact quoted name, and never taking anything outside the schema with them.
+//!
+//! Every refusal comes before the first drop: a tenant not verified in this run, an archive
+//! that does not hold exactly these schemas, a table the plan does not cover, an object
+//! elsewhere that depends on a tenant object (a view in `public`, a foreign key, a function),
+//! or an object inside a schema that dropping its tables would not remove. Then each schema
+//! goes in a transaction of its own: its tables one by one with `RESTRICT` (referencing
+//! tables first), then the schema with `RESTRICT`. `RESTRICT` is the backstop: should a
+//! dependent appear after the checks, PostgreSQL refuses (SQLSTATE 2BP01) and its detail,
+//! which names the object, is reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use sqlx::postgres::PgDatabaseError;
+use sqlx::{AssertSqlSafe, PgPool, Row};
+
+use super::archive::Archive;
+use super::plan::Plan;
+use super::sql;
+use crate::steps::is_transient_db_error;
+
+/// After this many tables dropped, the catalogs are vacuumed: each table leaves dead rows in
+/// pg_class, pg_attribute, pg_type, pg_depend, pg_constraint and pg_index, and catalog
+/// bloat slows down every later catalog lookup.
+pub const VACUUM_AFTER_TABLES: u64 = 100;
+/// How long a drop waits for a table lock (the application may hold one) before it fails.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The catalogs a large drop leaves dead rows in.
+const CATALOGS: &str = "pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalog.pg_type, \
+                        pg_catalog.pg_depend, pg_catalog.pg_constraint, pg_catalog.pg_index";
+
+/// One schema as it will be dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaDrop {
+    /// The tenant.
+    pub tenant: i64,
+    /// The schema, by exact name.
+    pub schema: String,
+    /// Foreign keys between its own tables that form a cycle, dropped first: (table, constraint).
+    pub cycle_constraints: Vec<(String, String)>,
+    /// Its tables in drop order: a table before those it references.
+    pub tables: Vec<String>,
+}
+
+impl SchemaDrop {
+    /// The statements of its transaction, in order.
+    pub fn statements(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .cycle_constraints
+            .iter()
+            .map(|(table, constraint)| {
+                format!(
+                    "ALTER TABLE {} DROP CONSTRAINT {} RESTRICT",
+                    sql::table(&self.schema, table),
+                    sql::ident(constraint)
+                )
+            })
+            .collect();
+        out.extend(
+            self.tables
+                .iter()
+                .map(|t| format!("DROP TABLE {} RESTRICT", sql::table(&self.schema, t))),
+        );
+        out.push(format!("DROP SCHEMA {} RESTRICT", sql::ident(&self.schema)));
+        out
+    }
+}
+
+/// What the checks found may be dropped, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropCheck {
+    /// The schemas, in tenant order.
+    pub schemas: Vec<SchemaDrop>,
+}
+
+impl DropCheck {
+    /// Tables in all.
+    pub fn tables(&self) -> u64 {
+        self.schemas.iter().map(|s| s.tables.len() as u64).sum()
+    }
+
+    /// The schemas' names.
+    pub fn schema_names(&self) -> Vec<String> {
+        self.schemas.iter().map(|s| s.schema.clone()).collect()
+    }
+
+    /// Every statement, one transaction per schema, for a dry run.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in &self.schemas {
+            let _ = writeln!(out, "tenant {} — in one transaction:", s.tenant);
+            for statement in s.statements() {
+                let _ = writeln!(out, "  {statement};");
+            }
+        }
+        if self.tables() > VACUUM_AFTER_TABLES {
+            let _ = writeln!(out, "then VACUUM (ANALYZE) {CATALOGS};");
+        }
+        out
+    }
+}
+
+/// What a drop did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropReport {
+    /// The schemas dropped, in order.
+    pub schemas: Vec<SchemaDrop>,
+    /// Tables dropped in all.
+    pub tables: u64,
+    /// Whether the catalogs were vacuumed afterwards.
+    pub vacuumed: bool,
+}
+
+/// Why schemas were not dropped (or not all of them).
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    /// The plan itself refuses: the tenant schemas are not in a state the engine understands.
+    #[error("the plan refuses, so nothing is dropped: {}", reasons.join("; "))]
+    PlanRefuses {
+        /// The plan's refusals.
+        reasons: Vec<String>,
+    },
+    /// Tenants of the plan were not verified in this run.
+    #[error(
+        "{}; only tenants whose verification passed in this run may have their schemas dropped \
+         (run the verify step first); nothing was dropped",
+        tenants.iter().map(|t| format!("tenant {t} has not been verified in this run")).collect::<Vec<_>>().join("; ")
+    )]
+    Unverified {
+        /// Who.
+        tenants: Vec<i64>,
+    },
+    /// The archive does not hold exactly the schemas to drop.
+    #[error(
+        "the archive {archive} does not cover exactly the schemas to drop{}{}; nothing was dropped",
+        if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) },
+        if extra.is_empty() { String::new() } else { format!(" (not to be dropped: {})", extra.join(", ")) }
+    )]
+    ArchiveMismatch {
+        /// The archive's path.
+        archive: String,
+        /// Schemas to drop that it does not hold.
+        missing: Vec<String>,
+        /// Schemas it holds that are not to be dropped.
+        extra: Vec<String>,
+    },
+    /// Objects outside the tenant schemas depend on objects inside them.
+    #[error(
+        "{}; drop or change them first (a drop never takes anything outside the tenant schema with it); nothing was dropped",
+        dependents.iter().map(|(schema, object, on)| format!("{object} depends on {on} of schema {schema}")).collect::<Vec<_>>().join("; ")
+    )]
+    Dependents {
+        /// (tenant schema, dependent object, what it depends on).
+        dependents: Vec<(String, String, String)>,
+    },
+    /// Objects inside a tenant schema that dropping its tables would not remove.
+    #[error(
+        "{}; the drop removes tables only (and what belongs to them), so move or drop these first; nothing was dropped",
+        objects.iter().map(|(schema, object)| format!("schema {schema} holds {object}")).collect::<Vec<_>>().join("; ")
+    )]
+    Leftovers {
+        /// (schema, object).
+        objects: Vec<(String, String)>,
+    },
+    /// A tenant schema holds tables the plan does not cover: their rows were never
+    /// consolidated or verified.
+    #[error(
+        "{}: the plan does not cover them, so their rows were neither consolidated nor verified; nothing was dropped",
+        tables.iter().map(|(s, t)| format!("{s}.{t}")).collect::<Vec<_>>().join(", ")
+    )]
+    Unplanned {
+        /// (schema, table).
+        tables: Vec<(String, String)>,
+    },
+    /// PostgreSQL refused a drop because something depends on the object (SQLSTATE 2BP01).
+    #[error(
+        "dropping schema {schema} stopped: {message}{}; {}",
+        detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(),
+        dropped_note(dropped)
+    )]
+    Blocked {
+        /// The schema whose transaction was rolled back.
+        schema: String,
+        /// PostgreSQL's message.
+        message: String,
+        /// PostgreSQL's detail: the dependent objects, by name.
+        detail: Option<String>,
+        /// Schemas dropped before it.
+        dropped: Vec<String>,
+    },
+    /// The database failed.
+    #[error(
+        "{}: {}{}",
+        schema.as_deref().map(|s| format!("dropping schema {s}")).unwrap_or_else(|| "checking the tenant schemas".into()),
+        crate::steps::describe_db_error(source),
+        if schema.is_some() { format!("; {}", dropped_note(dropped)) } else { String::new() }
+    )]
+    Database {
+        /// The schema being dropped, if the checks were done.
+        schema: Option<String>,
+        /// Schemas dropped before the failure.
+        dropped: Vec<String>,
+        /// The cause.
+        source: sqlx::Error,
+    },
+}
+
+fn dropped_note(dropped: &[String]) -> String {
+    if dropped.is_empty() {
+        "no schema was dropped".to_owned()
+    } else {
+        format!(
+            "{} schema(s) were dropped before it: {}",
+            dropped.len(),
+            dropped.join(", ")
+        )
+    }
+}
+
+impl DropError {
+    /// Whether another attempt may succeed (a lost connection, a lock timeout).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DropError::Database { source, .. } => {
+                is_transient_db_error(source)
+                    || matches!(source, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn checking(source: sqlx::Error) -> DropError {
+    DropError::Database {
+        schema: None,
+        dropped: Vec::new(),
+        source,
+    }
+}
+
+/// Everything that must hold before a drop, checked without writing: every tenant of the plan
+/// verified, the plan free of refusals, every table covered by it, no dependent outside the
+/// schemas and nothing inside them that table drops would leave behind. Returns how each
+/// schema will be dropped.
+pub async fn check_drop(
+    pool: &PgPool,
+    plan: &Plan,
+    verified: &BTreeSet<i64>,
+) -> Result<DropCheck, DropError> {
+    let unverified: Vec<i64> = plan
+        .tenants
+        .iter()
+        .map(|t| t.id)
+        .filter(|id| !verified.contains(id))
+        .collect();
+    if !unverified.is_empty() {
+        return Err(DropError::Unverified {
+            tenants: unverified,
+        });
+    }
+    if !plan.is_executable() {
+        return Err(DropError::PlanRefuses {
+            reasons: plan.refusals.iter().map(|r| r.to_string()).collect(),
+        });
+    }
+    if plan.tenants.is_empty() {
+        return Ok(DropCheck::default());
+    }
+    // Only the plan's schemas are ever named: pattern-matched and joined to the tenants table.
+    let names: Vec<String> = plan.tenants.iter().map(|t| t.schema.clone()).collect();
+    let oids: Vec<i64> = sqlx::query_scalar(
+        "SELECT oid::int8 FROM pg_namespace WHERE nspname = ANY($1) ORDER BY nspname",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await
+    .map_err(checking)?;
+
+    let dependents: Vec<(String, String, String)> = sqlx::query(DEPENDENTS_SQL)
+        .bind(&oids)
+        .fetch_all(pool)
+        .await
+        .map_err(checking)?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    if !dependents.is_empty() {
+        return Err(DropError::Dependents { dependents });
+    }
+    let leftovers: Vec<(String, String)> = sqlx::query(LEFTOVERS_SQL)
+        .bind(&oids)
+        .fetch_all(pool)
+        .await
+        .map_err(checking)?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !leftovers.is_empty() {
+        return Err(DropError::Leftovers { objects: leftovers });
+    }
+
+    // schema -> table oid -> name
+    let mut tables: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+    for r in sqlx::query(TABLES_SQL)
+        .bind(&oids)
+        .fetch_all(pool)
+        .await
+        .map_err(checking)?
+    {
+        tables
+            .entry(r.get(0))
+            .or_default()
+            .insert(r.get(2), r.get(1));
+    }
+    let planned: BTreeSet<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    let unplanned: Vec<(String, String)> = tables
+        .iter()
+        .flat_map(|(schema, ts)| ts.values().map(move |t| (schema, t)))
+        .filter(|(_, t)| !planned.contains(t.as_str()))
+        .map(|(s, t)| (s.clone(), t.clone()))
+        .collect();
+    if !unplanned.is_empty() {
+        return Err(DropError::Unplanned { tables: unplanned });
+    }
+    // child oid -> (parent oid, foreign key name or None for inheritance)
+    let mut edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = BTreeMap::new();
+    for r in sqlx::query(EDGES_SQL)
+        .bind(&oids)
+        .fetch_all(pool)
+        .await
+        .map_err(checking)?
+    {
+        edges
+            .entry(r.get(0))
+            .or_default()
+            .push((r.get(1), r.get(2)));
+    }
+
+    let schemas = plan
+        .tenants
+        .iter()
+        .map(|t| {
+            let own = tables.remove(&t.schema).unwrap_or_default();
+            let (order, cycle_constraints) = drop_order(&own, &edges);
+            SchemaDrop {
+                tenant: t.id,
+                schema: t.schema.clone(),
+                cycle_constraints,
+                tables: order,
+            }
+        })
+        .collect();
+    Ok(DropCheck { schemas })
+}
+
+/// Tables in an order where each comes before every table it references; tables caught in a
+/// cycle of foreign keys come last, after those keys are dropped (returned by name).
+fn drop_order(
+    tables: &BTreeMap<i64, String>,
+    edges: &BTreeMap<i64, Vec<(i64, Option<String>)>>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    // How many remaining tables reference each table.
+    let mut referenced_by: BTreeMap<i64, usize> = tables.keys().map(|&oid| (oid, 0)).collect();
+    for (child, parents) in edges {
+        if !tables.contains_key(child) {
+            continue;
+        }
+        for (parent, _) in parents {
+            if let Some(n) = referenced_by.get_mut(parent) {
+                *n += 1;
+            }
+        }
+    }
+    let mut order = Vec::new();
+    let mut remaining: BTreeSet<i64> = tables.keys().copied().collect();
+    loop {
+        let ready: Vec<i64> = remaining
+            .iter()
+            .copied()
+            .filter(|oid| referenced_by[oid] == 0)
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for oid in ready {
+            remaining.remove(&oid);
+            order.push(tables[&oid].clone());
+            for (parent, _) in edges.get(&oid).into_iter().flatten() {
+                if let Some(n) = referenced_by.get_mut(parent) {
+                    *n -= 1;
+                }
+            }
+        }
+    }
+    let mut cycle_constraints = Vec::new();
+    for &oid in &remaining {
+        for (parent, constraint) in edges.get(&oid).into_iter().flatten() {
+            if let Some(constraint) = constraint
+                && remaining.contains(parent)
+            {
+                cycle_constraints.push((tables[&oid].clone(), constraint.clone()));
+            }
+        }
+        order.push(tables[&oid].clone());
+    }
+    (order, cycle_constraints)
+}
+
+/// Drops the plan's tenant schemas, after [`check_drop`] passes again and `archive` is found to
+/// hold exactly them. One transaction per schema; the catalogs are vacuumed after more than
+/// [`VACUUM_AFTER_TABLES`] tables.
+#[tracing::instrument(skip_all, fields(tenants = plan.tenants.len()))]
+pub async fn drop_schemas(
+    pool: &PgPool,
+    plan: &Plan,
+    verified: &BTreeSet<i64>,
+    archive: &Archive,
+) -> Result<DropReport, DropError> {
+    let check = check_drop(pool, plan, verified).await?;
+    if check.schemas.is_empty() {
+        return Ok(DropReport::default());
+    }
+    let wanted: BTreeSet<String> = check.schema_names().into_iter().collect();
+    let held: BTreeSet<String> = archive.schemas.iter().cloned().collect();
+    let exists = tokio::fs::metadata(&archive.path).await.is_ok();
+    if wanted != held || !exists {
+        return Err(DropError::ArchiveMismatch {
+            archive: format!(
+                "{}{}",
+                archive.path.display(),
+                if exists { "" } else { " (not found)" }
+            ),
+            missing: wanted.difference(&held).cloned().collect(),
+            extra: held.difference(&wanted).cloned().collect(),
+        });
+    }
+
+    let mut dropped: Vec<String> = Vec::new();
+    let mut report = DropReport::default();
+    for schema in check.schemas {
+        match drop_one(pool, &schema).await {
+            Ok(()) => {
+                tracing::info!(schema = %schema.schema, tables = schema.tables.len(), "tenant schema dropped");
+                dropped.push(schema.schema.clone());
+                report.tables += schema.tables.len() as u64;
+                report.schemas.push(schema);
+            }
+            Err(source) => {
+                if let sqlx::Error::Database(db) = &source
+                    && db.code().as_deref() == Some("2BP01")
+                {
+                    let detail = db
+                        .try_downcast_ref::<PgDatabaseError>()
+                        .and_then(|pg| pg.detail().map(str::to_owned));
+                    return Err(DropError::Blocked {
+                        schema: schema.schema,
+                        message: db.message().to_owned(),
+                        detail,
+                        dropped,
+                    });
+                }
+                return Err(DropError::Database {
+                    schema: Some(schema.schema),
+                    dropped,
+                    source,
+                });
+            }
+        }
+    }
+    if report.tables > VACUUM_AFTER_TABLES {
+        // VACUUM cannot run in a transaction: one statement on its own.
+        match sqlx::raw_sql(AssertSqlSafe(format!("VACUUM (ANALYZE) {CATALOGS}")))
+            .execute(pool)
+            .await
+        {
+            Ok(_) => report.vacuumed = true,
+            Err(err) => {
+                tracing::warn!(error = %err, "vacuuming the catalogs after the drop failed")
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn drop_one(pool: &PgPool, schema: &SchemaDrop) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        LOCK_TIMEOUT.as_millis()
+    )))
+    .execute(&mut *tx)
+    .await?;
+    for statement in schema.statements() {
+        sqlx::query(AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Objects outside each tenant schema that depend on an object inside it (a table, a type, a
+/// function), with where they live. A dependent's home is its own schema, or for a rule,
+/// trigger, default, policy or constraint the schema of its table; an object of any other
+/// catalog has no known home and is reported, to be safe.
+const DEPENDENTS_SQL: &str = "
+WITH inside AS (
+    SELECT 'pg_class'::regclass AS classid, c.oid AS objid, c.relnamespace AS nsp
+      FROM pg_class c WHERE c.relnamespace::int8 = ANY($1)
+    UNION ALL
+    SELECT 'pg_type'::regclass, t.oid, t.typnamespace FROM pg_type t WHERE t.typnamespace::int8 = ANY($1)
+    UNION ALL
+    SELECT 'pg_proc'::regclass, p.oid, p.pronamespace FROM pg_proc p WHERE p.pronamespace::int8 = ANY($1)
+), dependents AS (
+    SELECT DISTINCT d.classid, d.objid, i.nsp, i.classid AS refclassid, i.objid AS refobjid
+      FROM pg_depend d
+      JOIN inside i ON d.refclassid = i.classid AND d.refobjid = i.objid
+     WHERE d.deptype IN ('n', 'a')
+), placed AS (
+    SELECT d.*,
+           CASE d.classid
+             WHEN 'pg_class'::regclass THEN (SELECT c.relnamespace FROM pg_class c WHERE c.oid = d.objid)
+             WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
+             WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
+             WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
+             WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
+             WHEN 'pg_constraint'::regclass THEN (
+                 SELECT coalesce(c.relnamespace, t.typnamespace, k.connamespace) FROM pg_constraint k
+                   LEFT JOIN pg_class c ON c.oid = k.conrelid LEFT JOIN pg_type t ON t.oid = k.contypid
+                  WHERE k.oid = d.objid)
+             WHEN 'pg_proc'::regclass THEN (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = d.objid)
+             WHEN 'pg_type'::regclass THEN (SELECT t.typnamespace FROM pg_type t WHERE t.oid = d.objid)
+             WHEN 'pg_statistic_ext'::regclass THEN (SELECT s.stxnamespace FROM pg_statistic_ext s WHERE s.oid = d.objid)
+           END AS home,
+           -- A view is known by its name, not by its rule's.
+           CASE WHEN d.classid = 'pg_rewrite'::regclass THEN 'pg_class'::regclass::oid ELSE d.classid END AS shown_class,
+           CASE WHEN d.classid = 'pg_rewrite'::regclass
+                THEN (SELECT r.ev_class FROM pg_rewrite r WHERE r.oid = d.objid) ELSE d.objid END AS shown_obj
+      FROM dependents d
+)
+SELECT n.nspname::text,
+       dep.type || ' ' || dep.identity,
+       string_agg(DISTINCT ref.type || ' ' || ref.identity, ', ')
+  FROM placed p
+  JOIN pg_namespace n ON n.oid = p.nsp
+  CROSS JOIN LATERAL pg_identify_object(p.shown_class, p.shown_obj, 0) dep
+  CROSS JOIN LATERAL pg_identify_object(p.refclassid, p.refobjid, 0) ref
+ WHERE p.home IS DISTINCT FROM p.nsp
+ GROUP BY 1, 2
+ ORDER BY 1, 2";
+
+/// Objects inside each tenant schema other than its tables and the sequences they own: a
+/// view, a function, a type, a free-standing sequence. Dropping the tables leaves them, and
+/// `DROP SCHEMA … RESTRICT` would then refuse.
+const LEFTOVERS_SQL: &str = "
+SELECT n.nspname::text, o.type || ' ' || o.identity
+  FROM pg_depend d
+  JOIN pg_namespace n ON n.oid = d.refobjid
+  CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, 0) o
+ WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid::int8 = ANY($1) AND d.deptype = 'n'
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_class c
+        WHERE d.classid = 'pg_class'::regclass AND c.oid = d.objid
+          AND (c.relkind IN ('r', 'p')
+               OR (c.relkind = 'S' AND EXISTS (
+                   SELECT 1 FROM pg_depend o JOIN pg_class t ON t.oid = o.refobjid
+                    WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                      AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i')
+                      AND t.relnamespace = c.relnamespace AND t.relkind IN ('r', 'p')))))
+ ORDER BY 1, 2";
+
+/// Each schema's tables (partitions of a table in the same schema go with their parent).
+const TABLES_SQL: &str = "
+SELECT n.nspname::text, c.relname::text, c.oid::int8
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relnamespace::int8 = ANY($1) AND c.relkind IN ('r', 'p')
+   AND NOT (c.relispartition AND EXISTS (
+       SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+        WHERE i.inhrelid = c.oid AND p.relnamespace = c.relnamespace))";
+
+/// References between tables of the same schema: foreign keys (with their name) and plain
+/// inheritance; the referencing table must go first.
+const EDGES_SQL: &str = "
+SELECT k.conrelid::int8, k.confrelid::int8, k.conname::text
+  FROM pg_constraint k
+  JOIN pg_class a ON a.oid = k.conrelid
+  JOIN pg_class b ON b.oid = k.confrelid
+ WHERE k.contype = 'f' AND a.relnamespace::int8 = ANY($1) AND b.relnamespace = a.relnamespace
+   AND k.conrelid <> k.confrelid AND k.conparentid = 0
+UNION ALL
+SELECT i.inhrelid::int8, i.inhparent::int8, NULL
+  FROM pg_inherits i
+  JOIN pg_class a ON a.oid = i.inhrelid
+  JOIN pg_class b ON b.oid = i.inhparent
+ WHERE a.relnamespace::int8 = ANY($1) AND b.relnamespace = a.relnamespace AND NOT a.relispartition";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(pairs: &[(i64, &str)]) -> BTreeMap<i64, String> {
+        pairs.iter().map(|(o, n)| (*o, (*n).to_owned())).collect()
+    }
+
+    #[test]
+    fn referencing_tables_go_first() {
+        // users <- courses <- graduates, users <- graduates, courses -> courses (self: ignored upstream)
+        let tables = names(&[(1, "users"), (2, "courses"), (3, "graduates")]);
+        let edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = [
+            (2, vec![(1, Some("c_u".into()))]),
+            (3, vec![(1, Some("g_u".into())), (2, Some("g_c".into()))]),
+        ]
+        .into_iter()
+        .collect();
+        let (order, cycles) = drop_order(&tables, &edges);
+        assert_eq!(order, ["graduates", "courses", "users"]);
+        assert!(cycles.is_empty());
+    }
+
+    #[test]
+    fn a_cycle_is_broken_by_its_own_constraints() {
+        let tables = names(&[(1, "a"), (2, "b"), (3, "c")]);
+        let edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = [
+            (1, vec![(2, Some("a_b".into()))]),
+            (2, vec![(1, Some("b_a".into()))]),
+            (3, vec![(1, Some("c_a".into()))]),
+        ]
+        .into_iter()
+        .collect();
+        let (order, cycles) = drop_order(&tables, &edges);
+        assert_eq!(order, ["c", "a", "b"]);
+        assert_eq!(
+            cycles,
+            [
+                ("a".to_owned(), "a_b".to_owned()),
+                ("b".to_owned(), "b_a".to_owned())
+            ]
+        );
+        let drop = SchemaDrop {
+            tenant: 1,
+            schema: "tenant_1".into(),
+            cycle_constraints: cycles,
+            tables: order,
+        };
+        assert_eq!(
+            drop.statements(),
+            [
+                "ALTER TABLE \"tenant_1\".\"a\" DROP CONSTRAINT \"a_b\" RESTRICT",
+                "ALTER TABLE \"tenant_1\".\"b\" DROP CONSTRAINT \"b_a\" RESTRICT",
+                "DROP TABLE \"tenant_1\".\"c\" RESTRICT",
+                "DROP TABLE \"tenant_1\".\"a\" RESTRICT",
+                "DROP TABLE \"tenant_1\".\"b\" RESTRICT",
+                "DROP SCHEMA \"tenant_1\" RESTRICT",
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_name_what_stands_in_the_way() {
+        let e = DropError::Unverified {
+            tenants: vec![3, 5],
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("tenant 3 has not been verified in this run"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tenant 5 has not been verified in this run"),
+            "{text}"
+        );
+        let e = DropError::Dependents {
+            dependents: vec![(
+                "tenant_2".into(),
+                "view public.tenant_users".into(),
+                "table tenant_2.users".into(),
+            )],
+        };
+        assert!(
+            e.to_string().starts_with(
+                "view public.tenant_users depends on table tenant_2.users of schema tenant_2"
+            ),
+            "{e}"
+        );
+    }
+}
