@@ -138,13 +138,53 @@ else
   say "PostgreSQL started (port $pg_port, log $logs/postgres.log)"
 fi
 
-# --- agent -------------------------------------------------------------------------------
+# --- demo database ----------------------------------------------------------------------
 export NATS_URL="nats://127.0.0.1:$nats_port"
-export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+demo_db=${ROLLBACK_DEMO_DB:-rollback_demo}
+export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$demo_db"
+say "building the agent (release)"
+cargo build --release -p rollback-agent --bin rollback-agent >>"$logs/build.log" 2>&1 ||
+  { tail -n 30 "$logs/build.log" >&2; die "build failed (log: $logs/build.log)"; }
+agent_bin=$root/target/release/rollback-agent
+if ! as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = '$demo_db'" | grep -q 1; then
+  as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres "$demo_db"
+  say "generating the demo multi-tenant database $demo_db"
+  "$agent_bin" demo-db --tenants "${DEMO_TENANTS:-20}" --rows "${DEMO_ROWS:-50}" --decoys >>"$logs/demo-db.log" 2>&1 ||
+    { tail -n 20 "$logs/demo-db.log" >&2; die "demo database generation failed"; }
+fi
+
+# --- agent -------------------------------------------------------------------------------
+config=$local_dir/agent.toml
+if [ ! -f "$config" ]; then
+  user=$(id -un)
+  cat >"$config" <<EOF
+# Written by deploy/local/start.sh for the local demo; edit freely (see deploy/agent.example.toml).
+[agent]
+name = "local-agent"
+runbooks_dir = "$root/deploy/runbooks"
+lease_ttl = "5s"
+
+[databases.app]
+
+[policy.users]
+"$user" = ["admin"]
+
+[escalation]
+stall_after = "15m"
+[[escalation.levels]]
+name = "team lead"
+mentions = ["@team-lead"]
+
+[metrics]
+listen = "127.0.0.1:9464"
+EOF
+  say "wrote $config"
+fi
 say "NATS_URL=$NATS_URL DATABASE_URL=$DATABASE_URL"
-# In the background so that TERM and INT run the cleanup at once instead of after the agent
-# exits; cargo run execs the agent, so $! is the agent once it is built.
-cargo run --release -p rollback-agent -- run "$@" <&0 &
+say "agent: metrics and health on http://127.0.0.1:9464/ (Ctrl-C stops everything this script started)"
+# In the background so that TERM and INT run the cleanup at once instead of after the agent exits.
+"$agent_bin" run --config "$config" "$@" <&0 &
 agent_pid=$!
 status=0
 wait "$agent_pid" || status=$?

@@ -73,6 +73,11 @@ impl AgentProcess {
         Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
     }
 
+    /// The process id while the agent runs (shell steps see it as `$PPID`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(tokio::process::Child::id)
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

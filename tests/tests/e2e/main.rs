@@ -2,7 +2,10 @@
 //! single test executable instead of one per file.
 
 mod agent;
+mod agent_recovery;
+mod archive;
 mod demo_db;
+mod harness;
 mod steps;
 mod store;
 mod support;
