@@ -301,6 +301,21 @@ async fn main() {
     );
     engine_pool.close().await;
 
+    // Diagnostic, not a way the product runs: the same consolidation with every trigger off
+    // (session_replication_role = replica, superuser only), to measure the share of the
+    // foreign-key checks in the engine's time.
+    eprintln!("engine with triggers off (diagnostic) ...");
+    create_from(&admin, "bench_engine_nofk", "bench_source").await;
+    let opts: sqlx::postgres::PgConnectOptions = url_of(&pg, "bench_engine_nofk").parse().expect("url");
+    let nofk_pool = PgPoolOptions::new()
+        .max_connections(CONCURRENCY as u32 + 2)
+        .connect_with(opts.options([("session_replication_role", "replica")]))
+        .await
+        .expect("connect");
+    let nofk = engine(&nofk_pool).await;
+    nofk_pool.close().await;
+    eprintln!("  engine, triggers off: consolidate {:.2} s", nofk.consolidate.as_secs_f64());
+
     eprintln!("engine at 100 tenants (memory) ...");
     let small_spec = DemoSpec {
         tenants: 100,
@@ -338,6 +353,12 @@ async fn main() {
         big.consolidate.as_secs_f64(),
         rate(total_rows, big.consolidate),
         big.consolidate.as_secs_f64() / floor_time.as_secs_f64()
+    );
+    println!(
+        "| diagnostic: the same consolidation with triggers off (no FK checks) | {:.2} s | {:.0} | {:.2}× the floor's time |",
+        nofk.consolidate.as_secs_f64(),
+        rate(total_rows, nofk.consolidate),
+        nofk.consolidate.as_secs_f64() / floor_time.as_secs_f64()
     );
     println!(
         "| engine verify (per-unit fingerprints + global checks) | {:.2} s | {:.0} | {:.2}× the floor's time ({:.2}× consolidate) |",
