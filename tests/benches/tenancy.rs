@@ -306,7 +306,8 @@ async fn main() {
     // foreign-key checks in the engine's time.
     eprintln!("engine with triggers off (diagnostic) ...");
     create_from(&admin, "bench_engine_nofk", "bench_source").await;
-    let opts: sqlx::postgres::PgConnectOptions = url_of(&pg, "bench_engine_nofk").parse().expect("url");
+    let opts: sqlx::postgres::PgConnectOptions =
+        url_of(&pg, "bench_engine_nofk").parse().expect("url");
     let nofk_pool = PgPoolOptions::new()
         .max_connections(CONCURRENCY as u32 + 2)
         .connect_with(opts.options([("session_replication_role", "replica")]))
@@ -314,7 +315,10 @@ async fn main() {
         .expect("connect");
     let nofk = engine(&nofk_pool).await;
     nofk_pool.close().await;
-    eprintln!("  engine, triggers off: consolidate {:.2} s", nofk.consolidate.as_secs_f64());
+    eprintln!(
+        "  engine, triggers off: consolidate {:.2} s",
+        nofk.consolidate.as_secs_f64()
+    );
 
     eprintln!("engine at 100 tenants (memory) ...");
     let small_spec = DemoSpec {

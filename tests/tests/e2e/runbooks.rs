@@ -1,0 +1,297 @@
+//! The runbooks the product ships, in `deploy/runbooks/`: each parses, and the tenancy rollback
+//! runs end to end as a dry run through a real agent against a real demo database, changing
+//! nothing while every executable step says what it would do.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rollback_agent::tenancy::demo::{self, DemoSpec};
+use rollback_agent::tenancy::sql;
+use rollback_proto::runbook::{DryRunBehaviour, Runbook, StepKind};
+use rollback_proto::state::StepStatus;
+use rollback_proto::{Command, Event, OutputStream, RunStatus};
+use rollback_tests::Postgres;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use super::harness::{DEADLINE, Harness, HttpStub, status_of, step};
+
+const TENANCY_ROLLBACK: &str = include_str!("../../../deploy/runbooks/tenancy-rollback.toml");
+
+#[test]
+fn the_shipped_tenancy_rollback_runbook_parses() {
+    let runbook = Runbook::parse("deploy/runbooks/tenancy-rollback.toml", TENANCY_ROLLBACK)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(runbook.name, "tenancy-rollback");
+    let phases: Vec<&str> = runbook.phases.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "pre-rollback",
+            "application-rollback",
+            "database-rollback",
+            "configuration-rollback",
+            "verification",
+            "post-rollback"
+        ]
+    );
+    for param in [
+        "app_dir",
+        "artisan",
+        "stable_commit",
+        "backup_dir",
+        "env_backup",
+        "health_url",
+    ] {
+        assert!(runbook.params.contains_key(param), "param {param}");
+    }
+    assert_eq!(runbook.params["artisan"], "php artisan");
+    for phase in &runbook.phases {
+        for s in &phase.steps {
+            if s.destructive {
+                assert!(s.approvals >= 1, "{} is destructive", s.id);
+            }
+            if s.dry_run == DryRunBehaviour::Execute {
+                assert!(
+                    matches!(
+                        s.kind,
+                        StepKind::Plan(_) | StepKind::Wait(_) | StepKind::Verify(_)
+                    ),
+                    "{} executes in a dry run but is not read-only",
+                    s.id
+                );
+            }
+        }
+    }
+    let kind_of = |id: &str| &runbook.step(&step(id)).unwrap().2.kind;
+    assert!(matches!(kind_of("backup"), StepKind::PgDump(_)));
+    assert!(matches!(kind_of("drop-schemas"), StepKind::DropSchemas(_)));
+    assert!(matches!(kind_of("go-ahead"), StepKind::Approval));
+    assert_eq!(runbook.step(&step("go-ahead")).unwrap().2.approvals, 2);
+}
+
+/// (schema, table) -> rows, for every table of the given schemas.
+async fn row_counts(pool: &PgPool, schemas: &[String]) -> BTreeMap<(String, String), i64> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
+    )
+    .bind(schemas)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for (schema, table) in tables {
+        let q = format!("SELECT count(*) FROM {}", sql::table(&schema, &table));
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(q))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        out.insert((schema, table), n);
+    }
+    out
+}
+
+/// Every schema that is not the server's own.
+async fn user_schemas(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace
+         WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A dry run of the shipped runbook, driven as people would: `next` for each phase, every
+/// checklist item ticked, approvals by two people other than the one who started the phase.
+#[tokio::test]
+async fn a_dry_run_of_the_tenancy_rollback_runbook_changes_nothing() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let summary = demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 3,
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.tenants, [1, 2, 3]);
+    let schemas_before = user_schemas(&pool).await;
+    let counts_before = row_counts(&pool, &schemas_before).await;
+
+    let h = Harness::new().await;
+    h.runbook("tenancy-rollback", TENANCY_ROLLBACK);
+    let health = HttpStub::start(|_| 200).await;
+    let app_dir = h.path("app");
+    let backup_dir = h.path("backups");
+    std::fs::create_dir(&app_dir).unwrap();
+    let _agent = h
+        .agent(
+            "agent-a",
+            &format!("[databases.app]\nurl = \"{}\"\n", db.url),
+        )
+        .await;
+
+    let params: BTreeMap<String, String> = [
+        ("app_dir", app_dir.display().to_string()),
+        ("backup_dir", backup_dir.display().to_string()),
+        ("env_backup", h.path("env.original").display().to_string()),
+        ("health_url", format!("{}/up", health.url)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let run = h.start_with("tenancy-rollback", true, params).await;
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let state = loop {
+        let state = h.store.load(run).await.unwrap().state.unwrap();
+        if state.is_finished() {
+            break state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dry run did not finish:\n{}",
+            rollback_proto::render::status_text(&state)
+        );
+        let Some(p) = state.active_phase else {
+            h.accepted("alice", &["oncall"], Command::Next { run })
+                .await;
+            continue;
+        };
+        let current = state.runbook.phases[p]
+            .steps
+            .iter()
+            .zip(&state.phases[p].steps)
+            .find(|(_, st)| !st.status.is_terminal());
+        if let Some((def, st)) = current {
+            match &st.status {
+                StepStatus::Failed { .. } | StepStatus::InDoubt { .. } => panic!(
+                    "step {} stopped: {:?}\n{:#?}",
+                    def.id,
+                    st.status,
+                    h.events(run).await
+                ),
+                StepStatus::Pending => {
+                    if let StepKind::Checklist(list) = &def.kind {
+                        for item in 1..=list.items.len() as u32 {
+                            if !st.checked.contains(&item) {
+                                h.accepted(
+                                    "alice",
+                                    &["oncall"],
+                                    Command::Check {
+                                        run,
+                                        step: def.id.clone(),
+                                        item,
+                                    },
+                                )
+                                .await;
+                            }
+                        }
+                        continue;
+                    }
+                    let given = st.approvals.len();
+                    let needed = def.approvals as usize;
+                    if given < needed {
+                        for who in ["bob", "carol"].iter().take(needed).skip(given) {
+                            h.accepted(
+                                who,
+                                &["approvers"],
+                                Command::Approve {
+                                    run,
+                                    step: def.id.clone(),
+                                },
+                            )
+                            .await;
+                        }
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let events = h.events(run).await;
+    assert_eq!(state.status, RunStatus::Completed, "{events:#?}");
+
+    // Every step that would act said what it would do; the read-only ones really ran.
+    for phase in &state.runbook.phases {
+        for def in &phase.steps {
+            assert!(
+                matches!(
+                    status_of(&state, def.id.as_str()),
+                    StepStatus::Succeeded { .. }
+                ),
+                "{}: {:?}",
+                def.id,
+                status_of(&state, def.id.as_str())
+            );
+            if def.kind.is_human() || def.dry_run == DryRunBehaviour::Execute {
+                continue;
+            }
+            let described: String = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::StepOutputRecorded {
+                        step,
+                        stream: OutputStream::DryRun,
+                        text,
+                        ..
+                    } if *step == def.id => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                !described.is_empty(),
+                "{} recorded no dry-run description",
+                def.id
+            );
+        }
+    }
+    let described = |id: &str| -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepOutputRecorded {
+                    step,
+                    stream: OutputStream::DryRun,
+                    text,
+                    ..
+                } if step.as_str() == id => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(described("maintenance-on").contains("php artisan down --retry=60"));
+    assert!(described("code-revert").contains(&format!("git -C {}", app_dir.display())));
+    assert!(described("backup").contains("pg_dump"));
+    assert!(described("drop-schemas").contains("DROP SCHEMA \"tenant_3\" RESTRICT;"));
+    assert!(
+        !described("backup").contains(&db.url),
+        "no URL in a description"
+    );
+    assert!(state.archives.is_empty());
+    // The health wait really polled the stub.
+    let requests = health.requests();
+    assert!(!requests.is_empty(), "the health URL was polled");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.method == "GET" && r.path == "/up")
+    );
+
+    // Nothing changed: the same schemas (no bookkeeping either), the same rows, no files.
+    assert_eq!(user_schemas(&pool).await, schemas_before);
+    for tenant in ["tenant_1", "tenant_2", "tenant_3"] {
+        assert!(schemas_before.iter().any(|s| s == tenant), "{tenant}");
+    }
+    assert_eq!(row_counts(&pool, &schemas_before).await, counts_before);
+    assert!(!backup_dir.exists(), "a dry run writes no backup");
+    assert_eq!(std::fs::read_dir(&app_dir).unwrap().count(), 0);
+}
