@@ -9,7 +9,7 @@ use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
 use rollback_agent::tenancy::{demo, verify};
 use rollback_proto::Runbook;
-use rollback_proto::runbook::{IdStrategy, StepKind};
+use rollback_proto::runbook::{FkChecks, IdStrategy, StepKind};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -58,6 +58,10 @@ enum Cmd {
         /// Report what would be done and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Foreign-key checks while loading: row by row (enforced), in bulk at the end
+        /// (deferred; superuser, no application triggers), or deferred when safe (auto).
+        #[arg(long, value_enum, default_value_t = FkMode::Auto)]
+        fk_checks: FkMode,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -97,6 +101,13 @@ enum Cmd {
         #[arg(long)]
         decoys: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FkMode {
+    Auto,
+    Enforced,
+    Deferred,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -258,6 +269,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             scope,
             concurrency,
             dry_run,
+            fk_checks,
             format,
         } => {
             let pool = connect(&scope.database_url, concurrency as u32 + 2).await?;
@@ -269,6 +281,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let opts = ConsolidateOptions {
                 concurrency,
                 dry_run,
+                fk_checks: match fk_checks {
+                    FkMode::Auto => FkChecks::Auto,
+                    FkMode::Enforced => FkChecks::Enforced,
+                    FkMode::Deferred => FkChecks::Deferred,
+                },
             };
             let report = consolidate::consolidate(&pool, &p, &opts, &|pr| {
                 tracing::info!(units = pr.units_done, of = pr.units_total, rows = pr.rows_done, tenant = pr.tenant, table = %pr.table, skipped = pr.skipped, "unit");

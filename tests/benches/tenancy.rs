@@ -21,6 +21,7 @@ use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_agent::tenancy::plan::{Plan, PlanOptions, plan};
 use rollback_agent::tenancy::sql;
 use rollback_agent::tenancy::verify::verify;
+use rollback_proto::runbook::FkChecks;
 use rollback_tests::Postgres;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -149,7 +150,7 @@ struct EngineRun {
     heap_peak: usize,
 }
 
-async fn engine(pool: &PgPool) -> EngineRun {
+async fn engine(pool: &PgPool, fk_checks: FkChecks) -> EngineRun {
     let started = Instant::now();
     let p = plan(pool, &PlanOptions::default()).await.expect("plan");
     let plan_time = started.elapsed();
@@ -162,6 +163,7 @@ async fn engine(pool: &PgPool) -> EngineRun {
         &ConsolidateOptions {
             concurrency: CONCURRENCY,
             dry_run: false,
+            fk_checks,
         },
         &|_| {},
     )
@@ -291,7 +293,7 @@ async fn main() {
     eprintln!("engine ...");
     create_from(&admin, "bench_engine", "bench_source").await;
     let engine_pool = pool(&url_of(&pg, "bench_engine")).await;
-    let big = engine(&engine_pool).await;
+    let big = engine(&engine_pool, FkChecks::Deferred).await;
     assert_eq!(big.rows, total_rows);
     eprintln!(
         "  engine: consolidate {:.2} s, verify {:.2} s, plan {:.3} s",
@@ -301,23 +303,14 @@ async fn main() {
     );
     engine_pool.close().await;
 
-    // Diagnostic, not a way the product runs: the same consolidation with every trigger off
-    // (session_replication_role = replica, superuser only), to measure the share of the
-    // foreign-key checks in the engine's time.
-    eprintln!("engine with triggers off (diagnostic) ...");
-    create_from(&admin, "bench_engine_nofk", "bench_source").await;
-    let opts: sqlx::postgres::PgConnectOptions =
-        url_of(&pg, "bench_engine_nofk").parse().expect("url");
-    let nofk_pool = PgPoolOptions::new()
-        .max_connections(CONCURRENCY as u32 + 2)
-        .connect_with(opts.options([("session_replication_role", "replica")]))
-        .await
-        .expect("connect");
-    let nofk = engine(&nofk_pool).await;
-    nofk_pool.close().await;
+    eprintln!("engine with foreign keys checked row by row ...");
+    create_from(&admin, "bench_engine_enforced", "bench_source").await;
+    let enforced_pool = pool(&url_of(&pg, "bench_engine_enforced")).await;
+    let enforced = engine(&enforced_pool, FkChecks::Enforced).await;
+    enforced_pool.close().await;
     eprintln!(
-        "  engine, triggers off: consolidate {:.2} s",
-        nofk.consolidate.as_secs_f64()
+        "  engine, checks enforced: consolidate {:.2} s",
+        enforced.consolidate.as_secs_f64()
     );
 
     eprintln!("engine at 100 tenants (memory) ...");
@@ -327,7 +320,7 @@ async fn main() {
     };
     generate(&pg, &admin, "bench_small", &small_spec).await;
     let small_pool = pool(&url_of(&pg, "bench_small")).await;
-    let small = engine(&small_pool).await;
+    let small = engine(&small_pool, FkChecks::Deferred).await;
     small_pool.close().await;
 
     eprintln!("plan over {plan_tenants} tenant schemas ...");
@@ -353,16 +346,16 @@ async fn main() {
         floor_rate
     );
     println!(
-        "| engine consolidate (id map, FK rewrite, orphan checks, FKs enforced) | {:.2} s | {:.0} | {:.2}× the floor's time |",
+        "| engine consolidate, deferred FK checks (id map, FK rewrite, per-link orphan checks, bulk validation) | {:.2} s | {:.0} | {:.2}× the floor's time |",
         big.consolidate.as_secs_f64(),
         rate(total_rows, big.consolidate),
         big.consolidate.as_secs_f64() / floor_time.as_secs_f64()
     );
     println!(
-        "| diagnostic: the same consolidation with triggers off (no FK checks) | {:.2} s | {:.0} | {:.2}× the floor's time |",
-        nofk.consolidate.as_secs_f64(),
-        rate(total_rows, nofk.consolidate),
-        nofk.consolidate.as_secs_f64() / floor_time.as_secs_f64()
+        "| engine consolidate, FK checks enforced row by row by PostgreSQL | {:.2} s | {:.0} | {:.2}× the floor's time |",
+        enforced.consolidate.as_secs_f64(),
+        rate(total_rows, enforced.consolidate),
+        enforced.consolidate.as_secs_f64() / floor_time.as_secs_f64()
     );
     println!(
         "| engine verify (per-unit fingerprints + global checks) | {:.2} s | {:.0} | {:.2}× the floor's time ({:.2}× consolidate) |",

@@ -125,6 +125,7 @@ pub(super) async fn run(
                 let copts = ConsolidateOptions {
                     concurrency: c.concurrency.max(1) as usize,
                     dry_run: dry,
+                    fk_checks: c.fk_checks,
                 };
                 let report = consolidate::consolidate(&pool, &plan, &copts, &|p| {
                     // Lossy on purpose: a newer report supersedes one the executor has not taken yet.

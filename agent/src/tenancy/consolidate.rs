@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use rollback_proto::runbook::IdStrategy;
+use rollback_proto::runbook::{FkChecks, IdStrategy};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::sync::Mutex;
@@ -31,6 +31,8 @@ pub struct ConsolidateOptions {
     pub concurrency: usize,
     /// Report what would be done and write nothing.
     pub dry_run: bool,
+    /// Per-row foreign-key triggers, or a bulk validation at the end.
+    pub fk_checks: FkChecks,
 }
 
 impl Default for ConsolidateOptions {
@@ -38,6 +40,7 @@ impl Default for ConsolidateOptions {
         Self {
             concurrency: 4,
             dry_run: false,
+            fk_checks: FkChecks::Auto,
         }
     }
 }
@@ -119,6 +122,22 @@ pub enum ConsolidateError {
         /// The error.
         source: sqlx::Error,
     },
+    /// Deferred foreign-key checks were asked for where they are not safe.
+    #[error("foreign-key checks cannot be deferred here: {0}")]
+    CannotDefer(String),
+    /// A foreign key is violated after rows loaded with deferred checks (the per-link checks
+    /// should make this impossible; it is reported rather than left behind unseen).
+    #[error(
+        "after loading with deferred checks, foreign key {constraint} on {table} has {count} violating row(s)"
+    )]
+    Violation {
+        /// The constraint.
+        constraint: String,
+        /// The table.
+        table: String,
+        /// How many rows.
+        count: i64,
+    },
     /// The database failed outside a unit.
     #[error("consolidation bookkeeping: {0}")]
     Database(#[from] sqlx::Error),
@@ -168,7 +187,7 @@ const TABLE_SLOT: &str = "\u{1}TABLE\u{1}";
 /// Where the tenant id goes.
 const TENANT_SLOT: &str = "\u{1}TENANT\u{1}";
 
-fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
+fn unit_sql(plan: &Plan, t: &TablePlan, deferred: bool) -> UnitSql {
     let (tbl, ten) = (TABLE_SLOT, TENANT_SLOT);
     let src = format!("{}.{}", SCHEMA_SLOT, sql::ident(&t.name));
     let dest = sql::table(&plan.shared_schema, &t.name);
@@ -229,7 +248,19 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
                     column = sql::literal(&c.name),
                 ));
             }
-            None => vals.push(format!("s.{}", sql::ident(&c.name))),
+            // With the triggers off, a kept link to a global table is checked here instead.
+            None => match t.kept_references.iter().find(|k| k.columns == [c.name.clone()]) {
+                Some(k) if deferred => vals.push(format!(
+                    "CASE WHEN s.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pcol} = s.{col}) \
+                     THEN (CASE WHEN {orphan}({tbl}, {column}, {ten}, NULL) IS NULL THEN s.{col} END) ELSE s.{col} END",
+                    col = sql::ident(&c.name),
+                    parent = sql::table(&k.parent_schema, &k.parent),
+                    pcol = sql::ident(&k.parent_columns[0]),
+                    orphan = state::orphan_fn(),
+                    column = sql::literal(&c.name),
+                )),
+                _ => vals.push(format!("s.{}", sql::ident(&c.name))),
+            },
         }
     }
     let overriding = if t.identity_always {
@@ -243,9 +274,17 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
         vals.join(", "),
         map = id_map(),
     );
-    let script = [
+    // Triggers off for this unit's transaction only; the per-link checks in the insert and
+    // the bulk validation at the end stand in for the foreign-key triggers.
+    let triggers_off = deferred.then(|| "SET LOCAL session_replication_role = replica".to_owned());
+    let script = triggers_off
+        .into_iter()
+        .chain([
         format!("LOCK TABLE {src} IN SHARE MODE"),
-        format!("INSERT INTO {} (tenant, tbl, rows) VALUES ({ten}, {tbl}, -1) ON CONFLICT DO NOTHING", units()),
+        format!(
+            "INSERT INTO {} (tenant, tbl, rows, fk_deferred) VALUES ({ten}, {tbl}, -1, {deferred}) ON CONFLICT DO NOTHING",
+            units()
+        ),
         map_ids,
         insert,
         format!(
@@ -254,7 +293,8 @@ fn unit_sql(plan: &Plan, t: &TablePlan) -> UnitSql {
             units = units(),
             map = id_map(),
         ),
-    ]
+    ])
+    .collect::<Vec<_>>()
     .join(";\n");
     UnitSql {
         table: t.name.clone(),
@@ -286,9 +326,14 @@ async fn run_unit(
     match sqlx::raw_sql(AssertSqlSafe(script)).fetch_all(pool).await {
         // The closing UPDATE returns the unit's row count only when this call claimed it.
         Ok(rows) => Ok(rows.first().map(|r| r.get::<i64, _>(0) as u64)),
-        Err(e) if state::is_orphan_error(&e) => Err(explain_orphans(pool, u, tenant, schema)
-            .await
-            .unwrap_or_else(&unit_err)),
+        // A rewritten link is counted for the message; a kept link to a global table (checked
+        // when foreign keys are deferred) is reported with the database's own words.
+        Err(e) if state::is_orphan_error(&e) => {
+            Err(match explain_orphans(pool, u, tenant, schema).await {
+                Ok(orphans) => orphans,
+                Err(_) => unit_err(e),
+            })
+        }
         Err(e) => Err(unit_err(e)),
     }
 }
@@ -365,9 +410,14 @@ pub async fn consolidate(
     if opts.dry_run {
         return dry_run(pool, plan, units_total, started).await;
     }
+    let deferred = deferred_checks(pool, plan, opts.fk_checks).await?;
     state::prepare(pool, plan).await?;
 
-    let sqls: Vec<UnitSql> = plan.tables.iter().map(|t| unit_sql(plan, t)).collect();
+    let sqls: Vec<UnitSql> = plan
+        .tables
+        .iter()
+        .map(|t| unit_sql(plan, t, deferred))
+        .collect();
     let done = AtomicU64::new(0);
     let rows_done = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
@@ -409,6 +459,7 @@ pub async fn consolidate(
         })
         .await?;
 
+    validate_deferred(pool, plan).await?;
     let sequences = advance_sequences(pool, plan).await?;
     let units_skipped = skipped.load(Ordering::Relaxed);
     Ok(ConsolidateReport {
@@ -420,6 +471,115 @@ pub async fn consolidate(
         would: Vec::new(),
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Whether rows may load with the foreign-key triggers off: the role must be a superuser,
+/// and no shared table may carry triggers or rules of the application's own (they would be
+/// skipped too), nor a composite link to a global table (not checked per row).
+async fn deferred_checks(
+    pool: &PgPool,
+    plan: &Plan,
+    asked: FkChecks,
+) -> Result<bool, ConsolidateError> {
+    if asked == FkChecks::Enforced {
+        return Ok(false);
+    }
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(pool)
+            .await?;
+    let tables: Vec<String> = plan
+        .tables
+        .iter()
+        .map(|t| sql::table(&plan.shared_schema, &t.name))
+        .collect();
+    let hooked: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = ANY(SELECT to_regclass(x) FROM unnest($1::text[]) x)
+           AND (EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+             OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'))",
+    )
+    .bind(&tables)
+    .fetch_all(pool)
+    .await?;
+    let composite: Vec<&str> = plan
+        .tables
+        .iter()
+        .filter(|t| t.kept_references.iter().any(|k| k.columns.len() != 1))
+        .map(|t| t.name.as_str())
+        .collect();
+    let why = if !superuser {
+        Some("the database role is not a superuser (session_replication_role needs one)".to_owned())
+    } else if !hooked.is_empty() {
+        Some(format!(
+            "{} carry triggers or rules that would be skipped",
+            hooked.join(", ")
+        ))
+    } else if !composite.is_empty() {
+        Some(format!(
+            "{} have composite links to global tables",
+            composite.join(", ")
+        ))
+    } else {
+        None
+    };
+    match (asked, why) {
+        (_, None) => Ok(true),
+        (FkChecks::Deferred, Some(why)) => Err(ConsolidateError::CannotDefer(why)),
+        (_, Some(why)) => {
+            tracing::info!(reason = %why, "foreign keys checked row by row");
+            Ok(false)
+        }
+    }
+}
+
+/// When any unit loaded with deferred checks, validates every foreign key of the shared
+/// tables in bulk: one anti-join each.
+async fn validate_deferred(pool: &PgPool, plan: &Plan) -> Result<(), ConsolidateError> {
+    let any: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE fk_deferred)",
+        units()
+    )))
+    .fetch_one(pool)
+    .await?;
+    if !any {
+        return Ok(());
+    }
+    let shared = super::catalog::shared_tables(pool, &plan.shared_schema).await?;
+    for t in &plan.tables {
+        let Some(table) = shared.get(&t.name) else {
+            continue;
+        };
+        for fk in &table.foreign_keys {
+            let not_null: Vec<String> = fk
+                .columns
+                .iter()
+                .map(|c| format!("c.{} IS NOT NULL", sql::ident(c)))
+                .collect();
+            let matches: Vec<String> = fk
+                .columns
+                .iter()
+                .zip(&fk.ref_columns)
+                .map(|(c, r)| format!("p.{} = c.{}", sql::ident(r), sql::ident(c)))
+                .collect();
+            let q = format!(
+                "SELECT count(*)::int8 FROM {child} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+                not_null.join(" AND "),
+                matches.join(" AND "),
+                child = sql::table(&plan.shared_schema, &t.name),
+                parent = sql::table(&fk.ref_schema, &fk.ref_table),
+            );
+            let count: i64 = sqlx::query_scalar(AssertSqlSafe(q)).fetch_one(pool).await?;
+            if count > 0 {
+                return Err(ConsolidateError::Violation {
+                    constraint: fk.name.clone(),
+                    table: t.name.clone(),
+                    count,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Moves every id sequence at or past the largest id of its table.

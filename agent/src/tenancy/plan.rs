@@ -71,6 +71,19 @@ pub struct ForeignKeyRewrite {
     pub self_reference: bool,
 }
 
+/// A foreign key to a table that is not consolidated (a global table): its values are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptReference {
+    /// The referencing columns.
+    pub columns: Vec<String>,
+    /// The referenced schema.
+    pub parent_schema: String,
+    /// The referenced table.
+    pub parent: String,
+    /// The referenced columns.
+    pub parent_columns: Vec<String>,
+}
+
 /// How one table is consolidated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TablePlan {
@@ -87,7 +100,7 @@ pub struct TablePlan {
     /// Foreign keys rewritten through the id map.
     pub foreign_keys: Vec<ForeignKeyRewrite>,
     /// Foreign keys to tables that are not consolidated, whose values are kept.
-    pub kept_references: Vec<String>,
+    pub kept_references: Vec<KeptReference>,
     /// Shared columns without a source, filled by their default (or NULL).
     pub defaulted: Vec<String>,
     /// Shared columns computed by the database.
@@ -661,7 +674,15 @@ fn map_table(
         let parent_consolidated =
             fk.ref_schema == opts.shared_schema && consolidated.contains(&fk.ref_table);
         if !parent_consolidated {
-            kept_references.extend(cols.iter().map(|c| c.to_string()));
+            if fk.columns.contains(&opts.tenant_column) {
+                continue; // references the tenants table (or another tenant-keyed global)
+            }
+            kept_references.push(KeptReference {
+                columns: fk.columns.clone(),
+                parent_schema: fk.ref_schema.clone(),
+                parent: fk.ref_table.clone(),
+                parent_columns: fk.ref_columns.clone(),
+            });
             continue;
         }
         let ref_cols: Vec<&String> = fk

@@ -58,6 +58,7 @@ pub async fn prepare(pool: &PgPool, plan: &Plan) -> Result<(), sqlx::Error> {
          CREATE TABLE IF NOT EXISTS {units} (
              tenant int8 NOT NULL, tbl text NOT NULL, rows int8 NOT NULL,
              finished_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant, tbl));
+         ALTER TABLE {units} ADD COLUMN IF NOT EXISTS fk_deferred bool NOT NULL DEFAULT false;
          CREATE TABLE IF NOT EXISTS {baseline} (
              tbl text PRIMARY KEY, rows int8 NOT NULL, fingerprint numeric NOT NULL,
              recorded_at timestamptz NOT NULL DEFAULT now());

@@ -286,6 +286,28 @@ pub struct ConsolidateStep {
     /// Id handling, `remap` by default.
     #[serde(default)]
     pub ids: IdStrategy,
+    /// How the shared tables' foreign keys are checked while rows load, `auto` by default.
+    #[serde(default)]
+    pub fk_checks: FkChecks,
+}
+
+/// How `consolidate` has the shared tables' foreign keys checked.
+///
+/// Every link the engine rewrites is checked before it is written either way (a unit aborts
+/// on a link with no parent); the choice is whether PostgreSQL also checks each row with its
+/// per-row foreign-key triggers, or the engine validates every key in bulk at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FkChecks {
+    /// Deferred when it is safe (a superuser role, and no triggers or rules of the
+    /// application's own on the shared tables, which would be skipped too), else enforced.
+    #[default]
+    Auto,
+    /// PostgreSQL checks every row as it is inserted.
+    Enforced,
+    /// Rows load with triggers off (`session_replication_role = replica`); every foreign key
+    /// is validated in bulk at the end. Refused where it is not safe.
+    Deferred,
 }
 
 fn default_concurrency() -> u32 {

@@ -10,6 +10,7 @@ use rollback_agent::tenancy::consolidate::{ConsolidateError, ConsolidateOptions,
 use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_agent::tenancy::plan::{PlanOptions, plan};
 use rollback_agent::tenancy::verify::verify;
+use rollback_proto::runbook::FkChecks;
 use rollback_tests::{Postgres, TestDatabase, agent_binary};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -186,6 +187,15 @@ async fn tenant_ids(pool: &PgPool) -> Vec<i64> {
 
 /// Generates, consolidates and checks everything against the independent expectation.
 async fn consolidate_and_check(db: &TestDatabase, spec: DemoSpec, tweak: &str) {
+    consolidate_and_check_with(db, spec, tweak, FkChecks::Auto).await
+}
+
+async fn consolidate_and_check_with(
+    db: &TestDatabase,
+    spec: DemoSpec,
+    tweak: &str,
+    fk_checks: FkChecks,
+) {
     let pool = db.pool().await.unwrap();
     demo::generate(&pool, &spec).await.unwrap();
     if !tweak.is_empty() {
@@ -202,9 +212,11 @@ async fn consolidate_and_check(db: &TestDatabase, spec: DemoSpec, tweak: &str) {
 
     let p = plan(&pool, &PlanOptions::default()).await.unwrap();
     assert!(p.is_executable(), "{p}");
-    let report = consolidate(&pool, &p, &ConsolidateOptions::default(), &|_| {})
-        .await
-        .unwrap();
+    let opts = ConsolidateOptions {
+        fk_checks,
+        ..ConsolidateOptions::default()
+    };
+    let report = consolidate(&pool, &p, &opts, &|_| {}).await.unwrap();
     let source_rows: usize = expected.values().map(Vec::len).sum();
     assert_eq!(report.rows_total() as usize, source_rows);
 
@@ -468,6 +480,7 @@ async fn an_orphan_foreign_key_fails_loudly_instead_of_becoming_null() {
         &ConsolidateOptions {
             concurrency: 1,
             dry_run: false,
+            ..ConsolidateOptions::default()
         },
         &|_| {},
     )
@@ -560,6 +573,7 @@ async fn dry_run_reports_and_writes_nothing() {
         &ConsolidateOptions {
             concurrency: 2,
             dry_run: true,
+            ..ConsolidateOptions::default()
         },
         &|_| {},
     )
@@ -692,6 +706,7 @@ async fn terminated_backends_in_the_middle_then_a_rerun_is_exact() {
             &ConsolidateOptions {
                 concurrency: 2,
                 dry_run: false,
+                ..ConsolidateOptions::default()
             },
             &|_| {},
         )
@@ -714,4 +729,104 @@ async fn terminated_backends_in_the_middle_then_a_rerun_is_exact() {
     );
 
     finish_and_check(&pool, &shape, &tenants, &before, &expected, &old).await;
+}
+
+#[tokio::test]
+async fn foreign_keys_checked_row_by_row_give_the_same_result() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    consolidate_and_check_with(&db, spec(4, 25, 16), "", FkChecks::Enforced).await;
+    let pool = db.pool().await.unwrap();
+    let deferred: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rollback_engine.units WHERE fk_deferred")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(deferred, 0, "every unit loaded with the triggers on");
+}
+
+#[tokio::test]
+async fn checks_are_not_deferred_past_the_applications_own_triggers() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    demo::generate(&pool, &spec(3, 10, 17)).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE public.user_audit (n int8 NOT NULL);
+         CREATE FUNCTION public.audit_user() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO public.user_audit VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER audit AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.audit_user();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let p = plan(&pool, &PlanOptions::default()).await.unwrap();
+    let deferred = ConsolidateOptions {
+        fk_checks: FkChecks::Deferred,
+        ..ConsolidateOptions::default()
+    };
+    match consolidate(&pool, &p, &deferred, &|_| {})
+        .await
+        .unwrap_err()
+    {
+        ConsolidateError::CannotDefer(why) => assert!(why.contains("public.users"), "{why}"),
+        other => panic!("expected a refusal, got {other}"),
+    }
+    // Auto falls back to row-by-row checks, so the application's trigger fires for every row.
+    let report = consolidate(&pool, &p, &ConsolidateOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM public.user_audit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(audited as u64, report.rows["users"]);
+}
+
+#[tokio::test]
+async fn a_dangling_link_to_a_global_table_fails_loudly_with_deferred_checks() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    demo::generate(&pool, &spec(2, 10, 18)).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE public.countries (code text PRIMARY KEY);
+         INSERT INTO public.countries VALUES ('NL'), ('FR');
+         ALTER TABLE public.users ADD COLUMN country text REFERENCES public.countries (code);
+         ALTER TABLE tenant_1.users ADD COLUMN country text;
+         ALTER TABLE tenant_2.users ADD COLUMN country text;
+         UPDATE tenant_1.users SET country = 'NL';
+         UPDATE tenant_2.users SET country = 'XX' WHERE id = 1;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let p = plan(&pool, &PlanOptions::default()).await.unwrap();
+    assert!(p.is_executable(), "{p}");
+    let deferred = ConsolidateOptions {
+        fk_checks: FkChecks::Deferred,
+        concurrency: 1,
+        ..ConsolidateOptions::default()
+    };
+    let err = consolidate(&pool, &p, &deferred, &|_| {})
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("tenant 2, table users") && text.contains("country"),
+        "{text}"
+    );
+    let from_tenant_2: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rollback_engine.units WHERE tenant = 2 AND tbl = 'users'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(from_tenant_2, 0, "the unit left nothing behind");
+    let dangling: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.users WHERE country = 'XX'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(dangling, 0);
 }
