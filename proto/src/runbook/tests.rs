@@ -495,7 +495,15 @@ fn destroying_steps_must_be_marked_destructive() {
             .contains("step `restore`: a `pg_restore` with in_place = true destroys data"),
         "{e}"
     );
-    assert!(Runbook::parse(FILE, &with_steps("[[phases.steps]]\nid = \"restore\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\n")).is_ok());
+    let e = error(&with_steps(
+        "[[phases.steps]]\nid = \"restore\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\n",
+    ));
+    assert!(
+        e.to_string()
+            .contains("a `pg_restore` (it swaps the target database out) destroys data"),
+        "{e}"
+    );
+    assert!(Runbook::parse(FILE, &with_steps("[[phases.steps]]\nid = \"restore\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\ndestructive = true\napprovals = 1\n")).is_ok());
 }
 
 #[test]

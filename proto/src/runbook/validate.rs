@@ -21,9 +21,11 @@ fn approvals(step: &Step) -> Result<(), Broken> {
     }
     let destroys = match &step.kind {
         StepKind::DropSchemas(_) => Some("a `drop_schemas` step"),
+        // In place it overwrites the target; otherwise it swaps the live database out by name.
         StepKind::PgRestore(restore) if restore.in_place => {
             Some("a `pg_restore` with in_place = true")
         }
+        StepKind::PgRestore(_) => Some("a `pg_restore` (it swaps the target database out)"),
         _ => None,
     };
     if let Some(what) = destroys

@@ -605,6 +605,8 @@ kind = "pg_restore"
 target = "app"
 archive = "${archive}"
 max_age = "1h"
+destructive = true
+approvals = 1
 "#,
     );
     let _agent = h
@@ -735,6 +737,15 @@ max_age = "1h"
         .await;
     h.accepted("alice", &["oncall"], Command::Next { run: restore })
         .await;
+    h.accepted(
+        "bob",
+        &["approvers"],
+        Command::Approve {
+            run: restore,
+            step: step("restore"),
+        },
+    )
+    .await;
     let state = h
         .wait_for(restore, "the restore step to end", |s| {
             matches!(
