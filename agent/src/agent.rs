@@ -151,6 +151,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .collect(),
         metrics: metrics.clone(),
         http,
+        output_chunk_bytes: config.agent.output_chunk_bytes,
     });
     tracing::info!(agent = %config.agent.name, "agent running");
     let supervised = supervise(

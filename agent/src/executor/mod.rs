@@ -60,6 +60,8 @@ pub struct ExecutorDeps {
     pub metrics: Metrics,
     /// For webhooks.
     pub http: reqwest::Client,
+    /// Largest piece of step output recorded in one event.
+    pub output_chunk_bytes: usize,
 }
 
 /// Why a run's executor stopped.
@@ -268,7 +270,12 @@ async fn run_attempt(
     let (_, _, def, _) = state.step(step).expect("the step exists");
     let def = def.clone();
     let cancel = work.child_token();
-    let (sink, mut chunks) = OutputSink::channel(64);
+    let (chunk_tx, mut chunks) = tokio::sync::mpsc::channel(64);
+    let sink = OutputSink::with_limits(
+        chunk_tx,
+        crate::steps::MAX_ATTEMPT_BYTES,
+        deps.output_chunk_bytes,
+    );
     let (notes_tx, mut notes_rx) = tokio::sync::mpsc::channel::<StepNote>(16);
     let mut latest_progress: Option<Progress> = None;
     let mut facts: Vec<Event> = Vec::new();

@@ -23,7 +23,9 @@ mod sql;
 mod wait;
 
 pub use http::install_crypto_provider;
-pub use output::{MAX_ATTEMPT_BYTES, MAX_CHUNK_BYTES, OutputChunk, OutputSink, split_chunks};
+pub use output::{
+    MAX_ATTEMPT_BYTES, MAX_CHUNK_BYTES, OutputChunk, OutputSink, split_chunks, split_chunks_of,
+};
 pub(crate) use shell::ProcessGroup;
 pub(crate) use sql::describe_db_error;
 pub use sql::{DatabaseTargetError, DatabaseTargets, PoolSettings, is_transient_db_error};

@@ -37,6 +37,8 @@ pub struct OutputSink {
 #[derive(Debug)]
 struct Budget {
     limit: usize,
+    /// Largest piece sent as one chunk (one event).
+    chunk: usize,
     kept: usize,
     dropped: usize,
     /// The stream whose output was dropped first, where the closing note goes.
@@ -52,10 +54,17 @@ impl OutputSink {
 
     /// A sink sending into `tx` that keeps at most `limit` bytes.
     pub fn with_limit(tx: mpsc::Sender<OutputChunk>, limit: usize) -> Self {
+        Self::with_limits(tx, limit, MAX_CHUNK_BYTES)
+    }
+
+    /// A sink that keeps at most `limit` bytes, sent in pieces of at most `chunk` bytes (the
+    /// agent's `output_chunk_bytes`; at least 64).
+    pub fn with_limits(tx: mpsc::Sender<OutputChunk>, limit: usize, chunk: usize) -> Self {
         Self {
             tx,
             budget: Arc::new(Mutex::new(Budget {
                 limit,
+                chunk: chunk.max(64),
                 kept: 0,
                 dropped: 0,
                 dropped_from: None,
@@ -75,8 +84,8 @@ impl OutputSink {
     /// Waits while the channel is full. Output sent after the receiver is gone is discarded:
     /// nobody is left to record it, and the step itself must still finish (or be killed).
     pub async fn write(&self, stream: OutputStream, text: &str) {
-        let kept = self.reserve(stream, text);
-        for piece in split_chunks(kept) {
+        let (kept, chunk) = self.reserve(stream, text);
+        for piece in split_chunks_of(kept, chunk) {
             let chunk = OutputChunk {
                 stream,
                 text: piece.to_owned(),
@@ -119,7 +128,7 @@ impl OutputSink {
     }
 
     /// The prefix of `text` that fits in the budget (cut on a char boundary); counts the rest.
-    fn reserve<'t>(&self, stream: OutputStream, text: &'t str) -> &'t str {
+    fn reserve<'t>(&self, stream: OutputStream, text: &'t str) -> (&'t str, usize) {
         let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
         let room = if budget.finished {
             0
@@ -135,22 +144,27 @@ impl OutputSink {
             budget.dropped += text.len() - end;
             budget.dropped_from.get_or_insert(stream);
         }
-        &text[..end]
+        (&text[..end], budget.chunk)
     }
 }
 
 /// Splits `text` into pieces of at most [`MAX_CHUNK_BYTES`], cut after a newline where one
 /// falls in the piece, else on a char boundary.
 pub fn split_chunks(text: &str) -> impl Iterator<Item = &str> {
+    split_chunks_of(text, MAX_CHUNK_BYTES)
+}
+
+/// Splits `text` into pieces of at most `max` bytes, as [`split_chunks`] does.
+pub fn split_chunks_of(text: &str, max: usize) -> impl Iterator<Item = &str> {
     let mut rest = text;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let end = if rest.len() <= MAX_CHUNK_BYTES {
+        let end = if rest.len() <= max {
             rest.len()
         } else {
-            let window = floor_char_boundary(rest, MAX_CHUNK_BYTES);
+            let window = floor_char_boundary(rest, max);
             match rest[..window].rfind('\n') {
                 Some(newline) => newline + 1,
                 None => window,
@@ -360,5 +374,24 @@ mod tests {
         pending.push(&euro[..1]);
         assert_eq!(pending.take_all(), "\u{fffd}");
         assert!(pending.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod chunk_size_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_configured_chunk_size_bounds_every_event() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let sink = OutputSink::with_limits(tx, MAX_ATTEMPT_BYTES, 100);
+        sink.write(OutputStream::Stdout, &"x".repeat(1000)).await;
+        drop(sink);
+        let mut total = 0;
+        while let Some(chunk) = rx.recv().await {
+            assert!(chunk.text.len() <= 100, "{}", chunk.text.len());
+            total += chunk.text.len();
+        }
+        assert_eq!(total, 1000);
     }
 }
