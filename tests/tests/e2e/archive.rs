@@ -4,6 +4,7 @@
 //! restores them exactly, a missing, corrupt or stale archive is refused before anything
 //! changes, and a whole database survives dump, restore and a name swap.
 
+use super::harness::user_schemas;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
@@ -48,17 +49,6 @@ async fn fingerprints(pool: &PgPool, schemas: &[String]) -> Fingerprints {
         out.insert((schema, table), fp);
     }
     out
-}
-
-/// Every schema that is not the server's own.
-async fn user_schemas(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace
-         WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
 }
 
 async fn schema_exists(pool: &PgPool, name: &str) -> bool {

@@ -187,6 +187,17 @@ approvers = ["approve"]
     }
 }
 
+/// Every schema that is not the server's own.
+pub(crate) async fn user_schemas(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace
+         WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
 pub(crate) fn step(s: &str) -> StepId {
     StepId::new(s).unwrap()
 }

@@ -2,6 +2,7 @@
 //! runs end to end as a dry run through a real agent against a real demo database, changing
 //! nothing while every executable step says what it would do.
 
+use super::harness::user_schemas;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -90,17 +91,6 @@ async fn row_counts(pool: &PgPool, schemas: &[String]) -> BTreeMap<(String, Stri
         out.insert((schema, table), n);
     }
     out
-}
-
-/// Every schema that is not the server's own.
-async fn user_schemas(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace
-         WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap()
 }
 
 /// A dry run of the shipped runbook, driven as people would: `next` for each phase, every
