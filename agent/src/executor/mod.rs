@@ -232,7 +232,7 @@ async fn run_loop(
                     .unwrap_or(Duration::ZERO)
             })
             .unwrap_or(Duration::from_secs(3600));
-        let mut events = Box::pin(deps.store.follow(run, rec.seq()));
+        let mut events = Box::pin(deps.store.follow_from(rec.cursor()));
         tokio::select! {
             _ = work.cancelled() => return Ok(RunEnd::Shutdown),
             _ = tokio::time::sleep(sleep) => {}
@@ -282,7 +282,7 @@ async fn run_attempt(
 
     let step_future = execute(deps, &state, &def, attempt, sink, notes_tx, cancel.clone());
     tokio::pin!(step_future);
-    let mut aborted = Box::pin(deps.store.follow(state.run_id, rec.seq()));
+    let mut aborted = Box::pin(deps.store.follow_from(rec.cursor()));
     let mut pending: Vec<OutputChunk> = Vec::new();
     let mut chunk_no: u32 = 0;
     let flush_every = Duration::from_millis(250);

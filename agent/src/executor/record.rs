@@ -61,9 +61,9 @@ impl<'a> Recorder<'a> {
         self.state.as_ref()
     }
 
-    /// Seq of the last event known.
-    pub(super) fn seq(&self) -> u64 {
-        self.cursor.head.seq
+    /// Where the run stands in the store: what a live follow continues from.
+    pub(super) fn cursor(&self) -> &RunCursor {
+        &self.cursor
     }
 
     /// Appends `events` (with their follow-ups) as the agent. `Ok(false)` when they are no

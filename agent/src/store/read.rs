@@ -81,13 +81,38 @@ impl RunMessages {
         Self::read(Self::consumer(store, run).await?, None).await
     }
 
+    /// The run's messages after a stream sequence, on and on as new ones arrive.
+    async fn live_after(
+        store: &JetStreamEventStore,
+        run: RunId,
+        stream_seq: u64,
+    ) -> Result<Self, ReadFailure> {
+        let consumer = Self::consumer_from(
+            store,
+            run,
+            DeliverPolicy::ByStartSequence {
+                start_sequence: stream_seq + 1,
+            },
+        )
+        .await?;
+        Self::read(consumer, None).await
+    }
+
     async fn consumer(
         store: &JetStreamEventStore,
         run: RunId,
     ) -> Result<Consumer<OrderedConfig>, ReadFailure> {
+        Self::consumer_from(store, run, DeliverPolicy::All).await
+    }
+
+    async fn consumer_from(
+        store: &JetStreamEventStore,
+        run: RunId,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<Consumer<OrderedConfig>, ReadFailure> {
         let config = OrderedConfig {
             filter_subject: events_subject(run),
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy,
             ..Default::default()
         };
         store
@@ -342,6 +367,40 @@ impl JetStreamEventStore {
                         Ok(envelope) => return Some((Ok(envelope), Step::Reading(reader))),
                         Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
                     }
+                }
+            }
+            .instrument(span.clone())
+        })
+    }
+
+    /// The run's events after `cursor`, verified as a continuation of its chain head, live:
+    /// unlike [`follow`](Self::follow) it reads nothing the cursor already covers.
+    pub fn follow_from(
+        &self,
+        cursor: &RunCursor,
+    ) -> impl Stream<Item = Result<Envelope, FollowError>> + Send + 'static {
+        let run = cursor.run();
+        let (head, stream_seq) = (cursor.head.clone(), cursor.stream_seq);
+        let span = tracing::info_span!("follow", run_id = %run, after_seq = head.seq);
+        futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
+            let head = head.clone();
+            async move {
+                let mut reader = match step {
+                    Step::Open(store) => {
+                        match RunMessages::live_after(&store, run, stream_seq).await {
+                            Ok(messages) => Box::new(RunReader {
+                                messages,
+                                verifier: ChainVerifier::resume(head),
+                            }),
+                            Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
+                        }
+                    }
+                    Step::Reading(reader) => reader,
+                    Step::Done => return None,
+                };
+                match reader.next().await? {
+                    Ok(envelope) => Some((Ok(envelope), Step::Reading(reader))),
+                    Err(err) => Some((Err(err.into_follow(run)), Step::Done)),
                 }
             }
             .instrument(span.clone())

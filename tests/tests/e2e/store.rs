@@ -584,3 +584,49 @@ async fn runs_are_listed_and_followed_live() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn following_from_a_cursor_reads_only_what_comes_after_and_verifies_it() -> TestResult {
+    let nats = NatsServer::start().await?;
+    let store = connect(&nats).await?;
+    let run = start_run(&store).await?;
+    let (other, _) = store
+        .append(&start_run(&store).await?, vec![progress("elsewhere")])
+        .await?;
+    let (cursor, _) = store.append(&run, vec![progress("before")]).await?;
+
+    let mut follow = Box::pin(store.follow_from(&cursor));
+    let (after, stored) = store
+        .append(&cursor, vec![progress("after-1"), progress("after-2")])
+        .await?;
+    store
+        .append(&other, vec![progress("elsewhere again")])
+        .await?;
+    for expected in &stored {
+        let got = tokio::time::timeout(DEADLINE, follow.next())
+            .await?
+            .expect("follow ended")?;
+        assert_eq!(&got, expected, "only the events after the cursor, in order");
+    }
+
+    // A forged next event (correctly hashed, linked to nothing) is reported, not passed on.
+    let mut forged = stored[1].clone();
+    forged.seq = after.head.seq + 1;
+    forged.event_id = rollback_proto::EventId::new();
+    forged.prev_hash = rollback_proto::envelope::GENESIS_HASH.into();
+    forged.rehash();
+    publish_raw(&store, run.run(), forged.to_bytes()).await?;
+    let next = tokio::time::timeout(DEADLINE, follow.next())
+        .await?
+        .expect("follow ended");
+    assert!(
+        matches!(
+            next,
+            Err(rollback_agent::store::FollowError::Chain(
+                ChainError::BrokenLink { .. }
+            ))
+        ),
+        "{next:?}"
+    );
+    Ok(())
+}
