@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tempfile::TempDir;
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::binaries::find_binary;
-use crate::process::{START_ATTEMPTS, free_ports, log_tail, spawn_tied, stop};
+use crate::process::{START_ATTEMPTS, free_ports, spawn_tied, stop, wait_ready};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -133,43 +133,31 @@ impl NatsServer {
         let log = self.log_path();
         self.child = Some(spawn_tied(command, &log)?);
 
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!(
-                    "nats-server on port {} exited early with {status}; {}",
-                    self.port,
-                    log_tail(&log, 20)
-                );
-            }
-            if self.is_ready().await {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                bail!(
-                    "nats-server on port {} not ready after {READY_TIMEOUT:?}; {}",
-                    self.port,
-                    log_tail(&log, 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let (port, monitor_port) = (self.port, self.monitor_port);
+        let what = format!("nats-server on port {port}");
+        let waited = wait_ready(
+            &mut self.child,
+            &what,
+            &log,
+            READY_TIMEOUT,
+            Duration::from_millis(25),
+            || Self::is_ready(port, monitor_port),
+        )
+        .await;
+        if waited.is_err() {
+            self.kill();
         }
+        waited
     }
 
     /// Ready means `/healthz` says ok (which covers JetStream) and the client port greets with
     /// INFO: the monitoring listener comes up before the client one.
-    async fn is_ready(&self) -> bool {
+    async fn is_ready(port: u16, monitor_port: u16) -> bool {
         let probe = async {
-            let healthy = http_get(self.monitor_port, "/healthz")
+            let healthy = http_get(monitor_port, "/healthz")
                 .await
                 .is_ok_and(|(status, _)| status == 200);
-            healthy && greets_with_info(self.port).await.is_ok()
+            healthy && greets_with_info(port).await.is_ok()
         };
         tokio::time::timeout(PROBE_TIMEOUT, probe)
             .await

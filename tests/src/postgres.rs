@@ -5,14 +5,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tempfile::TempDir;
 
 use crate::binaries::postgres_bin_dir;
-use crate::process::{START_ATTEMPTS, free_port, log_tail, spawn_tied, stop};
+use crate::process::{START_ATTEMPTS, free_port, spawn_tied, stop, wait_ready};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -199,36 +199,33 @@ impl Postgres {
         let log = self.log_path();
         self.child = Some(spawn_tied(command, &log)?);
 
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!(
-                    "postgres on port {} exited early with {status}; {}",
-                    self.port,
-                    log_tail(&log, 20)
-                );
-            }
-            let probe =
-                tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect(&self.admin_url()));
-            if let Ok(Ok(conn)) = probe.await {
-                conn.close().await.ok();
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                bail!(
-                    "postgres on port {} not accepting connections after {READY_TIMEOUT:?}; {}",
-                    self.port,
-                    log_tail(&log, 20)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let url = self.admin_url();
+        let what = format!("postgres on port {}", self.port);
+        let waited = wait_ready(
+            &mut self.child,
+            &what,
+            &log,
+            READY_TIMEOUT,
+            Duration::from_millis(50),
+            || {
+                let url = url.clone();
+                async move {
+                    let probe = tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect(&url));
+                    match probe.await {
+                        Ok(Ok(conn)) => {
+                            conn.close().await.ok();
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+            },
+        )
+        .await;
+        if waited.is_err() {
+            self.stop();
         }
+        waited
     }
 
     fn stop(&mut self) {

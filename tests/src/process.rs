@@ -96,3 +96,30 @@ pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
     let tail = all[all.len().saturating_sub(lines)..].join("\n");
     format!("last lines of {}:\n{tail}", log.display())
 }
+
+/// Polls `ready` every `every` until it says yes, the child exits, or `timeout` passes; the
+/// error names `what` and ends with the tail of its log. Cleaning up after a timeout is the
+/// caller's (a server stops in its own way).
+pub(crate) async fn wait_ready<F: std::future::Future<Output = bool>>(
+    child: &mut Option<Child>,
+    what: &str,
+    log: &Path,
+    timeout: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> F,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            *child = None;
+            anyhow::bail!("{what} exited early with {status}; {}", log_tail(log, 20));
+        }
+        if ready().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{what} not ready after {timeout:?}; {}", log_tail(log, 20));
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::TryStreamExt;
 use rollback_proto::runbook::{FkChecks, IdStrategy};
@@ -667,6 +667,3 @@ async fn dry_run(
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
-
-/// How long a transient failure waits before the unit is tried again, as a hint for callers.
-pub const RETRY_HINT: Duration = Duration::from_secs(1);
