@@ -327,26 +327,50 @@ pub struct DropSchemasStep {
     pub archive_dir: String,
 }
 
-/// `export_delta`: rows written since the migration, compared against a restored copy.
+/// `export_delta`: the rows written in the tenant schemas since the migration, found by key
+/// and row hash against the pre-migration copy, into a checksummed, compressed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportDeltaStep {
-    /// The database target with the new rows, by name.
+    /// The database target with the tenant schemas, by name.
     pub target: String,
-    /// The target holding the restored pre-migration copy, by name.
-    pub baseline: String,
-    /// Where the checksummed delta file goes.
+    /// Which schemas are tenants.
+    #[serde(flatten, skip_deserializing)]
+    pub scope: TenancyScope,
+    /// A target already holding the restored pre-migration copy, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// The pre-migration archive: restored into a scratch database for the comparison, which
+    /// is dropped afterwards. Exactly one of `baseline` and `baseline_archive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_archive: Option<String>,
+    /// Refuse a `baseline_archive` older than this.
+    #[serde(
+        default,
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// Where the delta file goes (`delta-<time>.jsonl.gz`, its `.sha256` beside it).
     pub output_dir: String,
 }
 
-/// `import_delta`: imports an exported delta, with the same id handling as `consolidate`.
+/// `import_delta`: imports an exported delta, with the same id handling, orphan checks and
+/// verification as `consolidate`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportDeltaStep {
     /// The database target, by name.
     pub target: String,
-    /// The delta file: a path, usually `${param}`.
-    pub file: String,
+    /// The delta file; the one this run's last `export_delta` step wrote when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// (tenant, table) units in flight at once, 4 by default.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Only prove that the target holds what the delta says it should; write nothing.
+    #[serde(default)]
+    pub check_only: bool,
 }
 
 /// A kind with no fields of its own (`approval`).

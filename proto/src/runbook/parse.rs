@@ -24,7 +24,8 @@ use super::duration::{self, BAD_DURATION};
 use super::kinds::NoFields;
 use super::params;
 use super::{
-    ConsolidateStep, DropSchemasStep, DryRunBehaviour, DumpFormat, EmergencySpec, Phase,
+    ConsolidateStep, DropSchemasStep, DryRunBehaviour, DumpFormat, EmergencySpec, ExportDeltaStep,
+    Phase,
     RetryPolicy, Runbook, RunbookError, RunbookErrorKind, Step, StepKind, TenancyScope,
     TenancyStep, TextPosition,
 };
@@ -272,7 +273,10 @@ impl Parser<'_> {
         };
         // Each part is read by a struct that refuses unknown fields, so a typo is caught
         // whichever part it was meant for.
-        let tenancy = matches!(kind, "plan" | "consolidate" | "verify" | "drop_schemas");
+        let tenancy = matches!(
+            kind,
+            "plan" | "consolidate" | "verify" | "drop_schemas" | "export_delta"
+        );
         let (common, own) = split(value, |key| COMMON_FIELDS.contains(&key));
         let (scope, own) = split(&own, |key| tenancy && TenancyScope::FIELDS.contains(&key));
         let common: CommonFields = self.deserialize(&common, place)?;
@@ -351,7 +355,10 @@ impl Parser<'_> {
                 scope,
                 ..self.deserialize(own, place)?
             }),
-            "export_delta" => StepKind::ExportDelta(self.deserialize(own, place)?),
+            "export_delta" => StepKind::ExportDelta(ExportDeltaStep {
+                scope,
+                ..self.deserialize(own, place)?
+            }),
             "import_delta" => StepKind::ImportDelta(self.deserialize(own, place)?),
             other => unreachable!("`{other}` is in StepKind::NAMES but has no arm"),
         })

@@ -183,7 +183,10 @@ fn expected_every_kind() -> Runbook {
                         "export",
                         StepKind::ExportDelta(ExportDeltaStep {
                             target: "app".into(),
-                            baseline: "app-restored".into(),
+                            scope: TenancyScope::default(),
+                            baseline: None,
+                            baseline_archive: Some("${archive}".into()),
+                            max_age: Some(Duration::from_secs(86_400)),
                             output_dir: "${backup_dir}/delta".into(),
                         }),
                     ),
@@ -206,7 +209,9 @@ fn expected_every_kind() -> Runbook {
                         "import",
                         StepKind::ImportDelta(ImportDeltaStep {
                             target: "app".into(),
-                            file: "${backup_dir}/delta/delta.jsonl".into(),
+                            file: Some("${backup_dir}/delta/delta.jsonl.gz".into()),
+                            concurrency: 2,
+                            check_only: false,
                         }),
                     ),
                     Step {
@@ -853,6 +858,18 @@ fn kind_rules_are_checked() {
         (
             "kind = \"export_delta\"\ntarget = \"app\"\nbaseline = \"app\"\noutput_dir = \"/d\"",
             "must name the restored",
+        ),
+        (
+            "kind = \"export_delta\"\ntarget = \"app\"\noutput_dir = \"/d\"",
+            "give exactly one of `baseline`",
+        ),
+        (
+            "kind = \"export_delta\"\ntarget = \"app\"\nbaseline = \"b\"\nbaseline_archive = \"/a\"\noutput_dir = \"/d\"",
+            "give exactly one of `baseline`",
+        ),
+        (
+            "kind = \"import_delta\"\ntarget = \"app\"\nconcurrency = 0",
+            "`concurrency`: must be at least 1",
         ),
         (
             "kind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/a\"\nin_place = true\nnew_database = \"n\"\ndestructive = true\napprovals = 1",

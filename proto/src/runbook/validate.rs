@@ -172,19 +172,36 @@ fn kind(step: &Step) -> Result<(), Broken> {
             scope(&drop.scope)
         }
         StepKind::ExportDelta(export) => {
-            texts(&[
-                ("target", &export.target),
-                ("baseline", &export.baseline),
-                ("output_dir", &export.output_dir),
-            ])?;
-            if export.baseline == export.target {
-                let message = "must name the restored pre-migration copy, not the target itself";
-                return Err(("baseline", invalid("baseline", message)));
+            texts(&[("target", &export.target), ("output_dir", &export.output_dir)])?;
+            scope(&export.scope)?;
+            match (&export.baseline, &export.baseline_archive) {
+                (Some(baseline), None) => {
+                    texts(&[("baseline", baseline)])?;
+                    if *baseline == export.target {
+                        let message =
+                            "must name the restored pre-migration copy, not the target itself";
+                        return Err(("baseline", invalid("baseline", message)));
+                    }
+                    if export.max_age.is_some() {
+                        let message = "applies to `baseline_archive` only";
+                        return Err(("max_age", invalid("max_age", message)));
+                    }
+                    Ok(())
+                }
+                (None, Some(archive)) => texts(&[("baseline_archive", archive)]),
+                _ => {
+                    let message = "give exactly one of `baseline` (a target holding the restored \
+                                   pre-migration copy) and `baseline_archive` (the pre-migration archive)";
+                    Err(("baseline", invalid("baseline", message)))
+                }
             }
-            Ok(())
         }
         StepKind::ImportDelta(import) => {
-            texts(&[("target", &import.target), ("file", &import.file)])
+            texts(&[("target", &import.target)])?;
+            if let Some(file) = &import.file {
+                texts(&[("file", file)])?;
+            }
+            at_least_one("concurrency", import.concurrency)
         }
     }
 }
