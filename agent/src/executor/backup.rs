@@ -33,27 +33,27 @@ const DROP_ARCHIVE_JOBS: u32 = 2;
 const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the three kinds share: the run, the step, where output and facts go.
-struct Attempt<'a> {
-    deps: &'a ExecutorDeps,
-    state: &'a RunState,
-    step: &'a Step,
-    io: ClientIo,
-    notes: tokio::sync::mpsc::Sender<StepNote>,
+pub(super) struct Attempt<'a> {
+    pub(super) deps: &'a ExecutorDeps,
+    pub(super) state: &'a RunState,
+    pub(super) step: &'a Step,
+    pub(super) io: ClientIo,
+    pub(super) notes: tokio::sync::mpsc::Sender<StepNote>,
 }
 
 impl Attempt<'_> {
-    fn expand(&self, field: &str, text: &str) -> Result<String, StepOutcome> {
+    pub(super) fn expand(&self, field: &str, text: &str) -> Result<String, StepOutcome> {
         self.state
             .runbook
             .expand(text, &self.state.params)
             .map_err(|err| StepOutcome::permanent(format!("cannot expand `{field}`: {err}")))
     }
 
-    fn describes_only(&self) -> bool {
+    pub(super) fn describes_only(&self) -> bool {
         self.state.dry_run && self.step.dry_run == DryRunBehaviour::Describe
     }
 
-    async fn describe(&self, description: &str, summary: String) -> StepOutcome {
+    pub(super) async fn describe(&self, description: &str, summary: String) -> StepOutcome {
         self.io
             .output
             .write(OutputStream::DryRun, description)
@@ -63,7 +63,7 @@ impl Attempt<'_> {
         }
     }
 
-    fn connection(&self, target: &str) -> Result<ConnectionParams, StepOutcome> {
+    pub(super) fn connection(&self, target: &str) -> Result<ConnectionParams, StepOutcome> {
         let url = self
             .deps
             .databases
@@ -128,7 +128,7 @@ impl Attempt<'_> {
     }
 }
 
-fn programs() -> Result<PgPrograms, StepOutcome> {
+pub(super) fn programs() -> Result<PgPrograms, StepOutcome> {
     PgPrograms::locate().map_err(|err| StepOutcome::permanent(err.to_string()))
 }
 
@@ -166,6 +166,8 @@ pub(super) async fn run(
         StepKind::PgDump(dump) => pg_dump(&attempt, dump).await,
         StepKind::DropSchemas(drop) => drop_schemas(&attempt, drop).await,
         StepKind::PgRestore(restore) => pg_restore(&attempt, restore).await,
+        StepKind::ExportDelta(export) => super::delta::export_delta(&attempt, export).await,
+        StepKind::ImportDelta(import) => super::delta::import_delta(&attempt, import).await,
         other => StepOutcome::permanent(format!("`{}` is not a backup step", other.name())),
     };
     output.finish().await;
@@ -173,7 +175,7 @@ pub(super) async fn run(
 }
 
 /// `12.3 MiB`.
-fn human_bytes(bytes: u64) -> String {
+pub(super) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -391,7 +393,7 @@ async fn drop_schemas(attempt: &Attempt<'_>, step: &DropSchemasStep) -> StepOutc
 
 /// The checksum an archive must have: as this run recorded it, else from `<archive>.sha256`;
 /// with where it came from.
-async fn expected_checksum(
+pub(super) async fn expected_checksum(
     state: &RunState,
     archive: &Path,
 ) -> Result<Option<(String, String)>, ArchiveError> {

@@ -7,6 +7,7 @@
 //! doubt for a person.
 
 mod backup;
+mod delta;
 pub mod lease;
 mod record;
 mod tenancy;
@@ -427,16 +428,14 @@ async fn execute(
         StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
             tenancy::run(deps, state, step, output, notes, cancel).await
         }
-        StepKind::PgDump(_) | StepKind::PgRestore(_) | StepKind::DropSchemas(_) => {
+        StepKind::PgDump(_)
+        | StepKind::PgRestore(_)
+        | StepKind::DropSchemas(_)
+        | StepKind::ExportDelta(_)
+        | StepKind::ImportDelta(_) => {
             backup::run(deps, state, step, output, notes, cancel).await
         }
-        StepKind::ExportDelta(_) | StepKind::ImportDelta(_) => StepOutcome::Failed {
-            error: format!(
-                "step kind `{}` is not available in this version of the agent",
-                step.kind.name()
-            ),
-            retryable: false,
-        },
+
         _ => {
             let ctx = StepContext {
                 run_id: state.run_id,

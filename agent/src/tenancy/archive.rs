@@ -326,7 +326,8 @@ pub fn sidecar_path(archive: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-async fn write_sidecar(archive: &Path, sha256: &str) -> Result<(), ArchiveError> {
+/// Writes `<archive>.sha256` in the format of `sha256sum`.
+pub(crate) async fn write_sidecar(archive: &Path, sha256: &str) -> Result<(), ArchiveError> {
     let name = archive
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

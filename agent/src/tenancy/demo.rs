@@ -11,6 +11,7 @@
 //! PRNG, and every value is an expression of hashes that PostgreSQL evaluates in bulk.
 
 mod ddl;
+pub mod history;
 mod rows;
 mod words;
 

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod consolidate;
+pub mod delta;
 pub mod demo;
 pub mod drop;
 pub mod fingerprint;

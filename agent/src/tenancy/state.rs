@@ -33,6 +33,20 @@ pub fn orphan_fn() -> String {
     sql::table(ENGINE_SCHEMA, "orphan")
 }
 
+/// Creates (or replaces) the orphan function.
+pub fn orphan_fn_ddl() -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {orphan}(tbl text, col text, tenant int8, val int8) RETURNS int8
+             LANGUAGE plpgsql AS $f$
+             BEGIN
+                 RAISE EXCEPTION USING ERRCODE = '{code}',
+                     MESSAGE = format('tenant %s, table %s: %s = %s points at no row of the tenant', tenant, tbl, col, val);
+             END $f$;",
+        orphan = orphan_fn(),
+        code = ORPHAN_SQLSTATE,
+    )
+}
+
 /// The SQLSTATE the orphan function raises.
 pub const ORPHAN_SQLSTATE: &str = "RB001";
 
@@ -62,14 +76,8 @@ pub async fn prepare(pool: &PgPool, plan: &Plan) -> Result<(), sqlx::Error> {
          CREATE TABLE IF NOT EXISTS {baseline} (
              tbl text PRIMARY KEY, rows int8 NOT NULL, fingerprint numeric NOT NULL,
              recorded_at timestamptz NOT NULL DEFAULT now());
-         CREATE OR REPLACE FUNCTION {orphan}(tbl text, col text, tenant int8, val int8) RETURNS int8
-             LANGUAGE plpgsql AS $f$
-             BEGIN
-                 RAISE EXCEPTION USING ERRCODE = '{code}',
-                     MESSAGE = format('tenant %s, table %s: %s = %s points at no row of the tenant', tenant, tbl, col, val);
-             END $f$;",
-        orphan = orphan_fn(),
-        code = ORPHAN_SQLSTATE,
+         {orphan}",
+        orphan = orphan_fn_ddl(),
         schema = sql::ident(ENGINE_SCHEMA),
         id_map = id_map(),
         units = units(),

@@ -428,7 +428,8 @@ async fn create_database_like(target: &ConnectionParams, name: &str) -> Result<(
     Ok(())
 }
 
-async fn drop_database(target: &ConnectionParams, name: &str) -> Result<(), RestoreError> {
+/// Drops `name` on the server of `target`, ending its sessions first.
+pub async fn drop_database(target: &ConnectionParams, name: &str) -> Result<(), RestoreError> {
     let mut conn = maintenance(target).await?;
     end_connections(&mut conn, name).await?;
     sqlx::raw_sql(AssertSqlSafe(format!(

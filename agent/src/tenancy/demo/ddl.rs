@@ -196,6 +196,34 @@ pub(super) fn decoy_schema_ddl(schema: &str) -> String {
     sql
 }
 
+/// What the demo's writes after the migration need to know of one table.
+pub(super) struct TableFacts {
+    /// The table.
+    pub name: &'static str,
+    /// Its columns after `id` (no `tenant_id`).
+    pub columns: Vec<&'static str>,
+    /// (column, referenced table).
+    pub links: Vec<(&'static str, &'static str)>,
+    /// The column unique within a tenant, if any.
+    pub unique: Option<&'static str>,
+}
+
+/// Every table's facts, in load order.
+pub(super) fn table_facts() -> Vec<TableFacts> {
+    DEFS.iter()
+        .map(|t| TableFacts {
+            name: t.name,
+            columns: t.columns.iter().map(|c| c.name).collect(),
+            links: t
+                .columns
+                .iter()
+                .filter_map(|c| c.references.map(|r| (c.name, r)))
+                .collect(),
+            unique: t.unique_per_tenant,
+        })
+        .collect()
+}
+
 /// The columns of `table` in `public` (with `tenant_id`) or a tenant schema, in their order.
 #[cfg(test)]
 fn column_names(table: &Table, shared: bool) -> Vec<&'static str> {

@@ -1,0 +1,378 @@
+//! The emergency path's delta as step kinds: `export_delta` (written since the migration,
+//! against the pre-migration copy) and `import_delta` (into the restored database, or only
+//! proven against it with `check_only`).
+//!
+//! The delta file is recorded like an archive (`ArchiveWritten`, with its sha256): the import
+//! takes, by default, the delta the run's last `export_delta` step wrote, and refuses a file
+//! whose bytes are not the recorded ones before anything changes.
+
+use std::path::{Path, PathBuf};
+
+use rollback_proto::runbook::{ExportDeltaStep, ImportDeltaStep, StepKind};
+use rollback_proto::{Event, OutputStream};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use time::OffsetDateTime;
+
+use super::backup::{Attempt, expected_checksum, human_bytes, programs};
+use super::{Progress, StepNote};
+use crate::steps::StepOutcome;
+use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
+use crate::tenancy::archive::{self, ArchiveError};
+use crate::tenancy::delta::{self, DeltaError, DeltaReader, ExportOptions, ImportOptions};
+
+/// Parallel jobs for restoring the baseline archive into its scratch database.
+const BASELINE_JOBS: u32 = 2;
+
+fn failure(err: DeltaError) -> StepOutcome {
+    if err.is_transient() {
+        StepOutcome::transient(err.to_string())
+    } else {
+        StepOutcome::permanent(err.to_string())
+    }
+}
+
+fn progress_note(attempt: &Attempt<'_>) -> impl Fn(u64, u64) + Send + Sync {
+    let notes = attempt.notes.clone();
+    move |done, total| {
+        let _ = notes.try_send(StepNote::Progress(Progress {
+            done,
+            total,
+            note: "units".into(),
+        }));
+    }
+}
+
+/// Where the pre-migration copy comes from.
+enum Baseline {
+    Target(String),
+    Archive(PathBuf),
+}
+
+pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) -> StepOutcome {
+    let prepared = async {
+        let target = attempt.expand("target", &step.target)?;
+        let output_dir = PathBuf::from(attempt.expand("output_dir", &step.output_dir)?);
+        let scope = super::tenancy::options(attempt.state, &step.scope, None)
+            .map_err(StepOutcome::permanent)?
+            .scope;
+        let baseline = match (&step.baseline, &step.baseline_archive) {
+            (Some(name), _) => Baseline::Target(attempt.expand("baseline", name)?),
+            (None, Some(path)) => {
+                Baseline::Archive(PathBuf::from(attempt.expand("baseline_archive", path)?))
+            }
+            (None, None) => return Err(StepOutcome::permanent("no baseline given")),
+        };
+        let source = attempt
+            .deps
+            .databases
+            .get(&target)
+            .map_err(|e| StepOutcome::permanent(e.to_string()))?;
+        Ok::<_, StepOutcome>((target, output_dir, scope, baseline, source))
+    };
+    let (target, output_dir, scope, baseline, source) = match prepared.await {
+        Ok(p) => p,
+        Err(outcome) => return outcome,
+    };
+    let file = delta::delta_path(&output_dir, OffsetDateTime::now_utc());
+    let conn = match attempt.connection(&target) {
+        Ok(c) => c,
+        Err(outcome) => return outcome,
+    };
+    let label = match &baseline {
+        Baseline::Target(name) => format!("target `{name}`"),
+        Baseline::Archive(path) => format!("archive {}", path.display()),
+    };
+    if attempt.describes_only() {
+        let mut text = format!(
+            "compare every tenant schema of `{target}` (pattern {}) with its rows in {label}, \
+             by primary key and row hash; write the rows inserted, updated and deleted since the \
+             migration to {} with its sha256 beside it\n",
+            scope.schema_pattern,
+            file.display()
+        );
+        if let Baseline::Archive(path) = &baseline {
+            text.push_str(&format!(
+                "restore {} into a scratch database `{}` first (checked against its sha256), and drop it afterwards\n",
+                path.display(),
+                restore::stamped_name(conn.database(), "_delta_baseline_", OffsetDateTime::now_utc())
+            ));
+            let verdict = match expected_checksum(attempt.state, path).await {
+                Ok(Some((sum, _))) => match archive::verify_archive(path, &sum, step.max_age).await {
+                    Ok(()) => "now: the archive passes its checks\n".to_owned(),
+                    Err(err) => format!("now: would refuse: {err}\n"),
+                },
+                Ok(None) => "now: would refuse: no checksum is recorded for it\n".to_owned(),
+                Err(err) => format!("now: would refuse: {err}\n"),
+            };
+            text.push_str(&verdict);
+        }
+        return attempt
+            .describe(&text, format!("export the delta of `{target}` against {label}"))
+            .await;
+    }
+
+    let (baseline_pool, scratch) = match &baseline {
+        Baseline::Target(name) => match attempt.deps.databases.get(name) {
+            Ok(pool) => (pool, None),
+            Err(e) => return StepOutcome::permanent(e.to_string()),
+        },
+        Baseline::Archive(path) => match restore_baseline(attempt, &conn, path, step).await {
+            Ok((pool, name)) => (pool, Some(name)),
+            Err(outcome) => return outcome,
+        },
+    };
+    let opts = ExportOptions {
+        scope,
+        output: file,
+        baseline_label: label,
+        source_database: conn.database().to_owned(),
+    };
+    let progress = progress_note(attempt);
+    let exported = delta::export(&source, &baseline_pool, &opts, &progress).await;
+    if let Some(name) = &scratch {
+        baseline_pool.close().await;
+        if let Err(err) = restore::drop_database(&conn, name).await {
+            attempt
+                .io
+                .output
+                .write(
+                    OutputStream::Stderr,
+                    &format!("the scratch database `{name}` could not be dropped: {err}\n"),
+                )
+                .await;
+        }
+    }
+    let report = match exported {
+        Ok(r) => r,
+        Err(err) => return failure(err),
+    };
+    let _ = attempt
+        .notes
+        .send(StepNote::Record(Event::ArchiveWritten {
+            step: attempt.step.id.clone(),
+            path: report.path.display().to_string(),
+            sha256: report.sha256.clone(),
+            bytes: report.bytes,
+            schemas: Vec::new(),
+        }))
+        .await;
+    for warning in &report.warnings {
+        attempt
+            .io
+            .output
+            .write(OutputStream::Stderr, &format!("{warning}\n"))
+            .await;
+    }
+    StepOutcome::Succeeded {
+        summary: format!(
+            "{} row(s) inserted, {} updated, {} deleted since the migration, in {} tenant(s) \
+             ({} unit(s)){}; written to {} ({}, sha256 {})",
+            report.inserted,
+            report.updated,
+            report.deleted,
+            report.tenants,
+            report.units,
+            if report.new_tenants.is_empty() {
+                String::new()
+            } else {
+                format!(", {} tenant(s) created since", report.new_tenants.len())
+            },
+            report.path.display(),
+            human_bytes(report.bytes),
+            report.sha256
+        ),
+    }
+}
+
+/// Restores the pre-migration archive into a scratch database beside the target.
+async fn restore_baseline(
+    attempt: &Attempt<'_>,
+    conn: &archive::ConnectionParams,
+    path: &Path,
+    step: &ExportDeltaStep,
+) -> Result<(PgPool, String), StepOutcome> {
+    let Some((sha256, _)) = expected_checksum(attempt.state, path)
+        .await
+        .map_err(|e| StepOutcome::permanent(e.to_string()))?
+    else {
+        if tokio::fs::metadata(path).await.is_err() {
+            return Err(StepOutcome::permanent(
+                ArchiveError::Missing {
+                    path: path.to_owned(),
+                }
+                .to_string(),
+            ));
+        }
+        return Err(StepOutcome::permanent(format!(
+            "no recorded checksum for the baseline archive {} (no step of this run wrote it and \
+             there is no {}); nothing was exported",
+            path.display(),
+            archive::sidecar_path(path).display()
+        )));
+    };
+    let name = restore::stamped_name(conn.database(), "_delta_baseline_", OffsetDateTime::now_utc());
+    let req = RestoreRequest {
+        archive: path,
+        sha256: &sha256,
+        max_age: step.max_age,
+        jobs: BASELINE_JOBS,
+        into: RestoreInto::NewDatabase(name.clone()),
+    };
+    let programs = programs()?;
+    restore::restore(&programs, conn, &req, &attempt.io)
+        .await
+        .map_err(|e| StepOutcome::permanent(format!("the baseline could not be restored: {e}")))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(conn.with_database(&name).connect_options())
+        .await
+        .map_err(|e| StepOutcome::transient(format!("connecting to the baseline `{name}`: {e}")))?;
+    Ok((pool, name))
+}
+
+pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) -> StepOutcome {
+    let target = match attempt.expand("target", &step.target) {
+        Ok(t) => t,
+        Err(outcome) => return outcome,
+    };
+    let file = match &step.file {
+        Some(file) => match attempt.expand("file", file) {
+            Ok(f) => PathBuf::from(f),
+            Err(outcome) => return outcome,
+        },
+        None => match exported_delta(attempt) {
+            Some(path) => path,
+            None => {
+                return StepOutcome::permanent(
+                    "no `file` is given and no export_delta step of this run has written a delta",
+                );
+            }
+        },
+    };
+    let checksum = match expected_checksum(attempt.state, &file).await {
+        Ok(c) => c,
+        Err(err) => return StepOutcome::permanent(err.to_string()),
+    };
+    let action = if step.check_only {
+        "prove"
+    } else {
+        "import"
+    };
+    if attempt.describes_only() {
+        let mut text = format!(
+            "{action} the delta {} against `{target}`{}\n",
+            file.display(),
+            if step.check_only {
+                ": per (tenant, table), rows and fingerprint as the tenant schema had them; writes nothing"
+            } else {
+                ": new ids from the shared sequences, links rewritten or checked, every unit once, then proven"
+            }
+        );
+        let verdict = match &checksum {
+            None => "now: would refuse: no checksum is recorded for it\n".to_owned(),
+            Some((sum, source)) => match archive::verify_archive(&file, sum, None).await {
+                Ok(()) => match DeltaReader::open(&file) {
+                    Ok(r) => format!(
+                        "now: the file passes its checks ({source}): {} tenant(s), {} unit(s)\n",
+                        r.header().tenants.len(),
+                        r.header().units
+                    ),
+                    Err(err) => format!("now: would refuse: {err}\n"),
+                },
+                Err(err) => format!("now: would refuse: {err}\n"),
+            },
+        };
+        text.push_str(&verdict);
+        return attempt
+            .describe(&text, format!("{action} the delta into `{target}`"))
+            .await;
+    }
+    let Some((sha256, _)) = checksum else {
+        if tokio::fs::metadata(&file).await.is_err() {
+            return StepOutcome::permanent(ArchiveError::Missing { path: file }.to_string());
+        }
+        return StepOutcome::permanent(format!(
+            "no recorded checksum for the delta {}: no step of this run wrote it and there is no {}; nothing was imported",
+            file.display(),
+            archive::sidecar_path(&file).display()
+        ));
+    };
+    let pool = match attempt.deps.databases.get(&target) {
+        Ok(p) => p,
+        Err(e) => return StepOutcome::permanent(e.to_string()),
+    };
+    let report = if step.check_only {
+        delta::check(&pool, &file, &sha256).await
+    } else {
+        let opts = ImportOptions {
+            concurrency: step.concurrency.max(1) as usize,
+        };
+        let progress = progress_note(attempt);
+        delta::import(&pool, &file, &sha256, &opts, &progress).await
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(err) => return failure(err),
+    };
+    if !report.is_ok() {
+        let mut lines: Vec<String> = report
+            .mismatches
+            .iter()
+            .take(10)
+            .map(|m| {
+                format!(
+                    "tenant {}, table {}: expected {} row(s) with fingerprint {}, found {} with {}",
+                    m.tenant, m.table, m.expected_rows, m.expected_fingerprint, m.rows, m.fingerprint
+                )
+            })
+            .collect();
+        if report.mismatches.len() > 10 {
+            lines.push(format!("and {} more", report.mismatches.len() - 10));
+        }
+        return StepOutcome::permanent(format!(
+            "{} of {} unit(s) do not hold what the tenant schemas held: {}",
+            report.units_total - report.verified_units,
+            report.units_total,
+            lines.join("; ")
+        ));
+    }
+    StepOutcome::Succeeded {
+        summary: if step.check_only {
+            format!(
+                "all {} unit(s) hold exactly what the tenant schemas held at export",
+                report.verified_units
+            )
+        } else {
+            format!(
+                "{} row(s) inserted with new ids, {} updated, {} deleted, {} tenant(s) created; \
+                 {} unit(s) done, {} found done before; all {} proven",
+                report.inserted,
+                report.updated,
+                report.deleted,
+                report.tenants_created,
+                report.units_done,
+                report.units_skipped,
+                report.verified_units
+            )
+        },
+    }
+}
+
+/// The delta the run's last `export_delta` step recorded.
+fn exported_delta(attempt: &Attempt<'_>) -> Option<PathBuf> {
+    let state = attempt.state;
+    state
+        .archives
+        .iter()
+        .rev()
+        .find(|record| {
+            state.runbook.phases.iter().any(|phase| {
+                phase
+                    .steps
+                    .iter()
+                    .any(|s| s.id == record.step && matches!(s.kind, StepKind::ExportDelta(_)))
+            })
+        })
+        .map(|record| PathBuf::from(&record.path))
+}

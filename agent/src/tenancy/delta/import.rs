@@ -1,0 +1,886 @@
+//! Import: the delta applied to the restored database, exactly once per unit, then proven.
+//!
+//! A unit's inserts and updates are one transaction with its claim row; its deletes are a
+//! second unit, run after the tenant's later tables (children before parents). Tenants run
+//! in parallel: every link stays within a tenant. The file is read on a blocking thread and
+//! handed over one tenant at a time through a bounded channel: memory follows the largest
+//! tenant's delta, not the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use tokio::sync::mpsc;
+
+use super::file::DeltaReader;
+use super::{DeltaError, Header, Line, Op, TableShape, UnitHeader};
+use crate::tenancy::archive;
+use crate::tenancy::state::{self, ENGINE_SCHEMA};
+use crate::tenancy::{fingerprint, sql};
+
+/// Rows written between two `ANALYZE`s of the id map, so joins against it stay index lookups.
+const ANALYZE_EVERY: u64 = 20_000;
+
+/// How to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Tenants worked on at once.
+    pub concurrency: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self { concurrency: 4 }
+    }
+}
+
+/// A unit's proof: what the tenant schema held at export, and what the target holds now
+/// (mapped back to the schema's ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitCheck {
+    /// The tenant.
+    pub tenant: i64,
+    /// The table.
+    pub table: String,
+    /// Rows expected.
+    pub expected_rows: i64,
+    /// Their fingerprint.
+    pub expected_fingerprint: String,
+    /// Rows found.
+    pub rows: i64,
+    /// Their fingerprint.
+    pub fingerprint: String,
+}
+
+/// What an import (or a check) did and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Units in the delta.
+    pub units_total: u64,
+    /// Units applied by this call.
+    pub units_done: u64,
+    /// Units found applied by an earlier call.
+    pub units_skipped: u64,
+    /// Rows inserted by this call (with new ids).
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Tenant rows created.
+    pub tenants_created: u64,
+    /// Units proven equal to the tenant schema at export.
+    pub verified_units: u64,
+    /// Units that differ.
+    pub mismatches: Vec<UnitCheck>,
+    /// Wall-clock time.
+    pub elapsed_ms: u64,
+}
+
+impl ImportReport {
+    /// Whether every unit matched.
+    pub fn is_ok(&self) -> bool {
+        self.mismatches.is_empty() && self.verified_units == self.units_total
+    }
+}
+
+/// `rollback_engine.delta_units`.
+fn units_table() -> String {
+    sql::table(ENGINE_SCHEMA, "delta_units")
+}
+
+/// `rollback_engine.delta_id_map`.
+fn map_table() -> String {
+    sql::table(ENGINE_SCHEMA, "delta_id_map")
+}
+
+/// Imports the delta at `path` into `pool`'s database, after checking the file against
+/// `sha256` (which also names the delta in the bookkeeping). Nothing is written when the file
+/// is missing, corrupt or malformed, or when the target's tables do not fit it.
+pub async fn import(
+    pool: &PgPool,
+    path: &Path,
+    sha256: &str,
+    opts: &ImportOptions,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<ImportReport, DeltaError> {
+    let started = Instant::now();
+    archive::verify_archive(path, sha256, None).await?;
+    let delta_id = sha256;
+    let header = DeltaReader::open(path)?.header().clone();
+    for t in &header.tables {
+        check_fits(
+            pool,
+            &header.shared_schema,
+            &header.tenant_column,
+            t,
+            "the target",
+        )
+        .await?;
+    }
+    prepare(pool).await?;
+    let tables = TableSql::build_all(pool, &header).await?;
+    let mut report = ImportReport {
+        units_total: header.units,
+        ..ImportReport::default()
+    };
+    let counters = Counters::default();
+    let (tx, mut rx) = mpsc::channel::<Result<Block, DeltaError>>(opts.concurrency.max(1));
+    let reader = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || read_blocks(&path, &tx))
+    };
+    let outcome = async {
+        // Tenant rows come first in the file, and before any unit: rows need their tenant.
+        let mut first = rx.recv().await;
+        if let Some(Ok(Block::Tenants(rows))) = first {
+            report.tenants_created = apply_tenants(pool, &header, delta_id, rows).await?;
+            first = rx.recv().await;
+        }
+        let units_total = header.units;
+        let tick = || progress(counters.units.load(Ordering::Relaxed), units_total);
+        let width = opts.concurrency.max(1);
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut pending = first;
+        loop {
+            while running.len() < width {
+                let item = match pending.take() {
+                    Some(item) => Some(item),
+                    None => rx.recv().await,
+                };
+                match item {
+                    None => break,
+                    Some(Ok(Block::Tenant { tenant, units })) => running.push(apply_tenant(
+                        pool, &tables, delta_id, tenant, units, &counters, &tick,
+                    )),
+                    Some(Ok(Block::Tenants(_))) => {
+                        return Err(DeltaError::Refused("tenant rows after the first unit".into()));
+                    }
+                    Some(Err(err)) => return Err(err),
+                }
+            }
+            match running.next().await {
+                Some(Ok(())) => {}
+                Some(Err(err)) => return Err(err),
+                None => return Ok(()),
+            }
+        }
+    }
+    .await;
+    // The reader ends when the file does, or when the channel closes after an error.
+    let read = reader.await.expect("the delta reader does not panic");
+    outcome?;
+    read?;
+    report.units_done = counters.done.load(Ordering::Relaxed);
+    report.units_skipped = counters.skipped.load(Ordering::Relaxed);
+    report.inserted = counters.inserted.load(Ordering::Relaxed);
+    report.updated = counters.updated.load(Ordering::Relaxed);
+    report.deleted = counters.deleted.load(Ordering::Relaxed);
+    sqlx::query(AssertSqlSafe(format!("ANALYZE {}", map_table())))
+        .execute(pool)
+        .await
+        .map_err(DeltaError::db("analyzing the id map"))?;
+    let checked = check(pool, path, delta_id).await?;
+    report.verified_units = checked.verified_units;
+    report.mismatches = checked.mismatches;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Proves, per unit, that the target holds exactly what the tenant schema held at export:
+/// the tenant's rows, their new ids and links mapped back through the delta's id map, have
+/// the count and fingerprint the delta recorded. Reads only.
+pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportReport, DeltaError> {
+    let started = Instant::now();
+    archive::verify_archive(path, sha256, None).await?;
+    let delta_id = sha256;
+    let mut reader = DeltaReader::open(path)?;
+    let header = reader.header().clone();
+    for t in &header.tables {
+        check_fits(pool, &header.shared_schema, &header.tenant_column, t, "the target").await?;
+    }
+    let has_map: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(map_table())
+        .fetch_one(pool)
+        .await
+        .map_err(DeltaError::db("looking for the delta's id map"))?;
+    let mut units: Vec<Vec<UnitHeader>> = vec![Vec::new(); header.tables.len()];
+    // Decompressing a line is quick; only unit lines are kept (one small record per unit).
+    while let Some(line) = reader.next_line()? {
+        if let Line::Unit(unit) = line {
+            units[unit.table].push(unit);
+        }
+    }
+    let mut report = ImportReport {
+        units_total: header.units,
+        ..ImportReport::default()
+    };
+    for (t, expected) in header.tables.iter().zip(&units) {
+        if expected.is_empty() {
+            continue;
+        }
+        let tenants: Vec<i64> = expected.iter().map(|u| u.tenant).collect();
+        let found: Vec<(i64, i64, String)> =
+            sqlx::query_as(AssertSqlSafe(check_sql(&header, t, has_map)))
+                .bind(delta_id)
+                .bind(&tenants)
+                .fetch_all(pool)
+                .await
+                .map_err(DeltaError::db(format!("checking table {}", t.name)))?;
+        let found: BTreeMap<i64, (i64, String)> =
+            found.into_iter().map(|(tenant, n, fp)| (tenant, (n, fp))).collect();
+        for u in expected {
+            let (rows, fingerprint) = found
+                .get(&u.tenant)
+                .cloned()
+                .unwrap_or_else(|| (0, "0".to_owned()));
+            if rows == u.rows && fingerprint == u.fingerprint {
+                report.verified_units += 1;
+            } else {
+                report.mismatches.push(UnitCheck {
+                    tenant: u.tenant,
+                    table: t.name.clone(),
+                    expected_rows: u.rows,
+                    expected_fingerprint: u.fingerprint.clone(),
+                    rows,
+                    fingerprint,
+                });
+            }
+        }
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Per tenant, the count and fingerprint of its rows in a shared table, keys and links mapped
+/// back to the tenant schema's ids. Binds: `$1` the delta, `$2` the tenants.
+fn check_sql(header: &Header, t: &TableShape, has_map: bool) -> String {
+    let dest = sql::table(&header.shared_schema, &t.name);
+    let tenant_col = sql::ident(&header.tenant_column);
+    let mut joins = String::new();
+    let mut cols = Vec::new();
+    let mut mapped = |alias: &str, tbl: &str, col: &str| {
+        if has_map {
+            joins.push_str(&format!(
+                " LEFT JOIN {map} {alias} ON {alias}.delta = $1::text AND {alias}.tbl = {tbl} \
+                 AND {alias}.tenant = s.{tenant_col} AND {alias}.new_id = s.{col}",
+                map = map_table(),
+                tbl = sql::literal(tbl),
+                col = sql::ident(col),
+            ));
+            format!("COALESCE({alias}.old_id, s.{})", sql::ident(col))
+        } else {
+            format!("s.{}", sql::ident(col))
+        }
+    };
+    for (i, c) in t.columns.iter().enumerate() {
+        let value = if c.name == t.id_column {
+            mapped("mi", &t.name, &c.name)
+        } else if let Some(link) = t.links.iter().find(|l| l.column == c.name) {
+            mapped(&format!("g{i}"), &link.parent, &c.name)
+        } else {
+            format!("s.{}", sql::ident(&c.name))
+        };
+        cols.push(format!("({value})::{}", c.type_name));
+    }
+    let (count, fp) = fingerprint::aggregate(&format!("ROW({})", cols.join(", ")));
+    format!(
+        "SELECT s.{tenant_col}::int8, {count}, ({fp})::text FROM {dest} s{joins} \
+         WHERE s.{tenant_col} = ANY($2::int8[]) AND $1::text IS NOT NULL GROUP BY 1"
+    )
+}
+
+/// Refuses a table whose shared copy lacks a carried column or has it with another type.
+pub(crate) async fn check_fits(
+    pool: &PgPool,
+    shared: &str,
+    tenant_column: &str,
+    t: &TableShape,
+    what: &str,
+) -> Result<(), DeltaError> {
+    let found: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+         WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .bind(sql::table(shared, &t.name))
+    .fetch_all(pool)
+    .await
+    .map_err(DeltaError::db(format!("reading the columns of {shared}.{}", t.name)))?;
+    if found.is_empty() {
+        return Err(DeltaError::DoesNotFit(format!(
+            "{what} has no table {shared}.{}",
+            t.name
+        )));
+    }
+    let types: BTreeMap<&str, &str> = found
+        .iter()
+        .map(|(n, ty)| (n.as_str(), ty.as_str()))
+        .collect();
+    if !types.contains_key(tenant_column) {
+        return Err(DeltaError::DoesNotFit(format!(
+            "{what}'s {shared}.{} has no column {tenant_column}",
+            t.name
+        )));
+    }
+    for c in &t.columns {
+        match types.get(c.name.as_str()) {
+            None => {
+                return Err(DeltaError::DoesNotFit(format!(
+                    "{what}'s {shared}.{} has no column {} (the delta carries it as {})",
+                    t.name, c.name, c.type_name
+                )));
+            }
+            Some(ty) if *ty != c.type_name => {
+                return Err(DeltaError::DoesNotFit(format!(
+                    "column {} of {shared}.{} is {ty} in {what}, but the delta carries {}",
+                    c.name, t.name, c.type_name
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Creates the delta's bookkeeping (and the engine's orphan function) if needed.
+async fn prepare(pool: &PgPool) -> Result<(), DeltaError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(DeltaError::db("preparing the delta's bookkeeping"))?;
+    let ddl = format!(
+        "SELECT pg_advisory_xact_lock(hashtext('rollback_engine.prepare'));
+         CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {units} (
+             delta text NOT NULL, stage text NOT NULL, tenant int8 NOT NULL, tbl text NOT NULL,
+             rows int8 NOT NULL, finished_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (delta, stage, tenant, tbl));
+         CREATE TABLE IF NOT EXISTS {map} (
+             delta text NOT NULL, tbl text NOT NULL, tenant int8 NOT NULL,
+             old_id int8 NOT NULL, new_id int8 NOT NULL,
+             PRIMARY KEY (delta, tbl, tenant, old_id));
+         CREATE UNIQUE INDEX IF NOT EXISTS delta_id_map_new_id ON {map} (delta, tbl, new_id);
+         {orphan}",
+        schema = sql::ident(ENGINE_SCHEMA),
+        units = units_table(),
+        map = map_table(),
+        orphan = state::orphan_fn_ddl(),
+    );
+    sqlx::raw_sql(AssertSqlSafe(ddl))
+        .execute(&mut *tx)
+        .await
+        .map_err(DeltaError::db("preparing the delta's bookkeeping"))?;
+    tx.commit()
+        .await
+        .map_err(DeltaError::db("preparing the delta's bookkeeping"))
+}
+
+/// What the reader hands over.
+enum Block {
+    /// The tenant rows (first, possibly empty).
+    Tenants(Vec<(Op, i64, serde_json::Value)>),
+    /// Every unit of one tenant, in the file's (load) order.
+    Tenant {
+        tenant: i64,
+        units: Vec<(UnitHeader, Vec<RowChange>)>,
+    },
+}
+
+struct RowChange {
+    op: Op,
+    key: i64,
+    row: Option<serde_json::Value>,
+}
+
+/// Reads the file into blocks, checking its framing as it goes.
+fn read_blocks(path: &PathBuf, tx: &mpsc::Sender<Result<Block, DeltaError>>) -> Result<(), DeltaError> {
+    let mut reader = DeltaReader::open(path)?;
+    let tables = reader.header().tables.len();
+    let mut tenants = Vec::new();
+    let mut current: Option<(i64, Vec<(UnitHeader, Vec<RowChange>)>)> = None;
+    let mut seen_unit = false;
+    let send = |block| tx.blocking_send(Ok(block)).is_ok();
+    loop {
+        let line = match reader.next_line() {
+            Ok(line) => line,
+            Err(err) => {
+                let _ = tx.blocking_send(Err(reader.malformed(err.to_string())));
+                return Ok(());
+            }
+        };
+        let bad = |reader: &DeltaReader, why: &str| {
+            let _ = tx.blocking_send(Err(reader.malformed(why.into())));
+            Ok(())
+        };
+        match line {
+            Some(Line::Tenant { op, key, row }) => {
+                if seen_unit {
+                    return bad(&reader, "a tenant row after the first unit");
+                }
+                tenants.push((op, key, row));
+            }
+            Some(Line::Unit(unit)) => {
+                if unit.table >= tables {
+                    return bad(&reader, "a unit of a table the header does not list");
+                }
+                if !seen_unit {
+                    seen_unit = true;
+                    if !send(Block::Tenants(std::mem::take(&mut tenants))) {
+                        return Ok(());
+                    }
+                }
+                if let Some((tenant, units)) = &mut current {
+                    if let Some((last, rows)) = units.last()
+                        && rows.len() as u64 != last.row_lines()
+                    {
+                        return bad(&reader, "the previous unit has another number of rows than it says");
+                    }
+                    if *tenant != unit.tenant {
+                        let (tenant, units) = current.take().expect("matched");
+                        if !send(Block::Tenant { tenant, units }) {
+                            return Ok(());
+                        }
+                    }
+                }
+                current
+                    .get_or_insert_with(|| (unit.tenant, Vec::new()))
+                    .1
+                    .push((unit, Vec::new()));
+            }
+            Some(Line::Row { op, key, row }) => {
+                let Some((_, units)) = &mut current else {
+                    return bad(&reader, "a row before any unit");
+                };
+                let (_, rows) = units.last_mut().expect("a tenant block starts with a unit");
+                if (op == Op::Delete) != row.is_none() {
+                    return bad(&reader, "a delete carries a row, or an insert or update none");
+                }
+                rows.push(RowChange { op, key, row });
+            }
+            Some(Line::Header(_) | Line::End { .. }) => {
+                return bad(&reader, "an unexpected header or end line");
+            }
+            None => break,
+        }
+    }
+    if !seen_unit {
+        send(Block::Tenants(tenants));
+    }
+    if let Some((tenant, units)) = current {
+        if let Some((last, rows)) = units.last()
+            && rows.len() as u64 != last.row_lines()
+        {
+            let _ = tx.blocking_send(Err(reader.malformed("the last unit has another number of rows than it says".into())));
+            return Ok(());
+        }
+        send(Block::Tenant { tenant, units });
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counters {
+    units: AtomicU64,
+    done: AtomicU64,
+    skipped: AtomicU64,
+    inserted: AtomicU64,
+    updated: AtomicU64,
+    deleted: AtomicU64,
+    since_analyze: AtomicU64,
+}
+
+/// Inserts (ids kept) and updates the tenant rows, once.
+async fn apply_tenants(
+    pool: &PgPool,
+    header: &Header,
+    delta_id: &str,
+    rows: Vec<(Op, i64, serde_json::Value)>,
+) -> Result<u64, DeltaError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let what = "restoring the tenants created since the migration";
+    let table = sql::table(&header.shared_schema, &header.tenants_table);
+    let key = sql::ident(&header.tenants_key);
+    let cols: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(a.attname) FROM pg_attribute a WHERE a.attrelid = to_regclass($1)
+         AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum",
+    )
+    .bind(&table)
+    .fetch_all(pool)
+    .await
+    .map_err(DeltaError::db(what))?;
+    let mut tx = pool.begin().await.map_err(DeltaError::db(what))?;
+    if !claim(&mut tx, delta_id, "tenants", 0, &header.tenants_table, rows.len()).await? {
+        return Ok(0);
+    }
+    let list = cols.join(", ");
+    let from_r: Vec<String> = cols.iter().map(|c| format!("r.{c}")).collect();
+    let set: Vec<String> = cols.iter().map(|c| format!("{c} = r.{c}")).collect();
+    let mut created = 0;
+    for (op, id, row) in rows {
+        let q = match op {
+            Op::Insert => format!(
+                "INSERT INTO {table} ({list}) SELECT {} FROM jsonb_populate_record(NULL::{table}, $1) r WHERE $2::int8 IS NOT NULL",
+                from_r.join(", ")
+            ),
+            Op::Update => format!(
+                "UPDATE {table} t SET {} FROM jsonb_populate_record(NULL::{table}, $1) r WHERE t.{key} = $2",
+                set.join(", ")
+            ),
+            Op::Delete => continue,
+        };
+        let done = sqlx::query(AssertSqlSafe(q))
+            .bind(&row)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(DeltaError::db(format!("{what}: tenant {id}")))?;
+        if done.rows_affected() != 1 {
+            return Err(DeltaError::TargetDiffers {
+                tenant: id,
+                table: header.tenants_table.clone(),
+                action: "update",
+                expected: 1,
+                found: done.rows_affected(),
+            });
+        }
+        created += u64::from(op == Op::Insert);
+    }
+    // Ids were kept: the sequence must not hand them out again.
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT setval(s, GREATEST((SELECT max({key}) FROM {table}), 1)) \
+         FROM pg_get_serial_sequence($1, $2) s WHERE s IS NOT NULL"
+    )))
+    .bind(&table)
+    .bind(&header.tenants_key)
+    .execute(&mut *tx)
+    .await
+    .map_err(DeltaError::db(what))?;
+    tx.commit().await.map_err(DeltaError::db(what))?;
+    Ok(created)
+}
+
+/// Claims a unit in this transaction; false when an earlier call did it.
+async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    delta_id: &str,
+    stage: &str,
+    tenant: i64,
+    table: &str,
+    rows: usize,
+) -> Result<bool, DeltaError> {
+    let claimed = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (delta, stage, tenant, tbl, rows) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        units_table()
+    )))
+    .bind(delta_id)
+    .bind(stage)
+    .bind(tenant)
+    .bind(table)
+    .bind(rows as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(DeltaError::db(format!("claiming tenant {tenant}, table {table}")))?;
+    Ok(claimed.rows_affected() == 1)
+}
+
+/// One tenant: inserts and updates in load order, then deletes in reverse.
+async fn apply_tenant(
+    pool: &PgPool,
+    tables: &[TableSql],
+    delta_id: &str,
+    tenant: i64,
+    units: Vec<(UnitHeader, Vec<RowChange>)>,
+    counters: &Counters,
+    progress: &(dyn Fn() + Send + Sync),
+) -> Result<(), DeltaError> {
+    for (unit, rows) in &units {
+        let t = &tables[unit.table];
+        let inserts: Vec<&RowChange> = rows.iter().filter(|r| r.op == Op::Insert).collect();
+        let updates: Vec<&RowChange> = rows.iter().filter(|r| r.op == Op::Update).collect();
+        let what = format!("tenant {tenant}, table {}", t.name);
+        let mut tx = pool.begin().await.map_err(DeltaError::db(what.clone()))?;
+        if claim(&mut tx, delta_id, "upsert", tenant, &t.name, inserts.len() + updates.len()).await? {
+            t.upsert(&mut tx, delta_id, tenant, &inserts, &updates).await?;
+            tx.commit().await.map_err(DeltaError::db(what))?;
+            counters.done.fetch_add(1, Ordering::Relaxed);
+            counters.inserted.fetch_add(inserts.len() as u64, Ordering::Relaxed);
+            counters.updated.fetch_add(updates.len() as u64, Ordering::Relaxed);
+            let since = counters
+                .since_analyze
+                .fetch_add(inserts.len() as u64, Ordering::Relaxed);
+            if since > ANALYZE_EVERY {
+                counters.since_analyze.store(0, Ordering::Relaxed);
+                sqlx::query(AssertSqlSafe(format!("ANALYZE {}", map_table())))
+                    .execute(pool)
+                    .await
+                    .map_err(DeltaError::db("analyzing the id map"))?;
+            }
+        } else {
+            counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.units.fetch_add(1, Ordering::Relaxed);
+        progress();
+    }
+    for (unit, rows) in units.iter().rev() {
+        let deletes: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.op == Op::Delete)
+            .map(|r| r.key)
+            .collect();
+        if deletes.is_empty() {
+            continue;
+        }
+        let t = &tables[unit.table];
+        let what = format!("tenant {tenant}, table {} (deletes)", t.name);
+        let mut tx = pool.begin().await.map_err(DeltaError::db(what.clone()))?;
+        if claim(&mut tx, delta_id, "delete", tenant, &t.name, deletes.len()).await? {
+            let done = sqlx::query(AssertSqlSafe(t.delete.clone()))
+                .bind(tenant)
+                .bind(&deletes)
+                .execute(&mut *tx)
+                .await
+                .map_err(DeltaError::db(what.clone()))?;
+            if done.rows_affected() != deletes.len() as u64 {
+                return Err(DeltaError::TargetDiffers {
+                    tenant,
+                    table: t.name.clone(),
+                    action: "delete",
+                    expected: deletes.len() as u64,
+                    found: done.rows_affected(),
+                });
+            }
+            tx.commit().await.map_err(DeltaError::db(what))?;
+            counters.deleted.fetch_add(deletes.len() as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// The SQL of one table's units, built once.
+struct TableSql {
+    name: String,
+    /// `$1` delta, `$2` tenant, `$3` keys.
+    map: String,
+    /// `$1` delta, `$2` tenant, `$3` keys, `$4` rows.
+    insert: String,
+    /// `$1` delta, `$2` tenant, `$3` keys, `$4` rows.
+    update: String,
+    /// `$1` tenant, `$2` keys.
+    delete: String,
+    /// Per link: (column, parent) for explaining an orphan.
+    links: Vec<(String, String)>,
+}
+
+impl TableSql {
+    async fn build_all(pool: &PgPool, header: &Header) -> Result<Vec<TableSql>, DeltaError> {
+        let mut out = Vec::new();
+        for t in &header.tables {
+            let dest = sql::table(&header.shared_schema, &t.name);
+            let (sequence, always): (Option<String>, bool) = sqlx::query_as(
+                "SELECT pg_get_serial_sequence($1, $2),
+                        COALESCE((SELECT a.attidentity = 'a' FROM pg_attribute a
+                                  WHERE a.attrelid = to_regclass($1) AND a.attname = $2), false)",
+            )
+            .bind(&dest)
+            .bind(&t.id_column)
+            .fetch_one(pool)
+            .await
+            .map_err(DeltaError::db(format!("reading the id sequence of {dest}")))?;
+            let Some(sequence) = sequence else {
+                return Err(DeltaError::DoesNotFit(format!(
+                    "{dest}.{} has no sequence to give rows written since the migration new ids",
+                    t.id_column
+                )));
+            };
+            out.push(TableSql::build(header, t, &sequence, always));
+        }
+        Ok(out)
+    }
+
+    fn build(header: &Header, t: &TableShape, sequence: &str, identity_always: bool) -> TableSql {
+        let dest = sql::table(&header.shared_schema, &t.name);
+        let map = map_table();
+        let tbl = sql::literal(&t.name);
+        let tenant_col = sql::ident(&header.tenant_column);
+        let id = sql::ident(&t.id_column);
+        let source = format!(
+            "unnest($3::int8[], $4::jsonb[]) AS d(key, row) \
+             CROSS JOIN LATERAL jsonb_populate_record(NULL::{dest}, d.row) r"
+        );
+        let mut joins = String::new();
+        let mut cols = Vec::new();
+        let mut vals = Vec::new();
+        for (i, c) in t.columns.iter().enumerate() {
+            if c.name == t.id_column {
+                continue;
+            }
+            let col = sql::ident(&c.name);
+            cols.push(col.clone());
+            match t.links.iter().find(|l| l.column == c.name) {
+                Some(link) => {
+                    let parent = header
+                        .tables
+                        .iter()
+                        .find(|p| p.name == link.parent)
+                        .map(|p| p.id_column.clone())
+                        .unwrap_or_else(|| "id".into());
+                    let alias = format!("f{i}");
+                    joins.push_str(&format!(
+                        " LEFT JOIN {map} {alias} ON {alias}.delta = $1::text AND {alias}.tbl = {ptbl} \
+                         AND {alias}.tenant = $2::int8 AND {alias}.old_id = r.{col}",
+                        ptbl = sql::literal(&link.parent),
+                    ));
+                    // A row written since, then a row restored for this tenant, else stop.
+                    vals.push(format!(
+                        "CASE WHEN r.{col} IS NULL THEN NULL \
+                         WHEN {alias}.new_id IS NOT NULL THEN {alias}.new_id \
+                         WHEN EXISTS (SELECT 1 FROM {pdest} p WHERE p.{pid} = r.{col} AND p.{tenant_col} = $2::int8) THEN r.{col} \
+                         ELSE {orphan}({tbl}, {lcol}, $2::int8, r.{col}::int8) END",
+                        pdest = sql::table(&header.shared_schema, &link.parent),
+                        pid = sql::ident(&parent),
+                        orphan = state::orphan_fn(),
+                        lcol = sql::literal(&c.name),
+                    ));
+                }
+                None => vals.push(format!("r.{col}")),
+            }
+        }
+        let overriding = if identity_always {
+            " OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        };
+        let insert = format!(
+            "INSERT INTO {dest} ({id}, {tenant_col}, {cols}){overriding} \
+             SELECT m.new_id, $2::int8, {vals} FROM {source} \
+             JOIN {map} m ON m.delta = $1::text AND m.tbl = {tbl} AND m.tenant = $2::int8 AND m.old_id = d.key{joins}",
+            cols = cols.join(", "),
+            vals = vals.join(", "),
+        );
+        let set: Vec<String> = cols
+            .iter()
+            .zip(&vals)
+            .map(|(c, v)| format!("{c} = {v}"))
+            .collect();
+        let update = format!(
+            "UPDATE {dest} s SET {} FROM {source}{joins} \
+             WHERE s.{id} = d.key AND s.{tenant_col} = $2::int8 AND $1::text IS NOT NULL",
+            set.join(", ")
+        );
+        TableSql {
+            name: t.name.clone(),
+            map: format!(
+                "INSERT INTO {map} (delta, tbl, tenant, old_id, new_id) \
+                 SELECT $1::text, {tbl}, $2::int8, k, nextval({}::regclass) FROM unnest($3::int8[]) k ORDER BY k",
+                sql::literal(sequence)
+            ),
+            insert,
+            update,
+            delete: format!(
+                "DELETE FROM {dest} s WHERE s.{tenant_col} = $1::int8 AND s.{id} = ANY($2::int8[])"
+            ),
+            links: t
+                .links
+                .iter()
+                .map(|l| (l.column.clone(), l.parent.clone()))
+                .collect(),
+        }
+    }
+
+    async fn upsert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        delta_id: &str,
+        tenant: i64,
+        inserts: &[&RowChange],
+        updates: &[&RowChange],
+    ) -> Result<(), DeltaError> {
+        let what = format!("tenant {tenant}, table {}", self.name);
+        let split = |rows: &[&RowChange]| {
+            let keys: Vec<i64> = rows.iter().map(|r| r.key).collect();
+            let values: Vec<serde_json::Value> =
+                rows.iter().map(|r| r.row.clone().unwrap_or_default()).collect();
+            (keys, values)
+        };
+        let orphan = |err: sqlx::Error| {
+            if state::is_orphan_error(&err) {
+                self.explain_orphan(tenant, &err)
+            } else {
+                DeltaError::db(what.clone())(err)
+            }
+        };
+        if !inserts.is_empty() {
+            let (keys, values) = split(inserts);
+            sqlx::query(AssertSqlSafe(self.map.clone()))
+                .bind(delta_id)
+                .bind(tenant)
+                .bind(&keys)
+                .execute(&mut **tx)
+                .await
+                .map_err(DeltaError::db(what.clone()))?;
+            sqlx::query(AssertSqlSafe(self.insert.clone()))
+                .bind(delta_id)
+                .bind(tenant)
+                .bind(&keys)
+                .bind(&values)
+                .execute(&mut **tx)
+                .await
+                .map_err(orphan)?;
+        }
+        if !updates.is_empty() {
+            let (keys, values) = split(updates);
+            let done = sqlx::query(AssertSqlSafe(self.update.clone()))
+                .bind(delta_id)
+                .bind(tenant)
+                .bind(&keys)
+                .bind(&values)
+                .execute(&mut **tx)
+                .await
+                .map_err(orphan)?;
+            if done.rows_affected() != keys.len() as u64 {
+                return Err(DeltaError::TargetDiffers {
+                    tenant,
+                    table: self.name.clone(),
+                    action: "update",
+                    expected: keys.len() as u64,
+                    found: done.rows_affected(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The orphan function's message names column and value; turn it into the typed error.
+    fn explain_orphan(&self, tenant: i64, err: &sqlx::Error) -> DeltaError {
+        let message = match err {
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        };
+        for (column, parent) in &self.links {
+            let marker = format!(": {column} = ");
+            if let Some(at) = message.find(&marker) {
+                let value = message[at + marker.len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_default();
+                return DeltaError::Orphan {
+                    tenant,
+                    table: self.name.clone(),
+                    column: column.clone(),
+                    parent: parent.clone(),
+                    value,
+                };
+            }
+        }
+        DeltaError::db(format!("tenant {tenant}, table {}", self.name))(sqlx::Error::Protocol(
+            message,
+        ))
+    }
+}
