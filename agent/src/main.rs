@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
-use rollback_agent::tenancy::{demo, verify};
+use rollback_agent::tenancy::{delta, demo, verify};
 use rollback_proto::Runbook;
 use rollback_proto::runbook::{FkChecks, IdStrategy, StepKind};
 use sqlx::postgres::PgPoolOptions;
@@ -73,6 +73,43 @@ enum Cmd {
         /// Units checked at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The emergency path's delta: the rows written in the tenant schemas since the migration,
+    /// compared by key and row hash with a restored pre-migration copy, to a checksummed file.
+    ExportDelta {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// The restored pre-migration copy.
+        #[arg(long)]
+        baseline_url: String,
+        /// The folder the delta file goes into (`delta-<time>.jsonl.gz` and its `.sha256`).
+        #[arg(long)]
+        output_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Import a delta into the restored database (exactly once per unit; safe to re-run), then
+    /// prove every unit against it.
+    ImportDelta {
+        /// The restored database.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// The delta file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Its sha256 (default: the `.sha256` file beside it).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Tenants worked on at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Only prove that the database holds what the delta says; write nothing.
+        #[arg(long)]
+        check_only: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -303,6 +340,111 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 ),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ExportDelta {
+            scope,
+            baseline_url,
+            output_dir,
+            format,
+        } => {
+            let source = connect(&scope.database_url, 2).await?;
+            let baseline = connect(&baseline_url, 2).await?;
+            let opts = delta::ExportOptions {
+                scope: scope.options()?.scope,
+                output: delta::delta_path(&output_dir, time::OffsetDateTime::now_utc()),
+                baseline_label: "the database given by --baseline-url".into(),
+                source_database: source
+                    .connect_options()
+                    .get_database()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            let report = delta::export(&source, &baseline, &opts, &|done, total| {
+                tracing::info!(units = done, of = total, "unit");
+            })
+            .await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => {
+                    report
+                        .warnings
+                        .iter()
+                        .for_each(|w| eprintln!("warning: {w}"));
+                    println!(
+                        "{} inserted, {} updated, {} deleted in {} unit(s) of {} tenant(s): {} (sha256 {})",
+                        report.inserted,
+                        report.updated,
+                        report.deleted,
+                        report.units,
+                        report.tenants,
+                        report.path.display(),
+                        report.sha256
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ImportDelta {
+            database_url,
+            file,
+            sha256,
+            concurrency,
+            check_only,
+            format,
+        } => {
+            let sha256 = match sha256 {
+                Some(sum) => sum,
+                None => rollback_agent::tenancy::archive::read_sidecar(&file)
+                    .await?
+                    .with_context(|| {
+                        format!(
+                            "no sha256 given and no {} beside the file: a delta is imported only when its checksum can be checked",
+                            rollback_agent::tenancy::archive::sidecar_path(&file).display()
+                        )
+                    })?,
+            };
+            let pool = connect(&database_url, concurrency as u32 + 2).await?;
+            let report = if check_only {
+                delta::check(&pool, &file, &sha256).await?
+            } else {
+                let opts = delta::ImportOptions { concurrency };
+                delta::import(&pool, &file, &sha256, &opts, &|done, total| {
+                    tracing::info!(units = done, of = total, "unit");
+                })
+                .await?
+            };
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => {
+                    for m in &report.mismatches {
+                        println!(
+                            "MISMATCH tenant {}, table {}: expected {} row(s) {}, found {} {}",
+                            m.tenant,
+                            m.table,
+                            m.expected_rows,
+                            m.expected_fingerprint,
+                            m.rows,
+                            m.fingerprint
+                        );
+                    }
+                    println!(
+                        "{} inserted, {} updated, {} deleted, {} tenant(s) created; {} unit(s) done, {} found done; {} of {} proven",
+                        report.inserted,
+                        report.updated,
+                        report.deleted,
+                        report.tenants_created,
+                        report.units_done,
+                        report.units_skipped,
+                        report.verified_units,
+                        report.units_total
+                    );
+                }
+            }
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(REFUSED)
+            })
         }
         Cmd::Verify {
             scope,

@@ -98,7 +98,8 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
                 restore::stamped_name(conn.database(), "_delta_baseline_", OffsetDateTime::now_utc())
             ));
             let verdict = match expected_checksum(attempt.state, path).await {
-                Ok(Some((sum, _))) => match archive::verify_archive(path, &sum, step.max_age).await {
+                Ok(Some((sum, _))) => match archive::verify_archive(path, &sum, step.max_age).await
+                {
                     Ok(()) => "now: the archive passes its checks\n".to_owned(),
                     Err(err) => format!("now: would refuse: {err}\n"),
                 },
@@ -108,7 +109,10 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
             text.push_str(&verdict);
         }
         return attempt
-            .describe(&text, format!("export the delta of `{target}` against {label}"))
+            .describe(
+                &text,
+                format!("export the delta of `{target}` against {label}"),
+            )
             .await;
     }
 
@@ -211,7 +215,11 @@ async fn restore_baseline(
             archive::sidecar_path(path).display()
         )));
     };
-    let name = restore::stamped_name(conn.database(), "_delta_baseline_", OffsetDateTime::now_utc());
+    let name = restore::stamped_name(
+        conn.database(),
+        "_delta_baseline_",
+        OffsetDateTime::now_utc(),
+    );
     let req = RestoreRequest {
         archive: path,
         sha256: &sha256,
@@ -254,11 +262,7 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
         Ok(c) => c,
         Err(err) => return StepOutcome::permanent(err.to_string()),
     };
-    let action = if step.check_only {
-        "prove"
-    } else {
-        "import"
-    };
+    let action = if step.check_only { "prove" } else { "import" };
     if attempt.describes_only() {
         let mut text = format!(
             "{action} the delta {} against `{target}`{}\n",
@@ -323,7 +327,12 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
             .map(|m| {
                 format!(
                     "tenant {}, table {}: expected {} row(s) with fingerprint {}, found {} with {}",
-                    m.tenant, m.table, m.expected_rows, m.expected_fingerprint, m.rows, m.fingerprint
+                    m.tenant,
+                    m.table,
+                    m.expected_rows,
+                    m.expected_fingerprint,
+                    m.rows,
+                    m.fingerprint
                 )
             })
             .collect();

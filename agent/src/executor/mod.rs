@@ -432,9 +432,7 @@ async fn execute(
         | StepKind::PgRestore(_)
         | StepKind::DropSchemas(_)
         | StepKind::ExportDelta(_)
-        | StepKind::ImportDelta(_) => {
-            backup::run(deps, state, step, output, notes, cancel).await
-        }
+        | StepKind::ImportDelta(_) => backup::run(deps, state, step, output, notes, cancel).await,
 
         _ => {
             let ctx = StepContext {

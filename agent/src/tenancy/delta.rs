@@ -50,7 +50,7 @@ pub enum Line {
         /// The tenant's id.
         key: i64,
         /// The row, by column name.
-        row: serde_json::Value,
+        row: RowJson,
     },
     /// The start of a (tenant, table) unit; its rows follow.
     Unit(UnitHeader),
@@ -62,7 +62,7 @@ pub enum Line {
         key: i64,
         /// Its columns by name (absent for a delete).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        row: Option<serde_json::Value>,
+        row: Option<RowJson>,
     },
     /// The last line.
     End {
@@ -72,6 +72,13 @@ pub enum Line {
         rows: u64,
     },
 }
+
+/// A row as PostgreSQL's `to_jsonb` wrote it, carried as that text, byte for byte: parsing
+/// it into numbers would turn `0.2240` into `0.224`, a different `numeric` and a different
+/// fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RowJson(pub String);
 
 /// What happened to a row since the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +258,12 @@ impl DeltaError {
 
     /// Whether trying again may succeed (a dropped connection, a server restarting).
     pub fn is_transient(&self) -> bool {
-        matches!(self, DeltaError::Database { transient: true, .. })
+        matches!(
+            self,
+            DeltaError::Database {
+                transient: true,
+                ..
+            }
+        )
     }
 }

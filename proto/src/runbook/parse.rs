@@ -25,8 +25,7 @@ use super::kinds::NoFields;
 use super::params;
 use super::{
     ConsolidateStep, DropSchemasStep, DryRunBehaviour, DumpFormat, EmergencySpec, ExportDeltaStep,
-    Phase,
-    RetryPolicy, Runbook, RunbookError, RunbookErrorKind, Step, StepKind, TenancyScope,
+    Phase, RetryPolicy, Runbook, RunbookError, RunbookErrorKind, Step, StepKind, TenancyScope,
     TenancyStep, TextPosition,
 };
 use crate::ids::{PhaseId, StepId};

@@ -172,7 +172,10 @@ fn kind(step: &Step) -> Result<(), Broken> {
             scope(&drop.scope)
         }
         StepKind::ExportDelta(export) => {
-            texts(&[("target", &export.target), ("output_dir", &export.output_dir)])?;
+            texts(&[
+                ("target", &export.target),
+                ("output_dir", &export.output_dir),
+            ])?;
             scope(&export.scope)?;
             match (&export.baseline, &export.baseline_archive) {
                 (Some(baseline), None) => {

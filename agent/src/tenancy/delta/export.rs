@@ -16,7 +16,10 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 
 use super::file::DeltaWriter;
-use super::{ColumnShape, DeltaError, FORMAT, Header, Line, Link, Op, TableShape, UnitHeader, VERSION};
+use super::{
+    ColumnShape, DeltaError, FORMAT, Header, Line, Link, Op, RowJson, TableShape, UnitHeader,
+    VERSION,
+};
 use crate::tenancy::archive::{self, ArchiveError};
 use crate::tenancy::fingerprint;
 use crate::tenancy::plan::{self, PlanOptions, TenantSchema};
@@ -117,7 +120,11 @@ pub async fn export(
             .await?;
     }
     let tenant_ids: Vec<i64> = plan.tenants.iter().map(|t| t.id).collect();
-    let total: u64 = plan.tables.iter().map(|t| t.unit_tenants.len() as u64).sum();
+    let total: u64 = plan
+        .tables
+        .iter()
+        .map(|t| t.unit_tenants.len() as u64)
+        .sum();
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -149,13 +156,13 @@ pub async fn export(
     let key = sql::ident(&tenants_key);
     let rows_of = |pool: &PgPool| {
         let q = format!(
-            "SELECT t.{key}::int8, md5(to_jsonb(t)::text), to_jsonb(t) FROM {table} t \
+            "SELECT t.{key}::int8, md5(to_jsonb(t)::text), to_jsonb(t)::text FROM {table} t \
              WHERE t.{key} = ANY($1) ORDER BY 1"
         );
         let pool = pool.clone();
         let ids = tenant_ids.clone();
         async move {
-            sqlx::query_as::<_, (i64, String, serde_json::Value)>(AssertSqlSafe(q))
+            sqlx::query_as::<_, (i64, String, String)>(AssertSqlSafe(q))
                 .bind(ids)
                 .fetch_all(&pool)
                 .await
@@ -176,7 +183,11 @@ pub async fn export(
         if op == Op::Insert {
             report.new_tenants.push(id);
         }
-        out.write(&Line::Tenant { op, key: id, row })?;
+        out.write(&Line::Tenant {
+            op,
+            key: id,
+            row: RowJson(row),
+        })?;
     }
     let unmigrated: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT t.{key}::int8 FROM {table} t WHERE NOT (t.{key} = ANY($1)) ORDER BY 1"
@@ -259,7 +270,9 @@ async fn primary_key(pool: &PgPool, schema: &str, table: &str) -> Result<String,
     .bind(sql::table(schema, table))
     .fetch_all(pool)
     .await
-    .map_err(DeltaError::db(format!("reading the key of {schema}.{table}")))?;
+    .map_err(DeltaError::db(format!(
+        "reading the key of {schema}.{table}"
+    )))?;
     match keys.as_slice() {
         [key] => Ok(key.clone()),
         _ => Err(DeltaError::DoesNotFit(format!(
@@ -387,7 +400,7 @@ impl Unit<'_> {
             })
             .collect();
         let fetch = format!(
-            "SELECT s.{id}::int8, (SELECT to_jsonb(x) FROM (SELECT {}) x) FROM {src} s \
+            "SELECT s.{id}::int8, (SELECT to_jsonb(x)::text FROM (SELECT {}) x) FROM {src} s \
              WHERE s.{id} = ANY($1) ORDER BY 1",
             cols.join(", ")
         );
@@ -409,7 +422,7 @@ impl Unit<'_> {
                 out.write(&Line::Row {
                     op: *op,
                     key: *key,
-                    row: Some(row.get::<serde_json::Value, _>(1)),
+                    row: Some(RowJson(row.get::<String, _>(1))),
                 })?;
             }
         }

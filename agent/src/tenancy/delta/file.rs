@@ -98,7 +98,7 @@ impl DeltaReader {
                     path: path.to_owned(),
                 })
             } else {
-                io(format!("reading {}", path.display()))(err).into()
+                io(format!("reading {}", path.display()))(err)
             }
         })?;
         let decoder = GzDecoder::new(BufReader::with_capacity(1 << 16, file));
@@ -191,7 +191,7 @@ fn io(action: String) -> impl FnOnce(std::io::Error) -> DeltaError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Op, UnitHeader};
+    use super::super::{Op, RowJson, UnitHeader};
     use super::*;
 
     fn header() -> Header {
@@ -220,7 +220,9 @@ mod tests {
             Line::Row {
                 op: Op::Insert,
                 key: 7,
-                row: Some(serde_json::json!({"id": 7, "name": "it's \"quoted\"\n"})),
+                row: Some(RowJson(
+                    r#"{"id": 7, "name": "it's \"quoted\"\n", "rate": 0.2240}"#.into(),
+                )),
             },
             Line::Row {
                 op: Op::Delete,
@@ -234,7 +236,10 @@ mod tests {
             w.write(r).unwrap();
         }
         assert_eq!(w.finish().unwrap(), path);
-        assert!(DeltaWriter::create(&path, &header()).is_err(), "never overwritten");
+        assert!(
+            DeltaWriter::create(&path, &header()).is_err(),
+            "never overwritten"
+        );
 
         let mut r = DeltaReader::open(&path).unwrap();
         assert_eq!(r.header(), &header());

@@ -7,7 +7,7 @@
 //! tenant's delta, not the file.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
 
 use super::file::DeltaReader;
-use super::{DeltaError, Header, Line, Op, TableShape, UnitHeader};
+use super::{DeltaError, Header, Line, Op, RowJson, TableShape, UnitHeader};
 use crate::tenancy::archive;
 use crate::tenancy::state::{self, ENGINE_SCHEMA};
 use crate::tenancy::{fingerprint, sql};
@@ -158,7 +158,9 @@ pub async fn import(
                         pool, &tables, delta_id, tenant, units, &counters, &tick,
                     )),
                     Some(Ok(Block::Tenants(_))) => {
-                        return Err(DeltaError::Refused("tenant rows after the first unit".into()));
+                        return Err(DeltaError::Refused(
+                            "tenant rows after the first unit".into(),
+                        ));
                     }
                     Some(Err(err)) => return Err(err),
                 }
@@ -201,7 +203,14 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
     let mut reader = DeltaReader::open(path)?;
     let header = reader.header().clone();
     for t in &header.tables {
-        check_fits(pool, &header.shared_schema, &header.tenant_column, t, "the target").await?;
+        check_fits(
+            pool,
+            &header.shared_schema,
+            &header.tenant_column,
+            t,
+            "the target",
+        )
+        .await?;
     }
     let has_map: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(map_table())
@@ -212,7 +221,14 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
     // Decompressing a line is quick; only unit lines are kept (one small record per unit).
     while let Some(line) = reader.next_line()? {
         if let Line::Unit(unit) = line {
-            units[unit.table].push(unit);
+            match units.get_mut(unit.table) {
+                Some(list) => list.push(unit),
+                None => {
+                    return Err(
+                        reader.malformed("a unit of a table the header does not list".into())
+                    );
+                }
+            }
         }
     }
     let mut report = ImportReport {
@@ -231,8 +247,10 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
                 .fetch_all(pool)
                 .await
                 .map_err(DeltaError::db(format!("checking table {}", t.name)))?;
-        let found: BTreeMap<i64, (i64, String)> =
-            found.into_iter().map(|(tenant, n, fp)| (tenant, (n, fp))).collect();
+        let found: BTreeMap<i64, (i64, String)> = found
+            .into_iter()
+            .map(|(tenant, n, fp)| (tenant, (n, fp)))
+            .collect();
         for u in expected {
             let (rows, fingerprint) = found
                 .get(&u.tenant)
@@ -309,7 +327,10 @@ pub(crate) async fn check_fits(
     .bind(sql::table(shared, &t.name))
     .fetch_all(pool)
     .await
-    .map_err(DeltaError::db(format!("reading the columns of {shared}.{}", t.name)))?;
+    .map_err(DeltaError::db(format!(
+        "reading the columns of {shared}.{}",
+        t.name
+    )))?;
     if found.is_empty() {
         return Err(DeltaError::DoesNotFit(format!(
             "{what} has no table {shared}.{}",
@@ -382,33 +403,36 @@ async fn prepare(pool: &PgPool) -> Result<(), DeltaError> {
 /// What the reader hands over.
 enum Block {
     /// The tenant rows (first, possibly empty).
-    Tenants(Vec<(Op, i64, serde_json::Value)>),
+    Tenants(Vec<(Op, i64, RowJson)>),
     /// Every unit of one tenant, in the file's (load) order.
-    Tenant {
-        tenant: i64,
-        units: Vec<(UnitHeader, Vec<RowChange>)>,
-    },
+    Tenant { tenant: i64, units: Vec<TenantUnit> },
 }
+
+/// A unit and its rows.
+type TenantUnit = (UnitHeader, Vec<RowChange>);
 
 struct RowChange {
     op: Op,
     key: i64,
-    row: Option<serde_json::Value>,
+    row: Option<RowJson>,
 }
 
 /// Reads the file into blocks, checking its framing as it goes.
-fn read_blocks(path: &PathBuf, tx: &mpsc::Sender<Result<Block, DeltaError>>) -> Result<(), DeltaError> {
+fn read_blocks(
+    path: &Path,
+    tx: &mpsc::Sender<Result<Block, DeltaError>>,
+) -> Result<(), DeltaError> {
     let mut reader = DeltaReader::open(path)?;
     let tables = reader.header().tables.len();
     let mut tenants = Vec::new();
-    let mut current: Option<(i64, Vec<(UnitHeader, Vec<RowChange>)>)> = None;
+    let mut current: Option<(i64, Vec<TenantUnit>)> = None;
     let mut seen_unit = false;
     let send = |block| tx.blocking_send(Ok(block)).is_ok();
     loop {
         let line = match reader.next_line() {
             Ok(line) => line,
             Err(err) => {
-                let _ = tx.blocking_send(Err(reader.malformed(err.to_string())));
+                let _ = tx.blocking_send(Err(err));
                 return Ok(());
             }
         };
@@ -437,7 +461,10 @@ fn read_blocks(path: &PathBuf, tx: &mpsc::Sender<Result<Block, DeltaError>>) -> 
                     if let Some((last, rows)) = units.last()
                         && rows.len() as u64 != last.row_lines()
                     {
-                        return bad(&reader, "the previous unit has another number of rows than it says");
+                        return bad(
+                            &reader,
+                            "the previous unit has another number of rows than it says",
+                        );
                     }
                     if *tenant != unit.tenant {
                         let (tenant, units) = current.take().expect("matched");
@@ -457,7 +484,10 @@ fn read_blocks(path: &PathBuf, tx: &mpsc::Sender<Result<Block, DeltaError>>) -> 
                 };
                 let (_, rows) = units.last_mut().expect("a tenant block starts with a unit");
                 if (op == Op::Delete) != row.is_none() {
-                    return bad(&reader, "a delete carries a row, or an insert or update none");
+                    return bad(
+                        &reader,
+                        "a delete carries a row, or an insert or update none",
+                    );
                 }
                 rows.push(RowChange { op, key, row });
             }
@@ -474,7 +504,9 @@ fn read_blocks(path: &PathBuf, tx: &mpsc::Sender<Result<Block, DeltaError>>) -> 
         if let Some((last, rows)) = units.last()
             && rows.len() as u64 != last.row_lines()
         {
-            let _ = tx.blocking_send(Err(reader.malformed("the last unit has another number of rows than it says".into())));
+            let _ = tx.blocking_send(Err(
+                reader.malformed("the last unit has another number of rows than it says".into())
+            ));
             return Ok(());
         }
         send(Block::Tenant { tenant, units });
@@ -498,7 +530,7 @@ async fn apply_tenants(
     pool: &PgPool,
     header: &Header,
     delta_id: &str,
-    rows: Vec<(Op, i64, serde_json::Value)>,
+    rows: Vec<(Op, i64, RowJson)>,
 ) -> Result<u64, DeltaError> {
     if rows.is_empty() {
         return Ok(0);
@@ -515,7 +547,16 @@ async fn apply_tenants(
     .await
     .map_err(DeltaError::db(what))?;
     let mut tx = pool.begin().await.map_err(DeltaError::db(what))?;
-    if !claim(&mut tx, delta_id, "tenants", 0, &header.tenants_table, rows.len()).await? {
+    if !claim(
+        &mut tx,
+        delta_id,
+        "tenants",
+        0,
+        &header.tenants_table,
+        rows.len(),
+    )
+    .await?
+    {
         return Ok(0);
     }
     let list = cols.join(", ");
@@ -525,17 +566,17 @@ async fn apply_tenants(
     for (op, id, row) in rows {
         let q = match op {
             Op::Insert => format!(
-                "INSERT INTO {table} ({list}) SELECT {} FROM jsonb_populate_record(NULL::{table}, $1) r WHERE $2::int8 IS NOT NULL",
+                "INSERT INTO {table} ({list}) SELECT {} FROM jsonb_populate_record(NULL::{table}, $1::jsonb) r WHERE $2::int8 IS NOT NULL",
                 from_r.join(", ")
             ),
             Op::Update => format!(
-                "UPDATE {table} t SET {} FROM jsonb_populate_record(NULL::{table}, $1) r WHERE t.{key} = $2",
+                "UPDATE {table} t SET {} FROM jsonb_populate_record(NULL::{table}, $1::jsonb) r WHERE t.{key} = $2",
                 set.join(", ")
             ),
             Op::Delete => continue,
         };
         let done = sqlx::query(AssertSqlSafe(q))
-            .bind(&row)
+            .bind(&row.0)
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -595,7 +636,7 @@ async fn apply_tenant(
     tables: &[TableSql],
     delta_id: &str,
     tenant: i64,
-    units: Vec<(UnitHeader, Vec<RowChange>)>,
+    units: Vec<TenantUnit>,
     counters: &Counters,
     progress: &(dyn Fn() + Send + Sync),
 ) -> Result<(), DeltaError> {
@@ -605,12 +646,26 @@ async fn apply_tenant(
         let updates: Vec<&RowChange> = rows.iter().filter(|r| r.op == Op::Update).collect();
         let what = format!("tenant {tenant}, table {}", t.name);
         let mut tx = pool.begin().await.map_err(DeltaError::db(what.clone()))?;
-        if claim(&mut tx, delta_id, "upsert", tenant, &t.name, inserts.len() + updates.len()).await? {
-            t.upsert(&mut tx, delta_id, tenant, &inserts, &updates).await?;
+        if claim(
+            &mut tx,
+            delta_id,
+            "upsert",
+            tenant,
+            &t.name,
+            inserts.len() + updates.len(),
+        )
+        .await?
+        {
+            t.upsert(&mut tx, delta_id, tenant, &inserts, &updates)
+                .await?;
             tx.commit().await.map_err(DeltaError::db(what))?;
             counters.done.fetch_add(1, Ordering::Relaxed);
-            counters.inserted.fetch_add(inserts.len() as u64, Ordering::Relaxed);
-            counters.updated.fetch_add(updates.len() as u64, Ordering::Relaxed);
+            counters
+                .inserted
+                .fetch_add(inserts.len() as u64, Ordering::Relaxed);
+            counters
+                .updated
+                .fetch_add(updates.len() as u64, Ordering::Relaxed);
             let since = counters
                 .since_analyze
                 .fetch_add(inserts.len() as u64, Ordering::Relaxed);
@@ -656,7 +711,9 @@ async fn apply_tenant(
                 });
             }
             tx.commit().await.map_err(DeltaError::db(what))?;
-            counters.deleted.fetch_add(deletes.len() as u64, Ordering::Relaxed);
+            counters
+                .deleted
+                .fetch_add(deletes.len() as u64, Ordering::Relaxed);
         }
     }
     Ok(())
@@ -710,7 +767,7 @@ impl TableSql {
         let tenant_col = sql::ident(&header.tenant_column);
         let id = sql::ident(&t.id_column);
         let source = format!(
-            "unnest($3::int8[], $4::jsonb[]) AS d(key, row) \
+            "unnest($3::int8[], $4::text[]::jsonb[]) AS d(key, row) \
              CROSS JOIN LATERAL jsonb_populate_record(NULL::{dest}, d.row) r"
         );
         let mut joins = String::new();
@@ -804,8 +861,14 @@ impl TableSql {
         let what = format!("tenant {tenant}, table {}", self.name);
         let split = |rows: &[&RowChange]| {
             let keys: Vec<i64> = rows.iter().map(|r| r.key).collect();
-            let values: Vec<serde_json::Value> =
-                rows.iter().map(|r| r.row.clone().unwrap_or_default()).collect();
+            let values: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    r.row
+                        .as_ref()
+                        .map_or_else(|| "{}".to_owned(), |j| j.0.clone())
+                })
+                .collect();
             (keys, values)
         };
         let orphan = |err: sqlx::Error| {

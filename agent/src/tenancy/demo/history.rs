@@ -57,14 +57,20 @@ pub async fn rewind_to_shared(pool: &PgPool) -> Result<(), DemoError> {
         .map_err(|e| refused(e.to_string()))?;
     let mut sql = String::new();
     for t in &planned.tenants {
-        sql.push_str(&format!("DROP SCHEMA {} CASCADE;\n", quote_ident(&t.schema)));
+        sql.push_str(&format!(
+            "DROP SCHEMA {} CASCADE;\n",
+            quote_ident(&t.schema)
+        ));
     }
-    sql.push_str(&format!("DROP SCHEMA {} CASCADE;\n", quote_ident(ENGINE_SCHEMA)));
+    sql.push_str(&format!(
+        "DROP SCHEMA {} CASCADE;\n",
+        quote_ident(ENGINE_SCHEMA)
+    ));
     run(pool, sql, "dropping the tenant schemas").await?;
     Ok(())
 }
 
-/// The migration: one `tenant_<id>` schema per tenant, its rows copied from the shared
+/// The migration: one `tenant_<id>` schema per tenant, its rows moved from the shared
 /// tables with their ids, its sequences set past them. Returns the tenants migrated.
 pub async fn migrate_forward(pool: &PgPool) -> Result<Vec<i64>, DemoError> {
     let tenants: Vec<i64> = sqlx::query_scalar("SELECT id FROM public.tenants ORDER BY id")
@@ -85,6 +91,14 @@ pub async fn migrate_forward(pool: &PgPool) -> Result<Vec<i64>, DemoError> {
         }
         run(pool, sql, &format!("migrating tenant {tenant}")).await?;
     }
+    // The rows moved: the shared tables stay, empty (the tenants table is still shared).
+    let names: Vec<String> = facts.iter().map(|t| format!("public.{}", t.name)).collect();
+    run(
+        pool,
+        format!("TRUNCATE {}", names.join(", ")),
+        "emptying the shared tables",
+    )
+    .await?;
     Ok(tenants)
 }
 
@@ -125,7 +139,10 @@ pub async fn write_after_migration(pool: &PgPool) -> Result<AfterMigration, Demo
             // ...then some of them, and some old rows, linked to new parents.
             for (column, parent) in &t.links {
                 let p = facts.iter().position(|f| f.name == *parent).expect("known");
-                let newest = format!("(SELECT max(id) FROM {schema}.{parent} WHERE id >= {})", first_new[p]);
+                let newest = format!(
+                    "(SELECT max(id) FROM {schema}.{parent} WHERE id >= {})",
+                    first_new[p]
+                );
                 q(format!(
                     "UPDATE {schema}.{name} SET {column} = COALESCE({newest}, {column}) \
                      WHERE id >= {first} AND id % 2 = 0",
