@@ -177,11 +177,14 @@ pub fn decide_start(
                 expires_at: now + window,
             });
         }
+        // A dry run of an emergency runbook is a rehearsal: it changes nothing, so it needs
+        // neither the typed name nor a second person.
+        (Some(_), None) if new.dry_run => {}
         (Some(_), None) => {
             return Err(reject(
                 RejectionKind::Invalid,
                 format!(
-                    "`{}` is an emergency runbook: use `/rollback emergency`",
+                    "`{}` is an emergency runbook: use `/rollback emergency` (or start a dry run to rehearse it)",
                     new.name
                 ),
             ));

@@ -939,6 +939,24 @@ fn emergency_needs_the_exact_database_name() {
 }
 
 #[test]
+fn an_emergency_runbook_starts_only_through_emergency_except_as_a_dry_run() {
+    let err = Scenario::try_start(EMERGENCY, &dave(), false, BTreeMap::new(), None)
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, RejectionKind::Invalid);
+    assert!(
+        err.reason.contains("use `/rollback emergency`"),
+        "{}",
+        err.reason
+    );
+    // A rehearsal changes nothing: no typed name, no second person, no emergency state.
+    let sc = Scenario::try_start(EMERGENCY, &dave(), true, BTreeMap::new(), None).unwrap();
+    assert!(sc.state.dry_run);
+    assert!(sc.state.emergency.is_none());
+    assert!(!sc.state.awaiting_emergency_confirmation());
+}
+
+#[test]
 fn emergency_waits_for_a_second_person() {
     let mut sc = emergency_requested_by_dave();
     let run = sc.run();

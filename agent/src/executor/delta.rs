@@ -251,6 +251,17 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
         },
         None => match exported_delta(attempt) {
             Some(path) => path,
+            None if attempt.describes_only() => {
+                let action = if step.check_only { "prove" } else { "import" };
+                return attempt
+                    .describe(
+                        &format!(
+                            "{action} the delta this run's export_delta step writes, against `{target}`\n"
+                        ),
+                        format!("{action} the delta into `{target}`"),
+                    )
+                    .await;
+            }
             None => {
                 return StepOutcome::permanent(
                     "no `file` is given and no export_delta step of this run has written a delta",

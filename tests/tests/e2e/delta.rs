@@ -22,7 +22,7 @@ use rollback_tests::{Postgres, TestDatabase, agent_binary};
 use sqlx::{AssertSqlSafe, PgPool};
 
 /// (tenant, table) -> every row rendered with its links followed one level, sorted.
-type DeepRows = BTreeMap<(i64, String), Vec<String>>;
+pub(crate) type DeepRows = BTreeMap<(i64, String), Vec<String>>;
 
 /// A row's table, own content, and its links as (parent table, value).
 type Rendered = (String, String, Vec<(String, Option<i64>)>);
@@ -122,7 +122,7 @@ async fn deep_rows(
     out
 }
 
-async fn tenant_ids(pool: &PgPool) -> Vec<i64> {
+pub(crate) async fn tenant_ids(pool: &PgPool) -> Vec<i64> {
     sqlx::query_scalar("SELECT id FROM public.tenants ORDER BY id")
         .fetch_all(pool)
         .await
@@ -130,7 +130,7 @@ async fn tenant_ids(pool: &PgPool) -> Vec<i64> {
 }
 
 /// What the tenant schemas hold: the truth the restored database must match.
-async fn schema_truth(pool: &PgPool) -> DeepRows {
+pub(crate) async fn schema_truth(pool: &PgPool) -> DeepRows {
     let tenants = tenant_ids(pool).await;
     deep_rows(pool, pool, &tenants, |t, table| {
         sql::table(&format!("tenant_{t}"), table)
@@ -138,7 +138,7 @@ async fn schema_truth(pool: &PgPool) -> DeepRows {
     .await
 }
 
-async fn shared_content(pool: &PgPool, tenants: &[i64]) -> DeepRows {
+pub(crate) async fn shared_content(pool: &PgPool, tenants: &[i64]) -> DeepRows {
     deep_rows(pool, pool, tenants, |t, table| {
         format!(
             "(SELECT * FROM public.{} WHERE tenant_id = {t})",

@@ -10,13 +10,14 @@ use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_agent::tenancy::sql;
 use rollback_proto::runbook::{DryRunBehaviour, Runbook, StepKind};
 use rollback_proto::state::StepStatus;
-use rollback_proto::{Command, Event, OutputStream, RunStatus};
+use rollback_proto::{Command, Event, OutputStream, RunId, RunState, RunStatus};
 use rollback_tests::Postgres;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use super::harness::{DEADLINE, Harness, HttpStub, status_of, step};
 
 const TENANCY_ROLLBACK: &str = include_str!("../../../deploy/runbooks/tenancy-rollback.toml");
+const EMERGENCY_RESTORE: &str = include_str!("../../../deploy/runbooks/emergency-restore.toml");
 
 #[test]
 fn the_shipped_tenancy_rollback_runbook_parses() {
@@ -93,62 +94,26 @@ async fn row_counts(pool: &PgPool, schemas: &[String]) -> BTreeMap<(String, Stri
     out
 }
 
-/// A dry run of the shipped runbook, driven as people would: `next` for each phase, every
-/// checklist item ticked, approvals by two people other than the one who started the phase.
-#[tokio::test]
-async fn a_dry_run_of_the_tenancy_rollback_runbook_changes_nothing() {
-    let pg = Postgres::start().await.unwrap();
-    let db = pg.fresh_database().await.unwrap();
-    let pool = db.pool().await.unwrap();
-    let summary = demo::generate(
-        &pool,
-        &DemoSpec {
-            tenants: 3,
-            rows: 10,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(summary.tenants, [1, 2, 3]);
-    let schemas_before = user_schemas(&pool).await;
-    let counts_before = row_counts(&pool, &schemas_before).await;
-
-    let h = Harness::new().await;
-    h.runbook("tenancy-rollback", TENANCY_ROLLBACK);
-    let health = HttpStub::start(|_| 200).await;
-    let app_dir = h.path("app");
-    let backup_dir = h.path("backups");
-    std::fs::create_dir(&app_dir).unwrap();
-    let _agent = h
-        .agent(
-            "agent-a",
-            &format!("[databases.app]\nurl = \"{}\"\n", db.url),
-        )
-        .await;
-
-    let params: BTreeMap<String, String> = [
-        ("app_dir", app_dir.display().to_string()),
-        ("backup_dir", backup_dir.display().to_string()),
-        ("env_backup", h.path("env.original").display().to_string()),
-        ("health_url", format!("{}/up", health.url)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let run = h.start_with("tenancy-rollback", true, params).await;
-
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let state = loop {
+/// Drives a run to its end as people would: `next` for each phase that waits for it, every
+/// checklist item ticked, approvals by people other than the one who started the phase, an
+/// emergency confirmed by a second person.
+async fn drive(h: &Harness, run: RunId) -> RunState {
+    let deadline = tokio::time::Instant::now() + DEADLINE * 3;
+    loop {
         let state = h.store.load(run).await.unwrap().state.unwrap();
         if state.is_finished() {
-            break state;
+            return state;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the dry run did not finish:\n{}",
+            "the run did not finish:\n{}",
             rollback_proto::render::status_text(&state)
         );
+        if state.awaiting_emergency_confirmation() {
+            h.accepted("erin", &["responders"], Command::ConfirmEmergency { run })
+                .await;
+            continue;
+        }
         let Some(p) = state.active_phase else {
             h.accepted("alice", &["oncall"], Command::Next { run })
                 .await;
@@ -206,7 +171,55 @@ async fn a_dry_run_of_the_tenancy_rollback_runbook_changes_nothing() {
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+/// A dry run of the shipped runbook, driven as people would: `next` for each phase, every
+/// checklist item ticked, approvals by two people other than the one who started the phase.
+#[tokio::test]
+async fn a_dry_run_of_the_tenancy_rollback_runbook_changes_nothing() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    let summary = demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 3,
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.tenants, [1, 2, 3]);
+    let schemas_before = user_schemas(&pool).await;
+    let counts_before = row_counts(&pool, &schemas_before).await;
+
+    let h = Harness::new().await;
+    h.runbook("tenancy-rollback", TENANCY_ROLLBACK);
+    let health = HttpStub::start(|_| 200).await;
+    let app_dir = h.path("app");
+    let backup_dir = h.path("backups");
+    std::fs::create_dir(&app_dir).unwrap();
+    let _agent = h
+        .agent(
+            "agent-a",
+            &format!("[databases.app]\nurl = \"{}\"\n", db.url),
+        )
+        .await;
+
+    let params: BTreeMap<String, String> = [
+        ("app_dir", app_dir.display().to_string()),
+        ("backup_dir", backup_dir.display().to_string()),
+        ("env_backup", h.path("env.original").display().to_string()),
+        ("health_url", format!("{}/up", health.url)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let run = h.start_with("tenancy-rollback", true, params).await;
+
+    let state = drive(&h, run).await;
     let events = h.events(run).await;
     assert_eq!(state.status, RunStatus::Completed, "{events:#?}");
 
@@ -284,4 +297,246 @@ async fn a_dry_run_of_the_tenancy_rollback_runbook_changes_nothing() {
     assert_eq!(row_counts(&pool, &schemas_before).await, counts_before);
     assert!(!backup_dir.exists(), "a dry run writes no backup");
     assert_eq!(std::fs::read_dir(&app_dir).unwrap().count(), 0);
+}
+
+#[test]
+fn the_shipped_emergency_restore_runbook_parses() {
+    let runbook = Runbook::parse("deploy/runbooks/emergency-restore.toml", EMERGENCY_RESTORE)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(runbook.name, "emergency-restore");
+    assert!(runbook.emergency.is_some());
+    let kinds: Vec<&str> = runbook
+        .phases
+        .iter()
+        .flat_map(|p| p.steps.iter().map(|s| s.kind.name()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "shell",
+            "pg_dump",
+            "export_delta",
+            "pg_restore",
+            "import_delta",
+            "import_delta",
+            "sql",
+            "shell",
+            "shell",
+            "shell",
+            "wait"
+        ]
+    );
+}
+
+/// The emergency runbook with its parameters pointed at this test's folders and stub app.
+fn emergency_runbook(params: &[(&str, String)]) -> String {
+    let mut text = EMERGENCY_RESTORE.to_owned();
+    for (name, value) in params {
+        let start = text
+            .find(&format!("\n{name} = "))
+            .expect("a declared parameter")
+            + 1;
+        let end = start + text[start..].find('\n').expect("one line");
+        text.replace_range(start..end, &format!("{name} = {value:?}"));
+    }
+    text
+}
+
+/// The emergency path, for real, through a real agent: a database migrated to schemas with
+/// writes since, its pre-migration backup; `/rollback emergency` with the typed name, a second
+/// person's confirmation, the restore approved by someone else. Afterwards the database holds
+/// the backup plus exactly what the tenant schemas held, checked without the engine.
+#[tokio::test]
+async fn the_emergency_restore_runbook_restores_and_brings_back_every_row() {
+    use rollback_agent::tenancy::archive::{
+        self, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
+    };
+    use rollback_agent::tenancy::demo::history;
+    use rollback_proto::runbook::DumpFormat;
+
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 3,
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    history::rewind_to_shared(&pool).await.unwrap();
+    let h = Harness::new().await;
+    let backup = archive::dump(
+        &PgPrograms::in_dir(pg.bin_dir()).unwrap(),
+        &ConnectionParams::from_url(&db.url).unwrap(),
+        &DumpRequest {
+            output_dir: &h.path("premigration"),
+            label: "pre-migration",
+            schemas: &[],
+            format: DumpFormat::Custom,
+            jobs: 1,
+        },
+        &ClientIo::discard(),
+    )
+    .await
+    .unwrap();
+    history::migrate_forward(&pool).await.unwrap();
+    history::write_after_migration(&pool).await.unwrap();
+    let truth = super::delta::schema_truth(&pool).await;
+    let tenants = super::delta::tenant_ids(&pool).await;
+    pool.close().await;
+
+    let health = HttpStub::start(|_| 200).await;
+    let app_dir = h.path("app");
+    std::fs::create_dir(&app_dir).unwrap();
+    h.runbook(
+        "emergency-restore",
+        &emergency_runbook(&[
+            ("app_dir", app_dir.display().to_string()),
+            ("artisan", "echo artisan".into()),
+            ("stable_commit", "HEAD".into()),
+            ("premigration_archive", backup.path.display().to_string()),
+            ("backup_dir", h.path("backups").display().to_string()),
+            ("health_url", format!("{}/up", health.url)),
+        ]),
+    );
+    std::process::Command::new("git")
+        .args(["init", "-q"])
+        .arg(&app_dir)
+        .status()
+        .unwrap();
+    std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "stable",
+        ])
+        .current_dir(&app_dir)
+        .status()
+        .unwrap();
+    let _agent = h
+        .agent(
+            "agent-a",
+            &format!(
+                "responders = [\"emergency\"]\n\n[databases.app]\nurl = \"{}\"\n",
+                db.url
+            ),
+        )
+        .await;
+    let reply = h
+        .send(
+            "dave",
+            &["responders"],
+            Command::Emergency {
+                runbook: "emergency-restore".into(),
+                database: "app".into(),
+            },
+        )
+        .await;
+    let rollback_proto::CommandReply::Accepted { run: Some(run), .. } = reply else {
+        panic!("emergency refused: {reply:?}");
+    };
+    let state = drive(&h, run).await;
+    let events = h.events(run).await;
+    assert_eq!(state.status, RunStatus::Completed, "{events:#?}");
+    let summary = |id: &str| match status_of(&state, id) {
+        StepStatus::Succeeded { summary, .. } => summary,
+        other => panic!("{id}: {other:?}"),
+    };
+    assert!(
+        summary("export-delta").contains("inserted"),
+        "{}",
+        summary("export-delta")
+    );
+    assert!(
+        summary("import-delta").contains("all"),
+        "{}",
+        summary("import-delta")
+    );
+    assert!(
+        summary("prove-delta").contains("hold exactly"),
+        "{}",
+        summary("prove-delta")
+    );
+    // The delta and the current state's backup are recorded with their checksums.
+    assert_eq!(state.archives.len(), 2, "{:?}", state.archives);
+
+    let restored = db.pool().await.unwrap();
+    assert_eq!(
+        super::delta::shared_content(&restored, &tenants).await,
+        truth,
+        "every row the tenant schemas held, back exactly once with its links"
+    );
+    // No scratch database is left behind.
+    let scratch: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE '%delta_baseline%'",
+    )
+    .fetch_one(&restored)
+    .await
+    .unwrap();
+    assert_eq!(scratch, 0);
+}
+
+/// The emergency runbook rehearsed: a dry run started like any other (no typed name, no
+/// second person) says what every step would do and changes nothing.
+#[tokio::test]
+async fn a_dry_run_of_the_emergency_restore_runbook_changes_nothing() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 2,
+            rows: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let schemas_before = user_schemas(&pool).await;
+    let counts_before = row_counts(&pool, &schemas_before).await;
+    let h = Harness::new().await;
+    h.runbook("emergency-restore", EMERGENCY_RESTORE);
+    let health = HttpStub::start(|_| 200).await;
+    let _agent = h
+        .agent(
+            "agent-a",
+            &format!("[databases.app]\nurl = \"{}\"\n", db.url),
+        )
+        .await;
+    let params: BTreeMap<String, String> = [
+        ("backup_dir", h.path("backups").display().to_string()),
+        ("health_url", format!("{}/up", health.url)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let run = h.start_with("emergency-restore", true, params).await;
+    let state = drive(&h, run).await;
+    let events = h.events(run).await;
+    assert_eq!(state.status, RunStatus::Completed, "{events:#?}");
+    for phase in &state.runbook.phases {
+        for def in &phase.steps {
+            if def.kind.is_human() || def.dry_run == DryRunBehaviour::Execute {
+                continue;
+            }
+            let described = events.iter().any(|e| {
+                matches!(e, Event::StepOutputRecorded { step, stream: OutputStream::DryRun, .. } if *step == def.id)
+            });
+            assert!(described, "{} recorded no dry-run description", def.id);
+        }
+    }
+    assert_eq!(user_schemas(&pool).await, schemas_before);
+    assert_eq!(row_counts(&pool, &schemas_before).await, counts_before);
+    assert!(!h.path("backups").exists(), "a dry run writes nothing");
 }
