@@ -155,7 +155,8 @@ impl RunState {
     ///
     /// A chain starts `stall_after` (plus the first level's delay) after the run last moved;
     /// each further level comes its own delay after the one before; an acknowledgement ends
-    /// the chain until the run moves and stalls again.
+    /// the chain until the run moves and stalls again. On an emergency restore there is no
+    /// wait: every level is due at once.
     pub fn next_escalation(
         &self,
         stall_after: Duration,
@@ -171,7 +172,13 @@ impl RunState {
             return None;
         }
         let esc = &self.escalation;
+        // An emergency restore is urgent from the start: every level is called at once, and
+        // again at once whenever it waits for people.
+        let urgent = self.emergency.is_some();
         let delay = |level: u32| {
+            if urgent {
+                return time::Duration::ZERO;
+            }
             time::Duration::try_from(level_delays[(level - 1) as usize])
                 .unwrap_or(time::Duration::ZERO)
         };
@@ -191,7 +198,11 @@ impl RunState {
         {
             return None;
         }
-        let stall = time::Duration::try_from(stall_after).unwrap_or(time::Duration::ZERO);
+        let stall = if urgent {
+            time::Duration::ZERO
+        } else {
+            time::Duration::try_from(stall_after).unwrap_or(time::Duration::ZERO)
+        };
         Some((1, self.last_activity_at + stall + delay(1)))
     }
 }

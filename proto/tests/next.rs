@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -247,6 +248,30 @@ fn escalation_climbs_level_by_level_until_acknowledged() {
         sc.state.next_escalation(STALL, &DELAYS),
         Some((1, sc.now + time::Duration::minutes(15)))
     );
+}
+
+#[test]
+fn an_emergency_request_calls_every_level_at_once() {
+    let mut sc =
+        Scenario::try_start(EMERGENCY, &dave(), false, BTreeMap::new(), Some("app")).unwrap();
+    let requested = sc.now;
+    assert_eq!(
+        sc.state.next_escalation(STALL, &DELAYS),
+        Some((1, requested))
+    );
+    for level in 1..=3 {
+        sc.agent(Event::EscalationRaised {
+            level,
+            reason: "emergency restore requested".into(),
+            notified: vec![],
+        });
+        let next = sc.state.next_escalation(STALL, &DELAYS);
+        if level < 3 {
+            assert_eq!(next, Some((level + 1, sc.now)), "no delay between levels");
+        } else {
+            assert_eq!(next, None);
+        }
+    }
 }
 
 #[test]

@@ -1008,3 +1008,58 @@ async fn sigterm_stops_an_idle_agent_cleanly_and_releases_its_leases() {
     let state = h.store.load(run).await.unwrap().state.unwrap();
     assert_eq!(state.status, RunStatus::Active);
 }
+
+/// An emergency restore is urgent: the moment it is requested, every level of the escalation
+/// path is called (their delays and the stall time are for ordinary runs).
+#[tokio::test]
+async fn an_emergency_request_calls_every_level_at_once() {
+    let h = Harness::new().await;
+    h.runbook(
+        "restore",
+        "name = \"restore\"\n[emergency]\ndatabase = \"app\"\n\
+         [[phases]]\nid = \"one\"\n[[phases.steps]]\nid = \"a\"\nkind = \"shell\"\ncommand = \"true\"\n",
+    );
+    let _agent = h
+        .agent(
+            "agent-a",
+            r#"responders = ["emergency"]
+
+[escalation]
+stall_after = "1h"
+[[escalation.levels]]
+name = "team lead"
+after = "10m"
+mentions = ["<@&111>"]
+[[escalation.levels]]
+name = "technical director"
+after = "10m"
+mentions = ["<@222>"]
+[[escalation.levels]]
+name = "CTO"
+after = "10m"
+mentions = ["<@333>"]
+"#,
+        )
+        .await;
+    let reply = h
+        .send(
+            "dave",
+            &["responders"],
+            Command::Emergency {
+                runbook: "restore".into(),
+                database: "app".into(),
+            },
+        )
+        .await;
+    let CommandReply::Accepted { run: Some(run), .. } = reply else {
+        panic!("{reply:?}")
+    };
+    h.wait_for(run, "every level", |s| s.escalation.level == 3)
+        .await;
+    let raised = escalations(&h.envelopes(run).await);
+    let mentions: Vec<Vec<String>> = raised.iter().map(|(_, _, n)| n.clone()).collect();
+    assert_eq!(mentions, [["<@&111>"], ["<@222>"], ["<@333>"]]);
+    // Still waiting for the second person; nothing ran.
+    let state = h.store.load(run).await.unwrap().state.unwrap();
+    assert!(state.awaiting_emergency_confirmation());
+}
