@@ -367,6 +367,14 @@ pub(crate) async fn check_fits(
     Ok(())
 }
 
+/// The SQLSTATE of a unit whose updates or deletes do not find exactly their rows.
+const MISMATCH_SQLSTATE: &str = "RB002";
+
+/// `rollback_engine.delta_mismatch(tbl, tenant, action, expected, found)`: true, or raises.
+fn mismatch_fn() -> String {
+    sql::table(ENGINE_SCHEMA, "delta_mismatch")
+}
+
 /// Creates the delta's bookkeeping (and the engine's orphan function) if needed.
 async fn prepare(pool: &PgPool) -> Result<(), DeltaError> {
     let mut tx = pool
@@ -385,11 +393,24 @@ async fn prepare(pool: &PgPool) -> Result<(), DeltaError> {
              old_id int8 NOT NULL, new_id int8 NOT NULL,
              PRIMARY KEY (delta, tbl, tenant, old_id));
          CREATE UNIQUE INDEX IF NOT EXISTS delta_id_map_new_id ON {map} (delta, tbl, new_id);
+         CREATE OR REPLACE FUNCTION {mismatch}(tbl text, tenant int8, action text, wanted int8, got int8)
+             RETURNS bool LANGUAGE plpgsql AS $f$
+             BEGIN
+                 -- (not `found`: plpgsql's FOUND would shadow it)
+                 IF wanted <> got THEN
+                     RAISE EXCEPTION USING ERRCODE = '{code}',
+                         MESSAGE = format('tenant %s, table %s: rows to %s not found as the delta expects (expected %s, found %s)',
+                                          tenant, tbl, action, wanted, got);
+                 END IF;
+                 RETURN true;
+             END $f$;
          {orphan}",
         schema = sql::ident(ENGINE_SCHEMA),
         units = units_table(),
         map = map_table(),
         orphan = state::orphan_fn_ddl(),
+        mismatch = mismatch_fn(),
+        code = MISMATCH_SQLSTATE,
     );
     sqlx::raw_sql(AssertSqlSafe(ddl))
         .execute(&mut *tx)
@@ -642,33 +663,14 @@ async fn apply_tenant(
 ) -> Result<(), DeltaError> {
     for (unit, rows) in &units {
         let t = &tables[unit.table];
-        let inserts: Vec<&RowChange> = rows.iter().filter(|r| r.op == Op::Insert).collect();
-        let updates: Vec<&RowChange> = rows.iter().filter(|r| r.op == Op::Update).collect();
-        let what = format!("tenant {tenant}, table {}", t.name);
-        let mut tx = pool.begin().await.map_err(DeltaError::db(what.clone()))?;
-        if claim(
-            &mut tx,
-            delta_id,
-            "upsert",
-            tenant,
-            &t.name,
-            inserts.len() + updates.len(),
-        )
-        .await?
-        {
-            t.upsert(&mut tx, delta_id, tenant, &inserts, &updates)
-                .await?;
-            tx.commit().await.map_err(DeltaError::db(what))?;
+        let changes: Vec<&RowChange> = rows.iter().filter(|r| r.op != Op::Delete).collect();
+        let inserts = changes.iter().filter(|r| r.op == Op::Insert).count() as u64;
+        let updates = changes.len() as u64 - inserts;
+        if t.upsert(pool, delta_id, tenant, &changes, updates).await? {
             counters.done.fetch_add(1, Ordering::Relaxed);
-            counters
-                .inserted
-                .fetch_add(inserts.len() as u64, Ordering::Relaxed);
-            counters
-                .updated
-                .fetch_add(updates.len() as u64, Ordering::Relaxed);
-            let since = counters
-                .since_analyze
-                .fetch_add(inserts.len() as u64, Ordering::Relaxed);
+            counters.inserted.fetch_add(inserts, Ordering::Relaxed);
+            counters.updated.fetch_add(updates, Ordering::Relaxed);
+            let since = counters.since_analyze.fetch_add(inserts, Ordering::Relaxed);
             if since > ANALYZE_EVERY {
                 counters.since_analyze.store(0, Ordering::Relaxed);
                 sqlx::query(AssertSqlSafe(format!("ANALYZE {}", map_table())))
@@ -682,6 +684,7 @@ async fn apply_tenant(
         counters.units.fetch_add(1, Ordering::Relaxed);
         progress();
     }
+    // Children before parents.
     for (unit, rows) in units.iter().rev() {
         let deletes: Vec<i64> = rows
             .iter()
@@ -692,25 +695,7 @@ async fn apply_tenant(
             continue;
         }
         let t = &tables[unit.table];
-        let what = format!("tenant {tenant}, table {} (deletes)", t.name);
-        let mut tx = pool.begin().await.map_err(DeltaError::db(what.clone()))?;
-        if claim(&mut tx, delta_id, "delete", tenant, &t.name, deletes.len()).await? {
-            let done = sqlx::query(AssertSqlSafe(t.delete.clone()))
-                .bind(tenant)
-                .bind(&deletes)
-                .execute(&mut *tx)
-                .await
-                .map_err(DeltaError::db(what.clone()))?;
-            if done.rows_affected() != deletes.len() as u64 {
-                return Err(DeltaError::TargetDiffers {
-                    tenant,
-                    table: t.name.clone(),
-                    action: "delete",
-                    expected: deletes.len() as u64,
-                    found: done.rows_affected(),
-                });
-            }
-            tx.commit().await.map_err(DeltaError::db(what))?;
+        if t.delete(pool, delta_id, tenant, &deletes).await? {
             counters
                 .deleted
                 .fetch_add(deletes.len() as u64, Ordering::Relaxed);
@@ -719,16 +704,14 @@ async fn apply_tenant(
     Ok(())
 }
 
-/// The SQL of one table's units, built once.
+/// The SQL of one table's units, built once. Each unit is one statement, so one round trip
+/// and one implicit transaction: the claim, the id map, the rows and the count checks commit
+/// together or not at all.
 struct TableSql {
     name: String,
+    /// `$1` delta, `$2` tenant, `$3` keys, `$4` rows, `$5` inserted?, `$6` updates expected.
+    upsert: String,
     /// `$1` delta, `$2` tenant, `$3` keys.
-    map: String,
-    /// `$1` delta, `$2` tenant, `$3` keys, `$4` rows.
-    insert: String,
-    /// `$1` delta, `$2` tenant, `$3` keys, `$4` rows.
-    update: String,
-    /// `$1` tenant, `$2` keys.
     delete: String,
     /// Per link: (column, parent) for explaining an orphan.
     links: Vec<(String, String)>,
@@ -766,10 +749,16 @@ impl TableSql {
         let tbl = sql::literal(&t.name);
         let tenant_col = sql::ident(&header.tenant_column);
         let id = sql::ident(&t.id_column);
-        let source = format!(
-            "unnest($3::int8[], $4::text[]::jsonb[]) AS d(key, row) \
-             CROSS JOIN LATERAL jsonb_populate_record(NULL::{dest}, d.row) r"
-        );
+        let claimed = "EXISTS (SELECT 1 FROM claim)";
+        let claim = |stage: &str| {
+            format!(
+                "claim AS (INSERT INTO {units} (delta, stage, tenant, tbl, rows) \
+                 VALUES ($1::text, '{stage}', $2::int8, {tbl}, cardinality($3::int8[])) \
+                 ON CONFLICT DO NOTHING RETURNING 1)",
+                units = units_table(),
+            )
+        };
+        let source = format!("d CROSS JOIN LATERAL jsonb_populate_record(NULL::{dest}, d.row) r");
         let mut joins = String::new();
         let mut cols = Vec::new();
         let mut vals = Vec::new();
@@ -788,11 +777,17 @@ impl TableSql {
                         .map(|p| p.id_column.clone())
                         .unwrap_or_else(|| "id".into());
                     let alias = format!("f{i}");
-                    joins.push_str(&format!(
-                        " LEFT JOIN {map} {alias} ON {alias}.delta = $1::text AND {alias}.tbl = {ptbl} \
-                         AND {alias}.tenant = $2::int8 AND {alias}.old_id = r.{col}",
-                        ptbl = sql::literal(&link.parent),
-                    ));
+                    // This unit's own new ids are in `m`; earlier units' in the map table.
+                    if link.parent == t.name {
+                        joins
+                            .push_str(&format!(" LEFT JOIN m {alias} ON {alias}.old_id = r.{col}"));
+                    } else {
+                        joins.push_str(&format!(
+                            " LEFT JOIN {map} {alias} ON {alias}.delta = $1::text AND {alias}.tbl = {ptbl} \
+                             AND {alias}.tenant = $2::int8 AND {alias}.old_id = r.{col}",
+                            ptbl = sql::literal(&link.parent),
+                        ));
+                    }
                     // A row written since, then a row restored for this tenant, else stop.
                     vals.push(format!(
                         "CASE WHEN r.{col} IS NULL THEN NULL \
@@ -813,35 +808,47 @@ impl TableSql {
         } else {
             ""
         };
-        let insert = format!(
-            "INSERT INTO {dest} ({id}, {tenant_col}, {cols}){overriding} \
-             SELECT m.new_id, $2::int8, {vals} FROM {source} \
-             JOIN {map} m ON m.delta = $1::text AND m.tbl = {tbl} AND m.tenant = $2::int8 AND m.old_id = d.key{joins}",
-            cols = cols.join(", "),
-            vals = vals.join(", "),
-        );
         let set: Vec<String> = cols
             .iter()
             .zip(&vals)
             .map(|(c, v)| format!("{c} = {v}"))
             .collect();
-        let update = format!(
-            "UPDATE {dest} s SET {} FROM {source}{joins} \
-             WHERE s.{id} = d.key AND s.{tenant_col} = $2::int8 AND $1::text IS NOT NULL",
-            set.join(", ")
+        let upsert = format!(
+            "WITH {claim}, \
+             d AS (SELECT u.key, u.row::jsonb AS row, u.ins FROM unnest($3::int8[], $4::text[], $5::bool[]) AS u(key, row, ins) \
+                   WHERE {claimed}), \
+             m AS (INSERT INTO {map} (delta, tbl, tenant, old_id, new_id) \
+                   SELECT $1::text, {tbl}, $2::int8, d.key, nextval({seq}::regclass) FROM d WHERE d.ins ORDER BY d.key \
+                   RETURNING old_id, new_id), \
+             ins AS (INSERT INTO {dest} ({id}, {tenant_col}, {cols}){overriding} \
+                     SELECT n.new_id, $2::int8, {vals} FROM {source} JOIN m n ON n.old_id = d.key{joins} \
+                     RETURNING 1), \
+             upd AS (UPDATE {dest} s SET {set} FROM {source}{joins} \
+                     WHERE NOT d.ins AND s.{id} = d.key AND s.{tenant_col} = $2::int8 RETURNING 1) \
+             SELECT {claimed}, {mismatch}({tbl}, $2::int8, 'update', \
+                 CASE WHEN {claimed} THEN $6::int8 ELSE 0 END, (SELECT count(*) FROM upd)), \
+                 (SELECT count(*) FROM ins)",
+            claim = claim("upsert"),
+            map = map_table(),
+            seq = sql::literal(sequence),
+            cols = cols.join(", "),
+            vals = vals.join(", "),
+            set = set.join(", "),
+            mismatch = mismatch_fn(),
+        );
+        let delete = format!(
+            "WITH {claim}, \
+             del AS (DELETE FROM {dest} s WHERE {claimed} AND s.{tenant_col} = $2::int8 \
+                     AND s.{id} = ANY($3::int8[]) AND $1::text IS NOT NULL RETURNING 1) \
+             SELECT {claimed}, {mismatch}({tbl}, $2::int8, 'delete', \
+                 CASE WHEN {claimed} THEN cardinality($3::int8[])::int8 ELSE 0 END, (SELECT count(*) FROM del))",
+            claim = claim("delete"),
+            mismatch = mismatch_fn(),
         );
         TableSql {
             name: t.name.clone(),
-            map: format!(
-                "INSERT INTO {map} (delta, tbl, tenant, old_id, new_id) \
-                 SELECT $1::text, {tbl}, $2::int8, k, nextval({}::regclass) FROM unnest($3::int8[]) k ORDER BY k",
-                sql::literal(sequence)
-            ),
-            insert,
-            update,
-            delete: format!(
-                "DELETE FROM {dest} s WHERE s.{tenant_col} = $1::int8 AND s.{id} = ANY($2::int8[])"
-            ),
+            upsert,
+            delete,
             links: t
                 .links
                 .iter()
@@ -850,73 +857,82 @@ impl TableSql {
         }
     }
 
+    /// Applies a unit's inserts and updates; false when an earlier call had done it.
     async fn upsert(
         &self,
-        tx: &mut Transaction<'_, Postgres>,
+        pool: &PgPool,
         delta_id: &str,
         tenant: i64,
-        inserts: &[&RowChange],
-        updates: &[&RowChange],
-    ) -> Result<(), DeltaError> {
-        let what = format!("tenant {tenant}, table {}", self.name);
-        let split = |rows: &[&RowChange]| {
-            let keys: Vec<i64> = rows.iter().map(|r| r.key).collect();
-            let values: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    r.row
-                        .as_ref()
-                        .map_or_else(|| "{}".to_owned(), |j| j.0.clone())
+        changes: &[&RowChange],
+        updates: u64,
+    ) -> Result<bool, DeltaError> {
+        let keys: Vec<i64> = changes.iter().map(|r| r.key).collect();
+        let rows: Vec<&str> = changes
+            .iter()
+            .map(|r| r.row.as_ref().map_or("{}", |j| j.0.as_str()))
+            .collect();
+        let inserted: Vec<bool> = changes.iter().map(|r| r.op == Op::Insert).collect();
+        let (claimed, _, _): (bool, bool, i64) = sqlx::query_as(AssertSqlSafe(self.upsert.clone()))
+            .bind(delta_id)
+            .bind(tenant)
+            .bind(&keys)
+            .bind(&rows)
+            .bind(&inserted)
+            .bind(updates as i64)
+            .fetch_one(pool)
+            .await
+            .map_err(|err| self.unit_error(tenant, err))?;
+        Ok(claimed)
+    }
+
+    /// Applies a unit's deletes; false when an earlier call had done them.
+    async fn delete(
+        &self,
+        pool: &PgPool,
+        delta_id: &str,
+        tenant: i64,
+        keys: &[i64],
+    ) -> Result<bool, DeltaError> {
+        let (claimed, _): (bool, bool) = sqlx::query_as(AssertSqlSafe(self.delete.clone()))
+            .bind(delta_id)
+            .bind(tenant)
+            .bind(keys)
+            .fetch_one(pool)
+            .await
+            .map_err(|err| self.unit_error(tenant, err))?;
+        Ok(claimed)
+    }
+
+    fn unit_error(&self, tenant: i64, err: sqlx::Error) -> DeltaError {
+        if state::is_orphan_error(&err) {
+            return self.explain_orphan(tenant, &err);
+        }
+        if let sqlx::Error::Database(db) = &err
+            && db.code().as_deref() == Some(MISMATCH_SQLSTATE)
+        {
+            // The function's message ends with "(expected N, found M)".
+            let numbers: Vec<u64> = db
+                .message()
+                .rsplit_once("(expected ")
+                .map(|(_, tail)| {
+                    tail.split(|c: char| !c.is_ascii_digit())
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
                 })
-                .collect();
-            (keys, values)
-        };
-        let orphan = |err: sqlx::Error| {
-            if state::is_orphan_error(&err) {
-                self.explain_orphan(tenant, &err)
-            } else {
-                DeltaError::db(what.clone())(err)
-            }
-        };
-        if !inserts.is_empty() {
-            let (keys, values) = split(inserts);
-            sqlx::query(AssertSqlSafe(self.map.clone()))
-                .bind(delta_id)
-                .bind(tenant)
-                .bind(&keys)
-                .execute(&mut **tx)
-                .await
-                .map_err(DeltaError::db(what.clone()))?;
-            sqlx::query(AssertSqlSafe(self.insert.clone()))
-                .bind(delta_id)
-                .bind(tenant)
-                .bind(&keys)
-                .bind(&values)
-                .execute(&mut **tx)
-                .await
-                .map_err(orphan)?;
+                .unwrap_or_default();
+            return DeltaError::TargetDiffers {
+                tenant,
+                table: self.name.clone(),
+                action: if db.message().contains(" delete ") {
+                    "delete"
+                } else {
+                    "update"
+                },
+                expected: numbers.first().copied().unwrap_or_default(),
+                found: numbers.get(1).copied().unwrap_or_default(),
+            };
         }
-        if !updates.is_empty() {
-            let (keys, values) = split(updates);
-            let done = sqlx::query(AssertSqlSafe(self.update.clone()))
-                .bind(delta_id)
-                .bind(tenant)
-                .bind(&keys)
-                .bind(&values)
-                .execute(&mut **tx)
-                .await
-                .map_err(orphan)?;
-            if done.rows_affected() != keys.len() as u64 {
-                return Err(DeltaError::TargetDiffers {
-                    tenant,
-                    table: self.name.clone(),
-                    action: "update",
-                    expected: keys.len() as u64,
-                    found: done.rows_affected(),
-                });
-            }
-        }
-        Ok(())
+        DeltaError::db(format!("tenant {tenant}, table {}", self.name))(err)
     }
 
     /// The orphan function's message names column and value; turn it into the typed error.

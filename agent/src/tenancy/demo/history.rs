@@ -55,18 +55,13 @@ pub async fn rewind_to_shared(pool: &PgPool) -> Result<(), DemoError> {
     consolidate::consolidate(pool, &planned, &ConsolidateOptions::default(), &|_| {})
         .await
         .map_err(|e| refused(e.to_string()))?;
-    let mut sql = String::new();
+    // One schema per statement: a thousand in one transaction take more locks than it may hold.
     for t in &planned.tenants {
-        sql.push_str(&format!(
-            "DROP SCHEMA {} CASCADE;\n",
-            quote_ident(&t.schema)
-        ));
+        let sql = format!("DROP SCHEMA {} CASCADE", quote_ident(&t.schema));
+        run(pool, sql, "dropping the tenant schemas").await?;
     }
-    sql.push_str(&format!(
-        "DROP SCHEMA {} CASCADE;\n",
-        quote_ident(ENGINE_SCHEMA)
-    ));
-    run(pool, sql, "dropping the tenant schemas").await?;
+    let sql = format!("DROP SCHEMA {} CASCADE", quote_ident(ENGINE_SCHEMA));
+    run(pool, sql, "dropping the engine's bookkeeping").await?;
     Ok(())
 }
 
