@@ -26,6 +26,8 @@ use std::str::FromStr;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
 use futures::StreamExt;
 use rollback_proto::RunId;
@@ -151,26 +153,45 @@ pub enum ReplayError {
 }
 
 /// Replays a run from the store: verifies its whole chain and folds it up to `at`.
-#[tracing::instrument(skip_all, fields(run_id = %run))]
 pub async fn replay(
     store: &JetStreamEventStore,
     run: RunId,
     at: Option<At>,
 ) -> Result<Report, ReplayError> {
+    replay_from(store.jetstream(), run, at).await
+}
+
+/// [`replay`] with only a JetStream context: reads, and never creates or changes the stream
+/// (for the command line, which may run with read-only credentials).
+#[tracing::instrument(skip_all, fields(run_id = %run))]
+pub async fn replay_from(
+    js: &jetstream::Context,
+    run: RunId,
+    at: Option<At>,
+) -> Result<Report, ReplayError> {
     let unavailable = |source: async_nats::Error| ReplayError::Unavailable { run, source };
-    let stream = store
-        .jetstream()
+    let stream = js
         .get_stream_no_info(EVENTS_STREAM)
         .await
         .map_err(|e| unavailable(e.into()))?;
-    let consumer = stream
+    let consumer = match stream
         .create_consumer(OrderedConfig {
             filter_subject: events_subject(run),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
         .await
-        .map_err(|e| unavailable(e.into()))?;
+    {
+        Ok(consumer) => consumer,
+        // No stream yet: no run has ever been recorded there.
+        Err(err)
+            if matches!(err.kind(), ConsumerErrorKind::JetStream(e)
+                if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Err(ReplayError::UnknownRun(run));
+        }
+        Err(err) => return Err(unavailable(err.into())),
+    };
     // The consumer counts the subject's messages when it is created: the replay reads the run
     // exactly as it was then, even while an agent appends.
     let stored = consumer.cached_info().num_pending;
