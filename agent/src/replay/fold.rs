@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rollback_proto::next::{NextAction, Waiting};
 use rollback_proto::state::{PhaseStatus, StepStatus};
 use rollback_proto::{Actor, ChainVerifier, Envelope, Event, RunId, RunState, RunStatus};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use super::At;
 use super::capped::Capped;
@@ -36,8 +36,8 @@ struct OpenSpan {
 struct StepAgg {
     first_started: Option<OffsetDateTime>,
     attempt_since: Option<OffsetDateTime>,
-    running_ms: i64,
-    waiting_ms: i64,
+    running: Duration,
+    waiting: Duration,
     failures: u32,
     automatic_retries: u32,
     retries_requested: u32,
@@ -53,7 +53,7 @@ struct PhaseAgg {
     started_at: Option<OffsetDateTime>,
     started_by: Option<String>,
     completed_at: Option<OffsetDateTime>,
-    waiting_ms: i64,
+    waiting: Duration,
     steps: Vec<StepAgg>,
 }
 
@@ -81,7 +81,8 @@ pub struct ReplayFold {
     people_omitted_actions: u64,
     events_by_type: BTreeMap<&'static str, u64>,
     totals: Totals,
-    waiting: WaitingTotals,
+    /// Time waited for people: for steps, the next phase, an emergency confirmation, a resume.
+    waited: [Duration; 4],
     failures: Capped<FailureEntry>,
     escalations: Capped<EscalationEntry>,
     spans: Capped<OpenSpan>,
@@ -108,7 +109,7 @@ impl ReplayFold {
             people_omitted_actions: 0,
             events_by_type: BTreeMap::new(),
             totals: Totals::default(),
-            waiting: WaitingTotals::default(),
+            waited: [Duration::ZERO; 4],
             failures: Capped::new(LOG_KEEP),
             escalations: Capped::new(LOG_KEEP),
             spans: Capped::new(SPANS_KEEP),
@@ -192,8 +193,7 @@ impl ReplayFold {
         let at = env.at;
         // The wait that was open since the previous event ends now.
         if let (Some(wait), Some(since)) = (self.wait, self.last_at) {
-            let ms = millis(since, at).max(0);
-            self.credit_wait(wait, since, at, ms);
+            self.credit_wait(wait, since, at);
         }
         *self.events_by_type.entry(env.event.name()).or_default() += 1;
         let locate =
@@ -230,7 +230,7 @@ impl ReplayFold {
                 if let Some((p, s)) = locate(step) {
                     let agg = &mut self.phases[p].steps[s];
                     if let Some(since) = agg.attempt_since.take() {
-                        agg.running_ms += millis(since, at);
+                        agg.running += at - since;
                     }
                     if matches!(env.event, Event::StepInDoubt { .. }) {
                         agg.in_doubt += 1;
@@ -251,7 +251,7 @@ impl ReplayFold {
                 if let Some((p, s)) = locate(step) {
                     let agg = &mut self.phases[p].steps[s];
                     if let Some(since) = agg.attempt_since.take() {
-                        agg.running_ms += millis(since, at);
+                        agg.running += at - since;
                     }
                     agg.failures += 1;
                     agg.automatic_retries += u32::from(retry_in_ms.is_some());
@@ -330,19 +330,21 @@ impl ReplayFold {
         self.last_at = Some(at);
     }
 
-    fn credit_wait(&mut self, wait: Wait, from: OffsetDateTime, to: OffsetDateTime, ms: i64) {
-        self.waiting.total_ms += ms;
-        match wait.reason {
-            "step" => self.waiting.steps_ms += ms,
-            "next phase" => self.waiting.next_phase_ms += ms,
-            "emergency confirmation" => self.waiting.emergency_ms += ms,
-            _ => self.waiting.paused_ms += ms,
-        }
+    fn credit_wait(&mut self, wait: Wait, from: OffsetDateTime, to: OffsetDateTime) {
+        // Summed exactly and rounded once at the end, so totals match the events' times.
+        let waited = (to - from).max(Duration::ZERO);
+        let slot = match wait.reason {
+            "step" => 0,
+            "next phase" => 1,
+            "emergency confirmation" => 2,
+            _ => 3,
+        };
+        self.waited[slot] += waited;
         if let Some(p) = wait.phase {
-            self.phases[p].waiting_ms += ms;
+            self.phases[p].waiting += waited;
         }
         if let Some((p, s)) = wait.step {
-            self.phases[p].steps[s].waiting_ms += ms;
+            self.phases[p].steps[s].waiting += waited;
         }
         // A wait that goes on across events (escalations, refused commands) is one span.
         match self.spans.last_mut() {
@@ -419,7 +421,16 @@ impl ReplayFold {
             }
         };
         let waits = self.spans.map(span);
-        let mut waiting = self.waiting.clone();
+        let ms = |d: Duration| d.whole_milliseconds() as i64;
+        let [steps, next_phase, emergency, paused] = self.waited;
+        let mut waiting = WaitingTotals {
+            total_ms: ms(steps + next_phase + emergency + paused),
+            steps_ms: ms(steps),
+            next_phase_ms: ms(next_phase),
+            emergency_ms: ms(emergency),
+            paused_ms: ms(paused),
+            open: None,
+        };
         waiting.open = self.wait.zip(self.last_at).map(|(wait, since)| {
             span(&OpenSpan {
                 wait,
@@ -495,8 +506,8 @@ impl ReplayFold {
                             duration_ms: started_at
                                 .zip(st.finished_at)
                                 .map(|(from, to)| millis(from, to)),
-                            running_ms: sa.running_ms,
-                            waiting_ms: sa.waiting_ms,
+                            running_ms: sa.running.whole_milliseconds() as i64,
+                            waiting_ms: sa.waiting.whole_milliseconds() as i64,
                             attempts: st.attempts,
                             failures: sa.failures,
                             automatic_retries: sa.automatic_retries,
@@ -517,7 +528,7 @@ impl ReplayFold {
                     started_by: agg.started_by.clone(),
                     completed_at: agg.completed_at,
                     duration_ms: agg.started_at.zip(end).map(|(from, to)| millis(from, to)),
-                    waiting_ms: agg.waiting_ms,
+                    waiting_ms: agg.waiting.whole_milliseconds() as i64,
                     steps,
                 }
             })

@@ -265,11 +265,15 @@ pub fn render(report: &Report) -> String {
 }
 
 fn table(out: &mut String, title: &str, headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
-    let _ = write!(out, "<h2>{}</h2>\n<table><tr>", escape(title));
-    for h in headers {
-        let _ = write!(out, "<th>{}</th>", escape(h));
+    let _ = write!(out, "<h2>{}</h2>\n<table>", escape(title));
+    // A table of names and values needs no header row.
+    if headers.iter().any(|h| !h.is_empty()) {
+        out.push_str("<tr>");
+        for h in headers {
+            let _ = write!(out, "<th>{}</th>", escape(h));
+        }
+        out.push_str("</tr>\n");
     }
-    out.push_str("</tr>\n");
     for row in rows {
         push_row(out, &row);
     }
