@@ -397,15 +397,12 @@ impl CommandService {
             let Some(state) = loaded.state else {
                 return rejected(format!("there is no run {run}"));
             };
-            match &req.command {
-                Command::Status { .. } => {
-                    return CommandReply::Accepted {
-                        run: Some(run),
-                        events: Vec::new(),
-                        message: rollback_proto::render::status_text(&state),
-                    };
-                }
-                _ => {}
+            if let Command::Status { .. } = &req.command {
+                return CommandReply::Accepted {
+                    run: Some(run),
+                    events: Vec::new(),
+                    message: rollback_proto::render::status_text(&state),
+                };
             }
             let events = match decide(&state, &req.command, caller, &self.policy, now) {
                 Ok(events) => events,

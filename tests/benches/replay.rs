@@ -512,7 +512,6 @@ async fn write_run(
         draft.at += shift;
         publish(draft).await?;
     }
-    drop(publish);
     for ack in in_flight {
         ack.await?;
     }

@@ -15,6 +15,7 @@
 //! events before the break and names the seq.
 
 mod capped;
+mod describe;
 mod fold;
 mod html;
 mod markdown;
@@ -37,7 +38,8 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 
 pub use capped::Capped;
-pub use fold::{ReplayFold, describe};
+pub use describe::describe;
+pub use fold::ReplayFold;
 pub use model::*;
 
 use crate::store::JetStreamEventStore;
