@@ -285,6 +285,7 @@ impl ReplayFold {
                     seq: env.seq,
                     at,
                     level: *level,
+                    acknowledged: false,
                     what: clip(&format!(
                         "raised: {reason}; notified {}",
                         notified.join(", ")
@@ -297,6 +298,7 @@ impl ReplayFold {
                     seq: env.seq,
                     at,
                     level: *level,
+                    acknowledged: true,
                     what: format!("acknowledged by {}", env.actor),
                 });
             }

@@ -361,6 +361,8 @@ pub struct EscalationEntry {
     pub at: OffsetDateTime,
     /// The level.
     pub level: u32,
+    /// Whether the level was acknowledged (rather than raised).
+    pub acknowledged: bool,
     /// Raised (with why and whom) or acknowledged (by whom).
     pub what: String,
 }

@@ -135,7 +135,7 @@ pub fn timeline(run: &RunFacts) -> String {
     }
     for e in run.escalations.kept() {
         let (cx, cy) = (x(e.at), y(0) + BAR / 2.0);
-        let (class, shape) = if e.what.starts_with("raised") {
+        let (class, shape) = if !e.acknowledged {
             (
                 "escalation",
                 format!(

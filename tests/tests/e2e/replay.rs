@@ -294,7 +294,7 @@ async fn a_recorded_run_replays_into_a_report_whose_facts_match_its_events() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["what"].as_str().unwrap().starts_with("acknowledged"))
+        .find(|e| e["acknowledged"] == true)
         .unwrap();
     assert_eq!(ack["what"], "acknowledged by dave (dave)");
 
