@@ -328,8 +328,10 @@ impl ReplayFold {
                 event: env.event.name(),
                 detail: describe(&env.event),
             });
+            // Applying output or progress changes nothing `next_action` reads, and they are most
+            // of a long run's events: the next move is recomputed only after other events.
+            self.wait = waiting_for(state);
         }
-        self.wait = waiting_for(state);
         self.last_at = Some(at);
     }
 
