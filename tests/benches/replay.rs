@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use rollback_agent::replay::{self, Format, Verdict};
+use rollback_agent::replay::{self, Format, ReplayFold, Verdict};
 use rollback_agent::store::{JetStreamEventStore, StoreConfig};
 use rollback_proto::envelope::{ChainHead, Draft};
 use rollback_proto::runbook::source_hash;
@@ -107,7 +107,9 @@ async fn peak_heap_during<T>(f: impl Future<Output = T>) -> (T, usize) {
 
 const LONG_RUN: usize = 1_000_000;
 const SHORT_RUN: usize = 100_000;
-const READ_REPEATS: usize = 3;
+const READ_REPEATS: usize = 5;
+/// Events for the CPU-only cost of the fold.
+const CPU_EVENTS: usize = 100_000;
 /// Publish acknowledgements in flight at most (async-nats deadlocks past 5000).
 const WINDOW: usize = 1_000;
 /// Transient failures of the consolidation before its last attempt succeeds.
@@ -419,52 +421,30 @@ fn script(total: usize) -> (Vec<Draft>, u32, usize, Vec<Draft>) {
     (before, attempts, per_attempt, after)
 }
 
-/// Seals the run's events one by one and publishes them with `WINDOW` acks in flight.
-async fn write_run(
-    js: &jetstream::Context,
-    total: usize,
-) -> anyhow::Result<(RunId, usize, Duration)> {
-    let run = RunId::new();
-    let subject = events_subject(run);
-    let mut head = ChainHead::genesis(run);
-    let mut in_flight = VecDeque::with_capacity(WINDOW);
-    let mut written = 0;
-    let started = Instant::now();
+/// The run's drafts in order, built one at a time (the run is never held whole).
+fn drafts(total: usize) -> impl Iterator<Item = Draft> {
     let (before, attempts, per_attempt, after) = script(total);
-    let mut at = before.last().expect("events").at;
-    let mut publish = async |draft: Draft| -> anyhow::Result<()> {
-        let envelope = head.seal([draft]).pop().expect("one envelope");
-        if in_flight.len() == WINDOW {
-            in_flight.pop_front().expect("window is full").await?;
-        }
-        in_flight.push_back(
-            js.publish(subject.clone(), envelope.to_bytes().into())
-                .await?,
-        );
-        written += 1;
-        Ok(())
-    };
-    for draft in before {
-        publish(draft).await?;
-    }
+    let start = before.last().expect("events").at;
     let agent = |at, event| Draft {
         actor: Actor::Agent,
         causation_id: None,
         at,
         event,
     };
-    for attempt in 1..=attempts {
-        at += time::Duration::milliseconds(5);
-        publish(agent(
-            at,
+    // Each consolidation attempt: a start, progress and output alternating, an outcome; 2 ms
+    // apart, and a second between attempts.
+    let attempt_ms = 5 + 2 * per_attempt as i64 + 10 + 1_000;
+    let consolidation = (1..=attempts).flat_map(move |attempt| {
+        let base = start + time::Duration::milliseconds(attempt_ms * (attempt as i64 - 1));
+        let begin = std::iter::once(agent(
+            base + time::Duration::milliseconds(5),
             Event::StepStarted {
                 step: id("consolidate"),
                 attempt,
             },
-        ))
-        .await?;
-        for i in 0..per_attempt {
-            at += time::Duration::milliseconds(2);
+        ));
+        let work = (0..per_attempt).map(move |i| {
+            let at = base + time::Duration::milliseconds(5 + 2 * (i as i64 + 1));
             let event = if i % 2 == 0 {
                 Event::StepProgressed {
                     step: id("consolidate"),
@@ -485,9 +465,8 @@ async fn write_run(
                     ),
                 }
             };
-            publish(agent(at, event)).await?;
-        }
-        at += time::Duration::milliseconds(10);
+            agent(at, event)
+        });
         let outcome = if attempt < attempts {
             Event::StepFailed {
                 step: id("consolidate"),
@@ -503,19 +482,64 @@ async fn write_run(
                 summary: "8000 units, 1039867 rows".into(),
             }
         };
-        publish(agent(at, outcome)).await?;
-        at += time::Duration::milliseconds(1_000);
-    }
+        let end = std::iter::once(agent(
+            base + time::Duration::milliseconds(attempt_ms - 1_000),
+            outcome,
+        ));
+        begin.chain(work).chain(end)
+    });
     // The tail keeps its own gaps, after the consolidation.
-    let shift = at - after.first().expect("events").at;
-    for mut draft in after {
+    let shift = start + time::Duration::milliseconds(attempt_ms * attempts as i64)
+        - after.first().expect("events").at;
+    let tail = after.into_iter().map(move |mut draft| {
         draft.at += shift;
-        publish(draft).await?;
+        draft
+    });
+    before.into_iter().chain(consolidation).chain(tail)
+}
+
+/// Seals the run's events one by one and publishes them with `WINDOW` acks in flight.
+async fn write_run(
+    js: &jetstream::Context,
+    total: usize,
+) -> anyhow::Result<(RunId, usize, Duration)> {
+    let run = RunId::new();
+    let subject = events_subject(run);
+    let mut head = ChainHead::genesis(run);
+    let mut in_flight = VecDeque::with_capacity(WINDOW);
+    let mut written = 0;
+    let started = Instant::now();
+    for draft in drafts(total) {
+        let envelope = head.seal([draft]).pop().expect("one envelope");
+        if in_flight.len() == WINDOW {
+            in_flight.pop_front().expect("window is full").await?;
+        }
+        in_flight.push_back(
+            js.publish(subject.clone(), envelope.to_bytes().into())
+                .await?,
+        );
+        written += 1;
     }
     for ack in in_flight {
         ack.await?;
     }
     Ok((run, written, started.elapsed()))
+}
+
+/// The fold alone, CPU only, no IO: verify, apply and aggregate per event, then render.
+fn fold_cpu(total: usize) -> Duration {
+    let run = RunId::new();
+    let mut head = ChainHead::genesis(run);
+    let stored: Vec<Vec<u8>> = drafts(total)
+        .map(|d| head.seal([d]).pop().expect("one envelope").to_bytes())
+        .collect();
+    let started = Instant::now();
+    let mut fold = ReplayFold::new(run, stored.len() as u64, None);
+    stored.iter().for_each(|bytes| fold.push(bytes));
+    let report = fold.finish();
+    std::hint::black_box(replay::render(&report, Format::Markdown));
+    assert!(report.verdict.is_intact(), "{:?}", report.verdict);
+    started.elapsed() / stored.len() as u32
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -637,6 +661,9 @@ async fn bench() -> anyhow::Result<()> {
     let short = compare(&js, &store, size("BENCH_SHORT_RUN", SHORT_RUN)?).await?;
     let long = compare(&js, &store, size("BENCH_LONG_RUN", LONG_RUN)?).await?;
 
+    eprintln!("the fold alone, CPU only, {CPU_EVENTS} events");
+    let cpu = fold_cpu(CPU_EVENTS);
+
     let ratio = long.replay.as_secs_f64() / long.raw.as_secs_f64();
     let flat = long.replay_peak <= short.replay_peak * 2 + 512 * 1024;
     println!("| measurement | events | time | events/s | peak heap | ratio | target |");
@@ -670,6 +697,10 @@ async fn bench() -> anyhow::Result<()> {
             }
         );
     }
+    println!(
+        "| replay fold alone, CPU only (verify, apply, aggregate; render at the end) | {CPU_EVENTS} | {:.2} µs/event | | | | |",
+        cpu.as_secs_f64() * 1e6
+    );
     println!(
         "\npeak heap of the replay: {} at {} events, {} at {} events — flat: {}",
         mib(short.replay_peak),
