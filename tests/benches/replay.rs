@@ -23,7 +23,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use rollback_agent::replay::{self, Format, ReplayFold, Verdict};
 use rollback_agent::store::{JetStreamEventStore, StoreConfig};
-use rollback_proto::envelope::{ChainHead, Draft};
+use rollback_proto::envelope::{ChainHead, ChainVerifier, Draft};
 use rollback_proto::runbook::source_hash;
 use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
 use rollback_proto::{Actor, Event, OutputStream, RunId};
@@ -526,20 +526,27 @@ async fn write_run(
     Ok((run, written, started.elapsed()))
 }
 
-/// The fold alone, CPU only, no IO: verify, apply and aggregate per event, then render.
-fn fold_cpu(total: usize) -> Duration {
+/// The fold alone, CPU only, no IO: verify, apply and aggregate per event, then render; and
+/// the chain verification alone on the same events. Per event.
+fn fold_cpu(total: usize) -> (Duration, Duration) {
     let run = RunId::new();
     let mut head = ChainHead::genesis(run);
     let stored: Vec<Vec<u8>> = drafts(total)
         .map(|d| head.seal([d]).pop().expect("one envelope").to_bytes())
         .collect();
     let started = Instant::now();
+    let mut verifier = ChainVerifier::new(run);
+    for bytes in &stored {
+        std::hint::black_box(verifier.push(bytes).expect("a valid chain"));
+    }
+    let verify = started.elapsed() / stored.len() as u32;
+    let started = Instant::now();
     let mut fold = ReplayFold::new(run, stored.len() as u64, None);
     stored.iter().for_each(|bytes| fold.push(bytes));
     let report = fold.finish();
     std::hint::black_box(replay::render(&report, Format::Markdown));
     assert!(report.verdict.is_intact(), "{:?}", report.verdict);
-    started.elapsed() / stored.len() as u32
+    (started.elapsed() / stored.len() as u32, verify)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -662,7 +669,7 @@ async fn bench() -> anyhow::Result<()> {
     let long = compare(&js, &store, size("BENCH_LONG_RUN", LONG_RUN)?).await?;
 
     eprintln!("the fold alone, CPU only, {CPU_EVENTS} events");
-    let cpu = fold_cpu(CPU_EVENTS);
+    let (cpu, verify) = fold_cpu(CPU_EVENTS);
 
     let ratio = long.replay.as_secs_f64() / long.raw.as_secs_f64();
     let flat = long.replay_peak <= short.replay_peak * 2 + 512 * 1024;
@@ -700,6 +707,10 @@ async fn bench() -> anyhow::Result<()> {
     println!(
         "| replay fold alone, CPU only (verify, apply, aggregate; render at the end) | {CPU_EVENTS} | {:.2} µs/event | | | | |",
         cpu.as_secs_f64() * 1e6
+    );
+    println!(
+        "| of which `ChainVerifier::push` alone (parse and hash) | {CPU_EVENTS} | {:.2} µs/event | | | | |",
+        verify.as_secs_f64() * 1e6
     );
     println!(
         "\npeak heap of the replay: {} at {} events, {} at {} events — flat: {}",
