@@ -472,7 +472,7 @@ async fn publish_raw(h: &Harness, run: RunId, bytes: Vec<u8>) {
 #[tokio::test]
 async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
     let h = Harness::new().await;
-    let _agent = h.agent("agent-a", "").await;
+    let mut agent = h.agent("agent-a", "").await;
     h.runbook(
         "tiny",
         "name = \"tiny\"\n[[phases]]\nid = \"one\"\nauto_advance = true\n[[phases.steps]]\nid = \"a\"\nkind = \"shell\"\ncommand = \"echo hello\"\n",
@@ -509,7 +509,10 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
     };
     assert!(message.contains(&headline), "{message}");
 
-    // A history with an event edited in the middle (its hash kept) and a re-sent old event.
+    // A history with an event edited in the middle (its hash kept) and a re-sent old event,
+    // published as copies of the run under new ids. The agent is stopped first: it would take
+    // a copied run for a live one and append to it.
+    agent.kill().await;
     let other = RunId::new();
     let mut head = ChainHead::genesis(other);
     let mut sealed = head.seal(envelopes.iter().map(|e| Draft {
