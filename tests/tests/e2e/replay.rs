@@ -101,7 +101,10 @@ mentions = ["<@&111>"]
     // `call` fails twice (503) and the agent retries it; `needs-file` fails for good and the
     // run stalls until the escalation is raised.
     h.wait_for(run, "an escalation over the failed step", |s| {
-        matches!(status_of(s, "needs-file"), StepStatus::Failed { .. }) && s.escalation.open
+        // Raised since the failure (on a slow machine an earlier wait may have escalated too).
+        matches!(status_of(s, "needs-file"), StepStatus::Failed { .. })
+            && s.escalation.open
+            && !s.escalation.is_stale(s.last_activity_at)
     })
     .await;
     h.accepted("dave", ONCALL, Command::Ack { run }).await;
