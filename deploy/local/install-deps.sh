@@ -18,15 +18,6 @@ as_root() {
   fi
 }
 
-# The package lists are refreshed at most once per run, however many packages are missing.
-apt_updated=0
-apt_update_once() {
-  if [ "$apt_updated" -eq 0 ]; then
-    as_root apt-get update -qq
-    apt_updated=1
-  fi
-}
-
 have_postgres() {
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1
 }
@@ -37,7 +28,7 @@ else
   command -v apt-get >/dev/null 2>&1 ||
     die "PostgreSQL server not found and no apt-get: install PostgreSQL and set PG_BIN_DIR to its bin folder"
   say "installing PostgreSQL: apt-get update && apt-get install -y postgresql"
-  apt_update_once
+  as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   have_postgres || die "apt-get installed postgresql but no server binary was found"
   say "PostgreSQL installed: $(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1)"
@@ -50,7 +41,7 @@ else
   command -v apt-get >/dev/null 2>&1 ||
     die "chromium not found and no apt-get: install Chromium (the replay's HTML test needs it)"
   say "installing chromium: apt-get update && apt-get install -y chromium"
-  apt_update_once
+  as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   command -v chromium >/dev/null 2>&1 || die "apt-get installed chromium but no chromium is on PATH"
   say "chromium installed: $(chromium --version 2>/dev/null || echo chromium)"
