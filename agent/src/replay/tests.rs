@@ -484,3 +484,48 @@ fn at_parses_a_seq_or_a_time_and_nothing_else() {
         assert!(err.contains("neither an event seq"), "{bad}: {err}");
     }
 }
+
+/// The value of an attribute of the first element with `marker` in `svg`.
+fn attribute(svg: &str, marker: &str, name: &str) -> f64 {
+    let element = &svg[svg.find(marker).expect("element")..];
+    let start = element.find(&format!(" {name}=\"")).expect("attribute") + name.len() + 3;
+    element[start..start + element[start..].find('"').unwrap()]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_timeline_places_bars_and_marks_by_time() {
+    let run = RunId::new();
+    let report = replay_envelopes(run, &seal(run, history()), None);
+    let svg = svg::timeline(report.run.as_ref().unwrap());
+    // The axis spans the run's 151 s over the 850 px between the labels and the right margin.
+    let x = |seconds: f64| 230.0 + 850.0 * seconds / 151.0;
+    let phase = "class=\"phase-bar\" data-phase=\"db\"";
+    assert!((attribute(&svg, phase, "x") - x(10.0)).abs() < 0.1);
+    assert!((attribute(&svg, phase, "width") - (x(151.0) - x(10.0))).abs() < 0.1);
+    let work = "class=\"step-bar\" data-step=\"work\"";
+    assert!(
+        (attribute(&svg, work, "x") - x(71.0)).abs() < 0.1,
+        "from its first attempt"
+    );
+    // The first failure's cross is centred on its time, +72 s.
+    let cross = &svg[svg.find("class=\"failure\" d=\"M").unwrap() + 20..];
+    let left: f64 = cross[..cross.find(' ').unwrap()].parse().unwrap();
+    assert!((left + 5.0 - x(72.0)).abs() < 0.1, "{left}");
+    // The wait after the permanent failure is shaded from +74 s to the retry at +150 s.
+    let shaded: Vec<(f64, f64)> = svg
+        .match_indices("class=\"waiting\"")
+        .map(|(i, _)| {
+            let rest = &svg[i..];
+            (
+                attribute(rest, "class", "x"),
+                attribute(rest, "class", "width"),
+            )
+        })
+        .collect();
+    assert_eq!(shaded.len(), 3);
+    assert!(
+        (shaded[2].0 - x(74.0)).abs() < 0.1 && (shaded[2].1 - (x(150.0) - x(74.0))).abs() < 0.1
+    );
+}
