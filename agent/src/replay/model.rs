@@ -86,9 +86,9 @@ impl Verdict {
                 verified,
                 untrusted,
             } => format!(
-                "Hash chain BROKEN at seq {seq}: {} — {detail}. This report covers the {verified} \
-                 event(s) verified before it; {untrusted} stored event(s) from there on are not \
-                 trusted and not reported.",
+                "Hash chain BROKEN at seq {seq}: {} — {detail}. {verified} event(s) before it \
+                 verified; the {untrusted} stored event(s) from there on are not trusted and not \
+                 reported.",
                 problem.describe()
             ),
         }
@@ -466,7 +466,7 @@ mod tests {
             line.starts_with("Hash chain BROKEN at seq 7: hash mismatch"),
             "{line}"
         );
-        assert!(line.contains("6 event(s)") && line.contains("3 stored event(s)"));
+        assert!(line.contains("6 event(s) before it verified; the 3 stored event(s)"));
         let json = serde_json::to_value(&broken).unwrap();
         assert_eq!(json["chain"], "broken");
         assert_eq!(json["problem"], "hash_mismatch");

@@ -503,7 +503,7 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
     assert!(md.lines().nth(2).unwrap().contains(&headline), "{md}");
     assert!(stderr(&output).contains(&headline), "{}", stderr(&output));
     assert!(md.contains(&format!(
-        "covers the {} event(s) verified before it; 1 stored event(s)",
+        "{} event(s) before it verified; the 1 stored event(s)",
         last.seq
     )));
     let CommandReply::Accepted { message, .. } = h.send("erin", &[], Command::Replay { run }).await
