@@ -569,7 +569,7 @@ async fn replay_json_status(h: &Harness, run: RunId) -> Value {
 }
 
 #[tokio::test]
-async fn the_command_line_refuses_bad_input_with_a_clear_message() {
+async fn the_command_line_takes_the_agents_settings_and_refuses_bad_input() {
     let h = Harness::new().await;
     let _agent = h.agent("agent-a", "").await;
     h.runbook(
@@ -625,6 +625,23 @@ async fn the_command_line_refuses_bad_input_with_a_clear_message() {
         stderr(&output).contains("writing the report to /nonexistent-dir/report.md"),
         "{}",
         stderr(&output)
+    );
+    // The agent's configuration file gives the connection when NATS_URL is not set.
+    let output = tokio::process::Command::new(agent_binary().unwrap())
+        .args(["replay", &run, "--config"])
+        .arg(h.path("agent-a.toml"))
+        .env_remove("NATS_URL")
+        .env_remove("ROLLBACK_CONFIG")
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("Hash chain INTACT"),
+        "{}",
+        stdout(&output)
     );
     // NATS down: an error now, not a wait.
     let output = tokio::process::Command::new(agent_binary().unwrap())
