@@ -1,9 +1,10 @@
 //! The rollback agent: the JetStream event store, the command service, the executor and its
-//! step kinds, the tenancy engine, configuration and telemetry.
+//! step kinds, the tenancy engine, replay and postmortem reports, configuration and telemetry.
 
 pub mod agent;
 pub mod config;
 pub mod executor;
+pub mod replay;
 pub mod secret;
 pub mod service;
 pub mod steps;

@@ -1,15 +1,17 @@
 //! `rollback-agent`: the executor of rollback runbooks, and its tools.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rollback_agent::config::{NatsAuth, NatsSection};
+use rollback_agent::replay::{self, At};
 use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
 use rollback_agent::tenancy::{delta, demo, verify};
-use rollback_proto::Runbook;
 use rollback_proto::runbook::{FkChecks, IdStrategy, StepKind};
+use rollback_proto::{RunId, Runbook};
 use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
@@ -28,6 +30,26 @@ enum Cmd {
     /// Run the agent: answer commands and execute runbooks until SIGINT or SIGTERM.
     Run {
         /// The configuration file (TOML); environment variables override it.
+        #[arg(long, env = "ROLLBACK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Replay a run for the postmortem: verify its hash chain, fold its events, write a report
+    /// (the verdict first). Exits 2 when the history is not intact.
+    Replay {
+        /// The run's id.
+        run: String,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+        /// Report the state at an event seq (a number from 1) or a time (RFC 3339, e.g.
+        /// 2026-11-25T23:40:00Z): the fold stops there; the verdict still covers every event.
+        #[arg(long)]
+        at: Option<String>,
+        /// Write the report to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The agent's configuration file, for the NATS connection; environment variables
+        /// (NATS_URL, NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS) override it.
         #[arg(long, env = "ROLLBACK_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -145,6 +167,13 @@ enum FkMode {
     Auto,
     Enforced,
     Deferred,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Md,
+    Json,
+    Html,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -281,6 +310,22 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             });
             rollback_agent::agent::run(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay {
+            run,
+            format,
+            at,
+            out,
+            config,
+        } => {
+            replay(
+                &run,
+                format,
+                at.as_deref(),
+                out.as_deref(),
+                config.as_deref(),
+            )
+            .await
         }
         Cmd::Plan {
             scope,
@@ -498,6 +543,63 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn replay(
+    run: &str,
+    format: ReportFormat,
+    at: Option<&str>,
+    out: Option<&Path>,
+    config: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let run: RunId = run
+        .parse()
+        .map_err(|e| anyhow::anyhow!("`{run}` is not a run id: {e}"))?;
+    let at = at.map(|at| at.parse::<At>()).transpose().context("--at")?;
+    let config = rollback_agent::config::AgentConfig::load_from_env(config)?;
+    let client = connect_nats_once(&config.nats).await?;
+    let report = replay::replay_from(&async_nats::jetstream::new(client), run, at).await?;
+    let text = replay::render(
+        &report,
+        match format {
+            ReportFormat::Md => replay::Format::Markdown,
+            ReportFormat::Json => replay::Format::Json,
+            ReportFormat::Html => replay::Format::Html,
+        },
+    );
+    match out {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("writing the report to {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    if report.verdict.is_intact() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}", report.verdict.headline());
+        Ok(ExitCode::from(REFUSED))
+    }
+}
+
+/// One connection attempt, for a command-line tool: a server that is down is an error now,
+/// not a wait (unlike the agent, which keeps retrying).
+async fn connect_nats_once(nats: &NatsSection) -> anyhow::Result<async_nats::Client> {
+    let opts = async_nats::ConnectOptions::new()
+        .name("rollback-agent replay")
+        .connection_timeout(std::time::Duration::from_secs(5));
+    let opts = match nats.auth() {
+        NatsAuth::None => opts,
+        NatsAuth::UserPassword { user, password } => {
+            opts.user_and_password(user.to_owned(), password.expose().clone())
+        }
+        NatsAuth::Token(token) => opts.token(token.expose().clone()),
+        NatsAuth::CredsFile(path) => opts
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+    };
+    opts.connect(nats.servers())
+        .await
+        .context("connecting to NATS (nats.url in the configuration, or NATS_URL)")
 }
 
 fn check_runbooks(files: &[PathBuf]) -> anyhow::Result<ExitCode> {

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use crate::replay;
 use crate::steps::DatabaseTargets;
 use crate::store::{AppendError, JetStreamEventStore, LoadError, RunCursor};
 use crate::telemetry::{CommandOutcome, Metrics};
@@ -243,10 +244,28 @@ impl CommandService {
                 }
                 self.plan(runbook).await
             }
+            // Before the run is loaded: a history that does not verify is what the report is for.
+            Command::Replay { run } => self.replay(*run).await,
             command => {
                 let run = command.run().expect("every other command names a run");
                 self.on_run(req, &caller, run, now).await
             }
+        }
+    }
+
+    /// The run's postmortem report in Markdown, which chat attaches as a file. A history that
+    /// does not verify is reported, not refused: the verdict is the report's first paragraph.
+    async fn replay(&self, run: RunId) -> CommandReply {
+        match replay::replay(&self.store, run, None).await {
+            Ok(report) => CommandReply::Accepted {
+                run: Some(run),
+                events: Vec::new(),
+                message: replay::render(&report, replay::Format::Markdown),
+            },
+            Err(replay::ReplayError::Unavailable { .. }) => {
+                rejected("the event log is unreachable right now; try again")
+            }
+            Err(e) => rejected(e.to_string()),
         }
     }
 
@@ -378,25 +397,12 @@ impl CommandService {
             let Some(state) = loaded.state else {
                 return rejected(format!("there is no run {run}"));
             };
-            match &req.command {
-                Command::Status { .. } => {
-                    return CommandReply::Accepted {
-                        run: Some(run),
-                        events: Vec::new(),
-                        message: rollback_proto::render::status_text(&state),
-                    };
-                }
-                Command::Replay { .. } => {
-                    return match self.store.load_envelopes(run).await {
-                        Ok(envs) => CommandReply::Accepted {
-                            run: Some(run),
-                            events: Vec::new(),
-                            message: timeline(&envs),
-                        },
-                        Err(e) => rejected(format!("run {run} cannot be read: {e}")),
-                    };
-                }
-                _ => {}
+            if let Command::Status { .. } = &req.command {
+                return CommandReply::Accepted {
+                    run: Some(run),
+                    events: Vec::new(),
+                    message: rollback_proto::render::status_text(&state),
+                };
             }
             let events = match decide(&state, &req.command, caller, &self.policy, now) {
                 Ok(events) => events,
@@ -521,22 +527,6 @@ impl CommandService {
             }
         }
     }
-}
-
-/// A plain timeline of a run: every event with its time and author.
-pub fn timeline(envelopes: &[rollback_proto::Envelope]) -> String {
-    let mut out = String::new();
-    for env in envelopes {
-        let detail = serde_json::to_string(&env.event).unwrap_or_default();
-        out.push_str(&format!(
-            "#{:<4} {} {:<28} {}\n",
-            env.seq,
-            env.at,
-            env.actor.to_string(),
-            detail
-        ));
-    }
-    out
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

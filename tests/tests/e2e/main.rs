@@ -7,6 +7,7 @@ mod archive;
 mod delta;
 mod demo_db;
 mod harness;
+mod replay;
 mod runbooks;
 mod steps;
 mod store;

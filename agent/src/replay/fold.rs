@@ -1,0 +1,597 @@
+//! The replay fold: each stored message is verified through the hash chain, applied through
+//! `proto`'s `apply` (the same fold recovery uses), and folded into aggregates per phase, step
+//! and person. Nothing is kept per event beyond the capped lists, so memory does not grow with
+//! the length of the run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rollback_proto::next::{NextAction, Waiting};
+use rollback_proto::state::PhaseStatus;
+use rollback_proto::{Actor, ChainVerifier, Envelope, Event, RunId, RunState, RunStatus};
+use time::{Duration, OffsetDateTime};
+
+use super::At;
+use super::capped::Capped;
+use super::describe::{describe, outcome};
+use super::model::*;
+
+/// People listed per step at most.
+const STEP_PEOPLE_KEEP: usize = 16;
+
+/// What the run waits for people for, with the phase and step it belongs to (indices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wait {
+    reason: &'static str,
+    phase: Option<usize>,
+    step: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Clone)]
+struct OpenSpan {
+    wait: Wait,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StepAgg {
+    first_started: Option<OffsetDateTime>,
+    attempt_since: Option<OffsetDateTime>,
+    running: Duration,
+    waiting: Duration,
+    failures: u32,
+    automatic_retries: u32,
+    retries_requested: u32,
+    in_doubt: u32,
+    people: BTreeSet<String>,
+    output_chunks: u64,
+    output_bytes: u64,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PhaseAgg {
+    started_at: Option<OffsetDateTime>,
+    started_by: Option<String>,
+    completed_at: Option<OffsetDateTime>,
+    waiting: Duration,
+    steps: Vec<StepAgg>,
+}
+
+#[derive(Debug, Clone)]
+struct PersonAgg {
+    who: String,
+    actions: BTreeMap<&'static str, u64>,
+    first_at: OffsetDateTime,
+    last_at: OffsetDateTime,
+}
+
+/// Folds a run's stored messages, in order, into a [`Report`].
+#[derive(Debug)]
+pub struct ReplayFold {
+    run: RunId,
+    verifier: ChainVerifier,
+    cutoff: Option<(At, String)>,
+    stored: u64,
+    read: u64,
+    broken: Option<Verdict>,
+    past_cutoff: bool,
+    state: Option<RunState>,
+    phases: Vec<PhaseAgg>,
+    people: BTreeMap<String, PersonAgg>,
+    people_omitted_actions: u64,
+    events_by_type: BTreeMap<&'static str, u64>,
+    totals: Totals,
+    /// Time waited for people: for steps, the next phase, an emergency confirmation, a resume.
+    waited: [Duration; 4],
+    failures: Capped<FailureEntry>,
+    escalations: Capped<EscalationEntry>,
+    spans: Capped<OpenSpan>,
+    log: Capped<LogEntry>,
+    /// What the run waited for after the last folded event, and since when.
+    wait: Option<Wait>,
+    last_at: Option<OffsetDateTime>,
+}
+
+impl ReplayFold {
+    /// A fold of `run`, whose subject held `stored` messages, up to `cutoff` (as typed) if any.
+    pub fn new(run: RunId, stored: u64, cutoff: Option<(At, String)>) -> Self {
+        Self {
+            run,
+            verifier: ChainVerifier::new(run),
+            cutoff,
+            stored,
+            read: 0,
+            broken: None,
+            past_cutoff: false,
+            state: None,
+            phases: Vec::new(),
+            people: BTreeMap::new(),
+            people_omitted_actions: 0,
+            events_by_type: BTreeMap::new(),
+            totals: Totals::default(),
+            waited: [Duration::ZERO; 4],
+            failures: Capped::new(LOG_KEEP),
+            escalations: Capped::new(LOG_KEEP),
+            spans: Capped::new(SPANS_KEEP),
+            log: Capped::new(LOG_KEEP),
+            wait: None,
+            last_at: None,
+        }
+    }
+
+    /// Verifies and folds the next stored message. After a break, messages are only counted.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.read += 1;
+        if self.broken.is_some() {
+            return;
+        }
+        let next_seq = self.verifier.head().seq + 1;
+        let envelope = match self.verifier.push(bytes) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                let (problem, seq) = Problem::of_chain(&err, next_seq);
+                self.break_at(seq, problem, err.to_string());
+                return;
+            }
+        };
+        if self.past_cutoff || self.beyond_cutoff(&envelope) {
+            // The chain is still verified to its end: the verdict covers the whole log.
+            self.past_cutoff = true;
+            return;
+        }
+        let applied = match &mut self.state {
+            None => RunState::new(&envelope).map(|state| {
+                self.phases = state
+                    .runbook
+                    .phases
+                    .iter()
+                    .map(|p| PhaseAgg {
+                        steps: vec![StepAgg::default(); p.steps.len()],
+                        ..Default::default()
+                    })
+                    .collect();
+                self.state = Some(state);
+            }),
+            Some(state) => state.apply(&envelope),
+        };
+        if let Err(err) = applied {
+            let seq = Problem::of_transition(&err, next_seq);
+            self.break_at(seq, Problem::IllegalEvent, err.to_string());
+            return;
+        }
+        self.observe(&envelope);
+    }
+
+    fn beyond_cutoff(&self, envelope: &Envelope) -> bool {
+        match &self.cutoff {
+            Some((At::Seq(seq), _)) => envelope.seq > *seq,
+            Some((At::Time(time), _)) => envelope.at > *time,
+            None => false,
+        }
+    }
+
+    fn break_at(&mut self, seq: u64, problem: Problem, detail: String) {
+        let verified = seq.saturating_sub(1);
+        self.broken = Some(Verdict::Broken {
+            seq,
+            problem,
+            detail,
+            verified,
+            untrusted: self.stored.saturating_sub(verified).max(1),
+        });
+    }
+
+    /// Folds one applied event into the aggregates.
+    fn observe(&mut self, env: &Envelope) {
+        // Taken out while the aggregates change, and put back below.
+        let state = self.state.take().expect("applied");
+        self.observe_with(&state, env);
+        self.state = Some(state);
+    }
+
+    fn observe_with(&mut self, state: &RunState, env: &Envelope) {
+        let at = env.at;
+        // The wait that was open since the previous event ends now.
+        if let (Some(wait), Some(since)) = (self.wait, self.last_at) {
+            self.credit_wait(wait, since, at);
+        }
+        *self.events_by_type.entry(env.event.name()).or_default() += 1;
+        let locate =
+            |step: &rollback_proto::StepId| state.runbook.step(step).map(|(p, s, _)| (p, s));
+        let person = (env.actor != Actor::Agent).then(|| env.actor.to_string());
+        match &env.event {
+            Event::PhaseStarted { phase } => {
+                if let Some(p) = state.runbook.phase_index(phase) {
+                    self.phases[p].started_at = Some(at);
+                    self.phases[p].started_by = Some(env.actor.to_string());
+                }
+            }
+            Event::PhaseCompleted { phase } => {
+                if let Some(p) = state.runbook.phase_index(phase) {
+                    self.phases[p].completed_at = Some(at);
+                }
+            }
+            Event::StepStarted { step, .. } => {
+                self.totals.attempts += 1;
+                if let Some((p, s)) = locate(step) {
+                    let agg = &mut self.phases[p].steps[s];
+                    agg.first_started.get_or_insert(at);
+                    agg.attempt_since = Some(at);
+                }
+            }
+            Event::StepOutputRecorded { step, text, .. } => {
+                if let Some((p, s)) = locate(step) {
+                    let agg = &mut self.phases[p].steps[s];
+                    agg.output_chunks += 1;
+                    agg.output_bytes += text.len() as u64;
+                }
+            }
+            Event::StepSucceeded { step, .. } | Event::StepInDoubt { step, .. } => {
+                if let Some((p, s)) = locate(step) {
+                    let agg = &mut self.phases[p].steps[s];
+                    if let Some(since) = agg.attempt_since.take() {
+                        agg.running += at - since;
+                    }
+                    if matches!(env.event, Event::StepInDoubt { .. }) {
+                        agg.in_doubt += 1;
+                    }
+                }
+            }
+            Event::StepFailed {
+                step,
+                attempt,
+                error,
+                retryable,
+                retry_in_ms,
+            } => {
+                self.totals.failures += 1;
+                if retry_in_ms.is_some() {
+                    self.totals.automatic_retries += 1;
+                }
+                if let Some((p, s)) = locate(step) {
+                    let agg = &mut self.phases[p].steps[s];
+                    if let Some(since) = agg.attempt_since.take() {
+                        agg.running += at - since;
+                    }
+                    agg.failures += 1;
+                    agg.automatic_retries += u32::from(retry_in_ms.is_some());
+                    agg.last_error = Some(clip(error));
+                }
+                self.failures.push(FailureEntry {
+                    seq: env.seq,
+                    at,
+                    step: step.to_string(),
+                    attempt: *attempt,
+                    error: clip(error),
+                    retryable: *retryable,
+                    retry_in_ms: *retry_in_ms,
+                });
+            }
+            Event::StepRetryRequested { step } => {
+                self.totals.retries_requested += 1;
+                if let Some((p, s)) = locate(step) {
+                    self.phases[p].steps[s].retries_requested += 1;
+                }
+            }
+            Event::EscalationRaised {
+                level,
+                reason,
+                notified,
+            } => {
+                self.totals.escalations_raised += 1;
+                self.totals.highest_escalation = self.totals.highest_escalation.max(*level);
+                self.escalations.push(EscalationEntry {
+                    seq: env.seq,
+                    at,
+                    level: *level,
+                    acknowledged: false,
+                    what: clip(&format!(
+                        "raised: {reason}; notified {}",
+                        notified.join(", ")
+                    )),
+                });
+            }
+            Event::EscalationAcknowledged { level } => {
+                self.totals.escalations_acknowledged += 1;
+                self.escalations.push(EscalationEntry {
+                    seq: env.seq,
+                    at,
+                    level: *level,
+                    acknowledged: true,
+                    what: format!("acknowledged by {}", env.actor),
+                });
+            }
+            Event::CommandRefused { .. } => self.totals.commands_refused += 1,
+            _ => {}
+        }
+        // Who acted on which step.
+        if let (Some(who), Some(step)) = (&person, step_of(&env.event))
+            && let Some((p, s)) = locate(step)
+        {
+            let people = &mut self.phases[p].steps[s].people;
+            if people.len() < STEP_PEOPLE_KEEP || people.contains(who) {
+                people.insert(who.clone());
+            }
+        }
+        if let Some(who) = person {
+            self.count_person(&env.actor, who, env.event.name(), at);
+        }
+        if !matches!(
+            env.event,
+            Event::StepOutputRecorded { .. } | Event::StepProgressed { .. }
+        ) {
+            self.log.push(LogEntry {
+                seq: env.seq,
+                at,
+                actor: env.actor.to_string(),
+                event: env.event.name(),
+                detail: describe(&env.event),
+            });
+            // Applying output or progress changes nothing `next_action` reads, and they are most
+            // of a long run's events: the next move is recomputed only after other events.
+            self.wait = waiting_for(state);
+        }
+        self.last_at = Some(at);
+    }
+
+    fn credit_wait(&mut self, wait: Wait, from: OffsetDateTime, to: OffsetDateTime) {
+        // Summed exactly and rounded once at the end, so totals match the events' times.
+        let waited = (to - from).max(Duration::ZERO);
+        let slot = match wait.reason {
+            "step" => 0,
+            "next phase" => 1,
+            "emergency confirmation" => 2,
+            _ => 3,
+        };
+        self.waited[slot] += waited;
+        if let Some(p) = wait.phase {
+            self.phases[p].waiting += waited;
+        }
+        if let Some((p, s)) = wait.step {
+            self.phases[p].steps[s].waiting += waited;
+        }
+        // A wait that goes on across events (escalations, refused commands) is one span.
+        match self.spans.last_mut() {
+            Some(span) if span.wait == wait && span.to == from => span.to = to,
+            _ => self.spans.push(OpenSpan { wait, from, to }),
+        }
+    }
+
+    fn count_person(
+        &mut self,
+        actor: &Actor,
+        who: String,
+        event: &'static str,
+        at: OffsetDateTime,
+    ) {
+        let key = actor.identity();
+        if !self.people.contains_key(&key) && self.people.len() >= PEOPLE_KEEP {
+            self.people_omitted_actions += 1;
+            return;
+        }
+        let person = self.people.entry(key).or_insert_with(|| PersonAgg {
+            who,
+            actions: BTreeMap::new(),
+            first_at: at,
+            last_at: at,
+        });
+        *person.actions.entry(event).or_default() += 1;
+        person.last_at = at;
+    }
+
+    /// The report: the verdict, and the facts folded up to the cutoff or the break.
+    pub fn finish(self) -> Report {
+        let verdict = self.broken.clone().unwrap_or_else(|| {
+            let head = self.verifier.head();
+            Verdict::Intact {
+                last_seq: head.seq,
+                last_hash: head.hash.clone(),
+            }
+        });
+        let cutoff = match (&self.cutoff, &self.state) {
+            (Some((_, requested)), Some(state)) => Some(Cutoff {
+                requested: requested.clone(),
+                seq: state.seq,
+                at: state.updated_at,
+            }),
+            _ => None,
+        };
+        let run = self.state.as_ref().map(|state| self.facts(state));
+        Report {
+            run_id: self.run,
+            verdict,
+            stored_events: self.stored.max(self.read),
+            cutoff,
+            run,
+        }
+    }
+
+    fn facts(&self, state: &RunState) -> RunFacts {
+        let name = |wait: &Wait| {
+            (
+                wait.phase.map(|p| state.runbook.phases[p].id.to_string()),
+                wait.step
+                    .map(|(p, s)| state.runbook.phases[p].steps[s].id.to_string()),
+            )
+        };
+        let span = |open: &OpenSpan| {
+            let (phase, step) = name(&open.wait);
+            WaitSpan {
+                from: open.from,
+                to: open.to,
+                reason: open.wait.reason,
+                phase,
+                step,
+            }
+        };
+        let waits = self.spans.map(span);
+        let ms = |d: Duration| d.whole_milliseconds() as i64;
+        let [steps, next_phase, emergency, paused] = self.waited;
+        let mut waiting = WaitingTotals {
+            total_ms: ms(steps + next_phase + emergency + paused),
+            steps_ms: ms(steps),
+            next_phase_ms: ms(next_phase),
+            emergency_ms: ms(emergency),
+            paused_ms: ms(paused),
+            open: None,
+        };
+        waiting.open = self.wait.zip(self.last_at).map(|(wait, since)| {
+            span(&OpenSpan {
+                wait,
+                from: since,
+                to: state.updated_at,
+            })
+        });
+        let status = match &state.status {
+            RunStatus::Active if state.paused.is_some() => "paused".to_owned(),
+            RunStatus::Active => "active".to_owned(),
+            RunStatus::Completed => "completed".to_owned(),
+            RunStatus::Aborted { reason } => format!("aborted: {}", clip(reason)),
+        };
+        RunFacts {
+            runbook: state.runbook_name.clone(),
+            runbook_hash: state.runbook_hash.clone(),
+            dry_run: state.dry_run,
+            started_by: state.started_by.to_string(),
+            started_at: state.started_at,
+            last_seq: state.seq,
+            last_at: state.updated_at,
+            status,
+            duration_ms: millis(state.started_at, state.updated_at),
+            waiting,
+            totals: self.totals.clone(),
+            phases: self.phase_reports(state),
+            people: self
+                .people
+                .values()
+                .map(|p| PersonReport {
+                    who: p.who.clone(),
+                    actions: p.actions.clone(),
+                    first_at: p.first_at,
+                    last_at: p.last_at,
+                })
+                .collect(),
+            people_omitted_actions: self.people_omitted_actions,
+            events_by_type: self.events_by_type.clone(),
+            failures: self.failures.clone(),
+            escalations: self.escalations.clone(),
+            waits,
+            log: self.log.clone(),
+            state_text: rollback_proto::render::status_text(state),
+        }
+    }
+
+    fn phase_reports(&self, state: &RunState) -> Vec<PhaseReport> {
+        let phases = state.runbook.phases.iter().zip(&state.phases);
+        phases
+            .zip(&self.phases)
+            .map(|((def, ps), agg)| {
+                let end = agg
+                    .completed_at
+                    .or(agg.started_at.map(|_| state.updated_at));
+                let steps = def
+                    .steps
+                    .iter()
+                    .zip(&ps.steps)
+                    .zip(&agg.steps)
+                    .map(|((step, st), sa)| {
+                        let started_at = if step.kind.is_human() {
+                            agg.started_at
+                        } else {
+                            sa.first_started
+                        };
+                        StepReport {
+                            id: step.id.to_string(),
+                            kind: step.kind.name(),
+                            destructive: step.destructive,
+                            outcome: outcome(&st.status),
+                            started_at,
+                            finished_at: st.finished_at,
+                            duration_ms: started_at
+                                .zip(st.finished_at)
+                                .map(|(from, to)| millis(from, to)),
+                            running_ms: sa.running.whole_milliseconds() as i64,
+                            waiting_ms: sa.waiting.whole_milliseconds() as i64,
+                            attempts: st.attempts,
+                            failures: sa.failures,
+                            automatic_retries: sa.automatic_retries,
+                            retries_requested: sa.retries_requested,
+                            in_doubt: sa.in_doubt,
+                            approved_by: st.approvals.iter().map(|a| a.to_string()).collect(),
+                            people: sa.people.iter().cloned().collect(),
+                            output_chunks: sa.output_chunks,
+                            output_bytes: sa.output_bytes,
+                            last_error: sa.last_error.clone(),
+                        }
+                    })
+                    .collect();
+                PhaseReport {
+                    id: def.id.to_string(),
+                    title: def.title.clone(),
+                    started_at: agg.started_at,
+                    started_by: agg.started_by.clone(),
+                    completed_at: agg.completed_at,
+                    duration_ms: agg.started_at.zip(end).map(|(from, to)| millis(from, to)),
+                    waiting_ms: agg.waiting.whole_milliseconds() as i64,
+                    steps,
+                }
+            })
+            .collect()
+    }
+}
+
+/// What the run waits for people for after an event, if anything.
+fn waiting_for(state: &RunState) -> Option<Wait> {
+    let wait = |reason, phase, step| {
+        Some(Wait {
+            reason,
+            phase,
+            step,
+        })
+    };
+    match state.next_action() {
+        NextAction::Idle(Waiting::People { step, .. }) => {
+            let (p, s, _) = state.runbook.step(&step)?;
+            wait("step", Some(p), Some((p, s)))
+        }
+        NextAction::Idle(Waiting::NextPhase) => {
+            let p = state.next_phase()?;
+            // The agent starts an auto-advancing phase, and completes a finished one, by itself.
+            let by_agent = state.runbook.phases[p].auto_advance
+                || matches!(state.phases[p].status, PhaseStatus::Active { .. });
+            if by_agent {
+                None
+            } else {
+                wait("next phase", Some(p), None)
+            }
+        }
+        NextAction::Idle(Waiting::EmergencyConfirmation) => {
+            wait("emergency confirmation", None, None)
+        }
+        NextAction::Idle(Waiting::Paused) => wait("resume", state.active_phase, None),
+        NextAction::Idle(Waiting::Finished)
+        | NextAction::Start { .. }
+        | NextAction::RetryAt { .. }
+        | NextAction::Recover { .. } => None,
+    }
+}
+
+fn step_of(event: &Event) -> Option<&rollback_proto::StepId> {
+    match event {
+        Event::StepStarted { step, .. }
+        | Event::StepOutputRecorded { step, .. }
+        | Event::StepProgressed { step, .. }
+        | Event::StepSucceeded { step, .. }
+        | Event::StepFailed { step, .. }
+        | Event::StepInDoubt { step, .. }
+        | Event::StepRetryRequested { step }
+        | Event::StepMarkedDone { step, .. }
+        | Event::StepSkipped { step, .. }
+        | Event::ChecklistItemChecked { step, .. }
+        | Event::ApprovalGranted { step }
+        | Event::TenantsVerified { step, .. }
+        | Event::ArchiveWritten { step, .. } => Some(step),
+        _ => None,
+    }
+}

@@ -1,0 +1,418 @@
+//! The report as Markdown: what chat attaches, and what a postmortem document starts from.
+
+use std::fmt::Write;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::capped::Capped;
+use super::model::*;
+
+/// The whole report; the verdict is its first paragraph.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let title = match &report.run {
+        Some(run) => format!("Postmortem: run {} (`{}`)", report.run_id, run.runbook),
+        None => format!("Postmortem: run {}", report.run_id),
+    };
+    let _ = writeln!(out, "# {title}\n");
+    let mark = if report.verdict.is_intact() {
+        "✅"
+    } else {
+        "❌"
+    };
+    let _ = writeln!(out, "{mark} **{}**\n", report.verdict.headline());
+    if let Some(cutoff) = &report.cutoff {
+        let _ = writeln!(
+            out,
+            "> State at `--at {}`: the report stops after seq {} ({}). The verdict covers all {} stored event(s).\n",
+            cutoff.requested,
+            cutoff.seq,
+            time(cutoff.at),
+            report.stored_events
+        );
+    }
+    let Some(run) = &report.run else {
+        let _ = writeln!(
+            out,
+            "No event of this run could be folded: there is nothing else to report."
+        );
+        return out;
+    };
+    summary(&mut out, report, run);
+    phases(&mut out, run);
+    steps(&mut out, run);
+    people(&mut out, run);
+    failures(&mut out, run);
+    escalations(&mut out, run);
+    waits(&mut out, run);
+    log(&mut out, run);
+    let _ = writeln!(
+        out,
+        "## State at seq {}\n\n```text\n{}```",
+        run.last_seq, run.state_text
+    );
+    out
+}
+
+fn summary(out: &mut String, report: &Report, run: &RunFacts) {
+    let t = &run.totals;
+    let w = &run.waiting;
+    let share = if run.duration_ms > 0 {
+        format!(
+            " ({:.0} % of the run)",
+            100.0 * w.total_ms as f64 / run.duration_ms as f64
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "## Summary\n\n| | |\n|---|---|");
+    let rows = [
+        ("Run", format!("`{}`", report.run_id)),
+        (
+            "Runbook",
+            format!(
+                "`{}` (sha256 `{}…`){}",
+                run.runbook,
+                &run.runbook_hash[..run.runbook_hash.len().min(12)],
+                if run.dry_run { ", **dry run**" } else { "" }
+            ),
+        ),
+        (
+            "Started",
+            format!("{} by {}", time(run.started_at), cell(&run.started_by)),
+        ),
+        (
+            "Status",
+            format!(
+                "{} at seq {} ({})",
+                run.status,
+                run.last_seq,
+                time(run.last_at)
+            ),
+        ),
+        ("Duration", human_duration(run.duration_ms)),
+        (
+            "Waiting for people",
+            format!("{}{share}", human_duration(w.total_ms)),
+        ),
+        (
+            "… of which",
+            format!(
+                "steps {}, starting the next phase {}, emergency confirmation {}, paused {}",
+                human_duration(w.steps_ms),
+                human_duration(w.next_phase_ms),
+                human_duration(w.emergency_ms),
+                human_duration(w.paused_ms)
+            ),
+        ),
+        (
+            "Attempts / failures",
+            format!("{} / {}", t.attempts, t.failures),
+        ),
+        (
+            "Retries",
+            format!(
+                "{} by the agent, {} asked by people",
+                t.automatic_retries, t.retries_requested
+            ),
+        ),
+        (
+            "Escalations",
+            format!(
+                "{} raised (highest level {}), {} acknowledged",
+                t.escalations_raised, t.highest_escalation, t.escalations_acknowledged
+            ),
+        ),
+        ("Commands refused", t.commands_refused.to_string()),
+        (
+            "Events",
+            format!("{} stored; {} reported", report.stored_events, run.last_seq),
+        ),
+    ];
+    for (name, value) in rows {
+        let _ = writeln!(out, "| {name} | {value} |");
+    }
+    if let Some(open) = &w.open {
+        let _ = writeln!(
+            out,
+            "\nStill waiting for people ({}) since {}.",
+            wait_target(open),
+            time(open.from)
+        );
+    }
+    out.push('\n');
+}
+
+fn phases(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(
+        out,
+        "## Phases\n\n| # | phase | started by | started | completed | duration | waiting for people |\n|---|---|---|---|---|---|---|"
+    );
+    for (i, p) in run.phases.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | `{}` {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            p.id,
+            cell(&p.title),
+            p.started_by
+                .as_deref()
+                .map(cell)
+                .unwrap_or_else(|| "—".into()),
+            opt_time(p.started_at),
+            opt_time(p.completed_at),
+            p.duration_ms
+                .map(human_duration)
+                .unwrap_or_else(|| "—".into()),
+            human_duration(p.waiting_ms)
+        );
+    }
+    out.push('\n');
+}
+
+fn steps(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(
+        out,
+        "## Steps\n\nA step's duration runs from its first attempt (for checklists and approvals: from its \
+         phase's start) to its outcome.\n\n| phase | step | kind | outcome | duration | running | waiting for people | attempts | failures | retries (agent / people) | people |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in &run.phases {
+        for s in &p.steps {
+            let _ = writeln!(
+                out,
+                "| `{}` | `{}` | {}{} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+                p.id,
+                s.id,
+                s.kind,
+                if s.destructive { ", destructive" } else { "" },
+                cell(&s.outcome),
+                s.duration_ms
+                    .map(human_duration)
+                    .unwrap_or_else(|| "—".into()),
+                human_duration(s.running_ms),
+                human_duration(s.waiting_ms),
+                s.attempts,
+                s.failures,
+                s.automatic_retries,
+                s.retries_requested,
+                if s.people.is_empty() {
+                    "—".into()
+                } else {
+                    cell(&s.people.join(", "))
+                }
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn people(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(out, "## Who did what\n");
+    if run.people.is_empty() {
+        let _ = writeln!(
+            out,
+            "No person acted on this run (everything was the agent's).\n"
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| person | actions | first | last |\n|---|---|---|---|"
+    );
+    for p in &run.people {
+        let actions: Vec<String> = p.actions.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            cell(&p.who),
+            actions.join(", "),
+            time(p.first_at),
+            time(p.last_at)
+        );
+    }
+    if run.people_omitted_actions > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} action(s) by people beyond the first {PEOPLE_KEEP} are not listed.",
+            run.people_omitted_actions
+        );
+    }
+    out.push('\n');
+}
+
+fn failures(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(out, "## Failures\n");
+    capped_table(
+        out,
+        &run.failures,
+        "| seq | time | step | attempt | error | then |\n|---|---|---|---|---|---|",
+        |f| {
+            format!(
+                "| {} | {} | `{}` | {} | {} | {} |",
+                f.seq,
+                time(f.at),
+                f.step,
+                f.attempt,
+                cell(&f.error),
+                match f.retry_in_ms {
+                    Some(ms) => format!("agent retried after {}", human_duration(ms as i64)),
+                    None => "waited for a person".into(),
+                }
+            )
+        },
+        "No attempt failed.",
+    );
+}
+
+fn escalations(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(out, "## Escalations\n");
+    capped_table(
+        out,
+        &run.escalations,
+        "| seq | time | level | what |\n|---|---|---|---|",
+        |e| {
+            format!(
+                "| {} | {} | {} | {} |",
+                e.seq,
+                time(e.at),
+                e.level,
+                cell(&e.what)
+            )
+        },
+        "Nobody was escalated to.",
+    );
+}
+
+fn waits(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(out, "## Waiting for people\n");
+    capped_table(
+        out,
+        &run.waits,
+        "| from | to | for | how long |\n|---|---|---|---|",
+        |w| {
+            format!(
+                "| {} | {} | {} | {} |",
+                time(w.from),
+                time(w.to),
+                wait_target(w),
+                human_duration(millis(w.from, w.to))
+            )
+        },
+        "The run never waited for people.",
+    );
+}
+
+fn log(out: &mut String, run: &RunFacts) {
+    let _ = writeln!(
+        out,
+        "## Event log\n\nEvery event except step output and progress.\n"
+    );
+    capped_table(
+        out,
+        &run.log,
+        "| seq | time | who | what |\n|---|---|---|---|",
+        |l| {
+            format!(
+                "| {} | {} | {} | {} |",
+                l.seq,
+                time(l.at),
+                cell(&l.actor),
+                cell(&l.detail)
+            )
+        },
+        "No events.",
+    );
+}
+
+/// A table of a capped list, with a row marking where entries were left out.
+fn capped_table<T>(
+    out: &mut String,
+    list: &Capped<T>,
+    header: &str,
+    row: impl Fn(&T) -> String,
+    empty: &str,
+) {
+    if list.total() == 0 {
+        let _ = writeln!(out, "{empty}\n");
+        return;
+    }
+    let _ = writeln!(out, "{header}");
+    for entry in list.first() {
+        let _ = writeln!(out, "{}", row(entry));
+    }
+    if list.omitted() > 0 {
+        let columns = header.lines().next().unwrap_or("").matches('|').count() - 1;
+        let _ = writeln!(
+            out,
+            "| … {} more not shown (the first and last {} of {} are kept) |{}",
+            list.omitted(),
+            list.first().len(),
+            list.total(),
+            " |".repeat(columns.saturating_sub(1))
+        );
+    }
+    for entry in list.last() {
+        let _ = writeln!(out, "{}", row(entry));
+    }
+    out.push('\n');
+}
+
+/// What a wait was for, in words.
+pub(super) fn wait_target(w: &WaitSpan) -> String {
+    match (&w.step, &w.phase) {
+        (Some(step), _) => format!("{} `{step}`", w.reason),
+        (None, Some(phase)) => format!("{} (`{phase}`)", w.reason),
+        (None, None) => w.reason.to_owned(),
+    }
+}
+
+/// A time as RFC 3339 (UTC, as stored).
+pub(super) fn time(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+fn opt_time(at: Option<OffsetDateTime>) -> String {
+    at.map(time).unwrap_or_else(|| "—".into())
+}
+
+/// Text safe inside a table cell: pipes escaped, line breaks flattened.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_cannot_break_a_table() {
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+    }
+
+    #[test]
+    fn a_capped_table_marks_the_gap() {
+        let mut list = Capped::new(2);
+        (1..=7).for_each(|i| list.push(i));
+        let mut out = String::new();
+        capped_table(
+            &mut out,
+            &list,
+            "| n | x |\n|---|---|",
+            |i| format!("| {i} | x |"),
+            "none",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[2..4], ["| 1 | x |", "| 2 | x |"]);
+        assert!(
+            lines[4].starts_with("| … 3 more not shown (the first and last 2 of 7"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[4].matches('|').count(),
+            3,
+            "as many columns as the header"
+        );
+        assert_eq!(lines[5..7], ["| 6 | x |", "| 7 | x |"]);
+    }
+}
