@@ -225,12 +225,23 @@ impl Derived {
         Ok(self)
     }
 
-    /// Points the include of the shared accounts file at the shipped one.
-    fn include_shipped_accounts(self, written_as: &str) -> anyhow::Result<Self> {
+    /// Points the include of the shared accounts file at the shipped one, from a derived file
+    /// to be written in `dir`. nats-server reads an include relative to the including file's
+    /// folder, even an absolute one, hence the way up to `/` and down again.
+    fn include_shipped_accounts(self, written_as: &str, dir: &Path) -> anyhow::Result<Self> {
         let accounts = shipped_nats_dir().join("accounts.conf");
+        let up = dir
+            .canonicalize()?
+            .components()
+            .skip(1)
+            .map(|_| "..")
+            .collect::<Vec<_>>()
+            .join("/");
+        let down = accounts.canonicalize()?;
+        let down = down.strip_prefix("/")?;
         self.replace(
             &format!("include {written_as}"),
-            &format!("include \"{}\"", accounts.display()),
+            &format!("include \"{up}/{}\"", down.display()),
         )
     }
 
@@ -269,7 +280,7 @@ impl SingleNats {
                     "store_dir: \"/var/lib/nats\"",
                     &format!("store_dir: \"{}\"", store.display()),
                 )?
-                .include_shipped_accounts("./accounts.conf")?
+                .include_shipped_accounts("./accounts.conf", dir.path())?
                 .write(&dir.path().join("single.conf"))?;
             let mut server = ConfiguredNats {
                 child: None,
@@ -368,7 +379,7 @@ impl NatsCluster {
                 "store_dir: \"/var/lib/nats\"",
                 &format!("store_dir: \"{}\"", store.display()),
             )?
-            .include_shipped_accounts("../accounts.conf")?;
+            .include_shipped_accounts("../accounts.conf", &node_dir)?;
             for (peer, port) in route.iter().enumerate() {
                 derived = derived.replace(
                     &format!("nats-route://nats-{}:6222", peer + 1),

@@ -6,6 +6,7 @@ mod agent_recovery;
 mod archive;
 mod demo_db;
 mod harness;
+mod nats_permissions;
 mod runbooks;
 mod steps;
 mod store;
