@@ -4,6 +4,7 @@
 mod agent;
 mod agent_recovery;
 mod archive;
+mod cluster;
 mod demo_db;
 mod harness;
 mod nats_permissions;

@@ -209,7 +209,7 @@ idempotent = true
     assert!(!stored, "the bot appended to a run");
     expect_violation(&mut bot_errors, &subject).await;
 
-    let mut bot_events: stream::Stream = bot_js.get_stream(EVENTS_STREAM).await.unwrap();
+    let bot_events: stream::Stream = bot_js.get_stream(EVENTS_STREAM).await.unwrap();
     assert!(
         bot_events.delete_message(1).await.is_err(),
         "the bot deleted an event"
