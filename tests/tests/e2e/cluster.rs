@@ -12,7 +12,7 @@ use async_nats::jetstream;
 use rollback_proto::state::StepStatus;
 use rollback_proto::subjects::{EVENTS_STREAM, LEASE_BUCKET};
 use rollback_proto::{Actor, Command, Envelope, Event, RunId, RunStatus};
-use rollback_tests::{AgentProcess, NatsCluster, RunDriver, agent_config, chat_user};
+use rollback_tests::{AgentProcess, NatsCluster, RUN_DEADLINE, RunDriver, agent_config, chat_user};
 use time::OffsetDateTime;
 
 use crate::harness::{DEADLINE, http_get, lines, status_of, until};
@@ -272,7 +272,7 @@ command = "echo before $PPID >> {out}"
 [[phases.steps]]
 id = "migrate"
 kind = "shell"
-command = "echo migrate $PPID >> {out}; while [ ! -e {never} ]; do sleep 0.1; done; echo migrated $PPID >> {out}"
+command = "echo migrate $PPID >> {out}; i=0; while [ ! -e {never} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; echo migrated $PPID >> {out}"
 [[phases.steps]]
 id = "after"
 kind = "shell"
@@ -284,6 +284,8 @@ idempotent = true
         ),
     );
     let lease_ttl = Duration::from_secs(3);
+    // One after the other: two agents creating the same replicated buckets at the same moment
+    // both wait out JetStream timeouts before one of them wins, which only slows the test.
     let mut agents = BTreeMap::new();
     for name in ["agent-a", "agent-b"] {
         let config = agent_config(
@@ -294,15 +296,10 @@ idempotent = true
             REPLICAS,
             "3s",
         );
-        agents.insert(
-            name,
-            AgentProcess::start(dir.path(), name, &config)
-                .await
-                .unwrap(),
-        );
-    }
-    for (name, agent) in &agents {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let agent = AgentProcess::start(dir.path(), name, &config)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
         while !agent.log().contains("agent running") {
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -311,6 +308,7 @@ idempotent = true
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        agents.insert(name, agent);
     }
     let driver = driver(&cluster).await;
     let leases = jetstream::new(
