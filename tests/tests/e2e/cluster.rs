@@ -137,7 +137,10 @@ async fn a_node_killed_in_the_middle_of_a_run_loses_and_duplicates_no_event() {
             &cluster.urls(),
             cluster.users(),
             REPLICAS,
-            "5s",
+            // Longer than JetStream takes to elect new leaders for the stream and the lease
+            // bucket after the node dies (a few seconds, more on a busy machine): an agent that
+            // cannot renew its lease for a whole TTL gives the run up, as it must.
+            "15s",
         ),
     )
     .await
