@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::StreamExt;
+use rollback_agent::service::OUTCOMES_BUCKET;
 use rollback_proto::subjects::{EVENTS_STREAM, LEASE_BUCKET, events_subject};
 use rollback_proto::{Command, CommandReply, RunStatus};
 use rollback_tests::{AgentProcess, RunDriver, SingleNats, agent_config};
@@ -17,6 +18,8 @@ use crate::harness::lines;
 
 /// The bot's durable consumer, as the shipped permissions name it.
 const BOT_CONSUMER: &str = "rollback-bot";
+/// The bot's key-value bucket, as the shipped permissions name it.
+const BOT_BUCKET: &str = "ROLLBACK_BOT_STATE";
 
 /// JetStream requests the server drops are answered by nobody: fail them soon.
 const REFUSED_WITHIN: Duration = Duration::from_secs(2);
@@ -189,6 +192,29 @@ idempotent = true
         (0, 0),
         "acknowledged"
     );
+
+    // The bot keeps its own state in its own bucket.
+    let state = bot_js
+        .create_key_value(kv::Config {
+            bucket: BOT_BUCKET.to_owned(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let revision = state
+        .put(format!("status-message.{run}"), "1234".into())
+        .await
+        .unwrap();
+    let entry = state
+        .entry(format!("status-message.{run}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (entry.revision, entry.value.as_ref()),
+        (revision, &b"1234"[..])
+    );
     assert!(
         bot_errors.try_recv().is_err(),
         "nothing the bot did so far was refused"
@@ -248,7 +274,15 @@ idempotent = true
     };
     assert!(!taken, "the bot wrote a lease");
     expect_violation(&mut bot_errors, &lease).await;
-    // Nor open the bucket to try.
+    // Nor forge a command's remembered outcome.
+    let outcome = format!("$KV.{OUTCOMES_BUCKET}.forged");
+    let forged = match bot_js.publish(outcome.clone(), "{}".into()).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!forged, "the bot wrote a command outcome");
+    expect_violation(&mut bot_errors, &outcome).await;
+    // Nor open the lease bucket to try.
     assert!(bot_js.get_key_value(LEASE_BUCKET).await.is_err());
     expect_violation(
         &mut bot_errors,
