@@ -430,11 +430,6 @@ impl NatsCluster {
         &mut self.nodes[n]
     }
 
-    /// The index of the node whose client port is `port`.
-    pub fn node_with_port(&self, port: u16) -> Option<usize> {
-        self.nodes.iter().position(|n| n.port == port)
-    }
-
     /// The passwords of the shipped users.
     pub fn users(&self) -> &NatsUsers {
         &self.users
