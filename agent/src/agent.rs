@@ -72,20 +72,34 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let metrics = Metrics::new();
     let client = connect_nats(&config, &metrics).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let store = JetStreamEventStore::connect(
-        js.clone(),
-        StoreConfig {
-            replicas: config.store.replicas,
-            duplicate_window: config.store.duplicate_window,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("setting up the event stream")?;
-    let leases = lease::bucket(&js, config.agent.lease_ttl, config.store.replicas).await?;
-    let outcomes = service::outcomes_bucket(&js, config.store.replicas)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let store_config = StoreConfig {
+        replicas: config.store.replicas,
+        duplicate_window: config.store.duplicate_window,
+        ..Default::default()
+    };
+    let Some(store) = set_up("the event stream", &shutdown, || {
+        JetStreamEventStore::connect(js.clone(), store_config.clone())
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let Some(leases) = set_up("the lease bucket", &shutdown, || {
+        lease::bucket(&js, config.agent.lease_ttl, config.store.replicas)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let Some(outcomes) = set_up("the command outcome bucket", &shutdown, || async {
+        service::outcomes_bucket(&js, config.store.replicas)
+            .await
+            .map_err(anyhow::Error::msg)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
     let databases = Arc::new(DatabaseTargets::new(
         config
             .databases
@@ -172,6 +186,47 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     client.drain().await.ok();
     supervised
+}
+
+/// How long the agent keeps trying to set up its stream and buckets before it gives up.
+const SETUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `attempt` until it succeeds, `shutdown` fires (`None`), or [`SETUP_PATIENCE`] has
+/// passed (the last error). On a cluster, JetStream leaves requests about a stream unanswered
+/// while its replicas elect a leader: just after the cluster started, or after a node died.
+/// A refusal by permissions goes unanswered too, so every failure is retried, each one logged.
+async fn set_up<T, E, F>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> F,
+) -> anyhow::Result<Option<T>>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: Into<anyhow::Error>,
+{
+    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let failed = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            done = attempt() => match done {
+                Ok(value) => return Ok(Some(value)),
+                Err(e) => e.into(),
+            },
+        };
+        if tokio::time::Instant::now() + backoff > deadline {
+            return Err(failed.context(format!("setting up {what}")));
+        }
+        tracing::warn!(
+            error = format!("{failed:#}"),
+            "setting up {what}; trying again"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Starts an executor for every active run, and for every new run as its first event

@@ -182,7 +182,7 @@ impl std::fmt::Debug for NatsServer {
 }
 
 /// A minimal HTTP/1.0 GET, enough for the monitoring endpoints; avoids an HTTP client dependency.
-async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
@@ -202,7 +202,7 @@ async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body))
 }
 
-async fn greets_with_info(port: u16) -> anyhow::Result<()> {
+pub(crate) async fn greets_with_info(port: u16) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let mut buf = [0u8; 5];
     stream.read_exact(&mut buf).await?;

@@ -21,6 +21,7 @@
 //! envelopes (same event ids and hashes), the append already happened and its stored outcome is
 //! returned; otherwise it is a [`AppendError::Conflict`]. This works beyond the duplicate window.
 
+use async_nats::HeaderMap;
 use async_nats::header::{
     NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
     NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID,
@@ -28,7 +29,6 @@ use async_nats::header::{
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
 use rollback_proto::EventId;
 use rollback_proto::envelope::{ChainHead, Envelope};
@@ -221,12 +221,8 @@ impl JetStreamEventStore {
             let reply = client
                 .send_request(subject.to_owned(), request)
                 .await
-                .map_err(|e| match e.kind() {
-                    RequestErrorKind::NoResponders => {
-                        Failure::Refused("no stream captures the run's subject".into())
-                    }
-                    _ => Failure::Transport(e.into()),
-                })?;
+                // No responders included: see `publish_failure`.
+                .map_err(|e| Failure::Transport(e.into()))?;
             let ack: BatchAck =
                 serde_json::from_slice(&reply.payload).map_err(|e| Failure::Transport(e.into()))?;
             return match ack.error {
@@ -312,12 +308,14 @@ fn check_continuation(cursor: &RunCursor, envelopes: &[Envelope]) -> Result<(), 
 
 fn publish_failure(err: async_nats::jetstream::context::PublishError) -> Failure {
     match err.kind() {
+        // No responders (async-nats reports them as StreamNotFound) happen on a cluster while
+        // the stream's replicas elect a new leader, e.g. after a node died: nothing was stored,
+        // and the caller retries once the stream answers again. The stream itself is created at
+        // start and cannot be deleted by the agent's user.
         PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::MaxAckPending => Failure::Transport(err.into()),
-        PublishErrorKind::StreamNotFound => {
-            Failure::Refused("no stream captures the run's subject".into())
-        }
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::StreamNotFound => Failure::Transport(err.into()),
         _ => {
             // An error response from the server (limits, ...) is final; anything else (the
             // connection went away before the publish was sent) leaves the outcome unknown.

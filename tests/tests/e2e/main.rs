@@ -4,9 +4,11 @@
 mod agent;
 mod agent_recovery;
 mod archive;
+mod cluster;
 mod delta;
 mod demo_db;
 mod harness;
+mod nats_permissions;
 mod replay;
 mod runbooks;
 mod steps;
