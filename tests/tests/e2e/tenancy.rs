@@ -688,8 +688,11 @@ async fn terminated_backends_in_the_middle_then_a_rerun_is_exact() {
     let expected = expectation(&pool, &shape, &tenants).await;
     let old = preexisting(&pool, &before).await;
 
+    // Without a check before each acquire, a terminated idle connection fails its next query
+    // instead of being replaced quietly: the interruption cannot slip between two units.
     let engine_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
+        .test_before_acquire(false)
         .connect_with(
             db.url
                 .parse::<sqlx::postgres::PgConnectOptions>()
