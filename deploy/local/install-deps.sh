@@ -18,6 +18,19 @@ as_root() {
   fi
 }
 
+# `apt-get update` runs at most once per call, before the first install.
+apt_updated=
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  if [ -z "$apt_updated" ]; then
+    say "apt-get update"
+    as_root apt-get update -qq
+    apt_updated=1
+  fi
+  say "apt-get install -y $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 have_postgres() {
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1
 }
@@ -25,11 +38,8 @@ have_postgres() {
 if have_postgres; then
   say "PostgreSQL server found"
 else
-  command -v apt-get >/dev/null 2>&1 ||
+  apt_install postgresql ||
     die "PostgreSQL server not found and no apt-get: install PostgreSQL and set PG_BIN_DIR to its bin folder"
-  say "installing PostgreSQL: apt-get update && apt-get install -y postgresql"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   have_postgres || die "apt-get installed postgresql but no server binary was found"
   say "PostgreSQL installed: $(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1)"
 fi
@@ -38,11 +48,8 @@ fi
 if command -v chromium >/dev/null 2>&1; then
   say "chromium found: $(chromium --version 2>/dev/null || echo chromium)"
 else
-  command -v apt-get >/dev/null 2>&1 ||
+  apt_install chromium ||
     die "chromium not found and no apt-get: install Chromium (the replay's HTML test needs it)"
-  say "installing chromium: apt-get update && apt-get install -y chromium"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   command -v chromium >/dev/null 2>&1 || die "apt-get installed chromium but no chromium is on PATH"
   say "chromium installed: $(chromium --version 2>/dev/null || echo chromium)"
 fi
