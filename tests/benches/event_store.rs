@@ -12,9 +12,7 @@
 //! sequence), separating what the store costs from what the workload's shape and headers cost
 //! the server. The last rows time proto's seal, verify and apply alone, without IO.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -28,6 +26,7 @@ use rollback_proto::runbook::source_hash;
 use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
 use rollback_proto::{Actor, EventId, RunId, RunState};
 use rollback_tests::NatsServer;
+use rollback_tests::heap::{CountingAlloc, peak_heap_during};
 use time::OffsetDateTime;
 
 // ---------------------------------------------------------------------------------------------
@@ -35,73 +34,8 @@ use time::OffsetDateTime;
 // memory measurement runs (the atomics would otherwise slow the timed phases, and the store's
 // load allocates more often than a raw read does).
 
-struct CountingAlloc;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static CURRENT: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn grew(by: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        let now = CURRENT.fetch_add(by as isize, Ordering::Relaxed) + by as isize;
-        PEAK.fetch_max(now, Ordering::Relaxed);
-    }
-}
-
-fn shrank(by: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        CURRENT.fetch_sub(by as isize, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; only counters are updated around it.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                shrank(layout.size() - new_size);
-            }
-        }
-        new
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-/// The heap high-water mark, above what was live when `f` started, while `f` runs.
-async fn peak_heap_during<T>(f: impl Future<Output = T>) -> (T, usize) {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::SeqCst);
-    let out = f.await;
-    COUNTING.store(false, Ordering::SeqCst);
-    (out, (PEAK.load(Ordering::Relaxed) - base).max(0) as usize)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Workload.

@@ -13,9 +13,7 @@
 //! envelopes (a correct hash chain) with a raw pipelined publish: going through the agent would
 //! take far longer and measure nothing this benchmark is about.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -28,79 +26,15 @@ use rollback_proto::runbook::source_hash;
 use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
 use rollback_proto::{Actor, Event, OutputStream, RunId};
 use rollback_tests::NatsServer;
+use rollback_tests::heap::{CountingAlloc, peak_heap_during};
 use time::OffsetDateTime;
 
 // ---------------------------------------------------------------------------------------------
 // Heap accounting (as in the event store benchmark): a counting wrapper around the system
 // allocator, switched on only while a memory measurement runs.
 
-struct CountingAlloc;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static CURRENT: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn grew(by: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        let now = CURRENT.fetch_add(by as isize, Ordering::Relaxed) + by as isize;
-        PEAK.fetch_max(now, Ordering::Relaxed);
-    }
-}
-
-fn shrank(by: usize) {
-    if COUNTING.load(Ordering::Relaxed) {
-        CURRENT.fetch_sub(by as isize, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; only counters are updated around it.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                shrank(layout.size() - new_size);
-            }
-        }
-        new
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-/// The heap high-water mark, above what was live when `f` started, while `f` runs.
-async fn peak_heap_during<T>(f: impl Future<Output = T>) -> (T, usize) {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::SeqCst);
-    let out = f.await;
-    COUNTING.store(false, Ordering::SeqCst);
-    (out, (PEAK.load(Ordering::Relaxed) - base).max(0) as usize)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Workload: one realistic run of about `total` events.

@@ -11,8 +11,6 @@
 //! at other tenants' rows) and whose ids come from the sequence. It moves the bytes and
 //! maintains the indexes, and nothing else.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -23,42 +21,12 @@ use rollback_agent::tenancy::sql;
 use rollback_agent::tenancy::verify::verify;
 use rollback_proto::runbook::FkChecks;
 use rollback_tests::Postgres;
+use rollback_tests::heap::{CountingAlloc, HeapMeasure};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Heap growth above the level at the start of a phase, at its highest during the phase.
-fn measure_from_here() -> usize {
-    let now = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(now, Ordering::Relaxed);
-    now
-}
-
-fn peak_since(base: usize) -> usize {
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
-}
+static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 fn env_u32(name: &str, default: u32) -> u32 {
     std::env::var(name)
@@ -155,7 +123,7 @@ async fn engine(pool: &PgPool, fk_checks: FkChecks) -> EngineRun {
     let p = plan(pool, &PlanOptions::default()).await.expect("plan");
     let plan_time = started.elapsed();
     assert!(p.is_executable(), "{p}");
-    let base = measure_from_here();
+    let heap = HeapMeasure::start();
     let started = Instant::now();
     let report = consolidate(
         pool,
@@ -170,7 +138,7 @@ async fn engine(pool: &PgPool, fk_checks: FkChecks) -> EngineRun {
     .await
     .expect("consolidate");
     let consolidate_time = started.elapsed();
-    let heap_peak = peak_since(base);
+    let heap_peak = heap.peak();
     let started = Instant::now();
     let v = verify(pool, &p, CONCURRENCY).await.expect("verify");
     let verify_time = started.elapsed();

@@ -7,6 +7,7 @@
 mod agent;
 mod binaries;
 mod cluster;
+pub mod heap;
 mod nats;
 mod postgres;
 mod process;
