@@ -5,12 +5,15 @@
 //! the test is killed; dropping the handle stops it and removes its folder.
 
 mod agent;
+mod bot;
 mod binaries;
+pub mod discord;
 mod nats;
 mod postgres;
 mod process;
 
 pub use agent::{AgentProcess, CommandClient, chat_user};
+pub use bot::{BotProcess, bot_binary, run_console};
 pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, workspace_root};
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};

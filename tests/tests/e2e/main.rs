@@ -4,6 +4,7 @@
 mod agent;
 mod agent_recovery;
 mod archive;
+mod bot;
 mod demo_db;
 mod harness;
 mod runbooks;
