@@ -15,6 +15,7 @@ use serenity::all::{
     CreateInteractionResponseMessage, CreateModal, EditInteractionResponse, Http, InputTextStyle,
     Interaction, Member, ModalInteraction, User,
 };
+use serenity::builder::Builder;
 
 use crate::agent_client::AgentClient;
 use crate::bot_state::BotState;
@@ -133,10 +134,7 @@ pub async fn within(
 /// Delivers a deferred answer by editing the original response.
 pub async fn deliver_later(http: &Http, token: &str, work: BoxFuture<'static, Answer>) {
     let answer = work.await;
-    if let Err(e) = http
-        .edit_original_interaction_response(token, &answer.into_edit(), Vec::new())
-        .await
-    {
+    if let Err(e) = answer.into_edit().execute(http, token).await {
         tracing::warn!(error = %e, "could not deliver a deferred answer");
     }
 }

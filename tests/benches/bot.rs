@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use rollback_proto::subjects::COMMANDS_SUBJECT;
 use rollback_proto::{Actor, Command, CommandRequest, RunId};
-use rollback_tests::discord::payloads::{self, ChatUser};
 use rollback_tests::discord::DiscordStandIn;
+use rollback_tests::discord::payloads::{self, ChatUser};
 use rollback_tests::{AgentProcess, BotProcess, NatsServer, free_port};
 use serde_json::Value;
 
@@ -122,20 +122,35 @@ edit_interval = "1s"
     // Ready: the endpoint answers and the agent starts a run.
     let deadline = Instant::now() + Duration::from_secs(60);
     let run: RunId = loop {
-        let start = payloads::slash(&user, "start", vec![payloads::option("runbook", "bench".into())]);
+        let start = payloads::slash(
+            &user,
+            "start",
+            vec![payloads::option("runbook", "bench".into())],
+        );
         if let Ok((200, body)) = send(&http, &discord, &endpoint, &start).await {
-            let text = body["data"]["content"].as_str().unwrap_or_default().to_owned();
+            let text = body["data"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if let Some(run) = text.split_whitespace().nth(1).and_then(|w| w.parse().ok()) {
                 break run;
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "bot or agent not ready:\n{}", bot.log());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bot or agent not ready:\n{}",
+            bot.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("bot: run {run} started; {rounds} rounds of {concurrency} concurrent requests");
 
     let status = |_: usize| {
-        payloads::slash(&user, "status", vec![payloads::option("run", run.to_string().into())])
+        payloads::slash(
+            &user,
+            "status",
+            vec![payloads::option("run", run.to_string().into())],
+        )
     };
     // Warm-up round for each path (connections, caches).
     measure_http(&http, &discord, &endpoint, concurrency, status, true).await?;
@@ -145,7 +160,10 @@ edit_interval = "1s"
     let mut rows = Vec::new();
     for (name, which) in [
         ("raw NATS request/reply to the agent (`status`)", 0),
-        ("signed interaction → HTTP response, agent answering (`/rollback status`)", 1),
+        (
+            "signed interaction → HTTP response, agent answering (`/rollback status`)",
+            1,
+        ),
         ("signed PING → PONG (endpoint alone, no agent)", 2),
     ] {
         let mut samples = Vec::new();
@@ -154,11 +172,27 @@ edit_interval = "1s"
             samples.extend(match which {
                 0 => measure_nats(&nats_client, run, concurrency).await?,
                 1 => measure_http(&http, &discord, &endpoint, concurrency, status, true).await?,
-                _ => measure_http(&http, &discord, &endpoint, concurrency, |_| payloads::ping(), false).await?,
+                _ => {
+                    measure_http(
+                        &http,
+                        &discord,
+                        &endpoint,
+                        concurrency,
+                        |_| payloads::ping(),
+                        false,
+                    )
+                    .await?
+                }
             });
         }
         let s = stats(samples, started.elapsed());
-        eprintln!("{name}: n={} p50={} p99={} max={}", s.count, ms(s.p50), ms(s.p99), ms(s.max));
+        eprintln!(
+            "{name}: n={} p50={} p99={} max={}",
+            s.count,
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max)
+        );
         rows.push((name, s));
     }
     let base = &rows[0].1;
@@ -179,7 +213,11 @@ edit_interval = "1s"
     let p99 = rows[1].1.p99;
     eprintln!(
         "target p99 < 250 ms for the signed interaction: {} ({})",
-        if p99 < Duration::from_millis(250) { "met" } else { "missed" },
+        if p99 < Duration::from_millis(250) {
+            "met"
+        } else {
+            "missed"
+        },
         ms(p99)
     );
     Ok(())
@@ -222,7 +260,10 @@ async fn measure_http(
         anyhow::ensure!(status == 200, "status {status}: {body}");
         if from_agent {
             let text = body["data"]["content"].as_str().unwrap_or_default();
-            anyhow::ensure!(body["type"] == 4 && text.contains("Run "), "not the agent's answer: {body}");
+            anyhow::ensure!(
+                body["type"] == 4 && text.contains("Run "),
+                "not the agent's answer: {body}"
+            );
         }
         Ok(took)
     }))
@@ -231,7 +272,11 @@ async fn measure_http(
 }
 
 /// One round of `n` concurrent raw requests with the same commands.
-async fn measure_nats(client: &async_nats::Client, run: RunId, n: usize) -> anyhow::Result<Vec<Duration>> {
+async fn measure_nats(
+    client: &async_nats::Client,
+    run: RunId,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
     let results = join_all((0..n).map(|_| async move {
         let request = CommandRequest {
             idempotency_key: uuid::Uuid::now_v7().to_string(),

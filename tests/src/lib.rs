@@ -5,16 +5,16 @@
 //! the test is killed; dropping the handle stops it and removes its folder.
 
 mod agent;
-mod bot;
 mod binaries;
+mod bot;
 pub mod discord;
 mod nats;
 mod postgres;
 mod process;
 
 pub use agent::{AgentProcess, CommandClient, chat_user};
-pub use bot::{BotProcess, bot_binary, run_console};
 pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, workspace_root};
+pub use bot::{BotProcess, bot_binary, run_console};
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};
 pub use process::free_port;

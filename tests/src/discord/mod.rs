@@ -80,17 +80,28 @@ impl DiscordStandIn {
     /// Threads created: (thread id, parent channel).
     pub fn threads(&self) -> Vec<(String, String)> {
         let rec = self.recorded.lock().expect("not poisoned");
-        rec.threads.iter().map(|(a, b)| (a.clone(), b.clone())).collect()
+        rec.threads
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect()
     }
 
     /// Responses sent to interactions through the REST API.
     pub fn callbacks(&self) -> Vec<Callback> {
-        self.recorded.lock().expect("not poisoned").callbacks.clone()
+        self.recorded
+            .lock()
+            .expect("not poisoned")
+            .callbacks
+            .clone()
     }
 
     /// Edits of original responses (deferred answers).
     pub fn original_edits(&self) -> Vec<OriginalEdit> {
-        self.recorded.lock().expect("not poisoned").original_edits.clone()
+        self.recorded
+            .lock()
+            .expect("not poisoned")
+            .original_edits
+            .clone()
     }
 
     /// Command registrations: the path and the body.

@@ -146,6 +146,7 @@ fn base(kind: u8, who: Option<&ChatUser>) -> Value {
         "type": kind,
         "token": format!("token-{}", snowflake()),
         "version": 1,
+        "attachment_size_limit": 26_214_400,
     });
     if let Some(who) = who {
         let roles: Vec<&str> = who.roles.iter().map(String::as_str).collect();

@@ -97,14 +97,26 @@ pub(crate) async fn handle(
             let content = json_body["content"].as_str().unwrap_or_default().to_owned();
             if content.chars().count() > 2000 {
                 rec.too_long += 1;
-                return error(StatusCode::BAD_REQUEST, 50_035, "content: must be 2000 or fewer in length");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    50_035,
+                    "content: must be 2000 or fewer in length",
+                );
             }
             let nonce = json_body["nonce"].as_str().map(str::to_owned);
             if json_body["enforce_nonce"].as_bool() == Some(true)
                 && let Some(n) = &nonce
-                && let Some(first) = rec.messages.iter().find(|m| m.channel_id == *channel && m.nonce.as_ref() == Some(n))
+                && let Some(first) = rec
+                    .messages
+                    .iter()
+                    .find(|m| m.channel_id == *channel && m.nonce.as_ref() == Some(n))
             {
-                return ok(payloads::message(&first.id, channel, &first.content, first.nonce.as_deref()));
+                return ok(payloads::message(
+                    &first.id,
+                    channel,
+                    &first.content,
+                    first.nonce.as_deref(),
+                ));
             }
             let id = snowflake();
             rec.messages.push(Posted {
@@ -126,12 +138,20 @@ pub(crate) async fn handle(
                 let body = json!({"message": "You are being rate limited.", "retry_after": 0.5, "global": false});
                 return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
             }
-            let Some(m) = rec.messages.iter_mut().find(|m| m.id == *id && m.channel_id == *channel) else {
+            let Some(m) = rec
+                .messages
+                .iter_mut()
+                .find(|m| m.id == *id && m.channel_id == *channel)
+            else {
                 return error(StatusCode::NOT_FOUND, 10_008, "Unknown Message");
             };
             if let Some(content) = json_body["content"].as_str() {
                 if content.chars().count() > 2000 {
-                    return error(StatusCode::BAD_REQUEST, 50_035, "content: must be 2000 or fewer in length");
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        50_035,
+                        "content: must be 2000 or fewer in length",
+                    );
                 }
                 m.content = content.to_owned();
             }
@@ -147,7 +167,11 @@ pub(crate) async fn handle(
                 return error(StatusCode::NOT_FOUND, 10_008, "Unknown Message");
             }
             if rec.threads.contains_key(*id) {
-                return error(StatusCode::BAD_REQUEST, 160_004, "A thread has already been created for this message");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    160_004,
+                    "A thread has already been created for this message",
+                );
             }
             rec.threads.insert((*id).to_owned(), (*channel).to_owned());
             let name = json_body["name"].as_str().unwrap_or("thread").to_owned();
@@ -169,7 +193,12 @@ pub(crate) async fn handle(
                 body: json_body,
                 files,
             });
-            ok(payloads::message(&snowflake(), payloads::CHANNEL_ID, &content, None))
+            ok(payloads::message(
+                &snowflake(),
+                payloads::CHANNEL_ID,
+                &content,
+                None,
+            ))
         }
         ("PUT", ["applications", app, "guilds", _, "commands"])
         | ("PUT", ["applications", app, "commands"]) => {
@@ -189,7 +218,11 @@ pub(crate) async fn handle(
                 .collect();
             ok(Value::Array(installed))
         }
-        _ => error(StatusCode::NOT_FOUND, 0, &format!("the stand-in has no {method} {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            0,
+            &format!("the stand-in has no {method} {path}"),
+        ),
     }
 }
 
@@ -198,7 +231,11 @@ fn ok(body: Value) -> Response {
 }
 
 fn error(status: StatusCode, code: u32, message: &str) -> Response {
-    (status, axum::Json(json!({"code": code, "message": message}))).into_response()
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message})),
+    )
+        .into_response()
 }
 
 type Files = Vec<(String, Vec<u8>)>;
@@ -232,7 +269,9 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<(Value, Files), String
             break;
         }
         let part = part.strip_prefix(b"\r\n").unwrap_or(part);
-        let Some(head_end) = find(part, b"\r\n\r\n") else { continue };
+        let Some(head_end) = find(part, b"\r\n\r\n") else {
+            continue;
+        };
         let head = String::from_utf8_lossy(&part[..head_end]).into_owned();
         let mut data = &part[head_end + 4..];
         data = data.strip_suffix(b"\r\n").unwrap_or(data);
@@ -248,7 +287,11 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Result<(Value, Files), String
 
 fn field(head: &str, name: &str) -> Option<String> {
     let key = format!("{name}=\"");
-    let start = head.find(&format!(" {key}")).or_else(|| head.find(&format!(";{key}")))? + key.len() + 1;
+    let start = head
+        .find(&format!(" {key}"))
+        .or_else(|| head.find(&format!(";{key}")))?
+        + key.len()
+        + 1;
     let end = head[start..].find('"')?;
     Some(head[start..start + end].to_owned())
 }

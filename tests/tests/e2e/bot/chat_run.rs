@@ -4,8 +4,8 @@
 
 use rollback_proto::subjects::{BOT_CONSUMER, BOT_STATE_BUCKET, EVENTS_STREAM};
 use rollback_proto::{Event, RunId};
-use rollback_tests::discord::payloads::{self, CHANNEL_ID};
 use rollback_tests::discord::Posted;
+use rollback_tests::discord::payloads::{self, CHANNEL_ID};
 use serde_json::json;
 
 use super::{BotHarness, BotOptions, alice, bob, button_ids};
@@ -51,7 +51,10 @@ async fn press(b: &BotHarness, run: RunId, prefix: &str, who: &payloads::ChatUse
     })
     .await;
     let m = b.status_message(run).await;
-    let id = button_ids(&m).into_iter().find(|id| id.starts_with(&wanted)).unwrap();
+    let id = button_ids(&m)
+        .into_iter()
+        .find(|id| id.starts_with(&wanted))
+        .unwrap();
     b.answer(payloads::button(who, &id, &m.id)).await
 }
 
@@ -72,12 +75,16 @@ async fn drive(b: &BotHarness, run: RunId) {
             .answer(payloads::slash(
                 &alice(),
                 "check",
-                vec![run_opt(run), payloads::option("step", "assess".into()), payloads::option("item", json!(item))],
+                vec![
+                    run_opt(run),
+                    payloads::option("step", "assess".into()),
+                    payloads::option("item", json!(item)),
+                ],
             ))
             .await;
         assert!(text.contains("accepted"), "{text}");
     }
-    b.status_shows(run, "Waiting for a person to say `next`").await;
+    b.status_shows(run, "prepare — prepare: done").await;
     drive_change(b, run).await;
 }
 
@@ -114,34 +121,61 @@ async fn a_whole_run_is_driven_from_chat() {
     drive(&b, run).await;
 
     // Output went to the run's thread, started from the status message (same id).
-    assert_eq!(b.discord.threads(), [(status.id.clone(), CHANNEL_ID.to_owned())]);
+    assert_eq!(
+        b.discord.threads(),
+        [(status.id.clone(), CHANNEL_ID.to_owned())]
+    );
     let thread = thread_messages(&b, &status.id, 6).await;
     assert!(thread.iter().all(|m| m.content.chars().count() <= 2000));
     // `seq 1 700` (2,692 characters) is split in two messages, every line kept.
-    let dump: Vec<&Posted> = thread.iter().filter(|m| m.content.starts_with("`dump`")).collect();
+    let dump: Vec<&Posted> = thread
+        .iter()
+        .filter(|m| m.content.starts_with("`dump`"))
+        .collect();
     assert_eq!(dump.len(), 2, "{dump:?}");
     assert!(dump[0].content.contains("(1/2)") && dump[1].content.contains("(2/2)"));
     let lines: Vec<String> = dump
         .iter()
-        .flat_map(|m| m.content.lines().filter(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty()).map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|m| {
+            m.content
+                .lines()
+                .filter(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(lines, (1..=700).map(|n| n.to_string()).collect::<Vec<_>>());
     // `seq 1 3000` (13,893 characters) came in four chunks: the three over 3,000 characters as
     // files, the last as a message.
-    let big: Vec<&Posted> = thread.iter().filter(|m| m.content.starts_with("`big`")).collect();
+    let big: Vec<&Posted> = thread
+        .iter()
+        .filter(|m| m.content.starts_with("`big`"))
+        .collect();
     let files: Vec<&(String, Vec<u8>)> = big.iter().flat_map(|m| &m.files).collect();
     assert_eq!(files.len(), 3, "{big:?}");
     assert_eq!(files[0].0, "big-attempt1-stdout-0.txt");
-    let mut text: String = files.iter().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned()).collect();
+    let mut text: String = files
+        .iter()
+        .map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned())
+        .collect();
     let last = big.iter().find(|m| m.files.is_empty()).unwrap();
-    text.push_str(last.content.split("```\n").nth(1).unwrap().trim_end_matches("```").trim_end());
+    text.push_str(
+        last.content
+            .split("```\n")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("```")
+            .trim_end(),
+    );
     let numbers: Vec<&str> = text.lines().collect();
     assert_eq!(numbers.len(), 3000);
     assert_eq!(numbers.last(), Some(&"3000"));
     assert_eq!(b.discord.too_long(), 0);
 
     // The status in private, and the postmortem as a file.
-    let text = b.answer(payloads::slash(&bob(), "status", vec![run_opt(run)])).await;
+    let text = b
+        .answer(payloads::slash(&bob(), "status", vec![run_opt(run)]))
+        .await;
     assert!(text.contains("COMPLETED"), "{text}");
     let replay = payloads::slash(&bob(), "replay", vec![run_opt(run)]);
     let token = replay["token"].as_str().unwrap().to_owned();
@@ -175,16 +209,26 @@ async fn a_bot_restart_posts_nothing_twice() {
         )
         .await;
     }
-    b.status_shows(run, "Waiting for a person to say `next`").await;
+    b.status_shows(run, "prepare — prepare: done").await;
     let before = thread_messages(&b, &status.id, 3).await;
 
     // Killed without warning; then the consumer and the bot's record are lost too, so every
     // event comes again and nothing says what was posted but Discord itself.
     b.bot.kill().await;
     let js = async_nats::jetstream::new(b.h.client.nats().clone());
-    js.get_stream(EVENTS_STREAM).await.unwrap().delete_consumer(BOT_CONSUMER).await.unwrap();
-    js.get_key_value(BOT_STATE_BUCKET).await.unwrap().purge(format!("run.{run}")).await.unwrap();
-    b.bot.restart().await.unwrap();
+    js.get_stream(EVENTS_STREAM)
+        .await
+        .unwrap()
+        .delete_consumer(BOT_CONSUMER)
+        .await
+        .unwrap();
+    js.get_key_value(BOT_STATE_BUCKET)
+        .await
+        .unwrap()
+        .purge(format!("run.{run}"))
+        .await
+        .unwrap();
+    b.restart_bot().await;
 
     drive_change(&b, run).await;
     assert_eq!(
@@ -200,8 +244,15 @@ async fn a_bot_restart_posts_nothing_twice() {
     contents.sort();
     contents.dedup();
     assert_eq!(contents.len(), n, "a message was posted twice");
-    assert_eq!(&after[..before.len()], &before[..], "earlier output unchanged");
-    assert!(after.len() > before.len(), "the change phase's output came after the restart");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "earlier output unchanged"
+    );
+    assert!(
+        after.len() > before.len(),
+        "the change phase's output came after the restart"
+    );
 }
 
 #[tokio::test]
@@ -227,7 +278,10 @@ mentions = ["<@700000000000000008>"]
     b.discord.rate_limit_edits(3);
     let run = b.start_run("demo").await;
     until("the escalation ping", DEADLINE, async || {
-        b.discord.messages_in(CHANNEL_ID).iter().any(|m| m.content.contains("Escalation, level 1"))
+        b.discord
+            .messages_in(CHANNEL_ID)
+            .iter()
+            .any(|m| m.content.contains("Escalation, level 1"))
     })
     .await;
     let ping = b
@@ -236,13 +290,30 @@ mentions = ["<@700000000000000008>"]
         .into_iter()
         .find(|m| m.content.contains("Escalation, level 1"))
         .unwrap();
-    assert!(ping.content.contains("<@&900000000000000007>"), "{}", ping.content);
-    assert_eq!(ping.allowed_mentions["roles"], json!(["900000000000000007"]));
-    let ack = button_ids(&ping).into_iter().find(|id| id.starts_with("rb|ack|")).unwrap();
+    assert!(
+        ping.content.contains("<@&900000000000000007>"),
+        "{}",
+        ping.content
+    );
+    assert_eq!(
+        ping.allowed_mentions["roles"],
+        json!(["900000000000000007"])
+    );
+    let ack = button_ids(&ping)
+        .into_iter()
+        .find(|id| id.starts_with("rb|ack|"))
+        .unwrap();
     let text = b.answer(payloads::button(&alice(), &ack, &ping.id)).await;
     assert!(text.contains("accepted"), "{text}");
-    b.h.wait_for(run, "the acknowledgement", |s| !s.escalation.open).await;
-    assert!(b.h.events(run).await.iter().any(|e| matches!(e, Event::EscalationAcknowledged { level: 1 })));
-    b.status_shows(run, "Waiting for a person to say `next`").await;
+    b.h.wait_for(run, "the acknowledgement", |s| !s.escalation.open)
+        .await;
+    assert!(
+        b.h.events(run)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::EscalationAcknowledged { level: 1 }))
+    );
+    b.status_shows(run, "Waiting for a person to say `next`")
+        .await;
     assert_eq!(b.discord.rate_limited_edits(), 3);
 }

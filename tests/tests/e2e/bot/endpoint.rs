@@ -21,7 +21,11 @@ items = ["Issues documented"]
 #[tokio::test]
 async fn signatures_and_timestamps_are_checked_before_anything_else() {
     let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
-    let body = payloads::slash(&alice(), "start", vec![payloads::option("runbook", "demo".into())]);
+    let body = payloads::slash(
+        &alice(),
+        "start",
+        vec![payloads::option("runbook", "demo".into())],
+    );
     let bytes = serde_json::to_vec(&body).unwrap();
 
     // No signature.
@@ -79,14 +83,22 @@ async fn signatures_and_timestamps_are_checked_before_anything_else() {
 
     // Signed nonsense is a clear 400, not a crash.
     let (signature, ts) = b.discord.key.sign(payloads::now_unix(), b"{\"type\": 2}");
-    let (status, text) = post_signed(&b.endpoint, b"{\"type\": 2}".to_vec(), Some((&signature, &ts)))
-        .await
-        .unwrap();
+    let (status, text) = post_signed(
+        &b.endpoint,
+        b"{\"type\": 2}".to_vec(),
+        Some((&signature, &ts)),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 400, "{text}");
 
     // The endpoint still works.
     let text = b
-        .answer(payloads::slash(&alice(), "start", vec![payloads::option("runbook", "demo".into())]))
+        .answer(payloads::slash(
+            &alice(),
+            "start",
+            vec![payloads::option("runbook", "demo".into())],
+        ))
         .await;
     assert!(text.contains("started"), "{text}");
 }
@@ -147,14 +159,24 @@ async fn bad_options_and_unauthorised_people_get_a_private_answer_and_nothing_ch
     assert!(text.starts_with("Refused:"), "{text}");
     let events = b.h.events(run).await;
     assert!(
-        events.iter().any(|e| matches!(e, Event::CommandRefused { command, .. } if command.starts_with("next"))),
+        events.iter().any(
+            |e| matches!(e, Event::CommandRefused { command, .. } if command.starts_with("next"))
+        ),
         "{events:?}"
     );
 }
 
 #[tokio::test]
 async fn autocomplete_offers_runbooks_and_runs_and_commands_register() {
-    let b = BotHarness::start(&[("demo", DEMO), ("deploy", DEMO.replace("\"demo\"", "\"deploy\"").as_str())], "", BotOptions::default()).await;
+    let b = BotHarness::start(
+        &[
+            ("demo", DEMO),
+            ("deploy", DEMO.replace("\"demo\"", "\"deploy\"").as_str()),
+        ],
+        "",
+        BotOptions::default(),
+    )
+    .await;
     let (status, body) = b
         .interact(&payloads::autocomplete(&alice(), "start", "runbook", "de"))
         .await;
@@ -189,13 +211,21 @@ async fn autocomplete_offers_runbooks_and_runs_and_commands_register() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let registered = b.discord.registered_commands();
     assert_eq!(registered.len(), 1);
     let (path, body) = &registered[0];
     assert_eq!(
         path,
-        &format!("/applications/{}/guilds/{}/commands", payloads::APPLICATION_ID, payloads::GUILD_ID)
+        &format!(
+            "/applications/{}/guilds/{}/commands",
+            payloads::APPLICATION_ID,
+            payloads::GUILD_ID
+        )
     );
     let command = &body[0];
     assert_eq!(command["name"], "rollback");
@@ -206,8 +236,20 @@ async fn autocomplete_offers_runbooks_and_runs_and_commands_register() {
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     for wanted in [
-        "plan", "start", "status", "next", "approve", "check", "retry", "skip", "pause", "resume",
-        "abort", "ack", "emergency", "replay",
+        "plan",
+        "start",
+        "status",
+        "next",
+        "approve",
+        "check",
+        "retry",
+        "skip",
+        "pause",
+        "resume",
+        "abort",
+        "ack",
+        "emergency",
+        "replay",
     ] {
         assert!(subs.contains(&wanted), "{wanted} missing from {subs:?}");
     }

@@ -27,32 +27,63 @@ async fn slash_commands_arrive_over_the_gateway_and_are_answered_privately() {
         },
     )
     .await;
-    until("the bot to identify", DEADLINE, async || !b.discord.identifies().is_empty()).await;
+    until("the bot to identify", DEADLINE, async || {
+        !b.discord.identifies().is_empty()
+    })
+    .await;
     let identify = &b.discord.identifies()[0];
-    assert!(identify["token"].as_str().unwrap().contains("stand-in-token"));
+    assert!(
+        identify["token"]
+            .as_str()
+            .unwrap()
+            .contains("stand-in-token")
+    );
 
-    let start = payloads::slash(&alice(), "start", vec![payloads::option("runbook", "demo".into())]);
+    let start = payloads::slash(
+        &alice(),
+        "start",
+        vec![payloads::option("runbook", "demo".into())],
+    );
     let id = start["id"].as_str().unwrap().to_owned();
     assert_eq!(b.discord.dispatch("INTERACTION_CREATE", start), 1);
     until("the answer", DEADLINE, async || {
         b.discord.callbacks().iter().any(|c| c.interaction_id == id)
     })
     .await;
-    let answer = b.discord.callbacks().into_iter().find(|c| c.interaction_id == id).unwrap();
+    let answer = b
+        .discord
+        .callbacks()
+        .into_iter()
+        .find(|c| c.interaction_id == id)
+        .unwrap();
     assert_eq!(answer.body["type"], 4, "{}", answer.body);
     assert_eq!(answer.body["data"]["flags"], 64);
     let text = answer.body["data"]["content"].as_str().unwrap();
     let run = run_in(text).unwrap_or_else(|| panic!("{text}"));
 
     // The same run is then visible over HTTP and the gateway alike.
-    let status = payloads::slash(&alice(), "status", vec![payloads::option("run", run.to_string().into())]);
+    let status = payloads::slash(
+        &alice(),
+        "status",
+        vec![payloads::option("run", run.to_string().into())],
+    );
     let id = status["id"].as_str().unwrap().to_owned();
     b.discord.dispatch("INTERACTION_CREATE", status);
     until("the status", DEADLINE, async || {
         b.discord.callbacks().iter().any(|c| c.interaction_id == id)
     })
     .await;
-    let answer = b.discord.callbacks().into_iter().find(|c| c.interaction_id == id).unwrap();
-    assert!(answer.body["data"]["content"].as_str().unwrap().contains(&format!("Run {run}")));
+    let answer = b
+        .discord
+        .callbacks()
+        .into_iter()
+        .find(|c| c.interaction_id == id)
+        .unwrap();
+    assert!(
+        answer.body["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Run {run}"))
+    );
     b.status_message(run).await;
 }

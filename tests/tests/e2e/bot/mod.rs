@@ -10,7 +10,7 @@ mod gateway;
 
 use std::time::Duration;
 
-use rollback_proto::RunId;
+use rollback_proto::{Command, RunId};
 use rollback_tests::discord::payloads::{self, CHANNEL_ID};
 use rollback_tests::discord::{ChatUser, DiscordStandIn, Posted};
 use rollback_tests::{AgentProcess, BotProcess, free_port};
@@ -44,7 +44,8 @@ pub(crate) fn visitor() -> ChatUser {
 pub(crate) struct BotHarness {
     pub(crate) h: Harness,
     pub(crate) discord: DiscordStandIn,
-    pub(crate) agent: AgentProcess,
+    /// Runs as long as the harness lives.
+    _agent: AgentProcess,
     pub(crate) bot: BotProcess,
     pub(crate) endpoint: String,
 }
@@ -72,25 +73,41 @@ impl BotHarness {
         let agent = h
             .agent("agent", &format!("{}{agent_extra}", policy_roles()))
             .await;
+        // The agent answers commands (the client retries while nobody does).
+        h.send("nobody", &[], Command::Status { run: RunId::new() })
+            .await;
         let discord = DiscordStandIn::start().await.unwrap();
         let port = free_port().unwrap();
         let config = bot_config(&h, &discord, port, &options);
-        let bot = BotProcess::start(h.dir.path(), "bot", &config).await.unwrap();
+        let bot = BotProcess::start(h.dir.path(), "bot", &config)
+            .await
+            .unwrap();
         let endpoint = format!("http://127.0.0.1:{port}/interactions");
-        let probe = endpoint.clone();
+        let b = BotHarness {
+            h,
+            discord,
+            _agent: agent,
+            bot,
+            endpoint,
+        };
+        b.listening().await;
+        b
+    }
+
+    /// Waits until the bot's endpoint answers.
+    async fn listening(&self) {
         until("the bot's endpoint to listen", DEADLINE, async || {
-            rollback_tests::discord::post_signed(&probe, b"{}".to_vec(), None)
+            rollback_tests::discord::post_signed(&self.endpoint, b"{}".to_vec(), None)
                 .await
                 .is_ok()
         })
         .await;
-        BotHarness {
-            h,
-            discord,
-            agent,
-            bot,
-            endpoint,
-        }
+    }
+
+    /// Starts the bot again after a kill, and waits for its endpoint.
+    pub(crate) async fn restart_bot(&mut self) {
+        self.bot.restart().await.unwrap();
+        self.listening().await;
     }
 
     /// Posts a signed interaction now: the status and the parsed body.
@@ -100,7 +117,10 @@ impl BotHarness {
             .post_interaction(&self.endpoint, interaction, payloads::now_unix())
             .await
             .unwrap();
-        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
     }
 
     /// Sends an interaction and returns the text the person sees: the immediate answer, or
@@ -123,12 +143,12 @@ impl BotHarness {
     }
 
     /// The edit that delivers a deferred answer.
-    pub(crate) async fn original_edit(
-        &self,
-        token: &str,
-    ) -> rollback_tests::discord::OriginalEdit {
+    pub(crate) async fn original_edit(&self, token: &str) -> rollback_tests::discord::OriginalEdit {
         until("the deferred answer", DEADLINE, async || {
-            self.discord.original_edits().iter().any(|e| e.token == token)
+            self.discord
+                .original_edits()
+                .iter()
+                .any(|e| e.token == token)
         })
         .await;
         self.discord
