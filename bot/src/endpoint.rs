@@ -134,9 +134,9 @@ async fn receive(
         }
     };
     let token = interaction.token().to_owned();
-    let defer_at_once = Interactions::defers_at_once(&interaction);
+    let deferral = Interactions::deferral(&interaction);
     let work = endpoint.interactions.clone().answer(interaction).boxed();
-    let first = interactions::within(endpoint.budget, defer_at_once, work).await;
+    let first = interactions::within(endpoint.budget, deferral, work).await;
     let response = match first {
         FirstResponse::Now(answer) if !answer.has_file() => answer.into_response(),
         // A response body cannot carry a file: defer, then edit the answer in.

@@ -29,9 +29,9 @@ impl EventHandler for Handler {
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
         let id = interaction.id();
         let token = interaction.token().to_owned();
-        let defer_at_once = Interactions::defers_at_once(&interaction);
+        let deferral = Interactions::deferral(&interaction);
         let work = self.interactions.clone().answer(interaction).boxed();
-        let result = match interactions::within(self.budget, defer_at_once, work).await {
+        let result = match interactions::within(self.budget, deferral, work).await {
             FirstResponse::Now(answer) => {
                 answer
                     .into_response()

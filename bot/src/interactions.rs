@@ -97,7 +97,8 @@ impl Answer {
                 }
                 edit
             }
-            other => EditInteractionResponse::new().content(format!("{other:?}")),
+            // Only private messages are ever deferred (forms and choices come at once).
+            _ => EditInteractionResponse::new().content("This answer cannot be shown here."),
         }
     }
 }
@@ -115,18 +116,30 @@ pub enum FirstResponse {
     Later(BoxFuture<'static, Answer>),
 }
 
-/// Waits up to `budget` for the answer (at once deferring an answer known to take long).
+/// When an interaction's answer may be deferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// At once: the answer is known to take long or to carry a file (replay).
+    AtOnce,
+    /// When the agent has not answered within the budget.
+    AfterBudget,
+    /// Never (autocomplete): an empty answer when the budget runs out.
+    Never,
+}
+
+/// Waits up to `budget` for the answer, or defers it as `deferral` allows.
 pub async fn within(
     budget: Duration,
-    defer_at_once: bool,
+    deferral: Deferral,
     work: BoxFuture<'static, Answer>,
 ) -> FirstResponse {
-    if defer_at_once {
+    if deferral == Deferral::AtOnce {
         return FirstResponse::Later(work);
     }
     let mut work = work;
     match tokio::time::timeout(budget, &mut work).await {
         Ok(answer) => FirstResponse::Now(answer),
+        Err(_) if deferral == Deferral::Never => FirstResponse::Now(Answer::Choices(Vec::new())),
         Err(_) => FirstResponse::Later(work),
     }
 }
@@ -176,11 +189,17 @@ impl Interactions {
         Arc::new(Self { agent, runs })
     }
 
-    /// Whether the answer will be a file (replay): deferred at once, delivered by an edit.
-    pub fn defers_at_once(interaction: &Interaction) -> bool {
+    /// When the answer to `interaction` may be deferred: a postmortem (a file) at once,
+    /// autocomplete never (Discord takes no deferral for it), anything else after the budget.
+    pub fn deferral(interaction: &Interaction) -> Deferral {
         match interaction {
-            Interaction::Command(c) => c.data.options.first().is_some_and(|o| o.name == "replay"),
-            _ => false,
+            Interaction::Command(c)
+                if c.data.options.first().is_some_and(|o| o.name == "replay") =>
+            {
+                Deferral::AtOnce
+            }
+            Interaction::Autocomplete(_) => Deferral::Never,
+            _ => Deferral::AfterBudget,
         }
     }
 

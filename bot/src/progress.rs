@@ -8,6 +8,7 @@
 //! in `ROLLBACK_BOT_STATE`, and a thread started from a message has that message's id.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ const THREAD_ALREADY_CREATED: isize = 160_004;
 pub enum ProgressError {
     /// Discord refused or could not be reached.
     #[error("discord: {0}")]
-    Discord(#[from] serenity::Error),
+    Discord(Box<serenity::Error>),
     /// NATS failed.
     #[error("nats: {0}")]
     Bus(String),
@@ -58,6 +59,12 @@ pub enum ProgressError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl From<serenity::Error> for ProgressError {
+    fn from(e: serenity::Error) -> Self {
+        ProgressError::Discord(Box::new(e))
+    }
 }
 
 fn bus(e: impl std::fmt::Display) -> ProgressError {
@@ -166,44 +173,43 @@ impl Progress {
         let env: Envelope = serde_json::from_slice(payload)
             .map_err(|e| ProgressError::Unreadable(e.to_string()))?;
         let run = env.run_id;
-        if !runs.contains_key(&run) {
-            let before = load_until(stream, run, env.seq).await?;
-            let state = match before {
-                Some(mut state) => {
-                    apply(&mut state, &env)?;
-                    state
-                }
-                None => RunState::new(&env).map_err(|e| ProgressError::Event {
-                    run,
-                    message: e.to_string(),
-                })?,
-            };
-            let record = self.record_of(&state).await?;
-            let now = Instant::now();
-            runs.insert(
-                run,
-                Tracked {
+        let tracked = match runs.entry(run) {
+            Entry::Vacant(vacant) => {
+                let before = load_until(stream, run, env.seq).await?;
+                let state = match before {
+                    Some(mut state) => {
+                        apply(&mut state, &env)?;
+                        state
+                    }
+                    None => RunState::new(&env).map_err(|e| ProgressError::Event {
+                        run,
+                        message: e.to_string(),
+                    })?,
+                };
+                let record = self.record_of(&state).await?;
+                vacant.insert(Tracked {
                     state,
                     record,
                     dirty: true,
-                    next_edit: now,
+                    next_edit: Instant::now(),
                     backoff: self.settings.edit_interval,
-                },
-            );
-        } else {
-            let tracked = runs.get_mut(&run).expect("checked above");
-            if env.seq > tracked.state.seq + 1 {
-                // An earlier event came back for another try: fold the gap from the stream.
-                if let Some(state) = load_until(stream, run, env.seq).await? {
-                    tracked.state = state;
+                })
+            }
+            Entry::Occupied(occupied) => {
+                let tracked = occupied.into_mut();
+                if env.seq > tracked.state.seq + 1 {
+                    // An earlier event came back for another try: fold the gap from the stream.
+                    if let Some(state) = load_until(stream, run, env.seq).await? {
+                        tracked.state = state;
+                    }
                 }
+                if env.seq == tracked.state.seq + 1 {
+                    apply(&mut tracked.state, &env)?;
+                }
+                tracked.dirty = true;
+                tracked
             }
-            if env.seq == tracked.state.seq + 1 {
-                apply(&mut tracked.state, &env)?;
-            }
-            tracked.dirty = true;
-        }
-        let tracked = runs.get_mut(&run).expect("inserted above");
+        };
         self.announce(tracked, &env).await
     }
 

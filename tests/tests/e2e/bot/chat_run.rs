@@ -317,3 +317,50 @@ mentions = ["<@700000000000000008>"]
         .await;
     assert_eq!(b.discord.rate_limited_edits(), 3);
 }
+
+#[tokio::test]
+async fn a_failed_step_is_skipped_from_its_button_with_a_reason_from_a_form() {
+    let runbook = r#"
+name = "failing"
+[[phases]]
+id = "only"
+[[phases.steps]]
+id = "broken"
+kind = "shell"
+command = "echo about to fail; exit 3"
+"#;
+    let b = BotHarness::start(&[("failing", runbook)], "", BotOptions::default()).await;
+    let run = b.start_run("failing").await;
+    press(&b, run, "next|", &alice()).await;
+    b.status_shows(run, "FAILED").await;
+    let m = b.status_message(run).await;
+    let ids = button_ids(&m);
+    assert!(ids.contains(&format!("rb|retry|{run}|broken")), "{ids:?}");
+    let skip = format!("rb|skip|{run}|broken");
+    assert!(ids.contains(&skip), "{ids:?}");
+
+    // Skipping needs a reason: the button opens a form.
+    let (status, form) = b.interact(&payloads::button(&alice(), &skip, &m.id)).await;
+    assert_eq!((status, form["type"].as_u64()), (200, Some(9)), "{form}");
+    assert_eq!(form["data"]["custom_id"], skip.as_str());
+    assert_eq!(
+        form["data"]["components"][0]["components"][0]["custom_id"],
+        "reason"
+    );
+    let text = b
+        .answer(payloads::modal_submit(
+            &alice(),
+            &skip,
+            &[("reason", "fixed by hand")],
+        ))
+        .await;
+    assert!(text.contains("accepted"), "{text}");
+    b.status_shows(run, "skipped: fixed by hand").await;
+    b.status_shows(run, "COMPLETED").await;
+    let thread = thread_messages(&b, &m.id, 1).await;
+    assert!(
+        thread[0].content.contains("about to fail"),
+        "{:?}",
+        thread[0]
+    );
+}

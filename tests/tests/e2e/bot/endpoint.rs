@@ -261,3 +261,32 @@ async fn autocomplete_offers_runbooks_and_runs_and_commands_register() {
         .unwrap();
     assert_eq!(status["options"][0]["autocomplete"], true, "{status}");
 }
+
+#[tokio::test]
+async fn an_answer_slower_than_the_budget_is_deferred_then_edited_in() {
+    let b = BotHarness::start(
+        &[("demo", DEMO)],
+        "",
+        BotOptions {
+            answer_within: Some("0ms"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let start = payloads::slash(
+        &alice(),
+        "start",
+        vec![payloads::option("runbook", "demo".into())],
+    );
+    let token = start["token"].as_str().unwrap().to_owned();
+    let (status, body) = b.interact(&start).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"type": 5, "data": {"flags": 64}}),
+        "deferred, privately"
+    );
+    let edit = b.original_edit(&token).await;
+    let text = edit.body["content"].as_str().unwrap();
+    assert!(text.contains("started"), "{text}");
+}
