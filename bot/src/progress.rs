@@ -127,7 +127,14 @@ impl Progress {
                 _ = tick.tick() => self.flush(&mut runs, false).await,
                 next = messages.next() => {
                     let Some(message) = next else { break };
-                    let message = message.map_err(bus)?;
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            // Missed heartbeats and the like: the consumer carries on.
+                            tracing::warn!(error = %e, "the event consumer reported a problem");
+                            continue;
+                        }
+                    };
                     match self.handle(&mut runs, &stream, &message.payload).await {
                         Ok(()) => {
                             if let Err(e) = message.ack().await {

@@ -2,7 +2,7 @@
 //! against the raw NATS request/reply to the same agent, in one run on the same servers.
 //!
 //! ```sh
-//! cargo build --release -p rollback-agent -p rollback-bot
+//! cargo build --profile bench -p rollback-agent -p rollback-bot   # the binaries it starts
 //! cargo bench -p rollback-tests --bench bot
 //! ```
 //!
@@ -24,6 +24,9 @@ use rollback_tests::discord::DiscordStandIn;
 use rollback_tests::discord::payloads::{self, ChatUser};
 use rollback_tests::{AgentProcess, BotProcess, NatsServer, free_port};
 use serde_json::Value;
+
+/// The first refusal seen, shown with the results.
+static REFUSALS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 const ONCALL: &str = "900000000000000001";
 
@@ -52,17 +55,21 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 struct Stats {
     count: usize,
+    refused: usize,
     p50: Duration,
     p99: Duration,
     max: Duration,
     wall: Duration,
 }
 
-fn stats(mut samples: Vec<Duration>, wall: Duration) -> Stats {
+fn stats(answers: Vec<(Duration, bool)>, wall: Duration) -> Stats {
+    let refused = answers.iter().filter(|(_, ok)| !ok).count();
+    let mut samples: Vec<Duration> = answers.into_iter().map(|(d, _)| d).collect();
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).saturating_sub(1)];
     Stats {
         count: samples.len(),
+        refused,
         p50: at(0.50),
         p99: at(0.99),
         max: *samples.last().expect("samples"),
@@ -86,7 +93,7 @@ async fn bench() -> anyhow::Result<()> {
         dir.path().join("runbooks").display(),
         nats.url()
     );
-    let _agent = AgentProcess::start(dir.path(), "agent", &agent_config).await?;
+    let agent = AgentProcess::start(dir.path(), "agent", &agent_config).await?;
     let discord = DiscordStandIn::start().await?;
     let port = free_port()?;
     let bot_config = format!(
@@ -195,13 +202,25 @@ edit_interval = "1s"
         );
         rows.push((name, s));
     }
+    if let Some(reason) = REFUSALS.get() {
+        eprintln!("a refusal: {reason}");
+        let log = agent.log();
+        let problems: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        eprintln!("the agent's last warnings:");
+        for line in problems.iter().rev().take(5) {
+            eprintln!("  {line}");
+        }
+    }
     let base = &rows[0].1;
-    println!("| measurement | requests | p50 | p99 | max | throughput | p50 ratio | p99 ratio |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| measurement | requests | refused by the agent | p50 | p99 | max | throughput | p50 ratio | p99 ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, s) in &rows {
         println!(
-            "| {name} | {} | {} | {} | {} | {:.0} req/s | {:.2}× | {:.2}× |",
+            "| {name} | {} | {} | {} | {} | {} | {:.0} req/s | {:.2}× | {:.2}× |",
             s.count,
+            s.refused,
             ms(s.p50),
             ms(s.p99),
             ms(s.max),
@@ -251,21 +270,29 @@ async fn measure_http(
     n: usize,
     make: impl Fn(usize) -> Value,
     from_agent: bool,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<(Duration, bool)>> {
     let requests: Vec<Value> = (0..n).map(make).collect();
     let results = join_all(requests.iter().map(|r| async move {
         let t = Instant::now();
         let (status, body) = send(http, discord, endpoint, r).await?;
         let took = t.elapsed();
         anyhow::ensure!(status == 200, "status {status}: {body}");
-        if from_agent {
-            let text = body["data"]["content"].as_str().unwrap_or_default();
-            anyhow::ensure!(
-                body["type"] == 4 && text.contains("Run "),
-                "not the agent's answer: {body}"
-            );
+        if !from_agent {
+            anyhow::ensure!(body["type"] == 1, "not a PONG: {body}");
+            return Ok((took, true));
         }
-        Ok(took)
+        // Every answer must be the agent's: its status, or its refusal (counted apart).
+        let text = body["data"]["content"].as_str().unwrap_or_default();
+        anyhow::ensure!(body["type"] == 4, "not an immediate answer: {body}");
+        let accepted = text.contains("Run ");
+        if !accepted {
+            REFUSALS.get_or_init(|| text.to_owned());
+        }
+        anyhow::ensure!(
+            accepted || text.starts_with("Refused:"),
+            "not the agent's answer: {body}"
+        );
+        Ok((took, accepted))
     }))
     .await;
     results.into_iter().collect()
@@ -276,7 +303,7 @@ async fn measure_nats(
     client: &async_nats::Client,
     run: RunId,
     n: usize,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<(Duration, bool)>> {
     let results = join_all((0..n).map(|_| async move {
         let request = CommandRequest {
             idempotency_key: uuid::Uuid::now_v7().to_string(),
@@ -294,8 +321,16 @@ async fn measure_nats(
             .await
             .context("raw request")?;
         let took = t.elapsed();
-        anyhow::ensure!(String::from_utf8_lossy(&reply.payload).contains("accepted"));
-        Ok(took)
+        let text = String::from_utf8_lossy(&reply.payload);
+        let accepted = text.contains("\"accepted\"");
+        if !accepted {
+            REFUSALS.get_or_init(|| text.to_string());
+        }
+        anyhow::ensure!(
+            accepted || text.contains("\"rejected\""),
+            "not a reply: {text}"
+        );
+        Ok((took, accepted))
     }))
     .await;
     results.into_iter().collect()

@@ -313,8 +313,11 @@ mentions = ["<@700000000000000008>"]
             .iter()
             .any(|e| matches!(e, Event::EscalationAcknowledged { level: 1 }))
     );
-    b.status_shows(run, "Waiting for a person to say `next`")
-        .await;
+    // The first three edits were refused with 429; the bot made them again until one landed.
+    until("an edit to land", DEADLINE, async || {
+        b.status_message(run).await.edits > 0
+    })
+    .await;
     assert_eq!(b.discord.rate_limited_edits(), 3);
 }
 
