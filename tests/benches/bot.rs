@@ -205,7 +205,10 @@ edit_interval = "1s"
     if let Some(reason) = REFUSALS.get() {
         eprintln!("a refusal: {reason}");
         let log = agent.log();
-        let problems: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        let problems: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
         eprintln!("the agent's last warnings:");
         for line in problems.iter().rev().take(5) {
             eprintln!("  {line}");
