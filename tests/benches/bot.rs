@@ -213,6 +213,18 @@ edit_interval = "1s"
         for line in problems.iter().rev().take(5) {
             eprintln!("  {line}");
         }
+        let server_log = std::fs::read_to_string(nats.log_path()).unwrap_or_default();
+        let server_problems: Vec<&str> = server_log
+            .lines()
+            .filter(|l| l.contains("[WRN]") || l.contains("[ERR]"))
+            .collect();
+        eprintln!(
+            "nats-server's last warnings ({} in all):",
+            server_problems.len()
+        );
+        for line in server_problems.iter().rev().take(5) {
+            eprintln!("  {line}");
+        }
     }
     let base = &rows[0].1;
     println!(
