@@ -8,7 +8,8 @@
 //!
 //! The bench starts nats-server, `rollback-agent run` and `rollback-bot run` (the binaries of
 //! the profile it is built with) and the Discord stand-in. Each round sends `BENCH_CONCURRENCY`
-//! (default 200) requests at once, `BENCH_ROUNDS` (default 5) times: `/rollback status` of one
+//! (default 200) requests at once, `BENCH_ROUNDS` (default 2) times per path, the paths
+//! alternating round by round: `/rollback status` of one
 //! run, each with its own interaction id (so each is a new command the agent decides: an
 //! outcome claimed and stored, the run loaded and rendered). The baseline sends the same
 //! `CommandRequest`s straight to the agent over NATS. A PING row measures the endpoint alone
@@ -83,7 +84,7 @@ fn ms(d: Duration) -> String {
 
 async fn bench() -> anyhow::Result<()> {
     let concurrency = env_usize("BENCH_CONCURRENCY", 200);
-    let rounds = env_usize("BENCH_ROUNDS", 5);
+    let rounds = env_usize("BENCH_ROUNDS", 2);
     let dir = tempfile::tempdir()?;
     let nats = NatsServer::start().await?;
     std::fs::create_dir(dir.path().join("runbooks"))?;
@@ -159,39 +160,44 @@ edit_interval = "1s"
             vec![payloads::option("run", run.to_string().into())],
         )
     };
-    // Warm-up round for each path (connections, caches).
-    measure_http(&http, &discord, &endpoint, concurrency, status, true).await?;
+    // A small warm-up for each path (connections, caches).
+    let warm_up = concurrency.min(50);
+    measure_http(&http, &discord, &endpoint, warm_up, status, true).await?;
     let nats_client = async_nats::connect(nats.url()).await?;
-    measure_nats(&nats_client, run, concurrency).await?;
+    measure_nats(&nats_client, run, warm_up).await?;
 
+    // The two paths alternate round by round, so both see the agent in the same state.
+    let mut raw = (Vec::new(), Duration::ZERO);
+    let mut signed = (Vec::new(), Duration::ZERO);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        signed
+            .0
+            .extend(measure_http(&http, &discord, &endpoint, concurrency, status, true).await?);
+        signed.1 += t.elapsed();
+        let t = Instant::now();
+        raw.0
+            .extend(measure_nats(&nats_client, run, concurrency).await?);
+        raw.1 += t.elapsed();
+    }
+    let mut ping = (Vec::new(), Duration::ZERO);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let pong = |_| payloads::ping();
+        ping.0
+            .extend(measure_http(&http, &discord, &endpoint, concurrency, pong, false).await?);
+        ping.1 += t.elapsed();
+    }
     let mut rows = Vec::new();
-    for (name, which) in [
-        ("raw NATS request/reply to the agent (`status`)", 0),
+    for (name, (samples, wall)) in [
+        ("raw NATS request/reply to the agent (`status`)", raw),
         (
             "signed interaction → HTTP response, agent answering (`/rollback status`)",
-            1,
+            signed,
         ),
-        ("signed PING → PONG (endpoint alone, no agent)", 2),
+        ("signed PING → PONG (endpoint alone, no agent)", ping),
     ] {
-        let mut samples = Vec::new();
-        let started = Instant::now();
-        for _ in 0..rounds {
-            samples.extend(match which {
-                0 => measure_nats(&nats_client, run, concurrency).await?,
-                1 => measure_http(&http, &discord, &endpoint, concurrency, status, true).await?,
-                _ => {
-                    measure_http(
-                        &http,
-                        &discord,
-                        &endpoint,
-                        concurrency,
-                        |_| payloads::ping(),
-                        false,
-                    )
-                    .await?
-                }
-            });
-        }
+        let started = Instant::now() - wall;
         let s = stats(samples, started.elapsed());
         eprintln!(
             "{name}: n={} p50={} p99={} max={}",
