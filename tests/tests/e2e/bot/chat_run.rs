@@ -116,9 +116,20 @@ async fn a_whole_run_is_driven_from_chat() {
         },
     )
     .await;
+    let started = std::time::Instant::now();
     let run = b.start_run("demo").await;
     let status = b.status_message(run).await;
     drive(&b, run).await;
+
+    // Edits were coalesced: at most one per 100 ms interval, however many events came.
+    let edits = b.status_message(run).await.edits;
+    let intervals = started.elapsed().as_millis() as usize / 100;
+    let events = b.h.events(run).await.len();
+    assert!(
+        edits <= intervals + 2,
+        "{edits} edits in {intervals} intervals"
+    );
+    assert!(edits < events, "{edits} edits for {events} events");
 
     // Output went to the run's thread, started from the status message (same id).
     assert_eq!(
@@ -145,31 +156,49 @@ async fn a_whole_run_is_driven_from_chat() {
         })
         .collect();
     assert_eq!(lines, (1..=700).map(|n| n.to_string()).collect::<Vec<_>>());
-    // `seq 1 3000` (13,893 characters) came in four chunks: the three over 3,000 characters as
-    // files, the last as a message.
-    let big: Vec<&Posted> = thread
-        .iter()
-        .filter(|m| m.content.starts_with("`big`"))
-        .collect();
-    let files: Vec<&(String, Vec<u8>)> = big.iter().flat_map(|m| &m.files).collect();
-    assert_eq!(files.len(), 3, "{big:?}");
-    assert_eq!(files[0].0, "big-attempt1-stdout-0.txt");
-    let mut text: String = files
-        .iter()
-        .map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned())
-        .collect();
-    let last = big.iter().find(|m| m.files.is_empty()).unwrap();
-    text.push_str(
-        last.content
-            .split("```\n")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches("```")
-            .trim_end(),
-    );
-    let numbers: Vec<&str> = text.lines().collect();
-    assert_eq!(numbers.len(), 3000);
-    assert_eq!(numbers.last(), Some(&"3000"));
+    // `seq 1 3000` (13,893 characters) came in chunks of at most 4,096 bytes: each one over
+    // 3,000 characters is a file holding exactly that chunk, each other one is messages
+    // holding its lines.
+    let chunks: Vec<(u32, String)> =
+        b.h.events(run)
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::StepOutputRecorded {
+                    step, chunk, text, ..
+                } if step.as_str() == "big" => Some((chunk, text)),
+                _ => None,
+            })
+            .collect();
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    let mut attached = 0;
+    for (chunk, text) in &chunks {
+        let header = format!("`big` attempt 1, stdout #{chunk}");
+        let posts: Vec<&Posted> = thread
+            .iter()
+            .filter(|m| {
+                m.content.starts_with(&format!("{header}\n"))
+                    || m.content.starts_with(&format!("{header} "))
+            })
+            .collect();
+        if text.chars().count() > 3000 {
+            assert_eq!(posts.len(), 1, "{header}");
+            assert_eq!(
+                posts[0].files,
+                [(
+                    format!("big-attempt1-stdout-{chunk}.txt"),
+                    text.clone().into_bytes()
+                )]
+            );
+            attached += 1;
+        } else {
+            let shown: String = posts.iter().map(|m| m.content.as_str()).collect();
+            for line in text.lines().filter(|l| !l.is_empty()) {
+                assert!(shown.contains(line), "{line:?} missing from {header}");
+            }
+        }
+    }
+    assert!(attached >= 1, "no chunk was attached");
     assert_eq!(b.discord.too_long(), 0);
 
     // The status in private, and the postmortem as a file.

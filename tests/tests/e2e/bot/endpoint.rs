@@ -7,6 +7,7 @@ use rollback_tests::discord::post_signed;
 use serde_json::json;
 
 use super::{BotHarness, BotOptions, alice, visitor};
+use crate::harness::{DEADLINE, until};
 
 const DEMO: &str = r#"
 name = "demo"
@@ -190,18 +191,24 @@ async fn autocomplete_offers_runbooks_and_runs_and_commands_register() {
         .collect();
     assert_eq!(names, ["demo", "deploy"]);
 
+    // Runs are offered once the bot has recorded them (right after their status message).
     let run = b.start_run("demo").await;
-    b.status_message(run).await;
-    let (_, body) = b
-        .interact(&payloads::autocomplete(&alice(), "status", "run", ""))
-        .await;
-    let runs: Vec<String> = body["data"]["choices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["value"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(runs, [run.to_string()]);
+    let offered = async || -> Vec<String> {
+        let (_, body) = b
+            .interact(&payloads::autocomplete(&alice(), "status", "run", ""))
+            .await;
+        body["data"]["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    until("the run to be offered", DEADLINE, async || {
+        !offered().await.is_empty()
+    })
+    .await;
+    assert_eq!(offered().await, [run.to_string()]);
 
     // register-commands installs /rollback with every subcommand in the guild.
     let out = tokio::process::Command::new(rollback_tests::bot_binary().unwrap())
