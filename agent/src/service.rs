@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use rollback_proto::envelope::Draft;
-use rollback_proto::subjects::{COMMANDS_QUEUE, COMMANDS_SUBJECT};
+use rollback_proto::subjects::{COMMANDS_QUEUE, COMMANDS_SUBJECT, QUERY_RUNBOOKS, QUERY_SUBJECT};
 use rollback_proto::{
     Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rejection, RejectionKind,
     RunId, Runbook, authorize, decide, decide_start,
@@ -90,6 +90,10 @@ impl CommandService {
             .client
             .queue_subscribe(COMMANDS_SUBJECT, COMMANDS_QUEUE.to_owned())
             .await?;
+        let mut queries = self
+            .client
+            .queue_subscribe(QUERY_SUBJECT, COMMANDS_QUEUE.to_owned())
+            .await?;
         // Bounded: at most this many commands are decided at once; the rest wait in NATS.
         let (tx, rx) = tokio::sync::mpsc::channel::<async_nats::Message>(64);
         let worker = {
@@ -122,11 +126,40 @@ impl CommandService {
                     }
                     None => break,
                 },
+                Some(query) = queries.next() => self.answer_query(query).await,
             }
         }
         drop(tx);
         let _ = worker.await;
         Ok(())
+    }
+
+    /// Answers a read-only question (the bot's autocomplete); nothing is decided or appended.
+    async fn answer_query(&self, query: async_nats::Message) {
+        let Some(reply_to) = query.reply else { return };
+        let body = if query.payload.as_ref() == QUERY_RUNBOOKS.as_bytes() {
+            serde_json::to_vec(&self.runbook_names()).expect("names serialize")
+        } else {
+            b"null".to_vec()
+        };
+        if let Err(e) = self.client.publish(reply_to, body.into()).await {
+            tracing::warn!(error = %e, "could not answer a query");
+        }
+    }
+
+    /// The names of the runbooks in the runbooks folder, sorted.
+    fn runbook_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.runbooks_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                (path.extension()? == "toml").then_some(())?;
+                Some(path.file_stem()?.to_str()?.to_owned())
+            })
+            .collect();
+        names.sort();
+        names
     }
 
     /// Handles one request's bytes; never fails: every problem is a rejection.

@@ -1,4 +1,5 @@
-//! NATS names: the event stream, its subjects, the command subject and the lease bucket.
+//! NATS names: the event stream, its subjects, the command and query subjects, the lease
+//! bucket, and the bot's bucket and consumer.
 
 use crate::ids::RunId;
 
@@ -14,6 +15,14 @@ pub const COMMANDS_SUBJECT: &str = "rollback.cmd";
 pub const COMMANDS_QUEUE: &str = "rollback-agents";
 /// The JetStream key-value bucket holding one lease per run being executed.
 pub const LEASE_BUCKET: &str = "ROLLBACK_LEASES";
+/// Read-only questions from the bot to the agent, as request/reply (autocomplete).
+pub const QUERY_SUBJECT: &str = "rollback.query";
+/// The [`QUERY_SUBJECT`] request asking for the runbook names; the reply is a JSON array of them.
+pub const QUERY_RUNBOOKS: &str = "runbooks";
+/// The bot's JetStream key-value bucket: per run, where its status message and thread are.
+pub const BOT_STATE_BUCKET: &str = "ROLLBACK_BOT_STATE";
+/// The bot's durable consumer on [`EVENTS_STREAM`], which it follows to post progress.
+pub const BOT_CONSUMER: &str = "rollback-bot";
 
 /// The subject carrying the events of one run.
 pub fn events_subject(run: RunId) -> String {

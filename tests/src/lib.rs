@@ -8,6 +8,8 @@ mod agent;
 mod binaries;
 mod cluster;
 pub mod heap;
+mod bot;
+pub mod discord;
 mod nats;
 mod postgres;
 mod process;
@@ -18,6 +20,7 @@ pub use cluster::{
     AGENT_PASSWORD_VAR, BOT_PASSWORD_VAR, ConfiguredNats, NatsCluster, NatsUsers, RUN_DEADLINE,
     RunDriver, SingleNats, agent_config, shipped_nats_dir,
 };
+pub use bot::{BotProcess, bot_binary, run_console};
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};
 pub use process::free_port;

@@ -1,0 +1,283 @@
+//! Events and answers as Discord messages: the status message with its buttons, step output
+//! split to fit Discord's limits, the ids carried by buttons and modals, and nonces that make a
+//! repeated post the same message.
+
+use rollback_proto::state::StepStatus;
+use rollback_proto::{NextAction, RunId, RunState, Waiting};
+use serenity::all::{ButtonStyle, CreateActionRow, CreateButton};
+use sha2::{Digest, Sha256};
+
+/// Discord refuses message content over this many characters.
+pub const MESSAGE_LIMIT: usize = 2000;
+/// What a content line may hold once a code block's fences are around it.
+const BLOCK_BUDGET: usize = MESSAGE_LIMIT - 100;
+/// Buttons per action row, and rows per message.
+const BUTTONS_PER_ROW: usize = 5;
+const MAX_ROWS: usize = 5;
+/// Prefix of every custom id the bot issues.
+const ID_PREFIX: &str = "rb";
+
+/// A button's or modal's custom id: the subcommand and its leading required values,
+/// `rb|approve|<run>|<step>`.
+pub fn custom_id(sub: &str, values: &[&str]) -> String {
+    let mut id = format!("{ID_PREFIX}|{sub}");
+    for v in values {
+        id.push('|');
+        id.push_str(v);
+    }
+    id
+}
+
+/// The subcommand and values of a custom id the bot issued.
+pub fn parse_custom_id(id: &str) -> Option<(&str, Vec<&str>)> {
+    let mut parts = id.split('|');
+    (parts.next()? == ID_PREFIX).then_some(())?;
+    let sub = parts.next()?;
+    Some((sub, parts.collect()))
+}
+
+/// A Discord nonce (at most 25 characters) derived from what is posted: posting the same
+/// thing again with `enforce_nonce` returns the first message instead of a second one.
+pub fn nonce(what: &str) -> String {
+    hex::encode(&Sha256::digest(what.as_bytes())[..12])
+}
+
+/// Cuts `text` to at most `limit` characters, marking the cut.
+pub fn truncate(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(limit.saturating_sub(2)).collect();
+    out.push_str(" …");
+    out
+}
+
+/// The status message's text: the run's state as `proto` renders it, within the limit.
+pub fn status_content(state: &RunState) -> String {
+    let text = rollback_proto::render::status_text(state);
+    truncate(
+        &format!("```\n{}\n```", fence_safe(text.trim_end())),
+        MESSAGE_LIMIT,
+    )
+}
+
+/// The buttons for what the run waits for: approve, retry, skip, abort, acknowledge, confirm.
+pub fn status_buttons(state: &RunState) -> Vec<CreateActionRow> {
+    let run = state.run_id.to_string();
+    let mut buttons = Vec::new();
+    if state.is_finished() {
+        return Vec::new();
+    }
+    if state.escalation.open {
+        buttons.push(button("ack", &[&run], "Acknowledge", ButtonStyle::Primary));
+    }
+    if state.awaiting_emergency_confirmation() {
+        buttons.push(button(
+            "confirm-emergency",
+            &[&run],
+            "Confirm emergency restore",
+            ButtonStyle::Danger,
+        ));
+    }
+    for (phase, ps) in state.runbook.phases.iter().zip(&state.phases) {
+        for (step, st) in phase.steps.iter().zip(&ps.steps) {
+            let id = step.id.as_str();
+            match &st.status {
+                StepStatus::Failed { .. } | StepStatus::InDoubt { .. } => {
+                    buttons.push(button(
+                        "retry",
+                        &[&run, id],
+                        &format!("Retry {id}"),
+                        ButtonStyle::Primary,
+                    ));
+                    buttons.push(button(
+                        "skip",
+                        &[&run, id],
+                        &format!("Skip {id}"),
+                        ButtonStyle::Secondary,
+                    ));
+                }
+                StepStatus::Pending
+                    if waiting_on(state, id) && step.approvals as usize > st.approvals.len() =>
+                {
+                    buttons.push(button(
+                        "approve",
+                        &[&run, id],
+                        &format!("Approve {id}"),
+                        ButtonStyle::Success,
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    if matches!(state.next_action(), NextAction::Idle(Waiting::NextPhase)) {
+        buttons.push(button("next", &[&run], "Next phase", ButtonStyle::Primary));
+    }
+    buttons.push(button("abort", &[&run], "Abort", ButtonStyle::Danger));
+    buttons.truncate(BUTTONS_PER_ROW * MAX_ROWS);
+    buttons
+        .chunks(BUTTONS_PER_ROW)
+        .map(|row| CreateActionRow::Buttons(row.to_vec()))
+        .collect()
+}
+
+fn waiting_on(state: &RunState, step: &str) -> bool {
+    matches!(state.next_action(), NextAction::Idle(Waiting::People { step: s, .. }) if s.as_str() == step)
+}
+
+/// One button with a custom id the bot understands.
+pub fn button(sub: &str, values: &[&str], label: &str, style: ButtonStyle) -> CreateButton {
+    CreateButton::new(custom_id(sub, values))
+        .label(truncate(label, 80))
+        .style(style)
+}
+
+/// The acknowledge button of an escalation ping.
+pub fn ack_row(run: RunId) -> Vec<CreateActionRow> {
+    vec![CreateActionRow::Buttons(vec![button(
+        "ack",
+        &[&run.to_string()],
+        "Acknowledge",
+        ButtonStyle::Primary,
+    )])]
+}
+
+/// The confirm button of an emergency request.
+pub fn confirm_row(run: RunId) -> Vec<CreateActionRow> {
+    vec![CreateActionRow::Buttons(vec![button(
+        "confirm-emergency",
+        &[&run.to_string()],
+        "Confirm emergency restore",
+        ButtonStyle::Danger,
+    )])]
+}
+
+/// How a piece of step output goes to the thread.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutputPost {
+    /// Messages, each within Discord's limit.
+    Messages(Vec<String>),
+    /// One message with the whole text as a file.
+    Attachment {
+        /// The message's text.
+        content: String,
+        /// The file's name.
+        filename: String,
+    },
+}
+
+/// Splits step output for the thread: code blocks that fit a message each, on line boundaries
+/// where possible; output longer than `attach_over` characters becomes a file.
+pub fn output_post(header: &str, text: &str, attach_over: usize, filename: String) -> OutputPost {
+    if text.chars().count() > attach_over {
+        return OutputPost::Attachment {
+            content: truncate(
+                &format!("{header} ({} characters, attached)", text.chars().count()),
+                MESSAGE_LIMIT,
+            ),
+            filename,
+        };
+    }
+    let text = fence_safe(text);
+    let mut pieces = Vec::new();
+    let mut current = String::new();
+    let mut current_len = 0;
+    for line in text.split_inclusive('\n') {
+        for part in split_chars(line, BLOCK_BUDGET) {
+            let n = part.chars().count();
+            if current_len + n > BLOCK_BUDGET && !current.is_empty() {
+                pieces.push(std::mem::take(&mut current));
+                current_len = 0;
+            }
+            current.push_str(&part);
+            current_len += n;
+        }
+    }
+    if !current.is_empty() || pieces.is_empty() {
+        pieces.push(current);
+    }
+    let total = pieces.len();
+    OutputPost::Messages(
+        pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let part = if total > 1 {
+                    format!(" ({}/{total})", i + 1)
+                } else {
+                    String::new()
+                };
+                truncate(
+                    &format!("{header}{part}\n```\n{}\n```", p.trim_end_matches('\n')),
+                    MESSAGE_LIMIT,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn split_chars(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// Output cannot close the code block it is shown in.
+fn fence_safe(text: &str) -> String {
+    text.replace("```", "`\u{200b}``")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_output_is_split_within_the_limit_and_very_long_output_attached() {
+        let line = "x".repeat(70) + "\n";
+        let text = line.repeat(100); // 7,100 characters
+        match output_post("`dump` attempt 1", &text, 10_000, "f.txt".into()) {
+            OutputPost::Messages(m) => {
+                assert_eq!(m.len(), 4);
+                assert!(m.iter().all(|p| p.chars().count() <= MESSAGE_LIMIT));
+                let joined: String = m
+                    .iter()
+                    .map(|p| p.matches('x').count())
+                    .sum::<usize>()
+                    .to_string();
+                assert_eq!(joined, "7000");
+                assert!(m[0].contains("(1/4)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let one_line = "y".repeat(5000);
+        match output_post("h", &one_line, 10_000, "f.txt".into()) {
+            OutputPost::Messages(m) => {
+                assert_eq!(m.len(), 3);
+                assert!(m.iter().all(|p| p.chars().count() <= MESSAGE_LIMIT));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            output_post("h", &text, 6000, "f.txt".into()),
+            OutputPost::Attachment { .. }
+        ));
+    }
+
+    #[test]
+    fn custom_ids_round_trip_and_nonces_fit() {
+        let id = custom_id("approve", &["r", "s"]);
+        assert_eq!(parse_custom_id(&id), Some(("approve", vec!["r", "s"])));
+        assert_eq!(parse_custom_id("other|x"), None);
+        assert!(nonce("anything").len() <= 25);
+        assert_eq!(nonce("a"), nonce("a"));
+        assert_ne!(nonce("a"), nonce("b"));
+    }
+
+    #[test]
+    fn output_cannot_break_out_of_its_code_block() {
+        match output_post("h", "a```b", 6000, "f".into()) {
+            OutputPost::Messages(m) => assert_eq!(m[0].matches("```").count(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+}

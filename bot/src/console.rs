@@ -1,0 +1,159 @@
+//! The console front end: the `/rollback` grammar on a terminal, as the local user with the
+//! configured roles. Line editing and history on a terminal; one command per line from a pipe,
+//! so scripts and tests can drive it.
+
+use std::io::IsTerminal;
+
+use rollback_proto::{Actor, Command, CommandReply, CommandRequest};
+use tokio::io::AsyncBufReadExt;
+
+use crate::agent_client::AgentClient;
+use crate::config::ConsoleSettings;
+use crate::grammar;
+
+/// How a console session went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Commands the agent accepted.
+    pub accepted: usize,
+    /// Commands refused, not understood, or not delivered.
+    pub failed: usize,
+}
+
+/// Runs the console on stdin and stdout until end of input or `quit`.
+pub async fn run(agent: AgentClient, settings: ConsoleSettings) -> anyhow::Result<Tally> {
+    let console = Console { agent, settings };
+    if std::io::stdin().is_terminal() {
+        console.interactive().await
+    } else {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut tally = Tally::default();
+        while let Some(line) = lines.next_line().await? {
+            match console.line(&line).await {
+                Step::Quit => break,
+                Step::Done(text, ok) => {
+                    println!("{text}");
+                    count(&mut tally, ok);
+                }
+                Step::Nothing => {}
+            }
+        }
+        Ok(tally)
+    }
+}
+
+enum Step {
+    Nothing,
+    Quit,
+    Done(String, bool),
+}
+
+fn count(tally: &mut Tally, ok: bool) {
+    if ok {
+        tally.accepted += 1;
+    } else {
+        tally.failed += 1;
+    }
+}
+
+struct Console {
+    agent: AgentClient,
+    settings: ConsoleSettings,
+}
+
+impl Console {
+    async fn interactive(self) -> anyhow::Result<Tally> {
+        let runtime = tokio::runtime::Handle::current();
+        // rustyline blocks on the terminal: it runs on a blocking thread and drives the
+        // commands through the runtime one line at a time.
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Tally> {
+            let mut editor = rustyline::DefaultEditor::new()?;
+            let history = std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".rollback_console_history"));
+            if let Some(h) = &history {
+                let _ = editor.load_history(h);
+            }
+            println!(
+                "rollback console as {} (roles: {}); `help` lists the commands, `quit` leaves",
+                self.settings.user,
+                self.settings.roles.join(", ")
+            );
+            let mut tally = Tally::default();
+            loop {
+                let line = match editor.readline("rollback> ") {
+                    Ok(line) => line,
+                    Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                    Err(rustyline::error::ReadlineError::Eof) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let _ = editor.add_history_entry(line.as_str());
+                match runtime.block_on(self.line(&line)) {
+                    Step::Quit => break,
+                    Step::Done(text, ok) => {
+                        println!("{text}");
+                        count(&mut tally, ok);
+                    }
+                    Step::Nothing => {}
+                }
+            }
+            if let Some(h) = &history {
+                let _ = editor.save_history(h);
+            }
+            Ok(tally)
+        })
+        .await?
+    }
+
+    async fn line(&self, line: &str) -> Step {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return Step::Nothing;
+        }
+        match line {
+            "quit" | "exit" => return Step::Quit,
+            "help" => return Step::Done(help(), true),
+            _ => {}
+        }
+        let command = match grammar::parse_line(line) {
+            Ok(c) => c,
+            Err(e) => return Step::Done(format!("not understood: {e}"), false),
+        };
+        let request = CommandRequest {
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            actor: Actor::Console {
+                user: self.settings.user.clone(),
+            },
+            roles: self.settings.roles.clone(),
+            command: command.clone(),
+        };
+        match self.agent.send(&request).await {
+            Ok(reply) => render(&command, reply),
+            Err(e) => Step::Done(format!("not done: {e}"), false),
+        }
+    }
+}
+
+fn render(command: &Command, reply: CommandReply) -> Step {
+    match reply {
+        CommandReply::Accepted { message, .. } => match command {
+            Command::Status { .. } | Command::Replay { .. } | Command::Plan { .. } => {
+                Step::Done(message.trim_end().to_owned(), true)
+            }
+            _ => Step::Done(format!("accepted: {message}"), true),
+        },
+        CommandReply::Rejected { reason } => Step::Done(format!("refused: {reason}"), false),
+    }
+}
+
+fn help() -> String {
+    let mut out = String::from("commands:\n");
+    for sub in grammar::SUBCOMMANDS {
+        out.push_str(&format!(
+            "  {:<60} {}\n",
+            grammar::usage(sub),
+            sub.description
+        ));
+    }
+    out.push_str("  quit");
+    out
+}

@@ -1,0 +1,166 @@
+//! Discord's HTTP interactions endpoint: Ed25519-signed requests, checked for a fresh
+//! timestamp, answered by the same handlers as the gateway. PING gets PONG; a missing or bad
+//! signature, or a stale timestamp, gets 401; a body over the limit gets 413.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::FutureExt;
+use serenity::all::{Http, Interaction};
+use serenity::interactions_endpoint::Verifier;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::interactions::{self, FirstResponse, Interactions};
+
+/// The path Discord posts interactions to.
+pub const INTERACTIONS_PATH: &str = "/interactions";
+
+/// Why the endpoint cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The public key is not a valid Ed25519 key.
+    #[error("`discord.public_key` is not a valid Ed25519 public key (64 hex digits)")]
+    BadKey,
+}
+
+/// The endpoint's shared parts.
+pub struct Endpoint {
+    verifier: Verifier,
+    max_skew: Duration,
+    budget: Duration,
+    interactions: Arc<Interactions>,
+    http: Arc<Http>,
+    /// Deferred answers still being worked on; awaited at shutdown.
+    followups: TaskTracker,
+}
+
+impl Endpoint {
+    /// An endpoint checking signatures against `public_key_hex`.
+    pub fn new(
+        public_key_hex: &str,
+        max_skew: Duration,
+        budget: Duration,
+        interactions: Arc<Interactions>,
+        http: Arc<Http>,
+    ) -> Result<Arc<Self>, EndpointError> {
+        let key: [u8; 32] = hex::decode(public_key_hex)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(EndpointError::BadKey)?;
+        let verifier = Verifier::try_new(key).map_err(|_| EndpointError::BadKey)?;
+        Ok(Arc::new(Self {
+            verifier,
+            max_skew,
+            budget,
+            interactions,
+            http,
+            followups: TaskTracker::new(),
+        }))
+    }
+
+    /// The routes, with the body size limit.
+    pub fn router(self: &Arc<Self>, max_body_bytes: usize) -> Router {
+        Router::new()
+            .route(INTERACTIONS_PATH, post(receive))
+            .layer(DefaultBodyLimit::max(max_body_bytes))
+            .with_state(self.clone())
+    }
+
+    /// Serves until `shutdown`, then waits for the deferred answers still under way.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        max_body_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let router = self.router(max_body_bytes);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        self.followups.close();
+        self.followups.wait().await;
+        Ok(())
+    }
+
+    /// Checks the signature and the timestamp's age; the reason when refused.
+    fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+        let signature = headers
+            .get("x-signature-ed25519")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("missing signature")?;
+        let timestamp = headers
+            .get("x-signature-timestamp")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("missing signature timestamp")?;
+        self.verifier
+            .verify(signature, timestamp, body)
+            .map_err(|()| "invalid request signature")?;
+        // The signature covers the timestamp, so a fresh timestamp means a fresh request: a
+        // captured request cannot be replayed later.
+        let sent: i64 = timestamp.parse().map_err(|_| "malformed timestamp")?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if now.abs_diff(sent) > self.max_skew.as_secs() {
+            return Err("stale timestamp");
+        }
+        Ok(())
+    }
+}
+
+async fn receive(
+    State(endpoint): State<Arc<Endpoint>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(reason) = endpoint.authenticate(&headers, &body) {
+        tracing::info!(reason, "refused an interaction request");
+        return (StatusCode::UNAUTHORIZED, reason).into_response();
+    }
+    let interaction: Interaction = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::info!(error = %e, "unreadable interaction");
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unreadable interaction: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let token = interaction.token().to_owned();
+    let deferral = Interactions::deferral(&interaction);
+    let work = endpoint.interactions.clone().answer(interaction).boxed();
+    let first = interactions::within(endpoint.budget, deferral, work).await;
+    let response = match first {
+        FirstResponse::Now(answer) if !answer.has_file() => answer.into_response(),
+        // A response body cannot carry a file: defer, then edit the answer in.
+        FirstResponse::Now(answer) => {
+            let work = async move { answer }.boxed();
+            follow_up(&endpoint, token, work);
+            interactions::deferred()
+        }
+        FirstResponse::Later(work) => {
+            follow_up(&endpoint, token, work);
+            interactions::deferred()
+        }
+    };
+    let body = serde_json::to_vec(&response).expect("responses serialize");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn follow_up(
+    endpoint: &Arc<Endpoint>,
+    token: String,
+    work: futures::future::BoxFuture<'static, interactions::Answer>,
+) {
+    let http = endpoint.http.clone();
+    endpoint
+        .followups
+        .spawn(async move { interactions::deliver_later(&http, &token, work).await });
+}

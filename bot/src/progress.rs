@@ -1,0 +1,492 @@
+//! Progress in chat: a durable JetStream consumer on the events. Per run, one status message
+//! edited in place (edits coalesced to one per run per interval), a thread for step output,
+//! escalation pings with an Acknowledge button, and emergency requests with a Confirm button
+//! for a second person.
+//!
+//! Nothing is posted twice after a restart: posts carry a nonce derived from the event (Discord
+//! returns the first message for a repeated nonce), the status message and thread ids are kept
+//! in `ROLLBACK_BOT_STATE`, and a thread started from a message has that message's id.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, EVENTS_WILDCARD, events_subject};
+use rollback_proto::{Envelope, Event, OutputStream, RunId, RunState};
+use serenity::all::{
+    AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
+    CreateThread, EditMessage, Http, MessageId, Nonce, RoleId, UserId,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::bot_state::{BotState, RunRecord, StateError};
+use crate::chat::{self, OutputPost};
+use crate::config::ProgressSettings;
+
+/// How long JetStream waits for an acknowledgement before delivering an event again.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+/// Events delivered and not yet acknowledged: the consumer's window.
+const MAX_ACK_PENDING: i64 = 256;
+/// The longest wait between attempts at an edit Discord refused (a 429, an outage).
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Discord's error code for "a thread has already been created for this message".
+const THREAD_ALREADY_CREATED: isize = 160_004;
+
+/// Why progress could not be posted.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgressError {
+    /// Discord refused or could not be reached.
+    #[error("discord: {0}")]
+    Discord(Box<serenity::Error>),
+    /// NATS failed.
+    #[error("nats: {0}")]
+    Bus(String),
+    /// The bot's bucket failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A stored message is not an event envelope.
+    #[error("unreadable event: {0}")]
+    Unreadable(String),
+    /// A stored event could not be folded.
+    #[error("run {run}: {message}")]
+    Event {
+        /// The run.
+        run: RunId,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl From<serenity::Error> for ProgressError {
+    fn from(e: serenity::Error) -> Self {
+        ProgressError::Discord(Box::new(e))
+    }
+}
+
+fn bus(e: impl std::fmt::Display) -> ProgressError {
+    ProgressError::Bus(e.to_string())
+}
+
+/// What the progress poster needs.
+pub struct Progress {
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// Discord's REST API.
+    pub http: Arc<Http>,
+    /// Where runs are kept track of.
+    pub state: BotState,
+    /// The channel for status messages and pings.
+    pub channel: ChannelId,
+    /// Coalescing and attachments.
+    pub settings: ProgressSettings,
+    /// Pinged at once on an emergency request.
+    pub emergency_mentions: Vec<String>,
+}
+
+struct Tracked {
+    state: RunState,
+    record: RunRecord,
+    dirty: bool,
+    next_edit: Instant,
+    backoff: Duration,
+}
+
+impl Progress {
+    /// Follows the events until `shutdown`, then makes the last edits.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProgressError> {
+        let Some(stream) = self.wait_for_stream(&shutdown).await else {
+            return Ok(());
+        };
+        let consumer = stream
+            .get_or_create_consumer(
+                BOT_CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(BOT_CONSUMER.to_owned()),
+                    description: Some("the rollback bot's progress in chat".into()),
+                    filter_subject: EVENTS_WILDCARD.to_owned(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_wait: ACK_WAIT,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(bus)?;
+        let mut messages = consumer.messages().await.map_err(bus)?;
+        let mut runs: HashMap<RunId, Tracked> = HashMap::new();
+        let mut tick = tokio::time::interval(self.settings.edit_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.flush(&mut runs, false).await,
+                next = messages.next() => {
+                    let Some(message) = next else { break };
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            // Missed heartbeats and the like: the consumer carries on.
+                            tracing::warn!(error = %e, "the event consumer reported a problem");
+                            continue;
+                        }
+                    };
+                    match self.handle(&mut runs, &stream, &message.payload).await {
+                        Ok(()) => {
+                            if let Err(e) = message.ack().await {
+                                tracing::warn!(error = %e, "could not acknowledge an event");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not post an event; it comes again later");
+                            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                        }
+                    }
+                }
+            }
+        }
+        self.flush(&mut runs, true).await;
+        Ok(())
+    }
+
+    async fn wait_for_stream(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<jetstream::stream::Stream> {
+        loop {
+            match self.js.get_stream(EVENTS_STREAM).await {
+                Ok(stream) => return Some(stream),
+                Err(e) => {
+                    tracing::info!(error = %e, "waiting for the agent to create the event stream")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        runs: &mut HashMap<RunId, Tracked>,
+        stream: &jetstream::stream::Stream,
+        payload: &[u8],
+    ) -> Result<(), ProgressError> {
+        let env: Envelope = serde_json::from_slice(payload)
+            .map_err(|e| ProgressError::Unreadable(e.to_string()))?;
+        let run = env.run_id;
+        let tracked = match runs.entry(run) {
+            Entry::Vacant(vacant) => {
+                let before = load_until(stream, run, env.seq).await?;
+                let state = match before {
+                    Some(mut state) => {
+                        apply(&mut state, &env)?;
+                        state
+                    }
+                    None => RunState::new(&env).map_err(|e| ProgressError::Event {
+                        run,
+                        message: e.to_string(),
+                    })?,
+                };
+                let record = self.record_of(&state).await?;
+                vacant.insert(Tracked {
+                    state,
+                    record,
+                    dirty: true,
+                    next_edit: Instant::now(),
+                    backoff: self.settings.edit_interval,
+                })
+            }
+            Entry::Occupied(occupied) => {
+                let tracked = occupied.into_mut();
+                if env.seq > tracked.state.seq + 1 {
+                    // An earlier event came back for another try: fold the gap from the stream.
+                    if let Some(state) = load_until(stream, run, env.seq).await? {
+                        tracked.state = state;
+                    }
+                }
+                if env.seq == tracked.state.seq + 1 {
+                    apply(&mut tracked.state, &env)?;
+                }
+                tracked.dirty = true;
+                tracked
+            }
+        };
+        self.announce(tracked, &env).await
+    }
+
+    /// The run's record: from the bucket, or by posting its status message now.
+    async fn record_of(&self, state: &RunState) -> Result<RunRecord, ProgressError> {
+        let run = state.run_id;
+        if let Some(record) = self.state.get(run).await? {
+            return Ok(record);
+        }
+        let message = self
+            .channel
+            .send_message(
+                &*self.http,
+                CreateMessage::new()
+                    .content(chat::status_content(state))
+                    .components(chat::status_buttons(state))
+                    .allowed_mentions(CreateAllowedMentions::new())
+                    .nonce(Nonce::String(chat::nonce(&format!("status {run}"))))
+                    .enforce_nonce(true),
+            )
+            .await?;
+        let record = RunRecord {
+            runbook: state.runbook_name.clone(),
+            channel_id: self.channel.get(),
+            status_message_id: message.id.get(),
+            thread_id: None,
+            started_at: state.started_at.unix_timestamp(),
+        };
+        self.state.put(run, &record).await?;
+        Ok(record)
+    }
+
+    /// What an event posts besides the status edit.
+    async fn announce(&self, tracked: &mut Tracked, env: &Envelope) -> Result<(), ProgressError> {
+        let run = env.run_id;
+        let key = format!("event {}", env.event_id);
+        match &env.event {
+            Event::StepOutputRecorded {
+                step,
+                attempt,
+                stream,
+                chunk,
+                text,
+            } => {
+                let thread = self.thread_of(tracked).await?;
+                let stream_name = match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                    OutputStream::DryRun => "dry run",
+                };
+                let header = format!("`{step}` attempt {attempt}, {stream_name} #{chunk}");
+                let filename = format!(
+                    "{step}-attempt{attempt}-{}-{chunk}.txt",
+                    stream_name.replace(' ', "-")
+                );
+                match chat::output_post(&header, text, self.settings.attach_over_chars, filename) {
+                    OutputPost::Messages(parts) => {
+                        for (i, part) in parts.into_iter().enumerate() {
+                            self.post(
+                                thread,
+                                CreateMessage::new().content(part),
+                                &format!("{key} {i}"),
+                            )
+                            .await?;
+                        }
+                    }
+                    OutputPost::Attachment { content, filename } => {
+                        let file = CreateAttachment::bytes(text.clone().into_bytes(), filename);
+                        self.post(
+                            thread,
+                            CreateMessage::new().content(content).add_file(file),
+                            &key,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Event::EscalationRaised {
+                level,
+                reason,
+                notified,
+            } => {
+                let content = format!(
+                    "**Escalation, level {level}** — run `{run}` ({}): {reason}\n{}",
+                    tracked.state.runbook_name,
+                    mentions_in(notified).join(" ")
+                );
+                let message = CreateMessage::new()
+                    .content(chat::truncate(&content, chat::MESSAGE_LIMIT))
+                    .components(chat::ack_row(run))
+                    .allowed_mentions(allowed(notified));
+                self.post(self.channel, message, &key).await?;
+            }
+            Event::EmergencyRequested {
+                database,
+                expires_at,
+            } => {
+                let content = format!(
+                    "**Emergency restore requested** of `{database}` by {} — run `{run}`. A second \
+                     authorised person must confirm before {expires_at}.\n{}",
+                    env.actor,
+                    self.emergency_mentions.join(" ")
+                );
+                let message = CreateMessage::new()
+                    .content(chat::truncate(&content, chat::MESSAGE_LIMIT))
+                    .components(chat::confirm_row(run))
+                    .allowed_mentions(allowed(&self.emergency_mentions));
+                self.post(self.channel, message, &key).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Posts with a nonce derived from `key`: a repeat returns the first message.
+    async fn post(
+        &self,
+        channel: ChannelId,
+        message: CreateMessage,
+        key: &str,
+    ) -> Result<(), ProgressError> {
+        channel
+            .send_message(
+                &*self.http,
+                message
+                    .nonce(Nonce::String(chat::nonce(key)))
+                    .enforce_nonce(true),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The run's thread, started from its status message the first time.
+    async fn thread_of(&self, tracked: &mut Tracked) -> Result<ChannelId, ProgressError> {
+        if let Some(id) = tracked.record.thread_id {
+            return Ok(ChannelId::new(id));
+        }
+        let message = MessageId::new(tracked.record.status_message_id);
+        let name = format!(
+            "{} {}",
+            tracked.state.runbook_name,
+            &tracked.state.run_id.to_string()[..8]
+        );
+        let thread = match ChannelId::new(tracked.record.channel_id)
+            .create_thread_from_message(
+                &*self.http,
+                message,
+                CreateThread::new(chat::truncate(&name, 100))
+                    .auto_archive_duration(AutoArchiveDuration::OneWeek),
+            )
+            .await
+        {
+            Ok(thread) => thread.id,
+            // Made before a restart: a thread started from a message has the message's id.
+            Err(serenity::Error::Http(serenity::http::HttpError::UnsuccessfulRequest(e)))
+                if e.error.code == THREAD_ALREADY_CREATED =>
+            {
+                ChannelId::new(message.get())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracked.record.thread_id = Some(thread.get());
+        self.state
+            .put(tracked.state.run_id, &tracked.record)
+            .await?;
+        Ok(thread)
+    }
+
+    /// Edits the status messages that changed, each at most once per interval (all of them
+    /// when `all`); a refused edit waits longer each time.
+    async fn flush(&self, runs: &mut HashMap<RunId, Tracked>, all: bool) {
+        let now = Instant::now();
+        for tracked in runs.values_mut() {
+            if !tracked.dirty || (!all && tracked.next_edit > now) {
+                continue;
+            }
+            let edit = EditMessage::new()
+                .content(chat::status_content(&tracked.state))
+                .components(chat::status_buttons(&tracked.state));
+            match ChannelId::new(tracked.record.channel_id)
+                .edit_message(
+                    &*self.http,
+                    MessageId::new(tracked.record.status_message_id),
+                    edit,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracked.dirty = false;
+                    tracked.backoff = self.settings.edit_interval;
+                    tracked.next_edit = now + self.settings.edit_interval;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, run = %tracked.state.run_id, "status edit refused; backing off");
+                    tracked.next_edit = now + tracked.backoff;
+                    tracked.backoff = (tracked.backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        runs.retain(|_, t| t.dirty || !t.state.is_finished());
+    }
+}
+
+fn apply(state: &mut RunState, env: &Envelope) -> Result<(), ProgressError> {
+    state.apply(env).map_err(|e| ProgressError::Event {
+        run: env.run_id,
+        message: e.to_string(),
+    })
+}
+
+/// The run's state before event `seq` (none before the first), folded from the stream.
+async fn load_until(
+    stream: &jetstream::stream::Stream,
+    run: RunId,
+    seq: u64,
+) -> Result<Option<RunState>, ProgressError> {
+    let subject = events_subject(run);
+    let mut state: Option<RunState> = None;
+    let mut stream_seq = 1;
+    let mut seen = 0;
+    while seen + 1 < seq {
+        let message = stream
+            .direct_get_builder()
+            .sequence(stream_seq)
+            .next_by_subject(subject.clone())
+            .send()
+            .await
+            .map_err(bus)?;
+        stream_seq = message.sequence + 1;
+        let env: Envelope =
+            serde_json::from_slice(&message.payload).map_err(|e| ProgressError::Event {
+                run,
+                message: format!("unreadable event: {e}"),
+            })?;
+        match &mut state {
+            None => {
+                state = Some(RunState::new(&env).map_err(|e| ProgressError::Event {
+                    run,
+                    message: e.to_string(),
+                })?)
+            }
+            Some(s) => apply(s, &env)?,
+        }
+        seen = env.seq;
+    }
+    Ok(state)
+}
+
+/// The chat mentions among what an escalation notified (webhooks are named, not mentioned).
+fn mentions_in(notified: &[String]) -> Vec<String> {
+    notified
+        .iter()
+        .filter(|n| n.starts_with("<@") && n.ends_with('>'))
+        .cloned()
+        .collect()
+}
+
+/// Exactly the roles and users mentioned may be pinged; nothing else in the text pings.
+fn allowed(mentions: &[String]) -> CreateAllowedMentions {
+    let mut roles = Vec::new();
+    let mut users = Vec::new();
+    for m in mentions {
+        let inner = m.trim_start_matches("<@").trim_end_matches('>');
+        if let Some(role) = inner.strip_prefix('&') {
+            if let Ok(id) = role.parse::<u64>() {
+                roles.push(RoleId::new(id));
+            }
+        } else if let Ok(id) = inner.trim_start_matches('!').parse::<u64>() {
+            users.push(UserId::new(id));
+        }
+    }
+    CreateAllowedMentions::new().roles(roles).users(users)
+}

@@ -1,0 +1,135 @@
+//! A real `rollback-bot` process for end-to-end tests: `run` with a configuration file, and
+//! `console` driven through stdin.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::AsyncWriteExt;
+
+use crate::binaries::project_binary;
+
+/// The workspace's `rollback-bot` executable.
+pub fn bot_binary() -> anyhow::Result<PathBuf> {
+    project_binary("rollback-bot")
+}
+
+/// Settings that reach the bot through the environment in production: none leak into tests.
+const CLEARED_ENV: &[&str] = &[
+    "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "DISCORD_TOKEN",
+    "DISCORD_PUBLIC_KEY",
+    "DISCORD_APPLICATION_ID",
+    "DISCORD_GUILD_ID",
+    "DISCORD_CHANNEL_ID",
+    "DISCORD_API_URL",
+    "ROLLBACK_BOT_LISTEN",
+    "ROLLBACK_BOT_CONFIG",
+    "ROLLBACK_CONSOLE_USER",
+];
+
+fn command(config: &Path) -> anyhow::Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(bot_binary()?);
+    cmd.arg("--config").arg(config);
+    for var in CLEARED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info,rollback_bot=debug");
+    Ok(cmd)
+}
+
+/// A running `rollback-bot run`; killed (SIGKILL) on drop.
+pub struct BotProcess {
+    child: Option<tokio::process::Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl BotProcess {
+    /// Starts `rollback-bot run` with `config` (TOML text) written into `dir`.
+    pub async fn start(dir: &Path, name: &str, config: &str) -> anyhow::Result<Self> {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config)?;
+        let mut bot = BotProcess {
+            child: None,
+            config: path,
+            log: dir.join(format!("{name}.log")),
+        };
+        bot.restart().await?;
+        Ok(bot)
+    }
+
+    /// Starts the process again (after a kill).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = command(&self.config)?
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting rollback-bot")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM, and wait (with a deadline) for the exit.
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = child.id().context("no pid")? as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+    }
+
+    /// The bot's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BotProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Runs `rollback-bot console` with `config` and `input` on stdin: exit code and stdout.
+pub async fn run_console(dir: &Path, config: &str, input: &str) -> anyhow::Result<(i32, String)> {
+    let path = dir.join("console.toml");
+    std::fs::write(&path, config)?;
+    let mut child = command(&path)?
+        .arg("console")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting rollback-bot console")?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    stdin.write_all(input.as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}

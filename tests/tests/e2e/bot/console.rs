@@ -1,0 +1,56 @@
+//! The console front end, driven through stdin: the same grammar, the local user as actor.
+
+use rollback_proto::{Actor, Event};
+use rollback_tests::run_console;
+
+use super::{BotHarness, BotOptions, run_in};
+
+const DEMO: &str = r#"
+name = "demo"
+[[phases]]
+id = "prepare"
+[[phases.steps]]
+id = "assess"
+kind = "checklist"
+items = ["Issues documented"]
+"#;
+
+#[tokio::test]
+async fn the_console_runs_the_same_commands_as_the_local_user() {
+    let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
+    let config = std::fs::read_to_string(b.h.path("bot.toml")).unwrap();
+
+    let (code, out) = run_console(b.h.dir.path(), &config, "# a comment\nstart demo\n")
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("accepted: run "), "{out}");
+    let run = run_in(&out).unwrap();
+
+    let input = format!(
+        "next {run}\ncheck {run} assess 1\nstatus {run}\ncheck {run} assess zero\nlaunch\n"
+    );
+    let (code, out) = run_console(b.h.dir.path(), &config, &input).await.unwrap();
+    assert_eq!(code, 1, "bad lines make the exit status fail: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("accepted"), "{out}");
+    assert!(lines[1].starts_with("accepted"), "{out}");
+    assert!(out.contains(&format!("Run {run}")), "{out}");
+    assert!(
+        out.contains("not understood: `item`: `zero` is not a number"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not understood: there is no subcommand `launch`"),
+        "{out}"
+    );
+
+    let envelopes = b.h.envelopes(run).await;
+    assert!(envelopes.iter().any(|e| matches!(
+        e.event,
+        Event::ChecklistItemChecked { item: 1, .. }
+    ) && e.actor
+        == Actor::Console {
+            user: "carol".into()
+        }));
+}

@@ -1,0 +1,129 @@
+//! The emergency restore from chat: a modal for the typed database name, everyone pinged at
+//! once, and a second authorised person's confirmation (never the requester's).
+
+use rollback_proto::Event;
+use rollback_tests::discord::payloads::{self, CHANNEL_ID};
+use serde_json::json;
+
+use super::{BotHarness, BotOptions, alice, bob, button_ids, run_in, visitor};
+use crate::harness::{DEADLINE, until};
+
+const RESTORE: &str = r#"
+name = "restore"
+[emergency]
+database = "appdb"
+confirm_within = "10m"
+[[phases]]
+id = "restore"
+[[phases.steps]]
+id = "note"
+kind = "shell"
+command = "echo restoring"
+"#;
+
+#[tokio::test]
+async fn an_emergency_needs_the_typed_name_and_a_second_person() {
+    let b = BotHarness::start(&[("restore", RESTORE)], "", BotOptions::default()).await;
+
+    // The slash command opens a form asking for the database's name.
+    let (status, modal) = b
+        .interact(&payloads::slash(
+            &alice(),
+            "emergency",
+            vec![payloads::option("runbook", "restore".into())],
+        ))
+        .await;
+    assert_eq!((status, modal["type"].as_u64()), (200, Some(9)), "{modal}");
+    let form = modal["data"]["custom_id"].as_str().unwrap().to_owned();
+    assert_eq!(form, "rb|emergency|restore");
+    assert_eq!(
+        modal["data"]["components"][0]["components"][0]["custom_id"],
+        "database"
+    );
+
+    // A mistyped name is refused; nothing starts.
+    let text = b
+        .answer(payloads::modal_submit(
+            &alice(),
+            &form,
+            &[("database", "app")],
+        ))
+        .await;
+    assert!(text.starts_with("Refused:"), "{text}");
+    let text = b
+        .answer(payloads::modal_submit(
+            &alice(),
+            &form,
+            &[("database", "appdb")],
+        ))
+        .await;
+    let run = run_in(&text).unwrap_or_else(|| panic!("{text}"));
+
+    // Every level is pinged at once, with a Confirm button.
+    until("the emergency ping", DEADLINE, async || {
+        b.discord
+            .messages_in(CHANNEL_ID)
+            .iter()
+            .any(|m| m.content.contains("Emergency restore requested"))
+    })
+    .await;
+    let ping = b
+        .discord
+        .messages_in(CHANNEL_ID)
+        .into_iter()
+        .find(|m| m.content.contains("Emergency restore requested"))
+        .unwrap();
+    assert!(
+        ping.content
+            .contains("<@&900000000000000009> <@700000000000000009>"),
+        "{}",
+        ping.content
+    );
+    assert_eq!(
+        ping.allowed_mentions["roles"],
+        json!(["900000000000000009"])
+    );
+    assert_eq!(
+        ping.allowed_mentions["users"],
+        json!(["700000000000000009"])
+    );
+    let confirm = button_ids(&ping)
+        .into_iter()
+        .find(|id| id.starts_with("rb|confirm-emergency|"))
+        .unwrap();
+
+    // The requester cannot confirm; nor can someone without the permission.
+    let text = b
+        .answer(payloads::button(&alice(), &confirm, &ping.id))
+        .await;
+    assert!(text.starts_with("Refused:"), "{text}");
+    let text = b
+        .answer(payloads::button(&visitor(), &confirm, &ping.id))
+        .await;
+    assert!(text.starts_with("Refused:"), "{text}");
+    let events = b.h.events(run).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::CommandRefused { .. }))
+            .count(),
+        2,
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::EmergencyConfirmed { .. }))
+    );
+
+    // A second authorised person confirms.
+    let text = b.answer(payloads::button(&bob(), &confirm, &ping.id)).await;
+    assert!(text.contains("accepted"), "{text}");
+    let events = b.h.events(run).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::EmergencyConfirmed { database } if database == "appdb"))
+    );
+    b.status_shows(run, "confirmed by bob").await;
+}
