@@ -527,7 +527,10 @@ async fn swap(
 
 /// Rows per table as the archive holds them: `(schema, table) -> rows`, read from the data
 /// section of the archive rendered as a script (one line per row inside each `COPY`).
-async fn count_archive_rows(
+///
+/// Public, with [`compare_rows`], so that the restore benchmark can time the phases of a
+/// restore one by one.
+pub async fn count_archive_rows(
     programs: &PgPrograms,
     conn: &ConnectionParams,
     archive: &Path,
@@ -589,7 +592,7 @@ fn identifier(text: &str) -> Option<(String, &str)> {
 }
 
 /// Every table of `expected` exists in the database with exactly its rows; the differences.
-async fn compare_rows(
+pub async fn compare_rows(
     conn: &ConnectionParams,
     expected: &BTreeMap<(String, String), u64>,
 ) -> Result<Vec<String>, RestoreError> {
