@@ -376,6 +376,9 @@ fn checksum_blocking(path: &Path) -> Result<(String, u64), ArchiveError> {
     let meta = std::fs::metadata(path).map_err(|err| missing_or_io(path, err))?;
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
+    // One buffer for every file: a directory archive holds a file per table, most of them
+    // small, and a fresh zeroed megabyte for each cost more than hashing it.
+    let mut buf = vec![0u8; HASH_BUFFER_BYTES];
     if meta.is_dir() {
         let mut files = Vec::new();
         collect_files(path, Path::new(""), &mut files)?;
@@ -388,10 +391,10 @@ fn checksum_blocking(path: &Path) -> Result<(String, u64), ArchiveError> {
             hasher.update(relative.as_os_str().as_encoded_bytes());
             hasher.update([0u8]);
             hasher.update(len.to_be_bytes());
-            bytes += hash_file(&full, &mut hasher)?;
+            bytes += hash_file(&full, &mut hasher, &mut buf)?;
         }
     } else {
-        bytes = hash_file(path, &mut hasher)?;
+        bytes = hash_file(path, &mut hasher, &mut buf)?;
     }
     Ok((hex::encode(hasher.finalize()), bytes))
 }
@@ -419,13 +422,15 @@ fn collect_files(root: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
-fn hash_file(path: &Path, hasher: &mut Sha256) -> Result<u64, ArchiveError> {
+/// Read size when hashing an archive.
+const HASH_BUFFER_BYTES: usize = 1 << 20;
+
+fn hash_file(path: &Path, hasher: &mut Sha256, buf: &mut [u8]) -> Result<u64, ArchiveError> {
     let mut file = std::fs::File::open(path).map_err(|err| missing_or_io(path, err))?;
-    let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
         let n = file
-            .read(&mut buf)
+            .read(buf)
             .map_err(ArchiveError::io(format!("reading {}", path.display())))?;
         if n == 0 {
             return Ok(total);

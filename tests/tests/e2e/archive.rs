@@ -460,6 +460,62 @@ async fn a_missing_corrupt_or_stale_archive_is_refused_before_anything_changes()
 }
 
 #[tokio::test]
+async fn the_row_comparison_reports_each_table_that_differs() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    // Twelve tenants of eight tables and the shared ones: the tables are counted in batches,
+    // and a problem in one batch must not hide or invent problems in another.
+    demo::generate(&pool, &spec(12, false)).await.unwrap();
+    let schemas = user_schemas(&pool).await;
+    let actual = fingerprints(&pool, &schemas).await;
+    assert!(actual.len() > 100, "{} tables", actual.len());
+    let mut expected: BTreeMap<(String, String), u64> = actual
+        .iter()
+        .map(|(table, (rows, _))| (table.clone(), *rows as u64))
+        .collect();
+    let conn = ConnectionParams::from_url(&db.url).unwrap();
+    assert_eq!(
+        restore::compare_rows(&conn, &expected).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    let first = ("tenant_1".to_owned(), "users".to_owned());
+    let last = expected.keys().next_back().unwrap().clone();
+    *expected.get_mut(&first).unwrap() += 1;
+    *expected.get_mut(&last).unwrap() += 2;
+    expected.insert(("tenant_1".into(), "no_such_table".into()), 3);
+    let problems = restore::compare_rows(&conn, &expected).await.unwrap();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    let rows = |table: &(String, String)| actual[table].0;
+    assert!(
+        problems.contains(&format!(
+            "{} has {} row(s), the archive {}",
+            sql::table(&first.0, &first.1),
+            rows(&first),
+            rows(&first) + 1
+        )),
+        "{problems:?}"
+    );
+    assert!(
+        problems.contains(&format!(
+            "{} has {} row(s), the archive {}",
+            sql::table(&last.0, &last.1),
+            rows(&last),
+            rows(&last) + 2
+        )),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("\"tenant_1\".\"no_such_table\": ")
+                && p.contains("does not exist")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_whole_database_survives_dump_restore_and_a_name_swap() {
     let pg = Postgres::start().await.unwrap();
     let db = pg.fresh_database().await.unwrap();
