@@ -6,21 +6,21 @@
 
 mod agent;
 mod binaries;
-mod cluster;
-pub mod heap;
 mod bot;
+mod cluster;
 pub mod discord;
+pub mod heap;
 mod nats;
 mod postgres;
 mod process;
 
 pub use agent::{AgentProcess, CommandClient, chat_user};
 pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, workspace_root};
+pub use bot::{BotProcess, bot_binary, run_console};
 pub use cluster::{
     AGENT_PASSWORD_VAR, BOT_PASSWORD_VAR, ConfiguredNats, NatsCluster, NatsUsers, RUN_DEADLINE,
     RunDriver, SingleNats, agent_config, shipped_nats_dir,
 };
-pub use bot::{BotProcess, bot_binary, run_console};
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};
 pub use process::free_port;

@@ -53,7 +53,11 @@ impl ReadFailure {
 
 /// One run's stored messages in order from the first, as raw payloads.
 struct RunMessages {
-    messages: Ordered,
+    messages: Option<Ordered>,
+    /// For a bounded read: the stream and the consumer to delete once the last message is
+    /// read. An ordered consumer left alone lingers on the server for 30 s, and a busy agent
+    /// (a load per command) would otherwise reach the server's consumer limit.
+    cleanup: Option<(async_nats::jetstream::stream::Stream<()>, String)>,
     /// Messages still to read before the end; `None` reads on as new messages arrive.
     remaining: Option<u64>,
     /// Stream sequence of the last message, once read (not tracked when reading live).
@@ -70,10 +74,15 @@ impl RunMessages {
     async fn to_end(store: &JetStreamEventStore, run: RunId) -> Result<Option<Self>, ReadFailure> {
         let consumer = Self::consumer(store, run).await?;
         let stored = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
         if stored == 0 {
+            drop(consumer);
+            delete_consumer(&store.stream, &name).await;
             return Ok(None);
         }
-        Self::read(consumer, Some(stored)).await.map(Some)
+        let mut messages = Self::read(consumer, Some(stored)).await?;
+        messages.cleanup = Some((store.stream.clone(), name));
+        Ok(Some(messages))
     }
 
     /// The run's messages from the first, on and on as new ones arrive.
@@ -132,7 +141,8 @@ impl RunMessages {
             .await
             .map_err(|e| ReadFailure::Transport(e.into()))?;
         Ok(Self {
-            messages,
+            messages: Some(messages),
+            cleanup: None,
             remaining,
             reached: 0,
             stored,
@@ -142,11 +152,17 @@ impl RunMessages {
     /// The next payload, or `None` once the last message is read.
     async fn next(&mut self) -> Option<Result<Bytes, ReadFailure>> {
         match &mut self.remaining {
-            Some(0) => return None,
+            Some(0) => {
+                self.messages = None;
+                if let Some((stream, name)) = self.cleanup.take() {
+                    delete_consumer(&stream, &name).await;
+                }
+                return None;
+            }
             Some(remaining) => *remaining -= 1,
             None => {}
         }
-        let message = match self.messages.next().await {
+        let message = match self.messages.as_mut()?.next().await {
             Some(Ok(message)) => message,
             Some(Err(err)) => return Some(Err(ReadFailure::Transport(err.into()))),
             None => {
@@ -164,6 +180,14 @@ impl RunMessages {
             }
         }
         Some(Ok(message.message.payload))
+    }
+}
+
+/// Deletes a finished read's consumer. A failure changes nothing for the reader (the server
+/// removes an idle ordered consumer by itself after 30 s), so it is only logged.
+async fn delete_consumer(stream: &async_nats::jetstream::stream::Stream<()>, name: &str) {
+    if let Err(err) = stream.delete_consumer(name).await {
+        tracing::debug!(consumer = name, error = %err, "a finished read's consumer was left to expire");
     }
 }
 

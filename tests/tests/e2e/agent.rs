@@ -318,3 +318,40 @@ async fn sigkill_during_an_idempotent_step_runs_it_again() {
     assert_eq!(state.step(&step("slow")).unwrap().3.attempts, 2);
     assert_eq!(lines(&out), ["started", "started", "finished"]);
 }
+
+/// Every command loads its run. Thousands of them in a burst must not exhaust the server's
+/// consumers (each load reads through an ordered consumer, which the store deletes when the
+/// read is done instead of leaving it to expire).
+#[tokio::test]
+async fn a_burst_of_commands_far_beyond_the_servers_consumer_limit_is_answered() {
+    use futures::StreamExt;
+    let h = Harness::new().await;
+    h.runbook(
+        "r",
+        "name = \"r\"\n[[phases]]\nid = \"one\"\n[[phases.steps]]\nid = \"a\"\nkind = \"checklist\"\nitems = [\"x\"]\n",
+    );
+    let _agent = h.agent("agent-a", "").await;
+    let run = h.start("r").await;
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    futures::stream::iter(0..2500)
+        .for_each_concurrent(100, |_| {
+            let (h, refused) = (&h, &refused);
+            async move {
+                if let CommandReply::Rejected { reason } =
+                    h.send("alice", &["oncall"], Command::Status { run }).await
+                {
+                    eprintln!("refused: {reason}");
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    assert_eq!(refused.into_inner(), 0, "every status was answered");
+    let js = async_nats::jetstream::new(h.client.nats().clone());
+    let mut stream = js
+        .get_stream(rollback_proto::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let consumers = stream.info().await.unwrap().state.consumer_count;
+    assert!(consumers < 50, "{consumers} consumers left on the stream");
+}
