@@ -5,10 +5,14 @@
 use std::io::IsTerminal;
 
 use rollback_proto::{Actor, Command, CommandReply, CommandRequest};
+use rustyline::ExternalPrinter as _;
 use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::agent_client::AgentClient;
 use crate::config::ConsoleSettings;
+use crate::feed;
 use crate::grammar;
 
 /// How a console session went.
@@ -20,26 +24,62 @@ pub struct Tally {
     pub failed: usize,
 }
 
-/// Runs the console on stdin and stdout until end of input or `quit`.
-pub async fn run(agent: AgentClient, settings: ConsoleSettings) -> anyhow::Result<Tally> {
+/// Runs the console on stdin and stdout until end of input or `quit`. On a terminal, and with
+/// `follow` from a pipe, every event that moves a run is printed as it is appended (the live
+/// feed), between the answers.
+pub async fn run(
+    agent: AgentClient,
+    settings: ConsoleSettings,
+    follow: bool,
+) -> anyhow::Result<Tally> {
     let console = Console { agent, settings };
-    if std::io::stdin().is_terminal() {
-        console.interactive().await
+    let interactive = std::io::stdin().is_terminal();
+    let stop = CancellationToken::new();
+    // Bounded: a slow terminal holds the feed back rather than buffering without end.
+    let (lines, mut feed_lines) = mpsc::channel::<String>(256);
+    let feed = (interactive || follow).then(|| {
+        tokio::spawn(feed::follow(
+            console.agent.nats().clone(),
+            lines,
+            stop.clone(),
+        ))
+    });
+    let outcome = if interactive {
+        console.interactive(feed_lines).await
     } else {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        let mut tally = Tally::default();
-        while let Some(line) = lines.next_line().await? {
-            match console.line(&line).await {
-                Step::Quit => break,
-                Step::Done(text, ok) => {
-                    println!("{text}");
-                    count(&mut tally, ok);
-                }
-                Step::Nothing => {}
+        let printer = tokio::spawn(async move {
+            while let Some(line) = feed_lines.recv().await {
+                println!("{line}");
             }
+        });
+        let mut input = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut tally = Tally::default();
+        let read = async {
+            while let Some(line) = input.next_line().await? {
+                match console.line(&line).await {
+                    Step::Quit => break,
+                    Step::Done(text, ok) => {
+                        println!("{text}");
+                        count(&mut tally, ok);
+                    }
+                    Step::Nothing => {}
+                }
+            }
+            Ok::<_, anyhow::Error>(())
         }
-        Ok(tally)
+        .await;
+        stop.cancel();
+        if let Some(feed) = feed {
+            feed.await??;
+        }
+        printer.await?;
+        return read.map(|()| tally);
+    };
+    stop.cancel();
+    if let Some(feed) = feed {
+        feed.await??;
     }
+    outcome
 }
 
 enum Step {
@@ -62,12 +102,21 @@ struct Console {
 }
 
 impl Console {
-    async fn interactive(self) -> anyhow::Result<Tally> {
+    async fn interactive(self, mut feed: mpsc::Receiver<String>) -> anyhow::Result<Tally> {
         let runtime = tokio::runtime::Handle::current();
         // rustyline blocks on the terminal: it runs on a blocking thread and drives the
         // commands through the runtime one line at a time.
         tokio::task::spawn_blocking(move || -> anyhow::Result<Tally> {
             let mut editor = rustyline::DefaultEditor::new()?;
+            // The feed prints above the prompt line, which stays where the person types.
+            let mut printer = editor.create_external_printer()?;
+            let printing = runtime.spawn(async move {
+                while let Some(line) = feed.recv().await {
+                    if printer.print(format!("{line}\n")).is_err() {
+                        break;
+                    }
+                }
+            });
             let history = std::env::var_os("HOME")
                 .map(|h| std::path::PathBuf::from(h).join(".rollback_console_history"));
             if let Some(h) = &history {
@@ -99,6 +148,8 @@ impl Console {
             if let Some(h) = &history {
                 let _ = editor.save_history(h);
             }
+            printing.abort();
+            let _ = runtime.block_on(printing);
             Ok(tally)
         })
         .await?

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod config;
 pub mod console;
 pub mod endpoint;
+pub mod feed;
 pub mod gateway;
 pub mod grammar;
 pub mod interactions;

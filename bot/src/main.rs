@@ -34,8 +34,13 @@ enum Cmd {
         #[arg(long)]
         global: bool,
     },
-    /// The same commands on a terminal (or one per line from stdin), as the local user.
-    Console,
+    /// The same commands on a terminal (or one per line from stdin), as the local user, with
+    /// a live feed of every run's events on a terminal.
+    Console {
+        /// Print the live feed when reading from a pipe too.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,12 +86,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 None => println!("registered {n} command(s) globally"),
             }
         }
-        Cmd::Console => {
+        Cmd::Console { follow } => {
             let nats = agent_client::connect(&config.nats, "rollback-console")
                 .await
                 .context("connecting to NATS")?;
             let agent = AgentClient::new(nats, config.nats.request_timeout);
-            let tally = rollback_bot::console::run(agent, config.console.clone()).await?;
+            let tally = rollback_bot::console::run(agent, config.console.clone(), follow).await?;
             if tally.failed > 0 {
                 return Ok(std::process::ExitCode::from(1));
             }

@@ -133,3 +133,66 @@ pub async fn run_console(dir: &Path, config: &str, input: &str) -> anyhow::Resul
         String::from_utf8_lossy(&out.stdout).into_owned(),
     ))
 }
+
+/// A `rollback-bot console --follow` kept open: lines go in one at a time, and its output is
+/// read as it comes (the answers and the live feed).
+pub struct ConsoleSession {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Everything read so far.
+    pub seen: Vec<String>,
+}
+
+impl ConsoleSession {
+    /// Starts the console with `config`, following the feed.
+    pub async fn start(dir: &Path, config: &str) -> anyhow::Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let path = dir.join("console-follow.toml");
+        std::fs::write(&path, config)?;
+        let mut child = command(&path)?
+            .args(["console", "--follow"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting rollback-bot console --follow")?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        Ok(Self {
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+            seen: Vec::new(),
+        })
+    }
+
+    /// Types a line.
+    pub async fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        Ok(())
+    }
+
+    /// Reads output until a line satisfies `pred` (with a deadline); returns that line.
+    pub async fn until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .with_context(|| format!("no {what} within 60 s; seen:\n{}", self.seen.join("\n")))??
+                .with_context(|| format!("the console ended before {what}; seen:\n{}", self.seen.join("\n")))?;
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Closes stdin and waits for the console to end; its exit code.
+    pub async fn finish(mut self) -> anyhow::Result<i32> {
+        drop(self.stdin);
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        Ok(status.code().unwrap_or(-1))
+    }
+}

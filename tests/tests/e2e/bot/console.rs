@@ -54,3 +54,40 @@ async fn the_console_runs_the_same_commands_as_the_local_user() {
             user: "carol".into()
         }));
 }
+
+/// With the live feed on, the console prints every event that moves a run as it is appended,
+/// between the answers: a person sees a run advance without asking for its status.
+#[tokio::test]
+async fn the_console_follows_runs_live() {
+    let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
+    let config = std::fs::read_to_string(b.h.path("bot.toml")).unwrap();
+    let mut console = rollback_tests::ConsoleSession::start(b.h.dir.path(), &config)
+        .await
+        .unwrap();
+    console.send("start demo").await.unwrap();
+    let started = console
+        .until("the run's start in the feed", |l| l.contains("of `demo` started by carol"))
+        .await
+        .unwrap();
+    let answer = console
+        .until("the answer", |l| l.starts_with("accepted: run "))
+        .await
+        .unwrap();
+    let run = run_in(&answer).unwrap();
+    assert!(started.contains(&run.to_string()), "{started}");
+    console.send(&format!("next {run}")).await.unwrap();
+    console
+        .until("the phase's start", |l| l.contains("phase `prepare` started by carol"))
+        .await
+        .unwrap();
+    console.send(&format!("check {run} assess 1")).await.unwrap();
+    console
+        .until("the tick", |l| l.contains("item 1 of `assess` ticked by carol"))
+        .await
+        .unwrap();
+    console
+        .until("the run's end", |l| l.ends_with("run completed"))
+        .await
+        .unwrap();
+    assert_eq!(console.finish().await.unwrap(), 0);
+}
