@@ -168,6 +168,10 @@ pub struct ConsoleSettings {
     /// The roles the console user holds, as named in the agent's policy.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Other people the console may act as (`as <name> <command>`), for a demo or a drill on
+    /// one machine where one person plays the approvers; empty (none) by default.
+    #[serde(default)]
+    pub others: Vec<String>,
 }
 
 impl Default for ConsoleSettings {
@@ -175,6 +179,7 @@ impl Default for ConsoleSettings {
         Self {
             user: default_console_user(),
             roles: Vec::new(),
+            others: Vec::new(),
         }
     }
 }

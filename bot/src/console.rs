@@ -4,7 +4,7 @@
 
 use std::io::IsTerminal;
 
-use rollback_proto::{Actor, Command, CommandReply, CommandRequest};
+use rollback_proto::{Actor, Command, CommandReply, CommandRequest, RunId};
 use rustyline::ExternalPrinter as _;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -32,7 +32,11 @@ pub async fn run(
     settings: ConsoleSettings,
     follow: bool,
 ) -> anyhow::Result<Tally> {
-    let console = Console { agent, settings };
+    let console = Console {
+        agent,
+        settings,
+        last_run: std::sync::Mutex::new(None),
+    };
     let interactive = std::io::stdin().is_terminal();
     let stop = CancellationToken::new();
     // Bounded: a slow terminal holds the feed back rather than buffering without end.
@@ -99,7 +103,12 @@ fn count(tally: &mut Tally, ok: bool) {
 struct Console {
     agent: AgentClient,
     settings: ConsoleSettings,
+    /// The run of the last accepted command that named one: `$run` in a line stands for it.
+    last_run: std::sync::Mutex<Option<RunId>>,
 }
+
+/// How long `wait` watches a run before giving up.
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Console {
     async fn interactive(self, mut feed: mpsc::Receiver<String>) -> anyhow::Result<Tally> {
@@ -165,21 +174,100 @@ impl Console {
             "help" => return Step::Done(help(), true),
             _ => {}
         }
-        let command = match grammar::parse_line(line) {
+        let line = match *self.last_run.lock().expect("not poisoned") {
+            Some(run) => line.replace("$run", &run.to_string()),
+            None if line.contains("$run") => {
+                return Step::Done("not understood: no run yet for `$run`".into(), false);
+            }
+            None => line.to_owned(),
+        };
+        // `as <name> <command>`: one of the configured others (a demo's approvers).
+        let (actor, roles, line) = match line.strip_prefix("as ") {
+            Some(rest) => {
+                let (name, command) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+                if !self.settings.others.iter().any(|o| o == name) {
+                    return Step::Done(
+                        format!(
+                            "not understood: this console may act as {} only (console.others)",
+                            if self.settings.others.is_empty() {
+                                "nobody else".to_owned()
+                            } else {
+                                self.settings.others.join(", ")
+                            }
+                        ),
+                        false,
+                    );
+                }
+                (name.to_owned(), Vec::new(), command.trim().to_owned())
+            }
+            None => (
+                self.settings.user.clone(),
+                self.settings.roles.clone(),
+                line,
+            ),
+        };
+        if let Some(run) = line.strip_prefix("wait ") {
+            return match run.trim().parse::<RunId>() {
+                Ok(run) => self.wait(run).await,
+                Err(e) => Step::Done(format!("not understood: `run`: {e}"), false),
+            };
+        }
+        let command = match grammar::parse_line(&line) {
             Ok(c) => c,
             Err(e) => return Step::Done(format!("not understood: {e}"), false),
         };
         let request = CommandRequest {
             idempotency_key: uuid::Uuid::now_v7().to_string(),
-            actor: Actor::Console {
-                user: self.settings.user.clone(),
-            },
-            roles: self.settings.roles.clone(),
+            actor: Actor::Console { user: actor },
+            roles,
             command: command.clone(),
         };
         match self.agent.send(&request).await {
-            Ok(reply) => render(&command, reply),
+            Ok(reply) => {
+                if let CommandReply::Accepted { run: Some(run), .. } = &reply {
+                    *self.last_run.lock().expect("not poisoned") = Some(*run);
+                }
+                render(&command, reply)
+            }
             Err(e) => Step::Done(format!("not done: {e}"), false),
+        }
+    }
+
+    /// `wait <run>`: returns once the run waits for a person or has ended, with its status.
+    async fn wait(&self, run: RunId) -> Step {
+        let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+        loop {
+            let request = CommandRequest {
+                idempotency_key: uuid::Uuid::now_v7().to_string(),
+                actor: Actor::Console {
+                    user: self.settings.user.clone(),
+                },
+                roles: self.settings.roles.clone(),
+                command: Command::Status { run },
+            };
+            let text = match self.agent.send(&request).await {
+                Ok(CommandReply::Accepted { message, .. }) => message,
+                Ok(CommandReply::Rejected { reason }) => {
+                    return Step::Done(format!("refused: {reason}"), false);
+                }
+                Err(e) => return Step::Done(format!("not done: {e}"), false),
+            };
+            let header = text.lines().next().unwrap_or_default();
+            let ended = header.contains("— COMPLETED —") || header.contains("— ABORTED");
+            if ended || text.contains("\nWaiting for ") {
+                return Step::Done(text.trim_end().to_owned(), true);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Step::Done(
+                    format!(
+                        "still running after {} s:\n{}",
+                        WAIT_LIMIT.as_secs(),
+                        text.trim_end()
+                    ),
+                    false,
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     }
 }
@@ -205,6 +293,9 @@ fn help() -> String {
             sub.description
         ));
     }
+    out.push_str("  wait <run>                                                   return once the run waits for a person or has ended\n");
+    out.push_str("  as <name> <command>                                          the command as one of console.others (demos, drills)\n");
+    out.push_str("  $run in any line stands for the run of the last answer that named one\n");
     out.push_str("  quit");
     out
 }

@@ -156,10 +156,17 @@ mod tests {
             },
         );
         let line = event_line(&failed).unwrap();
-        assert!(line.contains("#3] step `backup` failed: pg_dump failed (needs a person"), "{line}");
+        assert!(
+            line.contains("#3] step `backup` failed: pg_dump failed (needs a person"),
+            "{line}"
+        );
         assert!(!line.contains("more"));
         let approved = envelope(alice, Event::ApprovalGranted { step: step.clone() });
-        assert!(event_line(&approved).unwrap().ends_with("`backup` approved by alice"));
+        assert!(
+            event_line(&approved)
+                .unwrap()
+                .ends_with("`backup` approved by alice")
+        );
         let output = envelope(
             agent,
             Event::StepOutputRecorded {

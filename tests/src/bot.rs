@@ -175,13 +175,24 @@ impl ConsoleSession {
     }
 
     /// Reads output until a line satisfies `pred` (with a deadline); returns that line.
-    pub async fn until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    pub async fn until(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
                 .await
-                .with_context(|| format!("no {what} within 60 s; seen:\n{}", self.seen.join("\n")))??
-                .with_context(|| format!("the console ended before {what}; seen:\n{}", self.seen.join("\n")))?;
+                .with_context(|| {
+                    format!("no {what} within 60 s; seen:\n{}", self.seen.join("\n"))
+                })??
+                .with_context(|| {
+                    format!(
+                        "the console ended before {what}; seen:\n{}",
+                        self.seen.join("\n")
+                    )
+                })?;
             self.seen.push(line.clone());
             if pred(&line) {
                 return Ok(line);

@@ -66,7 +66,9 @@ async fn the_console_follows_runs_live() {
         .unwrap();
     console.send("start demo").await.unwrap();
     let started = console
-        .until("the run's start in the feed", |l| l.contains("of `demo` started by carol"))
+        .until("the run's start in the feed", |l| {
+            l.contains("of `demo` started by carol")
+        })
         .await
         .unwrap();
     let answer = console
@@ -77,12 +79,19 @@ async fn the_console_follows_runs_live() {
     assert!(started.contains(&run.to_string()), "{started}");
     console.send(&format!("next {run}")).await.unwrap();
     console
-        .until("the phase's start", |l| l.contains("phase `prepare` started by carol"))
+        .until("the phase's start", |l| {
+            l.contains("phase `prepare` started by carol")
+        })
         .await
         .unwrap();
-    console.send(&format!("check {run} assess 1")).await.unwrap();
     console
-        .until("the tick", |l| l.contains("item 1 of `assess` ticked by carol"))
+        .send(&format!("check {run} assess 1"))
+        .await
+        .unwrap();
+    console
+        .until("the tick", |l| {
+            l.contains("item 1 of `assess` ticked by carol")
+        })
         .await
         .unwrap();
     console
@@ -90,4 +99,29 @@ async fn the_console_follows_runs_live() {
         .await
         .unwrap();
     assert_eq!(console.finish().await.unwrap(), 0);
+}
+
+/// Scripted use: `$run` stands for the run just started, `wait` returns once the run needs a
+/// person (or has ended), and `as` is refused for anyone not listed in `console.others`.
+#[tokio::test]
+async fn a_console_script_waits_for_the_run_and_names_it_once() {
+    let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
+    let config = std::fs::read_to_string(b.h.path("bot.toml")).unwrap();
+    let script = "next $run\nstart demo\nnext $run\nwait $run\nas mallory check $run assess 1\n\
+                  check $run assess 1\nwait $run\n";
+    let (code, out) = run_console(b.h.dir.path(), &config, script).await.unwrap();
+    assert_eq!(code, 1, "the two refused lines fail the exit status: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "not understood: no run yet for `$run`", "{out}");
+    let run = run_in(lines[1]).unwrap();
+    assert!(lines[2].starts_with("accepted"), "{out}");
+    assert!(out.contains("Waiting for a person on `assess`"), "{out}");
+    assert!(
+        out.contains("not understood: this console may act as nobody else"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Run {run} — demo — COMPLETED")),
+        "the last wait returned at the end: {out}"
+    );
 }
