@@ -206,6 +206,21 @@ impl Console {
                 line,
             ),
         };
+        // `check <run> <step> 3-6`: the items one after the other.
+        if let Some((head, first, last)) = item_range(&line) {
+            let mut said = Vec::new();
+            for item in first..=last {
+                match Box::pin(self.line(&format!("{head} {item}"))).await {
+                    Step::Done(text, true) => said.push(text),
+                    Step::Done(text, false) => {
+                        said.push(text);
+                        return Step::Done(said.join("\n"), false);
+                    }
+                    Step::Nothing | Step::Quit => {}
+                }
+            }
+            return Step::Done(said.join("\n"), true);
+        }
         if let Some(run) = line.strip_prefix("wait ") {
             return match run.trim().parse::<RunId>() {
                 Ok(run) => self.wait(run).await,
@@ -272,6 +287,17 @@ impl Console {
     }
 }
 
+/// `check <run> <step> <a>-<b>` as (`check <run> <step>`, a, b).
+fn item_range(line: &str) -> Option<(&str, u32, u32)> {
+    if !line.starts_with("check ") {
+        return None;
+    }
+    let (head, range) = line.rsplit_once(' ')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
+    (a >= 1 && a <= b && b - a < 100).then_some((head, a, b))
+}
+
 fn render(command: &Command, reply: CommandReply) -> Step {
     match reply {
         CommandReply::Accepted { message, .. } => match command {
@@ -293,6 +319,9 @@ fn help() -> String {
             sub.description
         ));
     }
+    out.push_str(
+        "  check <run> <step> <a>-<b>                                   ticks items a to b\n",
+    );
     out.push_str("  wait <run>                                                   return once the run waits for a person or has ended\n");
     out.push_str("  as <name> <command>                                          the command as one of console.others (demos, drills)\n");
     out.push_str("  $run in any line stands for the run of the last answer that named one\n");

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Local start: nats-server (JetStream) and PostgreSQL on 127.0.0.1 with their data under .local/,
-# then the agent against them. Servers that already run (pid files) are reused and left running;
-# what this script started is stopped when it exits (Ctrl-C included).
-#   NATS_PORT (default 4222), PG_PORT (default: first free from 5432), extra args go to `run`.
+# The local demo in one command: nats-server (JetStream) and PostgreSQL on 127.0.0.1 with their
+# data under .local/, a demo multi-tenant database, the agent, and the console in front of it.
+# Servers that already run (pid files) are reused and left running; what this script started is
+# stopped when the console ends (`quit`, Ctrl-D, Ctrl-C). With stdin from a pipe the console
+# reads commands from it (deploy/local/demo-script.txt runs the whole rollback).
+#   NATS_PORT (default 4222), PG_PORT (default: first free from 5432), METRICS_PORT (9464),
+#   ROLLBACK_LOCAL_DIR (default .local), ROLLBACK_PROFILE (release; dev builds faster), or
+#   ROLLBACK_AGENT_BIN and ROLLBACK_BOT_BIN (binaries already built: no build),
+#   DEMO_TENANTS, DEMO_ROWS, DEMO_DECOYS=1 (decoy schemas too); extra args go to `run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$PWD
 
 deploy/local/install-deps.sh
 
-local_dir=$root/.local
+local_dir=${ROLLBACK_LOCAL_DIR:-$root/.local}
+mkdir -p "$local_dir"
+local_dir=$(cd "$local_dir" && pwd)
 logs=$local_dir/logs
 nats_dir=$local_dir/nats
 pg_data=$local_dir/pg
@@ -142,33 +149,78 @@ fi
 export NATS_URL="nats://127.0.0.1:$nats_port"
 demo_db=${ROLLBACK_DEMO_DB:-rollback_demo}
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$demo_db"
-say "building the agent (release)"
-cargo build --release -p rollback-agent --bin rollback-agent >>"$logs/build.log" 2>&1 ||
-  { tail -n 30 "$logs/build.log" >&2; die "build failed (log: $logs/build.log)"; }
-agent_bin=$root/target/release/rollback-agent
+if [ -n "${ROLLBACK_AGENT_BIN:-}" ] && [ -n "${ROLLBACK_BOT_BIN:-}" ]; then
+  # Binaries built already (the test suite's): used as they are.
+  agent_bin=$ROLLBACK_AGENT_BIN
+  bot_bin=$ROLLBACK_BOT_BIN
+else
+  profile=${ROLLBACK_PROFILE:-release}
+  say "building the agent and the bot ($profile)"
+  cargo build --profile "$profile" -p rollback-agent -p rollback-bot --bins >>"$logs/build.log" 2>&1 ||
+    { tail -n 30 "$logs/build.log" >&2; die "build failed (log: $logs/build.log)"; }
+  target_dir=${CARGO_TARGET_DIR:-$root/target}
+  if [ "$profile" = dev ]; then profile_dir=debug; else profile_dir=$profile; fi
+  agent_bin=$target_dir/$profile_dir/rollback-agent
+  bot_bin=$target_dir/$profile_dir/rollback-bot
+fi
 if ! as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = '$demo_db'" | grep -q 1; then
   as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres "$demo_db"
   say "generating the demo multi-tenant database $demo_db"
-  "$agent_bin" demo-db --tenants "${DEMO_TENANTS:-20}" --rows "${DEMO_ROWS:-50}" --decoys >>"$logs/demo-db.log" 2>&1 ||
+  decoys=()
+  if [ "${DEMO_DECOYS:-}" = 1 ]; then decoys=(--decoys); fi
+  "$agent_bin" demo-db --tenants "${DEMO_TENANTS:-20}" --rows "${DEMO_ROWS:-50}" "${decoys[@]}" >>"$logs/demo-db.log" 2>&1 ||
     { tail -n 20 "$logs/demo-db.log" >&2; die "demo database generation failed"; }
 fi
 
+# --- the demo application ----------------------------------------------------------------
+# The runbooks drive a Laravel application; the demo's stands in for it: an `artisan` that says
+# what it was asked, a git checkout with the stable tag, and the .env from before the migration.
+app_dir=$local_dir/demo-app
+if [ ! -d "$app_dir/.git" ]; then
+  mkdir -p "$app_dir"
+  printf '#!/bin/sh\necho "artisan (demo): $*"\n' >"$app_dir/artisan"
+  chmod +x "$app_dir/artisan"
+  echo "APP_ENV=demo" >"$app_dir/.env"
+  cp "$app_dir/.env" "$local_dir/env.original"
+  git -C "$app_dir" init -q
+  git -C "$app_dir" add artisan
+  git -C "$app_dir" -c user.name=demo -c user.email=demo@localhost commit -q -m "the stable release"
+  git -C "$app_dir" tag pre-schema-tenancy
+  say "demo application in $app_dir"
+fi
+metrics_port=${METRICS_PORT:-9464}
+# The shipped runbooks, with their parameters pointed at the demo.
+runbooks=$local_dir/runbooks
+mkdir -p "$runbooks"
+for book in "$root"/deploy/runbooks/*.toml; do
+  name=$(basename "$book" .toml)
+  sed -e "s|^app_dir = .*|app_dir = \"$app_dir\"|" \
+      -e "s|^artisan = .*|artisan = \"./artisan\"|" \
+      -e "s|^backup_dir = .*|backup_dir = \"$local_dir/backups/$name\"|" \
+      -e "s|^env_backup = .*|env_backup = \"$local_dir/env.original\"|" \
+      -e "s|^health_url = .*|health_url = \"http://127.0.0.1:$metrics_port/healthz\"|" \
+      "$book" >"$runbooks/$name.toml"
+done
+
 # --- agent -------------------------------------------------------------------------------
+user=$(id -un)
 config=$local_dir/agent.toml
-if [ ! -f "$config" ]; then
-  user=$(id -un)
-  cat >"$config" <<EOF
-# Written by deploy/local/start.sh for the local demo; edit freely (see deploy/agent.example.toml).
+# Written each time (it follows this script); deploy/agent.example.toml explains every setting.
+cat >"$config" <<EOF
+# Written by deploy/local/start.sh for the local demo (see deploy/agent.example.toml).
 [agent]
 name = "local-agent"
-runbooks_dir = "$root/deploy/runbooks"
+runbooks_dir = "$runbooks"
 lease_ttl = "5s"
 
 [databases.app]
 
 [policy.users]
 "$user" = ["admin"]
+# The demo's approvers, played from the console with: as reviewer-1 approve ...
+"reviewer-1" = ["approve"]
+"reviewer-2" = ["approve"]
 
 [escalation]
 stall_after = "15m"
@@ -177,16 +229,51 @@ name = "team lead"
 mentions = ["@team-lead"]
 
 [metrics]
-listen = "127.0.0.1:9464"
+listen = "127.0.0.1:$metrics_port"
 EOF
-  say "wrote $config"
-fi
+console_config=$local_dir/console.toml
+cat >"$console_config" <<EOF
+# Written by deploy/local/start.sh (see deploy/bot.example.toml).
+[nats]
+url = "$NATS_URL"
+
+[console]
+user = "$user"
+others = ["reviewer-1", "reviewer-2"]
+EOF
 say "NATS_URL=$NATS_URL DATABASE_URL=$DATABASE_URL"
-say "agent: metrics and health on http://127.0.0.1:9464/ (Ctrl-C stops everything this script started)"
 # In the background so that TERM and INT run the cleanup at once instead of after the agent exits.
-"$agent_bin" run --config "$config" "$@" <&0 &
+"$agent_bin" run --config "$config" "$@" </dev/null >>"$logs/agent.log" 2>&1 &
 agent_pid=$!
+deadline=$((SECONDS + 60))
+until (exec 3<>"/dev/tcp/127.0.0.1/$metrics_port" && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 &&
+       read -r -t 2 reply <&3 && [[ $reply == *" 200"* ]]) 2>/dev/null; do
+  if ! kill -0 "$agent_pid" 2>/dev/null; then
+    agent_pid=
+    tail -n 20 "$logs/agent.log" >&2
+    die "the agent exited (log: $logs/agent.log)"
+  fi
+  ((SECONDS < deadline)) || die "the agent is not ready after 60s (log: $logs/agent.log)"
+  sleep 0.2
+done
+say "agent ready (log $logs/agent.log; metrics and health on http://127.0.0.1:$metrics_port/)"
+
+# --- console -----------------------------------------------------------------------------
+if [ -t 0 ]; then
+  cat <<'EOF'
+
+  The console speaks /rollback's commands (`help` lists them). Try:
+    plan tenancy-rollback
+    start tenancy-rollback --dry-run        # or for real, without --dry-run
+    next $run                              # $run: the run of the last answer
+    check $run assess 1-4
+    wait $run                              # until the run needs a person
+    as reviewer-1 approve $run go-ahead    # the approvers, played from here
+    replay $run
+  deploy/local/demo-script.txt has the whole rollback. `quit` stops everything.
+
+EOF
+fi
 status=0
-wait "$agent_pid" || status=$?
-agent_pid=
+"$bot_bin" --config "$console_config" console || status=$?
 exit "$status"

@@ -9,6 +9,7 @@ mod cluster;
 mod delta;
 mod demo_db;
 mod harness;
+mod local_demo;
 mod nats_permissions;
 mod replay;
 mod runbooks;
