@@ -193,6 +193,27 @@ idempotent = true
         "acknowledged"
     );
 
+    // It asks the agents for runbook names (autocomplete), reads an event by direct get (its
+    // status after a restart), and may listen to the events as they are appended.
+    let names = bot
+        .request(
+            rollback_proto::subjects::QUERY_SUBJECT,
+            rollback_proto::subjects::QUERY_RUNBOOKS.into(),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = serde_json::from_slice(&names.payload).unwrap();
+    assert!(!names.is_empty(), "the agent named its runbooks");
+    let first = events
+        .direct_get_first_for_subject(events_subject(envelopes[0].run_id))
+        .await
+        .unwrap();
+    let first: rollback_proto::Envelope = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(first.seq, 1);
+    let mut live = bot.subscribe("rollback.evt.>").await.unwrap();
+    bot.flush().await.unwrap();
+    drop(live.unsubscribe().await);
+
     // The bot keeps its own state in its own bucket.
     let state = bot_js
         .create_key_value(kv::Config {
