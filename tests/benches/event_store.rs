@@ -15,17 +15,16 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use rollback_agent::store::{EventStore, JetStreamEventStore, RunCursor, StoreConfig};
 use rollback_proto::envelope::{ChainVerifier, Draft};
 use rollback_proto::events::Event;
 use rollback_proto::runbook::source_hash;
-use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
+use rollback_proto::subjects::events_subject;
 use rollback_proto::{Actor, EventId, RunId, RunState};
 use rollback_tests::NatsServer;
+use rollback_tests::baseline::raw_ordered_read;
 use rollback_tests::heap::{CountingAlloc, peak_heap_during};
 use time::OffsetDateTime;
 
@@ -255,27 +254,6 @@ async fn write_long_run(
     Ok((cursor.run(), started.elapsed()))
 }
 
-/// Reads a run's subject with a plain ordered consumer, touching each payload, nothing more.
-async fn raw_read(js: &jetstream::Context, run: RunId, events: usize) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let stream = js.get_stream_no_info(EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: events_subject(run),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let mut bytes = 0;
-    for _ in 0..events {
-        let message = messages.next().await.context("consumer ended")??;
-        bytes += message.payload.len();
-    }
-    std::hint::black_box(bytes);
-    Ok(started.elapsed())
-}
-
 async fn store_load(
     store: &JetStreamEventStore,
     run: RunId,
@@ -309,10 +287,10 @@ async fn compare_reads(
 ) -> anyhow::Result<ReadResult> {
     let (mut raw, mut load) = (Duration::MAX, Duration::MAX);
     for _ in 0..READ_REPEATS {
-        raw = raw.min(raw_read(js, run, events).await?);
+        raw = raw.min(raw_ordered_read(js, run, events).await?);
         load = load.min(store_load(store, run, events).await?);
     }
-    let (raw_result, raw_peak) = peak_heap_during(raw_read(js, run, events)).await;
+    let (raw_result, raw_peak) = peak_heap_during(raw_ordered_read(js, run, events)).await;
     let (load_result, load_peak) = peak_heap_during(store_load(store, run, events)).await;
     raw_result?;
     load_result?;

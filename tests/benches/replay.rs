@@ -17,15 +17,15 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use rollback_agent::replay::{self, Format, ReplayFold, Verdict};
 use rollback_agent::store::{JetStreamEventStore, StoreConfig};
 use rollback_proto::envelope::{ChainHead, ChainVerifier, Draft};
 use rollback_proto::runbook::source_hash;
-use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
+use rollback_proto::subjects::events_subject;
 use rollback_proto::{Actor, Event, OutputStream, RunId};
 use rollback_tests::NatsServer;
+use rollback_tests::baseline::raw_ordered_read;
 use rollback_tests::heap::{CountingAlloc, peak_heap_during};
 use time::OffsetDateTime;
 
@@ -486,27 +486,6 @@ fn fold_cpu(total: usize) -> (Duration, Duration) {
 // ---------------------------------------------------------------------------------------------
 // Measurements.
 
-/// Reads a run's subject with a plain ordered consumer, touching each payload, nothing more.
-async fn raw_read(js: &jetstream::Context, run: RunId, events: usize) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let stream = js.get_stream_no_info(EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: events_subject(run),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let mut bytes = 0;
-    for _ in 0..events {
-        let message = messages.next().await.context("consumer ended")??;
-        bytes += message.payload.len();
-    }
-    std::hint::black_box(bytes);
-    Ok(started.elapsed())
-}
-
 /// Replays the run to a Markdown report; checks it verified and reported every event.
 async fn replay_md(
     store: &JetStreamEventStore,
@@ -559,7 +538,7 @@ async fn compare(
     let (mut raw, mut replay, mut report_bytes) = (Duration::MAX, Duration::MAX, 0);
     let mut ratios = Vec::with_capacity(READ_REPEATS);
     for round in 1..=READ_REPEATS {
-        let r = raw_read(js, run, events).await?;
+        let r = raw_ordered_read(js, run, events).await?;
         let (p, bytes) = replay_md(store, run, events).await?;
         eprintln!(
             "  round {round}: raw {:.3} s, replay {:.3} s",
@@ -573,7 +552,7 @@ async fn compare(
     }
     ratios.sort_by(f64::total_cmp);
     let paired = ratios[ratios.len() / 2];
-    let (raw_result, raw_peak) = peak_heap_during(raw_read(js, run, events)).await;
+    let (raw_result, raw_peak) = peak_heap_during(raw_ordered_read(js, run, events)).await;
     let (replay_result, replay_peak) = peak_heap_during(replay_md(store, run, events)).await;
     raw_result?;
     replay_result?;

@@ -5,6 +5,7 @@
 //! the test is killed; dropping the handle stops it and removes its folder.
 
 mod agent;
+pub mod baseline;
 mod binaries;
 mod bot;
 mod cluster;
