@@ -2,20 +2,18 @@
 //! commands the way the bot does.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context;
 use rollback_proto::subjects::COMMANDS_SUBJECT;
 use rollback_proto::{Actor, Command, CommandReply, CommandRequest};
 
 use crate::binaries::agent_binary;
+use crate::process::LoggedProcess;
 
 /// A running agent process; killed (SIGKILL) on drop.
 pub struct AgentProcess {
-    child: Option<tokio::process::Child>,
+    process: LoggedProcess,
     config: PathBuf,
-    log: PathBuf,
 }
 
 impl AgentProcess {
@@ -23,11 +21,9 @@ impl AgentProcess {
     pub async fn start(dir: &Path, name: &str, config: &str) -> anyhow::Result<Self> {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
-        let log = dir.join(format!("{name}.log"));
         let mut agent = AgentProcess {
-            child: None,
+            process: LoggedProcess::new(dir.join(format!("{name}.log"))),
             config: path,
-            log,
         };
         agent.restart().await?;
         Ok(agent)
@@ -35,60 +31,35 @@ impl AgentProcess {
 
     /// Starts the process again with the same configuration (after a kill).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = tokio::process::Command::new(agent_binary()?)
+        let mut command = tokio::process::Command::new(agent_binary()?);
+        command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,rollback_agent=debug")
             .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting rollback-agent")?;
-        self.child = Some(child);
-        Ok(())
+            .env_remove("NATS_URL");
+        self.process.spawn(command, "rollback-agent")
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+        self.process.kill().await;
     }
 
     /// SIGTERM, and wait (with a deadline) for a clean exit.
     pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        let pid = child.id().context("no pid")? as i32;
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+        self.process.stop().await
     }
 
     /// The process id while the agent runs (shell steps see it as `$PPID`).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(tokio::process::Child::id)
+        self.process.pid()
     }
 
     /// The agent's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+        self.process.log()
     }
 }
 

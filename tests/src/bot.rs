@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 
 use crate::binaries::project_binary;
+use crate::process::LoggedProcess;
 
 /// The workspace's `rollback-bot` executable.
 pub fn bot_binary() -> anyhow::Result<PathBuf> {
@@ -44,9 +45,8 @@ fn command(config: &Path) -> anyhow::Result<tokio::process::Command> {
 
 /// A running `rollback-bot run`; killed (SIGKILL) on drop.
 pub struct BotProcess {
-    child: Option<tokio::process::Child>,
+    process: LoggedProcess,
     config: PathBuf,
-    log: PathBuf,
 }
 
 impl BotProcess {
@@ -55,9 +55,8 @@ impl BotProcess {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         let mut bot = BotProcess {
-            child: None,
+            process: LoggedProcess::new(dir.join(format!("{name}.log"))),
             config: path,
-            log: dir.join(format!("{name}.log")),
         };
         bot.restart().await?;
         Ok(bot)
@@ -65,50 +64,24 @@ impl BotProcess {
 
     /// Starts the process again (after a kill).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = command(&self.config)?
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting rollback-bot")?;
-        self.child = Some(child);
-        Ok(())
+        let mut run = command(&self.config)?;
+        run.arg("run");
+        self.process.spawn(run, "rollback-bot")
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+        self.process.kill().await;
     }
 
     /// SIGTERM, and wait (with a deadline) for the exit.
     pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        let pid = child.id().context("no pid")? as i32;
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+        self.process.stop().await
     }
 
     /// The bot's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for BotProcess {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+        self.process.log()
     }
 }
 

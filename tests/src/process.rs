@@ -123,3 +123,73 @@ pub(crate) async fn wait_ready<F: std::future::Future<Output = bool>>(
         tokio::time::sleep(every).await;
     }
 }
+
+/// A product process (the agent, the bot) run by a test: stdout and stderr appended to one
+/// log, killed with SIGKILL when dropped, and restartable with the same command.
+pub(crate) struct LoggedProcess {
+    child: Option<tokio::process::Child>,
+    log: std::path::PathBuf,
+}
+
+impl LoggedProcess {
+    /// Not running yet; output goes to `log`.
+    pub(crate) fn new(log: std::path::PathBuf) -> Self {
+        Self { child: None, log }
+    }
+
+    /// Starts `command` (replacing whatever ran before), its output appended to the log.
+    pub(crate) fn spawn(
+        &mut self,
+        mut command: tokio::process::Command,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub(crate) async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM, and wait (with a deadline) for the exit.
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = child.id().context("no pid")? as i32;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
+    }
+
+    /// The process id while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(tokio::process::Child::id)
+    }
+
+    /// The log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LoggedProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
