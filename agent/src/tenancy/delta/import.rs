@@ -112,16 +112,7 @@ pub async fn import(
     archive::verify_archive(path, sha256, None).await?;
     let delta_id = sha256;
     let header = DeltaReader::open(path)?.header().clone();
-    for t in &header.tables {
-        check_fits(
-            pool,
-            &header.shared_schema,
-            &header.tenant_column,
-            t,
-            "the target",
-        )
-        .await?;
-    }
+    check_target_fits(pool, &header).await?;
     prepare(pool).await?;
     let tables = TableSql::build_all(pool, &header).await?;
     let mut report = ImportReport {
@@ -129,6 +120,9 @@ pub async fn import(
         ..ImportReport::default()
     };
     let counters = Counters::default();
+    // Each unit's expectation, kept as the units go by: the proof at the end needs no second
+    // pass over the file.
+    let mut expected: Vec<Vec<UnitHeader>> = vec![Vec::new(); header.tables.len()];
     let (tx, mut rx) = mpsc::channel::<Result<Block, DeltaError>>(opts.concurrency.max(1));
     let reader = {
         let path = path.to_owned();
@@ -142,7 +136,7 @@ pub async fn import(
             first = rx.recv().await;
         }
         let units_total = header.units;
-        let tick = || progress(counters.units.load(Ordering::Relaxed), units_total);
+        let tick = || progress(counters.units(), units_total);
         let width = opts.concurrency.max(1);
         let mut running = futures::stream::FuturesUnordered::new();
         let mut pending = first;
@@ -154,9 +148,14 @@ pub async fn import(
                 };
                 match item {
                     None => break,
-                    Some(Ok(Block::Tenant { tenant, units })) => running.push(apply_tenant(
-                        pool, &tables, delta_id, tenant, units, &counters, &tick,
-                    )),
+                    Some(Ok(Block::Tenant { tenant, units })) => {
+                        for (unit, _) in &units {
+                            expected[unit.table].push(unit.clone());
+                        }
+                        running.push(apply_tenant(
+                            pool, &tables, delta_id, tenant, units, &counters, &tick,
+                        ));
+                    }
                     Some(Ok(Block::Tenants(_))) => {
                         return Err(DeltaError::Refused(
                             "tenant rows after the first unit".into(),
@@ -186,9 +185,7 @@ pub async fn import(
         .execute(pool)
         .await
         .map_err(DeltaError::db("analyzing the id map"))?;
-    let checked = check(pool, path, delta_id).await?;
-    report.verified_units = checked.verified_units;
-    report.mismatches = checked.mismatches;
+    prove(pool, &header, &expected, delta_id, &mut report).await?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -202,21 +199,7 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
     let delta_id = sha256;
     let mut reader = DeltaReader::open(path)?;
     let header = reader.header().clone();
-    for t in &header.tables {
-        check_fits(
-            pool,
-            &header.shared_schema,
-            &header.tenant_column,
-            t,
-            "the target",
-        )
-        .await?;
-    }
-    let has_map: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(map_table())
-        .fetch_one(pool)
-        .await
-        .map_err(DeltaError::db("looking for the delta's id map"))?;
+    check_target_fits(pool, &header).await?;
     let mut units: Vec<Vec<UnitHeader>> = vec![Vec::new(); header.tables.len()];
     // Decompressing a line is quick; only unit lines are kept (one small record per unit).
     while let Some(line) = reader.next_line()? {
@@ -235,13 +218,46 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
         units_total: header.units,
         ..ImportReport::default()
     };
-    for (t, expected) in header.tables.iter().zip(&units) {
+    prove(pool, &header, &units, delta_id, &mut report).await?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// Refuses a target whose shared tables do not fit every table the delta carries.
+async fn check_target_fits(pool: &PgPool, header: &Header) -> Result<(), DeltaError> {
+    for t in &header.tables {
+        check_fits(
+            pool,
+            &header.shared_schema,
+            &header.tenant_column,
+            t,
+            "the target",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Compares each unit's expectation (per table) with what the target holds, into `report`.
+async fn prove(
+    pool: &PgPool,
+    header: &Header,
+    units: &[Vec<UnitHeader>],
+    delta_id: &str,
+    report: &mut ImportReport,
+) -> Result<(), DeltaError> {
+    let has_map: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(map_table())
+        .fetch_one(pool)
+        .await
+        .map_err(DeltaError::db("looking for the delta's id map"))?;
+    for (t, expected) in header.tables.iter().zip(units) {
         if expected.is_empty() {
             continue;
         }
         let tenants: Vec<i64> = expected.iter().map(|u| u.tenant).collect();
         let found: Vec<(i64, i64, String)> =
-            sqlx::query_as(AssertSqlSafe(check_sql(&header, t, has_map)))
+            sqlx::query_as(AssertSqlSafe(check_sql(header, t, has_map)))
                 .bind(delta_id)
                 .bind(&tenants)
                 .fetch_all(pool)
@@ -270,8 +286,7 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
             }
         }
     }
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    Ok(())
 }
 
 /// Per tenant, the count and fingerprint of its rows in a shared table, keys and links mapped
@@ -537,13 +552,19 @@ fn read_blocks(
 
 #[derive(Default)]
 struct Counters {
-    units: AtomicU64,
     done: AtomicU64,
     skipped: AtomicU64,
     inserted: AtomicU64,
     updated: AtomicU64,
     deleted: AtomicU64,
     since_analyze: AtomicU64,
+}
+
+impl Counters {
+    /// Units dealt with so far: done now, or found done.
+    fn units(&self) -> u64 {
+        self.done.load(Ordering::Relaxed) + self.skipped.load(Ordering::Relaxed)
+    }
 }
 
 /// Inserts (ids kept) and updates the tenant rows, once.
@@ -681,7 +702,6 @@ async fn apply_tenant(
         } else {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
         }
-        counters.units.fetch_add(1, Ordering::Relaxed);
         progress();
     }
     // Children before parents.
