@@ -417,6 +417,23 @@ pub(super) async fn expected_checksum(
     }))
 }
 
+/// Why a file that has no checksum to be checked against is refused: it is missing, or no
+/// step of this run recorded its sha256 and there is no `.sha256` beside it.
+pub(super) async fn unchecked(path: &Path, what: &str, nothing_done: &str) -> String {
+    if tokio::fs::metadata(path).await.is_err() {
+        return ArchiveError::Missing {
+            path: path.to_owned(),
+        }
+        .to_string();
+    }
+    format!(
+        "no recorded checksum for {what} {}: no step of this run wrote it and there is no {} \
+         beside it; it is used only when its sha256 can be checked; {nothing_done}",
+        path.display(),
+        archive::sidecar_path(path).display()
+    )
+}
+
 async fn pg_restore(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome {
     let prepared = async {
         let target = attempt.expand("target", &step.target)?;
@@ -449,15 +466,6 @@ async fn pg_restore(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome 
             None => RestoreInto::replace_with_default_names(conn.database(), now),
         }
     };
-    let no_checksum = || {
-        format!(
-            "no recorded checksum for archive {}: no pg_dump step of this run wrote it and there \
-             is no {} beside it; an archive is restored only when its sha256 can be checked; \
-             nothing was restored",
-            archive.display(),
-            archive::sidecar_path(&archive).display()
-        )
-    };
     if attempt.describes_only() {
         let (sha256, source) = checksum
             .clone()
@@ -473,7 +481,10 @@ async fn pg_restore(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome 
         description.push_str(&restore::describe_restore(&programs, &conn, &req));
         // Read-only, and what a dry run is for: would the archive pass now?
         let verdict = match &checksum {
-            None => format!("now: would refuse: {}\n", no_checksum()),
+            None => format!(
+                "now: would refuse: {}\n",
+                unchecked(&archive, "archive", "nothing was restored").await
+            ),
             Some((sum, _)) => match archive::verify_archive(&archive, sum, step.max_age).await {
                 Ok(()) => "now: the archive passes its checks\n".to_owned(),
                 Err(err) => format!("now: would refuse: {err}\n"),
@@ -488,10 +499,9 @@ async fn pg_restore(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome 
             .await;
     }
     let Some((sha256, source)) = checksum else {
-        if tokio::fs::metadata(&archive).await.is_err() {
-            return StepOutcome::permanent(ArchiveError::Missing { path: archive }.to_string());
-        }
-        return StepOutcome::permanent(no_checksum());
+        return StepOutcome::permanent(
+            unchecked(&archive, "archive", "nothing was restored").await,
+        );
     };
     attempt
         .io

@@ -14,11 +14,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 
-use super::backup::{Attempt, expected_checksum, human_bytes, programs};
+use super::backup::{Attempt, expected_checksum, human_bytes, programs, unchecked};
 use super::{Progress, StepNote};
 use crate::steps::StepOutcome;
+use crate::tenancy::archive;
 use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
-use crate::tenancy::archive::{self, ArchiveError};
 use crate::tenancy::delta::{self, DeltaError, DeltaReader, ExportOptions, ImportOptions};
 
 /// Parallel jobs for restoring the baseline archive into its scratch database.
@@ -200,20 +200,9 @@ async fn restore_baseline(
         .await
         .map_err(|e| StepOutcome::permanent(e.to_string()))?
     else {
-        if tokio::fs::metadata(path).await.is_err() {
-            return Err(StepOutcome::permanent(
-                ArchiveError::Missing {
-                    path: path.to_owned(),
-                }
-                .to_string(),
-            ));
-        }
-        return Err(StepOutcome::permanent(format!(
-            "no recorded checksum for the baseline archive {} (no step of this run wrote it and \
-             there is no {}); nothing was exported",
-            path.display(),
-            archive::sidecar_path(path).display()
-        )));
+        return Err(StepOutcome::permanent(
+            unchecked(path, "the baseline archive", "nothing was exported").await,
+        ));
     };
     let name = restore::stamped_name(
         conn.database(),
@@ -244,6 +233,7 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
         Ok(t) => t,
         Err(outcome) => return outcome,
     };
+    let action = if step.check_only { "prove" } else { "import" };
     let file = match &step.file {
         Some(file) => match attempt.expand("file", file) {
             Ok(f) => PathBuf::from(f),
@@ -252,7 +242,6 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
         None => match exported_delta(attempt) {
             Some(path) => path,
             None if attempt.describes_only() => {
-                let action = if step.check_only { "prove" } else { "import" };
                 return attempt
                     .describe(
                         &format!(
@@ -273,7 +262,6 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
         Ok(c) => c,
         Err(err) => return StepOutcome::permanent(err.to_string()),
     };
-    let action = if step.check_only { "prove" } else { "import" };
     if attempt.describes_only() {
         let mut text = format!(
             "{action} the delta {} against `{target}`{}\n",
@@ -304,14 +292,7 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
             .await;
     }
     let Some((sha256, _)) = checksum else {
-        if tokio::fs::metadata(&file).await.is_err() {
-            return StepOutcome::permanent(ArchiveError::Missing { path: file }.to_string());
-        }
-        return StepOutcome::permanent(format!(
-            "no recorded checksum for the delta {}: no step of this run wrote it and there is no {}; nothing was imported",
-            file.display(),
-            archive::sidecar_path(&file).display()
-        ));
+        return StepOutcome::permanent(unchecked(&file, "the delta", "nothing was imported").await);
     };
     let pool = match attempt.deps.databases.get(&target) {
         Ok(p) => p,
