@@ -174,6 +174,44 @@ async fn drive(h: &Harness, run: RunId) -> RunState {
     }
 }
 
+/// What a step's dry run said it would do.
+fn dry_run_output(events: &[Event], id: &str) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepOutputRecorded {
+                step,
+                stream: OutputStream::DryRun,
+                text,
+                ..
+            } if step.as_str() == id => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A dry run's every step succeeded, and each that would act said what it would do.
+fn assert_every_step_succeeded_and_described(state: &RunState, events: &[Event]) {
+    for phase in &state.runbook.phases {
+        for def in &phase.steps {
+            let status = status_of(state, def.id.as_str());
+            assert!(
+                matches!(status, StepStatus::Succeeded { .. }),
+                "{}: {status:?}",
+                def.id
+            );
+            if def.kind.is_human() || def.dry_run == DryRunBehaviour::Execute {
+                continue;
+            }
+            assert!(
+                !dry_run_output(events, def.id.as_str()).is_empty(),
+                "{} recorded no dry-run description",
+                def.id
+            );
+        }
+    }
+}
+
 /// A dry run of the shipped runbook, driven as people would: `next` for each phase, every
 /// checklist item ticked, approvals by two people other than the one who started the phase.
 #[tokio::test]
@@ -224,53 +262,8 @@ async fn a_dry_run_of_the_tenancy_rollback_runbook_changes_nothing() {
     assert_eq!(state.status, RunStatus::Completed, "{events:#?}");
 
     // Every step that would act said what it would do; the read-only ones really ran.
-    for phase in &state.runbook.phases {
-        for def in &phase.steps {
-            assert!(
-                matches!(
-                    status_of(&state, def.id.as_str()),
-                    StepStatus::Succeeded { .. }
-                ),
-                "{}: {:?}",
-                def.id,
-                status_of(&state, def.id.as_str())
-            );
-            if def.kind.is_human() || def.dry_run == DryRunBehaviour::Execute {
-                continue;
-            }
-            let described: String = events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::StepOutputRecorded {
-                        step,
-                        stream: OutputStream::DryRun,
-                        text,
-                        ..
-                    } if *step == def.id => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect();
-            assert!(
-                !described.is_empty(),
-                "{} recorded no dry-run description",
-                def.id
-            );
-        }
-    }
-    let described = |id: &str| -> String {
-        events
-            .iter()
-            .filter_map(|e| match e {
-                Event::StepOutputRecorded {
-                    step,
-                    stream: OutputStream::DryRun,
-                    text,
-                    ..
-                } if step.as_str() == id => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
-    };
+    assert_every_step_succeeded_and_described(&state, &events);
+    let described = |id: &str| dry_run_output(&events, id);
     assert!(described("maintenance-on").contains("php artisan down --retry=60"));
     assert!(described("code-revert").contains(&format!("git -C {}", app_dir.display())));
     assert!(described("backup").contains("pg_dump"));
@@ -525,17 +518,7 @@ async fn a_dry_run_of_the_emergency_restore_runbook_changes_nothing() {
     let state = drive(&h, run).await;
     let events = h.events(run).await;
     assert_eq!(state.status, RunStatus::Completed, "{events:#?}");
-    for phase in &state.runbook.phases {
-        for def in &phase.steps {
-            if def.kind.is_human() || def.dry_run == DryRunBehaviour::Execute {
-                continue;
-            }
-            let described = events.iter().any(|e| {
-                matches!(e, Event::StepOutputRecorded { step, stream: OutputStream::DryRun, .. } if *step == def.id)
-            });
-            assert!(described, "{} recorded no dry-run description", def.id);
-        }
-    }
+    assert_every_step_succeeded_and_described(&state, &events);
     assert_eq!(user_schemas(&pool).await, schemas_before);
     assert_eq!(row_counts(&pool, &schemas_before).await, counts_before);
     assert!(!h.path("backups").exists(), "a dry run writes nothing");
