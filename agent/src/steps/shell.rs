@@ -450,6 +450,20 @@ mod tests {
             .collect()
     }
 
+    /// The test's sleepers still alive after `within`: SIGKILL is delivered asynchronously, so
+    /// a process killed a moment ago may still be listed (seen under load); it must be gone
+    /// soon after, never survive.
+    fn survivors(marker: &str, within: Duration) -> Vec<u32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let alive = sleepers(marker);
+            if alive.is_empty() || std::time::Instant::now() >= deadline {
+                return alive;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// A sleep duration no other test uses, to find exactly this test's processes.
     fn marker() -> String {
         let nanos = std::time::SystemTime::now()
@@ -473,7 +487,7 @@ mod tests {
         assert!(retryable);
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(
-            sleepers(&marker),
+            survivors(&marker, Duration::from_secs(5)),
             Vec::<u32>::new(),
             "sleep survived the timeout"
         );
@@ -501,7 +515,10 @@ mod tests {
         let (error, retryable) = failed(&outcome);
         assert!(error.starts_with("cancelled"), "{error}");
         assert!(retryable);
-        assert_eq!(sleepers(&marker), Vec::<u32>::new());
+        assert_eq!(
+            survivors(&marker, Duration::from_secs(5)),
+            Vec::<u32>::new()
+        );
     }
 
     #[tokio::test]
@@ -514,7 +531,10 @@ mod tests {
         assert!(outcome.is_success(), "{outcome:?}");
         assert_eq!(text(&chunks, OutputStream::Stdout), "started\n");
         assert!(text(&chunks, OutputStream::Stderr).contains("left processes running"));
-        assert_eq!(sleepers(&marker), Vec::<u32>::new());
+        assert_eq!(
+            survivors(&marker, Duration::from_secs(5)),
+            Vec::<u32>::new()
+        );
     }
 
     #[tokio::test]
