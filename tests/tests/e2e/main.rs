@@ -13,6 +13,7 @@ mod local_demo;
 mod nats_permissions;
 mod quarantine;
 mod replay;
+mod request_timeout;
 mod runbooks;
 mod steps;
 mod store;
