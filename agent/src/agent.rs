@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, NatsAuth};
-use crate::executor::{self, EscalationLevel, ExecutorDeps, RunEnd, lease};
+use crate::executor::{self, EscalationLevel, ExecError, ExecutorDeps, RunEnd, lease};
+use crate::quarantine::Quarantine;
 use crate::service::{self, CommandService};
 use crate::steps::DatabaseTargets;
 use crate::store::{JetStreamEventStore, StoreConfig};
@@ -230,7 +231,9 @@ where
 }
 
 /// Starts an executor for every active run, and for every new run as its first event
-/// arrives; keeps the number of runs driven at once bounded.
+/// arrives; keeps the number of runs driven at once bounded. A run whose history does not
+/// verify (found by the listing, or by its executor at any load) is quarantined and left
+/// alone, never retried.
 async fn supervise(
     deps: Arc<ExecutorDeps>,
     store: JetStreamEventStore,
@@ -241,7 +244,9 @@ async fn supervise(
     let tracked: Arc<Mutex<HashSet<RunId>>> = Arc::default();
     let mut executors = JoinSet::new();
     let spawn = |run: RunId, executors: &mut JoinSet<()>| {
-        if !tracked.lock().expect("not poisoned").insert(run) {
+        if deps.metrics.quarantined().contains(run)
+            || !tracked.lock().expect("not poisoned").insert(run)
+        {
             return;
         }
         let (deps, slots, tracked, shutdown) = (
@@ -269,6 +274,13 @@ async fn supervise(
                         break;
                     }
                     Err(e) => {
+                        // A history that does not verify stays so: retrying cannot help.
+                        if let ExecError::Load(load) = &e
+                            && let Some(quarantine) = Quarantine::of_load(run, load)
+                        {
+                            deps.metrics.quarantined().record(quarantine);
+                            break;
+                        }
                         tracing::error!(run_id = %run, error = %e, "executor failed; retrying");
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
@@ -296,7 +308,11 @@ async fn supervise(
         .await
         .context("watching for new runs")?;
     let mut new_events = consumer.messages().await.context("watching for new runs")?;
-    for summary in store.list_runs().await.context("listing runs")? {
+    let listed = store.list_runs().await.context("listing runs")?;
+    for quarantine in listed.quarantined {
+        deps.metrics.quarantined().record(quarantine);
+    }
+    for summary in listed.runs {
         spawn(summary.run, &mut executors);
     }
     loop {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod executor;
+pub mod quarantine;
 pub mod replay;
 pub mod secret;
 pub mod service;

@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use crate::quarantine::Quarantine;
 use crate::replay;
 use crate::steps::DatabaseTargets;
-use crate::store::{AppendError, JetStreamEventStore, LoadError, RunCursor};
+use crate::store::{AppendError, JetStreamEventStore, RunCursor};
 use crate::telemetry::{CommandOutcome, Metrics};
 use crate::tenancy::plan::{self, PlanOptions};
 
@@ -290,11 +291,23 @@ impl CommandService {
     /// does not verify is reported, not refused: the verdict is the report's first paragraph.
     async fn replay(&self, run: RunId) -> CommandReply {
         match replay::replay(&self.store, run, None).await {
-            Ok(report) => CommandReply::Accepted {
-                run: Some(run),
-                events: Vec::new(),
-                message: replay::render(&report, replay::Format::Markdown),
-            },
+            Ok(report) => {
+                if let replay::Verdict::Broken {
+                    seq, ref detail, ..
+                } = report.verdict
+                {
+                    self.metrics.quarantined().record(Quarantine {
+                        run,
+                        first_bad_seq: seq,
+                        reason: detail.clone(),
+                    });
+                }
+                CommandReply::Accepted {
+                    run: Some(run),
+                    events: Vec::new(),
+                    message: replay::render(&report, replay::Format::Markdown),
+                }
+            }
             Err(replay::ReplayError::Unavailable { .. }) => {
                 rejected("the event log is unreachable right now; try again")
             }
@@ -419,13 +432,20 @@ impl CommandService {
         run: RunId,
         now: OffsetDateTime,
     ) -> CommandReply {
+        // A quarantine is for good (history only grows): no need to read the run again.
+        if let Some(quarantine) = self.metrics.quarantined().get(run) {
+            return self.quarantined(req, quarantine);
+        }
         for _ in 0..MAX_CONFLICTS {
             let loaded = match self.store.load(run).await {
                 Ok(l) => l,
-                Err(LoadError::Unavailable { .. }) => {
-                    return rejected("the event log is unreachable right now; try again");
-                }
-                Err(e) => return rejected(format!("run {run} cannot be read: {e}")),
+                Err(e) => match Quarantine::of_load(run, &e) {
+                    Some(quarantine) => {
+                        self.metrics.quarantined().record(quarantine.clone());
+                        return self.quarantined(req, quarantine);
+                    }
+                    None => return rejected("the event log is unreachable right now; try again"),
+                },
             };
             let Some(state) = loaded.state else {
                 return rejected(format!("there is no run {run}"));
@@ -470,6 +490,23 @@ impl CommandService {
             }
         }
         rejected("the run is changing too fast to decide this command; try again")
+    }
+
+    /// The answer to a command for a quarantined run: `status` says why, the rest are refused.
+    fn quarantined(&self, req: &CommandRequest, quarantine: Quarantine) -> CommandReply {
+        match &req.command {
+            Command::Status { run } => CommandReply::Accepted {
+                run: Some(*run),
+                events: Vec::new(),
+                message: format!(
+                    "Run {run} — QUARANTINED — its stored history does not verify from seq {}\n\
+                     {}\nThe agent does not execute it and refuses commands to it; `replay {run}` \
+                     shows its history up to the break.",
+                    quarantine.first_bad_seq, quarantine.reason
+                ),
+            },
+            _ => rejected(quarantine.refusal()),
+        }
     }
 
     async fn append(

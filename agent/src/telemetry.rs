@@ -20,6 +20,8 @@ use axum::routing::get;
 use tokio::task::JoinHandle;
 use tracing_subscriber::EnvFilter;
 
+use crate::quarantine::QuarantineList;
+
 /// The variable that picks the log format: `json`, or anything else (or unset) for text.
 pub const LOG_FORMAT_VAR: &str = "ROLLBACK_LOG_FORMAT";
 
@@ -155,6 +157,7 @@ struct Registry {
     escalations: Mutex<BTreeMap<String, u64>>,
     runs_active: AtomicU64,
     nats_connected: AtomicBool,
+    quarantined: QuarantineList,
 }
 
 /// The values at one moment, for tests and for rendering.
@@ -176,6 +179,8 @@ pub struct MetricsSnapshot {
     pub runs_active: u64,
     /// `nats_connected`.
     pub nats_connected: bool,
+    /// `runs_quarantined`.
+    pub runs_quarantined: u64,
 }
 
 impl Metrics {
@@ -250,6 +255,11 @@ impl Metrics {
         self.inner.nats_connected.load(Ordering::Relaxed)
     }
 
+    /// The runs found quarantined: the `runs_quarantined` gauge and the `/healthz` detail.
+    pub fn quarantined(&self) -> &QuarantineList {
+        &self.inner.quarantined
+    }
+
     /// Every value now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let inner = &self.inner;
@@ -274,6 +284,7 @@ impl Metrics {
                 .clone(),
             runs_active: inner.runs_active.load(Ordering::Relaxed),
             nats_connected: inner.nats_connected.load(Ordering::Relaxed),
+            runs_quarantined: inner.quarantined.len() as u64,
         }
     }
 
@@ -371,6 +382,13 @@ impl MetricsSnapshot {
             &[],
             u64::from(self.nats_connected),
         );
+        family(
+            &mut out,
+            "runs_quarantined",
+            "Runs whose stored history does not verify: not executed, commands refused (/healthz names them).",
+            "gauge",
+        );
+        sample(&mut out, "runs_quarantined", &[], self.runs_quarantined);
         out
     }
 }
@@ -448,7 +466,7 @@ pub async fn serve(
     let address = listener.local_addr()?;
     let router = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(readiness))
         .with_state(Probe {
             metrics,
@@ -468,6 +486,12 @@ async fn metrics_page(State(probe): State<Probe>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
         probe.metrics.render(),
     )
+}
+
+/// `ok`, then the quarantined runs: the process is healthy, and an operator reading its health
+/// learns which runs it keeps apart and why.
+async fn health(State(probe): State<Probe>) -> String {
+    format!("ok\n{}", probe.metrics.quarantined().health_detail())
 }
 
 async fn readiness(State(probe): State<Probe>) -> impl IntoResponse {
@@ -534,6 +558,9 @@ runs_active 1
 # HELP nats_connected Whether the agent is connected to NATS (1) or not (0).
 # TYPE nats_connected gauge
 nats_connected 1
+# HELP runs_quarantined Runs whose stored history does not verify: not executed, commands refused (/healthz names them).
+# TYPE runs_quarantined gauge
+runs_quarantined 0
 ";
         assert_eq!(text, expected);
     }
@@ -633,6 +660,21 @@ nats_connected 1
 
         let health = get(address, "/healthz").await.unwrap();
         assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+        // A quarantined run leaves the process healthy, and is named.
+        let run = rollback_proto::RunId::new();
+        let q = crate::quarantine::Quarantine::of_chain(&rollback_proto::ChainError::Tampered {
+            run,
+            seq: 7,
+        });
+        metrics.quarantined().record(q);
+        let health = get(address, "/healthz").await.unwrap();
+        assert_eq!(health.status, 200);
+        assert!(health.body.starts_with("ok\nquarantined runs: 1\n"));
+        assert!(
+            health
+                .body
+                .contains(&format!("run {run} first bad seq 7: "))
+        );
 
         let metrics_page = get(address, "/metrics").await.unwrap();
         assert_eq!(metrics_page.status, 200);
@@ -651,6 +693,7 @@ nats_connected 1
             metrics_page.body
         );
         assert!(metrics_page.body.contains("# TYPE nats_connected gauge\n"));
+        assert!(metrics_page.body.contains("\nruns_quarantined 1\n"));
 
         assert_eq!(get(address, "/readyz").await.unwrap().status, 503);
         ready.store(true, Ordering::SeqCst);

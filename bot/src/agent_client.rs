@@ -1,5 +1,9 @@
 //! The bot's way to the agent: commands as NATS request/reply on `rollback.cmd`, and
 //! read-only queries (autocomplete) on `rollback.query`.
+//!
+//! `nats.request_timeout` is how long every request waits for the agent. async-nats has a
+//! client-wide default (10 s) that fires before a longer timeout set around the call, so each
+//! request carries its own timeout, and the connection's default is set to the same value.
 
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ pub enum AgentError {
     /// No agent is subscribed.
     #[error("no agent is answering right now; try again in a moment")]
     NoAgent,
-    /// The agent did not answer in time.
+    /// The agent did not answer in time (the time waited, which is `nats.request_timeout`).
     #[error(
         "the agent did not answer within {0:?}; the command may still take effect, check `status`"
     )]
@@ -34,6 +38,7 @@ pub async fn connect(
 ) -> Result<async_nats::Client, AgentError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
+        .request_timeout(Some(settings.request_timeout))
         .retry_on_initial_connect();
     if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
         options = options.user_and_password(user.clone(), password.expose().clone());
@@ -91,14 +96,17 @@ impl AgentClient {
         subject: &'static str,
         body: Vec<u8>,
     ) -> Result<async_nats::Message, AgentError> {
-        match tokio::time::timeout(self.timeout, self.client.request(subject, body.into())).await {
-            Err(_) => Err(AgentError::Timeout(self.timeout)),
-            Ok(Ok(msg)) => Ok(msg),
-            Ok(Err(e)) => Err(match e.kind() {
+        // The request's own timeout: the only one async-nats lets outrank its default.
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(self.timeout));
+        self.client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| match e.kind() {
                 async_nats::client::RequestErrorKind::NoResponders => AgentError::NoAgent,
                 async_nats::client::RequestErrorKind::TimedOut => AgentError::Timeout(self.timeout),
                 _ => AgentError::Bus(e.to_string()),
-            }),
-        }
+            })
     }
 }

@@ -51,7 +51,8 @@ pub struct NatsSettings {
     pub password: Option<Secret<String>>,
     /// Token authentication.
     pub token: Option<Secret<String>>,
-    /// How long the agent has to answer a command.
+    /// How long the agent has to answer a command or a query (any length: it is each
+    /// request's own timeout, not the NATS client's 10 s default).
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
 }

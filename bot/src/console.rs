@@ -268,6 +268,10 @@ impl Console {
                 Err(e) => return Step::Done(format!("not done: {e}"), false),
             };
             let header = text.lines().next().unwrap_or_default();
+            // A quarantined run never moves again: waiting for it would only time out.
+            if header.contains("— QUARANTINED —") {
+                return Step::Done(text.trim_end().to_owned(), false);
+            }
             let ended = header.contains("— COMPLETED —") || header.contains("— ABORTED");
             if ended || text.contains("\nWaiting for ") {
                 return Step::Done(text.trim_end().to_owned(), true);

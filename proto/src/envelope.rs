@@ -15,6 +15,8 @@ use time::OffsetDateTime;
 use crate::actor::Actor;
 use crate::events::Event;
 use crate::ids::{EventId, RunId};
+use crate::seen_ids::SeenIds;
+pub use crate::seen_ids::UnsettledIds;
 
 /// The version of the envelope and event schema this code writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -244,13 +246,62 @@ pub enum ChainError {
         /// The seq of the offending event.
         seq: u64,
     },
+    /// An intact link of the chain reuses the id of an earlier event of the run.
+    #[error("run {run}: event seq {seq} repeats the event id {event_id} of seq {first_seq}")]
+    RepeatedEventId {
+        /// The run being read.
+        run: RunId,
+        /// The seq of the repeat.
+        seq: u64,
+        /// The seq of the event whose id it repeats.
+        first_seq: u64,
+        /// The id.
+        event_id: EventId,
+    },
 }
 
-/// Checks a run's events one by one as they are read, in constant memory.
+impl ChainError {
+    /// The run whose history does not verify.
+    pub fn run(&self) -> RunId {
+        match self {
+            ChainError::Malformed { run, .. }
+            | ChainError::WrongRun { run, .. }
+            | ChainError::Gap { run, .. }
+            | ChainError::BrokenLink { run, .. }
+            | ChainError::Tampered { run, .. }
+            | ChainError::RepeatedEventId { run, .. } => *run,
+        }
+    }
+
+    /// The first seq the history cannot vouch for: the event found wanting, or for a gap the
+    /// seq that should have come next. Everything before it verified.
+    pub fn seq(&self) -> u64 {
+        match self {
+            // The verifier stops at the first problem, so the position is the expected seq.
+            ChainError::Malformed { position, .. } | ChainError::WrongRun { position, .. } => {
+                *position
+            }
+            ChainError::Gap { expected, .. } => *expected,
+            ChainError::BrokenLink { seq, .. }
+            | ChainError::Tampered { seq, .. }
+            | ChainError::RepeatedEventId { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Checks a run's events one by one as they are read, in bounded memory: the chain, and that
+/// no event reuses the id of an earlier one.
+///
+/// Ids are checked against the newest ids seen (see `seen_ids`); an id older than those is
+/// left *unsettled*. A reader that reads a run to its end asks [`unsettled`](Self::unsettled)
+/// and, when some are, reads the same messages again with [`rechecking`](Self::rechecking):
+/// only that second read's verdict is exact. A resumed verifier checks ids only against the
+/// events it sees itself.
 #[derive(Debug, Clone)]
 pub struct ChainVerifier {
     head: ChainHead,
     position: u64,
+    ids: SeenIds,
 }
 
 impl ChainVerifier {
@@ -259,6 +310,16 @@ impl ChainVerifier {
         Self {
             head: ChainHead::genesis(run),
             position: 0,
+            ids: SeenIds::new(),
+        }
+    }
+
+    /// A verifier for a second read of `run` from its first event, with the ids the first read
+    /// left unsettled: it finds any repeat among them at the repeat's seq.
+    pub fn rechecking(run: RunId, unsettled: UnsettledIds) -> Self {
+        Self {
+            ids: SeenIds::rechecking(unsettled),
+            ..Self::new(run)
         }
     }
 
@@ -267,7 +328,14 @@ impl ChainVerifier {
         Self {
             position: head.seq,
             head,
+            ids: SeenIds::new(),
         }
+    }
+
+    /// The ids this read could not check against every earlier event, if any: read the same
+    /// messages again with [`rechecking`](Self::rechecking) before trusting the verdict.
+    pub fn unsettled(&self) -> Option<UnsettledIds> {
+        self.ids.unsettled()
     }
 
     /// Where the verified chain stands.
@@ -315,6 +383,14 @@ impl ChainVerifier {
             return Err(ChainError::Tampered {
                 run,
                 seq: envelope.seq,
+            });
+        }
+        if let Err(first_seq) = self.ids.check(envelope.event_id.0.as_u128(), envelope.seq) {
+            return Err(ChainError::RepeatedEventId {
+                run,
+                seq: envelope.seq,
+                first_seq,
+                event_id: envelope.event_id,
             });
         }
         self.head.seq = envelope.seq;
@@ -410,6 +486,99 @@ mod tests {
             v.push(&forged.to_bytes()),
             Err(ChainError::BrokenLink { seq: 2, .. })
         ));
+    }
+
+    #[test]
+    fn a_repeated_event_id_is_reported() {
+        let (run, envs) = chain(3);
+        let mut repeat = envs[2].clone();
+        repeat.event_id = envs[0].event_id;
+        repeat.rehash();
+        let mut v = ChainVerifier::new(run);
+        v.push(&envs[0].to_bytes()).unwrap();
+        v.push(&envs[1].to_bytes()).unwrap();
+        let err = v.push(&repeat.to_bytes()).unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::RepeatedEventId {
+                run,
+                seq: 3,
+                first_seq: 1,
+                event_id: envs[0].event_id,
+            }
+        );
+        assert_eq!((err.run(), err.seq()), (run, 3));
+    }
+
+    /// A long run: ids far apart in the stored order, some older than the newest ids kept.
+    fn long_chain(n: usize, edit: impl Fn(usize, &mut Envelope, &[Envelope])) -> Vec<Vec<u8>> {
+        let (_, mut envs) = chain(n);
+        let mut head = ChainHead::genesis(envs[0].run_id);
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            let mut env = envs[i].clone();
+            edit(i, &mut env, &envs);
+            env.seq = head.seq + 1;
+            env.prev_hash.clone_from(&head.hash);
+            env.rehash();
+            head.seq = env.seq;
+            head.hash.clone_from(&env.hash);
+            bytes.push(env.to_bytes());
+            envs[i] = env;
+        }
+        bytes
+    }
+
+    /// Reads `messages` as a reader does: once, and again when ids were left unsettled.
+    fn verify_all(run: RunId, messages: &[Vec<u8>]) -> (Result<u64, ChainError>, bool) {
+        let read = |mut v: ChainVerifier| {
+            let verdict = messages
+                .iter()
+                .try_for_each(|m| v.push(m).map(drop))
+                .map(|()| v.head().seq);
+            (verdict, v.unsettled())
+        };
+        match read(ChainVerifier::new(run)) {
+            (verdict, None) => (verdict, false),
+            (_, Some(ids)) => (read(ChainVerifier::rechecking(run, ids)).0, true),
+        }
+    }
+
+    #[test]
+    fn repeats_of_forgotten_ids_are_found_by_a_second_read() {
+        let n = crate::seen_ids::NEWEST_IDS + 50;
+        let run_of = |m: &[Vec<u8>]| serde_json::from_slice::<Envelope>(&m[0]).unwrap().run_id;
+        let old_id = EventId(uuid::Uuid::from_u128(1));
+
+        let healthy = long_chain(n, |_, _, _| {});
+        assert_eq!(
+            verify_all(run_of(&healthy), &healthy),
+            (Ok(n as u64), false)
+        );
+
+        // An id from long ago, unique: settled by the second read, not a false alarm.
+        let old = long_chain(n, |i, env, _| {
+            if i == n - 5 {
+                env.event_id = old_id;
+            }
+        });
+        assert_eq!(verify_all(run_of(&old), &old), (Ok(n as u64), true));
+
+        // The id of event 2 again, long after it left the newest ids.
+        let repeat = long_chain(n, |i, env, envs| {
+            if i == n - 5 {
+                env.event_id = envs[1].event_id;
+            }
+        });
+        let (verdict, second_read) = verify_all(run_of(&repeat), &repeat);
+        assert!(second_read);
+        assert!(
+            matches!(
+                verdict,
+                Err(ChainError::RepeatedEventId { seq, first_seq: 2, .. }) if seq == (n - 4) as u64
+            ),
+            "{verdict:?}"
+        );
     }
 
     #[test]

@@ -12,13 +12,14 @@ pub mod next;
 pub mod policy;
 pub mod render;
 pub mod runbook;
+mod seen_ids;
 pub mod state;
 pub mod subjects;
 
 pub use actor::Actor;
 pub use command::{Command, CommandReply, CommandRequest};
 pub use decide::{NewRun, Rejection, RejectionKind, authorize, decide, decide_start, settle};
-pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope};
+pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope, UnsettledIds};
 pub use events::{Event, OutputStream};
 pub use ids::{EventId, PhaseId, RunId, StepId};
 pub use next::{NextAction, Waiting};

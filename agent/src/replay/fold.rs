@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rollback_proto::next::{NextAction, Waiting};
 use rollback_proto::state::PhaseStatus;
-use rollback_proto::{Actor, ChainVerifier, Envelope, Event, RunId, RunState, RunStatus};
+use rollback_proto::{
+    Actor, ChainVerifier, Envelope, Event, RunId, RunState, RunStatus, UnsettledIds,
+};
 use time::{Duration, OffsetDateTime};
 
 use super::At;
@@ -118,6 +120,26 @@ impl ReplayFold {
             wait: None,
             last_at: None,
         }
+    }
+
+    /// A second fold of the same messages, settling the event ids the first fold could not
+    /// check (see [`ChainVerifier`]).
+    pub fn rechecking(
+        run: RunId,
+        stored: u64,
+        cutoff: Option<(At, String)>,
+        unsettled: UnsettledIds,
+    ) -> Self {
+        Self {
+            verifier: ChainVerifier::rechecking(run, unsettled),
+            ..Self::new(run, stored, cutoff)
+        }
+    }
+
+    /// The event ids this fold could not check against every earlier event, if any: fold the
+    /// same messages again with [`rechecking`](Self::rechecking) before trusting the verdict.
+    pub fn unsettled(&self) -> Option<UnsettledIds> {
+        self.verifier.unsettled()
     }
 
     /// Verifies and folds the next stored message. After a break, messages are only counted.

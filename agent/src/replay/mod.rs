@@ -165,12 +165,62 @@ pub async fn replay(
 
 /// [`replay`] with only a JetStream context: reads, and never creates or changes the stream
 /// (for the command line, which may run with read-only credentials).
+///
+/// When event ids older than the newest ones read were found (never in a healthy store: see
+/// [`ChainVerifier`](rollback_proto::ChainVerifier)), the same messages are folded a second
+/// time to check them, and the second fold is the report.
 #[tracing::instrument(skip_all, fields(run_id = %run))]
 pub async fn replay_from(
     js: &jetstream::Context,
     run: RunId,
     at: Option<At>,
 ) -> Result<Report, ReplayError> {
+    let cutoff = at.map(|at| (at, at.to_string()));
+    let (fold, stored) = fold_run(js, run, None, |stored| {
+        if let Some(At::Seq(seq)) = at
+            && seq > stored
+        {
+            return Err(ReplayError::SeqBeyondEnd {
+                run,
+                at: seq,
+                stored,
+            });
+        }
+        Ok(ReplayFold::new(run, stored, cutoff.clone()))
+    })
+    .await?;
+    let fold = match fold.unsettled() {
+        None => fold,
+        Some(ids) => {
+            tracing::info!(
+                unsettled = ids.len(),
+                "event ids older than the newest ones read; folding the run again to check them"
+            );
+            let again = |stored| Ok(ReplayFold::rechecking(run, stored, cutoff.clone(), ids));
+            fold_run(js, run, Some(stored), again).await?.0
+        }
+    };
+    let report = fold.finish();
+    if let Some(At::Time(time)) = at
+        && report.run.is_none()
+        && report.verdict.is_intact()
+    {
+        return Err(ReplayError::BeforeStart {
+            run,
+            at: At::Time(time).to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// Reads the run's messages (at most `limit`) into the fold `start` makes for their number;
+/// returns the fold and that number.
+async fn fold_run(
+    js: &jetstream::Context,
+    run: RunId,
+    limit: Option<u64>,
+    start: impl FnOnce(u64) -> Result<ReplayFold, ReplayError>,
+) -> Result<(ReplayFold, u64), ReplayError> {
     let unavailable = |source: async_nats::Error| ReplayError::Unavailable { run, source };
     let stream = js
         .get_stream_no_info(EVENTS_STREAM)
@@ -196,26 +246,20 @@ pub async fn replay_from(
     };
     // The consumer counts the subject's messages when it is created: the replay reads the run
     // exactly as it was then, even while an agent appends.
-    let stored = consumer.cached_info().num_pending;
+    let stored = consumer
+        .cached_info()
+        .num_pending
+        .min(limit.unwrap_or(u64::MAX));
     if stored == 0 {
         return Err(ReplayError::UnknownRun(run));
     }
-    if let Some(At::Seq(seq)) = at
-        && seq > stored
-    {
-        return Err(ReplayError::SeqBeyondEnd {
-            run,
-            at: seq,
-            stored,
-        });
-    }
+    let mut fold = start(stored)?;
     let mut messages = consumer
         .messages()
         .await
         .map_err(|e| unavailable(e.into()))?;
 
     let (chunks, mut receiver) = mpsc::channel::<Vec<Bytes>>(CHUNKS_IN_FLIGHT);
-    let mut fold = ReplayFold::new(run, stored, at.map(|at| (at, at.to_string())));
     let folding = tokio::task::spawn_blocking(move || {
         while let Some(chunk) = receiver.blocking_recv() {
             for payload in chunk {
@@ -257,17 +301,7 @@ pub async fn replay_from(
         Err(err) => return Err(unavailable(err.into())),
     };
     read?;
-    let report = fold.finish();
-    if let Some(At::Time(time)) = at
-        && report.run.is_none()
-        && report.verdict.is_intact()
-    {
-        return Err(ReplayError::BeforeStart {
-            run,
-            at: At::Time(time).to_string(),
-        });
-    }
-    Ok(report)
+    Ok((fold, stored))
 }
 
 #[cfg(test)]

@@ -88,7 +88,8 @@ impl Verdict {
             } => format!(
                 "Hash chain BROKEN at seq {seq}: {} — {detail}. {verified} event(s) before it \
                  verified; the {untrusted} stored event(s) from there on are not trusted and not \
-                 reported.",
+                 reported. The run is quarantined: the agent does not execute it and refuses \
+                 commands to it.",
                 problem.describe()
             ),
         }
@@ -109,6 +110,8 @@ pub enum Problem {
     WrongRun,
     /// The stored bytes are not an envelope.
     Malformed,
+    /// An event reuses the id of an earlier event of the run.
+    RepeatedEventId,
     /// The chain is intact but the event cannot follow the run's state (or starts no run).
     IllegalEvent,
 }
@@ -122,6 +125,9 @@ impl Problem {
             Problem::HashMismatch => "hash mismatch (the event was altered after it was written)",
             Problem::WrongRun => "wrong run (an event of another run on this run's subject)",
             Problem::Malformed => "malformed (the stored bytes are not an envelope)",
+            Problem::RepeatedEventId => {
+                "repeated event id (an event reuses the id of an earlier one)"
+            }
             Problem::IllegalEvent => "illegal event (it cannot follow the run's state)",
         }
     }
@@ -135,6 +141,7 @@ impl Problem {
             ChainError::Tampered { seq, .. } => (Problem::HashMismatch, *seq),
             ChainError::WrongRun { .. } => (Problem::WrongRun, next_seq),
             ChainError::Malformed { .. } => (Problem::Malformed, next_seq),
+            ChainError::RepeatedEventId { seq, .. } => (Problem::RepeatedEventId, *seq),
         }
     }
 

@@ -94,15 +94,9 @@ pub enum LoadError {
     },
 }
 
-/// The list of runs could not be built.
+/// The list of runs could not be built (a run that does not verify is listed as quarantined).
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
-    /// A run's first event does not verify.
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    /// A run's first event is not `RunStarted`.
-    #[error(transparent)]
-    Transition(#[from] TransitionError),
     /// The server could not be read.
     #[error("could not read the event stream")]
     Unavailable(#[source] async_nats::Error),

@@ -12,6 +12,7 @@
 
 mod append;
 mod error;
+mod list;
 mod read;
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use time::OffsetDateTime;
 
 pub use append::MAX_EVENTS_PER_APPEND;
 pub use error::{AppendError, ConnectError, FollowError, ListError, LoadError};
+pub use list::RunList;
 
 /// Where a run stands in the store: its chain head and the stream position of its last event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,8 +136,9 @@ pub trait EventStore: Send + Sync {
     /// Reads a run from its first event, verifying the hash chain and folding the state.
     fn load(&self, run: RunId) -> impl Future<Output = Result<LoadedRun, LoadError>> + Send;
 
-    /// Every run in the store, oldest first.
-    fn list_runs(&self) -> impl Future<Output = Result<Vec<RunSummary>, ListError>> + Send;
+    /// Every run in the store, oldest first; runs whose first event does not verify are listed
+    /// apart, as quarantined.
+    fn list_runs(&self) -> impl Future<Output = Result<RunList, ListError>> + Send;
 
     /// The run's events with seq greater than `after_seq`, verified, live: the stream waits
     /// for new events and ends only after an error.
@@ -202,7 +205,7 @@ impl EventStore for JetStreamEventStore {
         JetStreamEventStore::load(self, run).await
     }
 
-    async fn list_runs(&self) -> Result<Vec<RunSummary>, ListError> {
+    async fn list_runs(&self) -> Result<RunList, ListError> {
         JetStreamEventStore::list_runs(self).await
     }
 

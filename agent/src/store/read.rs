@@ -10,18 +10,14 @@ use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use rollback_proto::envelope::{ChainError, ChainVerifier, Envelope};
-use rollback_proto::subjects::{EVENTS_WILDCARD, events_subject, run_of_subject};
-use rollback_proto::{Event, RunId, RunState, TransitionError};
+use rollback_proto::envelope::{ChainError, ChainVerifier, Envelope, UnsettledIds};
+use rollback_proto::subjects::events_subject;
+use rollback_proto::{RunId, RunState};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{
-    FollowError, JetStreamEventStore, ListError, LoadError, LoadedRun, RunCursor, RunSummary,
-};
+use super::{FollowError, JetStreamEventStore, LoadError, LoadedRun, RunCursor};
 
-/// Summaries fetched at once when listing runs.
-const SUMMARY_CONCURRENCY: usize = 16;
 /// Runs with at least this many events are verified on a thread of their own while being read.
 const PIPELINE_FROM: u64 = 1024;
 /// Messages handed to the verifying thread at a time.
@@ -71,9 +67,18 @@ impl RunMessages {
     ///
     /// The consumer counts the subject's messages when it is created: reading that many
     /// gives exactly the run as it was then, even while other writers append.
-    async fn to_end(store: &JetStreamEventStore, run: RunId) -> Result<Option<Self>, ReadFailure> {
+    ///
+    /// With `limit`, at most that many: a second read of the messages a first read saw.
+    async fn to_end(
+        store: &JetStreamEventStore,
+        run: RunId,
+        limit: Option<u64>,
+    ) -> Result<Option<Self>, ReadFailure> {
         let consumer = Self::consumer(store, run).await?;
-        let stored = consumer.cached_info().num_pending;
+        let stored = consumer
+            .cached_info()
+            .num_pending
+            .min(limit.unwrap_or(u64::MAX));
         let name = consumer.cached_info().name.clone();
         if stored == 0 {
             drop(consumer);
@@ -81,6 +86,7 @@ impl RunMessages {
             return Ok(None);
         }
         let mut messages = Self::read(consumer, Some(stored)).await?;
+        messages.stored = stored;
         messages.cleanup = Some((store.stream.clone(), name));
         Ok(Some(messages))
     }
@@ -214,21 +220,34 @@ impl RunReader {
     }
 }
 
-/// A run's state as its stored payloads are verified and applied one by one.
+/// A run's state as its stored payloads are verified and applied one by one, up to the first
+/// payload that does not verify or cannot follow (kept in `broken`).
 struct Fold {
     verifier: ChainVerifier,
     state: Option<RunState>,
+    broken: Option<LoadError>,
 }
 
 impl Fold {
-    fn new(run: RunId) -> Self {
+    fn new(verifier: ChainVerifier) -> Self {
         Self {
-            verifier: ChainVerifier::new(run),
+            verifier,
             state: None,
+            broken: None,
         }
     }
 
-    fn push(&mut self, payload: &[u8]) -> Result<(), LoadError> {
+    /// Verifies and applies the next payload; `false` once the history is broken.
+    fn push(&mut self, payload: &[u8]) -> bool {
+        if self.broken.is_none()
+            && let Err(err) = self.try_push(payload)
+        {
+            self.broken = Some(err);
+        }
+        self.broken.is_none()
+    }
+
+    fn try_push(&mut self, payload: &[u8]) -> Result<(), LoadError> {
         let envelope = self.verifier.push(payload)?;
         match &mut self.state {
             None => self.state = Some(RunState::new(&envelope)?),
@@ -238,22 +257,29 @@ impl Fold {
     }
 
     /// Verifies and folds payloads handed over in chunks, on a thread of its own so that
-    /// reading the next messages and checking these overlap.
-    fn run_on_chunks(mut self, mut chunks: mpsc::Receiver<Vec<Bytes>>) -> Result<Self, LoadError> {
+    /// reading the next messages and checking these overlap. Stops at a broken history, which
+    /// closes the channel and so stops the reader too.
+    fn run_on_chunks(mut self, mut chunks: mpsc::Receiver<Vec<Bytes>>) -> Self {
         while let Some(chunk) = chunks.blocking_recv() {
             for payload in chunk {
-                self.push(&payload)?;
+                if !self.push(&payload) {
+                    return self;
+                }
             }
         }
-        Ok(self)
+        self
     }
 }
 
 /// Reads `messages` while a blocking thread verifies and folds what was read.
-async fn fold_alongside(run: RunId, messages: &mut RunMessages) -> Result<Fold, LoadError> {
+async fn fold_alongside(
+    run: RunId,
+    fold: Fold,
+    messages: &mut RunMessages,
+) -> Result<Fold, LoadError> {
     // Bounded: the reader waits for the verifier rather than buffering the run.
     let (chunks, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let folding = tokio::task::spawn_blocking(move || Fold::new(run).run_on_chunks(receiver));
+    let folding = tokio::task::spawn_blocking(move || fold.run_on_chunks(receiver));
     let mut chunk = Vec::with_capacity(CHUNK);
     let read = loop {
         match messages.next().await {
@@ -276,8 +302,8 @@ async fn fold_alongside(run: RunId, messages: &mut RunMessages) -> Result<Fold, 
         }
     };
     drop(chunks);
-    let folded = match folding.await {
-        Ok(folded) => folded,
+    let fold = match folding.await {
+        Ok(fold) => fold,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
         Err(err) => {
             return Err(LoadError::Unavailable {
@@ -287,8 +313,9 @@ async fn fold_alongside(run: RunId, messages: &mut RunMessages) -> Result<Fold, 
         }
     };
     // The first problem in stored order wins: a bad event before a transport failure.
-    let fold = folded?;
-    read?;
+    if fold.broken.is_none() {
+        read?;
+    }
     Ok(fold)
 }
 
@@ -296,7 +323,18 @@ async fn fold_alongside(run: RunId, messages: &mut RunMessages) -> Result<Fold, 
 enum Step {
     Open(Box<JetStreamEventStore>),
     Reading(Box<RunReader>),
+    /// Reading, with the store at hand for a second read at the end.
+    Streaming(Box<JetStreamEventStore>, Box<RunReader>),
     Done,
+}
+
+/// How far one read of a run went.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadExtent {
+    /// Messages the read covered.
+    stored: u64,
+    /// Stream sequence of the last one.
+    reached: u64,
 }
 
 impl JetStreamEventStore {
@@ -304,36 +342,86 @@ impl JetStreamEventStore {
     ///
     /// Memory stays flat whatever the run's length. A long run is verified on a thread of its
     /// own while the next messages are read, with a few chunks of messages between the two.
+    /// When event ids older than the newest ones read were found (never in a healthy store:
+    /// see [`ChainVerifier`]), the same messages are read a second time to check them.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        let Some(mut messages) = RunMessages::to_end(self, run)
-            .await
-            .map_err(|e| e.into_load(run))?
-        else {
-            return Ok(LoadedRun {
-                state: None,
-                cursor: RunCursor::genesis(run),
-            });
-        };
-        let fold = if messages.stored < PIPELINE_FROM {
-            let mut fold = Fold::new(run);
-            while let Some(payload) = messages.next().await {
-                fold.push(&payload.map_err(|e| e.into_load(run))?)?;
+        let (fold, read) = self.fold_run(ChainVerifier::new(run), None).await?;
+        let (fold, read) = match fold.verifier.unsettled() {
+            None => (fold, read),
+            Some(ids) => {
+                tracing::info!(
+                    unsettled = ids.len(),
+                    "event ids older than the newest ones read; reading the run again to check them"
+                );
+                self.fold_run(ChainVerifier::rechecking(run, ids), Some(read.stored))
+                    .await?
             }
-            fold
-        } else {
-            fold_alongside(run, &mut messages).await?
         };
+        if let Some(broken) = fold.broken {
+            return Err(broken);
+        }
         Ok(LoadedRun {
             state: fold.state,
             cursor: RunCursor {
                 head: fold.verifier.head().clone(),
-                stream_seq: messages.reached,
+                stream_seq: read.reached,
             },
         })
     }
 
+    /// One read of a run (at most `limit` messages): the fold, and how far the read went.
+    /// `Err` only when the store could not be read; a broken history is in the fold.
+    async fn fold_run(
+        &self,
+        verifier: ChainVerifier,
+        limit: Option<u64>,
+    ) -> Result<(Fold, ReadExtent), LoadError> {
+        let run = verifier.head().run_id;
+        let mut fold = Fold::new(verifier);
+        let Some(mut messages) = RunMessages::to_end(self, run, limit)
+            .await
+            .map_err(|e| e.into_load(run))?
+        else {
+            return Ok((fold, ReadExtent::default()));
+        };
+        if messages.stored < PIPELINE_FROM {
+            while let Some(payload) = messages.next().await {
+                if !fold.push(&payload.map_err(|e| e.into_load(run))?) {
+                    break;
+                }
+            }
+        } else {
+            fold = fold_alongside(run, fold, &mut messages).await?;
+        }
+        let extent = ReadExtent {
+            stored: messages.stored,
+            reached: messages.reached,
+        };
+        Ok((fold, extent))
+    }
+
+    /// Reads the first `count` messages of `run` again to settle the event ids a first read
+    /// left unsettled: the first problem among them, if any.
+    async fn settle(&self, run: RunId, ids: UnsettledIds, count: u64) -> Result<(), ReadFailure> {
+        let Some(messages) = RunMessages::to_end(self, run, Some(count)).await? else {
+            return Ok(());
+        };
+        let mut reader = RunReader {
+            messages,
+            verifier: ChainVerifier::rechecking(run, ids),
+        };
+        while let Some(envelope) = reader.next().await {
+            envelope?;
+        }
+        Ok(())
+    }
+
     /// A run's verified envelopes as they are read (for replay of long runs).
+    ///
+    /// When event ids older than the newest ones read were found, the stream reads the run a
+    /// second time at its end to check them: a repeat among them is then its last item, after
+    /// the envelopes that followed it.
     pub fn stream_envelopes(
         &self,
         run: RunId,
@@ -341,19 +429,35 @@ impl JetStreamEventStore {
         let span = tracing::info_span!("stream_envelopes", run_id = %run);
         futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
             async move {
-                let mut reader = match step {
-                    Step::Open(store) => match RunMessages::to_end(&store, run).await {
-                        Ok(Some(messages)) => Box::new(RunReader::new(messages, run)),
+                let (store, mut reader) = match step {
+                    Step::Open(store) => match RunMessages::to_end(&store, run, None).await {
+                        Ok(Some(messages)) => (store, Box::new(RunReader::new(messages, run))),
                         Ok(None) => return None,
                         Err(err) => return Some((Err(err.into_load(run)), Step::Done)),
                     },
-                    Step::Reading(reader) => reader,
-                    Step::Done => return None,
+                    Step::Streaming(store, reader) => (store, reader),
+                    Step::Reading(_) | Step::Done => return None,
                 };
-                match reader.next().await? {
-                    Ok(envelope) => Some((Ok(envelope), Step::Reading(reader))),
-                    Err(err) => Some((Err(err.into_load(run)), Step::Done)),
-                }
+                let failure = match reader.next().await {
+                    Some(Ok(envelope)) => {
+                        return Some((Ok(envelope), Step::Streaming(store, reader)));
+                    }
+                    Some(Err(err)) => Some(err),
+                    None => None,
+                };
+                // Read: every message to the end, or up to and including the one that failed.
+                let read = match &failure {
+                    Some(ReadFailure::Chain(err)) => err.seq(),
+                    Some(ReadFailure::Transport(_)) | None => reader.messages.stored,
+                };
+                let settled = match reader.verifier.unsettled() {
+                    Some(ids) if !matches!(failure, Some(ReadFailure::Transport(_))) => {
+                        store.settle(run, ids, read).await.err()
+                    }
+                    _ => None,
+                };
+                let err = settled.or(failure)?;
+                Some((Err(err.into_load(run)), Step::Done))
             }
             .instrument(span.clone())
         })
@@ -368,7 +472,10 @@ impl JetStreamEventStore {
     /// The run's verified events with seq greater than `after_seq`, live.
     ///
     /// The chain can only be verified from the run's first event, so the reader starts there
-    /// and skips, verified, what the caller already has.
+    /// and skips, verified, what the caller already has. A live read has no end to read again
+    /// from: an event id older than the newest ones seen is left to the next [`load`] to check.
+    ///
+    /// [`load`]: Self::load
     pub fn follow(
         &self,
         run: RunId,
@@ -383,7 +490,7 @@ impl JetStreamEventStore {
                         Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
                     },
                     Step::Reading(reader) => reader,
-                    Step::Done => return None,
+                    Step::Streaming(..) | Step::Done => return None,
                 };
                 loop {
                     match reader.next().await? {
@@ -420,7 +527,7 @@ impl JetStreamEventStore {
                         }
                     }
                     Step::Reading(reader) => reader,
-                    Step::Done => return None,
+                    Step::Streaming(..) | Step::Done => return None,
                 };
                 match reader.next().await? {
                     Ok(envelope) => Some((Ok(envelope), Step::Reading(reader))),
@@ -428,59 +535,6 @@ impl JetStreamEventStore {
                 }
             }
             .instrument(span.clone())
-        })
-    }
-
-    /// Every run in the store, oldest first, from the stream's per-subject counts and each
-    /// run's (verified) first event.
-    #[tracing::instrument(skip_all)]
-    pub async fn list_runs(&self) -> Result<Vec<RunSummary>, ListError> {
-        let mut subjects = self
-            .stream
-            .info_with_subjects(EVENTS_WILDCARD)
-            .await
-            .map_err(|e| ListError::Unavailable(e.into()))?;
-        let mut runs = Vec::new();
-        while let Some((subject, count)) = subjects
-            .try_next()
-            .await
-            .map_err(|e| ListError::Unavailable(e.into()))?
-        {
-            if let Some(run) = run_of_subject(&subject) {
-                runs.push((run, count as u64));
-            }
-        }
-        // Run ids are UUID v7: sorting by id sorts by start time.
-        runs.sort_unstable();
-        futures::stream::iter(runs)
-            .map(|(run, events)| self.summary(run, events))
-            .buffered(SUMMARY_CONCURRENCY)
-            .try_collect()
-            .await
-    }
-
-    async fn summary(&self, run: RunId, events: u64) -> Result<RunSummary, ListError> {
-        let first = self
-            .stream
-            .direct_get_first_for_subject(events_subject(run))
-            .await
-            .map_err(|e| ListError::Unavailable(e.into()))?;
-        let envelope = ChainVerifier::new(run).push(&first.payload)?;
-        let event = envelope.event.name();
-        let Event::RunStarted { runbook, .. } = envelope.event else {
-            return Err(TransitionError::NotAStart {
-                run,
-                seq: envelope.seq,
-                event,
-            }
-            .into());
-        };
-        Ok(RunSummary {
-            run,
-            events,
-            runbook,
-            started_at: envelope.at,
-            started_by: envelope.actor,
         })
     }
 }

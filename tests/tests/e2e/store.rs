@@ -538,7 +538,9 @@ async fn runs_are_listed_and_followed_live() -> TestResult {
     let (first, _) = store.append(&first, vec![progress("1")]).await?;
     let second = start_run(&store).await?;
 
-    let runs = store.list_runs().await?;
+    let listed = store.list_runs().await?;
+    assert!(listed.quarantined.is_empty());
+    let runs = listed.runs;
     assert_eq!(
         runs.iter().map(|r| (r.run, r.events)).collect::<Vec<_>>(),
         vec![(first.run(), 4), (second.run(), 3)]
