@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rollback_agent::config::{NatsAuth, NatsSection};
+use rollback_agent::provision;
 use rollback_agent::replay::{self, At};
+use rollback_agent::secret::Secret;
 use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
 use rollback_agent::tenancy::{delta, demo, verify};
@@ -32,6 +34,24 @@ enum Cmd {
         /// The configuration file (TOML); environment variables override it.
         #[arg(long, env = "ROLLBACK_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Create the event stream, the agents' buckets and the bot's bucket and consumer, or bring
+    /// them back to their settings, with an administrator's NATS credentials (the agent's own
+    /// may not). Prints what it created or changed; safe to repeat and to run from several
+    /// places at once. Run it before the first start and whenever the agent reports the stream
+    /// weakened.
+    Provision {
+        /// The agents' configuration file: NATS servers, `[store]` replicas and duplicate
+        /// window, `[agent]` lease_ttl; environment variables override it as for `run`.
+        #[arg(long, env = "ROLLBACK_CONFIG")]
+        config: Option<PathBuf>,
+        /// The administrator's NATS user; its password comes from NATS_ADMIN_PASSWORD. Without
+        /// it (or --creds) the configuration's own credentials are used.
+        #[arg(long, env = "NATS_ADMIN_USER")]
+        user: Option<String>,
+        /// The administrator's NATS credentials file.
+        #[arg(long, env = "NATS_ADMIN_CREDS")]
+        creds: Option<PathBuf>,
     },
     /// Replay a run for the postmortem: verify its hash chain, fold its events, write a report
     /// (the verdict first). Exits 2 when the history is not intact.
@@ -287,6 +307,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where `provision` reads the administrator's password: never a flag, which `ps` would show.
+const ADMIN_PASSWORD_VAR: &str = "NATS_ADMIN_PASSWORD";
+
 /// Exit code for "ran, and said no" (a refused plan, a failed verification).
 const REFUSED: u8 = 2;
 
@@ -309,6 +332,31 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 signal.cancel();
             });
             rollback_agent::agent::run(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Provision {
+            config,
+            user,
+            creds,
+        } => {
+            let config = rollback_agent::config::AgentConfig::load_from_env(config.as_deref())?;
+            let admin = provision::AdminCredentials {
+                user,
+                password: std::env::var(ADMIN_PASSWORD_VAR)
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .map(Secret::new),
+                creds_file: creds,
+            };
+            let nats = provision::admin_connection(&config.nats, &admin)?;
+            let client = connect_nats_once(&nats, "rollback-agent provision").await?;
+            let js = async_nats::jetstream::new(client);
+            let done = provision::provision(&js, &provision::ProvisionSettings::of(&config))
+                .await
+                .context("provisioning")?;
+            for line in done {
+                println!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replay {
@@ -557,7 +605,7 @@ async fn replay(
         .map_err(|e| anyhow::anyhow!("`{run}` is not a run id: {e}"))?;
     let at = at.map(|at| at.parse::<At>()).transpose().context("--at")?;
     let config = rollback_agent::config::AgentConfig::load_from_env(config)?;
-    let client = connect_nats_once(&config.nats).await?;
+    let client = connect_nats_once(&config.nats, "rollback-agent replay").await?;
     let report = replay::replay_from(&async_nats::jetstream::new(client), run, at).await?;
     let text = replay::render(
         &report,
@@ -582,9 +630,12 @@ async fn replay(
 
 /// One connection attempt, for a command-line tool: a server that is down is an error now,
 /// not a wait (unlike the agent, which keeps retrying).
-async fn connect_nats_once(nats: &NatsSection) -> anyhow::Result<async_nats::Client> {
+async fn connect_nats_once(
+    nats: &NatsSection,
+    name: &str,
+) -> anyhow::Result<async_nats::Client> {
     let opts = async_nats::ConnectOptions::new()
-        .name("rollback-agent replay")
+        .name(name)
         .connection_timeout(std::time::Duration::from_secs(5));
     let opts = match nats.auth() {
         NatsAuth::None => opts,

@@ -155,6 +155,7 @@ struct Registry {
     escalations: Mutex<BTreeMap<String, u64>>,
     runs_active: AtomicU64,
     nats_connected: AtomicBool,
+    event_stream_safe: AtomicBool,
 }
 
 /// The values at one moment, for tests and for rendering.
@@ -176,6 +177,8 @@ pub struct MetricsSnapshot {
     pub runs_active: u64,
     /// `nats_connected`.
     pub nats_connected: bool,
+    /// `event_stream_safe`.
+    pub event_stream_safe: bool,
 }
 
 impl Metrics {
@@ -245,6 +248,12 @@ impl Metrics {
             .store(connected, Ordering::Relaxed);
     }
 
+    /// Sets the `event_stream_safe` gauge: whether the event stream's configuration keeps
+    /// history whole (the agent executes only while it does).
+    pub fn set_event_stream_safe(&self, safe: bool) {
+        self.inner.event_stream_safe.store(safe, Ordering::Relaxed);
+    }
+
     /// Whether the last report said the agent is connected to NATS.
     pub fn nats_connected(&self) -> bool {
         self.inner.nats_connected.load(Ordering::Relaxed)
@@ -274,6 +283,7 @@ impl Metrics {
                 .clone(),
             runs_active: inner.runs_active.load(Ordering::Relaxed),
             nats_connected: inner.nats_connected.load(Ordering::Relaxed),
+            event_stream_safe: inner.event_stream_safe.load(Ordering::Relaxed),
         }
     }
 
@@ -371,6 +381,18 @@ impl MetricsSnapshot {
             &[],
             u64::from(self.nats_connected),
         );
+        family(
+            &mut out,
+            "event_stream_safe",
+            "Whether the event stream keeps history whole (1); at 0 the agent executes nothing.",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "event_stream_safe",
+            &[],
+            u64::from(self.event_stream_safe),
+        );
         out
     }
 }
@@ -429,19 +451,19 @@ fn escape_label_value(value: &str) -> String {
 #[derive(Clone)]
 struct Probe {
     metrics: Metrics,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
 /// Serves `GET /metrics`, `GET /healthz` (200 while the process runs) and `GET /readyz`
-/// (200 while `ready()` says so, else 503) on `listen` (port 0 picks a free port) until
-/// `shutdown` completes, then finishes the requests in flight.
+/// (200 while `ready()` says so, else 503 with the reason it gives) on `listen` (port 0 picks
+/// a free port) until `shutdown` completes, then finishes the requests in flight.
 ///
 /// Returns the address actually bound and the server task; the task ends with the server's
 /// result, and its owner should await it after triggering `shutdown`.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
-    ready: impl Fn() -> bool + Send + Sync + 'static,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -471,10 +493,12 @@ async fn metrics_page(State(probe): State<Probe>) -> impl IntoResponse {
 }
 
 async fn readiness(State(probe): State<Probe>) -> impl IntoResponse {
-    if (probe.ready)() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    match (probe.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -502,6 +526,7 @@ mod tests {
         metrics.record_step_attempt();
         metrics.record_escalation("team lead");
         metrics.set_nats_connected(true);
+        metrics.set_event_stream_safe(true);
         let _run = metrics.run_started();
 
         let text = metrics.render();
@@ -534,6 +559,9 @@ runs_active 1
 # HELP nats_connected Whether the agent is connected to NATS (1) or not (0).
 # TYPE nats_connected gauge
 nats_connected 1
+# HELP event_stream_safe Whether the event stream keeps history whole (1); at 0 the agent executes nothing.
+# TYPE event_stream_safe gauge
+event_stream_safe 1
 ";
         assert_eq!(text, expected);
     }
@@ -621,7 +649,13 @@ nats_connected 1
             metrics.clone(),
             {
                 let ready = ready.clone();
-                move || ready.load(Ordering::SeqCst)
+                move || {
+                    if ready.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err("the event stream is missing".to_owned())
+                    }
+                }
             },
             async move {
                 let _ = stopped.await;
@@ -652,7 +686,11 @@ nats_connected 1
         );
         assert!(metrics_page.body.contains("# TYPE nats_connected gauge\n"));
 
-        assert_eq!(get(address, "/readyz").await.unwrap().status, 503);
+        let unready = get(address, "/readyz").await.unwrap();
+        assert_eq!(
+            (unready.status, unready.body.as_str()),
+            (503, "not ready: the event stream is missing\n")
+        );
         ready.store(true, Ordering::SeqCst);
         let readiness = get(address, "/readyz").await.unwrap();
         assert_eq!(
@@ -689,7 +727,7 @@ nats_connected 1
     async fn a_taken_port_is_an_error() {
         let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = taken.local_addr().unwrap();
-        let result = serve(address, Metrics::new(), || true, std::future::pending()).await;
+        let result = serve(address, Metrics::new(), || Ok(()), std::future::pending()).await;
         assert!(result.is_err());
     }
 }
