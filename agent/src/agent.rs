@@ -161,7 +161,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     let Some(outcomes) = wait_until("the command outcome bucket", &readiness, &shutdown, || {
         let js = js.clone();
-        async move { service::outcomes_bucket(&js).await.map_err(anyhow::Error::msg) }
+        async move {
+            service::outcomes_bucket(&js)
+                .await
+                .map_err(anyhow::Error::msg)
+        }
     })
     .await
     else {

@@ -349,9 +349,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 creds_file: creds,
             };
             let nats = provision::admin_connection(&config.nats, &admin)?;
-            let client = connect_nats_once(&nats, "rollback-agent provision").await?;
+            let (refused, mut refusals) = tokio::sync::mpsc::channel(16);
+            let client =
+                connect_nats_once(&nats, "rollback-agent provision", Some(refused)).await?;
             let js = async_nats::jetstream::new(client);
-            let done = provision::provision(&js, &provision::ProvisionSettings::of(&config))
+            let settings = provision::ProvisionSettings::of(&config);
+            let done = provision::provision_patiently(&js, &settings, &mut refusals)
                 .await
                 .context("provisioning")?;
             for line in done {
@@ -605,7 +608,7 @@ async fn replay(
         .map_err(|e| anyhow::anyhow!("`{run}` is not a run id: {e}"))?;
     let at = at.map(|at| at.parse::<At>()).transpose().context("--at")?;
     let config = rollback_agent::config::AgentConfig::load_from_env(config)?;
-    let client = connect_nats_once(&config.nats, "rollback-agent replay").await?;
+    let client = connect_nats_once(&config.nats, "rollback-agent replay", None).await?;
     let report = replay::replay_from(&async_nats::jetstream::new(client), run, at).await?;
     let text = replay::render(
         &report,
@@ -630,13 +633,26 @@ async fn replay(
 
 /// One connection attempt, for a command-line tool: a server that is down is an error now,
 /// not a wait (unlike the agent, which keeps retrying).
+/// The server's asynchronous errors (permission violations) go to `server_errors`, if given.
 async fn connect_nats_once(
     nats: &NatsSection,
     name: &str,
+    server_errors: Option<tokio::sync::mpsc::Sender<String>>,
 ) -> anyhow::Result<async_nats::Client> {
-    let opts = async_nats::ConnectOptions::new()
+    let mut opts = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(errors) = server_errors {
+        opts = opts.event_callback(move |event| {
+            let errors = errors.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    // Full: the earlier ones already tell the story.
+                    let _ = errors.try_send(e.to_string());
+                }
+            }
+        });
+    }
     let opts = match nats.auth() {
         NatsAuth::None => opts,
         NatsAuth::UserPassword { user, password } => {

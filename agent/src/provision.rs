@@ -91,11 +91,74 @@ pub enum ProvisionError {
         source: CreateKeyValueError,
     },
     /// The bot's durable consumer.
-    #[error("the server refused to create or update the consumer {BOT_CONSUMER} on {EVENTS_STREAM}")]
+    #[error(
+        "the server refused to create or update the consumer {BOT_CONSUMER} on {EVENTS_STREAM}"
+    )]
     Consumer(#[source] async_nats::Error),
     /// The server could not be reached.
     #[error("could not reach JetStream")]
     Unavailable(#[source] async_nats::Error),
+    /// The server refused a request for lack of permission: the credentials are not an
+    /// administrator's.
+    #[error(
+        "the server refused: {0}; provisioning needs an administrator's credentials (NATS_ADMIN_USER with NATS_ADMIN_PASSWORD, or NATS_ADMIN_CREDS)"
+    )]
+    NotPermitted(String),
+}
+
+impl ProvisionError {
+    /// Whether trying again may help: JetStream leaves requests unanswered while a stream's
+    /// replicas elect a leader (a cluster just started, a node lost). A definite answer from
+    /// the server is final.
+    fn is_transient(&self) -> bool {
+        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+        match self {
+            ProvisionError::Stream(StreamSetupError::Refused(e)) => {
+                !matches!(e.kind(), Kind::JetStream(_))
+            }
+            ProvisionError::StillWeakened(_) | ProvisionError::NotPermitted(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// How long [`provision_patiently`] keeps trying while JetStream does not answer.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// [`provision`], tried again while the failure may pass, for up to [`PATIENCE`].
+/// `refusals` carries the server's asynchronous errors on the connection: a permissions
+/// violation (which the server reports there, leaving the request itself unanswered) ends
+/// the attempts at once with [`ProvisionError::NotPermitted`].
+pub async fn provision_patiently(
+    js: &jetstream::Context,
+    settings: &ProvisionSettings,
+    refusals: &mut tokio::sync::mpsc::Receiver<String>,
+) -> Result<Vec<Provisioned>, ProvisionError> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = std::pin::pin!(provision(js, settings));
+    loop {
+        // A refused request goes unanswered until it times out; the violation comes at once.
+        let failed = tokio::select! {
+            done = &mut attempt => match done {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            },
+            Some(refusal) = refusals.recv() => {
+                if refusal.to_lowercase().contains("permissions violation") {
+                    return Err(ProvisionError::NotPermitted(refusal));
+                }
+                continue;
+            }
+        };
+        if !failed.is_transient() || tokio::time::Instant::now() + backoff > deadline {
+            return Err(failed);
+        }
+        tracing::warn!(error = %failed, "provisioning; trying again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        attempt.set(provision(js, settings));
+    }
 }
 
 fn listed(weaknesses: &[Weakness]) -> String {
@@ -128,8 +191,7 @@ pub async fn provision(
         .map_err(|e| ProvisionError::Unavailable(e.into()))?
         .config
         .clone();
-    if let StreamVerdict::Weakened(weaknesses) =
-        StreamVerdict::of(Some(&written), &settings.store)
+    if let StreamVerdict::Weakened(weaknesses) = StreamVerdict::of(Some(&written), &settings.store)
     {
         return Err(ProvisionError::StillWeakened(weaknesses));
     }
@@ -262,7 +324,9 @@ pub enum AdminCredentialsError {
     #[error("an administrator user needs its password in NATS_ADMIN_PASSWORD")]
     MissingPassword,
     /// A password without a user.
-    #[error("NATS_ADMIN_PASSWORD is set but no administrator user is named (--user or NATS_ADMIN_USER)")]
+    #[error(
+        "NATS_ADMIN_PASSWORD is set but no administrator user is named (--user or NATS_ADMIN_USER)"
+    )]
     MissingUser,
     /// A user and a credentials file.
     #[error("give an administrator user and password, or a credentials file, not both")]
@@ -302,10 +366,15 @@ mod tests {
             ..Default::default()
         };
         let section = admin_connection(&agent_nats(), &creds).unwrap();
-        assert!(matches!(section.auth(), NatsAuth::CredsFile(path) if path.ends_with("admin.creds")));
+        assert!(
+            matches!(section.auth(), NatsAuth::CredsFile(path) if path.ends_with("admin.creds"))
+        );
 
         let own = admin_connection(&agent_nats(), &AdminCredentials::default()).unwrap();
-        assert!(matches!(own.auth(), NatsAuth::UserPassword { user: "agent", .. }));
+        assert!(matches!(
+            own.auth(),
+            NatsAuth::UserPassword { user: "agent", .. }
+        ));
     }
 
     #[test]

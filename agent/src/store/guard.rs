@@ -126,7 +126,9 @@ impl StreamVerdict {
             }),
             (s.subjects != [EVENTS_WILDCARD]).then(|| Weakness::Subjects(s.subjects.clone())),
             (s.mirror.is_some()
-                || s.sources.as_ref().is_some_and(|sources| !sources.is_empty())
+                || s.sources
+                    .as_ref()
+                    .is_some_and(|sources| !sources.is_empty())
                 || s.subject_transform.is_some())
             .then_some(Weakness::ForeignInput),
             s.no_ack.then_some(Weakness::NoAck),
@@ -373,10 +375,7 @@ mod tests {
             async move { clone.safe().await }
         });
         assert_eq!(guard.set(StreamVerdict::Missing), None, "no change");
-        assert_eq!(
-            guard.set(StreamVerdict::Safe),
-            Some(StreamVerdict::Missing)
-        );
+        assert_eq!(guard.set(StreamVerdict::Safe), Some(StreamVerdict::Missing));
         tokio::time::timeout(Duration::from_secs(10), waiting)
             .await
             .expect("woken")

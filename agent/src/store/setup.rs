@@ -100,7 +100,7 @@ pub async fn provision_stream(
     let written = match write_stream(js, existing.is_some(), wanted).await {
         Ok(written) => written,
         // A server that does not know atomic batches may refuse the flag: run without them.
-        Err(first) => {
+        Err(first) if matches!(first.kind(), CreateStreamErrorKind::JetStream(_)) => {
             match write_stream(js, existing.is_some(), required(base, config, false)).await {
                 Ok(written) => {
                     tracing::warn!(error = %first, "the server refused atomic batches");
@@ -109,6 +109,7 @@ pub async fn provision_stream(
                 Err(_) => return Err(StreamSetupError::Refused(first)),
             }
         }
+        Err(unanswered) => return Err(StreamSetupError::Refused(unanswered)),
     };
     Ok(Change::between(existing.as_ref(), &written))
 }
@@ -213,7 +214,10 @@ mod tests {
             ..Default::default()
         };
         let wanted = required(weakened, &config, true);
-        assert_eq!(StreamVerdict::of(Some(&wanted), &config), StreamVerdict::Safe);
+        assert_eq!(
+            StreamVerdict::of(Some(&wanted), &config),
+            StreamVerdict::Safe
+        );
         assert_eq!(wanted.compression, Some(stream::Compression::S2));
         assert!(wanted.allow_direct && wanted.allow_atomic_publish);
         assert_eq!(
