@@ -134,15 +134,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         duplicate_window: config.store.duplicate_window,
         ..Default::default()
     };
+    // A stream that exists but was weakened is opened all the same: runs can be read and
+    // their status answered, while every append waits for the stream to be put right.
     let Some(store) = wait_until("the event stream", &readiness, &shutdown, || {
-        JetStreamEventStore::connect(js.clone(), store_config.clone())
+        JetStreamEventStore::open(js.clone(), store_config.clone())
     })
     .await
     else {
         return Ok(());
     };
     let _ = readiness.stream.set(store.guard().clone());
-    metrics.set_event_stream_safe(true);
+    metrics.set_event_stream_safe(store.guard().verdict().is_safe());
     let Some(leases) = wait_until("the lease bucket", &readiness, &shutdown, || async {
         let (leases, ttl) = lease::bucket(&js).await?;
         // Agents renew on their own lease_ttl, the bucket expires leases on its max_age:

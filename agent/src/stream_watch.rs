@@ -46,8 +46,8 @@ pub async fn watch(
             None
         }
     };
-    let mut last = store.guard().verdict();
-    metrics.set_event_stream_safe(last.is_safe());
+    // From "safe", so that a stream found weakened at start is reported like a later change.
+    let mut last = StreamVerdict::Safe;
     loop {
         let readable = match store.inspect().await {
             Ok(verdict) => {

@@ -164,23 +164,34 @@ pub struct JetStreamEventStore {
 }
 
 impl JetStreamEventStore {
-    /// Opens the store on the provisioned event stream. Refused when there is no stream
-    /// ([`ConnectError::NotProvisioned`]) or when it no longer keeps history whole
-    /// ([`ConnectError::Weakened`]): nothing is created or changed here.
+    /// Opens the store on the provisioned event stream, refusing one that no longer keeps
+    /// history whole ([`ConnectError::Weakened`]) as well as a missing one
+    /// ([`ConnectError::NotProvisioned`]). Nothing is created or changed here.
     #[tracing::instrument(skip_all, fields(replicas = config.replicas))]
     pub async fn connect(
         js: jetstream::Context,
         config: StoreConfig,
     ) -> Result<Self, ConnectError> {
+        let store = Self::open(js, config).await?;
+        match store.guard.verdict() {
+            StreamVerdict::Weakened(weaknesses) => Err(ConnectError::Weakened(weaknesses)),
+            _ => Ok(store),
+        }
+    }
+
+    /// Opens the store on the provisioned event stream whatever its configuration, with the
+    /// verdict on it in the store's guard: on a stream that no longer keeps history whole the
+    /// store reads, and holds every append until an [`inspect`](Self::inspect) finds the
+    /// stream whole again. Refused only when there is no stream.
+    pub async fn open(js: jetstream::Context, config: StoreConfig) -> Result<Self, ConnectError> {
         let existing = stream_config(&js, EVENTS_STREAM)
             .await
             .map_err(ConnectError::Unavailable)?;
-        let atomic_on_stream = match StreamVerdict::of(existing.as_ref(), &config) {
-            StreamVerdict::Safe => existing.is_some_and(|s| s.allow_atomic_publish),
-            StreamVerdict::Missing => return Err(ConnectError::NotProvisioned),
-            StreamVerdict::Weakened(weaknesses) => return Err(ConnectError::Weakened(weaknesses)),
+        let verdict = StreamVerdict::of(existing.as_ref(), &config);
+        let Some(existing) = existing else {
+            return Err(ConnectError::NotProvisioned);
         };
-        if config.atomic_batches && !atomic_on_stream {
+        if config.atomic_batches && !existing.allow_atomic_publish {
             tracing::warn!(
                 "the event stream does not accept atomic batches; appending decisions event by event"
             );
@@ -189,13 +200,13 @@ impl JetStreamEventStore {
             .get_stream_no_info(EVENTS_STREAM)
             .await
             .map_err(|e| ConnectError::Unavailable(e.into()))?;
-        let atomic = config.atomic_batches && atomic_on_stream;
+        let atomic = config.atomic_batches && existing.allow_atomic_publish;
         Ok(Self {
             js,
             stream,
             config,
             atomic,
-            guard: StreamGuard::new(StreamVerdict::Safe),
+            guard: StreamGuard::new(verdict),
         })
     }
 

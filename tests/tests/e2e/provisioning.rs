@@ -371,7 +371,7 @@ command = "echo after >> {out}"
     .unwrap();
     let metrics = format!("127.0.0.1:{}", free_port().unwrap());
     let config = config_with_metrics(dir.path(), "agent-a", &nats, "5s", &metrics);
-    let agent = AgentProcess::start_with(
+    let mut agent = AgentProcess::start_with(
         dir.path(),
         "agent-a",
         &config,
@@ -439,6 +439,31 @@ command = "echo after >> {out}"
     assert!(
         matches!(&refused, CommandReply::Rejected { reason } if reason.contains("no longer keeps history whole")),
         "{refused:?}"
+    );
+    assert!(!lines(&out).contains(&"after".to_owned()), "a step ran");
+
+    // Restarted on the weakened stream, the agent answers reads and still executes nothing.
+    agent.kill().await;
+    agent.restart().await.unwrap();
+    let held = "not executing until the event stream is safe again";
+    until("the restarted agent to hold", DEADLINE, async || {
+        agent.log().matches(held).count() >= 2
+    })
+    .await;
+    assert!(
+        matches!(readyz(&metrics).await, Some((503, body)) if body.contains("max_msgs_per_subject = 10000"))
+    );
+    assert_eq!(
+        agent.log().matches("refusing to execute or append").count(),
+        2
+    );
+    let status = driver
+        .send("alice", &["oncall"], Command::Status { run })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&status, CommandReply::Accepted { message, .. } if message.contains("hold")),
+        "{status:?}"
     );
     assert!(!lines(&out).contains(&"after".to_owned()), "a step ran");
     let weakened = stream_of(&admin).await;
