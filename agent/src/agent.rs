@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 use rollback_proto::RunId;
-use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD, run_of_subject};
+use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD, LEASE_BUCKET, run_of_subject};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::config::{AgentConfig, NatsAuth};
 use crate::executor::{self, EscalationLevel, ExecutorDeps, RunEnd, lease};
 use crate::service::{self, CommandService};
 use crate::steps::DatabaseTargets;
-use crate::store::{JetStreamEventStore, StoreConfig, StreamGuard};
+use crate::store::{self, JetStreamEventStore, StoreConfig, StreamGuard};
 use crate::stream_watch;
 use crate::telemetry::{self, Metrics};
 
@@ -146,6 +146,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let _ = readiness.stream.set(store.guard().clone());
     metrics.set_event_stream_safe(store.guard().verdict().is_safe());
     let Some(leases) = wait_until("the lease bucket", &readiness, &shutdown, || async {
+        provisioned(&js, LEASE_BUCKET).await?;
         let (leases, ttl) = lease::bucket(&js).await?;
         // Agents renew on their own lease_ttl, the bucket expires leases on its max_age:
         // they must agree, or a lease could expire between two renewals.
@@ -164,6 +165,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let Some(outcomes) = wait_until("the command outcome bucket", &readiness, &shutdown, || {
         let js = js.clone();
         async move {
+            provisioned(&js, service::OUTCOMES_BUCKET).await?;
             service::outcomes_bucket(&js)
                 .await
                 .map_err(anyhow::Error::msg)
@@ -257,6 +259,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     client.drain().await.ok();
     supervised
+}
+
+/// Fails, saying what to do, when the key-value bucket `bucket` has not been provisioned.
+async fn provisioned(js: &async_nats::jetstream::Context, bucket: &str) -> anyhow::Result<()> {
+    match store::stream_config(js, &format!("KV_{bucket}")).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => anyhow::bail!(
+            "the bucket {bucket} does not exist: run `rollback-agent provision` with an \
+             administrator's credentials"
+        ),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("reading the bucket {bucket}"))),
+    }
 }
 
 /// Runs `attempt` until it succeeds (`Some`) or `shutdown` fires (`None`). Every failure is

@@ -8,7 +8,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rollback_agent::config::{NatsAuth, NatsSection};
 use rollback_agent::provision;
 use rollback_agent::replay::{self, At};
-use rollback_agent::secret::Secret;
 use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
 use rollback_agent::tenancy::{delta, demo, verify};
@@ -307,9 +306,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Where `provision` reads the administrator's password: never a flag, which `ps` would show.
-const ADMIN_PASSWORD_VAR: &str = "NATS_ADMIN_PASSWORD";
-
 /// Exit code for "ran, and said no" (a refused plan, a failed verification).
 const REFUSED: u8 = 2;
 
@@ -340,14 +336,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             creds,
         } => {
             let config = rollback_agent::config::AgentConfig::load_from_env(config.as_deref())?;
-            let admin = provision::AdminCredentials {
-                user,
-                password: std::env::var(ADMIN_PASSWORD_VAR)
-                    .ok()
-                    .filter(|p| !p.is_empty())
-                    .map(Secret::new),
-                creds_file: creds,
-            };
+            let admin = provision::AdminCredentials::from_env(user, creds);
             let nats = provision::admin_connection(&config.nats, &admin)?;
             let (refused, mut refusals) = tokio::sync::mpsc::channel(16);
             let client =

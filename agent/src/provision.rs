@@ -295,6 +295,24 @@ pub struct AdminCredentials {
     pub creds_file: Option<std::path::PathBuf>,
 }
 
+/// Where `provision` reads the administrator's password: never a flag, which `ps` would show.
+pub const ADMIN_PASSWORD_VAR: &str = "NATS_ADMIN_PASSWORD";
+
+impl AdminCredentials {
+    /// The user and credentials file given on the command line (or their variables), with the
+    /// password from [`ADMIN_PASSWORD_VAR`]; an empty variable counts as unset.
+    pub fn from_env(user: Option<String>, creds_file: Option<std::path::PathBuf>) -> Self {
+        Self {
+            user: user.filter(|u| !u.is_empty()),
+            password: std::env::var(ADMIN_PASSWORD_VAR)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Secret::new),
+            creds_file,
+        }
+    }
+}
+
 /// The agent configuration's NATS servers, reached with the administrator's credentials
 /// when some are given (the agent's own are then dropped, not mixed in), else with the
 /// configuration's own: a server without users, or a deliberately privileged agent user.
