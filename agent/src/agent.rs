@@ -1,9 +1,14 @@
 //! `rollback-agent run`: the long-running agent. It connects to NATS (and keeps reconnecting),
-//! sets up the event stream and its buckets, answers commands, and drives every active run
-//! it holds the lease of, until it is told to stop.
+//! opens the provisioned event stream and buckets, answers commands, and drives every active
+//! run it holds the lease of, until it is told to stop.
+//!
+//! It never creates or changes the stream or a bucket (`rollback-agent provision` does, with
+//! an administrator's credentials). Until they exist and the stream keeps history whole it
+//! waits, saying why on `/readyz` and in the log; afterwards it keeps watching the stream
+//! (`stream_watch`) and executes nothing while it is unsafe.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,8 +16,8 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
 use futures::StreamExt;
 use rollback_proto::RunId;
-use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD, run_of_subject};
-use tokio::sync::Semaphore;
+use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD, LEASE_BUCKET, run_of_subject};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -21,16 +26,18 @@ use crate::executor::{self, EscalationLevel, ExecError, ExecutorDeps, RunEnd, le
 use crate::quarantine::Quarantine;
 use crate::service::{self, CommandService};
 use crate::steps::DatabaseTargets;
-use crate::store::{JetStreamEventStore, StoreConfig};
+use crate::store::{self, JetStreamEventStore, StoreConfig, StreamGuard};
+use crate::stream_watch;
 use crate::telemetry::{self, Metrics};
 
 /// Connects to NATS with the configured credentials, retrying the first connection and
-/// reconnecting for ever with capped backoff.
+/// reconnecting for ever with capped backoff; `connected` is notified on every connection.
 pub async fn connect_nats(
     config: &AgentConfig,
     metrics: &Metrics,
+    connected: Arc<Notify>,
 ) -> anyhow::Result<async_nats::Client> {
-    let connected = metrics.clone();
+    let gauge = metrics.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name(&config.agent.name)
         .retry_on_initial_connect()
@@ -39,11 +46,14 @@ pub async fn connect_nats(
             Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(6) as u32)).min(5_000))
         })
         .event_callback(move |event| {
-            let connected = connected.clone();
+            let (gauge, connected) = (gauge.clone(), connected.clone());
             async move {
                 match event {
-                    async_nats::Event::Connected => connected.set_nats_connected(true),
-                    async_nats::Event::Disconnected => connected.set_nats_connected(false),
+                    async_nats::Event::Connected => {
+                        gauge.set_nats_connected(true);
+                        connected.notify_one();
+                    }
+                    async_nats::Event::Disconnected => gauge.set_nats_connected(false),
                     other => tracing::info!(event = %other, "nats"),
                 }
             }
@@ -67,40 +77,119 @@ pub async fn connect_nats(
     Ok(client)
 }
 
+/// Why the agent is not ready, for `/readyz`: the start-up stage it waits in, then the event
+/// stream's verdict.
+#[derive(Clone, Default)]
+struct Readiness {
+    waiting: Arc<Mutex<Option<String>>>,
+    stream: Arc<OnceLock<StreamGuard>>,
+}
+
+impl Readiness {
+    fn waiting_for(&self, reason: Option<String>) {
+        *self.waiting.lock().expect("not poisoned") = reason;
+    }
+
+    fn check(&self, metrics: &Metrics) -> Result<(), String> {
+        if !metrics.nats_connected() {
+            return Err("not connected to NATS".to_owned());
+        }
+        if let Some(reason) = self.waiting.lock().expect("not poisoned").clone() {
+            return Err(reason);
+        }
+        match self.stream.get() {
+            None => Err("starting".to_owned()),
+            Some(guard) => guard.refusal().map_or(Ok(()), Err),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` fires, then drains: running steps are stopped without an
 /// outcome (whoever resumes the run decides), leases are released, the service stops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let client = connect_nats(&config, &metrics).await?;
+    let connected = Arc::new(Notify::new());
+    let client = connect_nats(&config, &metrics, connected.clone()).await?;
     let js = async_nats::jetstream::new(client.clone());
+    let readiness = Readiness::default();
+
+    // The endpoint first: an agent waiting for provisioning says so on /readyz.
+    let mut tasks = JoinSet::new();
+    if let Some(m) = &config.metrics {
+        let (ready, probe) = (readiness.clone(), metrics.clone());
+        let stop = shutdown.clone();
+        let (addr, server) = telemetry::serve(
+            m.listen,
+            metrics.clone(),
+            move || ready.check(&probe),
+            async move { stop.cancelled().await },
+        )
+        .await
+        .with_context(|| format!("serving metrics on {}", m.listen))?;
+        tracing::info!(%addr, "metrics and health endpoints up");
+        tasks.spawn(async move { server.await.map(|_| ()).map_err(anyhow::Error::from) });
+    }
+
     let store_config = StoreConfig {
         replicas: config.store.replicas,
         duplicate_window: config.store.duplicate_window,
         ..Default::default()
     };
-    let Some(store) = set_up("the event stream", &shutdown, || {
-        JetStreamEventStore::connect(js.clone(), store_config.clone())
+    // A stream that exists but was weakened is opened all the same: runs can be read and
+    // their status answered, while every append waits for the stream to be put right.
+    let Some(store) = wait_until("the event stream", &readiness, &shutdown, || {
+        JetStreamEventStore::open(js.clone(), store_config.clone())
     })
-    .await?
+    .await
     else {
         return Ok(());
     };
-    let Some(leases) = set_up("the lease bucket", &shutdown, || {
-        lease::bucket(&js, config.agent.lease_ttl, config.store.replicas)
+    let _ = readiness.stream.set(store.guard().clone());
+    metrics.set_event_stream_safe(store.guard().verdict().is_safe());
+    let Some(leases) = wait_until("the lease bucket", &readiness, &shutdown, || async {
+        provisioned(&js, LEASE_BUCKET).await?;
+        let (leases, ttl) = lease::bucket(&js).await?;
+        // Agents renew on their own lease_ttl, the bucket expires leases on its max_age:
+        // they must agree, or a lease could expire between two renewals.
+        anyhow::ensure!(
+            ttl == config.agent.lease_ttl,
+            "the lease bucket keeps leases {ttl:?} but this agent's lease_ttl is {:?}: run \
+             `rollback-agent provision` with this configuration",
+            config.agent.lease_ttl
+        );
+        Ok(leases)
     })
-    .await?
+    .await
     else {
         return Ok(());
     };
-    let Some(outcomes) = set_up("the command outcome bucket", &shutdown, || async {
-        service::outcomes_bucket(&js, config.store.replicas)
-            .await
-            .map_err(anyhow::Error::msg)
+    let Some(outcomes) = wait_until("the command outcome bucket", &readiness, &shutdown, || {
+        let js = js.clone();
+        async move {
+            provisioned(&js, service::OUTCOMES_BUCKET).await?;
+            service::outcomes_bucket(&js)
+                .await
+                .map_err(anyhow::Error::msg)
+        }
     })
-    .await?
+    .await
     else {
         return Ok(());
     };
+    readiness.waiting_for(None);
+    {
+        let watched = stream_watch::watch(
+            store.clone(),
+            client.clone(),
+            connected,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            watched.await;
+            Ok(())
+        });
+    }
     let databases = Arc::new(DatabaseTargets::new(
         config
             .databases
@@ -110,22 +199,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-
-    let mut tasks = JoinSet::new();
-    if let Some(m) = &config.metrics {
-        let ready = metrics.clone();
-        let stop = shutdown.clone();
-        let (addr, server) = telemetry::serve(
-            m.listen,
-            metrics.clone(),
-            move || ready.nats_connected(),
-            async move { stop.cancelled().await },
-        )
-        .await
-        .with_context(|| format!("serving metrics on {}", m.listen))?;
-        tracing::info!(%addr, "metrics and health endpoints up");
-        tasks.spawn(async move { server.await.map(|_| ()).map_err(anyhow::Error::from) });
-    }
 
     let service = Arc::new(CommandService {
         client: client.clone(),
@@ -189,41 +262,52 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     supervised
 }
 
-/// How long the agent keeps trying to set up its stream and buckets before it gives up.
-const SETUP_PATIENCE: Duration = Duration::from_secs(120);
+/// Fails, saying what to do, when the key-value bucket `bucket` has not been provisioned.
+async fn provisioned(js: &async_nats::jetstream::Context, bucket: &str) -> anyhow::Result<()> {
+    match store::stream_config(js, &format!("KV_{bucket}")).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => anyhow::bail!(
+            "the bucket {bucket} does not exist: run `rollback-agent provision` with an \
+             administrator's credentials"
+        ),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!("reading the bucket {bucket}"))),
+    }
+}
 
-/// Runs `attempt` until it succeeds, `shutdown` fires (`None`), or [`SETUP_PATIENCE`] has
-/// passed (the last error). On a cluster, JetStream leaves requests about a stream unanswered
-/// while its replicas elect a leader: just after the cluster started, or after a node died.
-/// A refusal by permissions goes unanswered too, so every failure is retried, each one logged.
-async fn set_up<T, E, F>(
+/// Runs `attempt` until it succeeds (`Some`) or `shutdown` fires (`None`). Every failure is
+/// retried for as long as it takes, with capped backoff: a stream or bucket an administrator
+/// has yet to provision, a stream that no longer keeps history whole, and, on a cluster,
+/// JetStream leaving requests unanswered while a stream's replicas elect a leader (just after
+/// the cluster started, or after a node died). The failure is `/readyz`'s reason meanwhile,
+/// and logged whenever it changes.
+async fn wait_until<T, E, F>(
     what: &str,
+    readiness: &Readiness,
     shutdown: &CancellationToken,
     mut attempt: impl FnMut() -> F,
-) -> anyhow::Result<Option<T>>
+) -> Option<T>
 where
     F: std::future::Future<Output = Result<T, E>>,
     E: Into<anyhow::Error>,
 {
-    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
     let mut backoff = Duration::from_millis(250);
+    let mut reported = String::new();
     loop {
         let failed = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => return None,
             done = attempt() => match done {
-                Ok(value) => return Ok(Some(value)),
+                Ok(value) => return Some(value),
                 Err(e) => e.into(),
             },
         };
-        if tokio::time::Instant::now() + backoff > deadline {
-            return Err(failed.context(format!("setting up {what}")));
+        let reason = format!("waiting for {what}: {failed:#}");
+        if reason != reported {
+            tracing::warn!("{reason}; not executing until then");
+            reported.clone_from(&reason);
         }
-        tracing::warn!(
-            error = format!("{failed:#}"),
-            "setting up {what}; trying again"
-        );
+        readiness.waiting_for(Some(reason));
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));

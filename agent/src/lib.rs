@@ -4,11 +4,13 @@
 pub mod agent;
 pub mod config;
 pub mod executor;
+pub mod provision;
 pub mod quarantine;
 pub mod replay;
 pub mod secret;
 pub mod service;
 pub mod steps;
 pub mod store;
+mod stream_watch;
 pub mod telemetry;
 pub mod tenancy;

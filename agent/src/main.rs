@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rollback_agent::config::{NatsAuth, NatsSection};
+use rollback_agent::provision;
 use rollback_agent::replay::{self, At};
 use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
@@ -32,6 +33,24 @@ enum Cmd {
         /// The configuration file (TOML); environment variables override it.
         #[arg(long, env = "ROLLBACK_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Create the event stream, the agents' buckets and the bot's bucket and consumer, or bring
+    /// them back to their settings, with an administrator's NATS credentials (the agent's own
+    /// may not). Prints what it created or changed; safe to repeat and to run from several
+    /// places at once. Run it before the first start and whenever the agent reports the stream
+    /// weakened.
+    Provision {
+        /// The agents' configuration file: NATS servers, `[store]` replicas and duplicate
+        /// window, `[agent]` lease_ttl; environment variables override it as for `run`.
+        #[arg(long, env = "ROLLBACK_CONFIG")]
+        config: Option<PathBuf>,
+        /// The administrator's NATS user; its password comes from NATS_ADMIN_PASSWORD. Without
+        /// it (or --creds) the configuration's own credentials are used.
+        #[arg(long, env = "NATS_ADMIN_USER")]
+        user: Option<String>,
+        /// The administrator's NATS credentials file.
+        #[arg(long, env = "NATS_ADMIN_CREDS")]
+        creds: Option<PathBuf>,
     },
     /// Replay a run for the postmortem: verify its hash chain, fold its events, write a report
     /// (the verdict first). Exits 2 when the history is not intact.
@@ -311,6 +330,27 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             rollback_agent::agent::run(config, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Provision {
+            config,
+            user,
+            creds,
+        } => {
+            let config = rollback_agent::config::AgentConfig::load_from_env(config.as_deref())?;
+            let admin = provision::AdminCredentials::from_env(user, creds);
+            let nats = provision::admin_connection(&config.nats, &admin)?;
+            let (refused, mut refusals) = tokio::sync::mpsc::channel(16);
+            let client =
+                connect_nats_once(&nats, "rollback-agent provision", Some(refused)).await?;
+            let js = async_nats::jetstream::new(client);
+            let settings = provision::ProvisionSettings::of(&config);
+            let done = provision::provision_patiently(&js, &settings, &mut refusals)
+                .await
+                .context("provisioning")?;
+            for line in done {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Replay {
             run,
             format,
@@ -557,7 +597,7 @@ async fn replay(
         .map_err(|e| anyhow::anyhow!("`{run}` is not a run id: {e}"))?;
     let at = at.map(|at| at.parse::<At>()).transpose().context("--at")?;
     let config = rollback_agent::config::AgentConfig::load_from_env(config)?;
-    let client = connect_nats_once(&config.nats).await?;
+    let client = connect_nats_once(&config.nats, "rollback-agent replay", None).await?;
     let report = replay::replay_from(&async_nats::jetstream::new(client), run, at).await?;
     let text = replay::render(
         &report,
@@ -582,10 +622,26 @@ async fn replay(
 
 /// One connection attempt, for a command-line tool: a server that is down is an error now,
 /// not a wait (unlike the agent, which keeps retrying).
-async fn connect_nats_once(nats: &NatsSection) -> anyhow::Result<async_nats::Client> {
-    let opts = async_nats::ConnectOptions::new()
-        .name("rollback-agent replay")
+/// The server's asynchronous errors (permission violations) go to `server_errors`, if given.
+async fn connect_nats_once(
+    nats: &NatsSection,
+    name: &str,
+    server_errors: Option<tokio::sync::mpsc::Sender<String>>,
+) -> anyhow::Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
         .connection_timeout(std::time::Duration::from_secs(5));
+    if let Some(errors) = server_errors {
+        opts = opts.event_callback(move |event| {
+            let errors = errors.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    // Full: the earlier ones already tell the story.
+                    let _ = errors.try_send(e.to_string());
+                }
+            }
+        });
+    }
     let opts = match nats.auth() {
         NatsAuth::None => opts,
         NatsAuth::UserPassword { user, password } => {

@@ -57,12 +57,10 @@ pub struct CommandService {
     pub metrics: Metrics,
 }
 
-/// Creates (or opens) the outcomes bucket.
-pub async fn outcomes_bucket(
-    js: &jetstream::Context,
-    replicas: usize,
-) -> Result<kv::Store, String> {
-    js.create_or_update_key_value(kv::Config {
+/// The outcomes bucket's settings. An administrator creates the bucket with them
+/// (`rollback-agent provision`); agents only open it.
+pub fn outcomes_bucket_config(replicas: usize) -> kv::Config {
+    kv::Config {
         bucket: OUTCOMES_BUCKET.to_owned(),
         description: "outcome of each command by idempotency key".to_owned(),
         history: 1,
@@ -70,9 +68,14 @@ pub async fn outcomes_bucket(
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())
+    }
+}
+
+/// Opens the provisioned outcomes bucket.
+pub async fn outcomes_bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+    js.get_key_value(OUTCOMES_BUCKET)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn rejected(reason: impl Into<String>) -> CommandReply {

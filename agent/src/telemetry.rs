@@ -158,6 +158,7 @@ struct Registry {
     runs_active: AtomicU64,
     nats_connected: AtomicBool,
     quarantined: QuarantineList,
+    event_stream_safe: AtomicBool,
 }
 
 /// The values at one moment, for tests and for rendering.
@@ -181,6 +182,8 @@ pub struct MetricsSnapshot {
     pub nats_connected: bool,
     /// `runs_quarantined`.
     pub runs_quarantined: u64,
+    /// `event_stream_safe`.
+    pub event_stream_safe: bool,
 }
 
 impl Metrics {
@@ -250,6 +253,12 @@ impl Metrics {
             .store(connected, Ordering::Relaxed);
     }
 
+    /// Sets the `event_stream_safe` gauge: whether the event stream's configuration keeps
+    /// history whole (the agent executes only while it does).
+    pub fn set_event_stream_safe(&self, safe: bool) {
+        self.inner.event_stream_safe.store(safe, Ordering::Relaxed);
+    }
+
     /// Whether the last report said the agent is connected to NATS.
     pub fn nats_connected(&self) -> bool {
         self.inner.nats_connected.load(Ordering::Relaxed)
@@ -285,6 +294,7 @@ impl Metrics {
             runs_active: inner.runs_active.load(Ordering::Relaxed),
             nats_connected: inner.nats_connected.load(Ordering::Relaxed),
             runs_quarantined: inner.quarantined.len() as u64,
+            event_stream_safe: inner.event_stream_safe.load(Ordering::Relaxed),
         }
     }
 
@@ -389,6 +399,18 @@ impl MetricsSnapshot {
             "gauge",
         );
         sample(&mut out, "runs_quarantined", &[], self.runs_quarantined);
+        family(
+            &mut out,
+            "event_stream_safe",
+            "Whether the event stream keeps history whole (1); at 0 the agent executes nothing.",
+            "gauge",
+        );
+        sample(
+            &mut out,
+            "event_stream_safe",
+            &[],
+            u64::from(self.event_stream_safe),
+        );
         out
     }
 }
@@ -447,19 +469,19 @@ fn escape_label_value(value: &str) -> String {
 #[derive(Clone)]
 struct Probe {
     metrics: Metrics,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
 /// Serves `GET /metrics`, `GET /healthz` (200 while the process runs) and `GET /readyz`
-/// (200 while `ready()` says so, else 503) on `listen` (port 0 picks a free port) until
-/// `shutdown` completes, then finishes the requests in flight.
+/// (200 while `ready()` says so, else 503 with the reason it gives) on `listen` (port 0 picks
+/// a free port) until `shutdown` completes, then finishes the requests in flight.
 ///
 /// Returns the address actually bound and the server task; the task ends with the server's
 /// result, and its owner should await it after triggering `shutdown`.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
-    ready: impl Fn() -> bool + Send + Sync + 'static,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -495,10 +517,12 @@ async fn health(State(probe): State<Probe>) -> String {
 }
 
 async fn readiness(State(probe): State<Probe>) -> impl IntoResponse {
-    if (probe.ready)() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    match (probe.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -526,6 +550,7 @@ mod tests {
         metrics.record_step_attempt();
         metrics.record_escalation("team lead");
         metrics.set_nats_connected(true);
+        metrics.set_event_stream_safe(true);
         let _run = metrics.run_started();
 
         let text = metrics.render();
@@ -561,6 +586,9 @@ nats_connected 1
 # HELP runs_quarantined Runs whose stored history does not verify: not executed, commands refused (/healthz names them).
 # TYPE runs_quarantined gauge
 runs_quarantined 0
+# HELP event_stream_safe Whether the event stream keeps history whole (1); at 0 the agent executes nothing.
+# TYPE event_stream_safe gauge
+event_stream_safe 1
 ";
         assert_eq!(text, expected);
     }
@@ -648,7 +676,13 @@ runs_quarantined 0
             metrics.clone(),
             {
                 let ready = ready.clone();
-                move || ready.load(Ordering::SeqCst)
+                move || {
+                    if ready.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err("the event stream is missing".to_owned())
+                    }
+                }
             },
             async move {
                 let _ = stopped.await;
@@ -695,7 +729,11 @@ runs_quarantined 0
         assert!(metrics_page.body.contains("# TYPE nats_connected gauge\n"));
         assert!(metrics_page.body.contains("\nruns_quarantined 1\n"));
 
-        assert_eq!(get(address, "/readyz").await.unwrap().status, 503);
+        let unready = get(address, "/readyz").await.unwrap();
+        assert_eq!(
+            (unready.status, unready.body.as_str()),
+            (503, "not ready: the event stream is missing\n")
+        );
         ready.store(true, Ordering::SeqCst);
         let readiness = get(address, "/readyz").await.unwrap();
         assert_eq!(
@@ -732,7 +770,7 @@ runs_quarantined 0
     async fn a_taken_port_is_an_error() {
         let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = taken.local_addr().unwrap();
-        let result = serve(address, Metrics::new(), || true, std::future::pending()).await;
+        let result = serve(address, Metrics::new(), || Ok(()), std::future::pending()).await;
         assert!(result.is_err());
     }
 }

@@ -41,21 +41,14 @@ fn key(run: RunId) -> String {
 }
 
 impl BotState {
-    /// Opens the bucket, creating it the first time.
+    /// Opens the bucket. `rollback-agent provision` creates it: the bot's user may not create
+    /// or change a stream.
     pub async fn open(js: &jetstream::Context) -> Result<Self, StateError> {
-        let kv = match js.get_key_value(BOT_STATE_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BOT_STATE_BUCKET.to_owned(),
-                    description: "the rollback bot's status message and thread per run".into(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| StateError(e.to_string()))?,
-        };
+        let kv = js.get_key_value(BOT_STATE_BUCKET).await.map_err(|e| {
+            StateError(format!(
+                "cannot open {BOT_STATE_BUCKET} ({e}); an administrator creates it with `rollback-agent provision`"
+            ))
+        })?;
         Ok(Self { kv })
     }
 

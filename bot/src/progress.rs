@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
-use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, EVENTS_WILDCARD, events_subject};
+use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
 use rollback_proto::{Envelope, Event, OutputStream, RunId, RunState};
 use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
@@ -27,10 +27,6 @@ use crate::bot_state::{BotState, RunRecord, StateError};
 use crate::chat::{self, OutputPost};
 use crate::config::ProgressSettings;
 
-/// How long JetStream waits for an acknowledgement before delivering an event again.
-const ACK_WAIT: Duration = Duration::from_secs(10);
-/// Events delivered and not yet acknowledged: the consumer's window.
-const MAX_ACK_PENDING: i64 = 256;
 /// The longest wait between attempts at an edit Discord refused (a 429, an outage).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Discord's error code for "a thread has already been created for this message".
@@ -98,25 +94,9 @@ struct Tracked {
 impl Progress {
     /// Follows the events until `shutdown`, then makes the last edits.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProgressError> {
-        let Some(stream) = self.wait_for_stream(&shutdown).await else {
+        let Some((stream, consumer)) = self.wait_for_consumer(&shutdown).await else {
             return Ok(());
         };
-        let consumer = stream
-            .get_or_create_consumer(
-                BOT_CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(BOT_CONSUMER.to_owned()),
-                    description: Some("the rollback bot's progress in chat".into()),
-                    filter_subject: EVENTS_WILDCARD.to_owned(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_wait: ACK_WAIT,
-                    max_ack_pending: MAX_ACK_PENDING,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(bus)?;
         let mut messages = consumer.messages().await.map_err(bus)?;
         let mut runs: HashMap<RunId, Tracked> = HashMap::new();
         let mut tick = tokio::time::interval(self.settings.edit_interval);
@@ -153,16 +133,29 @@ impl Progress {
         Ok(())
     }
 
-    async fn wait_for_stream(
+    /// The event stream and the bot's durable consumer, once they exist: `rollback-agent
+    /// provision` creates both (the bot's user may create neither).
+    async fn wait_for_consumer(
         &self,
         shutdown: &CancellationToken,
-    ) -> Option<jetstream::stream::Stream> {
+    ) -> Option<(
+        jetstream::stream::Stream,
+        consumer::Consumer<consumer::pull::Config>,
+    )> {
+        let mut reported = String::new();
         loop {
-            match self.js.get_stream(EVENTS_STREAM).await {
-                Ok(stream) => return Some(stream),
-                Err(e) => {
-                    tracing::info!(error = %e, "waiting for the agent to create the event stream")
-                }
+            let found = match self.js.get_stream(EVENTS_STREAM).await {
+                Ok(stream) => match stream.get_consumer(BOT_CONSUMER).await {
+                    Ok(consumer) => return Some((stream, consumer)),
+                    Err(e) => format!("the consumer {BOT_CONSUMER} on {EVENTS_STREAM}: {e}"),
+                },
+                Err(e) => format!("the event stream {EVENTS_STREAM}: {e}"),
+            };
+            if found != reported {
+                tracing::warn!(
+                    "waiting for {found}; an administrator creates it with `rollback-agent provision`"
+                );
+                reported = found;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return None,

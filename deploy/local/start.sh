@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local demo in one command: nats-server (JetStream) and PostgreSQL on 127.0.0.1 with their
-# data under .local/, a demo multi-tenant database, the agent, and the console in front of it.
+# data under .local/, a demo multi-tenant database, the stream and buckets (provisioned with
+# `rollback-agent provision`), the agent, and the console in front of it.
 # Servers that already run (pid files) are reused and left running; what this script started is
 # stopped when the console ends (`quit`, Ctrl-D, Ctrl-C). With stdin from a pipe the console
 # reads commands from it (deploy/local/demo-script.txt runs the whole rollback).
@@ -242,6 +243,12 @@ user = "$user"
 others = ["reviewer-1", "reviewer-2"]
 EOF
 say "NATS_URL=$NATS_URL DATABASE_URL=$DATABASE_URL"
+# The stream and buckets, created (or put back to their settings) before the agent starts: the
+# agent itself never creates or changes them. The local server has no users, so the agent's own
+# connection provisions; with the shipped accounts it is the `admin` user's job (README).
+"$agent_bin" provision --config "$config" >>"$logs/provision.log" 2>&1 ||
+  { tail -n 20 "$logs/provision.log" >&2; die "provisioning failed (log: $logs/provision.log)"; }
+say "stream and buckets provisioned (log: $logs/provision.log)"
 # In the background so that TERM and INT run the cleanup at once instead of after the agent exits.
 "$agent_bin" run --config "$config" "$@" </dev/null >>"$logs/agent.log" 2>&1 &
 agent_pid=$!

@@ -402,6 +402,7 @@ fn print_tables(rows: &[Row]) {
 async fn bench() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
     let store = JetStreamEventStore::connect(js.clone(), StoreConfig::default()).await?;
     let payload = sample_payload();
     eprintln!(

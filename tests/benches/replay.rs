@@ -579,6 +579,7 @@ fn verdict(ok: bool) -> &'static str {
 async fn bench() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
     let store = JetStreamEventStore::connect(js.clone(), StoreConfig::default()).await?;
     eprintln!("nats-server at {}", nats.url());
     let size = |name: &str, default: usize| -> anyhow::Result<usize> {

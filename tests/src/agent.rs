@@ -1,14 +1,72 @@
-//! A real `rollback-agent run` process for end-to-end tests, and a client that sends it
-//! commands the way the bot does.
+//! A real `rollback-agent run` process for end-to-end tests, provisioned first the way an
+//! administrator would (`rollback-agent provision`), and a client that sends it commands the
+//! way the bot does.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use rollback_proto::subjects::COMMANDS_SUBJECT;
 use rollback_proto::{Actor, Command, CommandReply, CommandRequest};
 
 use crate::binaries::agent_binary;
+use crate::cluster::NatsUsers;
 use crate::process::LoggedProcess;
+
+/// Who provisions the stream and buckets before an agent starts.
+#[derive(Clone, Copy)]
+pub enum Provision<'a> {
+    /// `rollback-agent provision` with the agent's configuration and its own connection: a
+    /// server without users.
+    AsAgent,
+    /// The same as the shipped `admin` user of a server started from the shipped configuration.
+    AsAdmin(&'a NatsUsers),
+    /// Nobody: the test provisions, or wants to see the agent wait for it.
+    No,
+}
+
+/// Settings that reach `rollback-agent` through the environment in production: none leak in.
+const CLEARED_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_CREDS",
+    "NATS_ADMIN_USER",
+    "NATS_ADMIN_PASSWORD",
+    "NATS_ADMIN_CREDS",
+    "ROLLBACK_CONFIG",
+];
+
+/// Runs `rollback-agent provision --config <config>`, as the shipped `admin` user when `admin`
+/// is given; returns what it printed (one line per stream, bucket and consumer).
+pub async fn provision(config: &Path, admin: Option<&NatsUsers>) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new(agent_binary()?);
+    command.arg("provision").arg("--config").arg(config);
+    for var in CLEARED_ENV {
+        command.env_remove(var);
+    }
+    if let Some(users) = admin {
+        command
+            .env("NATS_ADMIN_USER", "admin")
+            .env("NATS_ADMIN_PASSWORD", &users.admin_password);
+    }
+    command.kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .context("rollback-agent provision did not finish in 120s")?
+        .context("running rollback-agent provision")?;
+    if !output.status.success() {
+        bail!(
+            "rollback-agent provision failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
 
 /// A running agent process; killed (SIGKILL) on drop.
 pub struct AgentProcess {
@@ -17,10 +75,30 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `rollback-agent run` with `config` (TOML text) written into `dir`.
+    /// Provisions with the agent's own connection (a server without users), then starts
+    /// `rollback-agent run` with `config` (TOML text) written into `dir`.
     pub async fn start(dir: &Path, name: &str, config: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, name, config, Provision::AsAgent).await
+    }
+
+    /// Like [`start`](Self::start), provisioned as `provision` says.
+    pub async fn start_with(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        provision: Provision<'_>,
+    ) -> anyhow::Result<Self> {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
+        match provision {
+            Provision::AsAgent => {
+                self::provision(&path, None).await?;
+            }
+            Provision::AsAdmin(users) => {
+                self::provision(&path, Some(users)).await?;
+            }
+            Provision::No => {}
+        }
         let mut agent = AgentProcess {
             process: LoggedProcess::new(dir.join(format!("{name}.log"))),
             config: path,
@@ -29,17 +107,24 @@ impl AgentProcess {
         Ok(agent)
     }
 
-    /// Starts the process again with the same configuration (after a kill).
+    /// Starts the process again with the same configuration (after a kill); provisions
+    /// nothing.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let mut command = tokio::process::Command::new(agent_binary()?);
         command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "info,rollback_agent=debug")
-            .env_remove("DATABASE_URL")
-            .env_remove("NATS_URL");
+            .env("RUST_LOG", "info,rollback_agent=debug");
+        for var in CLEARED_ENV {
+            command.env_remove(var);
+        }
         self.process.spawn(command, "rollback-agent")
+    }
+
+    /// The configuration file the agent runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     /// SIGKILL, and wait for the process to be gone.

@@ -27,6 +27,8 @@ use crate::process::{START_ATTEMPTS, free_ports, spawn_tied, stop, wait_ready};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The environment variable `accounts.conf` reads the administrator's password from.
+pub const ADMIN_PASSWORD_VAR: &str = "ROLLBACK_ADMIN_NATS_PASSWORD";
 /// The environment variable `accounts.conf` reads the agent's password from.
 pub const AGENT_PASSWORD_VAR: &str = "ROLLBACK_AGENT_NATS_PASSWORD";
 /// The environment variable `accounts.conf` reads the bot's password from.
@@ -40,6 +42,8 @@ pub fn shipped_nats_dir() -> PathBuf {
 /// The passwords of the shipped users for one server or cluster.
 #[derive(Clone)]
 pub struct NatsUsers {
+    /// Password of the user `admin`, who provisions.
+    pub admin_password: String,
     /// Password of the user `agent`.
     pub agent_password: String,
     /// Password of the user `bot`.
@@ -49,9 +53,18 @@ pub struct NatsUsers {
 impl NatsUsers {
     fn fresh() -> Self {
         Self {
+            admin_password: format!("admin-{}", uuid::Uuid::now_v7().simple()),
             agent_password: format!("agent-{}", uuid::Uuid::now_v7().simple()),
             bot_password: format!("bot-{}", uuid::Uuid::now_v7().simple()),
         }
+    }
+
+    /// Connection options for the user `admin`.
+    pub fn admin(&self) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(
+            "admin".into(),
+            self.admin_password.clone(),
+        )
     }
 
     /// Connection options for the user `agent`.
@@ -141,6 +154,7 @@ impl ConfiguredNats {
         command
             .arg("-c")
             .arg(&self.config)
+            .env(ADMIN_PASSWORD_VAR, &self.users.admin_password)
             .env(AGENT_PASSWORD_VAR, &self.users.agent_password)
             .env(BOT_PASSWORD_VAR, &self.users.bot_password);
         if let Some(dir) = self.config.parent() {
@@ -492,8 +506,8 @@ pub struct RunDriver {
 pub const RUN_DEADLINE: Duration = Duration::from_secs(90);
 
 impl RunDriver {
-    /// Commands go out on `commands`; runs are read on `reader` from a stream with `replicas`
-    /// replicas (created if the agent has not yet).
+    /// Commands go out on `commands`; runs are read on `reader` from the provisioned stream,
+    /// which is to have `replicas` replicas.
     pub async fn new(
         commands: async_nats::Client,
         reader: async_nats::Client,

@@ -22,13 +22,10 @@ pub enum LeaseError {
     Unavailable(String),
 }
 
-/// Creates the lease bucket, or opens it.
-pub async fn bucket(
-    js: &jetstream::Context,
-    ttl: Duration,
-    replicas: usize,
-) -> Result<kv::Store, LeaseError> {
-    js.create_or_update_key_value(kv::Config {
+/// The lease bucket's settings: its `max_age` is the lease's time to live. An administrator
+/// creates the bucket with them (`rollback-agent provision`); agents only open it.
+pub fn bucket_config(ttl: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
         bucket: LEASE_BUCKET.to_owned(),
         description: "one executor per rollback run".to_owned(),
         history: 1,
@@ -36,9 +33,21 @@ pub async fn bucket(
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| LeaseError::Unavailable(e.to_string()))
+    }
+}
+
+/// Opens the provisioned lease bucket, with the time to live its entries have there.
+pub async fn bucket(js: &jetstream::Context) -> Result<(kv::Store, Duration), LeaseError> {
+    let kv = js
+        .get_key_value(LEASE_BUCKET)
+        .await
+        .map_err(|e| LeaseError::Unavailable(e.to_string()))?;
+    let ttl = kv
+        .status()
+        .await
+        .map_err(|e| LeaseError::Unavailable(e.to_string()))?
+        .max_age();
+    Ok((kv, ttl))
 }
 
 /// A held lease on one run.

@@ -185,6 +185,16 @@ async fn run_loop(
         if state.is_finished() {
             return Ok(RunEnd::Finished);
         }
+        // Nothing starts while the event stream could lose what it would record.
+        if let Some(reason) = deps.store.guard().refusal() {
+            tracing::warn!(%reason, "not executing until the event stream is safe again");
+            tokio::select! {
+                _ = work.cancelled() => return Ok(RunEnd::Shutdown),
+                _ = deps.store.guard().safe() => {}
+            }
+            rec.reload().await?;
+            continue;
+        }
         let now = OffsetDateTime::now_utc();
         let escalation = state.next_escalation(deps.stall_after, &delays);
         if let Some((level, due)) = escalation

@@ -89,6 +89,15 @@ impl JetStreamEventStore {
                 max: MAX_EVENTS_PER_APPEND,
             });
         }
+        // An append to a stream that lost its guarantees could itself push history out (a
+        // per-subject limit drops the run's oldest event): hold it until the stream is right.
+        if let Some(reason) = self.guard.refusal() {
+            return Err(AppendError::StreamUnsafe {
+                run,
+                reason,
+                envelopes,
+            });
+        }
         let head = ChainHead {
             run_id: run,
             seq: last.seq,

@@ -1,20 +1,32 @@
 //! What can go wrong with the event store, one enum per operation, in variants a caller acts on.
 
-use async_nats::jetstream::context::CreateStreamError;
 use rollback_proto::envelope::{ChainError, Envelope};
+use rollback_proto::subjects::EVENTS_STREAM;
 use rollback_proto::{RunId, TransitionError};
 
-/// The event stream could not be set up.
+use super::guard::{Weakness, weakened};
+
+/// The store could not be opened on the event stream.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The server refused to create or update the stream (permissions, an incompatible
-    /// existing stream, JetStream disabled).
-    #[error("could not create or update the event stream")]
-    Stream(#[source] CreateStreamError),
+    /// There is no event stream: an administrator provisions it (`rollback-agent provision`).
+    #[error(
+        "the event stream {EVENTS_STREAM} does not exist: run `rollback-agent provision` with an administrator's credentials"
+    )]
+    NotProvisioned,
+    /// The stream exists but no longer keeps history whole: an administrator puts it right
+    /// (`rollback-agent provision`) before anything is appended.
+    #[error("{}", weakened(.0))]
+    Weakened(Vec<Weakness>),
     /// The server could not be reached.
     #[error("could not reach JetStream")]
     Unavailable(#[source] async_nats::Error),
 }
+
+/// The stream's configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("could not read the configuration of the event stream {EVENTS_STREAM}")]
+pub struct InspectError(#[source] pub async_nats::Error);
 
 /// An append did not happen (or its outcome is unknown).
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +70,18 @@ pub enum AppendError {
         run: RunId,
         /// The server's reason.
         reason: String,
+    },
+    /// Nothing was stored: the store holds appends while the event stream's configuration
+    /// does not keep history whole (see [`StreamGuard`](super::StreamGuard)). Retrying
+    /// `append_sealed` with the same cursor and these envelopes is safe once it does again.
+    #[error("run {run}: not appended: {reason}")]
+    StreamUnsafe {
+        /// The run.
+        run: RunId,
+        /// Why the stream is unsafe, for a person.
+        reason: String,
+        /// The sealed envelopes, for the retry.
+        envelopes: Vec<Envelope>,
     },
     /// The server did not confirm the append in time or the connection failed: the events may
     /// or may not be stored. Retrying `append_sealed` with the same cursor and these envelopes

@@ -9,27 +9,32 @@
 //! Concurrency is optimistic: an append names the stream sequence of the run's last message it
 //! knows (`Nats-Expected-Last-Subject-Sequence`); if another writer got there first the append
 //! fails with [`AppendError::Conflict`] and the caller reloads and decides again.
+//!
+//! The store never creates or changes the stream: an administrator provisions it
+//! ([`provision_stream`], `rollback-agent provision`). Opening the store checks that the stream
+//! still keeps history whole, and appends are held while its [`StreamGuard`] says it does not.
 
 mod append;
 mod error;
+mod guard;
 mod list;
 mod read;
+mod setup;
 
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{
-    CreateStreamError, CreateStreamErrorKind, GetStreamErrorKind,
-};
-use async_nats::jetstream::{self, ErrorCode, stream};
+use async_nats::jetstream::{self, stream};
 use futures::Stream;
 use rollback_proto::envelope::{ChainHead, Draft, Envelope};
-use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD};
+use rollback_proto::subjects::EVENTS_STREAM;
 use rollback_proto::{Actor, RunId, RunState};
 use time::OffsetDateTime;
 
 pub use append::MAX_EVENTS_PER_APPEND;
-pub use error::{AppendError, ConnectError, FollowError, ListError, LoadError};
+pub use error::{AppendError, ConnectError, FollowError, InspectError, ListError, LoadError};
+pub use guard::{StreamGuard, StreamVerdict, Weakness};
+pub use setup::{Change, StreamSetupError, provision_stream, stream_config};
 pub use list::RunList;
 
 /// Where a run stands in the store: its chain head and the stream position of its last event.
@@ -157,28 +162,71 @@ pub struct JetStreamEventStore {
     config: StoreConfig,
     /// Whether the stream accepts atomic batches and the config asks for them.
     atomic: bool,
+    /// Whether appends are allowed, shared by every clone.
+    guard: StreamGuard,
 }
 
 impl JetStreamEventStore {
-    /// Creates the event stream, or brings an existing one to this configuration, and returns
-    /// a store on it. Safe to call from several agents at once.
+    /// Opens the store on the provisioned event stream, refusing one that no longer keeps
+    /// history whole ([`ConnectError::Weakened`]) as well as a missing one
+    /// ([`ConnectError::NotProvisioned`]). Nothing is created or changed here.
     #[tracing::instrument(skip_all, fields(replicas = config.replicas))]
     pub async fn connect(
         js: jetstream::Context,
         config: StoreConfig,
     ) -> Result<Self, ConnectError> {
-        let atomic_on_stream = ensure_stream(&js, &config).await?;
+        let store = Self::open(js, config).await?;
+        match store.guard.verdict() {
+            StreamVerdict::Weakened(weaknesses) => Err(ConnectError::Weakened(weaknesses)),
+            _ => Ok(store),
+        }
+    }
+
+    /// Opens the store on the provisioned event stream whatever its configuration, with the
+    /// verdict on it in the store's guard: on a stream that no longer keeps history whole the
+    /// store reads, and holds every append until an [`inspect`](Self::inspect) finds the
+    /// stream whole again. Refused only when there is no stream.
+    pub async fn open(js: jetstream::Context, config: StoreConfig) -> Result<Self, ConnectError> {
+        let existing = stream_config(&js, EVENTS_STREAM)
+            .await
+            .map_err(ConnectError::Unavailable)?;
+        let verdict = StreamVerdict::of(existing.as_ref(), &config);
+        let Some(existing) = existing else {
+            return Err(ConnectError::NotProvisioned);
+        };
+        if config.atomic_batches && !existing.allow_atomic_publish {
+            tracing::warn!(
+                "the event stream does not accept atomic batches; appending decisions event by event"
+            );
+        }
         let stream = js
             .get_stream_no_info(EVENTS_STREAM)
             .await
             .map_err(|e| ConnectError::Unavailable(e.into()))?;
-        let atomic = config.atomic_batches && atomic_on_stream;
+        let atomic = config.atomic_batches && existing.allow_atomic_publish;
         Ok(Self {
             js,
             stream,
             config,
             atomic,
+            guard: StreamGuard::new(verdict),
         })
+    }
+
+    /// Reads the stream's configuration again and records the verdict in the store's guard,
+    /// which every clone shares: appends are held while it is not [`StreamVerdict::Safe`].
+    pub async fn inspect(&self) -> Result<StreamVerdict, InspectError> {
+        let existing = stream_config(&self.js, EVENTS_STREAM)
+            .await
+            .map_err(InspectError)?;
+        let verdict = StreamVerdict::of(existing.as_ref(), &self.config);
+        self.guard.set(verdict.clone());
+        Ok(verdict)
+    }
+
+    /// Whether appends are allowed now, and the means to wait until they are.
+    pub fn guard(&self) -> &StreamGuard {
+        &self.guard
     }
 
     /// Whether multi-event decisions are appended as atomic batches.
@@ -215,125 +263,5 @@ impl EventStore for JetStreamEventStore {
         after_seq: u64,
     ) -> impl Stream<Item = Result<Envelope, FollowError>> + Send + 'static {
         JetStreamEventStore::follow(self, run, after_seq)
-    }
-}
-
-/// The settings the store relies on, over `base`: history append-only (no delete, purge or
-/// rollup), file storage, direct gets, the duplicate window, replicas, atomic batches.
-fn required(base: stream::Config, config: &StoreConfig, atomic: bool) -> stream::Config {
-    stream::Config {
-        name: EVENTS_STREAM.to_owned(),
-        subjects: vec![EVENTS_WILDCARD.to_owned()],
-        storage: stream::StorageType::File,
-        num_replicas: config.replicas,
-        duplicate_window: config.duplicate_window,
-        deny_delete: true,
-        deny_purge: true,
-        allow_rollup: false,
-        allow_direct: true,
-        allow_atomic_publish: atomic,
-        ..base
-    }
-}
-
-/// A new stream's starting point, before [`required`].
-fn fresh() -> stream::Config {
-    stream::Config {
-        description: Some("rollback agent event log: one subject per run, append-only".to_owned()),
-        retention: stream::RetentionPolicy::Limits,
-        // Should anyone ever set a limit, refuse new events rather than drop old history.
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    }
-}
-
-/// Creates the stream, or brings an existing one to the settings the store relies on while
-/// keeping the rest of its configuration (limits or placement an operator chose); returns
-/// whether it accepts atomic batches.
-async fn ensure_stream(
-    js: &jetstream::Context,
-    config: &StoreConfig,
-) -> Result<bool, ConnectError> {
-    let existing = match js.get_stream(EVENTS_STREAM).await {
-        Ok(stream) => Some(stream.cached_info().config.clone()),
-        Err(err)
-            if matches!(err.kind(), GetStreamErrorKind::JetStream(e)
-                if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            None
-        }
-        Err(err) => return Err(ConnectError::Unavailable(err.into())),
-    };
-    let base = existing.clone().unwrap_or_else(fresh);
-    let wanted = required(base.clone(), config, true);
-    if existing.as_ref() == Some(&wanted) {
-        return Ok(true);
-    }
-    let written = match write_stream(js, existing.is_some(), wanted).await {
-        Ok(written) => written,
-        // A server that does not know atomic batches may refuse the flag: run without them.
-        Err(first) => {
-            match write_stream(js, existing.is_some(), required(base, config, false)).await {
-                Ok(written) => {
-                    tracing::warn!(error = %first, "the server refused atomic batches");
-                    written
-                }
-                Err(_) => return Err(ConnectError::Stream(first)),
-            }
-        }
-    };
-    if !written.allow_atomic_publish {
-        tracing::warn!(
-            "the event stream does not accept atomic batches; appending decisions event by event"
-        );
-    }
-    Ok(written.allow_atomic_publish)
-}
-
-/// Creates or updates the stream; returns its configuration as the server stored it.
-async fn write_stream(
-    js: &jetstream::Context,
-    exists: bool,
-    config: stream::Config,
-) -> Result<stream::Config, CreateStreamError> {
-    if !exists {
-        match js.create_stream(config.clone()).await {
-            Ok(stream) => return Ok(stream.cached_info().config.clone()),
-            // Another agent created it a moment ago (with other settings): update it instead.
-            Err(err)
-                if matches!(err.kind(), CreateStreamErrorKind::JetStream(e)
-                    if e.error_code() == ErrorCode::STREAM_NAME_EXIST) => {}
-            Err(err) => return Err(err),
-        }
-    }
-    js.update_stream(config).await.map(|info| info.config)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn required_settings_keep_what_an_operator_chose() {
-        let operated = stream::Config {
-            max_bytes: 1 << 30,
-            deny_delete: false,
-            allow_rollup: true,
-            ..fresh()
-        };
-        let config = StoreConfig {
-            replicas: 3,
-            ..Default::default()
-        };
-        let wanted = required(operated, &config, true);
-        assert_eq!(wanted.max_bytes, 1 << 30);
-        assert_eq!(wanted.discard, stream::DiscardPolicy::New);
-        assert!(wanted.deny_delete && wanted.deny_purge && !wanted.allow_rollup);
-        assert!(wanted.allow_direct && wanted.allow_atomic_publish);
-        assert_eq!(
-            (wanted.num_replicas, wanted.duplicate_window),
-            (3, config.duplicate_window)
-        );
-        assert_eq!(wanted.subjects, vec![EVENTS_WILDCARD.to_owned()]);
     }
 }

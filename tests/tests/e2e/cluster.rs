@@ -12,7 +12,9 @@ use async_nats::jetstream;
 use rollback_proto::state::StepStatus;
 use rollback_proto::subjects::{EVENTS_STREAM, LEASE_BUCKET};
 use rollback_proto::{Actor, Command, Envelope, Event, RunId, RunStatus};
-use rollback_tests::{AgentProcess, NatsCluster, RUN_DEADLINE, RunDriver, agent_config, chat_user};
+use rollback_tests::{
+    AgentProcess, NatsCluster, Provision, RUN_DEADLINE, RunDriver, agent_config, chat_user,
+};
 use time::OffsetDateTime;
 
 use crate::harness::{DEADLINE, http_get, lines, status_of, until};
@@ -128,7 +130,7 @@ async fn a_node_killed_in_the_middle_of_a_run_loses_and_duplicates_no_event() {
     text.push_str(&step("s6", "sleep 1; "));
     write_runbook(&runbooks, "cluster", &text);
 
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::start_with(
         dir.path(),
         "agent-a",
         &agent_config(
@@ -142,6 +144,7 @@ async fn a_node_killed_in_the_middle_of_a_run_loses_and_duplicates_no_event() {
             // cannot renew its lease for a whole TTL gives the run up, as it must.
             "15s",
         ),
+        Provision::AsAdmin(cluster.users()),
     )
     .await
     .unwrap();
@@ -287,8 +290,8 @@ idempotent = true
         ),
     );
     let lease_ttl = Duration::from_secs(3);
-    // One after the other: two agents creating the same replicated buckets at the same moment
-    // both wait out JetStream timeouts before one of them wins, which only slows the test.
+    // One after the other, each provisioned first as the administrator (the second provisioning
+    // changes nothing), as two hosts would be deployed.
     let mut agents = BTreeMap::new();
     for name in ["agent-a", "agent-b"] {
         let config = agent_config(
@@ -299,9 +302,14 @@ idempotent = true
             REPLICAS,
             "3s",
         );
-        let agent = AgentProcess::start(dir.path(), name, &config)
-            .await
-            .unwrap();
+        let agent = AgentProcess::start_with(
+            dir.path(),
+            name,
+            &config,
+            Provision::AsAdmin(cluster.users()),
+        )
+        .await
+        .unwrap();
         let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
         while !agent.log().contains("agent running") {
             assert!(

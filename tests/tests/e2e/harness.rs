@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use rollback_agent::provision::{ProvisionSettings, provision};
 use rollback_agent::store::{JetStreamEventStore, StoreConfig};
 use rollback_proto::state::StepStatus;
 use rollback_proto::subjects::LEASE_BUCKET;
@@ -15,6 +16,9 @@ use rollback_proto::{Command, CommandReply, Envelope, Event, RunId, RunState, St
 use rollback_tests::{AgentProcess, CommandClient, NatsServer, chat_user};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The agents' lease TTL: short, so that a takeover after a kill comes soon.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(2);
 
 /// How long a test waits for something the agent should do soon; only reached on failure.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(60);
@@ -33,7 +37,13 @@ impl Harness {
         std::fs::create_dir(dir.path().join("runbooks")).unwrap();
         let client = CommandClient::connect(&nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client.nats().clone());
-        let store = JetStreamEventStore::connect(js, StoreConfig::default())
+        // As an administrator would, before any agent or bot starts (the server has no users).
+        let settings = ProvisionSettings {
+            store: StoreConfig::default(),
+            lease_ttl: LEASE_TTL,
+        };
+        provision(&js, &settings).await.unwrap();
+        let store = JetStreamEventStore::connect(js, settings.store)
             .await
             .unwrap();
         Harness {
@@ -66,7 +76,7 @@ impl Harness {
 [agent]
 name = "{name}"
 runbooks_dir = "{dir}"
-lease_ttl = "2s"
+lease_ttl = "{lease_ttl:?}"
 
 [nats]
 url = "{url}"
@@ -78,6 +88,7 @@ approvers = ["approve"]
 "#,
             dir = self.dir.path().join("runbooks").display(),
             url = self.nats.url(),
+            lease_ttl = LEASE_TTL,
         )
     }
 

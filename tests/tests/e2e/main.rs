@@ -11,6 +11,7 @@ mod demo_db;
 mod harness;
 mod local_demo;
 mod nats_permissions;
+mod provisioning;
 mod quarantine;
 mod replay;
 mod request_timeout;

@@ -1,17 +1,20 @@
 //! The shipped users and permissions (`deploy/nats/accounts.conf`) on a real nats-server started
-//! from the shipped `deploy/nats/single.conf`: the agent runs a rollback end to end as `agent`;
-//! `bot` sends commands and reads events through its durable consumer, and every attempt of
-//! `bot` to change history or the agent's state is refused by the server, leaving the stream
-//! as it was.
+//! from the shipped `deploy/nats/single.conf`: `admin` provisions; the agent runs a rollback end
+//! to end as `agent`; `bot` sends commands and reads events through its provisioned durable
+//! consumer. Every attempt of `bot` to change history or the agent's state, and every attempt
+//! of `agent` or `bot` to change, re-limit, purge or delete the stream or a bucket, is refused
+//! by the server, leaving the stream as it was.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
+use rollback_agent::provision::{ProvisionSettings, provision};
 use rollback_agent::service::OUTCOMES_BUCKET;
+use rollback_agent::store::StoreConfig;
 use rollback_proto::subjects::{EVENTS_STREAM, LEASE_BUCKET, events_subject};
-use rollback_proto::{Command, CommandReply, RunStatus};
-use rollback_tests::{AgentProcess, RunDriver, SingleNats, agent_config};
+use rollback_proto::{Command, CommandReply, RunId, RunStatus};
+use rollback_tests::{AgentProcess, Provision, RunDriver, SingleNats, agent_config};
 use tokio::sync::mpsc;
 
 use crate::harness::lines;
@@ -118,12 +121,13 @@ idempotent = true
         assert!(refused.is_err(), "connected without the right password");
     }
 
-    // The agent, as `agent`, sets up the stream and its buckets and runs a rollback driven by
-    // commands that `bot` sends.
-    let agent = AgentProcess::start(
+    // `admin` provisions the stream and buckets; the agent, as `agent`, runs a rollback driven
+    // by commands that `bot` sends.
+    let agent = AgentProcess::start_with(
         dir.path(),
         "agent-a",
         &agent_config("agent-a", &runbooks, &nats.url(), &users, 1, "5s"),
+        Provision::AsAdmin(&users),
     )
     .await
     .unwrap();
@@ -150,21 +154,13 @@ idempotent = true
     let envelopes = driver.envelopes(run).await.unwrap();
     assert!(envelopes.len() >= 6, "{} events", envelopes.len());
 
-    // The bot reads every event through its durable consumer and acknowledges them.
+    // The bot reads every event through its provisioned durable consumer and acknowledges them.
     let bot_js = jetstream::ContextBuilder::new()
         .timeout(REFUSED_WITHIN)
         .build(bot.clone());
     let events = bot_js.get_stream(EVENTS_STREAM).await.unwrap();
     let durable = events
-        .get_or_create_consumer(
-            BOT_CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(BOT_CONSUMER.to_owned()),
-                filter_subject: "rollback.evt.>".to_owned(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
+        .get_consumer::<consumer::pull::Config>(BOT_CONSUMER)
         .await
         .unwrap();
     let mut batch = durable
@@ -214,15 +210,8 @@ idempotent = true
     bot.flush().await.unwrap();
     drop(live.unsubscribe().await);
 
-    // The bot keeps its own state in its own bucket.
-    let state = bot_js
-        .create_key_value(kv::Config {
-            bucket: BOT_BUCKET.to_owned(),
-            history: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // The bot keeps its own state in its own provisioned bucket.
+    let state = bot_js.get_key_value(BOT_BUCKET).await.unwrap();
     let revision = state
         .put(format!("status-message.{run}"), "1234".into())
         .await
@@ -344,4 +333,226 @@ idempotent = true
         "the agent needed something its user may not do:\n{}",
         agent.log()
     );
+}
+
+/// The configuration and state of every stream the agents and the bot use, as `admin` reads
+/// them: what no attempt of theirs may change.
+async fn streams_as_they_are(admin: &jetstream::Context) -> Vec<(stream::Config, u64)> {
+    let mut found = Vec::new();
+    for name in STREAMS {
+        let mut stream = admin.get_stream(name).await.unwrap();
+        let info = stream.info().await.unwrap();
+        found.push((info.config.clone(), info.state.messages));
+    }
+    found
+}
+
+/// The event stream and the buckets' streams.
+const STREAMS: [&str; 4] = [
+    EVENTS_STREAM,
+    "KV_ROLLBACK_LEASES",
+    "KV_ROLLBACK_COMMAND_OUTCOMES",
+    "KV_ROLLBACK_BOT_STATE",
+];
+
+/// Every way through the JetStream API to shorten, re-limit, replace or delete the event
+/// stream or a bucket, tried at once on `js`; each is paired with the API subject the server
+/// must refuse and whether it went through.
+async fn try_to_weaken(
+    js: &jetstream::Context,
+    configs: &[(stream::Config, u64)],
+    run_subject: &str,
+) -> Vec<(String, bool)> {
+    let events = configs[0].0.clone();
+    let api = |verb: &str, stream: &str| format!("$JS.API.STREAM.{verb}.{stream}");
+    let handle = js.get_stream(EVENTS_STREAM).await.unwrap();
+    let mut attempts: Vec<(String, futures::future::BoxFuture<'_, bool>)> = vec![
+        (
+            api("UPDATE", EVENTS_STREAM),
+            Box::pin({
+                let config = stream::Config {
+                    max_messages_per_subject: 1,
+                    ..events.clone()
+                };
+                async move { js.update_stream(config).await.is_ok() }
+            }),
+        ),
+        (
+            api("UPDATE", EVENTS_STREAM),
+            Box::pin({
+                let config = stream::Config {
+                    deny_delete: false,
+                    deny_purge: false,
+                    max_age: Duration::from_secs(1),
+                    discard: stream::DiscardPolicy::Old,
+                    ..events.clone()
+                };
+                async move { js.update_stream(config).await.is_ok() }
+            }),
+        ),
+        (
+            api("CREATE", EVENTS_STREAM),
+            Box::pin({
+                let config = stream::Config {
+                    max_bytes: 1024,
+                    ..events.clone()
+                };
+                async move { js.create_stream(config).await.is_ok() }
+            }),
+        ),
+        (
+            api("CREATE", "SHADOW"),
+            Box::pin(async move {
+                js.create_stream(stream::Config {
+                    name: "SHADOW".into(),
+                    subjects: vec!["shadow.>".into()],
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+            }),
+        ),
+        (
+            api("DELETE", EVENTS_STREAM),
+            Box::pin(async move { js.delete_stream(EVENTS_STREAM).await.is_ok() }),
+        ),
+        (
+            api("PURGE", EVENTS_STREAM),
+            Box::pin({
+                let handle = handle.clone();
+                async move { handle.purge().await.is_ok() }
+            }),
+        ),
+        (
+            api("PURGE", EVENTS_STREAM),
+            Box::pin({
+                let handle = handle.clone();
+                let subject = run_subject.to_owned();
+                async move { handle.purge().filter(subject).await.is_ok() }
+            }),
+        ),
+        (
+            api("MSG.DELETE", EVENTS_STREAM),
+            Box::pin({
+                let handle = handle.clone();
+                async move { handle.delete_message(1).await.is_ok() }
+            }),
+        ),
+    ];
+    for (config, _) in &configs[1..] {
+        let name = config.name.clone();
+        let shorter = stream::Config {
+            max_age: Duration::from_secs(1),
+            ..config.clone()
+        };
+        attempts.push((
+            api("UPDATE", &name),
+            Box::pin(async move { js.update_stream(shorter).await.is_ok() }),
+        ));
+    }
+    attempts.push((
+        api("DELETE", "KV_ROLLBACK_BOT_STATE"),
+        Box::pin(async move { js.delete_stream("KV_ROLLBACK_BOT_STATE").await.is_ok() }),
+    ));
+    let (subjects, futures): (Vec<String>, Vec<_>) = attempts.into_iter().unzip();
+    subjects
+        .into_iter()
+        .zip(futures::future::join_all(futures).await)
+        .collect()
+}
+
+/// Waits for one permission violation per subject (in any order).
+async fn expect_violations(errors: &mut mpsc::UnboundedReceiver<String>, subjects: &[String]) {
+    let mut wanted: Vec<String> = subjects
+        .iter()
+        .map(|s| {
+            format!(
+                "permissions violation for publish to \"{}\"",
+                s.to_lowercase()
+            )
+        })
+        .collect();
+    wanted.sort();
+    let mut seen = Vec::new();
+    while seen.len() < wanted.len() {
+        let error = tokio::time::timeout(Duration::from_secs(10), errors.recv())
+            .await
+            .unwrap_or_else(|_| panic!("violations reported: {seen:?}, wanted {wanted:?}"))
+            .unwrap()
+            .to_lowercase();
+        seen.push(
+            wanted
+                .iter()
+                .find(|w| error.contains(w.as_str()))
+                .unwrap_or_else(|| panic!("unexpected server error: {error}"))
+                .clone(),
+        );
+    }
+    seen.sort();
+    assert_eq!(seen, wanted);
+}
+
+#[tokio::test]
+async fn neither_the_agent_nor_the_bot_can_change_relimit_purge_or_delete_the_stream_or_a_bucket() {
+    let nats = SingleNats::start().await.unwrap();
+    let users = nats.users().clone();
+    let admin = jetstream::new(users.admin().connect(nats.url()).await.unwrap());
+    let printed = provision(
+        &admin,
+        &ProvisionSettings {
+            store: StoreConfig::default(),
+            lease_ttl: Duration::from_secs(5),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(printed.len(), 5);
+
+    // A run's events, appended as the agent appends them.
+    let (agent, mut agent_errors) = connect_reporting(users.agent(), &nats.url()).await;
+    let agent_js = jetstream::ContextBuilder::new()
+        .timeout(REFUSED_WITHIN)
+        .build(agent);
+    let subject = events_subject(RunId::new());
+    for n in 0..24 {
+        agent_js
+            .publish(subject.clone(), format!("event {n}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let before = streams_as_they_are(&admin).await;
+    assert_eq!(before[0].1, 24);
+
+    let (bot, mut bot_errors) = connect_reporting(users.bot(), &nats.url()).await;
+    let bot_js = jetstream::ContextBuilder::new()
+        .timeout(REFUSED_WITHIN)
+        .build(bot);
+    for (who, js, errors) in [
+        ("agent", &agent_js, &mut agent_errors),
+        ("bot", &bot_js, &mut bot_errors),
+    ] {
+        let tried = try_to_weaken(js, &before, &subject).await;
+        let went_through: Vec<&String> =
+            tried.iter().filter(|(_, ok)| *ok).map(|(s, _)| s).collect();
+        assert!(
+            went_through.is_empty(),
+            "{who} was allowed {went_through:?}"
+        );
+        let subjects: Vec<String> = tried.into_iter().map(|(s, _)| s).collect();
+        expect_violations(errors, &subjects).await;
+    }
+
+    // Every event is still there, every setting as provisioned, and no other stream exists.
+    assert_eq!(streams_as_they_are(&admin).await, before);
+    let mut names = admin.stream_names();
+    let mut all = Vec::new();
+    while let Some(name) = names.next().await {
+        all.push(name.unwrap());
+    }
+    all.sort();
+    let mut expected: Vec<String> = STREAMS.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(all, expected);
 }

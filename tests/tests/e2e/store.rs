@@ -10,6 +10,7 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use rollback_agent::store::{
     AppendError, EventStore, JetStreamEventStore, LoadError, RunCursor, StoreConfig,
+    provision_stream,
 };
 use rollback_proto::envelope::{ChainError, ChainHead, Draft, Envelope};
 use rollback_proto::events::Event;
@@ -88,6 +89,7 @@ async fn connect_with(
     config: StoreConfig,
 ) -> anyhow::Result<JetStreamEventStore> {
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    provision_stream(&js, &config).await?;
     Ok(JetStreamEventStore::connect(js, config).await?)
 }
 
@@ -112,44 +114,6 @@ async fn stored_seqs(store: &JetStreamEventStore, run: RunId) -> anyhow::Result<
         .iter()
         .map(|e| e.seq)
         .collect())
-}
-
-#[tokio::test]
-async fn connecting_sets_up_an_append_only_stream_and_is_idempotent() -> TestResult {
-    let nats = NatsServer::start().await?;
-    let first = connect(&nats).await?;
-    // A second agent starting against the same server.
-    let second = connect(&nats).await?;
-    assert!(first.atomic_batches() && second.atomic_batches());
-
-    let mut stream = first.jetstream().get_stream(EVENTS_STREAM).await?;
-    let config = &stream.info().await?.config;
-    assert_eq!(config.subjects, vec!["rollback.evt.*".to_string()]);
-    assert_eq!(config.storage, jetstream::stream::StorageType::File);
-    assert!(config.deny_delete && config.deny_purge && !config.allow_rollup);
-    assert!(config.allow_direct && config.allow_atomic_publish);
-    assert_eq!(config.num_replicas, 1);
-    assert_eq!(config.duplicate_window, Duration::from_secs(600));
-
-    assert_eq!(config.discard, jetstream::stream::DiscardPolicy::New);
-
-    // A limit an operator set survives an agent starting; a relaxed guarantee does not.
-    let operated = jetstream::stream::Config {
-        max_bytes: 1 << 30,
-        allow_direct: false,
-        ..config.clone()
-    };
-    first.jetstream().update_stream(operated).await?;
-    connect(&nats).await?;
-    let config = &stream.info().await?.config;
-    assert_eq!(config.max_bytes, 1 << 30);
-    assert!(config.allow_direct);
-
-    let empty = first.load(RunId::new()).await?;
-    assert!(empty.state.is_none());
-    assert_eq!(empty.cursor.stream_seq, 0);
-    assert_eq!(empty.cursor.head.seq, 0);
-    Ok(())
 }
 
 #[tokio::test]
@@ -284,6 +248,7 @@ async fn an_unconfirmed_append_is_retried_safely_after_an_outage() -> TestResult
         ack_timeout: ACK_TIMEOUT,
         ..Default::default()
     };
+    provision_stream(&js, &config).await?;
     let store = JetStreamEventStore::connect(js, config).await?;
     let cursor = start_run(&store).await?;
 

@@ -241,8 +241,9 @@ async fn a_bot_restart_posts_nothing_twice() {
     b.status_shows(run, "prepare — prepare: done").await;
     let before = thread_messages(&b, &status.id, 3).await;
 
-    // Killed without warning; then the consumer and the bot's record are lost too, so every
-    // event comes again and nothing says what was posted but Discord itself.
+    // Killed without warning; then the consumer and the bot's record are lost too (the consumer
+    // provisioned afresh), so every event comes again and nothing says what was posted but
+    // Discord itself.
     b.bot.kill().await;
     let js = async_nats::jetstream::new(b.h.client.nats().clone());
     js.get_stream(EVENTS_STREAM)
@@ -257,6 +258,16 @@ async fn a_bot_restart_posts_nothing_twice() {
         .purge(format!("run.{run}"))
         .await
         .unwrap();
+    // The bot may not create its consumer: provisioning does, as an administrator would.
+    rollback_agent::provision::provision(
+        &js,
+        &rollback_agent::provision::ProvisionSettings {
+            store: Default::default(),
+            lease_ttl: crate::harness::LEASE_TTL,
+        },
+    )
+    .await
+    .unwrap();
     b.restart_bot().await;
 
     drive_change(&b, run).await;
