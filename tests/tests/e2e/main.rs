@@ -8,6 +8,7 @@ mod bot;
 mod cluster;
 mod delta;
 mod demo_db;
+mod engine_resume;
 mod harness;
 mod local_demo;
 mod nats_permissions;
