@@ -65,6 +65,18 @@ impl Attempt<'_> {
         }
     }
 
+    /// The pool of a database target, its server known to answer.
+    pub(super) async fn pool(&self, target: &str) -> Result<sqlx::PgPool, StepOutcome> {
+        self.deps
+            .databases
+            .connect(target)
+            .await
+            .map_err(|err| StepOutcome::Failed {
+                retryable: err.is_transient(),
+                error: err.to_string(),
+            })
+    }
+
     pub(super) fn connection(&self, target: &str) -> Result<ConnectionParams, StepOutcome> {
         let url = self
             .deps
@@ -352,11 +364,7 @@ async fn drop_schemas(attempt: &Attempt<'_>, step: &DropSchemasStep) -> StepOutc
         let archive_dir = PathBuf::from(attempt.expand("archive_dir", &step.archive_dir)?);
         let opts = super::tenancy::options(attempt.state, &step.scope, None)
             .map_err(StepOutcome::permanent)?;
-        let pool = attempt
-            .deps
-            .databases
-            .get(&target)
-            .map_err(|err| StepOutcome::permanent(err.to_string()))?;
+        let pool = attempt.pool(&target).await?;
         let conn = attempt.connection(&target)?;
         Ok::<_, StepOutcome>((target, archive_dir, opts, pool, conn, programs()?))
     };

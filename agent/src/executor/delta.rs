@@ -64,14 +64,9 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
             }
             (None, None) => return Err(StepOutcome::permanent("no baseline given")),
         };
-        let source = attempt
-            .deps
-            .databases
-            .get(&target)
-            .map_err(|e| StepOutcome::permanent(e.to_string()))?;
-        Ok::<_, StepOutcome>((target, output_dir, scope, baseline, source))
+        Ok::<_, StepOutcome>((target, output_dir, scope, baseline))
     };
-    let (target, output_dir, scope, baseline, source) = match prepared.await {
+    let (target, output_dir, scope, baseline) = match prepared.await {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
@@ -162,10 +157,14 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
             )
             .await;
     }
+    let source = match attempt.pool(&target).await {
+        Ok(pool) => pool,
+        Err(outcome) => return outcome,
+    };
     let (baseline_pool, scratch) = match &baseline {
-        Baseline::Target(name) => match attempt.deps.databases.get(name) {
+        Baseline::Target(name) => match attempt.pool(name).await {
             Ok(pool) => (pool, None),
-            Err(e) => return StepOutcome::permanent(e.to_string()),
+            Err(outcome) => return outcome,
         },
         Baseline::Archive(path) => match restore_baseline(attempt, &conn, path, step).await {
             Ok((pool, name)) => (pool, Some(name)),
@@ -363,9 +362,9 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
     let Some((sha256, _)) = checksum else {
         return StepOutcome::permanent(unchecked(&file, "the delta", "nothing was imported").await);
     };
-    let pool = match attempt.deps.databases.get(&target) {
+    let pool = match attempt.pool(&target).await {
         Ok(p) => p,
-        Err(e) => return StepOutcome::permanent(e.to_string()),
+        Err(outcome) => return outcome,
     };
     if attempt.picks_up() {
         let total = match delta::DeltaReader::open(&file) {

@@ -111,9 +111,9 @@ pub(super) async fn run(
         Ok(t) => t,
         Err(e) => return permanent(e),
     };
-    let pool = match deps.databases.get(&target) {
+    let pool = match deps.databases.connect(&target).await {
         Ok(p) => p,
-        Err(e) => return permanent(e),
+        Err(e) => return transient_or_not(e.to_string(), e.is_transient()),
     };
     let resumed = picks_up(state, step) && !state.dry_run;
     let work = async {

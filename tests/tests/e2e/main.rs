@@ -18,3 +18,4 @@ mod steps;
 mod store;
 mod support;
 mod tenancy;
+mod unreachable_database;
