@@ -4,6 +4,7 @@
 mod agent;
 mod agent_recovery;
 mod archive;
+mod archive_resume;
 mod bot;
 mod cluster;
 mod delta;

@@ -140,12 +140,9 @@ pub(super) async fn run(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutc
     }
 }
 
-/// The comment a database this step creates carries, naming the run and the step.
+/// The mark of the databases this attempt's step creates.
 pub(in crate::executor) fn step_mark(attempt: &Attempt<'_>) -> String {
-    format!(
-        "created by rollback run {}, step {}",
-        attempt.state.run_id, attempt.step.id
-    )
+    resume::step_mark(attempt.state.run_id, &attempt.step.id)
 }
 
 /// What an earlier attempt of a restore into a new database left: if its database already

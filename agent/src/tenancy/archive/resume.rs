@@ -2,11 +2,17 @@
 //! databases it created (each marked with its comment the moment it exists), and a target that
 //! still refuses connections because the swap stopped half way.
 
+use rollback_proto::{RunId, StepId};
 use sqlx::{AssertSqlSafe, Connection};
 
 use super::ConnectionParams;
 use super::restore::{RestoreError, db_error, maintenance};
 use crate::tenancy::sql;
+
+/// The mark (the comment) of a database a step of a run creates.
+pub fn step_mark(run: RunId, step: &StepId) -> String {
+    format!("created by rollback run {run}, step {step}")
+}
 
 /// The databases on the server of `target` marked with `mark` (see [`super::restore::restore_marked`]), by name.
 pub async fn marked_databases(
