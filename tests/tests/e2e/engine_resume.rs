@@ -4,7 +4,9 @@
 //! by the test's own queries, not the engine's verify) and every schema archived once.
 //!
 //! `ROLLBACK_KILLS` sets how many kills the consolidation series makes (10 by default; the issue's
-//! experiment is 50), `ROLLBACK_KILL_SEED` replays a series (the seed is printed).
+//! experiment is 50), `ROLLBACK_KILL_SEED` replays a series (the seed is printed), and
+//! `ROLLBACK_KILL_TAKEOVER=1` has a standby agent take each killed agent's run over (after the
+//! lease TTL, 2 s here) instead of the killed agent restarting under its own name.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -208,6 +210,12 @@ approvals = 1
 /// Seconds from a kill to the first progress event the restarted agent recorded, per kill.
 type Latencies = Vec<f64>;
 
+/// Whether a killed agent's run goes to a standby agent (after the lease TTL) rather than to
+/// the killed agent restarted under its own name (which takes its lease back at once).
+fn takeover() -> bool {
+    std::env::var("ROLLBACK_KILL_TAKEOVER").is_ok_and(|v| v == "1")
+}
+
 /// One run of the consolidation, killed `wanted` times at most (fewer when it finishes first):
 /// the kills made, with their latencies.
 async fn consolidate_under_kills(
@@ -218,7 +226,15 @@ async fn consolidate_under_kills(
     latencies: &mut Latencies,
 ) -> usize {
     let pool = db.pool().await.unwrap();
-    let mut agent = h.agent("agent-a", &database_target("app", db)).await;
+    let names: &[&str] = if takeover() {
+        &["agent-a", "agent-b"]
+    } else {
+        &["agent-a"]
+    };
+    let mut agents = BTreeMap::new();
+    for name in names {
+        agents.insert(*name, h.agent(name, &database_target("app", db)).await);
+    }
     let run = h.start("consolidate").await;
     h.accepted(
         "bob",
@@ -242,27 +258,44 @@ async fn consolidate_under_kills(
             break; // it finished before the next kill
         };
         last_attempt = attempt;
+        let holder = h
+            .lease_holder(run)
+            .await
+            .expect("the run's lease is held while its step runs");
+        let victim = agents.get_mut(holder.as_str()).unwrap();
         // The random moment of the kill, counted from the attempt's start: not a wait for
         // something to happen, the point of the experiment.
         let delay = dice.below(MAX_KILL_DELAY_MS + 1);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let units_before = units_done(&pool).await;
-        agent.kill().await;
+        victim.kill().await;
         let killed_at = OffsetDateTime::now_utc();
         let state = load(h, run).await;
         if status_of(&state, "consolidate").is_terminal() {
-            agent.restart().await.unwrap();
+            victim.restart().await.unwrap();
             break; // the kill came after the step's outcome: not a kill inside it
         }
         kills += 1;
-        agent.restart().await.unwrap();
-        // The restarted agent picks the step up by itself and says how much was done.
+        if !takeover() {
+            victim.restart().await.unwrap();
+        }
+        // The restarted agent (or the standby) picks the step up by itself and says how much
+        // was done.
         let (at, note) = resumed_progress(h, run, "consolidate", attempt + 1).await;
+        if takeover() {
+            // Back as the standby, now that the other one holds the run.
+            agents
+                .get_mut(holder.as_str())
+                .unwrap()
+                .restart()
+                .await
+                .unwrap();
+        }
         let latency = (at - killed_at).as_seconds_f64();
         latencies.push(latency);
         println!(
-            "kill {kills}: {delay} ms into attempt {attempt}, {units_before} unit(s) done; \
-             first progress of attempt {} after {latency:.2} s: {note}",
+            "kill {kills}: {holder} {delay} ms into attempt {attempt}, {units_before} unit(s) \
+             done; first progress of attempt {} after {latency:.2} s: {note}",
             attempt + 1
         );
         assert!(
@@ -285,7 +318,9 @@ async fn consolidate_under_kills(
         "one attempt per kill, and the one that finished: {:#?}",
         lifecycle(&events, "consolidate")
     );
-    agent.stop().await.unwrap();
+    for agent in agents.values_mut() {
+        agent.stop().await.unwrap();
+    }
     kills
 }
 
