@@ -340,7 +340,7 @@ async fn pg_dump(attempt: &Attempt<'_>, step: &PgDumpStep) -> StepOutcome {
             };
         }
         attempt
-            .found_done(0, 1, "no archive was recorded; dumping afresh")
+            .found_done(0, 1, "no intact archive was recorded; dumping afresh")
             .await;
         attempt.tidy_partials(&output_dir, &label).await;
     }

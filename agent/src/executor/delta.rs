@@ -135,16 +135,19 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
                 ),
             };
         }
-        let dropped = match drop_scratch_left(attempt, &conn).await {
-            Ok(dropped) => dropped,
-            Err(outcome) => return outcome,
+        let dropped = match &baseline {
+            Baseline::Archive(_) => match drop_scratch_left(attempt, &conn).await {
+                Ok(dropped) => dropped,
+                Err(outcome) => return outcome,
+            },
+            Baseline::Target(_) => Vec::new(),
         };
         attempt
             .found_done(
                 0,
                 1,
                 format!(
-                    "no delta was recorded{}; comparing afresh",
+                    "no intact delta was recorded{}; comparing afresh",
                     if dropped.is_empty() {
                         String::new()
                     } else {

@@ -186,9 +186,15 @@ pub(super) async fn run(
                             );
                         }
                     };
-                    let what = format!("{done} of {} units already consolidated", plan.units);
+                    // As consolidation counts them: a unit per (tenant, table) with rows.
+                    let total: u64 = plan
+                        .tables
+                        .iter()
+                        .map(|t| t.unit_tenants.len() as u64)
+                        .sum();
+                    let what = format!("{done} of {total} units already consolidated");
                     if resumed {
-                        found_done(&notes, &output, step, done, plan.units, what).await;
+                        found_done(&notes, &output, step, done, total, what).await;
                     } else if done > 0 {
                         output
                             .write(
