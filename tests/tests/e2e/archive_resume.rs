@@ -425,7 +425,7 @@ async fn a_dump_killed_half_way_is_written_afresh() {
     let events = h.events(run).await;
     assert_eq!(
         resumptions(&events),
-        ["resumed: no archive was recorded; dumping afresh"]
+        ["resumed: no intact archive was recorded; dumping afresh"]
     );
     let archives = recorded(&events, "dump");
     let [(path, sha256)] = archives.as_slice() else {
