@@ -8,6 +8,7 @@ mod archive_resume;
 mod bot;
 mod cluster;
 mod delta;
+mod delta_resume;
 mod demo_db;
 mod engine_resume;
 mod harness;
