@@ -19,7 +19,7 @@ use crate::agent_recovery::{database_target, lifecycle};
 use crate::delta::{schema_truth, shared_content, tenant_ids};
 use crate::harness::{DEADLINE, Harness, status_of, step};
 
-/// Polls `check` (with its description of the run for the failure message) until it holds.
+/// Polls `check` until it holds; the failure names `what`.
 async fn until_db(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !check().await {
