@@ -4,8 +4,6 @@
 //! units were already imported and skips them. In the end every row the tenant schemas held is
 //! back exactly once, checked by content without the engine.
 
-use std::time::Duration;
-
 use rollback_agent::tenancy::archive::resume::step_mark;
 use rollback_agent::tenancy::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
 use rollback_agent::tenancy::demo::{self, DemoSpec, history};
@@ -17,19 +15,7 @@ use sqlx::PgPool;
 
 use crate::agent_recovery::{database_target, lifecycle};
 use crate::delta::{schema_truth, shared_content, tenant_ids};
-use crate::harness::{DEADLINE, Harness, status_of, step};
-
-/// Polls `check` until it holds; the failure names `what`.
-async fn until_db(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::harness::{DEADLINE, Harness, status_of, step, until};
 
 #[tokio::test]
 async fn the_delta_export_and_import_killed_in_the_middle_resume_by_themselves() {
@@ -110,7 +96,7 @@ concurrency = 2
     // 1. Killed while the scratch baseline loads.
     let scratch_mark = step_mark(run, &step("export-delta"));
     let mut scratch = String::new();
-    until_db("the scratch baseline to load", async || {
+    until("the scratch baseline to load", DEADLINE, async || {
         let loading: Option<String> = sqlx::query_scalar(
             "SELECT d.datname::text FROM pg_database d
              WHERE shobj_description(d.oid, 'pg_database') = $1
@@ -155,7 +141,7 @@ concurrency = 2
         .unwrap();
     h.accepted("alice", &["oncall"], Command::Next { run })
         .await;
-    until_db("units imported and the rest waiting for the lock", async || {
+    until("units imported and the rest waiting for the lock", DEADLINE, async || {
         let claimed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_tables t WHERE t.schemaname = 'rollback_engine' AND t.tablename = 'delta_units'",
         )
