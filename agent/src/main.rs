@@ -13,7 +13,6 @@ use rollback_agent::tenancy::plan::{self, PlanOptions};
 use rollback_agent::tenancy::{delta, demo, verify};
 use rollback_proto::runbook::{FkChecks, IdStrategy, StepKind};
 use rollback_proto::{RunId, Runbook};
-use sqlx::postgres::PgPoolOptions;
 
 #[derive(Parser)]
 #[command(
@@ -273,12 +272,11 @@ impl ScopeArgs {
     }
 }
 
+/// A pool to `url`, after one connection proved the server is there: a database that does
+/// not answer fails within seconds, with its host, port and reason (the error says it all, so
+/// it gets no context of its own, which would only repeat it).
 async fn connect(url: &str, max: u32) -> anyhow::Result<sqlx::PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max)
-        .connect(url)
-        .await
-        .context("connecting to the database")
+    Ok(rollback_agent::steps::connect_pool(url, max).await?)
 }
 
 fn main() -> ExitCode {

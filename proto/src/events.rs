@@ -106,7 +106,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_in_ms: Option<u64>,
     },
-    /// After a restart, a non-idempotent step was found started with no outcome.
+    /// After a restart, a step was found started with no outcome, and it may not run again
+    /// without a person (not idempotent, and of a kind that cannot prove its own progress).
     StepInDoubt {
         /// The step.
         step: StepId,
@@ -215,7 +216,28 @@ pub enum Event {
     },
 }
 
+/// How the note of a [`Event::StepProgressed`] starts when it says what an attempt found
+/// already done as it picked up the work of an earlier one (see [`Event::resumed`]).
+pub const RESUMED_NOTE: &str = "resumed: ";
+
 impl Event {
+    /// The progress an attempt records first when it picks up an earlier attempt's work: what it
+    /// found already done (`resumed: 312 of 480 units already consolidated`), so that the chat
+    /// and the postmortem show what a crash cost.
+    pub fn resumed(step: StepId, done: u64, total: u64, what: impl std::fmt::Display) -> Event {
+        Event::StepProgressed {
+            step,
+            done,
+            total,
+            note: format!("{RESUMED_NOTE}{what}"),
+        }
+    }
+
+    /// Whether this is the report of an attempt that picked up an earlier one's work.
+    pub fn is_resumption(&self) -> bool {
+        matches!(self, Event::StepProgressed { note, .. } if note.starts_with(RESUMED_NOTE))
+    }
+
     /// The event's type name, as stored in its `type` field.
     pub fn name(&self) -> &'static str {
         match self {

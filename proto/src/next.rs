@@ -6,7 +6,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::ids::StepId;
-use crate::runbook::StepKind;
+use crate::runbook::{DryRunBehaviour, Step, StepKind};
 use crate::state::{RunState, RunStatus, StepStatus};
 
 /// Who or what a run is waiting for when the executor has nothing to do.
@@ -50,14 +50,17 @@ pub enum NextAction {
         /// When.
         due: OffsetDateTime,
     },
-    /// A step started by an executor that is gone, with no outcome: run it again if it is
-    /// idempotent, otherwise mark it in doubt for a person.
+    /// A step started by an executor that is gone, with no outcome: start its next attempt if
+    /// that is safe, otherwise mark it in doubt for a person.
     Recover {
         /// The step.
         step: StepId,
         /// The attempt that has no outcome.
         attempt: u32,
-        /// Whether running it again is safe.
+        /// Whether running it again is safe ([`RunState::reruns_by_itself`]): the step is
+        /// idempotent, its kind proves its own progress, or the run is a dry run in which the
+        /// step only describes itself. A re-run needs no new approval: it is the same request's
+        /// work, carried on.
         idempotent: bool,
     },
 }
@@ -94,7 +97,7 @@ impl RunState {
             StepStatus::Running { attempt, .. } => NextAction::Recover {
                 step,
                 attempt: *attempt,
-                idempotent: def.idempotent,
+                idempotent: self.reruns_by_itself(def),
             },
             _ if self.paused.is_some() => NextAction::Idle(Waiting::Paused),
             StepStatus::Failed { error, .. } => NextAction::Idle(Waiting::People {
@@ -149,6 +152,13 @@ impl RunState {
                 unreachable!("found as non-terminal")
             }
         }
+    }
+
+    /// Whether an attempt of `step` that ended without an outcome may run again without a
+    /// person: [`Step::reruns_by_itself`], or, in a dry run, a step that only describes what it
+    /// would do.
+    pub fn reruns_by_itself(&self, step: &Step) -> bool {
+        step.reruns_by_itself() || (self.dry_run && step.dry_run == DryRunBehaviour::Describe)
     }
 
     /// The next escalation level to raise and when, if the run is stalled waiting for people.

@@ -230,6 +230,53 @@ impl StepKind {
     pub fn is_human(&self) -> bool {
         matches!(self, StepKind::Checklist(_) | StepKind::Approval)
     }
+
+    /// Whether an attempt that ended without an outcome (the agent running it died) may be
+    /// picked up again by the agent, without a person: the kind either only reads, or proves
+    /// its own progress, so that running it again finishes the work without doing any of it
+    /// twice. Only `shell`, `http` and `sql` (which can do anything), a `pg_restore` over the
+    /// live database, and the kinds people complete are not.
+    ///
+    /// - `plan`, `verify`, `wait`, and `import_delta` with `check_only`: they only read.
+    /// - `consolidate` and `import_delta`: each (tenant, table) unit commits its rows with its
+    ///   claim row in one transaction, and a claimed unit is skipped.
+    /// - `drop_schemas`: each schema is dropped in a transaction of its own, only while the
+    ///   archive recorded in the run holds it; a schema already gone that the run's archive
+    ///   holds is done, and the recorded archive is checked against its sha256 before more
+    ///   schemas go.
+    /// - `pg_dump` and `export_delta`: they write a new file under a temporary name and record
+    ///   it with its sha256; a file recorded by an earlier attempt whose bytes still match is
+    ///   the step's result, anything else is written afresh.
+    /// - `pg_restore` into a new database: the database it creates is marked as this run's
+    ///   step's; a marked database that has not taken the target's name yet is dropped and
+    ///   restored again, and one that has is the step's result.
+    pub fn resumes_by_itself(&self) -> bool {
+        match self {
+            StepKind::Plan(_)
+            | StepKind::Verify(_)
+            | StepKind::Wait(_)
+            | StepKind::Consolidate(_)
+            | StepKind::ImportDelta(_)
+            | StepKind::DropSchemas(_)
+            | StepKind::PgDump(_)
+            | StepKind::ExportDelta(_) => true,
+            StepKind::PgRestore(restore) => !restore.in_place,
+            StepKind::Shell(_)
+            | StepKind::Http(_)
+            | StepKind::Sql(_)
+            | StepKind::Checklist(_)
+            | StepKind::Approval => false,
+        }
+    }
+}
+
+impl Step {
+    /// Whether an attempt that ended without an outcome may run again without a person: the
+    /// step says it is idempotent, or its kind resumes by itself
+    /// ([`StepKind::resumes_by_itself`]). The same rule allows automatic retries.
+    pub fn reruns_by_itself(&self) -> bool {
+        self.idempotent || self.kind.resumes_by_itself()
+    }
 }
 
 impl Runbook {

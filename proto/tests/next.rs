@@ -360,3 +360,194 @@ fn the_status_text_says_where_the_run_stands_and_what_it_waits_for() {
         "{text}"
     );
 }
+
+/// One step of each kind of interest, in order; the destructive ones carry their approval.
+const RECOVERY: &str = r#"
+name = "recovery"
+[[phases]]
+id = "p"
+auto_advance = true
+[[phases.steps]]
+id = "shell"
+kind = "shell"
+command = "make it so"
+[[phases.steps]]
+id = "shell-idempotent"
+kind = "shell"
+command = "true"
+idempotent = true
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+destructive = true
+approvals = 1
+[[phases.steps]]
+id = "drop"
+kind = "drop_schemas"
+target = "app"
+archive_dir = "/backups"
+destructive = true
+approvals = 1
+[[phases.steps]]
+id = "dump"
+kind = "pg_dump"
+target = "app"
+output_dir = "/backups"
+[[phases.steps]]
+id = "swap-in"
+kind = "pg_restore"
+target = "app"
+archive = "/backups/a"
+destructive = true
+approvals = 1
+[[phases.steps]]
+id = "over"
+kind = "pg_restore"
+target = "app"
+archive = "/backups/a"
+in_place = true
+destructive = true
+approvals = 1
+[[phases.steps]]
+id = "http"
+kind = "http"
+url = "http://app/deploy"
+method = "POST"
+[[phases.steps]]
+id = "sql"
+kind = "sql"
+target = "app"
+statements = ["UPDATE t SET x = x + 1"]
+"#;
+
+/// For each step in turn: started, then found without an outcome; what the executor does.
+fn recoveries(dry_run: bool) -> Vec<(String, bool)> {
+    let mut sc = Scenario::start(RECOVERY, &alice(), dry_run);
+    let run = sc.run();
+    for id in ["consolidate", "drop", "swap-in", "over"] {
+        sc.when(
+            &bob(),
+            Command::Approve {
+                run,
+                step: step(id),
+            },
+        )
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    while let NextAction::Start { step, attempt } = sc.state.next_action() {
+        sc.agent(Event::StepStarted {
+            step: step.clone(),
+            attempt,
+        });
+        let NextAction::Recover {
+            step: found,
+            attempt: 1,
+            idempotent,
+        } = sc.state.next_action()
+        else {
+            panic!("{:?}", sc.state.next_action())
+        };
+        assert_eq!(found, step);
+        seen.push((step.to_string(), idempotent));
+        sc.agent(Event::StepSucceeded {
+            step,
+            attempt,
+            summary: "done".into(),
+        });
+    }
+    seen
+}
+
+#[test]
+fn only_generic_steps_without_idempotent_wait_for_a_person_after_a_crash() {
+    let resumes = |pairs: &[(&str, bool)]| -> Vec<(String, bool)> {
+        pairs.iter().map(|(s, r)| (s.to_string(), *r)).collect()
+    };
+    assert_eq!(
+        recoveries(false),
+        resumes(&[
+            ("shell", false),
+            ("shell-idempotent", true),
+            ("plan", true),
+            ("consolidate", true),
+            ("drop", true),
+            ("dump", true),
+            ("swap-in", true),
+            ("over", false),
+            ("http", false),
+            ("sql", false),
+        ])
+    );
+    // In a dry run a step that only describes itself did nothing, so it may always run again.
+    assert!(recoveries(true).iter().all(|(_, again)| *again));
+}
+
+#[test]
+fn a_resumed_destructive_step_needs_no_second_approval() {
+    let mut sc = Scenario::start(RECOVERY, &alice(), false);
+    let run = sc.run();
+    for id in ["shell", "shell-idempotent", "plan"] {
+        sc.when(
+            &alice(),
+            Command::Skip {
+                run,
+                step: step(id),
+                reason: "not here".into(),
+            },
+        )
+        .unwrap();
+    }
+    sc.when(
+        &bob(),
+        Command::Approve {
+            run,
+            step: step("consolidate"),
+        },
+    )
+    .unwrap();
+    sc.agent(Event::StepStarted {
+        step: step("consolidate"),
+        attempt: 1,
+    });
+    // The agent died; the next one picks the step up with the approval given for it.
+    assert!(matches!(
+        sc.state.next_action(),
+        NextAction::Recover {
+            attempt: 1,
+            idempotent: true,
+            ..
+        }
+    ));
+    sc.agent(Event::StepStarted {
+        step: step("consolidate"),
+        attempt: 2,
+    });
+    let progress = Event::resumed(
+        step("consolidate"),
+        312,
+        480,
+        "312 of 480 units already consolidated",
+    );
+    assert!(progress.is_resumption());
+    sc.agent(progress);
+    sc.agent(Event::StepSucceeded {
+        step: step("consolidate"),
+        attempt: 2,
+        summary: "done".into(),
+    });
+    assert_eq!(
+        sc.state
+            .step(&step("consolidate"))
+            .unwrap()
+            .3
+            .approvals
+            .len(),
+        1
+    );
+}

@@ -12,20 +12,22 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rollback_proto::runbook::{
-    DropSchemasStep, DryRunBehaviour, DumpFormat, PgDumpStep, PgRestoreStep, Step, StepKind,
-    format_duration,
+    DropSchemasStep, DryRunBehaviour, DumpFormat, PgDumpStep, Step, StepKind,
 };
+use rollback_proto::state::ArchiveRecord;
 use rollback_proto::{Event, OutputStream, RunState};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use super::tenancy::{found_done, picks_up};
 use super::{ExecutorDeps, StepNote};
 use crate::steps::{OutputSink, StepOutcome, is_transient_db_error};
-use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
 use crate::tenancy::archive::{
     self, Archive, ArchiveError, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
 };
 use crate::tenancy::{drop, plan};
+
+mod pg_restore;
+pub(super) use pg_restore::step_mark;
 
 /// Parallel jobs for the archive `drop_schemas` writes (the step has no setting of its own).
 const DROP_ARCHIVE_JOBS: u32 = 2;
@@ -63,6 +65,18 @@ impl Attempt<'_> {
         }
     }
 
+    /// The pool of a database target, its server known to answer.
+    pub(super) async fn pool(&self, target: &str) -> Result<sqlx::PgPool, StepOutcome> {
+        self.deps
+            .databases
+            .connect(target)
+            .await
+            .map_err(|err| StepOutcome::Failed {
+                retryable: err.is_transient(),
+                error: err.to_string(),
+            })
+    }
+
     pub(super) fn connection(&self, target: &str) -> Result<ConnectionParams, StepOutcome> {
         let url = self
             .deps
@@ -89,6 +103,64 @@ impl Attempt<'_> {
 }
 
 impl Attempt<'_> {
+    /// Whether this attempt picks up an earlier attempt's work (see [`picks_up`]), outside a
+    /// dry run (which did nothing to pick up).
+    pub(super) fn picks_up(&self) -> bool {
+        picks_up(self.state, self.step) && !self.describes_only()
+    }
+
+    /// Records what this attempt found already done (see [`found_done`]).
+    pub(super) async fn found_done(&self, done: u64, total: u64, what: impl std::fmt::Display) {
+        found_done(&self.notes, &self.io.output, self.step, done, total, what).await;
+    }
+
+    /// Writes a line of output.
+    pub(super) async fn say(&self, line: &str) {
+        self.io
+            .output
+            .write(OutputStream::Stdout, &format!("{line}\n"))
+            .await;
+    }
+
+    /// The archives an earlier attempt of this step wrote and recorded, newest first.
+    pub(super) fn recorded_archives(&self) -> impl Iterator<Item = &ArchiveRecord> {
+        self.state
+            .archives
+            .iter()
+            .rev()
+            .filter(|a| a.step == self.step.id)
+    }
+
+    /// The newest archive an earlier attempt of this step recorded, if its bytes are still the
+    /// recorded ones; what was wrong with it otherwise is said in the output.
+    pub(super) async fn intact_recorded(
+        &self,
+        accept: impl Fn(&ArchiveRecord) -> bool,
+    ) -> Option<&ArchiveRecord> {
+        let record = self.recorded_archives().find(|a| accept(a))?;
+        match archive::verify_archive(Path::new(&record.path), &record.sha256, None).await {
+            Ok(()) => Some(record),
+            Err(err) => {
+                self.say(&format!(
+                    "the archive an earlier attempt recorded cannot be used: {err}"
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
+    /// Removes the partial files of dumps labelled `label` that a killed attempt left behind.
+    async fn tidy_partials(&self, output_dir: &Path, label: &str) {
+        for path in archive::remove_partials(output_dir, label).await {
+            self.say(&format!(
+                "removed {}, left unfinished by an earlier attempt",
+                path.display()
+            ))
+            .await;
+        }
+    }
+
     /// Waits until the archive's event is stored in the run: the design drops a schema only
     /// after its archive's sha256 is recorded, and the executor stores a step's facts
     /// asynchronously (at its next flush).
@@ -165,7 +237,7 @@ pub(super) async fn run(
     let outcome = match &step.kind {
         StepKind::PgDump(dump) => pg_dump(&attempt, dump).await,
         StepKind::DropSchemas(drop) => drop_schemas(&attempt, drop).await,
-        StepKind::PgRestore(restore) => pg_restore(&attempt, restore).await,
+        StepKind::PgRestore(restore) => pg_restore::run(&attempt, restore).await,
         StepKind::ExportDelta(export) => super::delta::export_delta(&attempt, export).await,
         StepKind::ImportDelta(import) => super::delta::import_delta(&attempt, import).await,
         other => StepOutcome::permanent(format!("`{}` is not a backup step", other.name())),
@@ -244,6 +316,34 @@ async fn pg_dump(attempt: &Attempt<'_>, step: &PgDumpStep) -> StepOutcome {
             )
             .await;
     }
+    if attempt.picks_up() {
+        // The archive is the step's whole result: one recorded by an earlier attempt, bytes
+        // unchanged, is that result; a dump killed half way left only a partial file.
+        if let Some(record) = attempt.intact_recorded(|_| true).await {
+            attempt
+                .found_done(
+                    1,
+                    1,
+                    format!(
+                        "the archive {} was written and recorded by an earlier attempt; its sha256 still matches",
+                        record.path
+                    ),
+                )
+                .await;
+            return StepOutcome::Succeeded {
+                summary: format!(
+                    "dumped {what} of `{target}` to {} ({}, sha256 {}), by an earlier attempt",
+                    record.path,
+                    human_bytes(record.bytes),
+                    record.sha256
+                ),
+            };
+        }
+        attempt
+            .found_done(0, 1, "no intact archive was recorded; dumping afresh")
+            .await;
+        attempt.tidy_partials(&output_dir, &label).await;
+    }
     match archive::dump(&programs, &conn, &req, &attempt.io).await {
         Ok(archive) => {
             attempt.record(&archive).await;
@@ -264,11 +364,7 @@ async fn drop_schemas(attempt: &Attempt<'_>, step: &DropSchemasStep) -> StepOutc
         let archive_dir = PathBuf::from(attempt.expand("archive_dir", &step.archive_dir)?);
         let opts = super::tenancy::options(attempt.state, &step.scope, None)
             .map_err(StepOutcome::permanent)?;
-        let pool = attempt
-            .deps
-            .databases
-            .get(&target)
-            .map_err(|err| StepOutcome::permanent(err.to_string()))?;
+        let pool = attempt.pool(&target).await?;
         let conn = attempt.connection(&target)?;
         Ok::<_, StepOutcome>((target, archive_dir, opts, pool, conn, programs()?))
     };
@@ -309,11 +405,40 @@ async fn drop_schemas(attempt: &Attempt<'_>, step: &DropSchemasStep) -> StepOutc
             Ok(check) => check,
             Err(err) => return failed(err),
         };
+        // A schema an earlier attempt's recorded archive holds and that is gone was archived
+        // and dropped (each drop is one transaction, after the archive was recorded).
+        let left: BTreeSet<String> = check.schema_names().into_iter().collect();
+        let held: BTreeSet<String> = attempt
+            .recorded_archives()
+            .flat_map(|a| a.schemas.iter().cloned())
+            .collect();
+        let gone: BTreeSet<String> = match drop::existing_schemas(&pool, &held).await {
+            Ok(existing) => held.difference(&existing).cloned().collect(),
+            Err(err) => return failed(err),
+        };
+        if attempt.picks_up() {
+            let total = (gone.len() + left.len()) as u64;
+            attempt
+                .found_done(
+                    gone.len() as u64,
+                    total,
+                    format!(
+                        "{} of {total} schemas already archived and dropped",
+                        gone.len()
+                    ),
+                )
+                .await;
+        }
         if check.schemas.is_empty() {
             return StepOutcome::Succeeded {
-                summary: format!(
-                    "no tenant schema is left to drop in `{target}` (the plan finds none)"
-                ),
+                summary: if gone.is_empty() {
+                    format!("no tenant schema is left to drop in `{target}` (the plan finds none)")
+                } else {
+                    format!(
+                        "all {} tenant schema(s) of `{target}` were archived and dropped by an earlier attempt",
+                        gone.len()
+                    )
+                },
             };
         }
         let schemas = check.schema_names();
@@ -348,20 +473,60 @@ async fn drop_schemas(attempt: &Attempt<'_>, step: &DropSchemasStep) -> StepOutc
                 )
                 .await;
         }
-        let archive = match archive::dump(&programs, &conn, &req, &attempt.io).await {
-            Ok(archive) => archive,
-            Err(err) => return archive_failure(err),
+        // Each schema is archived once: the archive an earlier attempt recorded goes on
+        // serving, after its bytes are checked against the record, as long as it holds every
+        // schema left; otherwise the schemas left are archived now.
+        let recorded = match attempt.picks_up() {
+            true => {
+                attempt
+                    .intact_recorded(|a| left.iter().all(|s| a.schemas.contains(s)))
+                    .await
+            }
+            false => None,
         };
-        attempt.record(&archive).await;
-        if let Err(outcome) = attempt.recorded(&archive).await {
-            return outcome;
-        }
+        let archive = match recorded {
+            Some(record) => {
+                attempt
+                    .say(&format!(
+                        "the archive {} recorded by an earlier attempt still has its sha256 and holds the {} schema(s) left: not archived again",
+                        record.path,
+                        left.len()
+                    ))
+                    .await;
+                Archive {
+                    path: PathBuf::from(&record.path),
+                    sha256: record.sha256.clone(),
+                    bytes: record.bytes,
+                    schemas: record.schemas.clone(),
+                    format: DumpFormat::Directory,
+                }
+            }
+            None => {
+                if attempt.picks_up() {
+                    attempt.tidy_partials(&archive_dir, &label).await;
+                }
+                let archive = match archive::dump(&programs, &conn, &req, &attempt.io).await {
+                    Ok(archive) => archive,
+                    Err(err) => return archive_failure(err),
+                };
+                attempt.record(&archive).await;
+                if let Err(outcome) = attempt.recorded(&archive).await {
+                    return outcome;
+                }
+                archive
+            }
+        };
         match drop::drop_schemas(&pool, &plan, verified, &archive).await {
             Ok(report) => StepOutcome::Succeeded {
                 summary: format!(
-                    "dropped {} tenant schema(s) ({} table(s)){} of `{target}`; archive {}",
+                    "dropped {} tenant schema(s) ({} table(s)){}{} of `{target}`; archive {}",
                     report.schemas.len(),
                     report.tables,
+                    if gone.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} more by an earlier attempt", gone.len())
+                    },
                     if report.vacuumed {
                         ", catalogs vacuumed"
                     } else {
@@ -432,114 +597,6 @@ pub(super) async fn unchecked(path: &Path, what: &str, nothing_done: &str) -> St
         path.display(),
         archive::sidecar_path(path).display()
     )
-}
-
-async fn pg_restore(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome {
-    let prepared = async {
-        let target = attempt.expand("target", &step.target)?;
-        let archive = PathBuf::from(attempt.expand("archive", &step.archive)?);
-        let new_database = step
-            .new_database
-            .as_deref()
-            .map(|n| attempt.expand("new_database", n))
-            .transpose()?;
-        let conn = attempt.connection(&target)?;
-        Ok::<_, StepOutcome>((target, archive, new_database, conn, programs()?))
-    };
-    let (target, archive, new_database, conn, programs) = match prepared.await {
-        Ok(p) => p,
-        Err(outcome) => return outcome,
-    };
-    let checksum = match expected_checksum(attempt.state, &archive).await {
-        Ok(c) => c,
-        Err(err) => return StepOutcome::permanent(err.to_string()),
-    };
-    let now = OffsetDateTime::now_utc();
-    let into = if step.in_place {
-        RestoreInto::InPlace
-    } else {
-        match new_database {
-            Some(name) => RestoreInto::Replace {
-                new_database: name,
-                kept_as: restore::stamped_name(conn.database(), "_before_restore_", now),
-            },
-            None => RestoreInto::replace_with_default_names(conn.database(), now),
-        }
-    };
-    if attempt.describes_only() {
-        let (sha256, source) = checksum
-            .clone()
-            .unwrap_or_else(|| ("<none recorded>".into(), "nowhere".into()));
-        let req = RestoreRequest {
-            archive: &archive,
-            sha256: &sha256,
-            max_age: step.max_age,
-            jobs: step.jobs,
-            into: into.clone(),
-        };
-        let mut description = format!("(checksum {source})\n");
-        description.push_str(&restore::describe_restore(&programs, &conn, &req));
-        // Read-only, and what a dry run is for: would the archive pass now?
-        let verdict = match &checksum {
-            None => format!(
-                "now: would refuse: {}\n",
-                unchecked(&archive, "archive", "nothing was restored").await
-            ),
-            Some((sum, _)) => match archive::verify_archive(&archive, sum, step.max_age).await {
-                Ok(()) => "now: the archive passes its checks\n".to_owned(),
-                Err(err) => format!("now: would refuse: {err}\n"),
-            },
-        };
-        description.push_str(&verdict);
-        return attempt
-            .describe(
-                &description,
-                format!("restore {} into `{target}`", archive.display()),
-            )
-            .await;
-    }
-    let Some((sha256, source)) = checksum else {
-        return StepOutcome::permanent(
-            unchecked(&archive, "archive", "nothing was restored").await,
-        );
-    };
-    attempt
-        .io
-        .output
-        .write(
-            OutputStream::Stdout,
-            &format!(
-                "checking {} against sha256 {sha256} ({source}){}\n",
-                archive.display(),
-                step.max_age
-                    .map(|age| format!(", at most {} old", format_duration(age)))
-                    .unwrap_or_default()
-            ),
-        )
-        .await;
-    let req = RestoreRequest {
-        archive: &archive,
-        sha256: &sha256,
-        max_age: step.max_age,
-        jobs: step.jobs,
-        into,
-    };
-    match restore::restore(&programs, &conn, &req, &attempt.io).await {
-        Ok(report) => StepOutcome::Succeeded {
-            summary: format!(
-                "restored {} into `{}` and verified {} table(s), {} row(s){}",
-                archive.display(),
-                report.database,
-                report.tables,
-                report.rows,
-                report
-                    .kept_as
-                    .map(|kept| format!("; the previous `{target}` is kept as `{kept}`"))
-                    .unwrap_or_default()
-            ),
-        },
-        Err(err) => StepOutcome::permanent(err.to_string()),
-    }
 }
 
 #[cfg(test)]

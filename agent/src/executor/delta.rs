@@ -14,11 +14,12 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 
-use super::backup::{Attempt, expected_checksum, human_bytes, programs, unchecked};
+use super::backup::{Attempt, expected_checksum, human_bytes, programs, step_mark, unchecked};
 use super::{Progress, StepNote};
 use crate::steps::StepOutcome;
 use crate::tenancy::archive;
 use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
+use crate::tenancy::archive::resume;
 use crate::tenancy::delta::{self, DeltaError, DeltaReader, ExportOptions, ImportOptions};
 
 /// Parallel jobs for restoring the baseline archive into its scratch database.
@@ -63,14 +64,9 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
             }
             (None, None) => return Err(StepOutcome::permanent("no baseline given")),
         };
-        let source = attempt
-            .deps
-            .databases
-            .get(&target)
-            .map_err(|e| StepOutcome::permanent(e.to_string()))?;
-        Ok::<_, StepOutcome>((target, output_dir, scope, baseline, source))
+        Ok::<_, StepOutcome>((target, output_dir, scope, baseline))
     };
-    let (target, output_dir, scope, baseline, source) = match prepared.await {
+    let (target, output_dir, scope, baseline) = match prepared.await {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
@@ -116,10 +112,62 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
             .await;
     }
 
+    if attempt.picks_up() {
+        // The delta file is the step's whole result: one recorded by an earlier attempt, bytes
+        // unchanged, is that result; the comparison itself only reads.
+        if let Some(record) = attempt.intact_recorded(|_| true).await {
+            attempt
+                .found_done(
+                    1,
+                    1,
+                    format!(
+                        "the delta {} was written and recorded by an earlier attempt; its sha256 still matches",
+                        record.path
+                    ),
+                )
+                .await;
+            return StepOutcome::Succeeded {
+                summary: format!(
+                    "the delta of `{target}` against {label} was written by an earlier attempt to {} ({}, sha256 {})",
+                    record.path,
+                    human_bytes(record.bytes),
+                    record.sha256
+                ),
+            };
+        }
+        let dropped = match &baseline {
+            Baseline::Archive(_) => match drop_scratch_left(attempt, &conn).await {
+                Ok(dropped) => dropped,
+                Err(outcome) => return outcome,
+            },
+            Baseline::Target(_) => Vec::new(),
+        };
+        attempt
+            .found_done(
+                0,
+                1,
+                format!(
+                    "no intact delta was recorded{}; comparing afresh",
+                    if dropped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; the scratch baseline `{}` of an earlier attempt was dropped",
+                            dropped.join("`, `")
+                        )
+                    }
+                ),
+            )
+            .await;
+    }
+    let source = match attempt.pool(&target).await {
+        Ok(pool) => pool,
+        Err(outcome) => return outcome,
+    };
     let (baseline_pool, scratch) = match &baseline {
-        Baseline::Target(name) => match attempt.deps.databases.get(name) {
+        Baseline::Target(name) => match attempt.pool(name).await {
             Ok(pool) => (pool, None),
-            Err(e) => return StepOutcome::permanent(e.to_string()),
+            Err(outcome) => return outcome,
         },
         Baseline::Archive(path) => match restore_baseline(attempt, &conn, path, step).await {
             Ok((pool, name)) => (pool, Some(name)),
@@ -189,6 +237,22 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
     }
 }
 
+/// Drops the scratch baselines an earlier attempt of this step restored and did not drop (it
+/// was killed while comparing); their names.
+async fn drop_scratch_left(
+    attempt: &Attempt<'_>,
+    conn: &archive::ConnectionParams,
+) -> Result<Vec<String>, StepOutcome> {
+    let fail = |e: restore::RestoreError| StepOutcome::transient(e.to_string());
+    let marked = resume::marked_databases(conn, &step_mark(attempt))
+        .await
+        .map_err(fail)?;
+    for name in &marked {
+        restore::drop_database(conn, name).await.map_err(fail)?;
+    }
+    Ok(marked)
+}
+
 /// Restores the pre-migration archive into a scratch database beside the target.
 async fn restore_baseline(
     attempt: &Attempt<'_>,
@@ -217,9 +281,16 @@ async fn restore_baseline(
         into: RestoreInto::NewDatabase(name.clone()),
     };
     let programs = programs()?;
-    restore::restore(&programs, conn, &req, &attempt.io)
-        .await
-        .map_err(|e| StepOutcome::permanent(format!("the baseline could not be restored: {e}")))?;
+    // Marked as this step's, so that an attempt that picks up after a crash drops it.
+    restore::restore_marked(
+        &programs,
+        conn,
+        &req,
+        Some(&step_mark(attempt)),
+        &attempt.io,
+    )
+    .await
+    .map_err(|e| StepOutcome::permanent(format!("the baseline could not be restored: {e}")))?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(conn.with_database(&name).connect_options())
@@ -294,10 +365,30 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
     let Some((sha256, _)) = checksum else {
         return StepOutcome::permanent(unchecked(&file, "the delta", "nothing was imported").await);
     };
-    let pool = match attempt.deps.databases.get(&target) {
+    let pool = match attempt.pool(&target).await {
         Ok(p) => p,
-        Err(e) => return StepOutcome::permanent(e.to_string()),
+        Err(outcome) => return outcome,
     };
+    if attempt.picks_up() {
+        let total = match delta::DeltaReader::open(&file) {
+            Ok(reader) => reader.header().units,
+            Err(err) => return failure(err),
+        };
+        let (done, what) = if step.check_only {
+            (
+                0,
+                format!(
+                    "nothing is kept from the earlier attempt (it only reads); {total} unit(s) to prove again"
+                ),
+            )
+        } else {
+            match delta::units_imported(&pool, &sha256).await {
+                Ok(done) => (done, format!("{done} of {total} units already imported")),
+                Err(err) => return failure(err),
+            }
+        };
+        attempt.found_done(done, total, what).await;
+    }
     let report = if step.check_only {
         delta::check(&pool, &file, &sha256).await
     } else {

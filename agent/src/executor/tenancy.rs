@@ -33,6 +33,36 @@ pub(super) fn options(
     })
 }
 
+/// Whether this attempt picks up the work of an earlier one of the same step: one the agent
+/// running it did not live to finish (the executor starts the next attempt by itself for the
+/// kinds that resume by themselves), or one that failed.
+pub(super) fn picks_up(state: &RunState, step: &Step) -> bool {
+    state
+        .step(&step.id)
+        .is_some_and(|(_, _, _, st)| st.attempts > 1)
+}
+
+/// Says what an attempt that picks up an earlier one's work found already done: recorded as
+/// the attempt's first progress (never dropped, unlike progress reports) and written to its
+/// output, which the chat shows.
+pub(super) async fn found_done(
+    notes: &tokio::sync::mpsc::Sender<StepNote>,
+    output: &OutputSink,
+    step: &Step,
+    done: u64,
+    total: u64,
+    what: impl std::fmt::Display,
+) {
+    let event = rollback_proto::Event::resumed(step.id.clone(), done, total, what);
+    if let rollback_proto::Event::StepProgressed { note, .. } = &event {
+        tracing::info!(step = %step.id, %note, "picking up an earlier attempt's work");
+        output
+            .write(OutputStream::Stdout, &format!("{note}\n"))
+            .await;
+    }
+    let _ = notes.send(StepNote::Record(event)).await;
+}
+
 fn permanent(error: impl ToString) -> StepOutcome {
     StepOutcome::Failed {
         error: error.to_string(),
@@ -81,10 +111,11 @@ pub(super) async fn run(
         Ok(t) => t,
         Err(e) => return permanent(e),
     };
-    let pool = match deps.databases.get(&target) {
+    let pool = match deps.databases.connect(&target).await {
         Ok(p) => p,
-        Err(e) => return permanent(e),
+        Err(e) => return transient_or_not(e.to_string(), e.is_transient()),
     };
+    let resumed = picks_up(state, step) && !state.dry_run;
     let work = async {
         let plan = match plan::plan(&pool, &opts).await {
             Ok(p) => p,
@@ -95,6 +126,21 @@ pub(super) async fn run(
                 );
             }
         };
+        if resumed && !matches!(step.kind, StepKind::Consolidate(_)) {
+            // Reading leaves nothing behind: the whole work is done again.
+            found_done(
+                &notes,
+                &output,
+                step,
+                0,
+                plan.units,
+                format!(
+                    "nothing is kept from the earlier attempt (it only reads); {} unit(s) to read again",
+                    plan.units
+                ),
+            )
+            .await;
+        }
         match &step.kind {
             StepKind::Plan(_) => {
                 output.write(OutputStream::Stdout, &plan.to_string()).await;
@@ -127,6 +173,37 @@ pub(super) async fn run(
                     dry_run: dry,
                     fk_checks: c.fk_checks,
                 };
+                if !dry {
+                    let done = match consolidate::units_done(&pool, &plan).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            return transient_or_not(
+                                format!(
+                                    "counting the units done before: {}",
+                                    crate::steps::describe_db_error(&e)
+                                ),
+                                crate::steps::is_transient_db_error(&e),
+                            );
+                        }
+                    };
+                    // As consolidation counts them: a unit per (tenant, table) with rows.
+                    let total: u64 = plan
+                        .tables
+                        .iter()
+                        .map(|t| t.unit_tenants.len() as u64)
+                        .sum();
+                    let what = format!("{done} of {total} units already consolidated");
+                    if resumed {
+                        found_done(&notes, &output, step, done, total, what).await;
+                    } else if done > 0 {
+                        output
+                            .write(
+                                OutputStream::Stdout,
+                                &format!("{what} (by an earlier run); they are skipped\n"),
+                            )
+                            .await;
+                    }
+                }
                 let report = consolidate::consolidate(&pool, &plan, &copts, &|p| {
                     // Lossy on purpose: a newer report supersedes one the executor has not taken yet.
                     let _ = notes.try_send(StepNote::Progress(Progress {

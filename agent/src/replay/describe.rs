@@ -40,8 +40,11 @@ pub fn describe(event: &Event) -> String {
             format!("`{step}`: output of attempt {attempt}")
         }
         E::StepProgressed {
-            step, done, total, ..
-        } => format!("`{step}`: {done}/{total}"),
+            step,
+            done,
+            total,
+            note,
+        } => format!("`{step}`: {done}/{total} {note}"),
         E::StepSucceeded {
             step,
             attempt,

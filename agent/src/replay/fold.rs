@@ -339,10 +339,13 @@ impl ReplayFold {
         if let Some(who) = person {
             self.count_person(&env.actor, who, env.event.name(), at);
         }
+        // Progress is left out, except what an attempt found done when it picked up an
+        // earlier one's work: that is part of the story of a crash.
         if !matches!(
             env.event,
             Event::StepOutputRecorded { .. } | Event::StepProgressed { .. }
-        ) {
+        ) || env.event.is_resumption()
+        {
             self.log.push(LogEntry {
                 seq: env.seq,
                 at,

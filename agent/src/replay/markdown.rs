@@ -306,7 +306,7 @@ fn waits(out: &mut String, run: &RunFacts) {
 fn log(out: &mut String, run: &RunFacts) {
     let _ = writeln!(
         out,
-        "## Event log\n\nEvery event except step output and progress.\n"
+        "## Event log\n\nEvery event except step output and progress (but with what a resumed attempt found done).\n"
     );
     capped_table(
         out,

@@ -209,7 +209,8 @@ pub struct RunFacts {
     pub escalations: Capped<EscalationEntry>,
     /// Stretches of time the run waited for people (contiguous stretches merged).
     pub waits: Capped<WaitSpan>,
-    /// Every event except step output and progress, in order.
+    /// Every event except step output and progress (but with what a resumed attempt found
+    /// done), in order.
     pub log: Capped<LogEntry>,
     /// The run's status text at the last event reported (what `status` would have said).
     pub state_text: String,

@@ -1,19 +1,16 @@
-//! `sql`: statements against a named PostgreSQL target, all in one transaction; the named
-//! targets themselves; and which database errors are worth another attempt.
+//! `sql`: statements against a named PostgreSQL target, all in one transaction; and which
+//! database errors are worth another attempt.
 //!
 //! A failure before `COMMIT` leaves nothing behind, so a transient one may be retried even for
 //! a step that is not idempotent. A connection lost *during* `COMMIT` is different: the
 //! transaction may have committed, so such a failure is retryable only for idempotent steps.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rollback_proto::OutputStream;
 use rollback_proto::runbook::SqlStep;
-use sqlx::postgres::{PgDatabaseError, PgPoolOptions};
+use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use super::{OutputSink, StepContext, StepOutcome, human};
@@ -70,163 +67,6 @@ pub(crate) fn describe_db_error(err: &sqlx::Error) -> String {
     text
 }
 
-/// How the pool of each target is sized and how long a connection may be waited for.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// Connections per target.
-    pub max_connections: u32,
-    /// How long to wait for a connection, including connecting; then the attempt fails
-    /// (retryably).
-    pub acquire_timeout: Duration,
-}
-
-impl Default for PoolSettings {
-    fn default() -> Self {
-        Self {
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// The named PostgreSQL targets a runbook's steps may use, each with a pool created on first
-/// use and kept.
-///
-/// The URLs hold credentials: they are never printed, not even by `Debug`, and no error
-/// message contains them.
-#[derive(Default)]
-pub struct DatabaseTargets {
-    urls: BTreeMap<String, String>,
-    settings: PoolSettings,
-    // A std mutex: it is never held across an await, only to look up or insert a pool.
-    pools: Mutex<HashMap<String, PgPool>>,
-}
-
-/// Why a database target cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DatabaseTargetError {
-    /// No target has this name.
-    #[error("unknown database target `{name}`; {}", known_targets(known))]
-    Unknown {
-        /// The name asked for.
-        name: String,
-        /// The names there are.
-        known: Vec<String>,
-    },
-    /// The target's URL cannot be used.
-    #[error("the connection URL of database target `{name}` is invalid: {reason}")]
-    InvalidUrl {
-        /// The target.
-        name: String,
-        /// What is wrong, without the URL.
-        reason: String,
-    },
-}
-
-fn known_targets(known: &[String]) -> String {
-    if known.is_empty() {
-        "no database targets are configured".to_owned()
-    } else {
-        format!("the configured targets are {}", known.join(", "))
-    }
-}
-
-impl DatabaseTargets {
-    /// Targets from (name, connection URL) pairs, with default [`PoolSettings`].
-    pub fn new<N: Into<String>, U: Into<String>>(
-        targets: impl IntoIterator<Item = (N, U)>,
-    ) -> Self {
-        Self {
-            urls: targets
-                .into_iter()
-                .map(|(name, url)| (name.into(), url.into()))
-                .collect(),
-            settings: PoolSettings::default(),
-            pools: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The same targets with other pool settings (pools already created keep theirs).
-    pub fn with_settings(mut self, settings: PoolSettings) -> Self {
-        self.settings = settings;
-        self
-    }
-
-    /// The targets' names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.urls.keys().map(String::as_str)
-    }
-
-    /// The pool of target `name`, created (without connecting) on first use.
-    pub fn get(&self, name: &str) -> Result<PgPool, DatabaseTargetError> {
-        let Some(url) = self.urls.get(name) else {
-            return Err(DatabaseTargetError::Unknown {
-                name: name.to_owned(),
-                known: self.urls.keys().cloned().collect(),
-            });
-        };
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(pool) = pools.get(name) {
-            return Ok(pool.clone());
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(self.settings.max_connections)
-            .acquire_timeout(self.settings.acquire_timeout)
-            .connect_lazy(url)
-            .map_err(|err| DatabaseTargetError::InvalidUrl {
-                name: name.to_owned(),
-                reason: invalid_url_reason(&err, url),
-            })?;
-        pools.insert(name.to_owned(), pool.clone());
-        Ok(pool)
-    }
-
-    /// The connection URL of target `name`, for the client programs (`pg_dump`, `pg_restore`),
-    /// which take it apart into libpq environment variables. It holds credentials: never print it.
-    pub(crate) fn url(&self, name: &str) -> Result<&str, DatabaseTargetError> {
-        self.urls
-            .get(name)
-            .map(String::as_str)
-            .ok_or_else(|| DatabaseTargetError::Unknown {
-                name: name.to_owned(),
-                known: self.urls.keys().cloned().collect(),
-            })
-    }
-
-    /// Closes every pool created so far, waiting for connections in use to come back.
-    pub async fn close(&self) {
-        let pools: Vec<PgPool> = self
-            .pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .map(|(_, pool)| pool)
-            .collect();
-        for pool in pools {
-            pool.close().await;
-        }
-    }
-}
-
-/// sqlx's reason, with the URL cut out should a parser ever quote it.
-fn invalid_url_reason(err: &sqlx::Error, url: &str) -> String {
-    let reason = match err {
-        sqlx::Error::Configuration(inner) => inner.to_string(),
-        other => other.to_string(),
-    };
-    reason.replace(url, "<url>")
-}
-
-/// Names only: the URLs hold credentials.
-impl fmt::Debug for DatabaseTargets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DatabaseTargets")
-            .field("names", &self.urls.keys().collect::<Vec<_>>())
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
-}
-
 pub(super) async fn run(ctx: &StepContext<'_>, step: &SqlStep) -> StepOutcome {
     let target = match ctx.expand("target", &step.target) {
         Ok(target) => target,
@@ -257,9 +97,14 @@ pub(super) async fn run(ctx: &StepContext<'_>, step: &SqlStep) -> StepOutcome {
         );
         return ctx.describe(&description, &summary).await;
     }
-    let pool = match ctx.databases.get(&target) {
+    let pool = match ctx.databases.connect(&target).await {
         Ok(pool) => pool,
-        Err(err) => return StepOutcome::permanent(err.to_string()),
+        Err(err) => {
+            return StepOutcome::Failed {
+                retryable: err.is_transient(),
+                error: err.to_string(),
+            };
+        }
     };
 
     let backend = AtomicI32::new(0);
@@ -439,49 +284,6 @@ async fn cancel_backend(pool: &PgPool, pid: i32) {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-
-    #[test]
-    fn unknown_targets_are_named_with_the_known_ones() {
-        let targets = DatabaseTargets::new([("main", "postgres://u:pw@localhost/db")]);
-        let err = targets.get("mian").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown database target `mian`; the configured targets are main"
-        );
-        let none = DatabaseTargets::default();
-        assert!(
-            none.get("main")
-                .unwrap_err()
-                .to_string()
-                .contains("no database targets are configured")
-        );
-    }
-
-    #[test]
-    fn urls_never_print() {
-        let targets = DatabaseTargets::new([("main", "postgres://u:hunter2@localhost/db")]);
-        let debug = format!("{targets:?}");
-        assert!(debug.contains("main"), "{debug}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-    }
-
-    #[tokio::test]
-    async fn an_invalid_url_is_named_without_the_url() {
-        let targets = DatabaseTargets::new([("main", "postgres://u:hunter2@localhost:port/db")]);
-        let err = targets.get("main").unwrap_err().to_string();
-        assert!(err.contains("`main`"), "{err}");
-        assert!(!err.contains("hunter2"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn pools_are_created_once_per_target() {
-        let targets = DatabaseTargets::new([("main", "postgres://u@127.0.0.1:1/db")]);
-        let first = targets.get("main").unwrap();
-        let second = targets.get("main").unwrap();
-        // Same pool: closing one closes the other.
-        first.close().await;
-        assert!(second.is_closed());
-    }
 
     #[test]
     fn transient_classification() {

@@ -72,8 +72,18 @@ pub(super) async fn run(ctx: &StepContext<'_>, step: &WaitStep) -> StepOutcome {
             .saturating_duration_since(Instant::now())
             .min(MAX_POLL.max(interval));
         polls += 1;
+        let polled = async {
+            // A server that does not answer (yet) says so with its reason, within the connect
+            // timeout, instead of the pool's own timeout running out.
+            if let Probe::Sql { target, .. } = &probe
+                && let Err(err) = ctx.databases.connect(target).await
+            {
+                return Err(err.to_string());
+            }
+            poll(&probe, poll_timeout).await
+        };
         let result = tokio::select! {
-            result = tokio::time::timeout(poll_timeout, poll(&probe, poll_timeout)) => result
+            result = tokio::time::timeout(poll_timeout, polled) => result
                 .unwrap_or_else(|_| Err(format!("the poll took longer than {}", human(poll_timeout)))),
             () = ctx.cancel.cancelled() => return ctx.cancelled(),
         };

@@ -9,6 +9,7 @@
 
 mod client;
 pub mod restore;
+pub mod resume;
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -163,16 +164,7 @@ pub fn archive_path(
     format: DumpFormat,
     now: OffsetDateTime,
 ) -> PathBuf {
-    let label: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let label = file_label(label);
     let stamp = now
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
@@ -183,6 +175,44 @@ pub fn archive_path(
         DumpFormat::Custom => format!("{label}-{stamp}.dump"),
     };
     output_dir.join(name)
+}
+
+/// A label as it appears in file names: anything but letters, digits, `-`, `_` and `.` becomes `_`.
+fn file_label(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Removes what dumps labelled `label` left in `output_dir` when they were killed before they
+/// finished (`<label>-<time>.partial`); what was removed. A dump's partial file is never
+/// taken for an archive, so this only tidies up; a label names its run, so no other run's
+/// dump in progress is touched.
+pub async fn remove_partials(output_dir: &Path, label: &str) -> Vec<PathBuf> {
+    let prefix = format!("{}-", file_label(label));
+    let Ok(mut entries) = tokio::fs::read_dir(output_dir).await else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".partial") {
+            let path = entry.path();
+            remove_all(&path).await;
+            if tokio::fs::symlink_metadata(&path).await.is_err() {
+                removed.push(path);
+            }
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// `pg_dump`'s arguments for writing `req` to `file` (no connection settings: those travel

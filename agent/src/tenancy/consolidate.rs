@@ -473,6 +473,37 @@ pub async fn consolidate(
     })
 }
 
+/// Units of the plan an earlier call finished: what a re-run will skip.
+pub async fn units_done(pool: &PgPool, plan: &Plan) -> Result<u64, sqlx::Error> {
+    let engine_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(units())
+        .fetch_one(pool)
+        .await?;
+    if !engine_exists {
+        return Ok(0);
+    }
+    let (tenants, tables): (Vec<i64>, Vec<String>) = plan
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.unit_tenants
+                .iter()
+                .map(|&tenant| (tenant, t.name.clone()))
+        })
+        .unzip();
+    let done: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {} u JOIN unnest($1::int8[], $2::text[]) p(tenant, tbl)
+           ON u.tenant = p.tenant AND u.tbl = p.tbl
+         WHERE u.rows >= 0",
+        units()
+    )))
+    .bind(&tenants)
+    .bind(&tables)
+    .fetch_one(pool)
+    .await?;
+    Ok(done as u64)
+}
+
 /// Whether rows may load with the foreign-key triggers off: the role must be a superuser,
 /// and no shared table may carry triggers or rules of the application's own (they would be
 /// skipped too), nor a composite link to a global table (not checked per row).

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use export::{ExportOptions, ExportReport, delta_path, export};
 pub use file::{DeltaReader, DeltaWriter};
-pub use import::{ImportOptions, ImportReport, UnitCheck, check, import};
+pub use import::{ImportOptions, ImportReport, UnitCheck, check, import, units_imported};
 
 /// The `format` field of every delta file's header.
 pub const FORMAT: &str = "rollback-delta";

@@ -133,7 +133,7 @@ pub enum DropError {
         /// Who.
         tenants: Vec<i64>,
     },
-    /// The archive does not hold exactly the schemas to drop.
+    /// The archive does not hold every schema to drop, or holds one that stays.
     #[error(
         "the archive {archive} does not cover exactly the schemas to drop{}{}; nothing was dropped",
         if missing.is_empty() { String::new() } else { format!(" (missing: {})", missing.join(", ")) },
@@ -409,9 +409,26 @@ fn drop_order(
     (order, cycle_constraints)
 }
 
+/// Which of `names` are schemas of the database now.
+pub async fn existing_schemas(
+    pool: &PgPool,
+    names: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, DropError> {
+    let names: Vec<&String> = names.iter().collect();
+    let found: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = ANY($1)")
+            .bind(&names)
+            .fetch_all(pool)
+            .await
+            .map_err(checking)?;
+    Ok(found.into_iter().collect())
+}
+
 /// Drops the plan's tenant schemas, after [`check_drop`] passes again and `archive` is found to
-/// hold exactly them. One transaction per schema; the catalogs are vacuumed after more than
-/// [`VACUUM_AFTER_TABLES`] tables.
+/// hold every one of them. The archive may hold more: schemas an earlier attempt dropped after
+/// writing it (a resumed drop goes on with the archive already recorded), but none that is
+/// still there and not to be dropped. One transaction per schema; the catalogs are vacuumed
+/// after more than [`VACUUM_AFTER_TABLES`] tables.
 #[tracing::instrument(skip_all, fields(tenants = plan.tenants.len()))]
 pub async fn drop_schemas(
     pool: &PgPool,
@@ -425,8 +442,10 @@ pub async fn drop_schemas(
     }
     let wanted: BTreeSet<String> = check.schema_names().into_iter().collect();
     let held: BTreeSet<String> = archive.schemas.iter().cloned().collect();
+    let beyond: BTreeSet<String> = held.difference(&wanted).cloned().collect();
+    let extra = existing_schemas(pool, &beyond).await?;
     let exists = tokio::fs::metadata(&archive.path).await.is_ok();
-    if wanted != held || !exists {
+    if !wanted.is_subset(&held) || !extra.is_empty() || !exists {
         return Err(DropError::ArchiveMismatch {
             archive: format!(
                 "{}{}",
@@ -434,7 +453,7 @@ pub async fn drop_schemas(
                 if exists { "" } else { " (not found)" }
             ),
             missing: wanted.difference(&held).cloned().collect(),
-            extra: held.difference(&wanted).cloned().collect(),
+            extra: extra.into_iter().collect(),
         });
     }
 

@@ -805,6 +805,26 @@ fn retry_policies_that_cannot_work_are_refused() {
 }
 
 #[test]
+fn kinds_that_prove_their_own_progress_may_retry_without_saying_idempotent() {
+    let rb = with_steps(
+        "[[phases.steps]]\nid = \"move\"\nkind = \"consolidate\"\ntarget = \"app\"\nretry = { max_attempts = 3 }\n\
+         [[phases.steps]]\nid = \"swap-in\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/b/a\"\n\
+         destructive = true\napprovals = 1\nretry = { max_attempts = 2 }\n",
+    );
+    Runbook::parse("t.toml", &rb).unwrap_or_else(|e| panic!("{e}"));
+    let over = with_steps(
+        "[[phases.steps]]\nid = \"over\"\nkind = \"pg_restore\"\ntarget = \"app\"\narchive = \"/b/a\"\n\
+         in_place = true\ndestructive = true\napprovals = 1\nretry = { max_attempts = 2 }\n",
+    );
+    let e = Runbook::parse("t.toml", &over).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a step that is not idempotent is never re-run automatically"),
+        "{e}"
+    );
+}
+
+#[test]
 fn kind_rules_are_checked() {
     for (step, message) in [
         (

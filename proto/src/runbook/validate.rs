@@ -49,9 +49,10 @@ fn retry(step: &Step) -> Result<(), Broken> {
         "initial_delay is longer than max_delay"
     } else if retry.max_attempts > 1 && step.kind.is_human() {
         "people complete this kind of step; there is nothing to retry (leave max_attempts at 1)"
-    } else if retry.max_attempts > 1 && !step.idempotent {
-        // Same rule as after a crash: nothing that is not idempotent re-runs without a person.
-        "a step that is not idempotent is never re-run automatically: set idempotent = true, or leave max_attempts at 1"
+    } else if retry.max_attempts > 1 && !step.reruns_by_itself() {
+        // Same rule as after a crash: only what is idempotent, or of a kind that proves its
+        // own progress, re-runs without a person.
+        "a step that is not idempotent is never re-run automatically (only the engine's kinds, pg_dump and pg_restore into a new database resume by themselves): set idempotent = true, or leave max_attempts at 1"
     } else {
         return Ok(());
     };

@@ -19,7 +19,7 @@ use crate::harness::{DEADLINE, Harness, HttpStub, http_get, lines, status_of, st
 const ONCALL: &[&str] = &["oncall"];
 
 /// The events that make up a step's life (no output or progress), in order.
-fn lifecycle<'a>(events: &'a [Event], id: &str) -> Vec<&'a Event> {
+pub(crate) fn lifecycle<'a>(events: &'a [Event], id: &str) -> Vec<&'a Event> {
     events
         .iter()
         .filter(|e| match e {
@@ -36,7 +36,7 @@ fn lifecycle<'a>(events: &'a [Event], id: &str) -> Vec<&'a Event> {
 }
 
 /// The attempts of a step the log shows started, in order.
-fn started(events: &[Event], id: &str) -> Vec<u32> {
+pub(crate) fn started(events: &[Event], id: &str) -> Vec<u32> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -71,7 +71,7 @@ fn summary_of<'a>(events: &'a [Event], id: &str) -> &'a str {
         .unwrap_or_else(|| panic!("step `{id}` never succeeded"))
 }
 
-fn database_target(name: &str, db: &TestDatabase) -> String {
+pub(crate) fn database_target(name: &str, db: &TestDatabase) -> String {
     format!("[databases.{name}]\nurl = \"{}\"\n", db.url)
 }
 

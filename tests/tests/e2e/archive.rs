@@ -157,6 +157,18 @@ async fn the_drop_refuses_unverified_tenants_and_drops_nothing() {
         matches!(err, DropError::ArchiveMismatch { ref missing, .. } if missing == &["tenant_3"]),
         "{err}"
     );
+    // It may hold schemas dropped before (a resumed drop), but none that is there and stays.
+    let wider = Archive {
+        schemas: [schemas.clone(), vec!["public".to_owned()]].concat(),
+        ..archive.clone()
+    };
+    let err = drop_schemas(&pool, &plan, &verified, &wider)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, DropError::ArchiveMismatch { ref extra, .. } if extra == &["public"]),
+        "{err}"
+    );
     for schema in &schemas {
         assert!(
             schema_exists(&pool, schema).await,

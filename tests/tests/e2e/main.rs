@@ -4,10 +4,13 @@
 mod agent;
 mod agent_recovery;
 mod archive;
+mod archive_resume;
 mod bot;
 mod cluster;
 mod delta;
+mod delta_resume;
 mod demo_db;
+mod engine_resume;
 mod harness;
 mod local_demo;
 mod nats_permissions;
@@ -20,3 +23,4 @@ mod steps;
 mod store;
 mod support;
 mod tenancy;
+mod unreachable_database;

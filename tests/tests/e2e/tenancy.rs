@@ -20,12 +20,12 @@ struct Fk {
     parent: String,
 }
 
-struct SharedShape {
+pub(crate) struct SharedShape {
     /// table -> (content columns, foreign keys)
     tables: BTreeMap<String, (Vec<String>, Vec<Fk>)>,
 }
 
-async fn shared_shape(pool: &PgPool) -> SharedShape {
+pub(crate) async fn shared_shape(pool: &PgPool) -> SharedShape {
     let mut tables = BTreeMap::new();
     for table in demo::TABLES {
         let fks: Vec<(String, String)> = sqlx::query_as(
@@ -88,7 +88,7 @@ fn row_signature_sql(shape: &SharedShape, table: &str, schema: &str, filter: &st
 }
 
 /// The expectation, computed from the tenant schemas before consolidation, by content.
-async fn expectation(
+pub(crate) async fn expectation(
     pool: &PgPool,
     shape: &SharedShape,
     tenants: &[i64],
@@ -108,7 +108,7 @@ async fn expectation(
 }
 
 /// What the shared tables hold for each tenant among rows added after `before` (max ids).
-async fn consolidated(
+pub(crate) async fn consolidated(
     pool: &PgPool,
     shape: &SharedShape,
     tenants: &[i64],
@@ -130,7 +130,7 @@ async fn consolidated(
     out
 }
 
-async fn max_ids(pool: &PgPool) -> BTreeMap<String, i64> {
+pub(crate) async fn max_ids(pool: &PgPool) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for table in demo::TABLES {
         let q = format!("SELECT coalesce(max(id), 0)::int8 FROM public.\"{table}\"");
@@ -146,7 +146,7 @@ async fn max_ids(pool: &PgPool) -> BTreeMap<String, i64> {
 }
 
 /// Every pre-existing shared row, whole, to prove they are untouched.
-async fn preexisting(pool: &PgPool, before: &BTreeMap<String, i64>) -> Vec<String> {
+pub(crate) async fn preexisting(pool: &PgPool, before: &BTreeMap<String, i64>) -> Vec<String> {
     let mut out = Vec::new();
     for table in demo::TABLES {
         let q = format!(
@@ -163,7 +163,7 @@ async fn preexisting(pool: &PgPool, before: &BTreeMap<String, i64>) -> Vec<Strin
     out
 }
 
-async fn cross_tenant_links(pool: &PgPool, shape: &SharedShape) -> i64 {
+pub(crate) async fn cross_tenant_links(pool: &PgPool, shape: &SharedShape) -> i64 {
     let mut n = 0;
     for (table, (_, fks)) in &shape.tables {
         for fk in fks {
@@ -180,7 +180,7 @@ async fn cross_tenant_links(pool: &PgPool, shape: &SharedShape) -> i64 {
     n
 }
 
-async fn tenant_ids(pool: &PgPool) -> Vec<i64> {
+pub(crate) async fn tenant_ids(pool: &PgPool) -> Vec<i64> {
     let p = plan(pool, &PlanOptions::default()).await.unwrap();
     p.tenants.iter().map(|t| t.id).collect()
 }
@@ -593,7 +593,7 @@ async fn dry_run_reports_and_writes_nothing() {
     assert!(!engine);
 }
 
-async fn units_done(pool: &PgPool) -> i64 {
+pub(crate) async fn units_done(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM rollback_engine.units WHERE rows >= 0")
         .fetch_one(pool)
         .await

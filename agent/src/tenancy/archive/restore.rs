@@ -148,7 +148,7 @@ pub enum RestoreError {
     },
 }
 
-fn db_error(action: impl Into<String>) -> impl FnOnce(sqlx::Error) -> RestoreError {
+pub(super) fn db_error(action: impl Into<String>) -> impl FnOnce(sqlx::Error) -> RestoreError {
     let action = action.into();
     move |err| RestoreError::Database {
         action,
@@ -244,6 +244,20 @@ pub async fn restore(
     req: &RestoreRequest<'_>,
     io: &ClientIo,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_marked(programs, target, req, None, io).await
+}
+
+/// [`restore`], with the database it creates marked by `mark` (its comment) from the moment it
+/// exists, before anything is loaded: whoever resumes the work after a crash finds by the mark
+/// which database is the unfinished one to drop, or whether it already took the target's name
+/// ([`super::resume::marked_databases`]).
+pub async fn restore_marked(
+    programs: &PgPrograms,
+    target: &ConnectionParams,
+    req: &RestoreRequest<'_>,
+    mark: Option<&str>,
+    io: &ClientIo,
+) -> Result<RestoreReport, RestoreError> {
     // Nothing changes before the archive is proven.
     verify_archive(req.archive, req.sha256, req.max_age).await?;
 
@@ -276,7 +290,7 @@ pub async fn restore(
         if let RestoreInto::Replace { kept_as, .. } = &req.into {
             check_name(kept_as)?;
         }
-        create_database_like(target, &database).await?;
+        create_database_like(target, &database, mark).await?;
     }
     let drop_new = |database: &str| {
         let database = database.to_owned();
@@ -351,7 +365,7 @@ fn check_name(name: &str) -> Result<(), RestoreError> {
 }
 
 /// A connection to a database other than the target, for creating, dropping and renaming it.
-async fn maintenance(target: &ConnectionParams) -> Result<PgConnection, RestoreError> {
+pub(super) async fn maintenance(target: &ConnectionParams) -> Result<PgConnection, RestoreError> {
     let mut last = None;
     for db in ["postgres", "template1"] {
         if db == target.database() {
@@ -367,8 +381,13 @@ async fn maintenance(target: &ConnectionParams) -> Result<PgConnection, RestoreE
     )(last.expect("one database was tried")))
 }
 
-/// Creates `name` empty (from template0), with the target's encoding, locale and owner.
-async fn create_database_like(target: &ConnectionParams, name: &str) -> Result<(), RestoreError> {
+/// Creates `name` empty (from template0), with the target's encoding, locale and owner, and
+/// `mark` as its comment.
+async fn create_database_like(
+    target: &ConnectionParams,
+    name: &str,
+    mark: Option<&str>,
+) -> Result<(), RestoreError> {
     let mut conn = maintenance(target).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -424,6 +443,26 @@ async fn create_database_like(target: &ConnectionParams, name: &str) -> Result<(
         .execute(&mut conn)
         .await
         .map_err(db_error(format!("creating database `{name}`")))?;
+    if let Some(mark) = mark {
+        let marked = sqlx::raw_sql(AssertSqlSafe(format!(
+            "COMMENT ON DATABASE {} IS {}",
+            sql::ident(name),
+            sql::literal(mark)
+        )))
+        .execute(&mut conn)
+        .await;
+        if let Err(err) = marked {
+            conn.close().await.ok();
+            let cleanup = match drop_database(target, name).await {
+                Ok(()) => "it was dropped again".to_owned(),
+                Err(again) => format!("dropping it failed too: {again}"),
+            };
+            return Err(RestoreError::Database {
+                action: format!("marking database `{name}` as this step's ({cleanup})"),
+                reason: describe_db_error(&err),
+            });
+        }
+    }
     conn.close().await.ok();
     Ok(())
 }

@@ -88,6 +88,28 @@ impl ImportReport {
     }
 }
 
+/// Units of the delta with this sha256 whose rows an earlier call wrote: what a re-run skips.
+pub async fn units_imported(pool: &PgPool, sha256: &str) -> Result<u64, DeltaError> {
+    let what = "counting the units imported before";
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(units_table())
+        .fetch_one(pool)
+        .await
+        .map_err(DeltaError::db(what))?;
+    if !exists {
+        return Ok(0);
+    }
+    let done: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {} WHERE delta = $1 AND stage = 'upsert'",
+        units_table()
+    )))
+    .bind(sha256)
+    .fetch_one(pool)
+    .await
+    .map_err(DeltaError::db(what))?;
+    Ok(done as u64)
+}
+
 /// `rollback_engine.delta_units`.
 fn units_table() -> String {
     sql::table(ENGINE_SCHEMA, "delta_units")
