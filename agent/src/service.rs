@@ -409,7 +409,9 @@ impl CommandService {
             Ok(t) => t,
             Err(e) => return rejected(e.to_string()),
         };
-        let pool = match self.databases.get(&target) {
+        // Connected first: a database that does not answer is said within seconds, with its
+        // host, port and reason, well inside a chat interaction's deadline.
+        let pool = match self.databases.connect(&target).await {
             Ok(p) => p,
             Err(e) => return rejected(e.to_string()),
         };

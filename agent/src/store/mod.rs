@@ -34,8 +34,8 @@ use time::OffsetDateTime;
 pub use append::MAX_EVENTS_PER_APPEND;
 pub use error::{AppendError, ConnectError, FollowError, InspectError, ListError, LoadError};
 pub use guard::{StreamGuard, StreamVerdict, Weakness};
-pub use setup::{Change, StreamSetupError, provision_stream, stream_config};
 pub use list::RunList;
+pub use setup::{Change, StreamSetupError, provision_stream, stream_config};
 
 /// Where a run stands in the store: its chain head and the stream position of its last event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -154,6 +154,28 @@ async fn an_engine_step_fails_retryably_with_the_host_port_and_reason() {
         )
     });
     assert!(retryable, "a server that does not answer may answer later");
+
+    // The chat's `plan` answers the same at once (a pool's 30 s acquire timeout would outlast
+    // the interaction's deadline).
+    let reply = h
+        .send(
+            "alice",
+            &["oncall"],
+            rollback_proto::Command::Plan {
+                runbook: "plan".into(),
+            },
+        )
+        .await;
+    let rollback_proto::CommandReply::Rejected { reason, .. } = reply else {
+        panic!("a plan against a closed port was accepted: {reply:?}");
+    };
+    assert_eq!(
+        reason,
+        format!(
+            "database target `app`: cannot connect to PostgreSQL at 127.0.0.1:{port}, \
+             database `app`: Connection refused (os error 111)"
+        )
+    );
     assert!(!agent.log().contains(PASSWORD));
 }
 
