@@ -3,13 +3,14 @@
 //! it holds the lease of, until it is told to stop.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rollback_proto::RunId;
 use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD, run_of_subject};
 use tokio::sync::Semaphore;
@@ -17,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, NatsAuth};
-use crate::executor::{self, EscalationLevel, ExecutorDeps, RunEnd, lease};
+use crate::executor::{self, EscalationLevel, ExecError, ExecutorDeps, RunEnd, lease};
 use crate::service::{self, CommandService};
 use crate::steps::DatabaseTargets;
 use crate::store::{JetStreamEventStore, StoreConfig};
@@ -229,8 +230,18 @@ where
     }
 }
 
+/// The longest pause before a failed executor is started again.
+const MAX_FAILURE_PAUSE: Duration = Duration::from_secs(300);
+
+/// The pause after a run's executor failed for the first time: long enough for a standby
+/// agent, which looks every third of the lease's time to live, to take the run.
+fn first_pause(lease_ttl: Duration) -> Duration {
+    lease_ttl.max(Duration::from_secs(1))
+}
+
 /// Starts an executor for every active run, and for every new run as its first event
-/// arrives; keeps the number of runs driven at once bounded.
+/// arrives; keeps the number of runs driven at once bounded. An executor that fails or panics
+/// is logged, counted (`executor_failures_total`) and started again after a pause.
 async fn supervise(
     deps: Arc<ExecutorDeps>,
     store: JetStreamEventStore,
@@ -255,8 +266,21 @@ async fn supervise(
                 return;
             };
             let _active = deps.metrics.run_started();
+            let mut pause = first_pause(deps.lease_ttl);
             loop {
-                match executor::drive_run(deps.clone(), run, shutdown.clone()).await {
+                // A panic anywhere in the executor is caught here too, so the run is tried
+                // again instead of being left tracked and driven by nobody.
+                let driven =
+                    AssertUnwindSafe(executor::drive_run(deps.clone(), run, shutdown.clone()))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(ExecError::Panicked {
+                                run,
+                                message: executor::panic_message(panic.as_ref()),
+                            })
+                        });
+                match driven {
                     Ok(RunEnd::LeaseLost) => {
                         // Another agent took over; keep watching in case it dies in turn.
                         tokio::select! {
@@ -269,11 +293,20 @@ async fn supervise(
                         break;
                     }
                     Err(e) => {
-                        tracing::error!(run_id = %run, error = %e, "executor failed; retrying");
+                        // The executor stopped renewing the run's lease when it failed: a
+                        // standby agent takes the run meanwhile, or this one after the pause.
+                        deps.metrics.record_executor_failure();
+                        tracing::error!(
+                            run_id = %run,
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            retry_in = ?pause,
+                            "executor failed; its run is given back"
+                        );
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                            _ = tokio::time::sleep(pause) => {}
                         }
+                        pause = (pause * 2).min(MAX_FAILURE_PAUSE);
                     }
                 }
             }
@@ -304,7 +337,8 @@ async fn supervise(
             _ = shutdown.cancelled() => break,
             Some(done) = executors.join_next(), if !executors.is_empty() => {
                 if let Err(e) = done {
-                    tracing::error!(error = %e, "executor task panicked");
+                    deps.metrics.record_executor_failure();
+                    tracing::error!(error = %e, "executor task ended abnormally");
                 }
             }
             msg = new_events.next() => match msg {

@@ -153,6 +153,7 @@ struct Registry {
     steps: Mutex<BTreeMap<(String, StepOutcome), u64>>,
     step_attempts: AtomicU64,
     escalations: Mutex<BTreeMap<String, u64>>,
+    executor_failures: AtomicU64,
     runs_active: AtomicU64,
     nats_connected: AtomicBool,
 }
@@ -172,6 +173,8 @@ pub struct MetricsSnapshot {
     pub step_attempts: u64,
     /// `escalations_total` by level name, only those seen.
     pub escalations: BTreeMap<String, u64>,
+    /// `executor_failures_total`.
+    pub executor_failures: u64,
     /// `runs_active`.
     pub runs_active: u64,
     /// `nats_connected`.
@@ -230,6 +233,11 @@ impl Metrics {
         *escalations.entry(level.to_owned()).or_default() += 1;
     }
 
+    /// Counts a run's executor that failed or panicked (and gave the run back).
+    pub fn record_executor_failure(&self) {
+        self.inner.executor_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a run as active until the returned guard is dropped, however the run ends.
     pub fn run_started(&self) -> ActiveRun {
         self.inner.runs_active.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +280,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            executor_failures: inner.executor_failures.load(Ordering::Relaxed),
             runs_active: inner.runs_active.load(Ordering::Relaxed),
             nats_connected: inner.nats_connected.load(Ordering::Relaxed),
         }
@@ -352,6 +361,18 @@ impl MetricsSnapshot {
         for (level, count) in &self.escalations {
             sample(&mut out, "escalations_total", &[("level", level)], *count);
         }
+        family(
+            &mut out,
+            "executor_failures_total",
+            "Run executors that failed or panicked and gave their run back.",
+            "counter",
+        );
+        sample(
+            &mut out,
+            "executor_failures_total",
+            &[],
+            self.executor_failures,
+        );
         family(
             &mut out,
             "runs_active",
@@ -501,6 +522,7 @@ mod tests {
         metrics.record_step("shell", StepOutcome::Failed);
         metrics.record_step_attempt();
         metrics.record_escalation("team lead");
+        metrics.record_executor_failure();
         metrics.set_nats_connected(true);
         let _run = metrics.run_started();
 
@@ -528,6 +550,9 @@ step_attempts_total 1
 # HELP escalations_total Escalation pings sent, by level.
 # TYPE escalations_total counter
 escalations_total{level=\"team lead\"} 1
+# HELP executor_failures_total Run executors that failed or panicked and gave their run back.
+# TYPE executor_failures_total counter
+executor_failures_total 1
 # HELP runs_active Runs this agent is executing now.
 # TYPE runs_active gauge
 runs_active 1
