@@ -282,6 +282,7 @@ async fn supervise(
                         });
                 match driven {
                     Ok(RunEnd::LeaseLost) => {
+                        pause = first_pause(deps.lease_ttl);
                         // Another agent took over; keep watching in case it dies in turn.
                         tokio::select! {
                             _ = shutdown.cancelled() => break,

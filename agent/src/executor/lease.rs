@@ -101,6 +101,8 @@ impl Lease {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(LeaseError::Unavailable(e.to_string())),
         }
+        // Held already: a renewal tells an entry of ours (taken under its real revision) from
+        // another holder's.
         match lease.renew().await {
             Ok(_) => Ok(Some(lease)),
             Err(LeaseError::Lost { .. }) => Ok(None),

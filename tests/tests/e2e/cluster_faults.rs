@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use rollback_proto::subjects::EVENTS_STREAM;
-use rollback_proto::{Envelope, Event, RunId, RunStatus};
+use rollback_proto::{Command, CommandReply, Envelope, Event, RunId, RunStatus};
 use rollback_tests::{AgentProcess, NatsCluster, RunDriver, agent_config, free_port};
 
 use crate::harness::{DEADLINE, http_get, lines, until};
@@ -174,23 +174,33 @@ impl Chaos {
         }
     }
 
+    /// Starts run `tag`. Just after nodes came back, the agent may answer "try again" while
+    /// its buckets elect their leaders: a person would, and so does the test.
     async fn start_run(&self, tag: &str) -> RunId {
-        let reply = self
-            .driver
-            .accepted(
-                "alice",
-                &["oncall"],
-                rollback_proto::Command::Start {
-                    runbook: "chaos".into(),
-                    dry_run: false,
-                    params: [("tag".to_owned(), tag.to_owned())].into(),
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.agent.log()));
-        match reply {
-            rollback_proto::CommandReply::Accepted { run: Some(run), .. } => run,
-            other => panic!("start answered without a run: {other:?}"),
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let reply = self
+                .driver
+                .send(
+                    "alice",
+                    &["oncall"],
+                    Command::Start {
+                        runbook: "chaos".into(),
+                        dry_run: false,
+                        params: [("tag".to_owned(), tag.to_owned())].into(),
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", self.agent.log()));
+            match reply {
+                CommandReply::Accepted { run: Some(run), .. } => return run,
+                CommandReply::Rejected { reason }
+                    if reason.ends_with("try again") && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("start of {tag} refused: {other:?}\n{}", self.agent.log()),
+            }
         }
     }
 
