@@ -8,13 +8,14 @@
 //! (`stream_watch`) and executes nothing while it is unsafe.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rollback_proto::RunId;
 use rollback_proto::subjects::{EVENTS_STREAM, EVENTS_WILDCARD, LEASE_BUCKET, run_of_subject};
 use tokio::sync::{Notify, Semaphore};
@@ -314,10 +315,20 @@ where
     }
 }
 
+/// The longest pause before a failed executor is started again.
+const MAX_FAILURE_PAUSE: Duration = Duration::from_secs(300);
+
+/// The pause after a run's executor failed for the first time: long enough for a standby
+/// agent, which looks every third of the lease's time to live, to take the run.
+fn first_pause(lease_ttl: Duration) -> Duration {
+    lease_ttl.max(Duration::from_secs(1))
+}
+
 /// Starts an executor for every active run, and for every new run as its first event
 /// arrives; keeps the number of runs driven at once bounded. A run whose history does not
 /// verify (found by the listing, or by its executor at any load) is quarantined and left
-/// alone, never retried.
+/// alone, never retried. An executor that fails otherwise or panics is logged, counted
+/// (`executor_failures_total`) and started again after a pause.
 async fn supervise(
     deps: Arc<ExecutorDeps>,
     store: JetStreamEventStore,
@@ -344,9 +355,23 @@ async fn supervise(
                 return;
             };
             let _active = deps.metrics.run_started();
+            let mut pause = first_pause(deps.lease_ttl);
             loop {
-                match executor::drive_run(deps.clone(), run, shutdown.clone()).await {
+                // A panic anywhere in the executor is caught here too, so the run is tried
+                // again instead of being left tracked and driven by nobody.
+                let driven =
+                    AssertUnwindSafe(executor::drive_run(deps.clone(), run, shutdown.clone()))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(ExecError::Panicked {
+                                run,
+                                message: executor::panic_message(panic.as_ref()),
+                            })
+                        });
+                match driven {
                     Ok(RunEnd::LeaseLost) => {
+                        pause = first_pause(deps.lease_ttl);
                         // Another agent took over; keep watching in case it dies in turn.
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
@@ -365,11 +390,20 @@ async fn supervise(
                             deps.metrics.quarantined().record(quarantine);
                             break;
                         }
-                        tracing::error!(run_id = %run, error = %e, "executor failed; retrying");
+                        // The executor stopped renewing the run's lease when it failed: a
+                        // standby agent takes the run meanwhile, or this one after the pause.
+                        deps.metrics.record_executor_failure();
+                        tracing::error!(
+                            run_id = %run,
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            retry_in = ?pause,
+                            "executor failed; its run is given back"
+                        );
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                            _ = tokio::time::sleep(pause) => {}
                         }
+                        pause = (pause * 2).min(MAX_FAILURE_PAUSE);
                     }
                 }
             }
@@ -404,7 +438,8 @@ async fn supervise(
             _ = shutdown.cancelled() => break,
             Some(done) = executors.join_next(), if !executors.is_empty() => {
                 if let Err(e) = done {
-                    tracing::error!(error = %e, "executor task panicked");
+                    deps.metrics.record_executor_failure();
+                    tracing::error!(error = %e, "executor task ended abnormally");
                 }
             }
             msg = new_events.next() => match msg {

@@ -155,6 +155,7 @@ struct Registry {
     steps: Mutex<BTreeMap<(String, StepOutcome), u64>>,
     step_attempts: AtomicU64,
     escalations: Mutex<BTreeMap<String, u64>>,
+    executor_failures: AtomicU64,
     runs_active: AtomicU64,
     nats_connected: AtomicBool,
     quarantined: QuarantineList,
@@ -176,6 +177,8 @@ pub struct MetricsSnapshot {
     pub step_attempts: u64,
     /// `escalations_total` by level name, only those seen.
     pub escalations: BTreeMap<String, u64>,
+    /// `executor_failures_total`.
+    pub executor_failures: u64,
     /// `runs_active`.
     pub runs_active: u64,
     /// `nats_connected`.
@@ -238,6 +241,11 @@ impl Metrics {
         *escalations.entry(level.to_owned()).or_default() += 1;
     }
 
+    /// Counts a run's executor that failed or panicked (and gave the run back).
+    pub fn record_executor_failure(&self) {
+        self.inner.executor_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a run as active until the returned guard is dropped, however the run ends.
     pub fn run_started(&self) -> ActiveRun {
         self.inner.runs_active.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +299,7 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            executor_failures: inner.executor_failures.load(Ordering::Relaxed),
             runs_active: inner.runs_active.load(Ordering::Relaxed),
             nats_connected: inner.nats_connected.load(Ordering::Relaxed),
             runs_quarantined: inner.quarantined.len() as u64,
@@ -373,6 +382,18 @@ impl MetricsSnapshot {
         for (level, count) in &self.escalations {
             sample(&mut out, "escalations_total", &[("level", level)], *count);
         }
+        family(
+            &mut out,
+            "executor_failures_total",
+            "Run executors that failed or panicked and gave their run back.",
+            "counter",
+        );
+        sample(
+            &mut out,
+            "executor_failures_total",
+            &[],
+            self.executor_failures,
+        );
         family(
             &mut out,
             "runs_active",
@@ -549,6 +570,7 @@ mod tests {
         metrics.record_step("shell", StepOutcome::Failed);
         metrics.record_step_attempt();
         metrics.record_escalation("team lead");
+        metrics.record_executor_failure();
         metrics.set_nats_connected(true);
         metrics.set_event_stream_safe(true);
         let _run = metrics.run_started();
@@ -577,6 +599,9 @@ step_attempts_total 1
 # HELP escalations_total Escalation pings sent, by level.
 # TYPE escalations_total counter
 escalations_total{level=\"team lead\"} 1
+# HELP executor_failures_total Run executors that failed or panicked and gave their run back.
+# TYPE executor_failures_total counter
+executor_failures_total 1
 # HELP runs_active Runs this agent is executing now.
 # TYPE runs_active gauge
 runs_active 1

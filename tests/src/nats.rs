@@ -110,6 +110,14 @@ impl NatsServer {
         }
     }
 
+    /// SIGTERMs the server (its clean shutdown) and waits for it to exit (SIGKILL after 30 s);
+    /// the store stays for [`restart`](Self::restart).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, libc::SIGTERM, Duration::from_secs(30));
+        }
+    }
+
     /// Starts the server again (killing it first if it runs) on the same port with the same
     /// store, and waits until it is ready. Clients reconnect to the same URL.
     pub async fn restart(&mut self) -> anyhow::Result<()> {

@@ -2,8 +2,16 @@
 //!
 //! The bucket's `max_age` is the lease's time to live: a holder that stops renewing (killed,
 //! partitioned) loses the lease when its last write expires, and another agent's `create`
-//! then succeeds. Renewal is a compare-and-set on the revision, so two holders can never
+//! then succeeds. Every write is a compare-and-set on the revision, so two holders can never
 //! both believe they hold it. The event store's expected-sequence check is the second guard.
+//!
+//! A failed compare-and-set alone does not mean the lease is lost. A renewal that timed out
+//! while the server was away is re-sent by the client when it reconnects and applied then
+//! (observed on nats-server 2.15 with async-nats 0.51): the entry still names this holder,
+//! under a revision the holder never saw. So a refused renewal reads the entry again: one
+//! that names this holder is ours (its revision is adopted); one that expired while nobody
+//! else took it is created again; only an entry naming another holder means the lease is
+//! lost.
 
 use std::time::Duration;
 
@@ -14,9 +22,14 @@ use rollback_proto::subjects::LEASE_BUCKET;
 /// Why a lease operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    /// Another holder has it now (our renewal lost the compare-and-set).
-    #[error("the lease on run {0} was lost")]
-    Lost(RunId),
+    /// Another holder has it now: stop working on the run.
+    #[error("the lease on run {run} is held by {holder}")]
+    Lost {
+        /// The run.
+        run: RunId,
+        /// Who holds it now.
+        holder: String,
+    },
     /// NATS could not be reached or refused.
     #[error("lease store: {0}")]
     Unavailable(String),
@@ -50,6 +63,22 @@ pub async fn bucket(js: &jetstream::Context) -> Result<(kv::Store, Duration), Le
     Ok((kv, ttl))
 }
 
+/// How often a renewal reads the entry again before calling it contended: each round sees a
+/// different entry, so only writers racing this one can use them up.
+const RENEW_ROUNDS: usize = 4;
+
+/// What a successful renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    /// The entry was as this holder left it.
+    Extended,
+    /// The entry named this holder under a revision it had not seen (a write of its own that
+    /// the server applied after the holder gave up waiting for it).
+    Adopted,
+    /// The entry had expired and nobody else had taken it: created again.
+    Retaken,
+}
+
 /// A held lease on one run.
 #[derive(Debug)]
 pub struct Lease {
@@ -67,78 +96,118 @@ impl Lease {
         run: RunId,
         holder: &str,
     ) -> Result<Option<Lease>, LeaseError> {
-        let key = run.to_string();
-        match kv.create(&key, holder.to_owned().into()).await {
+        let mut lease = Lease {
+            kv: kv.clone(),
+            run,
+            holder: holder.to_owned(),
+            revision: 0,
+        };
+        match kv.create(lease.key(), holder.to_owned().into()).await {
             Ok(revision) => {
-                return Ok(Some(Lease {
-                    kv: kv.clone(),
-                    run,
-                    holder: holder.to_owned(),
-                    revision,
-                }));
+                lease.revision = revision;
+                return Ok(Some(lease));
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(LeaseError::Unavailable(e.to_string())),
         }
-        let entry = kv
-            .entry(&key)
-            .await
-            .map_err(|e| LeaseError::Unavailable(e.to_string()))?;
-        match entry {
-            Some(entry)
-                if entry.operation == kv::Operation::Put
-                    && entry.value.as_ref() == holder.as_bytes() =>
+        // Held already: a renewal tells an entry of ours (taken under its real revision) from
+        // another holder's.
+        match lease.renew().await {
+            Ok(_) => Ok(Some(lease)),
+            Err(LeaseError::Lost { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends the lease by another time to live. Fails with [`LeaseError::Lost`] only when
+    /// the entry names another holder; [`LeaseError::Unavailable`] leaves the lease as it was
+    /// (the caller tries again).
+    pub async fn renew(&mut self) -> Result<Renewed, LeaseError> {
+        let mut found = Renewed::Extended;
+        for _ in 0..RENEW_ROUNDS {
+            match self
+                .kv
+                .update(self.key(), self.holder.clone().into(), self.revision)
+                .await
             {
-                match kv
-                    .update(&key, holder.to_owned().into(), entry.revision)
-                    .await
-                {
-                    Ok(revision) => Ok(Some(Lease {
-                        kv: kv.clone(),
-                        run,
-                        holder: holder.to_owned(),
-                        revision,
-                    })),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                    Err(e) => Err(LeaseError::Unavailable(e.to_string())),
+                Ok(revision) => {
+                    self.revision = revision;
+                    return Ok(found);
                 }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(LeaseError::Unavailable(e.to_string())),
             }
-            _ => Ok(None),
+            let entry = self
+                .kv
+                .entry(self.key())
+                .await
+                .map_err(|e| LeaseError::Unavailable(e.to_string()))?;
+            match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    if entry.value.as_ref() != self.holder.as_bytes() {
+                        return Err(LeaseError::Lost {
+                            run: self.run,
+                            holder: String::from_utf8_lossy(&entry.value).into_owned(),
+                        });
+                    }
+                    // Ours: extend it under the revision it really has.
+                    self.revision = entry.revision;
+                    found = Renewed::Adopted;
+                }
+                // Expired (or released) and nobody took it since: take it again.
+                _ => match self.kv.create(self.key(), self.holder.clone().into()).await {
+                    Ok(revision) => {
+                        self.revision = revision;
+                        return Ok(Renewed::Retaken);
+                    }
+                    // Written meanwhile, by another holder or by a late write of ours.
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(LeaseError::Unavailable(e.to_string())),
+                },
+            }
         }
+        Err(LeaseError::Unavailable(format!(
+            "the lease entry of run {} changed under every one of {RENEW_ROUNDS} renewals",
+            self.run
+        )))
     }
 
-    /// Extends the lease by another time to live.
-    pub async fn renew(&mut self) -> Result<(), LeaseError> {
-        match self
-            .kv
-            .update(
-                self.run.to_string(),
-                self.holder.clone().into(),
-                self.revision,
-            )
-            .await
-        {
-            Ok(revision) => {
-                self.revision = revision;
-                Ok(())
+    /// Gives the lease up at once, so another agent need not wait for it to expire. Only an
+    /// entry that still names this holder is deleted; a failure leaves it to expire.
+    pub async fn release(mut self) {
+        for _ in 0..RENEW_ROUNDS {
+            match self
+                .kv
+                .delete_expect_revision(self.key(), Some(self.revision))
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => tracing::debug!(run_id = %self.run, error = %e, "releasing the lease"),
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(LeaseError::Lost(self.run))
+            match self.kv.entry(self.key()).await {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put
+                        && entry.value.as_ref() == self.holder.as_bytes()
+                        && entry.revision != self.revision =>
+                {
+                    self.revision = entry.revision;
+                }
+                _ => return,
             }
-            Err(e) => Err(LeaseError::Unavailable(e.to_string())),
         }
-    }
-
-    /// Gives the lease up at once, so another agent need not wait for it to expire.
-    pub async fn release(self) {
-        let _ = self
-            .kv
-            .delete_expect_revision(self.run.to_string(), Some(self.revision))
-            .await;
     }
 
     /// Who holds it.
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// The run it is the lease of.
+    pub fn run(&self) -> RunId {
+        self.run
+    }
+
+    fn key(&self) -> String {
+        self.run.to_string()
     }
 }

@@ -8,15 +8,18 @@
 
 mod backup;
 mod delta;
+mod feed;
+mod keeper;
 pub mod lease;
 mod record;
 mod tenancy;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rollback_proto::runbook::{Step, StepKind};
 use rollback_proto::{Event, NextAction, RunId, RunState, StepId};
 use time::OffsetDateTime;
@@ -25,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::steps::{self, DatabaseTargets, OutputChunk, OutputSink, StepContext, StepOutcome};
 use crate::store::{JetStreamEventStore, LoadError};
 use crate::telemetry::Metrics;
+use feed::RunFeed;
+use keeper::{LeaseHandle, LeaseKeeper};
 pub use lease::{Lease, LeaseError};
 use record::Recorder;
 
@@ -82,6 +87,14 @@ pub enum ExecError {
         /// Why.
         reason: String,
     },
+    /// The executor panicked (a bug): the run is given back, its lease released.
+    #[error("the executor of run {run} panicked: {message}")]
+    Panicked {
+        /// The run.
+        run: RunId,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 /// How a run's executor ended.
@@ -105,72 +118,97 @@ pub async fn drive_run(
     run: RunId,
     shutdown: CancellationToken,
 ) -> Result<RunEnd, ExecError> {
-    let mut lease = loop {
-        if let Some(l) = Lease::acquire(&deps.leases, run, &deps.holder).await? {
-            break l;
-        }
-        // Someone else executes it; poll until their lease expires or the run ends.
-        let loaded = deps.store.load(run).await?;
-        match loaded.state {
-            None => return Ok(RunEnd::NotFound),
-            Some(s) if s.is_finished() => return Ok(RunEnd::Finished),
-            Some(_) => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(RunEnd::Shutdown),
-            _ = tokio::time::sleep(deps.lease_ttl / 3) => {}
-        }
+    let lease = match take_lease(&deps, run, &shutdown).await? {
+        Taken::Lease(lease) => *lease,
+        Taken::Ended(end) => return Ok(end),
     };
     tracing::info!(holder = lease.holder(), "lease taken");
 
-    // Renewal runs beside the work; losing the lease cancels the work.
-    let lost = CancellationToken::new();
+    // The lease is kept beside the work and in the same task: whatever ends the work (a
+    // panic included) ends the renewals, and a lease found held by another agent cancels the
+    // work. The work's own panic is caught so that the lease is released at once.
     let work = shutdown.child_token();
-    let renewal = {
-        let (lost, work) = (lost.clone(), work.clone());
-        let every = deps.lease_ttl / 3;
-        async move {
-            loop {
-                tokio::select! {
-                    _ = work.cancelled() => return lease,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                match lease.renew().await {
-                    Ok(()) => {}
-                    Err(LeaseError::Lost(_)) => {
-                        tracing::warn!("lease lost");
-                        lost.cancel();
-                        work.cancel();
-                        return lease;
-                    }
-                    // NATS away for a moment: keep trying; the lease holds for its TTL.
-                    Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
-                }
-            }
-        }
-    };
-    let renewal = tokio::spawn(renewal);
-
-    let outcome = run_loop(&deps, run, &work).await;
-    work.cancel();
-    let lease = renewal.await.expect("lease renewal task does not panic");
-    let end = match outcome {
-        Ok(end) if lost.is_cancelled() => Ok(if end == RunEnd::Finished {
-            end
-        } else {
-            RunEnd::LeaseLost
-        }),
-        other => other,
-    };
-    if !lost.is_cancelled() {
+    let (keeper, handle) = LeaseKeeper::new(lease, deps.lease_ttl);
+    let lost = handle.clone();
+    let (outcome, kept) = tokio::join!(
+        async {
+            let outcome = AssertUnwindSafe(run_loop(&deps, run, handle, &work))
+                .catch_unwind()
+                .await;
+            work.cancel();
+            outcome
+        },
+        keeper.keep(&work),
+    );
+    if let Some(lease) = kept {
         lease.release().await;
     }
-    end
+    match outcome {
+        Err(panic) => Err(ExecError::Panicked {
+            run,
+            message: panic_message(panic.as_ref()),
+        }),
+        Ok(Ok(end)) if lost.is_lost() && end != RunEnd::Finished => Ok(RunEnd::LeaseLost),
+        Ok(other) => other,
+    }
+}
+
+/// What waiting for a run's lease came to.
+enum Taken {
+    Lease(Box<Lease>),
+    /// The run ended (or never existed) while another agent held it, or the agent shuts down.
+    Ended(RunEnd),
+}
+
+/// Takes the run's lease, waiting while another agent holds it and retrying while NATS is
+/// unreachable.
+async fn take_lease(
+    deps: &ExecutorDeps,
+    run: RunId,
+    shutdown: &CancellationToken,
+) -> Result<Taken, ExecError> {
+    let every = deps.lease_ttl / 3;
+    loop {
+        let held_elsewhere = match Lease::acquire(&deps.leases, run, &deps.holder).await {
+            Ok(Some(lease)) => return Ok(Taken::Lease(Box::new(lease))),
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the lease failed; retrying");
+                false
+            }
+        };
+        // Someone else executes it: poll until their lease expires or the run ends.
+        if held_elsewhere {
+            match deps.store.load(run).await {
+                Ok(loaded) => match loaded.state {
+                    None => return Ok(Taken::Ended(RunEnd::NotFound)),
+                    Some(s) if s.is_finished() => return Ok(Taken::Ended(RunEnd::Finished)),
+                    Some(_) => {}
+                },
+                Err(LoadError::Unavailable { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(Taken::Ended(RunEnd::Shutdown)),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 async fn run_loop(
     deps: &ExecutorDeps,
     run: RunId,
+    mut lease: LeaseHandle,
     work: &CancellationToken,
 ) -> Result<RunEnd, ExecError> {
     let mut rec = Recorder::load(deps, run).await?;
@@ -206,7 +244,7 @@ async fn run_loop(
         let mut wake_at = escalation.map(|(_, due)| due);
         match state.next_action() {
             NextAction::Start { step, attempt } => {
-                run_attempt(deps, &mut rec, &step, attempt, work).await?;
+                run_attempt(deps, &mut rec, &step, attempt, &mut lease, work).await?;
                 continue;
             }
             NextAction::Recover {
@@ -215,7 +253,7 @@ async fn run_loop(
                 idempotent: true,
             } => {
                 tracing::info!(step = %step, attempt, "re-running an idempotent step found without an outcome");
-                run_attempt(deps, &mut rec, &step, attempt + 1, work).await?;
+                run_attempt(deps, &mut rec, &step, attempt + 1, &mut lease, work).await?;
                 continue;
             }
             NextAction::Recover {
@@ -229,7 +267,7 @@ async fn run_loop(
                 continue;
             }
             NextAction::RetryAt { step, attempt, due } if due <= now => {
-                run_attempt(deps, &mut rec, &step, attempt, work).await?;
+                run_attempt(deps, &mut rec, &step, attempt, &mut lease, work).await?;
                 continue;
             }
             NextAction::RetryAt { due, .. } => wake_at = Some(wake_at.map_or(due, |w| w.min(due))),
@@ -243,13 +281,20 @@ async fn run_loop(
                     .unwrap_or(Duration::ZERO)
             })
             .unwrap_or(Duration::from_secs(3600));
+        // A fresh feed from the reloaded cursor each time, polled once: it never outlives its
+        // first answer, so an ended feed is never polled again.
         let mut events = Box::pin(deps.store.follow_from(rec.cursor()));
         tokio::select! {
             _ = work.cancelled() => return Ok(RunEnd::Shutdown),
             _ = tokio::time::sleep(sleep) => {}
-            next = events.next() => {
-                if let Some(Err(e)) = next {
+            next = events.next() => match next {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "following the run failed; reloading");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => {
+                    tracing::warn!("the run's feed ended; reloading");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -265,8 +310,15 @@ async fn run_attempt(
     rec: &mut Recorder<'_>,
     step: &StepId,
     attempt: u32,
+    lease: &mut LeaseHandle,
     work: &CancellationToken,
 ) -> Result<(), ExecError> {
+    // No step starts on a lease that may have expired: a renewal sent from here on must have
+    // succeeded, and again if recording the start took longer than a third of the lease.
+    if !lease_confirmed(lease, work).await {
+        return Ok(());
+    }
+    let confirmed_at = tokio::time::Instant::now();
     if !rec
         .record(vec![Event::StepStarted {
             step: step.clone(),
@@ -275,6 +327,11 @@ async fn run_attempt(
         .await?
     {
         return Ok(()); // the run moved on meanwhile (paused, skipped, aborted): decide again
+    }
+    if confirmed_at.elapsed() > deps.lease_ttl / 3 && !lease_confirmed(lease, work).await {
+        // Started in the log but not run: whoever holds the lease now finds it without an
+        // outcome and decides.
+        return Ok(());
     }
     deps.metrics.record_step_attempt();
     let state = rec.state().expect("a run with a started step").clone();
@@ -293,14 +350,15 @@ async fn run_attempt(
 
     let step_future = execute(deps, &state, &def, attempt, sink, notes_tx, cancel.clone());
     tokio::pin!(step_future);
-    let mut aborted = Box::pin(deps.store.follow_from(rec.cursor()));
+    let mut feed = RunFeed::follow(&deps.store, rec.cursor().clone());
     let mut pending: Vec<OutputChunk> = Vec::new();
     let mut chunk_no: u32 = 0;
     let flush_every = Duration::from_millis(250);
     let mut flush = tokio::time::interval(flush_every);
-    let outcome = loop {
+    let (outcome, interrupted) = loop {
         tokio::select! {
-            outcome = &mut step_future => break outcome,
+            // Interrupted: stopped because the agent shuts down or lost the lease, not finished.
+            outcome = &mut step_future => break (outcome, work.is_cancelled()),
             Some(chunk) = chunks.recv() => pending.push(chunk),
             Some(note) = notes_rx.recv() => match note {
                 StepNote::Progress(p) => latest_progress = Some(p),
@@ -312,18 +370,22 @@ async fn run_attempt(
                 if let Some(p) = latest_progress.take() {
                     events.push(Event::StepProgressed { step: step.clone(), done: p.done, total: p.total, note: p.note });
                 }
-                if !events.is_empty() {
-                    rec.record(events).await?;
-                }
-            }
-            Some(event) = aborted.next() => {
-                // A person aborted the run while the step ran: stop it.
-                if let Ok(env) = event
-                    && matches!(env.event, Event::RunAborted { .. })
-                {
+                if !events.is_empty() && !rec.record(events).await? && run_aborted(rec) {
                     cancel.cancel();
                 }
             }
+            event = feed.next() => match event {
+                // A person aborted the run while the step ran: stop it.
+                Some(env) if matches!(env.event, Event::RunAborted { .. }) => cancel.cancel(),
+                Some(_) => {}
+                // The feed ended; it opens again after what the recorder already knows.
+                None => {
+                    feed.resume_from(rec.cursor());
+                    if run_aborted(rec) {
+                        cancel.cancel();
+                    }
+                }
+            },
         }
     };
     while let Ok(chunk) = chunks.try_recv() {
@@ -351,9 +413,12 @@ async fn run_attempt(
     if !events.is_empty() {
         rec.record(events).await?;
     }
-    if work.is_cancelled() {
-        // Shutting down or lease lost: no outcome is recorded, so whoever resumes the run
-        // sees the step without one and treats it as in doubt (or re-runs it if idempotent).
+    if interrupted {
+        // Stopped by a shutdown or a lost lease: no outcome is recorded, so whoever resumes
+        // the run sees the step without one and treats it as in doubt (or re-runs it if
+        // idempotent). An outcome the step reached by itself is recorded whatever happened to
+        // the lease since: the lease decides who runs next, and `settle` refuses the outcome
+        // if another agent has moved the run on meanwhile.
         return Ok(());
     }
     let outcome_event = match outcome {
@@ -382,6 +447,21 @@ async fn run_attempt(
     };
     rec.record(vec![outcome_event]).await?;
     Ok(())
+}
+
+/// Waits until the lease is confirmed by a fresh renewal; `false` when the work was cancelled
+/// or the lease is held by another agent now.
+async fn lease_confirmed(lease: &mut LeaseHandle, work: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = work.cancelled() => false,
+        confirmed = lease.confirm() => confirmed.is_ok(),
+    }
+}
+
+/// Whether the run, as the recorder last read it, was aborted.
+fn run_aborted(rec: &Recorder<'_>) -> bool {
+    rec.state()
+        .is_some_and(|s| matches!(s.status, rollback_proto::RunStatus::Aborted { .. }))
 }
 
 /// The backoff before the attempt after `attempt`: exponential, capped, jittered (backon).

@@ -112,6 +112,18 @@ impl<'a> Recorder<'a> {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
+                    // The stream was found weakened: nothing was published. The events are the
+                    // record of what happened (a finished step's outcome among them), so they
+                    // wait, sealed, until an administrator has made the stream whole again.
+                    Err(AppendError::StreamUnsafe {
+                        envelopes: again,
+                        reason,
+                        ..
+                    }) => {
+                        tracing::warn!(%reason, "event stream unsafe; holding the append until it is provisioned again");
+                        envelopes = again;
+                        self.deps.store.guard().safe().await;
+                    }
                     Err(e) => {
                         return Err(ExecError::Record {
                             run: self.run,

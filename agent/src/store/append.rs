@@ -43,6 +43,10 @@ pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 /// Server error codes that make an append's refusal ambiguous (see the module docs).
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 const BATCH_CONTAINS_DUPLICATE: u64 = 10201;
+/// "duplicate message id is in process": an earlier attempt with the same event id is still
+/// being replicated (seen on a cluster that lost its quorum while the append was under way).
+/// Its outcome is unknown, like a timeout's: retry, and the store recognises what landed.
+const DUPLICATE_IN_PROCESS: u64 = 10158;
 
 /// Why publishing stopped.
 enum Failure {
@@ -250,6 +254,9 @@ impl JetStreamEventStore {
                         seq: expected,
                     })
                 }
+                Some(e) if e.err_code == DUPLICATE_IN_PROCESS => Err(Failure::Transport(
+                    format!("{} (error {})", e.description, e.err_code).into(),
+                )),
                 Some(e) => Err(Failure::Refused(format!(
                     "{} (error {})",
                     e.description, e.err_code
@@ -329,8 +336,10 @@ fn publish_failure(err: async_nats::jetstream::context::PublishError) -> Failure
             // An error response from the server (limits, ...) is final; anything else (the
             // connection went away before the publish was sent) leaves the outcome unknown.
             let from_server = std::error::Error::source(&err)
-                .is_some_and(|s| s.is::<async_nats::jetstream::Error>());
-            if from_server {
+                .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
+            if let Some(server) = from_server
+                && server.error_code().0 != DUPLICATE_IN_PROCESS
+            {
                 Failure::Refused(err.to_string())
             } else {
                 Failure::Transport(err.into())

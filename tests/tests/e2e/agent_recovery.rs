@@ -217,6 +217,21 @@ statements = [
     assert_eq!(in_doubt.actor, Actor::Agent);
 }
 
+/// Prints the agents' logs when the test fails (dropped before the harness removes them), so a
+/// failure under load can be read afterwards.
+struct LogsOnFailure(Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in &self.0 {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                eprintln!("---- {} ----\n{text}", log.display());
+            }
+        }
+    }
+}
+
 /// A runbook whose shell steps each append `<step> <pid of the agent running it>` to `out`.
 fn chain_runbook(out: &std::path::Path) -> String {
     let mut text = String::from("name = \"chain\"\n");
@@ -242,6 +257,7 @@ fn chain_runbook(out: &std::path::Path) -> String {
 #[tokio::test]
 async fn two_agents_run_each_step_once_and_the_survivor_takes_over_from_a_dead_leaseholder() {
     let h = Harness::new().await;
+    let _logs = LogsOnFailure(vec![h.path("agent-a.log"), h.path("agent-b.log")]);
     let out = h.path("chain.txt");
     h.runbook("chain", &chain_runbook(&out));
     let taken = h.path("takeover.txt");
@@ -394,7 +410,13 @@ command = "echo after $PPID >> {taken}"
             .any(|e| matches!(e, Event::StepInDoubt { .. })),
         "an idempotent step is re-run, not put in doubt"
     );
-    assert_eq!(h.lease_holder(run).await, None, "released at the end");
+    // The lease is released after the last event is stored, not with it: wait for it.
+    until(
+        "the lease to be released at the end",
+        DEADLINE,
+        async || h.lease_holder(run).await.is_none(),
+    )
+    .await;
 }
 
 #[tokio::test]
