@@ -61,7 +61,7 @@ pub enum NextAction {
         /// idempotent, its kind proves its own progress, or the run is a dry run in which the
         /// step only describes itself. A re-run needs no new approval: it is the same request's
         /// work, carried on.
-        idempotent: bool,
+        reruns: bool,
     },
 }
 
@@ -97,7 +97,7 @@ impl RunState {
             StepStatus::Running { attempt, .. } => NextAction::Recover {
                 step,
                 attempt: *attempt,
-                idempotent: self.reruns_by_itself(def),
+                reruns: self.reruns_by_itself(def),
             },
             _ if self.paused.is_some() => NextAction::Idle(Waiting::Paused),
             StepStatus::Failed { error, .. } => NextAction::Idle(Waiting::People {

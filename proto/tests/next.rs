@@ -61,7 +61,7 @@ fn the_executor_follows_the_runbook_and_waits_for_people_where_it_must() {
         NextAction::Recover {
             step: step("maintenance-on"),
             attempt: 1,
-            idempotent: true
+            reruns: true
         }
     );
     sc.agent(Event::StepFailed {
@@ -448,13 +448,13 @@ fn recoveries(dry_run: bool) -> Vec<(String, bool)> {
         let NextAction::Recover {
             step: found,
             attempt: 1,
-            idempotent,
+            reruns,
         } = sc.state.next_action()
         else {
             panic!("{:?}", sc.state.next_action())
         };
         assert_eq!(found, step);
-        seen.push((step.to_string(), idempotent));
+        seen.push((step.to_string(), reruns));
         sc.agent(Event::StepSucceeded {
             step,
             attempt,
@@ -520,7 +520,7 @@ fn a_resumed_destructive_step_needs_no_second_approval() {
         sc.state.next_action(),
         NextAction::Recover {
             attempt: 1,
-            idempotent: true,
+            reruns: true,
             ..
         }
     ));

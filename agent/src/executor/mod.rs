@@ -3,8 +3,9 @@
 //! Each run has one [`drive_run`] task on one agent (the lease). It loads the run (verified,
 //! folded), asks `proto` what to do next, does it, and records every action as events;
 //! recovery after a crash is the same loop starting from whatever the events say, so a
-//! step found started with no outcome is re-run only when idempotent and otherwise put in
-//! doubt for a person.
+//! step found started with no outcome is picked up again when it is idempotent or its kind
+//! proves its own progress (proto's `reruns_by_itself`), and otherwise put in doubt for a
+//! person.
 
 mod backup;
 mod delta;
@@ -250,16 +251,16 @@ async fn run_loop(
             NextAction::Recover {
                 step,
                 attempt,
-                idempotent: true,
+                reruns: true,
             } => {
-                tracing::info!(step = %step, attempt, "re-running an idempotent step found without an outcome");
+                tracing::info!(step = %step, attempt, "picking up a step found without an outcome (idempotent, or its kind proves its own progress)");
                 run_attempt(deps, &mut rec, &step, attempt + 1, &mut lease, work).await?;
                 continue;
             }
             NextAction::Recover {
                 step,
                 attempt,
-                idempotent: false,
+                reruns: false,
             } => {
                 tracing::warn!(step = %step, attempt, "step found without an outcome: in doubt");
                 rec.record(vec![Event::StepInDoubt { step, attempt }])
