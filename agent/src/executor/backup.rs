@@ -234,12 +234,18 @@ pub(super) async fn run(
         },
         notes,
     };
+    // Boxed one by one, so that this future is as small as the largest pointer, not the
+    // largest kind (see `execute`).
     let outcome = match &step.kind {
-        StepKind::PgDump(dump) => pg_dump(&attempt, dump).await,
-        StepKind::DropSchemas(drop) => drop_schemas(&attempt, drop).await,
-        StepKind::PgRestore(restore) => pg_restore::run(&attempt, restore).await,
-        StepKind::ExportDelta(export) => super::delta::export_delta(&attempt, export).await,
-        StepKind::ImportDelta(import) => super::delta::import_delta(&attempt, import).await,
+        StepKind::PgDump(dump) => Box::pin(pg_dump(&attempt, dump)).await,
+        StepKind::DropSchemas(drop) => Box::pin(drop_schemas(&attempt, drop)).await,
+        StepKind::PgRestore(restore) => Box::pin(pg_restore::run(&attempt, restore)).await,
+        StepKind::ExportDelta(export) => {
+            Box::pin(super::delta::export_delta(&attempt, export)).await
+        }
+        StepKind::ImportDelta(import) => {
+            Box::pin(super::delta::import_delta(&attempt, import)).await
+        }
         other => StepOutcome::permanent(format!("`{}` is not a backup step", other.name())),
     };
     output.finish().await;

@@ -506,6 +506,10 @@ fn output_events(
 }
 
 /// Runs the step's kind: the generic kinds in `steps`, the tenancy engine here.
+///
+/// Each kind's future is boxed: some are large (the engine's and the archives' hold whole
+/// plans and nested client calls), and an unoptimised build that moves them through the
+/// attempt's frames overflowed a worker thread's 2 MiB stack in `drop_schemas`.
 async fn execute(
     deps: &ExecutorDeps,
     state: &RunState,
@@ -517,13 +521,15 @@ async fn execute(
 ) -> StepOutcome {
     match &step.kind {
         StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
-            tenancy::run(deps, state, step, output, notes, cancel).await
+            Box::pin(tenancy::run(deps, state, step, output, notes, cancel)).await
         }
         StepKind::PgDump(_)
         | StepKind::PgRestore(_)
         | StepKind::DropSchemas(_)
         | StepKind::ExportDelta(_)
-        | StepKind::ImportDelta(_) => backup::run(deps, state, step, output, notes, cancel).await,
+        | StepKind::ImportDelta(_) => {
+            Box::pin(backup::run(deps, state, step, output, notes, cancel)).await
+        }
 
         _ => {
             let ctx = StepContext {
@@ -537,7 +543,7 @@ async fn execute(
                 output,
                 cancel,
             };
-            steps::run_step(ctx).await
+            Box::pin(steps::run_step(ctx)).await
         }
     }
 }

@@ -455,8 +455,9 @@ approvals = 1
     while !(tenant_schemas(&pool).await == schemas[3..] && waiting_for_a_lock(&pool).await > 0) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the drop never stopped at tenant_4; the run is now:\n{}",
-            rollback_proto::render::status_text(&load(&h, run).await)
+            "the drop never stopped at tenant_4; the run is now:\n{}\nagent log:\n{}",
+            rollback_proto::render::status_text(&load(&h, run).await),
+            agent.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
