@@ -14,9 +14,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 
-use super::backup::{Attempt, expected_checksum, human_bytes, programs, step_mark, unchecked};
-use super::{Progress, StepNote};
-use crate::steps::StepOutcome;
+use super::archives::{expected_checksum, human_bytes, programs, unchecked};
+use super::pg_restore::step_mark;
+use super::{Progress, StepContext, StepOutcome};
 use crate::tenancy::archive;
 use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
 use crate::tenancy::archive::resume;
@@ -33,14 +33,14 @@ fn failure(err: DeltaError) -> StepOutcome {
     }
 }
 
-fn progress_note(attempt: &Attempt<'_>) -> impl Fn(u64, u64) + Send + Sync {
+fn progress_note(attempt: &StepContext<'_>) -> impl Fn(u64, u64) + Send + Sync {
     let notes = attempt.notes.clone();
     move |done, total| {
-        let _ = notes.try_send(StepNote::Progress(Progress {
+        notes.progress(Progress {
             done,
             total,
             note: "units".into(),
-        }));
+        });
     }
 }
 
@@ -50,11 +50,11 @@ enum Baseline {
     Archive(PathBuf),
 }
 
-pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) -> StepOutcome {
+pub(super) async fn export_delta(attempt: &StepContext<'_>, step: &ExportDeltaStep) -> StepOutcome {
     let prepared = async {
         let target = attempt.expand("target", &step.target)?;
         let output_dir = PathBuf::from(attempt.expand("output_dir", &step.output_dir)?);
-        let scope = super::tenancy::options(attempt.state, &step.scope, None)
+        let scope = super::engine::options(attempt.state, &step.scope, None)
             .map_err(StepOutcome::permanent)?
             .scope;
         let baseline = match (&step.baseline, &step.baseline_archive) {
@@ -186,8 +186,7 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
         baseline_pool.close().await;
         if let Err(err) = restore::drop_database(&conn, name).await {
             attempt
-                .io
-                .output
+            .output
                 .write(
                     OutputStream::Stderr,
                     &format!("the scratch database `{name}` could not be dropped: {err}\n"),
@@ -199,19 +198,18 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
         Ok(r) => r,
         Err(err) => return failure(err),
     };
-    let _ = attempt
+    attempt
         .notes
-        .send(StepNote::Record(Event::ArchiveWritten {
+        .record(Event::ArchiveWritten {
             step: attempt.step.id.clone(),
             path: report.path.display().to_string(),
             sha256: report.sha256.clone(),
             bytes: report.bytes,
             schemas: Vec::new(),
-        }))
+        })
         .await;
     for warning in &report.warnings {
         attempt
-            .io
             .output
             .write(OutputStream::Stderr, &format!("{warning}\n"))
             .await;
@@ -240,7 +238,7 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
 /// Drops the scratch baselines an earlier attempt of this step restored and did not drop (it
 /// was killed while comparing); their names.
 async fn drop_scratch_left(
-    attempt: &Attempt<'_>,
+    attempt: &StepContext<'_>,
     conn: &archive::ConnectionParams,
 ) -> Result<Vec<String>, StepOutcome> {
     let fail = |e: restore::RestoreError| StepOutcome::transient(e.to_string());
@@ -255,7 +253,7 @@ async fn drop_scratch_left(
 
 /// Restores the pre-migration archive into a scratch database beside the target.
 async fn restore_baseline(
-    attempt: &Attempt<'_>,
+    attempt: &StepContext<'_>,
     conn: &archive::ConnectionParams,
     path: &Path,
     step: &ExportDeltaStep,
@@ -287,7 +285,7 @@ async fn restore_baseline(
         conn,
         &req,
         Some(&step_mark(attempt)),
-        &attempt.io,
+        &attempt.client_io(),
     )
     .await
     .map_err(|e| StepOutcome::permanent(format!("the baseline could not be restored: {e}")))?;
@@ -299,7 +297,7 @@ async fn restore_baseline(
     Ok((pool, name))
 }
 
-pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) -> StepOutcome {
+pub(super) async fn import_delta(attempt: &StepContext<'_>, step: &ImportDeltaStep) -> StepOutcome {
     let target = match attempt.expand("target", &step.target) {
         Ok(t) => t,
         Err(outcome) => return outcome,
@@ -452,7 +450,7 @@ pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) 
 }
 
 /// The delta the run's last `export_delta` step recorded.
-fn exported_delta(attempt: &Attempt<'_>) -> Option<PathBuf> {
+fn exported_delta(attempt: &StepContext<'_>) -> Option<PathBuf> {
     let state = attempt.state;
     state
         .archives

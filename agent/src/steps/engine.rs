@@ -1,12 +1,10 @@
-//! The tenancy engine as step kinds: `plan`, `consolidate` and `verify`, their progress
-//! turned into output the executor records as events.
+//! The tenancy engine as step kinds: `plan`, `consolidate` and `verify`, their progress and
+//! results reported through the attempt's notes, which the executor records as events.
 
-use rollback_proto::runbook::{ConsolidateStep, Step, StepKind, TenancyStep};
+use rollback_proto::runbook::{ConsolidateStep, StepKind, TenancyStep};
 use rollback_proto::{OutputStream, RunState};
-use tokio_util::sync::CancellationToken;
 
-use super::{ExecutorDeps, Progress, StepNote};
-use crate::steps::{OutputSink, StepOutcome};
+use super::{Progress, StepContext, StepOutcome};
 use crate::tenancy::consolidate::{self, ConsolidateOptions};
 use crate::tenancy::plan::{self, PlanOptions};
 use crate::tenancy::verify;
@@ -33,36 +31,6 @@ pub(super) fn options(
     })
 }
 
-/// Whether this attempt picks up the work of an earlier one of the same step: one the agent
-/// running it did not live to finish (the executor starts the next attempt by itself for the
-/// kinds that resume by themselves), or one that failed.
-pub(super) fn picks_up(state: &RunState, step: &Step) -> bool {
-    state
-        .step(&step.id)
-        .is_some_and(|(_, _, _, st)| st.attempts > 1)
-}
-
-/// Says what an attempt that picks up an earlier one's work found already done: recorded as
-/// the attempt's first progress (never dropped, unlike progress reports) and written to its
-/// output, which the chat shows.
-pub(super) async fn found_done(
-    notes: &tokio::sync::mpsc::Sender<StepNote>,
-    output: &OutputSink,
-    step: &Step,
-    done: u64,
-    total: u64,
-    what: impl std::fmt::Display,
-) {
-    let event = rollback_proto::Event::resumed(step.id.clone(), done, total, what);
-    if let rollback_proto::Event::StepProgressed { note, .. } = &event {
-        tracing::info!(step = %step.id, %note, "picking up an earlier attempt's work");
-        output
-            .write(OutputStream::Stdout, &format!("{note}\n"))
-            .await;
-    }
-    let _ = notes.send(StepNote::Record(event)).await;
-}
-
 fn permanent(error: impl ToString) -> StepOutcome {
     StepOutcome::Failed {
         error: error.to_string(),
@@ -70,14 +38,9 @@ fn permanent(error: impl ToString) -> StepOutcome {
     }
 }
 
-pub(super) async fn run(
-    deps: &ExecutorDeps,
-    state: &RunState,
-    step: &Step,
-    output: OutputSink,
-    notes: tokio::sync::mpsc::Sender<StepNote>,
-    cancel: CancellationToken,
-) -> StepOutcome {
+/// Runs a `plan`, `consolidate` or `verify` attempt.
+pub(super) async fn run(ctx: &StepContext<'_>) -> StepOutcome {
+    let (state, step, output) = (ctx.state, ctx.step, &ctx.output);
     let (target, opts, consolidate_step): (
         &str,
         Result<PlanOptions, String>,
@@ -111,11 +74,11 @@ pub(super) async fn run(
         Ok(t) => t,
         Err(e) => return permanent(e),
     };
-    let pool = match deps.databases.connect(&target).await {
+    let pool = match ctx.databases.connect(&target).await {
         Ok(p) => p,
         Err(e) => return transient_or_not(e.to_string(), e.is_transient()),
     };
-    let resumed = picks_up(state, step) && !state.dry_run;
+    let resumed = ctx.follows_an_attempt() && !state.dry_run;
     let work = async {
         let plan = match plan::plan(&pool, &opts).await {
             Ok(p) => p,
@@ -128,10 +91,7 @@ pub(super) async fn run(
         };
         if resumed && !matches!(step.kind, StepKind::Consolidate(_)) {
             // Reading leaves nothing behind: the whole work is done again.
-            found_done(
-                &notes,
-                &output,
-                step,
+            ctx.found_done(
                 0,
                 plan.units,
                 format!(
@@ -194,7 +154,7 @@ pub(super) async fn run(
                         .sum();
                     let what = format!("{done} of {total} units already consolidated");
                     if resumed {
-                        found_done(&notes, &output, step, done, total, what).await;
+                        ctx.found_done(done, total, what).await;
                     } else if done > 0 {
                         output
                             .write(
@@ -206,11 +166,11 @@ pub(super) async fn run(
                 }
                 let report = consolidate::consolidate(&pool, &plan, &copts, &|p| {
                     // Lossy on purpose: a newer report supersedes one the executor has not taken yet.
-                    let _ = notes.try_send(StepNote::Progress(Progress {
+                    ctx.notes.progress(Progress {
                         done: p.units_done,
                         total: p.units_total,
                         note: format!("units; {} row(s) copied", p.rows_done),
-                    }));
+                    });
                 })
                 .await;
                 match report {
@@ -273,11 +233,11 @@ pub(super) async fn run(
             }
             _ => match verify::verify(&pool, &plan, 4).await {
                 Ok(v) if v.is_ok() => {
-                    let _ = notes
-                        .send(StepNote::Record(rollback_proto::Event::TenantsVerified {
+                    ctx.notes
+                        .record(rollback_proto::Event::TenantsVerified {
                             step: step.id.clone(),
                             tenants: v.verified_tenants.clone(),
-                        }))
+                        })
                         .await;
                     StepOutcome::Succeeded {
                         summary: format!(
@@ -308,7 +268,7 @@ pub(super) async fn run(
     };
     tokio::select! {
         outcome = work => outcome,
-        _ = cancel.cancelled() => permanent("cancelled"),
+        _ = ctx.cancel.cancelled() => permanent("cancelled"),
     }
 }
 
