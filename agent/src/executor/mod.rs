@@ -24,7 +24,9 @@ use rollback_proto::{Event, NextAction, RunId, RunState, StepId};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{self, DatabaseTargets, Notes, OutputChunk, OutputSink, StepContext, StepOutcome};
+use crate::steps::{
+    self, DatabaseTargets, Notes, OutputChunk, OutputSink, StepContext, StepOutcome,
+};
 pub use crate::steps::{Progress, StepNote};
 use crate::store::{JetStreamEventStore, LoadError};
 use crate::telemetry::Metrics;

@@ -13,7 +13,9 @@ use rollback_proto::state::ArchiveRecord;
 use rollback_proto::{Event, RunState};
 
 use super::{StepContext, StepOutcome};
-use crate::tenancy::archive::{self, Archive, ArchiveError, ClientIo, ConnectionParams, PgPrograms};
+use crate::tenancy::archive::{
+    self, Archive, ArchiveError, ClientIo, ConnectionParams, PgPrograms,
+};
 
 /// How long a step waits for its archive's event to be stored before it gives up.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +74,9 @@ impl StepContext<'_> {
                 archive.path.display()
             ))
         };
-        let stored = self.notes.record_acknowledged(self.archive_written(archive));
+        let stored = self
+            .notes
+            .record_acknowledged(self.archive_written(archive));
         tokio::select! {
             stored = tokio::time::timeout(RECORD_TIMEOUT, stored) => match stored {
                 Ok(Ok(())) => Ok(()),

@@ -164,10 +164,11 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
                 if attempt.picks_up() {
                     attempt.tidy_partials(&archive_dir, &label).await;
                 }
-                let archive = match archive::dump(&programs, &conn, &req, &attempt.client_io()).await {
-                    Ok(archive) => archive,
-                    Err(err) => return archive_failure(err),
-                };
+                let archive =
+                    match archive::dump(&programs, &conn, &req, &attempt.client_io()).await {
+                        Ok(archive) => archive,
+                        Err(err) => return archive_failure(err),
+                    };
                 if let Err(outcome) = attempt.record_archive_stored(&archive).await {
                     return outcome;
                 }
@@ -213,4 +214,3 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
         ),
     }
 }
-

@@ -389,7 +389,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn human_and_engine_kinds_are_not_executable_here() {
+    async fn human_kinds_are_not_executable_and_an_engine_kind_without_its_target_fails_for_good() {
         let checklist = Fixture::new(runbook("", "kind = \"checklist\"\nitems = [\"a\"]"));
         let (outcome, _) = checklist.run().await;
         match outcome {
@@ -415,11 +415,7 @@ mod tests {
         let fixture = Fixture::new(runbook("", "kind = \"shell\"\ncommand = \"true\""));
         let (sink, _rx) = OutputSink::channel(1);
         let state = fixture.state();
-        let attempt = run_step(fixture.context(
-            &state,
-            &fixture.runbook.phases[0].steps[0],
-            sink,
-        ));
+        let attempt = run_step(fixture.context(&state, &fixture.runbook.phases[0].steps[0], sink));
         assert_send(&attempt);
     }
 

@@ -76,3 +76,59 @@ impl Notes {
         stored.await.map_err(|_| NoteError::NotStored)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollback_proto::StepId;
+
+    fn event() -> Event {
+        Event::resumed(StepId::new("s").expect("a step id"), 0, 1, "nothing")
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_note_waits_for_the_executors_answer() {
+        let (notes, mut rx) = Notes::channel();
+        let executor = async {
+            match rx.recv().await {
+                Some(StepNote::RecordAcknowledged(recorded, ack)) => {
+                    assert_eq!(recorded, event());
+                    ack.send(()).expect("the step waits");
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let (stored, ()) = tokio::join!(notes.record_acknowledged(event()), executor);
+        assert_eq!(stored, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_note_not_stored_or_not_taken_is_refused() {
+        let (notes, mut rx) = Notes::channel();
+        let executor = async {
+            // Dropped unanswered: the event could not be stored.
+            drop(rx.recv().await);
+            rx
+        };
+        let (stored, rx) = tokio::join!(notes.record_acknowledged(event()), executor);
+        assert_eq!(stored, Err(NoteError::NotStored));
+        drop(rx);
+        assert_eq!(
+            notes.record_acknowledged(event()).await,
+            Err(NoteError::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn progress_never_waits() {
+        let (notes, mut rx) = Notes::channel();
+        for done in 0..(NOTES_CAPACITY as u64 * 2) {
+            notes.progress(Progress {
+                done,
+                total: 100,
+                note: "units".into(),
+            });
+        }
+        assert!(matches!(rx.recv().await, Some(StepNote::Progress(p)) if p.done == 0));
+    }
+}

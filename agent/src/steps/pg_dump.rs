@@ -96,4 +96,3 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgDumpStep) -> StepOut
         Err(err) => archive_failure(err),
     }
 }
-

@@ -93,7 +93,7 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgRestoreStep) -> Step
         );
     };
     attempt
-            .output
+        .output
         .write(
             OutputStream::Stdout,
             &format!(
