@@ -216,9 +216,9 @@ pub async fn run_step(ctx: StepContext<'_>) -> StepOutcome {
         StepKind::Http(http) => Box::pin(http::run(&ctx, http)).await,
         StepKind::Sql(sql) => Box::pin(sql::run(&ctx, sql)).await,
         StepKind::Wait(wait) => Box::pin(wait::run(&ctx, wait)).await,
-        StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
-            Box::pin(engine::run(&ctx)).await
-        }
+        StepKind::Plan(plan) => Box::pin(engine::plan_tenants(&ctx, plan)).await,
+        StepKind::Consolidate(c) => Box::pin(engine::consolidate_tenants(&ctx, c)).await,
+        StepKind::Verify(verify) => Box::pin(engine::verify_tenants(&ctx, verify)).await,
         StepKind::PgDump(dump) => Box::pin(pg_dump::run(&ctx, dump)).await,
         StepKind::PgRestore(restore) => Box::pin(pg_restore::run(&ctx, restore)).await,
         StepKind::DropSchemas(drop) => Box::pin(drop_schemas::run(&ctx, drop)).await,
