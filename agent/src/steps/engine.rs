@@ -75,7 +75,6 @@ pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateSt
     });
     with_plan(ctx, &c.target, opts, false, |pool, plan| async move {
         let (state, step, output) = (ctx.state, ctx.step, &ctx.output);
-        let pool = &pool;
         let resumed = ctx.follows_an_attempt() && !state.dry_run;
         let dry =
             state.dry_run && step.dry_run == rollback_proto::runbook::DryRunBehaviour::Describe;
@@ -166,62 +165,61 @@ pub(super) async fn verify_tenants(ctx: &StepContext<'_>, t: &TenancyStep) -> St
     let opts = options(ctx.state, &t.scope, t.tables.clone());
     with_plan(ctx, &t.target, opts, true, |pool, plan| async move {
         let (state, step, output) = (ctx.state, ctx.step, &ctx.output);
-        let pool = &pool;
         if state.dry_run && step.dry_run == rollback_proto::runbook::DryRunBehaviour::Describe {
-                // A dry run consolidated nothing, so there is nothing to compare yet: verifying
-                // would fail on the missing bookkeeping. Say what would be proved instead.
-                output
-                    .write(
-                        OutputStream::DryRun,
-                        &format!(
-                            "would verify the row count and fingerprint of {} unit(s) of {} tenant(s) (about {} row(s)), then that every unit was consolidated, no foreign key crosses tenants, sequences are ahead and pre-existing shared rows are unchanged\n",
-                            plan.units,
-                            plan.tenants.len(),
-                            plan.rows
-                        ),
-                    )
-                    .await;
-                return StepOutcome::Succeeded {
-                    summary: format!(
-                        "dry run: would verify {} unit(s) of {} tenant(s)",
+            // A dry run consolidated nothing, so there is nothing to compare yet: verifying
+            // would fail on the missing bookkeeping. Say what would be proved instead.
+            output
+                .write(
+                    OutputStream::DryRun,
+                    &format!(
+                        "would verify the row count and fingerprint of {} unit(s) of {} tenant(s) (about {} row(s)), then that every unit was consolidated, no foreign key crosses tenants, sequences are ahead and pre-existing shared rows are unchanged\n",
                         plan.units,
-                        plan.tenants.len()
+                        plan.tenants.len(),
+                        plan.rows
                     ),
-                };
-        }
-            match verify::verify(&pool, &plan, 4).await {
-                Ok(v) if v.is_ok() => {
-                    ctx.notes
-                        .record(rollback_proto::Event::TenantsVerified {
-                            step: step.id.clone(),
-                            tenants: v.verified_tenants.clone(),
-                        })
-                        .await;
-                    StepOutcome::Succeeded {
-                        summary: format!(
-                            "{} unit(s), {} row(s) verified; {} tenant(s) proven",
-                            v.units_checked,
-                            v.rows_checked,
-                            v.verified_tenants.len()
-                        ),
-                    }
-                }
-                Ok(v) => {
-                    let failures = v.failures();
-                    output
-                        .write(OutputStream::Stdout, &failures.join("\n"))
-                        .await;
-                    permanent(format!(
-                        "verification failed: {} problem(s), first: {}",
-                        failures.len(),
-                        failures[0]
-                    ))
-                }
-                Err(e) => transient_or_not(
-                    e.to_string(),
-                    matches!(e, verify::VerifyError::Database(ref d) if crate::steps::is_transient_db_error(d)),
+                )
+                .await;
+            return StepOutcome::Succeeded {
+                summary: format!(
+                    "dry run: would verify {} unit(s) of {} tenant(s)",
+                    plan.units,
+                    plan.tenants.len()
                 ),
+            };
+        }
+        match verify::verify(&pool, &plan, 4).await {
+            Ok(v) if v.is_ok() => {
+                ctx.notes
+                    .record(rollback_proto::Event::TenantsVerified {
+                        step: step.id.clone(),
+                        tenants: v.verified_tenants.clone(),
+                    })
+                    .await;
+                StepOutcome::Succeeded {
+                    summary: format!(
+                        "{} unit(s), {} row(s) verified; {} tenant(s) proven",
+                        v.units_checked,
+                        v.rows_checked,
+                        v.verified_tenants.len()
+                    ),
+                }
             }
+            Ok(v) => {
+                let failures = v.failures();
+                output
+                    .write(OutputStream::Stdout, &failures.join("\n"))
+                    .await;
+                permanent(format!(
+                    "verification failed: {} problem(s), first: {}",
+                    failures.len(),
+                    failures[0]
+                ))
+            }
+            Err(e) => transient_or_not(
+                e.to_string(),
+                matches!(e, verify::VerifyError::Database(ref d) if crate::steps::is_transient_db_error(d)),
+            ),
+        }
     })
     .await
 }
