@@ -5,15 +5,13 @@
 //! recovery after a crash is the same loop starting from whatever the events say, so a
 //! step found started with no outcome is picked up again when it is idempotent or its kind
 //! proves its own progress (proto's `reruns_by_itself`), and otherwise put in doubt for a
-//! person.
+//! person. The step kinds themselves live in [`crate::steps`]; an attempt's notes (progress,
+//! facts to record) come back here, and a fact the step waits on is acknowledged once stored.
 
-mod backup;
-mod delta;
 mod feed;
 mod keeper;
 pub mod lease;
 mod record;
-mod tenancy;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -21,12 +19,15 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::{FutureExt, StreamExt};
-use rollback_proto::runbook::{Step, StepKind};
+use rollback_proto::runbook::Step;
 use rollback_proto::{Event, NextAction, RunId, RunState, StepId};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::steps::{self, DatabaseTargets, OutputChunk, OutputSink, StepContext, StepOutcome};
+use crate::steps::{
+    self, DatabaseTargets, Notes, OutputChunk, OutputSink, StepContext, StepOutcome,
+};
+pub use crate::steps::{Progress, StepNote};
 use crate::store::{JetStreamEventStore, LoadError};
 use crate::telemetry::Metrics;
 use feed::RunFeed;
@@ -345,11 +346,10 @@ async fn run_attempt(
         crate::steps::MAX_ATTEMPT_BYTES,
         deps.output_chunk_bytes,
     );
-    let (notes_tx, mut notes_rx) = tokio::sync::mpsc::channel::<StepNote>(16);
-    let mut latest_progress: Option<Progress> = None;
-    let mut facts: Vec<Event> = Vec::new();
+    let (notes, mut notes_rx) = Notes::channel();
+    let mut taken = NotesTaken::default();
 
-    let step_future = execute(deps, &state, &def, attempt, sink, notes_tx, cancel.clone());
+    let step_future = execute(deps, &state, &def, attempt, sink, notes, cancel.clone());
     tokio::pin!(step_future);
     let mut feed = RunFeed::follow(&deps.store, rec.cursor().clone());
     let mut pending: Vec<OutputChunk> = Vec::new();
@@ -361,17 +361,10 @@ async fn run_attempt(
             // Interrupted: stopped because the agent shuts down or lost the lease, not finished.
             outcome = &mut step_future => break (outcome, work.is_cancelled()),
             Some(chunk) = chunks.recv() => pending.push(chunk),
-            Some(note) = notes_rx.recv() => match note {
-                StepNote::Progress(p) => latest_progress = Some(p),
-                StepNote::Record(event) => facts.push(event),
-            },
+            Some(note) = notes_rx.recv() => taken.take(note),
             _ = flush.tick() => {
-                let mut events = output_events(step, attempt, &mut chunk_no, std::mem::take(&mut pending));
-                events.append(&mut facts);
-                if let Some(p) = latest_progress.take() {
-                    events.push(Event::StepProgressed { step: step.clone(), done: p.done, total: p.total, note: p.note });
-                }
-                if !events.is_empty() && !rec.record(events).await? && run_aborted(rec) {
+                let output = output_events(step, attempt, &mut chunk_no, std::mem::take(&mut pending));
+                if taken.flush(rec, step, output).await? == Some(false) && run_aborted(rec) {
                     cancel.cancel();
                 }
             }
@@ -396,24 +389,10 @@ async fn run_attempt(
     // reports all of it between two ticks): record the latest report before the outcome, so
     // the log always says how far the step got.
     while let Ok(note) = notes_rx.try_recv() {
-        match note {
-            StepNote::Progress(p) => latest_progress = Some(p),
-            StepNote::Record(event) => facts.push(event),
-        }
+        taken.take(note);
     }
-    let mut events = output_events(step, attempt, &mut chunk_no, pending);
-    events.append(&mut facts);
-    if let Some(p) = latest_progress {
-        events.push(Event::StepProgressed {
-            step: step.clone(),
-            done: p.done,
-            total: p.total,
-            note: p.note,
-        });
-    }
-    if !events.is_empty() {
-        rec.record(events).await?;
-    }
+    let output = output_events(step, attempt, &mut chunk_no, pending);
+    taken.flush(rec, step, output).await?;
     if interrupted {
         // Stopped by a shutdown or a lost lease: no outcome is recorded, so whoever resumes
         // the run sees the step without one and treats it as in doubt (or re-runs it if
@@ -505,47 +484,27 @@ fn output_events(
         .collect()
 }
 
-/// Runs the step's kind: the generic kinds in `steps`, the tenancy engine here.
-///
-/// Each kind's future is boxed: some are large (the engine's and the archives' hold whole
-/// plans and nested client calls), and an unoptimised build that moves them through the
-/// attempt's frames overflowed a worker thread's 2 MiB stack in `drop_schemas`.
+/// Runs the step's kind (one dispatch, in [`steps::run_step`]), boxed: the attempt's future
+/// stays small whatever kind it runs (see `run_step`).
 async fn execute(
     deps: &ExecutorDeps,
     state: &RunState,
     step: &Step,
     attempt: u32,
     output: OutputSink,
-    notes: tokio::sync::mpsc::Sender<StepNote>,
+    notes: Notes,
     cancel: CancellationToken,
 ) -> StepOutcome {
-    match &step.kind {
-        StepKind::Plan(_) | StepKind::Consolidate(_) | StepKind::Verify(_) => {
-            Box::pin(tenancy::run(deps, state, step, output, notes, cancel)).await
-        }
-        StepKind::PgDump(_)
-        | StepKind::PgRestore(_)
-        | StepKind::DropSchemas(_)
-        | StepKind::ExportDelta(_)
-        | StepKind::ImportDelta(_) => {
-            Box::pin(backup::run(deps, state, step, output, notes, cancel)).await
-        }
-
-        _ => {
-            let ctx = StepContext {
-                run_id: state.run_id,
-                step,
-                attempt,
-                dry_run: state.dry_run,
-                runbook: &state.runbook,
-                params: &state.params,
-                databases: &deps.databases,
-                output,
-                cancel,
-            };
-            Box::pin(steps::run_step(ctx)).await
-        }
-    }
+    let ctx = StepContext {
+        state,
+        step,
+        attempt,
+        databases: &deps.databases,
+        output,
+        notes,
+        cancel,
+    };
+    Box::pin(steps::run_step(ctx)).await
 }
 
 /// Raises one level of the escalation path: the event first, then the webhooks.
@@ -596,23 +555,56 @@ async fn raise_escalation(
     Ok(())
 }
 
-/// What a step reports besides its output: progress (lossy, the latest wins) and facts
-/// the executor records as events during the attempt (never dropped).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepNote {
-    /// How far it got.
-    Progress(Progress),
-    /// An event about the attempt (a verification result, an archive written).
-    Record(Event),
+/// The notes an attempt sent since the last flush: its latest progress (lossy, the latest
+/// wins), the facts to record (never dropped), and the answers owed for facts the step waits
+/// on.
+#[derive(Default)]
+struct NotesTaken {
+    progress: Option<Progress>,
+    facts: Vec<Event>,
+    acks: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// How far a long step got, as the executor records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Progress {
-    /// Units done.
-    pub done: u64,
-    /// Units in all.
-    pub total: u64,
-    /// What the units are.
-    pub note: String,
+impl NotesTaken {
+    fn take(&mut self, note: StepNote) {
+        match note {
+            StepNote::Progress(p) => self.progress = Some(p),
+            StepNote::Record(event) => self.facts.push(event),
+            StepNote::RecordAcknowledged(event, ack) => {
+                self.facts.push(event);
+                self.acks.push(ack);
+            }
+        }
+    }
+
+    /// Records `output` and the notes taken, then answers the steps waiting on their facts;
+    /// an answer is dropped when the events could not be stored, which the step learns.
+    /// `None` when there was nothing to record, else whether it was stored.
+    async fn flush(
+        &mut self,
+        rec: &mut Recorder<'_>,
+        step: &StepId,
+        mut events: Vec<Event>,
+    ) -> Result<Option<bool>, ExecError> {
+        events.append(&mut self.facts);
+        if let Some(p) = self.progress.take() {
+            events.push(Event::StepProgressed {
+                step: step.clone(),
+                done: p.done,
+                total: p.total,
+                note: p.note,
+            });
+        }
+        let acks = std::mem::take(&mut self.acks);
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let stored = rec.record(events).await?;
+        if stored {
+            for ack in acks {
+                let _ = ack.send(());
+            }
+        }
+        Ok(Some(stored))
+    }
 }

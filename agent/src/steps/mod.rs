@@ -1,9 +1,14 @@
-//! The step kinds the agent executes itself: `shell`, `http`, `sql` and `wait`.
+//! Every step kind the agent executes, one module each, dispatched in one place
+//! ([`run_step`]): `shell`, `http`, `sql`, `wait`, the tenancy engine's `plan`, `consolidate`
+//! and `verify` ([`engine`]), `pg_dump`, `pg_restore`, `drop_schemas`, `export_delta` and
+//! `import_delta`. `checklist` and `approval` are completed by people, not executed.
 //!
-//! Each kind runs one attempt of a step and says how it ended; turning outcomes into events,
-//! retrying with backoff, and holding the run's lease belong to the executor. An attempt
-//! writes its output to an [`OutputSink`], expands `${param}` in every text it uses, honours
-//! the step's timeout, and stops promptly (killing what it started) when `cancel` fires.
+//! Each kind runs one attempt of a step with a [`StepContext`] and says how it ended; turning
+//! outcomes into events, retrying with backoff, and holding the run's lease belong to the
+//! executor. An attempt writes its output to an [`OutputSink`], reports progress and facts
+//! through its [`Notes`] (never by reaching into the store), expands `${param}` in every text
+//! it uses, honours the step's timeout, and stops promptly (killing what it started) when
+//! `cancel` fires. Adding a kind touches the one `match` in [`run_step`].
 //!
 //! In a dry run a step whose `dry_run` behaviour is `describe` does nothing and writes one
 //! [`OutputStream::DryRun`] chunk saying exactly what it would do; `execute` really runs it.
@@ -13,12 +18,19 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use rollback_proto::runbook::{DryRunBehaviour, Step, StepKind};
-use rollback_proto::{OutputStream, RunId, Runbook};
+use rollback_proto::{OutputStream, RunId, RunState, Runbook};
 use tokio_util::sync::CancellationToken;
 
+mod archives;
 mod database;
+mod delta;
+mod drop_schemas;
+mod engine;
 mod http;
+mod notes;
 mod output;
+mod pg_dump;
+mod pg_restore;
 mod shell;
 mod sql;
 mod wait;
@@ -28,6 +40,7 @@ pub use database::{
     connect_options, connect_pool, describe_target, probe,
 };
 pub use http::install_crypto_provider;
+pub use notes::{NoteError, Notes, Progress, StepNote};
 pub use output::{
     MAX_ATTEMPT_BYTES, MAX_CHUNK_BYTES, OutputChunk, OutputSink, split_chunks, split_chunks_of,
 };
@@ -38,29 +51,46 @@ pub use sql::is_transient_db_error;
 /// How long an attempt may take when its step sets no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// What a step attempt may use.
+/// What a step attempt may use: the one context of every kind.
 pub struct StepContext<'a> {
-    /// The run the step belongs to.
-    pub run_id: RunId,
+    /// The run as it stood when the attempt started: its runbook and parameters, whether it
+    /// is a dry run, and what earlier steps recorded (verified tenants, archives, attempts).
+    pub state: &'a RunState,
     /// The step to run.
     pub step: &'a Step,
     /// Which attempt this is, from 1.
     pub attempt: u32,
-    /// The whole run is a dry run.
-    pub dry_run: bool,
-    /// The runbook, for `${param}` expansion.
-    pub runbook: &'a Runbook,
-    /// The run's parameter overrides.
-    pub params: &'a BTreeMap<String, String>,
     /// The named PostgreSQL targets.
     pub databases: &'a DatabaseTargets,
     /// Where output goes.
     pub output: OutputSink,
+    /// Where progress and facts to record go.
+    pub notes: Notes,
     /// Fires on abort or shutdown: the attempt stops promptly and kills what it started.
     pub cancel: CancellationToken,
 }
 
 impl StepContext<'_> {
+    /// The run the step belongs to.
+    pub fn run_id(&self) -> RunId {
+        self.state.run_id
+    }
+
+    /// The runbook, for `${param}` expansion.
+    pub fn runbook(&self) -> &Runbook {
+        &self.state.runbook
+    }
+
+    /// The run's parameter overrides.
+    pub fn params(&self) -> &BTreeMap<String, String> {
+        &self.state.params
+    }
+
+    /// Whether the whole run is a dry run.
+    pub fn dry_run(&self) -> bool {
+        self.state.dry_run
+    }
+
     /// The step's timeout, or [`DEFAULT_TIMEOUT`].
     pub fn timeout(&self) -> Duration {
         self.step.timeout.unwrap_or(DEFAULT_TIMEOUT)
@@ -68,22 +98,50 @@ impl StepContext<'_> {
 
     /// Expands `${param}` in `text`; the error names `field` and is a permanent failure.
     fn expand(&self, field: &str, text: &str) -> Result<String, StepOutcome> {
-        self.runbook
-            .expand(text, self.params)
+        self.runbook()
+            .expand(text, self.params())
             .map_err(|err| StepOutcome::permanent(format!("cannot expand `{field}`: {err}")))
     }
 
     /// Only describe what would be done.
     fn describes_only(&self) -> bool {
-        self.dry_run && self.step.dry_run == DryRunBehaviour::Describe
+        self.dry_run() && self.step.dry_run == DryRunBehaviour::Describe
     }
 
     /// Writes the dry-run description and returns the dry run's outcome.
-    async fn describe(&self, description: &str, summary: &str) -> StepOutcome {
+    async fn describe(&self, description: &str, summary: impl std::fmt::Display) -> StepOutcome {
         self.output.write(OutputStream::DryRun, description).await;
         StepOutcome::Succeeded {
             summary: format!("dry run: would {summary}"),
         }
+    }
+
+    /// Writes a line of output.
+    async fn say(&self, line: &str) {
+        self.output
+            .write(OutputStream::Stdout, &format!("{line}\n"))
+            .await;
+    }
+
+    /// Whether this attempt follows an earlier one of the same step: one the agent running it
+    /// did not live to finish (the executor starts the next attempt by itself for the kinds
+    /// that resume by themselves), or one that failed.
+    fn follows_an_attempt(&self) -> bool {
+        self.state
+            .step(&self.step.id)
+            .is_some_and(|(_, _, _, st)| st.attempts > 1)
+    }
+
+    /// Says what an attempt that picks up an earlier one's work found already done: recorded
+    /// as the attempt's first progress (never dropped, unlike progress reports) and written to
+    /// its output, which the chat shows.
+    async fn found_done(&self, done: u64, total: u64, what: impl std::fmt::Display) {
+        let event = rollback_proto::Event::resumed(self.step.id.clone(), done, total, what);
+        if let rollback_proto::Event::StepProgressed { note, .. } = &event {
+            tracing::info!(step = %self.step.id, %note, "picking up an earlier attempt's work");
+            self.say(note).await;
+        }
+        self.notes.record(event).await;
     }
 
     /// The outcome of an attempt stopped by `cancel`.
@@ -138,29 +196,37 @@ impl StepOutcome {
     }
 }
 
-/// Runs one attempt of `ctx.step`, dispatching on its kind, and closes its output.
+/// Runs one attempt of `ctx.step`, dispatching on its kind, and closes its output: the one
+/// place execution matches on [`StepKind`].
 ///
-/// Human kinds (checklist, approval), the tenancy builtins and `pg_dump`/`pg_restore` are not
-/// executed here: they fail permanently with "not executable here", as the executor routes
-/// them elsewhere.
+/// Each kind's future is boxed: some are large (the engine's and the archives' hold whole
+/// plans and nested client calls), and an unoptimised build that moves them through the
+/// attempt's frames overflowed a worker thread's 2 MiB stack in `drop_schemas`. Boxed one by
+/// one, this future is as small as a pointer, not as the largest kind.
+///
+/// Human kinds (checklist, approval) are not executed: they fail permanently with "not
+/// executable here", as people complete them.
 #[tracing::instrument(
     skip_all,
-    fields(run_id = %ctx.run_id, step = %ctx.step.id, attempt = ctx.attempt, kind = ctx.step.kind.name())
+    fields(run_id = %ctx.run_id(), step = %ctx.step.id, attempt = ctx.attempt, kind = ctx.step.kind.name())
 )]
 pub async fn run_step(ctx: StepContext<'_>) -> StepOutcome {
     let outcome = match &ctx.step.kind {
-        StepKind::Shell(shell) => shell::run(&ctx, shell).await,
-        StepKind::Http(http) => http::run(&ctx, http).await,
-        StepKind::Sql(sql) => sql::run(&ctx, sql).await,
-        StepKind::Wait(wait) => wait::run(&ctx, wait).await,
-        other => StepOutcome::permanent(format!(
-            "not executable here: a `{}` step is handled by {}",
-            other.name(),
-            if other.is_human() {
-                "the people in the run"
-            } else {
-                "its own engine"
-            }
+        StepKind::Shell(shell) => Box::pin(shell::run(&ctx, shell)).await,
+        StepKind::Http(http) => Box::pin(http::run(&ctx, http)).await,
+        StepKind::Sql(sql) => Box::pin(sql::run(&ctx, sql)).await,
+        StepKind::Wait(wait) => Box::pin(wait::run(&ctx, wait)).await,
+        StepKind::Plan(plan) => Box::pin(engine::plan_tenants(&ctx, plan)).await,
+        StepKind::Consolidate(c) => Box::pin(engine::consolidate_tenants(&ctx, c)).await,
+        StepKind::Verify(verify) => Box::pin(engine::verify_tenants(&ctx, verify)).await,
+        StepKind::PgDump(dump) => Box::pin(pg_dump::run(&ctx, dump)).await,
+        StepKind::PgRestore(restore) => Box::pin(pg_restore::run(&ctx, restore)).await,
+        StepKind::DropSchemas(drop) => Box::pin(drop_schemas::run(&ctx, drop)).await,
+        StepKind::ExportDelta(export) => Box::pin(delta::export_delta(&ctx, export)).await,
+        StepKind::ImportDelta(import) => Box::pin(delta::import_delta(&ctx, import)).await,
+        human @ (StepKind::Checklist(_) | StepKind::Approval) => StepOutcome::permanent(format!(
+            "not executable here: a `{}` step is handled by the people in the run",
+            human.name()
         )),
     };
     ctx.output.finish().await;
@@ -260,21 +326,44 @@ pub(crate) mod test_support {
             }
         }
 
+        /// The run right after it started, with this fixture's parameters and dry run.
+        pub fn state(&self) -> RunState {
+            RunState::from_runbook(
+                RunId::new(),
+                self.runbook.clone(),
+                "t",
+                "test",
+                &self.params,
+                self.dry_run,
+                &rollback_proto::Actor::Agent,
+                time::OffsetDateTime::now_utc(),
+            )
+        }
+
+        /// A first attempt's context for `step` of `state`; its notes go nowhere.
+        pub fn context<'a>(
+            &'a self,
+            state: &'a RunState,
+            step: &'a Step,
+            output: OutputSink,
+        ) -> StepContext<'a> {
+            StepContext {
+                state,
+                step,
+                attempt: 1,
+                databases: &self.databases,
+                output,
+                notes: Notes::channel().0,
+                cancel: self.cancel.clone(),
+            }
+        }
+
         /// Runs the runbook's only step; returns the outcome and every output chunk.
         pub async fn run(&self) -> (StepOutcome, Vec<OutputChunk>) {
             let (sink, mut rx) = OutputSink::channel(1024);
             let step = &self.runbook.phases[0].steps[0];
-            let ctx = StepContext {
-                run_id: RunId::new(),
-                step,
-                attempt: 1,
-                dry_run: self.dry_run,
-                runbook: &self.runbook,
-                params: &self.params,
-                databases: &self.databases,
-                output: sink,
-                cancel: self.cancel.clone(),
-            };
+            let state = self.state();
+            let ctx = self.context(&state, step, sink);
             let outcome = run_step(ctx).await;
             let mut chunks = Vec::new();
             while let Ok(chunk) = rx.try_recv() {
@@ -300,7 +389,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn human_and_engine_kinds_are_not_executable_here() {
+    async fn human_kinds_are_not_executable_and_an_engine_kind_without_its_target_fails_for_good() {
         let checklist = Fixture::new(runbook("", "kind = \"checklist\"\nitems = [\"a\"]"));
         let (outcome, _) = checklist.run().await;
         match outcome {
@@ -325,17 +414,8 @@ mod tests {
         fn assert_send<T: Send>(_: &T) {}
         let fixture = Fixture::new(runbook("", "kind = \"shell\"\ncommand = \"true\""));
         let (sink, _rx) = OutputSink::channel(1);
-        let attempt = run_step(StepContext {
-            run_id: RunId::new(),
-            step: &fixture.runbook.phases[0].steps[0],
-            attempt: 1,
-            dry_run: false,
-            runbook: &fixture.runbook,
-            params: &fixture.params,
-            databases: &fixture.databases,
-            output: sink,
-            cancel: fixture.cancel.clone(),
-        });
+        let state = fixture.state();
+        let attempt = run_step(fixture.context(&state, &fixture.runbook.phases[0].steps[0], sink));
         assert_send(&attempt);
     }
 

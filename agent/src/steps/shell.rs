@@ -577,17 +577,8 @@ mod tests {
         // for longer than the drain grace.
         let fixture = shell("head -c 65536 /dev/zero | tr '\\0' x", "");
         let (sink, mut rx) = OutputSink::channel(1);
-        let ctx = StepContext {
-            run_id: rollback_proto::RunId::new(),
-            step: &fixture.runbook.phases[0].steps[0],
-            attempt: 1,
-            dry_run: false,
-            runbook: &fixture.runbook,
-            params: &fixture.params,
-            databases: &fixture.databases,
-            output: sink,
-            cancel: fixture.cancel.clone(),
-        };
+        let state = fixture.state();
+        let ctx = fixture.context(&state, &fixture.runbook.phases[0].steps[0], sink);
         let slow_reader = async {
             tokio::time::sleep(DRAIN_GRACE + Duration::from_millis(500)).await;
             let mut chunks = Vec::new();

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rollback_agent::steps::{
-    DatabaseTargets, OutputChunk, OutputSink, PoolSettings, StepContext, StepOutcome, run_step,
+    DatabaseTargets, Notes, OutputChunk, OutputSink, PoolSettings, StepContext, StepOutcome,
+    run_step,
 };
-use rollback_proto::{OutputStream, RunId, Runbook};
+use rollback_proto::{OutputStream, RunId, RunState, Runbook};
 use rollback_tests::{Postgres, TestDatabase, free_port};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -41,16 +42,18 @@ fn targets(db: &TestDatabase) -> DatabaseTargets {
 /// Everything a step attempt borrows.
 struct Attempt {
     runbook: Runbook,
-    params: BTreeMap<String, String>,
+    /// The run as it stands when the attempt starts.
+    state: RunState,
     databases: DatabaseTargets,
     cancel: CancellationToken,
 }
 
 impl Attempt {
     fn new(step: &str, databases: DatabaseTargets) -> Self {
+        let runbook = runbook(step);
         Self {
-            runbook: runbook(step),
-            params: BTreeMap::new(),
+            state: started(&runbook),
+            runbook,
             databases,
             cancel: CancellationToken::new(),
         }
@@ -58,14 +61,12 @@ impl Attempt {
 
     fn context(&self, output: OutputSink) -> StepContext<'_> {
         StepContext {
-            run_id: RunId::new(),
+            state: &self.state,
             step: &self.runbook.phases[0].steps[0],
             attempt: 1,
-            dry_run: false,
-            runbook: &self.runbook,
-            params: &self.params,
             databases: &self.databases,
             output,
+            notes: Notes::channel().0,
             cancel: self.cancel.clone(),
         }
     }
@@ -76,6 +77,20 @@ impl Attempt {
         let outcome = run_step(self.context(sink)).await;
         (outcome, stdout(rx))
     }
+}
+
+/// A run of `runbook` right after it started, without parameters.
+fn started(runbook: &Runbook) -> RunState {
+    RunState::from_runbook(
+        RunId::new(),
+        runbook.clone(),
+        "t",
+        "test",
+        &BTreeMap::new(),
+        false,
+        &rollback_proto::Actor::Agent,
+        time::OffsetDateTime::now_utc(),
+    )
 }
 
 fn stdout(mut rx: mpsc::Receiver<OutputChunk>) -> String {

@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 
-use rollback_agent::steps::{DatabaseTargets, OutputSink, StepContext, StepOutcome, run_step};
+use rollback_agent::steps::{
+    DatabaseTargets, Notes, OutputSink, StepContext, StepOutcome, run_step,
+};
 use rollback_proto::state::StepStatus;
-use rollback_proto::{RunId, Runbook};
+use rollback_proto::{RunId, RunState, Runbook};
 use rollback_tests::{agent_binary, free_port};
 use tokio_util::sync::CancellationToken;
 
@@ -83,15 +85,23 @@ async fn a_url_of_another_scheme_is_refused_before_anything_connects() {
         format!("mysql://root:{PASSWORD}@127.0.0.1:{port}/app"),
     )]);
     let (sink, _chunks) = OutputSink::channel(16);
+    let state = RunState::from_runbook(
+        RunId::new(),
+        runbook.clone(),
+        "t",
+        "test",
+        &BTreeMap::new(),
+        false,
+        &rollback_proto::Actor::Agent,
+        time::OffsetDateTime::now_utc(),
+    );
     let outcome = run_step(StepContext {
-        run_id: RunId::new(),
+        state: &state,
         step: &runbook.phases[0].steps[0],
         attempt: 1,
-        dry_run: false,
-        runbook: &runbook,
-        params: &BTreeMap::new(),
         databases: &databases,
         output: sink,
+        notes: Notes::channel().0,
         cancel: CancellationToken::new(),
     })
     .await;
@@ -193,15 +203,23 @@ async fn a_wait_on_a_database_that_does_not_answer_says_why_it_is_not_ready() {
         format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/app"),
     )]);
     let (sink, _chunks) = OutputSink::channel(64);
+    let state = RunState::from_runbook(
+        RunId::new(),
+        runbook.clone(),
+        "t",
+        "test",
+        &BTreeMap::new(),
+        false,
+        &rollback_proto::Actor::Agent,
+        time::OffsetDateTime::now_utc(),
+    );
     let outcome = run_step(StepContext {
-        run_id: RunId::new(),
+        state: &state,
         step: &runbook.phases[0].steps[0],
         attempt: 1,
-        dry_run: false,
-        runbook: &runbook,
-        params: &BTreeMap::new(),
         databases: &databases,
         output: sink,
+        notes: Notes::channel().0,
         cancel: CancellationToken::new(),
     })
     .await;

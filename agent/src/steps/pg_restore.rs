@@ -12,12 +12,12 @@ use rollback_proto::OutputStream;
 use rollback_proto::runbook::{PgRestoreStep, format_duration};
 use time::OffsetDateTime;
 
-use super::{Attempt, expected_checksum, programs, unchecked};
-use crate::steps::StepOutcome;
+use super::archives::{expected_checksum, programs, unchecked};
+use super::{StepContext, StepOutcome};
 use crate::tenancy::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
 use crate::tenancy::archive::{self, ConnectionParams, resume};
 
-pub(super) async fn run(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome {
+pub(super) async fn run(attempt: &StepContext<'_>, step: &PgRestoreStep) -> StepOutcome {
     let prepared = async {
         let target = attempt.expand("target", &step.target)?;
         let archive = PathBuf::from(attempt.expand("archive", &step.archive)?);
@@ -93,7 +93,6 @@ pub(super) async fn run(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutc
         );
     };
     attempt
-        .io
         .output
         .write(
             OutputStream::Stdout,
@@ -122,7 +121,7 @@ pub(super) async fn run(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutc
         into,
     };
     let mark = (!step.in_place).then_some(mark.as_str());
-    match restore::restore_marked(&programs, &conn, &req, mark, &attempt.io).await {
+    match restore::restore_marked(&programs, &conn, &req, mark, &attempt.client_io()).await {
         Ok(report) => StepOutcome::Succeeded {
             summary: format!(
                 "restored {} into `{}` and verified {} table(s), {} row(s){}",
@@ -141,15 +140,15 @@ pub(super) async fn run(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutc
 }
 
 /// The mark of the databases this attempt's step creates.
-pub(in crate::executor) fn step_mark(attempt: &Attempt<'_>) -> String {
-    resume::step_mark(attempt.state.run_id, &attempt.step.id)
+pub(super) fn step_mark(attempt: &StepContext<'_>) -> String {
+    resume::step_mark(attempt.run_id(), &attempt.step.id)
 }
 
 /// What an earlier attempt of a restore into a new database left: if its database already
 /// took the target's name, the step's outcome; if it stopped before, its database is dropped
 /// (and the target let take connections again) so that the restore starts afresh.
 async fn pick_up_restore(
-    attempt: &Attempt<'_>,
+    attempt: &StepContext<'_>,
     conn: &ConnectionParams,
     mark: &str,
     into: &RestoreInto,

@@ -1,48 +1,27 @@
-//! The emergency path's delta as step kinds: `export_delta` (written since the migration,
-//! against the pre-migration copy) and `import_delta` (into the restored database, or only
-//! proven against it with `check_only`).
-//!
-//! The delta file is recorded like an archive (`ArchiveWritten`, with its sha256): the import
-//! takes, by default, the delta the run's last `export_delta` step wrote, and refuses a file
-//! whose bytes are not the recorded ones before anything changes.
+//! `export_delta`: the rows written since the migration, against the pre-migration copy (a
+//! baseline target, or an archive restored into a scratch database marked as this step's),
+//! written to a delta file recorded with its sha256.
 
 use std::path::{Path, PathBuf};
 
-use rollback_proto::runbook::{ExportDeltaStep, ImportDeltaStep, StepKind};
+use rollback_proto::runbook::ExportDeltaStep;
 use rollback_proto::{Event, OutputStream};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 
-use super::backup::{Attempt, expected_checksum, human_bytes, programs, step_mark, unchecked};
-use super::{Progress, StepNote};
-use crate::steps::StepOutcome;
+use crate::steps::archives::{expected_checksum, human_bytes, programs, unchecked};
+use crate::steps::pg_restore::step_mark;
+use crate::steps::{StepContext, StepOutcome};
 use crate::tenancy::archive;
 use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
 use crate::tenancy::archive::resume;
-use crate::tenancy::delta::{self, DeltaError, DeltaReader, ExportOptions, ImportOptions};
+use crate::tenancy::delta::{self, ExportOptions};
+
+use super::{failure, progress_note};
 
 /// Parallel jobs for restoring the baseline archive into its scratch database.
 const BASELINE_JOBS: u32 = 2;
-
-fn failure(err: DeltaError) -> StepOutcome {
-    if err.is_transient() {
-        StepOutcome::transient(err.to_string())
-    } else {
-        StepOutcome::permanent(err.to_string())
-    }
-}
-
-fn progress_note(attempt: &Attempt<'_>) -> impl Fn(u64, u64) + Send + Sync {
-    let notes = attempt.notes.clone();
-    move |done, total| {
-        let _ = notes.try_send(StepNote::Progress(Progress {
-            done,
-            total,
-            note: "units".into(),
-        }));
-    }
-}
 
 /// Where the pre-migration copy comes from.
 enum Baseline {
@@ -50,11 +29,14 @@ enum Baseline {
     Archive(PathBuf),
 }
 
-pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) -> StepOutcome {
+pub(in crate::steps) async fn export_delta(
+    attempt: &StepContext<'_>,
+    step: &ExportDeltaStep,
+) -> StepOutcome {
     let prepared = async {
         let target = attempt.expand("target", &step.target)?;
         let output_dir = PathBuf::from(attempt.expand("output_dir", &step.output_dir)?);
-        let scope = super::tenancy::options(attempt.state, &step.scope, None)
+        let scope = crate::steps::engine::options(attempt.state, &step.scope, None)
             .map_err(StepOutcome::permanent)?
             .scope;
         let baseline = match (&step.baseline, &step.baseline_archive) {
@@ -186,7 +168,6 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
         baseline_pool.close().await;
         if let Err(err) = restore::drop_database(&conn, name).await {
             attempt
-                .io
                 .output
                 .write(
                     OutputStream::Stderr,
@@ -199,19 +180,18 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
         Ok(r) => r,
         Err(err) => return failure(err),
     };
-    let _ = attempt
+    attempt
         .notes
-        .send(StepNote::Record(Event::ArchiveWritten {
+        .record(Event::ArchiveWritten {
             step: attempt.step.id.clone(),
             path: report.path.display().to_string(),
             sha256: report.sha256.clone(),
             bytes: report.bytes,
             schemas: Vec::new(),
-        }))
+        })
         .await;
     for warning in &report.warnings {
         attempt
-            .io
             .output
             .write(OutputStream::Stderr, &format!("{warning}\n"))
             .await;
@@ -240,7 +220,7 @@ pub(super) async fn export_delta(attempt: &Attempt<'_>, step: &ExportDeltaStep) 
 /// Drops the scratch baselines an earlier attempt of this step restored and did not drop (it
 /// was killed while comparing); their names.
 async fn drop_scratch_left(
-    attempt: &Attempt<'_>,
+    attempt: &StepContext<'_>,
     conn: &archive::ConnectionParams,
 ) -> Result<Vec<String>, StepOutcome> {
     let fail = |e: restore::RestoreError| StepOutcome::transient(e.to_string());
@@ -255,7 +235,7 @@ async fn drop_scratch_left(
 
 /// Restores the pre-migration archive into a scratch database beside the target.
 async fn restore_baseline(
-    attempt: &Attempt<'_>,
+    attempt: &StepContext<'_>,
     conn: &archive::ConnectionParams,
     path: &Path,
     step: &ExportDeltaStep,
@@ -287,7 +267,7 @@ async fn restore_baseline(
         conn,
         &req,
         Some(&step_mark(attempt)),
-        &attempt.io,
+        &attempt.client_io(),
     )
     .await
     .map_err(|e| StepOutcome::permanent(format!("the baseline could not be restored: {e}")))?;
@@ -297,174 +277,4 @@ async fn restore_baseline(
         .await
         .map_err(|e| StepOutcome::transient(format!("connecting to the baseline `{name}`: {e}")))?;
     Ok((pool, name))
-}
-
-pub(super) async fn import_delta(attempt: &Attempt<'_>, step: &ImportDeltaStep) -> StepOutcome {
-    let target = match attempt.expand("target", &step.target) {
-        Ok(t) => t,
-        Err(outcome) => return outcome,
-    };
-    let action = if step.check_only { "prove" } else { "import" };
-    let file = match &step.file {
-        Some(file) => match attempt.expand("file", file) {
-            Ok(f) => PathBuf::from(f),
-            Err(outcome) => return outcome,
-        },
-        None => match exported_delta(attempt) {
-            Some(path) => path,
-            None if attempt.describes_only() => {
-                return attempt
-                    .describe(
-                        &format!(
-                            "{action} the delta this run's export_delta step writes, against `{target}`\n"
-                        ),
-                        format!("{action} the delta into `{target}`"),
-                    )
-                    .await;
-            }
-            None => {
-                return StepOutcome::permanent(
-                    "no `file` is given and no export_delta step of this run has written a delta",
-                );
-            }
-        },
-    };
-    let checksum = match expected_checksum(attempt.state, &file).await {
-        Ok(c) => c,
-        Err(err) => return StepOutcome::permanent(err.to_string()),
-    };
-    if attempt.describes_only() {
-        let mut text = format!(
-            "{action} the delta {} against `{target}`{}\n",
-            file.display(),
-            if step.check_only {
-                ": per (tenant, table), rows and fingerprint as the tenant schema had them; writes nothing"
-            } else {
-                ": new ids from the shared sequences, links rewritten or checked, every unit once, then proven"
-            }
-        );
-        let verdict = match &checksum {
-            None => "now: would refuse: no checksum is recorded for it\n".to_owned(),
-            Some((sum, source)) => match archive::verify_archive(&file, sum, None).await {
-                Ok(()) => match DeltaReader::open(&file) {
-                    Ok(r) => format!(
-                        "now: the file passes its checks ({source}): {} tenant(s), {} unit(s)\n",
-                        r.header().tenants.len(),
-                        r.header().units
-                    ),
-                    Err(err) => format!("now: would refuse: {err}\n"),
-                },
-                Err(err) => format!("now: would refuse: {err}\n"),
-            },
-        };
-        text.push_str(&verdict);
-        return attempt
-            .describe(&text, format!("{action} the delta into `{target}`"))
-            .await;
-    }
-    let Some((sha256, _)) = checksum else {
-        return StepOutcome::permanent(unchecked(&file, "the delta", "nothing was imported").await);
-    };
-    let pool = match attempt.pool(&target).await {
-        Ok(p) => p,
-        Err(outcome) => return outcome,
-    };
-    if attempt.picks_up() {
-        let total = match delta::DeltaReader::open(&file) {
-            Ok(reader) => reader.header().units,
-            Err(err) => return failure(err),
-        };
-        let (done, what) = if step.check_only {
-            (
-                0,
-                format!(
-                    "nothing is kept from the earlier attempt (it only reads); {total} unit(s) to prove again"
-                ),
-            )
-        } else {
-            match delta::units_imported(&pool, &sha256).await {
-                Ok(done) => (done, format!("{done} of {total} units already imported")),
-                Err(err) => return failure(err),
-            }
-        };
-        attempt.found_done(done, total, what).await;
-    }
-    let report = if step.check_only {
-        delta::check(&pool, &file, &sha256).await
-    } else {
-        let opts = ImportOptions {
-            concurrency: step.concurrency.max(1) as usize,
-        };
-        let progress = progress_note(attempt);
-        delta::import(&pool, &file, &sha256, &opts, &progress).await
-    };
-    let report = match report {
-        Ok(r) => r,
-        Err(err) => return failure(err),
-    };
-    if !report.is_ok() {
-        let mut lines: Vec<String> = report
-            .mismatches
-            .iter()
-            .take(10)
-            .map(|m| {
-                format!(
-                    "tenant {}, table {}: expected {} row(s) with fingerprint {}, found {} with {}",
-                    m.tenant,
-                    m.table,
-                    m.expected_rows,
-                    m.expected_fingerprint,
-                    m.rows,
-                    m.fingerprint
-                )
-            })
-            .collect();
-        if report.mismatches.len() > 10 {
-            lines.push(format!("and {} more", report.mismatches.len() - 10));
-        }
-        return StepOutcome::permanent(format!(
-            "{} of {} unit(s) do not hold what the tenant schemas held: {}",
-            report.units_total - report.verified_units,
-            report.units_total,
-            lines.join("; ")
-        ));
-    }
-    StepOutcome::Succeeded {
-        summary: if step.check_only {
-            format!(
-                "all {} unit(s) hold exactly what the tenant schemas held at export",
-                report.verified_units
-            )
-        } else {
-            format!(
-                "{} row(s) inserted with new ids, {} updated, {} deleted, {} tenant(s) created; \
-                 {} unit(s) done, {} found done before; all {} proven",
-                report.inserted,
-                report.updated,
-                report.deleted,
-                report.tenants_created,
-                report.units_done,
-                report.units_skipped,
-                report.verified_units
-            )
-        },
-    }
-}
-
-/// The delta the run's last `export_delta` step recorded.
-fn exported_delta(attempt: &Attempt<'_>) -> Option<PathBuf> {
-    let state = attempt.state;
-    state
-        .archives
-        .iter()
-        .rev()
-        .find(|record| {
-            state.runbook.phases.iter().any(|phase| {
-                phase
-                    .steps
-                    .iter()
-                    .any(|s| s.id == record.step && matches!(s.kind, StepKind::ExportDelta(_)))
-            })
-        })
-        .map(|record| PathBuf::from(&record.path))
 }
