@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::tenancy::{found_done, picks_up};
 use super::{ExecutorDeps, StepNote};
-use crate::steps::{OutputSink, StepOutcome, is_transient_db_error};
-use crate::tenancy::archive::{
+use crate::archive::{
     self, Archive, ArchiveError, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
 };
+use crate::steps::{OutputSink, StepOutcome, is_transient_db_error};
 use crate::tenancy::{drop, plan};
 
 mod pg_restore;

@@ -16,11 +16,11 @@ use time::OffsetDateTime;
 
 use super::backup::{Attempt, expected_checksum, human_bytes, programs, step_mark, unchecked};
 use super::{Progress, StepNote};
+use crate::archive;
+use crate::archive::restore::{self, RestoreInto, RestoreRequest};
+use crate::archive::resume;
+use crate::delta::{self, DeltaError, DeltaReader, ExportOptions, ImportOptions};
 use crate::steps::StepOutcome;
-use crate::tenancy::archive;
-use crate::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
-use crate::tenancy::archive::resume;
-use crate::tenancy::delta::{self, DeltaError, DeltaReader, ExportOptions, ImportOptions};
 
 /// Parallel jobs for restoring the baseline archive into its scratch database.
 const BASELINE_JOBS: u32 = 2;

@@ -122,7 +122,7 @@ pub(super) async fn run(
             Err(e) => {
                 return transient_or_not(
                     e.to_string(),
-                    matches!(e, plan::PlanError::Database(ref d) if crate::steps::is_transient_db_error(d)),
+                    matches!(e, plan::PlanError::Database(ref d) if crate::db::is_transient_db_error(d)),
                 );
             }
         };
@@ -180,9 +180,9 @@ pub(super) async fn run(
                             return transient_or_not(
                                 format!(
                                     "counting the units done before: {}",
-                                    crate::steps::describe_db_error(&e)
+                                    crate::db::describe_db_error(&e)
                                 ),
-                                crate::steps::is_transient_db_error(&e),
+                                crate::db::is_transient_db_error(&e),
                             );
                         }
                     };
@@ -301,7 +301,7 @@ pub(super) async fn run(
                 }
                 Err(e) => transient_or_not(
                     e.to_string(),
-                    matches!(e, verify::VerifyError::Database(ref d) if crate::steps::is_transient_db_error(d)),
+                    matches!(e, verify::VerifyError::Database(ref d) if crate::db::is_transient_db_error(d)),
                 ),
             },
         }

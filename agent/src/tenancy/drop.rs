@@ -17,10 +17,9 @@ use std::time::Duration;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
-use super::archive::Archive;
 use super::plan::Plan;
 use super::sql;
-use crate::steps::is_transient_db_error;
+use crate::db::is_transient_db_error;
 
 /// After this many tables dropped, the catalogs are vacuumed: each table leaves dead rows in
 /// pg_class, pg_attribute, pg_type, pg_depend, pg_constraint and pg_index, and catalog
@@ -195,7 +194,7 @@ pub enum DropError {
     #[error(
         "{}: {}{}",
         schema.as_deref().map(|s| format!("dropping schema {s}")).unwrap_or_else(|| "checking the tenant schemas".into()),
-        crate::steps::describe_db_error(source),
+        crate::db::describe_db_error(source),
         if schema.is_some() { format!("; {}", dropped_note(dropped)) } else { String::new() }
     )]
     Database {
@@ -424,6 +423,16 @@ pub async fn existing_schemas(
     Ok(found.into_iter().collect())
 }
 
+/// A written archive as the drop sees it: where it is and which schemas it holds. The engine
+/// does not write archives (that is the `archive` room's); it only checks that one covers
+/// what it is about to drop.
+pub trait SchemaArchive {
+    /// The archive's file or directory.
+    fn path(&self) -> &std::path::Path;
+    /// The schemas it holds; empty for a whole database.
+    fn schemas(&self) -> &[String];
+}
+
 /// Drops the plan's tenant schemas, after [`check_drop`] passes again and `archive` is found to
 /// hold every one of them. The archive may hold more: schemas an earlier attempt dropped after
 /// writing it (a resumed drop goes on with the archive already recorded), but none that is
@@ -434,22 +443,22 @@ pub async fn drop_schemas(
     pool: &PgPool,
     plan: &Plan,
     verified: &BTreeSet<i64>,
-    archive: &Archive,
+    archive: &impl SchemaArchive,
 ) -> Result<DropReport, DropError> {
     let check = check_drop(pool, plan, verified).await?;
     if check.schemas.is_empty() {
         return Ok(DropReport::default());
     }
     let wanted: BTreeSet<String> = check.schema_names().into_iter().collect();
-    let held: BTreeSet<String> = archive.schemas.iter().cloned().collect();
+    let held: BTreeSet<String> = archive.schemas().iter().cloned().collect();
     let beyond: BTreeSet<String> = held.difference(&wanted).cloned().collect();
     let extra = existing_schemas(pool, &beyond).await?;
-    let exists = tokio::fs::metadata(&archive.path).await.is_ok();
+    let exists = tokio::fs::metadata(archive.path()).await.is_ok();
     if !wanted.is_subset(&held) || !extra.is_empty() || !exists {
         return Err(DropError::ArchiveMismatch {
             archive: format!(
                 "{}{}",
-                archive.path.display(),
+                archive.path().display(),
                 if exists { "" } else { " (not found)" }
             ),
             missing: wanted.difference(&held).cloned().collect(),

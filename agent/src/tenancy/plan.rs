@@ -9,9 +9,9 @@ use rollback_proto::runbook::{IdStrategy, TenancyScope};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
 
+use super::bookkeeping;
 use super::catalog::{self, Column, SharedTable, Signature};
 use super::sql;
-use super::state;
 
 /// Where to look and how to map ids.
 #[derive(Debug, Clone)]
@@ -812,13 +812,13 @@ async fn unique_collisions(
     // On a re-run, units already consolidated are in the shared table and no longer in the
     // way: leave out their sources, and the shared rows that came from them.
     let engine = sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-        .bind(state::units())
+        .bind(bookkeeping::units())
         .fetch_one(pool)
         .await?;
     let done: BTreeSet<i64> = if engine {
         sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
             "SELECT tenant FROM {} WHERE tbl = $1",
-            state::units()
+            bookkeeping::units()
         )))
         .bind(&table.name)
         .fetch_all(pool)
@@ -839,7 +839,7 @@ async fn unique_collisions(
             if engine {
                 format!(
                     " WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.tbl = {} AND m.new_id = d.{})",
-                    state::id_map(),
+                    bookkeeping::id_map(),
                     sql::literal(&table.name),
                     sql::ident(&table.id_column)
                 )
@@ -900,7 +900,7 @@ async fn unique_collisions(
     let not_consolidated = if engine {
         format!(
             " d WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.tbl = {} AND m.new_id = d.{})",
-            state::id_map(),
+            bookkeeping::id_map(),
             sql::literal(&table.name),
             sql::ident(&table.id_column)
         )

@@ -13,9 +13,9 @@ use rollback_proto::runbook::{PgRestoreStep, format_duration};
 use time::OffsetDateTime;
 
 use super::{Attempt, expected_checksum, programs, unchecked};
+use crate::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
+use crate::archive::{self, ConnectionParams, resume};
 use crate::steps::StepOutcome;
-use crate::tenancy::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
-use crate::tenancy::archive::{self, ConnectionParams, resume};
 
 pub(super) async fn run(attempt: &Attempt<'_>, step: &PgRestoreStep) -> StepOutcome {
     let prepared = async {

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use time::OffsetDateTime;
 
 use super::{ArchiveError, ClientIo, ConnectionParams, PgPrograms, run_program, verify_archive};
-use crate::steps::describe_db_error;
+use crate::db::describe_db_error;
 use crate::tenancy::sql;
 
 /// PostgreSQL cuts longer identifiers short (with only a notice).

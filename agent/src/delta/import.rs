@@ -18,12 +18,11 @@ use tokio::sync::mpsc;
 
 use super::file::DeltaReader;
 use super::{DeltaError, Header, Line, Op, RowJson, TableShape, UnitHeader};
-use crate::tenancy::archive;
-use crate::tenancy::state::{self, ENGINE_SCHEMA};
+use crate::archive;
+use crate::tenancy::bookkeeping::{
+    self, MISMATCH_SQLSTATE, MapStatistics, delta_id_map, delta_units, mismatch_fn,
+};
 use crate::tenancy::{fingerprint, sql};
-
-/// Rows written between two `ANALYZE`s of the id map, so joins against it stay index lookups.
-const ANALYZE_EVERY: u64 = 20_000;
 
 /// How to import.
 #[derive(Debug, Clone)]
@@ -92,7 +91,7 @@ impl ImportReport {
 pub async fn units_imported(pool: &PgPool, sha256: &str) -> Result<u64, DeltaError> {
     let what = "counting the units imported before";
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(units_table())
+        .bind(delta_units())
         .fetch_one(pool)
         .await
         .map_err(DeltaError::db(what))?;
@@ -101,23 +100,13 @@ pub async fn units_imported(pool: &PgPool, sha256: &str) -> Result<u64, DeltaErr
     }
     let done: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT count(*) FROM {} WHERE delta = $1 AND stage = 'upsert'",
-        units_table()
+        delta_units()
     )))
     .bind(sha256)
     .fetch_one(pool)
     .await
     .map_err(DeltaError::db(what))?;
     Ok(done as u64)
-}
-
-/// `rollback_engine.delta_units`.
-fn units_table() -> String {
-    sql::table(ENGINE_SCHEMA, "delta_units")
-}
-
-/// `rollback_engine.delta_id_map`.
-fn map_table() -> String {
-    sql::table(ENGINE_SCHEMA, "delta_id_map")
 }
 
 /// Imports the delta at `path` into `pool`'s database, after checking the file against
@@ -203,8 +192,9 @@ pub async fn import(
     report.inserted = counters.inserted.load(Ordering::Relaxed);
     report.updated = counters.updated.load(Ordering::Relaxed);
     report.deleted = counters.deleted.load(Ordering::Relaxed);
-    sqlx::query(AssertSqlSafe(format!("ANALYZE {}", map_table())))
-        .execute(pool)
+    counters
+        .map_stats
+        .analyze(pool)
         .await
         .map_err(DeltaError::db("analyzing the id map"))?;
     prove(pool, &header, &expected, delta_id, &mut report).await?;
@@ -269,7 +259,7 @@ async fn prove(
     report: &mut ImportReport,
 ) -> Result<(), DeltaError> {
     let has_map: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(map_table())
+        .bind(delta_id_map())
         .fetch_one(pool)
         .await
         .map_err(DeltaError::db("looking for the delta's id map"))?;
@@ -323,7 +313,7 @@ fn check_sql(header: &Header, t: &TableShape, has_map: bool) -> String {
             joins.push_str(&format!(
                 " LEFT JOIN {map} {alias} ON {alias}.delta = $1::text AND {alias}.tbl = {tbl} \
                  AND {alias}.tenant = s.{tenant_col} AND {alias}.new_id = s.{col}",
-                map = map_table(),
+                map = delta_id_map(),
                 tbl = sql::literal(tbl),
                 col = sql::ident(col),
             ));
@@ -404,51 +394,13 @@ pub(crate) async fn check_fits(
     Ok(())
 }
 
-/// The SQLSTATE of a unit whose updates or deletes do not find exactly their rows.
-const MISMATCH_SQLSTATE: &str = "RB002";
-
-/// `rollback_engine.delta_mismatch(tbl, tenant, action, expected, found)`: true, or raises.
-fn mismatch_fn() -> String {
-    sql::table(ENGINE_SCHEMA, "delta_mismatch")
-}
-
 /// Creates the delta's bookkeeping (and the engine's orphan function) if needed.
 async fn prepare(pool: &PgPool) -> Result<(), DeltaError> {
     let mut tx = pool
         .begin()
         .await
         .map_err(DeltaError::db("preparing the delta's bookkeeping"))?;
-    let ddl = format!(
-        "SELECT pg_advisory_xact_lock(hashtext('rollback_engine.prepare'));
-         CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {units} (
-             delta text NOT NULL, stage text NOT NULL, tenant int8 NOT NULL, tbl text NOT NULL,
-             rows int8 NOT NULL, finished_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (delta, stage, tenant, tbl));
-         CREATE TABLE IF NOT EXISTS {map} (
-             delta text NOT NULL, tbl text NOT NULL, tenant int8 NOT NULL,
-             old_id int8 NOT NULL, new_id int8 NOT NULL,
-             PRIMARY KEY (delta, tbl, tenant, old_id));
-         CREATE UNIQUE INDEX IF NOT EXISTS delta_id_map_new_id ON {map} (delta, tbl, new_id);
-         CREATE OR REPLACE FUNCTION {mismatch}(tbl text, tenant int8, action text, wanted int8, got int8)
-             RETURNS bool LANGUAGE plpgsql AS $f$
-             BEGIN
-                 -- (not `found`: plpgsql's FOUND would shadow it)
-                 IF wanted <> got THEN
-                     RAISE EXCEPTION USING ERRCODE = '{code}',
-                         MESSAGE = format('tenant %s, table %s: rows to %s not found as the delta expects (expected %s, found %s)',
-                                          tenant, tbl, action, wanted, got);
-                 END IF;
-                 RETURN true;
-             END $f$;
-         {orphan}",
-        schema = sql::ident(ENGINE_SCHEMA),
-        units = units_table(),
-        map = map_table(),
-        orphan = state::orphan_fn_ddl(),
-        mismatch = mismatch_fn(),
-        code = MISMATCH_SQLSTATE,
-    );
+    let ddl = bookkeeping::delta_ddl();
     sqlx::raw_sql(AssertSqlSafe(ddl))
         .execute(&mut *tx)
         .await
@@ -572,14 +524,26 @@ fn read_blocks(
     Ok(())
 }
 
-#[derive(Default)]
 struct Counters {
     done: AtomicU64,
     skipped: AtomicU64,
     inserted: AtomicU64,
     updated: AtomicU64,
     deleted: AtomicU64,
-    since_analyze: AtomicU64,
+    map_stats: MapStatistics,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            done: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            inserted: AtomicU64::default(),
+            updated: AtomicU64::default(),
+            deleted: AtomicU64::default(),
+            map_stats: MapStatistics::new(delta_id_map()),
+        }
+    }
 }
 
 impl Counters {
@@ -681,7 +645,7 @@ async fn claim(
 ) -> Result<bool, DeltaError> {
     let claimed = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {} (delta, stage, tenant, tbl, rows) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        units_table()
+        delta_units()
     )))
     .bind(delta_id)
     .bind(stage)
@@ -713,14 +677,11 @@ async fn apply_tenant(
             counters.done.fetch_add(1, Ordering::Relaxed);
             counters.inserted.fetch_add(inserts, Ordering::Relaxed);
             counters.updated.fetch_add(updates, Ordering::Relaxed);
-            let since = counters.since_analyze.fetch_add(inserts, Ordering::Relaxed);
-            if since > ANALYZE_EVERY {
-                counters.since_analyze.store(0, Ordering::Relaxed);
-                sqlx::query(AssertSqlSafe(format!("ANALYZE {}", map_table())))
-                    .execute(pool)
-                    .await
-                    .map_err(DeltaError::db("analyzing the id map"))?;
-            }
+            counters
+                .map_stats
+                .note(pool, inserts)
+                .await
+                .map_err(DeltaError::db("analyzing the id map"))?;
         } else {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
         }
@@ -787,7 +748,7 @@ impl TableSql {
 
     fn build(header: &Header, t: &TableShape, sequence: &str, identity_always: bool) -> TableSql {
         let dest = sql::table(&header.shared_schema, &t.name);
-        let map = map_table();
+        let map = delta_id_map();
         let tbl = sql::literal(&t.name);
         let tenant_col = sql::ident(&header.tenant_column);
         let id = sql::ident(&t.id_column);
@@ -797,7 +758,7 @@ impl TableSql {
                 "claim AS (INSERT INTO {units} (delta, stage, tenant, tbl, rows) \
                  VALUES ($1::text, '{stage}', $2::int8, {tbl}, cardinality($3::int8[])) \
                  ON CONFLICT DO NOTHING RETURNING 1)",
-                units = units_table(),
+                units = delta_units(),
             )
         };
         let source = format!("d CROSS JOIN LATERAL jsonb_populate_record(NULL::{dest}, d.row) r");
@@ -838,7 +799,7 @@ impl TableSql {
                          ELSE {orphan}({tbl}, {lcol}, $2::int8, r.{col}::int8) END",
                         pdest = sql::table(&header.shared_schema, &link.parent),
                         pid = sql::ident(&parent),
-                        orphan = state::orphan_fn(),
+                        orphan = bookkeeping::orphan_fn(),
                         lcol = sql::literal(&c.name),
                     ));
                 }
@@ -871,7 +832,7 @@ impl TableSql {
                  CASE WHEN {claimed} THEN $6::int8 ELSE 0 END, (SELECT count(*) FROM upd)), \
                  (SELECT count(*) FROM ins)",
             claim = claim("upsert"),
-            map = map_table(),
+            map = delta_id_map(),
             seq = sql::literal(sequence),
             cols = cols.join(", "),
             vals = vals.join(", "),
@@ -946,7 +907,7 @@ impl TableSql {
     }
 
     fn unit_error(&self, tenant: i64, err: sqlx::Error) -> DeltaError {
-        if state::is_orphan_error(&err) {
+        if bookkeeping::is_orphan_error(&err) {
             return self.explain_orphan(tenant, &err);
         }
         if let sqlx::Error::Database(db) = &err

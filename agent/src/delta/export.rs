@@ -20,7 +20,7 @@ use super::{
     ColumnShape, DeltaError, FORMAT, Header, Line, Link, Op, RowJson, TableShape, UnitHeader,
     VERSION,
 };
-use crate::tenancy::archive::{self, ArchiveError};
+use crate::archive::{self, ArchiveError};
 use crate::tenancy::fingerprint;
 use crate::tenancy::plan::{self, PlanOptions, TenantSchema};
 use crate::tenancy::sql;

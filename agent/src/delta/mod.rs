@@ -188,7 +188,7 @@ pub enum DeltaError {
     Refused(String),
     /// The file is missing, corrupt, stale, or cannot be written.
     #[error(transparent)]
-    Archive(#[from] super::archive::ArchiveError),
+    Archive(#[from] crate::archive::ArchiveError),
     /// The file is not a delta this code can read.
     #[error("{} is not a readable delta file: {reason}", path.display())]
     Malformed {
@@ -251,8 +251,8 @@ impl DeltaError {
         let action = action.into();
         move |err| DeltaError::Database {
             action,
-            reason: crate::steps::describe_db_error(&err),
-            transient: crate::steps::is_transient_db_error(&err),
+            reason: crate::db::describe_db_error(&err),
+            transient: crate::db::is_transient_db_error(&err),
         }
     }
 
