@@ -22,6 +22,9 @@
 mod export;
 mod file;
 mod import;
+mod prove;
+mod report;
+mod upsert;
 
 use std::path::PathBuf;
 
@@ -29,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 pub use export::{ExportOptions, ExportReport, delta_path, export};
 pub use file::{DeltaReader, DeltaWriter};
-pub use import::{ImportOptions, ImportReport, UnitCheck, check, import, units_imported};
+pub use import::{check, import, units_imported};
+pub use report::{ImportOptions, ImportReport, UnitCheck};
 
 /// The `format` field of every delta file's header.
 pub const FORMAT: &str = "rollback-delta";
