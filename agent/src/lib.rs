@@ -2,8 +2,13 @@
 //! step kinds, the tenancy engine, replay and postmortem reports, configuration and telemetry.
 
 pub mod agent;
+pub mod archive;
 pub mod config;
+pub mod db;
+pub mod delta;
+pub mod demo;
 pub mod executor;
+mod process;
 pub mod provision;
 pub mod quarantine;
 pub mod replay;

@@ -10,7 +10,8 @@ use rollback_agent::provision;
 use rollback_agent::replay::{self, At};
 use rollback_agent::tenancy::consolidate::{self, ConsolidateOptions};
 use rollback_agent::tenancy::plan::{self, PlanOptions};
-use rollback_agent::tenancy::{delta, demo, verify};
+use rollback_agent::tenancy::verify;
+use rollback_agent::{delta, demo};
 use rollback_proto::runbook::{FkChecks, IdStrategy, StepKind};
 use rollback_proto::{RunId, Runbook};
 
@@ -477,12 +478,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         } => {
             let sha256 = match sha256 {
                 Some(sum) => sum,
-                None => rollback_agent::tenancy::archive::read_sidecar(&file)
+                None => rollback_agent::archive::read_sidecar(&file)
                     .await?
                     .with_context(|| {
                         format!(
                             "no sha256 given and no {} beside the file: a delta is imported only when its checksum can be checked",
-                            rollback_agent::tenancy::archive::sidecar_path(&file).display()
+                            rollback_agent::archive::sidecar_path(&file).display()
                         )
                     })?,
             };

@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use rollback_agent::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
-use rollback_agent::tenancy::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use rollback_agent::archive::restore::{self, RestoreInto, RestoreRequest};
+use rollback_agent::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use rollback_agent::delta::{self, ExportOptions, ImportOptions};
+use rollback_agent::demo::{self, DemoSpec, history};
 use rollback_agent::tenancy::consolidate::{ConsolidateOptions, consolidate};
-use rollback_agent::tenancy::delta::{self, ExportOptions, ImportOptions};
-use rollback_agent::tenancy::demo::{self, DemoSpec, history};
 use rollback_agent::tenancy::plan::{PlanOptions, plan};
 use rollback_agent::tenancy::sql;
 use rollback_proto::runbook::{DumpFormat, TenancyScope};

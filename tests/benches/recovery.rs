@@ -27,8 +27,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::store::{JetStreamEventStore, StoreConfig};
-use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_proto::{Command, CommandReply, Envelope, Event, RunId};
 use rollback_tests::{AgentProcess, CommandClient, NatsServer, Postgres, chat_user};
 use time::OffsetDateTime;

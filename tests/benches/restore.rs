@@ -27,11 +27,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rollback_agent::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
-use rollback_agent::tenancy::archive::{
-    self, Archive, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
-};
-use rollback_agent::tenancy::demo::{self, DemoSpec};
+use rollback_agent::archive::restore::{self, RestoreInto, RestoreRequest};
+use rollback_agent::archive::{self, Archive, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::tenancy::sql;
 use rollback_proto::runbook::DumpFormat;
 use rollback_tests::Postgres;

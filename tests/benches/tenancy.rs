@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::tenancy::consolidate::{ConsolidateOptions, consolidate};
-use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_agent::tenancy::plan::{Plan, PlanOptions, plan};
 use rollback_agent::tenancy::sql;
 use rollback_agent::tenancy::verify::verify;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use super::capped::Capped;
 use super::markdown::{time, wait_target};
 use super::model::*;
-use super::svg;
+use super::svg::{self, escape};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1200px}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;\
@@ -316,22 +316,6 @@ fn push_row(out: &mut String, cells: &[String]) {
         let _ = write!(out, "<td>{}</td>", escape(c));
     }
     out.push_str("</tr>\n");
-}
-
-/// Text safe in HTML and SVG, in content and in attribute values.
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::fmt::Write;
 
 use time::OffsetDateTime;
 
-use super::html::escape;
 use super::markdown::{time, wait_target};
 use super::model::*;
 
@@ -220,4 +219,20 @@ fn clip_label(label: &str) -> String {
         Some((end, _)) => format!("{}…", &label[..end]),
         None => label.to_owned(),
     }
+}
+
+/// Text safe in HTML and SVG, in content and in attribute values.
+pub(super) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

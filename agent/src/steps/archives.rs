@@ -13,7 +13,7 @@ use rollback_proto::state::ArchiveRecord;
 use rollback_proto::{Event, RunState};
 
 use super::{StepContext, StepOutcome};
-use crate::tenancy::archive::{
+use crate::archive::{
     self, Archive, ArchiveError, ClientIo, ConnectionParams, PgPrograms,
 };
 

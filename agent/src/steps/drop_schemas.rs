@@ -11,7 +11,7 @@ use rollback_proto::runbook::{DropSchemasStep, DumpFormat};
 
 use super::archives::{archive_failure, describe_archive, programs};
 use super::{StepContext, StepOutcome, is_transient_db_error};
-use crate::tenancy::archive::{self, Archive, DumpRequest};
+use crate::archive::{self, Archive, DumpRequest};
 use crate::tenancy::{drop, plan};
 
 /// Parallel jobs for the archive `drop_schemas` writes (the step has no setting of its own).

@@ -22,7 +22,6 @@ use rollback_proto::{OutputStream, RunId, RunState, Runbook};
 use tokio_util::sync::CancellationToken;
 
 mod archives;
-mod database;
 mod delta;
 mod drop_schemas;
 mod engine;
@@ -35,18 +34,16 @@ mod shell;
 mod sql;
 mod wait;
 
-pub use database::{
+pub use crate::db::{
     CONNECT_TIMEOUT, ConnectError, DatabaseTargetError, DatabaseTargets, PoolSettings,
     connect_options, connect_pool, describe_target, probe,
 };
+pub use crate::db::{describe_db_error, is_transient_db_error};
 pub use http::install_crypto_provider;
 pub use notes::{NoteError, Notes, Progress, StepNote};
 pub use output::{
     MAX_ATTEMPT_BYTES, MAX_CHUNK_BYTES, OutputChunk, OutputSink, split_chunks, split_chunks_of,
 };
-pub(crate) use shell::ProcessGroup;
-pub(crate) use sql::describe_db_error;
-pub use sql::is_transient_db_error;
 
 /// How long an attempt may take when its step sets no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);

@@ -8,7 +8,7 @@ use rollback_proto::runbook::PgDumpStep;
 
 use super::archives::{archive_failure, describe_archive, human_bytes, programs};
 use super::{StepContext, StepOutcome};
-use crate::tenancy::archive::{self, DumpRequest};
+use crate::archive::{self, DumpRequest};
 
 pub(super) async fn run(attempt: &StepContext<'_>, step: &PgDumpStep) -> StepOutcome {
     let prepared = async {

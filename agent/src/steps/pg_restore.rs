@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 
 use super::archives::{expected_checksum, programs, unchecked};
 use super::{StepContext, StepOutcome};
-use crate::tenancy::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
-use crate::tenancy::archive::{self, ConnectionParams, resume};
+use crate::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
+use crate::archive::{self, ConnectionParams, resume};
 
 pub(super) async fn run(attempt: &StepContext<'_>, step: &PgRestoreStep) -> StepOutcome {
     let prepared = async {

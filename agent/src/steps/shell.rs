@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rollback_proto::OutputStream;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::output::PendingOutput;
 use super::{OutputSink, StepContext, StepOutcome, describe_pairs, first_line, human};
+use crate::process::ProcessGroup;
 
 /// Output that is not a full chunk yet is sent after this long, so people see progress.
 const FLUSH_AFTER: Duration = Duration::from_millis(200);
@@ -294,44 +294,6 @@ async fn pump(
     };
     sink.write(stream, &pending.take_all()).await;
     stopped
-}
-
-/// The process group `sh` leads; killed on drop unless disarmed, so no path (a panic, the
-/// attempt's future dropped by its owner) leaves it running.
-pub(crate) struct ProcessGroup {
-    pgid: libc::pid_t,
-    armed: AtomicBool,
-}
-
-impl ProcessGroup {
-    pub(crate) fn new(pid: u32) -> Self {
-        Self {
-            pgid: libc::pid_t::try_from(pid).expect("pids fit in pid_t"),
-            armed: AtomicBool::new(true),
-        }
-    }
-
-    /// Sends SIGKILL to every member; true when there was a member to kill.
-    pub(crate) fn kill(&self) -> bool {
-        // SAFETY: killpg only sends a signal. The group id is the pid of our own child, which
-        // the kernel does not hand out again while the child is unreaped or the group has
-        // members. Once `sh` is reaped and the group empty the call fails with ESRCH; the only
-        // call that can come then is the one right after reaping, long before pids wrap.
-        unsafe { libc::killpg(self.pgid, libc::SIGKILL) == 0 }
-    }
-
-    /// The group is dead and `sh` reaped: nothing left to kill, and its id may be reused.
-    pub(crate) fn disarm(&self) {
-        self.armed.store(false, Ordering::Relaxed);
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if self.armed.load(Ordering::Relaxed) {
-            self.kill();
-        }
-    }
 }
 
 #[cfg(test)]

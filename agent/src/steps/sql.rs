@@ -1,5 +1,4 @@
-//! `sql`: statements against a named PostgreSQL target, all in one transaction; and which
-//! database errors are worth another attempt.
+//! `sql`: statements against a named PostgreSQL target, all in one transaction.
 //!
 //! A failure before `COMMIT` leaves nothing behind, so a transient one may be retried even for
 //! a step that is not idempotent. A connection lost *during* `COMMIT` is different: the
@@ -10,62 +9,13 @@ use std::time::Duration;
 
 use rollback_proto::OutputStream;
 use rollback_proto::runbook::SqlStep;
-use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use super::{OutputSink, StepContext, StepOutcome, human};
+use crate::db::{describe_db_error, is_transient_db_error};
 
 /// How long cancelling a running statement may take before we stop trying.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Whether another attempt may succeed after `err`: the connection or the pool failed, or the
-/// server gave up on the transaction for reasons of its own (serialization failure, deadlock,
-/// shutdown, too many connections). Constraint violations, syntax errors, missing tables and
-/// the like are permanent.
-pub fn is_transient_db_error(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // Class 08: connection exceptions.
-            code.starts_with("08")
-                || matches!(
-                    code.as_ref(),
-                    // serialization_failure, deadlock_detected
-                    "40001" | "40P01"
-                    // admin_shutdown, crash_shutdown, cannot_connect_now
-                    | "57P01" | "57P02" | "57P03"
-                    // too_many_connections: others will disconnect
-                    | "53300"
-                )
-        }),
-        _ => false,
-    }
-}
-
-/// `SQLSTATE 42601: syntax error at or near "SELEC"`, with PostgreSQL's detail and hint; other
-/// errors as sqlx words them (which never include the connection URL).
-pub(crate) fn describe_db_error(err: &sqlx::Error) -> String {
-    let sqlx::Error::Database(db) = err else {
-        return err.to_string();
-    };
-    let mut text = format!(
-        "SQLSTATE {}: {}",
-        db.code().as_deref().unwrap_or("?????"),
-        db.message()
-    );
-    if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
-        if let Some(detail) = pg.detail() {
-            text.push_str(&format!(" (detail: {detail})"));
-        }
-        if let Some(hint) = pg.hint() {
-            text.push_str(&format!(" (hint: {hint})"));
-        }
-    }
-    text
-}
 
 pub(super) async fn run(ctx: &StepContext<'_>, step: &SqlStep) -> StepOutcome {
     let target = match ctx.expand("target", &step.target) {
@@ -284,20 +234,6 @@ async fn cancel_backend(pool: &PgPool, pid: i32) {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-
-    #[test]
-    fn transient_classification() {
-        assert!(is_transient_db_error(&sqlx::Error::PoolTimedOut));
-        assert!(is_transient_db_error(&sqlx::Error::PoolClosed));
-        assert!(is_transient_db_error(&sqlx::Error::Io(
-            std::io::Error::from(std::io::ErrorKind::ConnectionReset)
-        )));
-        assert!(is_transient_db_error(&sqlx::Error::Protocol("eof".into())));
-        assert!(!is_transient_db_error(&sqlx::Error::RowNotFound));
-        assert!(!is_transient_db_error(&sqlx::Error::ColumnNotFound(
-            "x".into()
-        )));
-    }
 
     #[tokio::test]
     async fn dry_run_describes_statements_and_target() {

@@ -13,8 +13,8 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tokio::time::Instant;
 
 use super::http::{client, describe_error, expected, parse_url, redacted_url, status_matches};
-use super::sql::describe_db_error;
 use super::{StepContext, StepOutcome, human};
+use crate::db::describe_db_error;
 
 /// The longest one poll may take, however long the step may wait in all.
 const MAX_POLL: Duration = Duration::from_secs(30);

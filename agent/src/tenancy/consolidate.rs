@@ -20,9 +20,11 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::sync::Mutex;
 
+use super::bookkeeping::MapStatistics;
+use super::bookkeeping::{self, id_map, units};
 use super::plan::{Plan, Refusal, TablePlan};
 use super::sql;
-use super::state::{self, id_map, units};
+use super::state;
 
 /// How to consolidate.
 #[derive(Debug, Clone)]
@@ -144,26 +146,14 @@ pub enum ConsolidateError {
 }
 
 impl ConsolidateError {
-    /// Whether trying again may succeed (a dropped connection, a serialization failure).
+    /// Whether trying again may succeed (a dropped connection, a serialization failure): the
+    /// crate's one list of transient database errors.
     pub fn is_transient(&self) -> bool {
         let db = match self {
             ConsolidateError::Unit { source, .. } | ConsolidateError::Database(source) => source,
             _ => return false,
         };
-        match db {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Protocol(_) => true,
-            sqlx::Error::Database(e) => {
-                // serialization_failure, deadlock_detected, admin_shutdown/crash_shutdown, cannot_connect_now
-                matches!(
-                    e.code().as_deref(),
-                    Some("40001" | "40P01" | "57P01" | "57P02" | "57P03")
-                )
-            }
-            _ => false,
-        }
+        crate::db::is_transient_db_error(db)
     }
 }
 
@@ -244,7 +234,7 @@ fn unit_sql(plan: &Plan, t: &TablePlan, deferred: bool) -> UnitSql {
                     "CASE WHEN s.{col} IS NOT NULL AND {alias}.new_id IS NULL \
                      THEN {orphan}({tbl}, {column}, {ten}, s.{col}::int8) ELSE {alias}.new_id END",
                     col = sql::ident(&c.name),
-                    orphan = state::orphan_fn(),
+                    orphan = bookkeeping::orphan_fn(),
                     column = sql::literal(&c.name),
                 ));
             }
@@ -256,7 +246,7 @@ fn unit_sql(plan: &Plan, t: &TablePlan, deferred: bool) -> UnitSql {
                     col = sql::ident(&c.name),
                     parent = sql::table(&k.parent_schema, &k.parent),
                     pcol = sql::ident(&k.parent_columns[0]),
-                    orphan = state::orphan_fn(),
+                    orphan = bookkeeping::orphan_fn(),
                     column = sql::literal(&c.name),
                 )),
                 _ => vals.push(format!("s.{}", sql::ident(&c.name))),
@@ -328,7 +318,7 @@ async fn run_unit(
         Ok(rows) => Ok(rows.first().map(|r| r.get::<i64, _>(0) as u64)),
         // A rewritten link is counted for the message; a kept link to a global table (checked
         // when foreign keys are deferred) is reported with the database's own words.
-        Err(e) if state::is_orphan_error(&e) => {
+        Err(e) if bookkeeping::is_orphan_error(&e) => {
             Err(match explain_orphans(pool, u, tenant, schema).await {
                 Ok(orphans) => orphans,
                 Err(_) => unit_err(e),
@@ -367,30 +357,6 @@ async fn explain_orphans(
     )))
 }
 
-/// Keeps the planner's view of the id map current as it grows, so joins against it stay
-/// index lookups filtered by tenant instead of turning quadratic.
-struct MapStatistics {
-    rows_since: AtomicU64,
-    analyzed_at: Mutex<u64>,
-}
-
-impl MapStatistics {
-    async fn note(&self, pool: &PgPool, rows: u64) -> Result<(), sqlx::Error> {
-        let since = self.rows_since.fetch_add(rows, Ordering::Relaxed) + rows;
-        let Ok(mut at) = self.analyzed_at.try_lock() else {
-            return Ok(());
-        };
-        if since > (*at).max(10_000) {
-            self.rows_since.fetch_sub(since, Ordering::Relaxed);
-            *at += since;
-            sqlx::query(AssertSqlSafe(format!("ANALYZE {}", id_map())))
-                .execute(pool)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
 /// Consolidates every unit of the plan. `progress` is called after each unit.
 pub async fn consolidate(
     pool: &PgPool,
@@ -422,10 +388,7 @@ pub async fn consolidate(
     let rows_done = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
     let per_table: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
-    let stats = Arc::new(MapStatistics {
-        rows_since: AtomicU64::new(0),
-        analyzed_at: Mutex::new(0),
-    });
+    let stats = Arc::new(MapStatistics::new(id_map()));
 
     futures::stream::iter((0..plan.tenants.len()).map(Ok::<_, ConsolidateError>))
         .try_for_each_concurrent(opts.concurrency.max(1), |i| {

@@ -2,11 +2,9 @@
 //! tables with their `tenant_id`, so that no row is lost, duplicated or mislinked, and the
 //! demo database it is exercised on.
 
-pub mod archive;
+pub mod bookkeeping;
 pub mod catalog;
 pub mod consolidate;
-pub mod delta;
-pub mod demo;
 pub mod drop;
 pub mod fingerprint;
 pub mod plan;

@@ -14,10 +14,10 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool};
 
+use super::bookkeeping::{baseline, id_map, units};
 use super::fingerprint;
 use super::plan::{Plan, TablePlan};
 use super::sql;
-use super::state::{baseline, id_map, units};
 
 /// Count and fingerprint of a set of rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

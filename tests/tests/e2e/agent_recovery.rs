@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use rollback_agent::tenancy::demo::{self, DemoSpec};
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_proto::state::StepStatus;
 use rollback_proto::{Actor, Command, CommandReply, Envelope, Event, OutputStream, RunStatus};
 use rollback_tests::{Postgres, TestDatabase, chat_user, free_port};

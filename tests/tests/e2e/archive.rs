@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use rollback_agent::tenancy::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
-use rollback_agent::tenancy::archive::{
+use rollback_agent::archive::restore::{self, RestoreError, RestoreInto, RestoreRequest};
+use rollback_agent::archive::{
     self, Archive, ArchiveError, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
 };
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::tenancy::consolidate::{ConsolidateOptions, consolidate};
-use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_agent::tenancy::drop::{DropError, VACUUM_AFTER_TABLES, check_drop, drop_schemas};
 use rollback_agent::tenancy::plan::{Plan, PlanOptions, plan};
 use rollback_agent::tenancy::sql;

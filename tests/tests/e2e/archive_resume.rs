@@ -6,12 +6,10 @@
 
 use std::time::Duration;
 
-use rollback_agent::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
-use rollback_agent::tenancy::archive::resume::step_mark;
-use rollback_agent::tenancy::archive::{
-    self, Archive, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
-};
-use rollback_agent::tenancy::demo::{self, DemoSpec};
+use rollback_agent::archive::restore::{self, RestoreInto, RestoreRequest};
+use rollback_agent::archive::resume::step_mark;
+use rollback_agent::archive::{self, Archive, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_proto::envelope::Draft;
 use rollback_proto::runbook::DumpFormat;
 use rollback_proto::{Actor, Command, Event, RunId, RunStatus};

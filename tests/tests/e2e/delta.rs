@@ -9,13 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rollback_agent::tenancy::archive::restore::{self, RestoreInto, RestoreRequest};
-use rollback_agent::tenancy::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
-use rollback_agent::tenancy::delta::{
-    self, DeltaError, ExportOptions, ExportReport, ImportOptions,
-};
-use rollback_agent::tenancy::demo::history::{self, AfterMigration};
-use rollback_agent::tenancy::demo::{self, DemoSpec, TABLES};
+use rollback_agent::archive::restore::{self, RestoreInto, RestoreRequest};
+use rollback_agent::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use rollback_agent::delta::{self, DeltaError, ExportOptions, ExportReport, ImportOptions};
+use rollback_agent::demo::history::{self, AfterMigration};
+use rollback_agent::demo::{self, DemoSpec, TABLES};
 use rollback_agent::tenancy::sql;
 use rollback_proto::runbook::{DumpFormat, TenancyScope};
 use rollback_tests::{Postgres, TestDatabase, agent_binary};

@@ -4,9 +4,9 @@
 //! units were already imported and skips them. In the end every row the tenant schemas held is
 //! back exactly once, checked by content without the engine.
 
-use rollback_agent::tenancy::archive::resume::step_mark;
-use rollback_agent::tenancy::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
-use rollback_agent::tenancy::demo::{self, DemoSpec, history};
+use rollback_agent::archive::resume::step_mark;
+use rollback_agent::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use rollback_agent::demo::{self, DemoSpec, history};
 use rollback_proto::runbook::DumpFormat;
 use rollback_proto::state::StepStatus;
 use rollback_proto::{Command, Event, RunStatus};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rollback_agent::tenancy::demo::{self, DemoError, DemoSpec, DemoSummary, TABLES};
+use rollback_agent::demo::{self, DemoError, DemoSpec, DemoSummary, TABLES};
 use rollback_tests::Postgres;
 use sqlx::{AssertSqlSafe, PgPool};
 

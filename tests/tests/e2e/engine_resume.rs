@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rollback_agent::tenancy::demo::{self, DemoSpec};
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_proto::state::StepStatus;
 use rollback_proto::{Envelope, Event, RunId, RunState};
 use rollback_tests::{Postgres, TestDatabase};
@@ -508,7 +508,7 @@ approvals = 1
         panic!("{archives:#?}")
     };
     assert_eq!(*held, &schemas);
-    rollback_agent::tenancy::archive::verify_archive(std::path::Path::new(path), sha256, None)
+    rollback_agent::archive::verify_archive(std::path::Path::new(path), sha256, None)
         .await
         .unwrap();
     let mut files: Vec<String> = std::fs::read_dir(&archive_dir)

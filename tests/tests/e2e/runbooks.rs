@@ -6,7 +6,7 @@ use super::harness::user_schemas;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rollback_agent::tenancy::demo::{self, DemoSpec};
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::tenancy::sql;
 use rollback_proto::runbook::{DryRunBehaviour, Runbook, StepKind};
 use rollback_proto::state::StepStatus;
@@ -341,10 +341,8 @@ fn emergency_runbook(params: &[(&str, String)]) -> String {
 /// the backup plus exactly what the tenant schemas held, checked without the engine.
 #[tokio::test]
 async fn the_emergency_restore_runbook_restores_and_brings_back_every_row() {
-    use rollback_agent::tenancy::archive::{
-        self, ClientIo, ConnectionParams, DumpRequest, PgPrograms,
-    };
-    use rollback_agent::tenancy::demo::history;
+    use rollback_agent::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+    use rollback_agent::demo::history;
     use rollback_proto::runbook::DumpFormat;
 
     let pg = Postgres::start().await.unwrap();

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
+use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::tenancy::consolidate::{ConsolidateError, ConsolidateOptions, consolidate};
-use rollback_agent::tenancy::demo::{self, DemoSpec};
 use rollback_agent::tenancy::plan::{PlanOptions, plan};
 use rollback_agent::tenancy::verify::verify;
 use rollback_proto::runbook::FkChecks;

@@ -7,8 +7,8 @@ use rollback_proto::runbook::{ImportDeltaStep, StepKind};
 
 use crate::steps::archives::{expected_checksum, unchecked};
 use crate::steps::{StepContext, StepOutcome};
-use crate::tenancy::archive;
-use crate::tenancy::delta::{self, DeltaReader, ImportOptions};
+use crate::archive;
+use crate::delta::{self, DeltaReader, ImportOptions};
 
 use super::{failure, progress_note};
 

@@ -7,7 +7,7 @@
 //! whose bytes are not the recorded ones before anything changes.
 
 use super::{Progress, StepContext, StepOutcome};
-use crate::tenancy::delta::DeltaError;
+use crate::delta::DeltaError;
 
 mod export;
 mod import;

@@ -20,7 +20,7 @@ use super::{
     ColumnShape, DeltaError, FORMAT, Header, Line, Link, Op, RowJson, TableShape, UnitHeader,
     VERSION,
 };
-use crate::tenancy::archive::{self, ArchiveError};
+use crate::archive::{self, ArchiveError};
 use crate::tenancy::fingerprint;
 use crate::tenancy::plan::{self, PlanOptions, TenantSchema};
 use crate::tenancy::sql;
@@ -116,8 +116,7 @@ pub async fn export(
     let tenants_table = opts.scope.tenants_table.clone();
     let tenants_key = primary_key(source, &shared, &tenants_table).await?;
     for t in &tables {
-        super::import::check_fits(baseline, &shared, &plan.tenant_column, t, "the baseline")
-            .await?;
+        super::prove::check_fits(baseline, &shared, &plan.tenant_column, t, "the baseline").await?;
     }
     let tenant_ids: Vec<i64> = plan.tenants.iter().map(|t| t.id).collect();
     let total: u64 = plan

@@ -10,7 +10,7 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
 use super::{DeltaError, FORMAT, Header, Line, VERSION};
-use crate::tenancy::archive::ArchiveError;
+use crate::archive::ArchiveError;
 
 /// Writes a delta file line by line.
 pub struct DeltaWriter {

@@ -22,6 +22,9 @@
 mod export;
 mod file;
 mod import;
+mod prove;
+mod report;
+mod upsert;
 
 use std::path::PathBuf;
 
@@ -29,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 pub use export::{ExportOptions, ExportReport, delta_path, export};
 pub use file::{DeltaReader, DeltaWriter};
-pub use import::{ImportOptions, ImportReport, UnitCheck, check, import, units_imported};
+pub use import::{check, import, units_imported};
+pub use report::{ImportOptions, ImportReport, UnitCheck};
 
 /// The `format` field of every delta file's header.
 pub const FORMAT: &str = "rollback-delta";
@@ -188,7 +192,7 @@ pub enum DeltaError {
     Refused(String),
     /// The file is missing, corrupt, stale, or cannot be written.
     #[error(transparent)]
-    Archive(#[from] super::archive::ArchiveError),
+    Archive(#[from] crate::archive::ArchiveError),
     /// The file is not a delta this code can read.
     #[error("{} is not a readable delta file: {reason}", path.display())]
     Malformed {
@@ -251,8 +255,8 @@ impl DeltaError {
         let action = action.into();
         move |err| DeltaError::Database {
             action,
-            reason: crate::steps::describe_db_error(&err),
-            transient: crate::steps::is_transient_db_error(&err),
+            reason: crate::db::describe_db_error(&err),
+            transient: crate::db::is_transient_db_error(&err),
         }
     }
 

@@ -134,6 +134,16 @@ pub struct Archive {
     pub format: DumpFormat,
 }
 
+impl crate::tenancy::drop::SchemaArchive for Archive {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn schemas(&self) -> &[String] {
+        &self.schemas
+    }
+}
+
 /// What to dump, and where.
 #[derive(Debug, Clone)]
 pub struct DumpRequest<'a> {

@@ -11,9 +11,9 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 use super::DemoError;
 use super::ddl::{TableFacts, quote_ident, table_facts, tenant_schema_ddl};
+use crate::tenancy::bookkeeping::ENGINE_SCHEMA;
 use crate::tenancy::consolidate::{self, ConsolidateOptions};
 use crate::tenancy::plan::{self, PlanOptions};
-use crate::tenancy::state::ENGINE_SCHEMA;
 
 /// What the writes after the migration did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

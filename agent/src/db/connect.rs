@@ -16,7 +16,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use super::sql::describe_db_error;
+use super::error::{describe_db_error, is_transient_db_error};
 
 /// How long one connection attempt may take before the server counts as not answering.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ fn connect_failure(at: String, err: &sqlx::Error) -> ConnectError {
         other => ConnectError::Refused {
             at,
             reason: other.to_string(),
-            transient: super::is_transient_db_error(other),
+            transient: is_transient_db_error(other),
         },
     }
 }

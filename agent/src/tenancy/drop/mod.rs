@@ -17,10 +17,13 @@ use std::time::Duration;
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
-use super::archive::Archive;
+mod queries;
+
+use queries::{DEPENDENTS_SQL, EDGES_SQL, LEFTOVERS_SQL, TABLES_SQL};
+
 use super::plan::Plan;
 use super::sql;
-use crate::steps::is_transient_db_error;
+use crate::db::is_transient_db_error;
 
 /// After this many tables dropped, the catalogs are vacuumed: each table leaves dead rows in
 /// pg_class, pg_attribute, pg_type, pg_depend, pg_constraint and pg_index, and catalog
@@ -195,7 +198,7 @@ pub enum DropError {
     #[error(
         "{}: {}{}",
         schema.as_deref().map(|s| format!("dropping schema {s}")).unwrap_or_else(|| "checking the tenant schemas".into()),
-        crate::steps::describe_db_error(source),
+        crate::db::describe_db_error(source),
         if schema.is_some() { format!("; {}", dropped_note(dropped)) } else { String::new() }
     )]
     Database {
@@ -424,6 +427,16 @@ pub async fn existing_schemas(
     Ok(found.into_iter().collect())
 }
 
+/// A written archive as the drop sees it: where it is and which schemas it holds. The engine
+/// does not write archives (that is the `archive` room's); it only checks that one covers
+/// what it is about to drop.
+pub trait SchemaArchive {
+    /// The archive's file or directory.
+    fn path(&self) -> &std::path::Path;
+    /// The schemas it holds; empty for a whole database.
+    fn schemas(&self) -> &[String];
+}
+
 /// Drops the plan's tenant schemas, after [`check_drop`] passes again and `archive` is found to
 /// hold every one of them. The archive may hold more: schemas an earlier attempt dropped after
 /// writing it (a resumed drop goes on with the archive already recorded), but none that is
@@ -434,22 +447,22 @@ pub async fn drop_schemas(
     pool: &PgPool,
     plan: &Plan,
     verified: &BTreeSet<i64>,
-    archive: &Archive,
+    archive: &impl SchemaArchive,
 ) -> Result<DropReport, DropError> {
     let check = check_drop(pool, plan, verified).await?;
     if check.schemas.is_empty() {
         return Ok(DropReport::default());
     }
     let wanted: BTreeSet<String> = check.schema_names().into_iter().collect();
-    let held: BTreeSet<String> = archive.schemas.iter().cloned().collect();
+    let held: BTreeSet<String> = archive.schemas().iter().cloned().collect();
     let beyond: BTreeSet<String> = held.difference(&wanted).cloned().collect();
     let extra = existing_schemas(pool, &beyond).await?;
-    let exists = tokio::fs::metadata(&archive.path).await.is_ok();
+    let exists = tokio::fs::metadata(archive.path()).await.is_ok();
     if !wanted.is_subset(&held) || !extra.is_empty() || !exists {
         return Err(DropError::ArchiveMismatch {
             archive: format!(
                 "{}{}",
-                archive.path.display(),
+                archive.path().display(),
                 if exists { "" } else { " (not found)" }
             ),
             missing: wanted.difference(&held).cloned().collect(),
@@ -519,101 +532,6 @@ async fn drop_one(pool: &PgPool, schema: &SchemaDrop) -> Result<(), sqlx::Error>
     }
     tx.commit().await
 }
-
-/// Objects outside each tenant schema that depend on an object inside it (a table, a type, a
-/// function), with where they live. A dependent's home is its own schema, or for a rule,
-/// trigger, default, policy or constraint the schema of its table; an object of any other
-/// catalog has no known home and is reported, to be safe.
-const DEPENDENTS_SQL: &str = "
-WITH inside AS (
-    SELECT 'pg_class'::regclass AS classid, c.oid AS objid, c.relnamespace AS nsp
-      FROM pg_class c WHERE c.relnamespace::int8 = ANY($1)
-    UNION ALL
-    SELECT 'pg_type'::regclass, t.oid, t.typnamespace FROM pg_type t WHERE t.typnamespace::int8 = ANY($1)
-    UNION ALL
-    SELECT 'pg_proc'::regclass, p.oid, p.pronamespace FROM pg_proc p WHERE p.pronamespace::int8 = ANY($1)
-), dependents AS (
-    SELECT DISTINCT d.classid, d.objid, i.nsp, i.classid AS refclassid, i.objid AS refobjid
-      FROM pg_depend d
-      JOIN inside i ON d.refclassid = i.classid AND d.refobjid = i.objid
-     WHERE d.deptype IN ('n', 'a')
-), placed AS (
-    SELECT d.*,
-           CASE d.classid
-             WHEN 'pg_class'::regclass THEN (SELECT c.relnamespace FROM pg_class c WHERE c.oid = d.objid)
-             WHEN 'pg_rewrite'::regclass THEN (SELECT c.relnamespace FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class WHERE r.oid = d.objid)
-             WHEN 'pg_trigger'::regclass THEN (SELECT c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE t.oid = d.objid)
-             WHEN 'pg_attrdef'::regclass THEN (SELECT c.relnamespace FROM pg_attrdef a JOIN pg_class c ON c.oid = a.adrelid WHERE a.oid = d.objid)
-             WHEN 'pg_policy'::regclass THEN (SELECT c.relnamespace FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.oid = d.objid)
-             WHEN 'pg_constraint'::regclass THEN (
-                 SELECT coalesce(c.relnamespace, t.typnamespace, k.connamespace) FROM pg_constraint k
-                   LEFT JOIN pg_class c ON c.oid = k.conrelid LEFT JOIN pg_type t ON t.oid = k.contypid
-                  WHERE k.oid = d.objid)
-             WHEN 'pg_proc'::regclass THEN (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = d.objid)
-             WHEN 'pg_type'::regclass THEN (SELECT t.typnamespace FROM pg_type t WHERE t.oid = d.objid)
-             WHEN 'pg_statistic_ext'::regclass THEN (SELECT s.stxnamespace FROM pg_statistic_ext s WHERE s.oid = d.objid)
-           END AS home,
-           -- A view is known by its name, not by its rule's.
-           CASE WHEN d.classid = 'pg_rewrite'::regclass THEN 'pg_class'::regclass::oid ELSE d.classid END AS shown_class,
-           CASE WHEN d.classid = 'pg_rewrite'::regclass
-                THEN (SELECT r.ev_class FROM pg_rewrite r WHERE r.oid = d.objid) ELSE d.objid END AS shown_obj
-      FROM dependents d
-)
-SELECT n.nspname::text,
-       dep.type || ' ' || dep.identity,
-       string_agg(DISTINCT ref.type || ' ' || ref.identity, ', ')
-  FROM placed p
-  JOIN pg_namespace n ON n.oid = p.nsp
-  CROSS JOIN LATERAL pg_identify_object(p.shown_class, p.shown_obj, 0) dep
-  CROSS JOIN LATERAL pg_identify_object(p.refclassid, p.refobjid, 0) ref
- WHERE p.home IS DISTINCT FROM p.nsp
- GROUP BY 1, 2
- ORDER BY 1, 2";
-
-/// Objects inside each tenant schema other than its tables and the sequences they own: a
-/// view, a function, a type, a free-standing sequence. Dropping the tables leaves them, and
-/// `DROP SCHEMA … RESTRICT` would then refuse.
-const LEFTOVERS_SQL: &str = "
-SELECT n.nspname::text, o.type || ' ' || o.identity
-  FROM pg_depend d
-  JOIN pg_namespace n ON n.oid = d.refobjid
-  CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, 0) o
- WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid::int8 = ANY($1) AND d.deptype = 'n'
-   AND NOT EXISTS (
-       SELECT 1 FROM pg_class c
-        WHERE d.classid = 'pg_class'::regclass AND c.oid = d.objid
-          AND (c.relkind IN ('r', 'p')
-               OR (c.relkind = 'S' AND EXISTS (
-                   SELECT 1 FROM pg_depend o JOIN pg_class t ON t.oid = o.refobjid
-                    WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
-                      AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i')
-                      AND t.relnamespace = c.relnamespace AND t.relkind IN ('r', 'p')))))
- ORDER BY 1, 2";
-
-/// Each schema's tables (partitions of a table in the same schema go with their parent).
-const TABLES_SQL: &str = "
-SELECT n.nspname::text, c.relname::text, c.oid::int8
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relnamespace::int8 = ANY($1) AND c.relkind IN ('r', 'p')
-   AND NOT (c.relispartition AND EXISTS (
-       SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
-        WHERE i.inhrelid = c.oid AND p.relnamespace = c.relnamespace))";
-
-/// References between tables of the same schema: foreign keys (with their name) and plain
-/// inheritance; the referencing table must go first.
-const EDGES_SQL: &str = "
-SELECT k.conrelid::int8, k.confrelid::int8, k.conname::text
-  FROM pg_constraint k
-  JOIN pg_class a ON a.oid = k.conrelid
-  JOIN pg_class b ON b.oid = k.confrelid
- WHERE k.contype = 'f' AND a.relnamespace::int8 = ANY($1) AND b.relnamespace = a.relnamespace
-   AND k.conrelid <> k.confrelid AND k.conparentid = 0
-UNION ALL
-SELECT i.inhrelid::int8, i.inhparent::int8, NULL
-  FROM pg_inherits i
-  JOIN pg_class a ON a.oid = i.inhrelid
-  JOIN pg_class b ON b.oid = i.inhparent
- WHERE a.relnamespace::int8 = ANY($1) AND b.relnamespace = a.relnamespace AND NOT a.relispartition";
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,67 @@
+//! What an import is asked to do and what it reports: the options, the per-unit proof and
+//! the report.
+
+use serde::Serialize;
+
+/// How to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Tenants worked on at once.
+    pub concurrency: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self { concurrency: 4 }
+    }
+}
+
+/// A unit's proof: what the tenant schema held at export, and what the target holds now
+/// (mapped back to the schema's ids).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitCheck {
+    /// The tenant.
+    pub tenant: i64,
+    /// The table.
+    pub table: String,
+    /// Rows expected.
+    pub expected_rows: i64,
+    /// Their fingerprint.
+    pub expected_fingerprint: String,
+    /// Rows found.
+    pub rows: i64,
+    /// Their fingerprint.
+    pub fingerprint: String,
+}
+
+/// What an import (or a check) did and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Units in the delta.
+    pub units_total: u64,
+    /// Units applied by this call.
+    pub units_done: u64,
+    /// Units found applied by an earlier call.
+    pub units_skipped: u64,
+    /// Rows inserted by this call (with new ids).
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Tenant rows created.
+    pub tenants_created: u64,
+    /// Units proven equal to the tenant schema at export.
+    pub verified_units: u64,
+    /// Units that differ.
+    pub mismatches: Vec<UnitCheck>,
+    /// Wall-clock time.
+    pub elapsed_ms: u64,
+}
+
+impl ImportReport {
+    /// Whether every unit matched.
+    pub fn is_ok(&self) -> bool {
+        self.mismatches.is_empty() && self.verified_units == self.units_total
+    }
+}
