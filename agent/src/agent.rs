@@ -22,7 +22,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, NatsAuth};
+use crate::config::AgentConfig;
 use crate::executor::{self, EscalationLevel, ExecError, ExecutorDeps, RunEnd, lease};
 use crate::quarantine::Quarantine;
 use crate::service::{self, CommandService};
@@ -37,9 +37,9 @@ pub async fn connect_nats(
     config: &AgentConfig,
     metrics: &Metrics,
     connected: Arc<Notify>,
-) -> anyhow::Result<async_nats::Client> {
+) -> Result<async_nats::Client, crate::config::NatsConnectError> {
     let gauge = metrics.clone();
-    let mut opts = async_nats::ConnectOptions::new()
+    let opts = async_nats::ConnectOptions::new()
         .name(&config.agent.name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -59,21 +59,7 @@ pub async fn connect_nats(
                 }
             }
         });
-    opts = match config.nats.auth() {
-        NatsAuth::None => opts,
-        NatsAuth::UserPassword { user, password } => {
-            opts.user_and_password(user.to_owned(), password.expose().clone())
-        }
-        NatsAuth::Token(token) => opts.token(token.expose().clone()),
-        NatsAuth::CredsFile(path) => opts
-            .credentials_file(path)
-            .await
-            .with_context(|| format!("reading NATS credentials {}", path.display()))?,
-    };
-    let client = opts
-        .connect(config.nats.servers())
-        .await
-        .context("connecting to NATS")?;
+    let client = config.nats.connect(opts).await?;
     metrics.set_nats_connected(true);
     Ok(client)
 }

@@ -161,6 +161,56 @@ impl NatsSection {
             _ => NatsAuth::None,
         }
     }
+
+    /// `opts` with this section's credentials: the one place that turns `[nats]` into a
+    /// connection's authentication, for the agent and for its command-line tools alike.
+    pub async fn authenticate(
+        &self,
+        opts: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, NatsConnectError> {
+        Ok(match self.auth() {
+            NatsAuth::None => opts,
+            NatsAuth::UserPassword { user, password } => {
+                opts.user_and_password(user.to_owned(), password.expose().clone())
+            }
+            NatsAuth::Token(token) => opts.token(token.expose().clone()),
+            NatsAuth::CredsFile(path) => opts.credentials_file(path).await.map_err(|source| {
+                NatsConnectError::Credentials {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?,
+        })
+    }
+
+    /// Connects with `opts` and this section's credentials to its servers.
+    pub async fn connect(
+        &self,
+        opts: async_nats::ConnectOptions,
+    ) -> Result<async_nats::Client, NatsConnectError> {
+        self.authenticate(opts)
+            .await?
+            .connect(self.servers())
+            .await
+            .map_err(NatsConnectError::Connect)
+    }
+}
+
+/// Why a connection to NATS could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConnectError {
+    /// The credentials file could not be read: fix `nats.creds_file` (or NATS_CREDS).
+    #[error("reading NATS credentials {}", path.display())]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The servers did not take the connection.
+    #[error("connecting to NATS (nats.url in the configuration, or NATS_URL)")]
+    Connect(#[source] async_nats::ConnectError),
 }
 
 /// Prints the URL without any `user:password@` part, in case someone put one there anyway.

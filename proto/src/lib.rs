@@ -12,6 +12,7 @@ pub mod next;
 pub mod policy;
 pub mod render;
 pub mod runbook;
+pub mod secret;
 mod seen_ids;
 pub mod state;
 pub mod subjects;

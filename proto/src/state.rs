@@ -12,7 +12,12 @@ use crate::actor::Actor;
 use crate::envelope::Envelope;
 use crate::events::Event;
 use crate::ids::{RunId, StepId};
-use crate::runbook::{Runbook, RunbookError, Step, StepKind};
+use crate::runbook::{Runbook, RunbookError, Step};
+
+mod escalation;
+mod phase;
+mod run;
+mod step;
 
 /// Whether a run can still move.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,14 +527,7 @@ impl RunState {
         use Event as E;
         match event {
             E::CommandRefused { .. } => {}
-            E::EscalationAcknowledged { level } => {
-                if !self.escalation.open || *level != self.escalation.level {
-                    return Err(self.illegal(event, "no open escalation at that level"));
-                }
-                self.escalation.open = false;
-                self.escalation.acknowledged_by = Some(actor.clone());
-                self.escalation.acknowledged_at = Some(at);
-            }
+            E::EscalationAcknowledged { .. } => self.apply_escalation_event(actor, at, event)?,
             _ if self.is_finished() => return Err(self.illegal(event, "the run is finished")),
             E::RunStarted { .. } => {
                 return Err(TransitionError::NotAStart {
@@ -538,371 +536,29 @@ impl RunState {
                     event: event.name(),
                 });
             }
-            E::EmergencyRequested {
-                database,
-                expires_at,
-            } => {
-                if self.emergency.is_some() || self.active_phase.is_some() {
-                    return Err(
-                        self.illegal(event, "an emergency request must come first and only once")
-                    );
-                }
-                self.emergency = Some(EmergencyState {
-                    database: database.clone(),
-                    requested_by: actor.clone(),
-                    expires_at: *expires_at,
-                    confirmed_by: None,
-                });
+            E::EmergencyRequested { .. }
+            | E::EmergencyConfirmed { .. }
+            | E::RunCompleted
+            | E::RunPaused { .. }
+            | E::RunResumed
+            | E::RunAborted { .. } => self.apply_run_event(actor, at, event)?,
+            E::PhaseStarted { .. } | E::PhaseCompleted { .. } => {
+                self.apply_phase_event(actor, at, event)?
             }
-            E::EmergencyConfirmed { database } => {
-                let Some(em) = &self.emergency else {
-                    return Err(self.illegal(event, "no emergency was requested"));
-                };
-                if em.confirmed_by.is_some() {
-                    return Err(self.illegal(event, "already confirmed"));
-                }
-                if em.requested_by.same_person(actor) || *actor == Actor::Agent {
-                    return Err(
-                        self.illegal(event, "the requester cannot confirm their own emergency")
-                    );
-                }
-                if at > em.expires_at {
-                    return Err(self.illegal(event, "the confirmation window had closed"));
-                }
-                if *database != em.database {
-                    return Err(self.illegal(event, "confirmed a different database"));
-                }
-                self.emergency.as_mut().expect("checked above").confirmed_by = Some(actor.clone());
-            }
-            E::PhaseStarted { phase } => {
-                let Some(p) = self.runbook.phase_index(phase) else {
-                    return Err(TransitionError::Unknown {
-                        run: self.run_id,
-                        seq: self.seq + 1,
-                        name: phase.to_string(),
-                    });
-                };
-                if let Some(active) = self.active_phase {
-                    return Err(self.illegal(
-                        event,
-                        format!(
-                            "phase `{}` is still under way",
-                            self.runbook.phases[active].id
-                        ),
-                    ));
-                }
-                if self.next_phase() != Some(p) {
-                    return Err(self.illegal(event, "phases run in order, once each"));
-                }
-                if self.awaiting_emergency_confirmation() {
-                    return Err(self.illegal(event, "the emergency has not been confirmed"));
-                }
-                if self.paused.is_some() {
-                    return Err(self.illegal(event, "the run is paused"));
-                }
-                self.phases[p].status = PhaseStatus::Active {
-                    by: actor.clone(),
-                    since: at,
-                };
-                self.active_phase = Some(p);
-            }
-            E::PhaseCompleted { phase } => {
-                let p = match self.active_phase {
-                    Some(p) if self.runbook.phases[p].id == *phase => p,
-                    _ => return Err(self.illegal(event, "that phase is not under way")),
-                };
-                if !self.phases[p].steps.iter().all(|s| s.status.is_terminal()) {
-                    return Err(self.illegal(event, "some steps have no outcome yet"));
-                }
-                let PhaseStatus::Active { since, .. } = self.phases[p].status else {
-                    unreachable!("active phase")
-                };
-                self.phases[p].status = PhaseStatus::Completed { started: since, at };
-                self.active_phase = None;
-            }
-            E::RunCompleted => {
-                if self.active_phase.is_some() || self.next_phase().is_some() {
-                    return Err(self.illegal(event, "phases remain"));
-                }
-                self.status = RunStatus::Completed;
-            }
-            E::RunPaused { reason } => {
-                if self.paused.is_some() {
-                    return Err(self.illegal(event, "already paused"));
-                }
-                self.paused = Some(reason.clone());
-            }
-            E::RunResumed => {
-                if self.paused.is_none() {
-                    return Err(self.illegal(event, "not paused"));
-                }
-                self.paused = None;
-            }
-            E::RunAborted { reason } => {
-                self.status = RunStatus::Aborted {
-                    reason: reason.clone(),
-                };
-            }
-            E::EscalationRaised { level, .. } => {
-                // A chain climbs while it is open; a new one starts at 1 once the old one
-                // was acknowledged or the run moved on since it was raised.
-                let expected_ok =
-                    if self.escalation.open && !self.escalation.is_stale(self.last_activity_at) {
-                        *level > self.escalation.level
-                    } else {
-                        *level == 1
-                    };
-                if !expected_ok {
-                    return Err(
-                        self.illegal(event, "escalation levels climb one chain at a time, from 1")
-                    );
-                }
-                self.escalation.level = *level;
-                self.escalation.open = true;
-                self.escalation.raised_at = Some(at);
-            }
-            E::StepStarted { step, attempt } => {
-                let (p, s) = self.active_step(event, step)?;
-                let def = &self.runbook.phases[p].steps[s];
-                let st = &self.phases[p].steps[s];
-                if def.kind.is_human() {
-                    return Err(
-                        self.illegal(event, "checklists and approvals are completed by people")
-                    );
-                }
-                if self.paused.is_some() {
-                    return Err(self.illegal(event, "the run is paused"));
-                }
-                let may_start = matches!(
-                    st.status,
-                    StepStatus::Pending
-                        | StepStatus::RetryWaiting { .. }
-                        | StepStatus::Running { .. }
-                );
-                if !may_start || *attempt != st.attempts + 1 {
-                    return Err(self.illegal(
-                        event,
-                        format!("step `{step}` cannot start attempt {attempt} now"),
-                    ));
-                }
-                if (st.approvals.len() as u32) < def.approvals {
-                    return Err(self.illegal(event, format!("step `{step}` lacks approvals")));
-                }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Running {
-                    attempt: *attempt,
-                    since: at,
-                };
-                st.attempts = *attempt;
-                st.started_at.get_or_insert(at);
-            }
-            E::StepOutputRecorded { step, attempt, .. } => {
-                let (p, s) = self.active_step(event, step)?;
-                if *attempt == 0 || *attempt > self.phases[p].steps[s].attempts {
-                    return Err(self.illegal(event, "output of an attempt that never started"));
-                }
-            }
-            E::TenantsVerified { step, tenants } => {
-                let (p, s) = self.active_step(event, step)?;
-                if !matches!(self.runbook.phases[p].steps[s].kind, StepKind::Verify(_)) {
-                    return Err(self.illegal(event, format!("step `{step}` is not a verification")));
-                }
-                if !matches!(self.phases[p].steps[s].status, StepStatus::Running { .. }) {
-                    return Err(
-                        self.illegal(event, "a verification result of a step that is not running")
-                    );
-                }
-                self.verified_tenants = tenants.iter().copied().collect();
-            }
-            E::ArchiveWritten {
-                step,
-                path,
-                sha256,
-                bytes,
-                schemas,
-            } => {
-                let (p, s) = self.active_step(event, step)?;
-                if !matches!(self.phases[p].steps[s].status, StepStatus::Running { .. }) {
-                    return Err(self.illegal(event, "an archive of a step that is not running"));
-                }
-                self.archives.push(ArchiveRecord {
-                    step: step.clone(),
-                    path: path.clone(),
-                    sha256: sha256.clone(),
-                    bytes: *bytes,
-                    schemas: schemas.clone(),
-                    at,
-                });
-            }
-            E::StepProgressed {
-                step, done, total, ..
-            } => {
-                let (p, s) = self.active_step(event, step)?;
-                if !matches!(self.phases[p].steps[s].status, StepStatus::Running { .. }) {
-                    return Err(self.illegal(event, "progress of a step that is not running"));
-                }
-                self.phases[p].steps[s].progress = Some((*done, *total));
-            }
-            E::StepSucceeded {
-                step,
-                attempt,
-                summary,
-            } => {
-                let (p, s) = self.active_step(event, step)?;
-                let def = &self.runbook.phases[p].steps[s];
-                let st = &self.phases[p].steps[s];
-                let ok = match (&def.kind, &st.status) {
-                    (StepKind::Checklist(c), StepStatus::Pending) => {
-                        *attempt == 0 && st.checked.len() == c.items.len()
-                    }
-                    (StepKind::Approval, StepStatus::Pending) => {
-                        *attempt == 0 && st.approvals.len() as u32 >= def.approvals
-                    }
-                    (
-                        _,
-                        StepStatus::Running {
-                            attempt: running, ..
-                        },
-                    ) => running == attempt,
-                    _ => false,
-                };
-                if !ok {
-                    return Err(self.illegal(
-                        event,
-                        format!("step `{step}` cannot succeed from {:?}", st.status),
-                    ));
-                }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Succeeded {
-                    summary: summary.clone(),
-                };
-                st.started_at.get_or_insert(at);
-                st.finished_at = Some(at);
-            }
-            E::StepFailed {
-                step,
-                attempt,
-                error,
-                retry_in_ms,
-                ..
-            } => {
-                let (p, s) = self.active_step(event, step)?;
-                match self.phases[p].steps[s].status {
-                    StepStatus::Running {
-                        attempt: running, ..
-                    } if running == *attempt => {}
-                    _ => {
-                        return Err(self.illegal(
-                            event,
-                            format!("attempt {attempt} of `{step}` is not running"),
-                        ));
-                    }
-                }
-                self.phases[p].steps[s].status = match retry_in_ms {
-                    Some(ms) => StepStatus::RetryWaiting {
-                        attempt: *attempt,
-                        error: error.clone(),
-                        due: at
-                            + time::Duration::milliseconds(
-                                i64::try_from(*ms).unwrap_or(i64::MAX / 2_000_000),
-                            ),
-                    },
-                    None => StepStatus::Failed {
-                        attempt: *attempt,
-                        error: error.clone(),
-                    },
-                };
-            }
-            E::StepInDoubt { step, attempt } => {
-                let (p, s) = self.active_step(event, step)?;
-                match self.phases[p].steps[s].status {
-                    StepStatus::Running {
-                        attempt: running, ..
-                    } if running == *attempt => {}
-                    _ => {
-                        return Err(self.illegal(
-                            event,
-                            format!("attempt {attempt} of `{step}` is not running"),
-                        ));
-                    }
-                }
-                self.phases[p].steps[s].status = StepStatus::InDoubt { attempt: *attempt };
-            }
-            E::StepRetryRequested { step } => {
-                let (p, s) = self.active_step(event, step)?;
-                if !self.phases[p].steps[s].status.needs_person() {
-                    return Err(self.illegal(
-                        event,
-                        format!("step `{step}` has neither failed nor is in doubt"),
-                    ));
-                }
-                self.phases[p].steps[s].status = StepStatus::Pending;
-            }
-            E::StepMarkedDone { step, reason } => {
-                let (p, s) = self.active_step(event, step)?;
-                if !matches!(self.phases[p].steps[s].status, StepStatus::InDoubt { .. }) {
-                    return Err(self.illegal(event, format!("step `{step}` is not in doubt")));
-                }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::MarkedDone {
-                    reason: reason.clone(),
-                };
-                st.finished_at = Some(at);
-            }
-            E::StepSkipped { step, reason } => {
-                let (p, s) = self.active_step(event, step)?;
-                let st = &self.phases[p].steps[s].status;
-                if st.is_terminal() || matches!(st, StepStatus::Running { .. }) {
-                    return Err(self.illegal(
-                        event,
-                        format!("step `{step}` is running or already has an outcome"),
-                    ));
-                }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Skipped {
-                    reason: reason.clone(),
-                };
-                st.finished_at = Some(at);
-            }
-            E::ChecklistItemChecked { step, item } => {
-                let (p, s) = self.active_step(event, step)?;
-                let StepKind::Checklist(c) = &self.runbook.phases[p].steps[s].kind else {
-                    return Err(self.illegal(event, format!("step `{step}` is not a checklist")));
-                };
-                let st = &self.phases[p].steps[s];
-                if *item == 0 || *item as usize > c.items.len() || st.checked.contains(item) {
-                    return Err(self.illegal(
-                        event,
-                        format!("item {item} is not an unticked item of `{step}`"),
-                    ));
-                }
-                if st.status != StepStatus::Pending {
-                    return Err(
-                        self.illegal(event, format!("checklist `{step}` already has an outcome"))
-                    );
-                }
-                self.phases[p].steps[s].checked.insert(*item);
-            }
-            E::ApprovalGranted { step } => {
-                let (p, s) = self.active_step(event, step)?;
-                let def = &self.runbook.phases[p].steps[s];
-                let st = &self.phases[p].steps[s];
-                if def.approvals == 0 {
-                    return Err(self.illegal(event, format!("step `{step}` needs no approval")));
-                }
-                if st.status.is_terminal() || matches!(st.status, StepStatus::Running { .. }) {
-                    return Err(self.illegal(event, format!("step `{step}` is past approval")));
-                }
-                if st.approvals.iter().any(|a| a.same_person(actor)) || *actor == Actor::Agent {
-                    return Err(self.illegal(event, "approvers must be distinct people"));
-                }
-                if def.destructive && self.requester(p).same_person(actor) {
-                    return Err(
-                        self.illegal(event, "nobody approves their own destructive request")
-                    );
-                }
-                self.phases[p].steps[s].approvals.push(actor.clone());
-            }
+            E::EscalationRaised { .. } => self.apply_escalation_event(actor, at, event)?,
+            E::StepStarted { .. }
+            | E::StepOutputRecorded { .. }
+            | E::TenantsVerified { .. }
+            | E::ArchiveWritten { .. }
+            | E::StepProgressed { .. }
+            | E::StepSucceeded { .. }
+            | E::StepFailed { .. }
+            | E::StepInDoubt { .. }
+            | E::StepRetryRequested { .. }
+            | E::StepMarkedDone { .. }
+            | E::StepSkipped { .. }
+            | E::ChecklistItemChecked { .. }
+            | E::ApprovalGranted { .. } => self.apply_step_event(actor, at, event)?,
         }
         self.updated_at = at;
         if !matches!(

@@ -37,6 +37,7 @@ const CLEARED_ENV: &[&str] = &[
     "NATS_ADMIN_PASSWORD",
     "NATS_ADMIN_CREDS",
     "ROLLBACK_CONFIG",
+    "ROLLBACK_LOG_FORMAT",
 ];
 
 /// Runs `rollback-agent provision --config <config>`, as the shipped `admin` user when `admin`
@@ -72,6 +73,8 @@ pub async fn provision(config: &Path, admin: Option<&NatsUsers>) -> anyhow::Resu
 pub struct AgentProcess {
     process: LoggedProcess,
     config: PathBuf,
+    /// Set in the agent's environment on every start, after the cleared settings.
+    env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
@@ -88,6 +91,18 @@ impl AgentProcess {
         config: &str,
         provision: Provision<'_>,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(dir, name, config, provision, &[]).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with `env` set in the agent's environment (on
+    /// this start and every restart).
+    pub async fn start_with_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        provision: Provision<'_>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config)?;
         match provision {
@@ -102,6 +117,10 @@ impl AgentProcess {
         let mut agent = AgentProcess {
             process: LoggedProcess::new(dir.join(format!("{name}.log"))),
             config: path,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         agent.restart().await?;
         Ok(agent)
@@ -119,6 +138,7 @@ impl AgentProcess {
         for var in CLEARED_ENV {
             command.env_remove(var);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.process.spawn(command, "rollback-agent")
     }
 

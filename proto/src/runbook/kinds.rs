@@ -263,6 +263,7 @@ pub struct TenancyStep {
 /// How `consolidate` treats primary keys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum IdStrategy {
     /// New ids from the shared sequence, recorded in an id map; foreign keys rewritten.
     #[default]
@@ -298,6 +299,7 @@ pub struct ConsolidateStep {
 /// per-row foreign-key triggers, or the engine validates every key in bulk at the end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum FkChecks {
     /// Deferred when it is safe (a superuser role, and no triggers or rules of the
     /// application's own on the shared tables, which would be skipped too), else enforced.

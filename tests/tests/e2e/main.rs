@@ -13,6 +13,7 @@ mod delta_resume;
 mod demo_db;
 mod engine_resume;
 mod harness;
+mod json_logs;
 mod lease;
 mod local_demo;
 mod nats_faults;

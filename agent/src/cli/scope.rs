@@ -1,0 +1,160 @@
+//! Where the tenancy engine looks, for the tenancy subcommands: flags, or the step of a
+//! runbook that the subcommand stands for (`consolidate --runbook` takes the consolidate
+//! step's scope and ids, `verify --runbook` the verify step's tables).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use rollback_agent::tenancy::plan::PlanOptions;
+use rollback_proto::Runbook;
+use rollback_proto::runbook::{IdStrategy, StepKind};
+
+/// The subcommand a scope is for: which runbook step kind it reads its options from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Plan,
+    Consolidate,
+    Verify,
+    ExportDelta,
+}
+
+impl Tool {
+    fn step_kind(self) -> &'static str {
+        match self {
+            Tool::Plan => "plan",
+            Tool::Consolidate => "consolidate",
+            Tool::Verify => "verify",
+            Tool::ExportDelta => "export_delta",
+        }
+    }
+}
+
+/// Where the tenancy engine looks: a runbook's tenancy step, or flags.
+#[derive(Args)]
+pub struct ScopeArgs {
+    /// The database (defaults to DATABASE_URL).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Take the scope (pattern, tenants table, tables, ids) from this runbook's step of the
+    /// subcommand's kind (its first tenancy step when it has none).
+    #[arg(long)]
+    runbook: Option<PathBuf>,
+    /// Schema names that are tenant schemas: an anchored regular expression, group 1 the tenant id.
+    #[arg(long)]
+    schema_pattern: Option<String>,
+    /// The shared table listing the tenants.
+    #[arg(long)]
+    tenants_table: Option<String>,
+    /// Only these tables (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    tables: Option<Vec<String>>,
+    /// Keep ids (only when unique across tenants) or remap them.
+    #[arg(long, value_enum)]
+    ids: Option<IdStrategy>,
+}
+
+impl ScopeArgs {
+    /// The engine's options for `tool`: the runbook's step first, the flags over it.
+    pub fn options(&self, tool: Tool) -> anyhow::Result<PlanOptions> {
+        let mut opts = match &self.runbook {
+            Some(path) => {
+                let source = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let rb = Runbook::parse(&path.display().to_string(), &source)?;
+                step_options(&rb, tool).with_context(|| {
+                    format!(
+                        "{} has no plan, consolidate, verify or export_delta step",
+                        path.display()
+                    )
+                })?
+            }
+            None => PlanOptions::default(),
+        };
+        if let Some(p) = &self.schema_pattern {
+            opts.scope.schema_pattern = p.clone();
+        }
+        if let Some(t) = &self.tenants_table {
+            opts.scope.tenants_table = t.clone();
+        }
+        if self.tables.is_some() {
+            opts.tables = self.tables.clone();
+        }
+        if let Some(ids) = self.ids {
+            opts.ids = ids;
+        }
+        Ok(opts)
+    }
+}
+
+/// The engine's options from `rb`'s step of `tool`'s kind; a runbook without one lends its
+/// first tenancy step's (the scope is the runbook's either way).
+pub fn step_options(rb: &Runbook, tool: Tool) -> Option<PlanOptions> {
+    let options = |kind: &StepKind| {
+        let mut opts = PlanOptions::default();
+        match kind {
+            StepKind::Plan(t) | StepKind::Verify(t) => {
+                opts.scope = t.scope.clone();
+                opts.tables = t.tables.clone();
+            }
+            StepKind::Consolidate(c) => {
+                opts.scope = c.scope.clone();
+                opts.ids = c.ids;
+            }
+            StepKind::ExportDelta(e) => opts.scope = e.scope.clone(),
+            _ => return None,
+        }
+        Some(opts)
+    };
+    rb.steps()
+        .find(|(_, s)| s.kind.name() == tool.step_kind())
+        .and_then(|(_, s)| options(&s.kind))
+        .or_else(|| rb.steps().find_map(|(_, s)| options(&s.kind)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANCY: &str = include_str!("../../../deploy/runbooks/tenancy-rollback.toml");
+
+    /// The deployed tenancy runbook with a plan step limited to one table and a consolidate
+    /// step that keeps ids: each subcommand must take its own step's options.
+    fn runbook() -> Runbook {
+        let source = TENANCY
+            .replace("ids = \"remap\"", "ids = \"keep\"")
+            .replace(
+                "kind = \"plan\"\ntarget = \"app\"",
+                "kind = \"plan\"\ntarget = \"app\"\ntables = [\"users\"]",
+            );
+        assert_ne!(source, TENANCY);
+        Runbook::parse("tenancy-rollback.toml", &source).expect("the runbook parses")
+    }
+
+    #[test]
+    fn consolidate_takes_the_consolidate_steps_ids() {
+        let opts = step_options(&runbook(), Tool::Consolidate).unwrap();
+        assert_eq!(opts.ids, IdStrategy::Keep);
+        assert_eq!(opts.tables, None);
+    }
+
+    #[test]
+    fn plan_takes_the_plan_steps_tables() {
+        let opts = step_options(&runbook(), Tool::Plan).unwrap();
+        assert_eq!(opts.tables, Some(vec!["users".to_owned()]));
+        assert_eq!(opts.ids, IdStrategy::Remap);
+    }
+
+    #[test]
+    fn verify_takes_the_verify_steps_tables() {
+        let opts = step_options(&runbook(), Tool::Verify).unwrap();
+        assert_eq!(opts.tables, None);
+    }
+
+    #[test]
+    fn a_kind_the_runbook_lacks_borrows_its_first_tenancy_step() {
+        let rb = runbook();
+        let opts = step_options(&rb, Tool::ExportDelta).unwrap();
+        assert_eq!(opts.scope, step_options(&rb, Tool::Plan).unwrap().scope);
+    }
+}
