@@ -3,8 +3,8 @@
 //! The report types live with the engine; their text is the command line's, so it is written
 //! here, as a trait the command line owns.
 
-use rollback_agent::tenancy::consolidate::ConsolidateReport;
 use rollback_agent::delta::{ExportReport, ImportReport};
+use rollback_agent::tenancy::consolidate::ConsolidateReport;
 use rollback_agent::tenancy::plan::Plan;
 use rollback_agent::tenancy::verify::VerifyReport;
 use serde::Serialize;

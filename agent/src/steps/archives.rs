@@ -13,9 +13,7 @@ use rollback_proto::state::ArchiveRecord;
 use rollback_proto::{Event, RunState};
 
 use super::{StepContext, StepOutcome};
-use crate::archive::{
-    self, Archive, ArchiveError, ClientIo, ConnectionParams, PgPrograms,
-};
+use crate::archive::{self, Archive, ArchiveError, ClientIo, ConnectionParams, PgPrograms};
 
 /// How long a step waits for its archive's event to be stored before it gives up.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(30);

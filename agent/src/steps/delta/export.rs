@@ -10,13 +10,13 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 
-use crate::steps::archives::{expected_checksum, human_bytes, programs, unchecked};
-use crate::steps::pg_restore::step_mark;
-use crate::steps::{StepContext, StepOutcome};
 use crate::archive;
 use crate::archive::restore::{self, RestoreInto, RestoreRequest};
 use crate::archive::resume;
 use crate::delta::{self, ExportOptions};
+use crate::steps::archives::{expected_checksum, human_bytes, programs, unchecked};
+use crate::steps::pg_restore::step_mark;
+use crate::steps::{StepContext, StepOutcome};
 
 use super::{failure, progress_note};
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use rollback_proto::runbook::{ImportDeltaStep, StepKind};
 
-use crate::steps::archives::{expected_checksum, unchecked};
-use crate::steps::{StepContext, StepOutcome};
 use crate::archive;
 use crate::delta::{self, DeltaReader, ImportOptions};
+use crate::steps::archives::{expected_checksum, unchecked};
+use crate::steps::{StepContext, StepOutcome};
 
 use super::{failure, progress_note};
 
