@@ -119,6 +119,22 @@ impl StepContext<'_> {
         }
     }
 
+    /// The file an earlier attempt wrote and recorded as the step's whole result (an archive,
+    /// a delta), when its bytes still match; recorded as found done. `what` names the file.
+    pub(super) async fn recorded_result(&self, what: &str) -> Option<&ArchiveRecord> {
+        let record = self.intact_recorded(|_| true).await?;
+        self.found_done(
+            1,
+            1,
+            format!(
+                "the {what} {} was written and recorded by an earlier attempt; its sha256 still matches",
+                record.path
+            ),
+        )
+        .await;
+        Some(record)
+    }
+
     /// Removes the partial files of dumps labelled `label` that a killed attempt left behind.
     pub(super) async fn tidy_partials(&self, output_dir: &Path, label: &str) {
         for path in archive::remove_partials(output_dir, label).await {

@@ -58,17 +58,7 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgDumpStep) -> StepOut
     if attempt.picks_up() {
         // The archive is the step's whole result: one recorded by an earlier attempt, bytes
         // unchanged, is that result; a dump killed half way left only a partial file.
-        if let Some(record) = attempt.intact_recorded(|_| true).await {
-            attempt
-                .found_done(
-                    1,
-                    1,
-                    format!(
-                        "the archive {} was written and recorded by an earlier attempt; its sha256 still matches",
-                        record.path
-                    ),
-                )
-                .await;
+        if let Some(record) = attempt.recorded_result("archive").await {
             return StepOutcome::Succeeded {
                 summary: format!(
                     "dumped {what} of `{target}` to {} ({}, sha256 {}), by an earlier attempt",

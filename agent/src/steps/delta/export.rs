@@ -97,17 +97,7 @@ pub(in crate::steps) async fn export_delta(
     if attempt.picks_up() {
         // The delta file is the step's whole result: one recorded by an earlier attempt, bytes
         // unchanged, is that result; the comparison itself only reads.
-        if let Some(record) = attempt.intact_recorded(|_| true).await {
-            attempt
-                .found_done(
-                    1,
-                    1,
-                    format!(
-                        "the delta {} was written and recorded by an earlier attempt; its sha256 still matches",
-                        record.path
-                    ),
-                )
-                .await;
+        if let Some(record) = attempt.recorded_result("delta").await {
             return StepOutcome::Succeeded {
                 summary: format!(
                     "the delta of `{target}` against {label} was written by an earlier attempt to {} ({}, sha256 {})",
