@@ -154,9 +154,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         let js = js.clone();
         async move {
             provisioned(&js, service::OUTCOMES_BUCKET).await?;
-            service::outcomes_bucket(&js)
-                .await
-                .map_err(anyhow::Error::msg)
+            anyhow::Ok(service::outcomes_bucket(&js).await?)
         }
     })
     .await

@@ -19,11 +19,12 @@ use rollback_proto::{
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::quarantine::Quarantine;
 use crate::replay;
 use crate::steps::DatabaseTargets;
-use crate::store::{AppendError, JetStreamEventStore, RunCursor};
+use crate::store::{AppendError, JetStreamEventStore, Patience, RunCursor};
 use crate::telemetry::{CommandOutcome, Metrics};
 use crate::tenancy::plan::{self, PlanOptions};
 
@@ -72,10 +73,41 @@ pub fn outcomes_bucket_config(replicas: usize) -> kv::Config {
 }
 
 /// Opens the provisioned outcomes bucket.
-pub async fn outcomes_bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
-    js.get_key_value(OUTCOMES_BUCKET)
-        .await
-        .map_err(|e| e.to_string())
+pub async fn outcomes_bucket(
+    js: &jetstream::Context,
+) -> Result<kv::Store, jetstream::context::KeyValueError> {
+    js.get_key_value(OUTCOMES_BUCKET).await
+}
+
+/// Why a command's idempotency key could not be claimed; each says what the person can do.
+#[derive(Debug, thiserror::Error)]
+enum ClaimError {
+    /// The key could not be written.
+    #[error("the agent could not record the command ({0}); try again")]
+    Unrecorded(#[source] kv::CreateError),
+    /// The key's entry could not be read.
+    #[error("the agent could not read the command's outcome ({0}); try again")]
+    Unreadable(#[source] kv::EntryError),
+    /// The entry holds something that is no outcome.
+    #[error("the stored outcome of this command is unreadable")]
+    Corrupt(#[source] serde_json::Error),
+    /// Another agent holds the key and is still deciding.
+    #[error("this command is still being handled; ask for the status in a moment")]
+    InProgress,
+}
+
+/// Why a runbook could not be read by name.
+#[derive(Debug, thiserror::Error)]
+enum RunbookReadError {
+    /// The name could leave the runbooks folder or is no runbook name.
+    #[error("`{0}` is not a runbook name (use lowercase letters, digits, - and _)")]
+    BadName(String),
+    /// No such file.
+    #[error("there is no runbook named `{0}`")]
+    Missing(String, #[source] std::io::Error),
+    /// The file is no valid runbook.
+    #[error(transparent)]
+    Invalid(#[from] rollback_proto::runbook::RunbookError),
 }
 
 fn rejected(reason: impl Into<String>) -> CommandReply {
@@ -179,6 +211,23 @@ impl CommandService {
             self.metrics.record_command(CommandOutcome::Malformed);
             return rejected("malformed command: an idempotency key is required");
         }
+        // One span per command: every line logged while deciding it names the run, the
+        // command and the key that makes a repeat of it harmless.
+        let span = tracing::info_span!(
+            "command",
+            command = %req.command.describe(),
+            run_id = tracing::field::Empty,
+            idempotency_key = %req.idempotency_key,
+            actor = %req.actor,
+        );
+        if let Some(run) = req.command.run() {
+            span.record("run_id", tracing::field::display(run));
+        }
+        self.handle_claimed(&req).instrument(span).await
+    }
+
+    /// Decides a well-formed request once per idempotency key.
+    async fn handle_claimed(&self, req: &CommandRequest) -> CommandReply {
         let key = outcome_key(&req.idempotency_key);
         match self.claim(&key).await {
             Ok(Claim::Done(reply)) => {
@@ -186,7 +235,7 @@ impl CommandService {
                 reply
             }
             Ok(Claim::Ours(revision)) => {
-                let reply = self.process(&req).await;
+                let reply = self.process(req).await;
                 let body = serde_json::to_vec(&Stored::Done(reply.clone())).expect("serializes");
                 if let Err(e) = self.outcomes.update(&key, body.into(), revision).await {
                     tracing::warn!(error = %e, "could not remember a command's outcome");
@@ -197,13 +246,13 @@ impl CommandService {
                 });
                 reply
             }
-            Err(reason) => rejected(reason),
+            Err(reason) => rejected(reason.to_string()),
         }
     }
 
     /// Claims a command's key, or finds its first outcome (waiting briefly while another
     /// agent is still deciding it).
-    async fn claim(&self, key: &str) -> Result<Claim, String> {
+    async fn claim(&self, key: &str) -> Result<Claim, ClaimError> {
         let pending = serde_json::to_vec(&Stored::Pending {
             since: OffsetDateTime::now_utc().unix_timestamp(),
         })
@@ -213,13 +262,13 @@ impl CommandService {
             match self.outcomes.create(key, pending.clone().into()).await {
                 Ok(revision) => return Ok(Claim::Ours(revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(format!(
-                        "the agent could not record the command ({e}); try again"
-                    ));
-                }
+                Err(e) => return Err(ClaimError::Unrecorded(e)),
             }
-            let entry = self.outcomes.entry(key).await.map_err(|e| e.to_string())?;
+            let entry = self
+                .outcomes
+                .entry(key)
+                .await
+                .map_err(ClaimError::Unreadable)?;
             let Some(entry) = entry else { continue };
             match serde_json::from_slice::<Stored>(&entry.value) {
                 Ok(Stored::Done(reply)) => return Ok(Claim::Done(reply)),
@@ -237,12 +286,10 @@ impl CommandService {
                         }
                     }
                 }
-                Err(_) => return Err("the stored outcome of this command is unreadable".into()),
+                Err(e) => return Err(ClaimError::Corrupt(e)),
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(
-                    "this command is still being handled; ask for the status in a moment".into(),
-                );
+                return Err(ClaimError::InProgress);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -319,22 +366,19 @@ impl CommandService {
     }
 
     /// Reads `<runbooks_dir>/<name>.toml`; the name is checked so it cannot leave the folder.
-    fn read_runbook(&self, name: &str) -> Result<(String, Runbook), String> {
+    fn read_runbook(&self, name: &str) -> Result<(String, Runbook), RunbookReadError> {
         let ok = !name.is_empty()
             && name.len() <= 64
             && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !ok {
-            return Err(format!(
-                "`{name}` is not a runbook name (use lowercase letters, digits, - and _)"
-            ));
+            return Err(RunbookReadError::BadName(name.to_owned()));
         }
         let path = self.runbooks_dir.join(format!("{name}.toml"));
         let source = std::fs::read_to_string(&path)
-            .map_err(|_| format!("there is no runbook named `{name}`"))?;
-        let runbook =
-            Runbook::parse(&format!("{name}.toml"), &source).map_err(|e| e.to_string())?;
+            .map_err(|e| RunbookReadError::Missing(name.to_owned(), e))?;
+        let runbook = Runbook::parse(&format!("{name}.toml"), &source)?;
         Ok((source, runbook))
     }
 
@@ -354,7 +398,7 @@ impl CommandService {
         }
         let (source, runbook) = match self.read_runbook(name) {
             Ok(x) => x,
-            Err(e) => return rejected(e),
+            Err(e) => return rejected(e.to_string()),
         };
         let run_id = RunId::new();
         let new = NewRun {
@@ -395,7 +439,7 @@ impl CommandService {
     async fn plan(&self, name: &str) -> CommandReply {
         let (_, runbook) = match self.read_runbook(name) {
             Ok(x) => x,
-            Err(e) => return rejected(e),
+            Err(e) => return rejected(e.to_string()),
         };
         let Some((target, scope, tables)) = runbook.steps().find_map(|(_, s)| match &s.kind {
             rollback_proto::runbook::StepKind::Plan(t) => {
@@ -514,6 +558,7 @@ impl CommandService {
         }
     }
 
+    /// Appends a person's decision, retried through a short outage ([`Patience::COMMAND`]).
     async fn append(
         &self,
         cursor: RunCursor,
@@ -531,28 +576,12 @@ impl CommandService {
                 event,
             })
             .collect::<Vec<_>>();
-        let n = drafts.len() as u64;
-        let mut head = cursor.head.clone();
-        let mut envelopes = head.seal(drafts);
-        let mut backoff = Duration::from_millis(50);
-        for _ in 0..6 {
-            match self.store.append_sealed(&cursor, envelopes).await {
-                Ok(_) => {
-                    self.metrics.record_events_appended(n);
-                    return Ok(());
-                }
-                Err(AppendError::Unavailable {
-                    envelopes: again, ..
-                }) => {
-                    envelopes = again;
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let (_, again) = (cursor.clone(), envelopes);
-        self.store.append_sealed(&cursor, again).await.map(|_| ())
+        let (_, stored) = self
+            .store
+            .append_patiently(&cursor, drafts, Patience::COMMAND)
+            .await?;
+        self.metrics.record_events_appended(stored.len() as u64);
+        Ok(())
     }
 
     /// Records a refusal in the run's log, so the audit trail shows who tried what.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
-use rollback_agent::store::{EventStore, JetStreamEventStore, RunCursor, StoreConfig};
+use rollback_agent::store::{JetStreamEventStore, RunCursor, StoreConfig};
 use rollback_proto::envelope::{ChainVerifier, Draft};
 use rollback_proto::events::Event;
 use rollback_proto::runbook::source_hash;

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rollback_proto::runbook::Step;
-use rollback_proto::{Event, NextAction, RunId, RunState, StepId};
+use rollback_proto::{Event, NextAction, RunId, RunState, StepId, TransitionError};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -28,9 +28,8 @@ use crate::steps::{
     self, DatabaseTargets, Notes, OutputChunk, OutputSink, StepContext, StepOutcome,
 };
 pub use crate::steps::{Progress, StepNote};
-use crate::store::{JetStreamEventStore, LoadError};
+use crate::store::{AppendError, JetStreamEventStore, LoadError};
 use crate::telemetry::Metrics;
-use feed::RunFeed;
 use keeper::{LeaseHandle, LeaseKeeper};
 pub use lease::{Lease, LeaseError};
 use record::Recorder;
@@ -82,12 +81,23 @@ pub enum ExecError {
     #[error(transparent)]
     Lease(#[from] LeaseError),
     /// Events could not be recorded.
-    #[error("recording events of run {run}: {reason}")]
+    #[error("recording events of run {run}: {source}")]
     Record {
-        /// The run.
+        /// The run whose events were being recorded.
         run: RunId,
-        /// Why.
-        reason: String,
+        /// The store's refusal (anything but a conflict, which is decided again).
+        #[source]
+        source: AppendError,
+    },
+    /// Events this agent appended do not follow the state it holds (a bug: they were settled
+    /// on that state before they were appended).
+    #[error("run {run}: appended events do not follow the state: {source}")]
+    Transition {
+        /// The run whose state was being folded.
+        run: RunId,
+        /// What `apply` refused.
+        #[source]
+        source: TransitionError,
     },
     /// The executor panicked (a bug): the run is given back, its lease released.
     #[error("the executor of run {run} panicked: {message}")]
@@ -283,25 +293,13 @@ async fn run_loop(
                     .unwrap_or(Duration::ZERO)
             })
             .unwrap_or(Duration::from_secs(3600));
-        // A fresh feed from the reloaded cursor each time, polled once: it never outlives its
-        // first answer, so an ended feed is never polled again.
-        let mut events = Box::pin(deps.store.follow_from(rec.cursor()));
+        // The run's feed, kept open for as long as the run is driven: the next event is folded
+        // into the state held, with no new read of the run.
         tokio::select! {
             _ = work.cancelled() => return Ok(RunEnd::Shutdown),
             _ = tokio::time::sleep(sleep) => {}
-            next = events.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "following the run failed; reloading");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                None => {
-                    tracing::warn!("the run's feed ended; reloading");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
+            moved = rec.follow() => moved?,
         }
-        rec.reload().await?;
     }
 }
 
@@ -351,7 +349,7 @@ async fn run_attempt(
 
     let step_future = execute(deps, &state, &def, attempt, sink, notes, cancel.clone());
     tokio::pin!(step_future);
-    let mut feed = RunFeed::follow(&deps.store, rec.cursor().clone());
+    let mut following = true;
     let mut pending: Vec<OutputChunk> = Vec::new();
     let mut chunk_no: u32 = 0;
     let flush_every = Duration::from_millis(250);
@@ -368,16 +366,17 @@ async fn run_attempt(
                     cancel.cancel();
                 }
             }
-            event = feed.next() => match event {
+            moved = rec.follow(), if following => match moved {
                 // A person aborted the run while the step ran: stop it.
-                Some(env) if matches!(env.event, Event::RunAborted { .. }) => cancel.cancel(),
-                Some(_) => {}
-                // The feed ended; it opens again after what the recorder already knows.
-                None => {
-                    feed.resume_from(rec.cursor());
-                    if run_aborted(rec) {
-                        cancel.cancel();
-                    }
+                Ok(()) => if run_aborted(rec) {
+                    cancel.cancel();
+                },
+                // The run cannot be read any more (its history broke, or the store is gone for
+                // good): the step still runs to its end, and recording its outcome says what
+                // becomes of the run.
+                Err(e) => {
+                    tracing::warn!(error = %e, "following the run failed; the step runs on without its feed");
+                    following = false;
                 }
             },
         }

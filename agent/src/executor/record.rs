@@ -1,24 +1,23 @@
-//! Recording the agent's own events: validate against the current state, append on the
-//! run's cursor, and on a conflict reload and validate again — never append blind.
-
-use std::time::Duration;
+//! The run as the executor holds it: the state folded from the store, kept current by folding
+//! each event the run's feed delivers (the executor's own appends included), and the agent's
+//! own events recorded on it: validated against the current state, appended on the run's
+//! cursor, and on a conflict read again and validated again — never appended blind.
 
 use rollback_proto::envelope::Draft;
-use rollback_proto::{Actor, Event, RunId, RunState, settle};
+use rollback_proto::{Actor, Envelope, Event, RunId, RunState, settle};
 use time::OffsetDateTime;
 
+use super::feed::{Fed, RunFeed};
 use super::{ExecError, ExecutorDeps};
-use crate::store::{AppendError, LoadError, RunCursor};
+use crate::store::{AppendError, Patience, RunCursor};
 
-/// How long an append keeps retrying while NATS is unreachable before giving up.
-const UNAVAILABLE_FOR: Duration = Duration::from_secs(15 * 60);
-
-/// A run's state and cursor, kept current by every append and reload.
+/// A run's state and cursor, kept current by every append, every followed event and reload.
 pub(super) struct Recorder<'a> {
     deps: &'a ExecutorDeps,
     run: RunId,
     state: Option<RunState>,
     cursor: RunCursor,
+    feed: RunFeed,
 }
 
 impl<'a> Recorder<'a> {
@@ -26,44 +25,80 @@ impl<'a> Recorder<'a> {
         deps: &'a ExecutorDeps,
         run: RunId,
     ) -> Result<Recorder<'a>, ExecError> {
-        let mut r = Recorder {
+        let loaded = deps.store.load_patiently(run, Patience::RECORD).await?;
+        Ok(Recorder {
             deps,
             run,
-            state: None,
-            cursor: RunCursor::genesis(run),
-        };
-        r.reload().await?;
-        Ok(r)
+            feed: RunFeed::after(&deps.store, &loaded),
+            state: loaded.state,
+            cursor: loaded.cursor,
+        })
     }
 
-    /// Reads the run again from the store, retrying while the store is unreachable.
+    /// Reads the run again from the store (retrying while the store is unreachable), and
+    /// follows it from there.
     pub(super) async fn reload(&mut self) -> Result<(), ExecError> {
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.deps.store.load(self.run).await {
-                Ok(loaded) => {
-                    self.state = loaded.state;
-                    self.cursor = loaded.cursor;
-                    return Ok(());
-                }
-                Err(LoadError::Unavailable { .. }) if started.elapsed() < UNAVAILABLE_FOR => {
-                    tracing::warn!(run_id = %self.run, "event stream unreachable; retrying the load");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let loaded = self
+            .deps
+            .store
+            .load_patiently(self.run, Patience::RECORD)
+            .await?;
+        self.feed.restart(&loaded);
+        self.state = loaded.state;
+        self.cursor = loaded.cursor;
+        Ok(())
     }
 
     pub(super) fn state(&self) -> Option<&RunState> {
         self.state.as_ref()
     }
 
-    /// Where the run stands in the store: what a live follow continues from.
-    pub(super) fn cursor(&self) -> &RunCursor {
-        &self.cursor
+    /// Waits for the run's next stored event and folds it into the state, without reading the
+    /// run again; an event the recorder already holds (its own append) moves nothing. When the
+    /// feed cannot vouch for what follows, the run is read again (a load quarantines a broken
+    /// history). Returns when the state may have moved; cancel-safe.
+    pub(super) async fn follow(&mut self) -> Result<(), ExecError> {
+        match self.feed.next().await {
+            // The live read ended; the feed opens it again after a pause.
+            None => Ok(()),
+            Some(Fed::ReadAgain(reason)) => {
+                tracing::warn!(%reason, "following the run failed: the feed cannot vouch for what follows; reading the run again");
+                self.reload().await
+            }
+            Some(Fed::Event(envelope, cursor)) => match self.fold(&envelope, cursor) {
+                Ok(()) => Ok(()),
+                Err(reason) => {
+                    tracing::warn!(seq = envelope.seq, %reason, "a followed event does not fit the state held; reading the run again");
+                    self.reload().await
+                }
+            },
+        }
+    }
+
+    /// Folds a verified event after the cursor; one the recorder already holds is skipped.
+    fn fold(&mut self, envelope: &Envelope, cursor: RunCursor) -> Result<(), String> {
+        let head = &self.cursor.head;
+        if envelope.seq <= head.seq {
+            if envelope.seq == head.seq && envelope.hash != head.hash {
+                return Err(format!(
+                    "the stored event seq {} is not the one this agent holds",
+                    envelope.seq
+                ));
+            }
+            return Ok(());
+        }
+        if envelope.seq != head.seq + 1 {
+            return Err(format!(
+                "seq {} follows seq {}: events in between are missing",
+                envelope.seq, head.seq
+            ));
+        }
+        match &mut self.state {
+            Some(state) => state.apply(envelope).map_err(|e| e.to_string())?,
+            None => self.state = Some(RunState::new(envelope).map_err(|e| e.to_string())?),
+        }
+        self.cursor = cursor;
+        Ok(())
     }
 
     /// Appends `events` (with their follow-ups) as the agent. `Ok(false)` when they are no
@@ -90,65 +125,37 @@ impl<'a> Recorder<'a> {
                     event,
                 })
                 .collect();
-            let mut head = self.cursor.head.clone();
-            let mut envelopes = head.seal(drafts);
-            let started = tokio::time::Instant::now();
-            let mut backoff = Duration::from_millis(100);
-            let stored = loop {
-                match self.deps.store.append_sealed(&self.cursor, envelopes).await {
-                    Ok(stored) => break Some(stored),
-                    Err(AppendError::Conflict { .. }) => {
-                        self.deps.metrics.record_append_conflict();
-                        break None;
-                    }
-                    // The same sealed envelopes again: the store recognises any that landed.
-                    Err(AppendError::Unavailable {
-                        envelopes: again,
+            let appended = self
+                .deps
+                .store
+                .append_patiently(&self.cursor, drafts, Patience::RECORD)
+                .await;
+            let (cursor, envelopes) = match appended {
+                Ok(stored) => stored,
+                Err(AppendError::Conflict { .. }) => {
+                    self.deps.metrics.record_append_conflict();
+                    self.reload().await?;
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ExecError::Record {
+                        run: self.run,
                         source,
-                        ..
-                    }) if started.elapsed() < UNAVAILABLE_FOR => {
-                        tracing::warn!(error = %source, "event stream unreachable; retrying the append");
-                        envelopes = again;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    // The stream was found weakened: nothing was published. The events are the
-                    // record of what happened (a finished step's outcome among them), so they
-                    // wait, sealed, until an administrator has made the stream whole again.
-                    Err(AppendError::StreamUnsafe {
-                        envelopes: again,
-                        reason,
-                        ..
-                    }) => {
-                        tracing::warn!(%reason, "event stream unsafe; holding the append until it is provisioned again");
-                        envelopes = again;
-                        self.deps.store.guard().safe().await;
-                    }
-                    Err(e) => {
-                        return Err(ExecError::Record {
-                            run: self.run,
-                            reason: e.to_string(),
-                        });
-                    }
+                    });
                 }
             };
-            match stored {
-                Some((cursor, envelopes)) => {
-                    let state = self.state.as_mut().expect("checked above");
-                    for env in &envelopes {
-                        state.apply(env).map_err(|e| ExecError::Record {
-                            run: self.run,
-                            reason: e.to_string(),
-                        })?;
-                    }
-                    self.deps
-                        .metrics
-                        .record_events_appended(envelopes.len() as u64);
-                    self.cursor = cursor;
-                    return Ok(true);
-                }
-                None => self.reload().await?,
+            let state = self.state.as_mut().expect("checked above");
+            for env in &envelopes {
+                state.apply(env).map_err(|source| ExecError::Transition {
+                    run: self.run,
+                    source,
+                })?;
             }
+            self.deps
+                .metrics
+                .record_events_appended(envelopes.len() as u64);
+            self.cursor = cursor;
+            return Ok(true);
         }
     }
 }

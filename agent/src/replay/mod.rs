@@ -3,8 +3,9 @@
 //! needs (durations per phase and step, time waiting for people, failures, retries,
 //! escalations, who did what) written as Markdown, JSON or a self-contained HTML page.
 //!
-//! The replay streams: messages are read with an ordered consumer and verified and folded on a
-//! thread of their own, a few chunks behind the reader; aggregates are kept per phase, step and
+//! The replay streams: messages are read through the store's one reader (`store::RunRead`), an
+//! ordered consumer, and verified and folded on a thread of their own, a few chunks behind the
+//! reader; aggregates are kept per phase, step and
 //! person, and the lists that could grow with the run (the event log, failures, escalations,
 //! waiting spans) keep their first and last entries and count the rest. Memory therefore stays
 //! flat however long the run is.
@@ -25,29 +26,18 @@ mod svg;
 use std::fmt;
 use std::str::FromStr;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::stream::ConsumerErrorKind;
-use async_nats::jetstream::{self, ErrorCode};
-use bytes::Bytes;
-use futures::StreamExt;
+use async_nats::jetstream;
 use rollback_proto::RunId;
-use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
+use rollback_proto::subjects::EVENTS_STREAM;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::mpsc;
 
 pub use capped::Capped;
 pub use describe::describe;
 pub use fold::ReplayFold;
 pub use model::*;
 
-use crate::store::JetStreamEventStore;
-
-/// Messages handed to the folding thread at a time.
-const CHUNK: usize = 256;
-/// Chunks waiting for the folding thread at most: the reader waits rather than buffering.
-const CHUNKS_IN_FLIGHT: usize = 4;
+use crate::store::{Folder, JetStreamEventStore, ReadFailure, RunRead};
 
 /// A point in a run: the state after an event (`--at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,8 +203,8 @@ pub async fn replay_from(
     Ok(report)
 }
 
-/// Reads the run's messages (at most `limit`) into the fold `start` makes for their number;
-/// returns the fold and that number.
+/// Reads the run's messages (at most `limit`) into the fold `start` makes for their number,
+/// through the store's one reader; returns the fold and that number.
 async fn fold_run(
     js: &jetstream::Context,
     run: RunId,
@@ -222,86 +212,33 @@ async fn fold_run(
     start: impl FnOnce(u64) -> Result<ReplayFold, ReplayError>,
 ) -> Result<(ReplayFold, u64), ReplayError> {
     let unavailable = |source: async_nats::Error| ReplayError::Unavailable { run, source };
+    let failed = |failure: ReadFailure| match failure {
+        // No stream yet: no run has ever been recorded there.
+        ReadFailure::NoStream => ReplayError::UnknownRun(run),
+        ReadFailure::Transport(source) => unavailable(source),
+        ReadFailure::Chain(err) => unavailable(err.into()),
+    };
     let stream = js
         .get_stream_no_info(EVENTS_STREAM)
         .await
         .map_err(|e| unavailable(e.into()))?;
-    let consumer = match stream
-        .create_consumer(OrderedConfig {
-            filter_subject: events_subject(run),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
+    // The read covers the run exactly as it was when it began, even while an agent appends.
+    let read = RunRead::open(&stream, run, limit)
         .await
-    {
-        Ok(consumer) => consumer,
-        // No stream yet: no run has ever been recorded there.
-        Err(err)
-            if matches!(err.kind(), ConsumerErrorKind::JetStream(e)
-                if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Err(ReplayError::UnknownRun(run));
-        }
-        Err(err) => return Err(unavailable(err.into())),
-    };
-    // The consumer counts the subject's messages when it is created: the replay reads the run
-    // exactly as it was then, even while an agent appends.
-    let stored = consumer
-        .cached_info()
-        .num_pending
-        .min(limit.unwrap_or(u64::MAX));
-    if stored == 0 {
-        return Err(ReplayError::UnknownRun(run));
-    }
-    let mut fold = start(stored)?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| unavailable(e.into()))?;
-
-    let (chunks, mut receiver) = mpsc::channel::<Vec<Bytes>>(CHUNKS_IN_FLIGHT);
-    let folding = tokio::task::spawn_blocking(move || {
-        while let Some(chunk) = receiver.blocking_recv() {
-            for payload in chunk {
-                fold.push(&payload);
-            }
-        }
-        fold
-    });
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let mut read = Ok(());
-    for _ in 0..stored {
-        match messages.next().await {
-            Some(Ok(message)) => chunk.push(message.message.payload),
-            Some(Err(err)) => {
-                read = Err(unavailable(err.into()));
-                break;
-            }
-            None => {
-                read = Err(unavailable(
-                    "the consumer ended before the run's last event".into(),
-                ));
-                break;
-            }
-        }
-        if chunk.len() == CHUNK {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-            if chunks.send(full).await.is_err() {
-                break; // the folding thread is gone; awaiting it says why
-            }
-        }
-    }
-    if !chunk.is_empty() {
-        let _ = chunks.send(chunk).await;
-    }
-    drop(chunks);
-    let fold = match folding.await {
-        Ok(fold) => fold,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(err) => return Err(unavailable(err.into())),
-    };
-    read?;
+        .map_err(failed)?
+        .ok_or(ReplayError::UnknownRun(run))?;
+    let stored = read.stored();
+    let (fold, _, read) = read.fold_into(start(stored)?).await;
+    read.map_err(failed)?;
     Ok((fold, stored))
+}
+
+/// The postmortem's fold reads every stored message: a break is part of the report.
+impl Folder for ReplayFold {
+    fn push(&mut self, payload: &[u8]) -> bool {
+        ReplayFold::push(self, payload);
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The event store: where a run's history lives, behind one narrow seam.
 //!
-//! [`EventStore`] is what the rest of the agent sees: append a decision's events on top of a
-//! [`RunCursor`], load a run (chain verified, state folded), list runs, follow a run live.
-//! [`JetStreamEventStore`] keeps every event of every run in the JetStream stream
+//! [`JetStreamEventStore`] is what the rest of the agent sees: append a decision's events on
+//! top of a [`RunCursor`] (`append.rs`; through faults, `patient.rs`), load a run (chain
+//! verified, state folded) and follow it live (`read.rs`), list runs (`list.rs`). It keeps
+//! every event of every run in the JetStream stream
 //! `ROLLBACK_EVENTS`, one subject per run, with deletes, purges and rollups refused by the
 //! server, so nothing edits history through NATS.
 //!
@@ -18,15 +19,14 @@ mod append;
 mod error;
 mod guard;
 mod list;
+mod patient;
 mod read;
 mod setup;
 
-use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
-use futures::Stream;
-use rollback_proto::envelope::{ChainHead, Draft, Envelope};
+use rollback_proto::envelope::{ChainHead, ChainVerifier};
 use rollback_proto::subjects::EVENTS_STREAM;
 use rollback_proto::{Actor, RunId, RunState};
 use time::OffsetDateTime;
@@ -35,6 +35,9 @@ pub use append::MAX_EVENTS_PER_APPEND;
 pub use error::{AppendError, ConnectError, FollowError, InspectError, ListError, LoadError};
 pub use guard::{StreamGuard, StreamVerdict, Weakness};
 pub use list::RunList;
+pub use patient::Patience;
+pub use read::StoredMessage;
+pub(crate) use read::{Folder, ReadFailure, RunRead};
 pub use setup::{Change, StreamSetupError, provision_stream, stream_config};
 
 /// Where a run stands in the store: its chain head and the stream position of its last event.
@@ -69,6 +72,10 @@ pub struct LoadedRun {
     pub state: Option<RunState>,
     /// The cursor after the last event read.
     pub cursor: RunCursor,
+    /// The chain as the load verified it, with the event ids it saw: a live read after the
+    /// cursor ([`JetStreamEventStore::messages_after`]) verified with it catches an id repeated
+    /// from any earlier event, as a load would.
+    pub verifier: ChainVerifier,
 }
 
 /// One line of the list of runs.
@@ -96,7 +103,7 @@ pub struct StoreConfig {
     /// How long to wait for the server to confirm an append.
     pub ack_timeout: Duration,
     /// Append a multi-event decision as one atomic batch (when the server allows it); when
-    /// false, events are appended one by one (see [`EventStore::append_sealed`]).
+    /// false, events are appended one by one (see [`JetStreamEventStore::append_sealed`]).
     pub atomic_batches: bool,
 }
 
@@ -109,49 +116,6 @@ impl Default for StoreConfig {
             atomic_batches: true,
         }
     }
-}
-
-/// The event store seam: everything the agent, replay and the bot's follower need from it.
-pub trait EventStore: Send + Sync {
-    /// Seals `drafts` on the cursor's chain head and appends them as one decision.
-    ///
-    /// Returns the cursor after the new events and the envelopes as stored. An empty `drafts`
-    /// appends nothing. On [`AppendError::Unavailable`] the error carries the sealed envelopes:
-    /// retry with [`append_sealed`](Self::append_sealed) and the same cursor, which is safe.
-    fn append(
-        &self,
-        cursor: &RunCursor,
-        drafts: Vec<Draft>,
-    ) -> impl Future<Output = Result<(RunCursor, Vec<Envelope>), AppendError>> + Send {
-        let mut head = cursor.head.clone();
-        let envelopes = head.seal(drafts);
-        self.append_sealed(cursor, envelopes)
-    }
-
-    /// Appends already sealed envelopes that continue `cursor`'s chain.
-    ///
-    /// Appending envelopes that are already stored right after the cursor (a retry after a lost
-    /// confirmation) stores nothing and returns the stored outcome.
-    fn append_sealed(
-        &self,
-        cursor: &RunCursor,
-        envelopes: Vec<Envelope>,
-    ) -> impl Future<Output = Result<(RunCursor, Vec<Envelope>), AppendError>> + Send;
-
-    /// Reads a run from its first event, verifying the hash chain and folding the state.
-    fn load(&self, run: RunId) -> impl Future<Output = Result<LoadedRun, LoadError>> + Send;
-
-    /// Every run in the store, oldest first; runs whose first event does not verify are listed
-    /// apart, as quarantined.
-    fn list_runs(&self) -> impl Future<Output = Result<RunList, ListError>> + Send;
-
-    /// The run's events with seq greater than `after_seq`, verified, live: the stream waits
-    /// for new events and ends only after an error.
-    fn follow(
-        &self,
-        run: RunId,
-        after_seq: u64,
-    ) -> impl Stream<Item = Result<Envelope, FollowError>> + Send + 'static;
 }
 
 /// The event store on a JetStream stream; cheap to clone (it shares the connection).
@@ -237,31 +201,5 @@ impl JetStreamEventStore {
     /// The JetStream context the store uses.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
-    }
-}
-
-impl EventStore for JetStreamEventStore {
-    async fn append_sealed(
-        &self,
-        cursor: &RunCursor,
-        envelopes: Vec<Envelope>,
-    ) -> Result<(RunCursor, Vec<Envelope>), AppendError> {
-        JetStreamEventStore::append_sealed(self, cursor, envelopes).await
-    }
-
-    async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        JetStreamEventStore::load(self, run).await
-    }
-
-    async fn list_runs(&self) -> Result<RunList, ListError> {
-        JetStreamEventStore::list_runs(self).await
-    }
-
-    fn follow(
-        &self,
-        run: RunId,
-        after_seq: u64,
-    ) -> impl Stream<Item = Result<Envelope, FollowError>> + Send + 'static {
-        JetStreamEventStore::follow(self, run, after_seq)
     }
 }

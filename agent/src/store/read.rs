@@ -5,9 +5,18 @@
 //! A run is read with an ordered consumer filtered to its subject. The consumer counts the
 //! subject's messages when it is created, so a load reads exactly the run as it was then and
 //! needs no separate "last sequence" lookup; an empty run costs one consumer creation.
+//!
+//! One reader serves every fold of a run from its first event: [`RunRead`] hands the payloads
+//! to a [`Folder`] (the load's state fold here, the postmortem's fold in `replay`), on a
+//! thread of its own for a long run. A live read after a load ([`messages_after`]) continues
+//! with the load's verifier, event ids included, so the executor folds what it follows.
+//!
+//! [`messages_after`]: JetStreamEventStore::messages_after
 
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
+use async_nats::jetstream::stream::{self, ConsumerErrorKind};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use rollback_proto::envelope::{ChainError, ChainVerifier, Envelope, UnsettledIds};
@@ -21,20 +30,28 @@ use super::{FollowError, JetStreamEventStore, LoadError, LoadedRun, RunCursor};
 /// Runs with at least this many events are verified on a thread of their own while being read.
 const PIPELINE_FROM: u64 = 1024;
 /// Messages handed to the verifying thread at a time.
-const CHUNK: usize = 128;
+const CHUNK: usize = 256;
 /// Chunks waiting for the verifying thread at most.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Why reading a run's messages stopped.
-enum ReadFailure {
+pub(crate) enum ReadFailure {
+    /// A stored message is not the chain's next link.
     Chain(ChainError),
+    /// There is no event stream: no run was ever recorded here.
+    NoStream,
+    /// The server could not be read.
     Transport(async_nats::Error),
 }
 
 impl ReadFailure {
-    fn into_load(self, run: RunId) -> LoadError {
+    pub(crate) fn into_load(self, run: RunId) -> LoadError {
         match self {
             ReadFailure::Chain(e) => LoadError::Chain(e),
+            ReadFailure::NoStream => LoadError::Unavailable {
+                run,
+                source: "the event stream does not exist".into(),
+            },
             ReadFailure::Transport(source) => LoadError::Unavailable { run, source },
         }
     }
@@ -42,6 +59,10 @@ impl ReadFailure {
     fn into_follow(self, run: RunId) -> FollowError {
         match self {
             ReadFailure::Chain(e) => FollowError::Chain(e),
+            ReadFailure::NoStream => FollowError::Unavailable {
+                run,
+                source: "the event stream does not exist".into(),
+            },
             ReadFailure::Transport(source) => FollowError::Unavailable { run, source },
         }
     }
@@ -53,10 +74,10 @@ struct RunMessages {
     /// For a bounded read: the stream and the consumer to delete once the last message is
     /// read. An ordered consumer left alone lingers on the server for 30 s, and a busy agent
     /// (a load per command) would otherwise reach the server's consumer limit.
-    cleanup: Option<(async_nats::jetstream::stream::Stream<()>, String)>,
+    cleanup: Option<(stream::Stream<()>, String)>,
     /// Messages still to read before the end; `None` reads on as new messages arrive.
     remaining: Option<u64>,
-    /// Stream sequence of the last message, once read (not tracked when reading live).
+    /// Stream sequence of the last message read (of a bounded read: once its last is read).
     reached: u64,
     /// Messages the run had when reading began.
     stored: u64,
@@ -70,11 +91,11 @@ impl RunMessages {
     ///
     /// With `limit`, at most that many: a second read of the messages a first read saw.
     async fn to_end(
-        store: &JetStreamEventStore,
+        stream: &stream::Stream<()>,
         run: RunId,
         limit: Option<u64>,
     ) -> Result<Option<Self>, ReadFailure> {
-        let consumer = Self::consumer(store, run).await?;
+        let consumer = Self::consumer(stream, run).await?;
         let stored = consumer
             .cached_info()
             .num_pending
@@ -82,28 +103,28 @@ impl RunMessages {
         let name = consumer.cached_info().name.clone();
         if stored == 0 {
             drop(consumer);
-            delete_consumer(&store.stream, &name).await;
+            delete_consumer(stream, &name).await;
             return Ok(None);
         }
         let mut messages = Self::read(consumer, Some(stored)).await?;
         messages.stored = stored;
-        messages.cleanup = Some((store.stream.clone(), name));
+        messages.cleanup = Some((stream.clone(), name));
         Ok(Some(messages))
     }
 
     /// The run's messages from the first, on and on as new ones arrive.
-    async fn live(store: &JetStreamEventStore, run: RunId) -> Result<Self, ReadFailure> {
-        Self::read(Self::consumer(store, run).await?, None).await
+    async fn live(stream: &stream::Stream<()>, run: RunId) -> Result<Self, ReadFailure> {
+        Self::read(Self::consumer(stream, run).await?, None).await
     }
 
     /// The run's messages after a stream sequence, on and on as new ones arrive.
     async fn live_after(
-        store: &JetStreamEventStore,
+        stream: &stream::Stream<()>,
         run: RunId,
         stream_seq: u64,
     ) -> Result<Self, ReadFailure> {
         let consumer = Self::consumer_from(
-            store,
+            stream,
             run,
             DeliverPolicy::ByStartSequence {
                 start_sequence: stream_seq + 1,
@@ -114,14 +135,14 @@ impl RunMessages {
     }
 
     async fn consumer(
-        store: &JetStreamEventStore,
+        stream: &stream::Stream<()>,
         run: RunId,
     ) -> Result<Consumer<OrderedConfig>, ReadFailure> {
-        Self::consumer_from(store, run, DeliverPolicy::All).await
+        Self::consumer_from(stream, run, DeliverPolicy::All).await
     }
 
     async fn consumer_from(
-        store: &JetStreamEventStore,
+        stream: &stream::Stream<()>,
         run: RunId,
         deliver_policy: DeliverPolicy,
     ) -> Result<Consumer<OrderedConfig>, ReadFailure> {
@@ -130,11 +151,15 @@ impl RunMessages {
             deliver_policy,
             ..Default::default()
         };
-        store
-            .stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| ReadFailure::Transport(e.into()))
+        stream.create_consumer(config).await.map_err(|err| {
+            if matches!(err.kind(), ConsumerErrorKind::JetStream(e)
+                if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
+            {
+                ReadFailure::NoStream
+            } else {
+                ReadFailure::Transport(err.into())
+            }
+        })
     }
 
     async fn read(
@@ -177,9 +202,10 @@ impl RunMessages {
                 )));
             }
         };
-        // Only the cursor needs a stream sequence: the last message's (the subscription
-        // already keeps the order, and parsing every reply subject costs a few percent).
-        if self.remaining == Some(0) {
+        // Only the cursor needs a stream sequence: a bounded read's last message's (the
+        // subscription already keeps the order, and parsing every reply subject costs a few
+        // percent), and each message of a live read, which may stop anywhere.
+        if matches!(self.remaining, Some(0) | None) {
             match message.info() {
                 Ok(info) => self.reached = info.stream_sequence,
                 Err(err) => return Some(Err(ReadFailure::Transport(err))),
@@ -191,7 +217,7 @@ impl RunMessages {
 
 /// Deletes a finished read's consumer. A failure changes nothing for the reader (the server
 /// removes an idle ordered consumer by itself after 30 s), so it is only logged.
-async fn delete_consumer(stream: &async_nats::jetstream::stream::Stream<()>, name: &str) {
+async fn delete_consumer(stream: &stream::Stream<()>, name: &str) {
     if let Err(err) = stream.delete_consumer(name).await {
         tracing::debug!(consumer = name, error = %err, "a finished read's consumer was left to expire");
     }
@@ -220,6 +246,116 @@ impl RunReader {
     }
 }
 
+/// What a read of a run from its first event hands the stored payloads to, in order: the
+/// load's state fold, or the postmortem's.
+pub(crate) trait Folder: Send + 'static {
+    /// Takes the next stored payload; `false` stops the read (nothing after a break counts).
+    fn push(&mut self, payload: &[u8]) -> bool;
+}
+
+/// How far one read of a run went.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReadExtent {
+    /// Messages the read covered.
+    pub(crate) stored: u64,
+    /// Stream sequence of the last one.
+    pub(crate) reached: u64,
+}
+
+/// A read of a run from its first event, exactly as the run was when the read began.
+pub(crate) struct RunRead {
+    run: RunId,
+    messages: RunMessages,
+}
+
+impl RunRead {
+    /// Opens a read of the run's messages (at most `limit`); `None` for a run with no events.
+    pub(crate) async fn open(
+        stream: &stream::Stream<()>,
+        run: RunId,
+        limit: Option<u64>,
+    ) -> Result<Option<Self>, ReadFailure> {
+        Ok(RunMessages::to_end(stream, run, limit)
+            .await?
+            .map(|messages| Self { run, messages }))
+    }
+
+    /// How many messages the read covers.
+    pub(crate) fn stored(&self) -> u64 {
+        self.messages.stored
+    }
+
+    /// Hands every message to `folder`, in order, until the end or until it stops. A long run
+    /// is folded on a thread of its own while the next messages are read, with a few chunks
+    /// between the two (the reader waits rather than buffering the run). The folder comes back
+    /// whatever happened to the read, with how far the read went: a break it found comes
+    /// first in stored order, before a transport failure after it.
+    pub(crate) async fn fold_into<F: Folder>(
+        mut self,
+        mut folder: F,
+    ) -> (F, ReadExtent, Result<(), ReadFailure>) {
+        let read = if self.messages.stored < PIPELINE_FROM {
+            loop {
+                match self.messages.next().await {
+                    Some(Ok(payload)) if folder.push(&payload) => {}
+                    Some(Ok(_)) | None => break Ok(()),
+                    Some(Err(err)) => break Err(err),
+                }
+            }
+        } else {
+            let (f, read) = self.fold_alongside(folder).await;
+            folder = f;
+            read
+        };
+        let extent = ReadExtent {
+            stored: self.messages.stored,
+            reached: self.messages.reached,
+        };
+        (folder, extent, read)
+    }
+
+    async fn fold_alongside<F: Folder>(&mut self, mut folder: F) -> (F, Result<(), ReadFailure>) {
+        let (chunks, mut receiver) = mpsc::channel::<Vec<Bytes>>(CHUNKS_IN_FLIGHT);
+        // Stops at a break, which closes the channel and so stops the reader too.
+        let folding = tokio::task::spawn_blocking(move || {
+            'chunks: while let Some(chunk) = receiver.blocking_recv() {
+                for payload in chunk {
+                    if !folder.push(&payload) {
+                        break 'chunks;
+                    }
+                }
+            }
+            folder
+        });
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let read = loop {
+            match self.messages.next().await {
+                Some(Ok(payload)) => {
+                    chunk.push(payload);
+                    if chunk.len() == CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        if chunks.send(full).await.is_err() {
+                            break Ok(()); // the folder stopped at a break
+                        }
+                    }
+                }
+                Some(Err(err)) => break Err(err),
+                None => {
+                    // A send error means the folder already stopped.
+                    let _ = chunks.send(chunk).await;
+                    break Ok(());
+                }
+            }
+        };
+        drop(chunks);
+        match folding.await {
+            Ok(folder) => (folder, read),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => panic!("run {}: the folding thread was cancelled: {err}", self.run),
+        }
+    }
+}
+
 /// A run's state as its stored payloads are verified and applied one by one, up to the first
 /// payload that does not verify or cannot follow (kept in `broken`).
 struct Fold {
@@ -237,16 +373,6 @@ impl Fold {
         }
     }
 
-    /// Verifies and applies the next payload; `false` once the history is broken.
-    fn push(&mut self, payload: &[u8]) -> bool {
-        if self.broken.is_none()
-            && let Err(err) = self.try_push(payload)
-        {
-            self.broken = Some(err);
-        }
-        self.broken.is_none()
-    }
-
     fn try_push(&mut self, payload: &[u8]) -> Result<(), LoadError> {
         let envelope = self.verifier.push(payload)?;
         match &mut self.state {
@@ -255,68 +381,17 @@ impl Fold {
         }
         Ok(())
     }
-
-    /// Verifies and folds payloads handed over in chunks, on a thread of its own so that
-    /// reading the next messages and checking these overlap. Stops at a broken history, which
-    /// closes the channel and so stops the reader too.
-    fn run_on_chunks(mut self, mut chunks: mpsc::Receiver<Vec<Bytes>>) -> Self {
-        while let Some(chunk) = chunks.blocking_recv() {
-            for payload in chunk {
-                if !self.push(&payload) {
-                    return self;
-                }
-            }
-        }
-        self
-    }
 }
 
-/// Reads `messages` while a blocking thread verifies and folds what was read.
-async fn fold_alongside(
-    run: RunId,
-    fold: Fold,
-    messages: &mut RunMessages,
-) -> Result<Fold, LoadError> {
-    // Bounded: the reader waits for the verifier rather than buffering the run.
-    let (chunks, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);
-    let folding = tokio::task::spawn_blocking(move || fold.run_on_chunks(receiver));
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let read = loop {
-        match messages.next().await {
-            Some(Ok(payload)) => {
-                chunk.push(payload);
-                if chunk.len() == CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                    if chunks.send(full).await.is_err() {
-                        // The verifier stopped at a bad event: its error is the answer.
-                        break Ok(());
-                    }
-                }
-            }
-            Some(Err(err)) => break Err(err.into_load(run)),
-            None => {
-                // A send error means the verifier already stopped; it reports why.
-                let _ = chunks.send(chunk).await;
-                break Ok(());
-            }
+impl Folder for Fold {
+    fn push(&mut self, payload: &[u8]) -> bool {
+        if self.broken.is_none()
+            && let Err(err) = self.try_push(payload)
+        {
+            self.broken = Some(err);
         }
-    };
-    drop(chunks);
-    let fold = match folding.await {
-        Ok(fold) => fold,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(err) => {
-            return Err(LoadError::Unavailable {
-                run,
-                source: err.into(),
-            });
-        }
-    };
-    // The first problem in stored order wins: a bad event before a transport failure.
-    if fold.broken.is_none() {
-        read?;
+        self.broken.is_none()
     }
-    Ok(fold)
 }
 
 /// Where a stream of a run's envelopes stands.
@@ -328,22 +403,21 @@ enum Step {
     Done,
 }
 
-/// How far one read of a run went.
-#[derive(Debug, Default, Clone, Copy)]
-struct ReadExtent {
-    /// Messages the read covered.
-    stored: u64,
-    /// Stream sequence of the last one.
-    reached: u64,
+/// One stored message of a run read live: its bytes as stored and its stream sequence.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// The envelope's bytes, to verify as the chain's next link.
+    pub payload: Bytes,
+    /// Where it stands in the stream: what the next append after it expects.
+    pub stream_seq: u64,
 }
 
 impl JetStreamEventStore {
     /// Reads a run from its first event, verifying the hash chain and folding the state.
     ///
-    /// Memory stays flat whatever the run's length. A long run is verified on a thread of its
-    /// own while the next messages are read, with a few chunks of messages between the two.
-    /// When event ids older than the newest ones read were found (never in a healthy store:
-    /// see [`ChainVerifier`]), the same messages are read a second time to check them.
+    /// Memory stays flat whatever the run's length ([`RunRead`]). When event ids older than
+    /// the newest ones read were found (never in a healthy store: see [`ChainVerifier`]), the
+    /// same messages are read a second time to check them.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
         let (fold, read) = self.fold_run(ChainVerifier::new(run), None).await?;
@@ -367,6 +441,7 @@ impl JetStreamEventStore {
                 head: fold.verifier.head().clone(),
                 stream_seq: read.reached,
             },
+            verifier: fold.verifier,
         })
     }
 
@@ -378,33 +453,24 @@ impl JetStreamEventStore {
         limit: Option<u64>,
     ) -> Result<(Fold, ReadExtent), LoadError> {
         let run = verifier.head().run_id;
-        let mut fold = Fold::new(verifier);
-        let Some(mut messages) = RunMessages::to_end(self, run, limit)
+        let fold = Fold::new(verifier);
+        let Some(read) = RunRead::open(&self.stream, run, limit)
             .await
             .map_err(|e| e.into_load(run))?
         else {
             return Ok((fold, ReadExtent::default()));
         };
-        if messages.stored < PIPELINE_FROM {
-            while let Some(payload) = messages.next().await {
-                if !fold.push(&payload.map_err(|e| e.into_load(run))?) {
-                    break;
-                }
-            }
-        } else {
-            fold = fold_alongside(run, fold, &mut messages).await?;
+        let (fold, extent, read) = read.fold_into(fold).await;
+        if fold.broken.is_none() {
+            read.map_err(|e| e.into_load(run))?;
         }
-        let extent = ReadExtent {
-            stored: messages.stored,
-            reached: messages.reached,
-        };
         Ok((fold, extent))
     }
 
     /// Reads the first `count` messages of `run` again to settle the event ids a first read
     /// left unsettled: the first problem among them, if any.
     async fn settle(&self, run: RunId, ids: UnsettledIds, count: u64) -> Result<(), ReadFailure> {
-        let Some(messages) = RunMessages::to_end(self, run, Some(count)).await? else {
+        let Some(messages) = RunMessages::to_end(&self.stream, run, Some(count)).await? else {
             return Ok(());
         };
         let mut reader = RunReader {
@@ -430,11 +496,13 @@ impl JetStreamEventStore {
         futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
             async move {
                 let (store, mut reader) = match step {
-                    Step::Open(store) => match RunMessages::to_end(&store, run, None).await {
-                        Ok(Some(messages)) => (store, Box::new(RunReader::new(messages, run))),
-                        Ok(None) => return None,
-                        Err(err) => return Some((Err(err.into_load(run)), Step::Done)),
-                    },
+                    Step::Open(store) => {
+                        match RunMessages::to_end(&store.stream, run, None).await {
+                            Ok(Some(messages)) => (store, Box::new(RunReader::new(messages, run))),
+                            Ok(None) => return None,
+                            Err(err) => return Some((Err(err.into_load(run)), Step::Done)),
+                        }
+                    }
                     Step::Streaming(store, reader) => (store, reader),
                     Step::Reading(_) | Step::Done => return None,
                 };
@@ -448,10 +516,17 @@ impl JetStreamEventStore {
                 // Read: every message to the end, or up to and including the one that failed.
                 let read = match &failure {
                     Some(ReadFailure::Chain(err)) => err.seq(),
-                    Some(ReadFailure::Transport(_)) | None => reader.messages.stored,
+                    Some(ReadFailure::Transport(_) | ReadFailure::NoStream) | None => {
+                        reader.messages.stored
+                    }
                 };
                 let settled = match reader.verifier.unsettled() {
-                    Some(ids) if !matches!(failure, Some(ReadFailure::Transport(_))) => {
+                    Some(ids)
+                        if !matches!(
+                            failure,
+                            Some(ReadFailure::Transport(_) | ReadFailure::NoStream)
+                        ) =>
+                    {
                         store.settle(run, ids, read).await.err()
                     }
                     _ => None,
@@ -485,7 +560,7 @@ impl JetStreamEventStore {
         futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
             async move {
                 let mut reader = match step {
-                    Step::Open(store) => match RunMessages::live(&store, run).await {
+                    Step::Open(store) => match RunMessages::live(&store.stream, run).await {
                         Ok(messages) => Box::new(RunReader::new(messages, run)),
                         Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
                     },
@@ -505,33 +580,63 @@ impl JetStreamEventStore {
     }
 
     /// The run's events after `cursor`, verified as a continuation of its chain head, live:
-    /// unlike [`follow`](Self::follow) it reads nothing the cursor already covers.
+    /// unlike [`follow`](Self::follow) it reads nothing the cursor already covers. Event ids
+    /// are checked only against the events it reads itself; continuing a load, verify
+    /// [`messages_after`](Self::messages_after) with the load's verifier instead.
     pub fn follow_from(
         &self,
         cursor: &RunCursor,
     ) -> impl Stream<Item = Result<Envelope, FollowError>> + Send + 'static {
         let run = cursor.run();
-        let (head, stream_seq) = (cursor.head.clone(), cursor.stream_seq);
-        let span = tracing::info_span!("follow", run_id = %run, after_seq = head.seq);
-        futures::stream::unfold(Step::Open(Box::new(self.clone())), move |step| {
-            let head = head.clone();
+        let verifier = ChainVerifier::resume(cursor.head.clone());
+        let messages = Box::pin(self.messages_after(run, cursor.stream_seq));
+        futures::stream::unfold(Some((messages, verifier)), move |reading| async move {
+            let (mut messages, mut verifier) = reading?;
+            match messages.next().await? {
+                Ok(message) => match verifier.push(&message.payload) {
+                    Ok(envelope) => Some((Ok(envelope), Some((messages, verifier)))),
+                    Err(err) => Some((Err(FollowError::Chain(err)), None)),
+                },
+                Err(err) => Some((Err(err), None)),
+            }
+        })
+    }
+
+    /// The run's stored messages after a stream position, live and not yet verified: the
+    /// caller verifies each with the verifier of the read that reached the position
+    /// ([`LoadedRun::verifier`](super::LoadedRun::verifier)), so that an event id repeated
+    /// across the two reads is caught too. Ends after its first failure.
+    pub fn messages_after(
+        &self,
+        run: RunId,
+        stream_seq: u64,
+    ) -> impl Stream<Item = Result<StoredMessage, FollowError>> + Send + 'static {
+        let span = tracing::info_span!("follow", run_id = %run, after_stream_seq = stream_seq);
+        enum Live {
+            Open(stream::Stream<()>),
+            Reading(Box<RunMessages>),
+        }
+        futures::stream::unfold(Some(Live::Open(self.stream.clone())), move |live| {
             async move {
-                let mut reader = match step {
-                    Step::Open(store) => {
-                        match RunMessages::live_after(&store, run, stream_seq).await {
-                            Ok(messages) => Box::new(RunReader {
-                                messages,
-                                verifier: ChainVerifier::resume(head),
-                            }),
-                            Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
+                let mut messages = match live? {
+                    Live::Open(stream) => {
+                        match RunMessages::live_after(&stream, run, stream_seq).await {
+                            Ok(messages) => Box::new(messages),
+                            Err(err) => return Some((Err(err.into_follow(run)), None)),
                         }
                     }
-                    Step::Reading(reader) => reader,
-                    Step::Streaming(..) | Step::Done => return None,
+                    Live::Reading(messages) => messages,
                 };
-                match reader.next().await? {
-                    Ok(envelope) => Some((Ok(envelope), Step::Reading(reader))),
-                    Err(err) => Some((Err(err.into_follow(run)), Step::Done)),
+                match messages.next().await? {
+                    Ok(payload) => {
+                        let stream_seq = messages.reached;
+                        let message = StoredMessage {
+                            payload,
+                            stream_seq,
+                        };
+                        Some((Ok(message), Some(Live::Reading(messages))))
+                    }
+                    Err(err) => Some((Err(err.into_follow(run)), None)),
                 }
             }
             .instrument(span.clone())

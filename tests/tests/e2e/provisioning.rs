@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use rollback_agent::provision::{ProvisionSettings, provision};
 use rollback_agent::store::{
-    AppendError, Change, ConnectError, EventStore, JetStreamEventStore, RunCursor, StoreConfig,
-    StreamVerdict, Weakness,
+    AppendError, Change, ConnectError, JetStreamEventStore, RunCursor, StoreConfig, StreamVerdict,
+    Weakness,
 };
 use rollback_proto::envelope::Draft;
 use rollback_proto::events::Event;

@@ -343,7 +343,7 @@ async fn histories_broken_mid_run_are_quarantined_from_the_seq_of_the_break() {
 
 /// A run of `events` events (after its start) written straight through the store.
 async fn long_run(h: &Harness, events: usize) -> Vec<Envelope> {
-    use rollback_agent::store::{EventStore, MAX_EVENTS_PER_APPEND, RunCursor};
+    use rollback_agent::store::{MAX_EVENTS_PER_APPEND, RunCursor};
     let source = WAIT;
     let draft = |event| Draft {
         actor: Actor::Agent,

@@ -9,8 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use rollback_agent::store::{
-    AppendError, EventStore, JetStreamEventStore, LoadError, RunCursor, StoreConfig,
-    provision_stream,
+    AppendError, JetStreamEventStore, LoadError, RunCursor, StoreConfig, provision_stream,
 };
 use rollback_proto::envelope::{ChainError, ChainHead, Draft, Envelope};
 use rollback_proto::events::Event;
