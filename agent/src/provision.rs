@@ -107,6 +107,11 @@ pub enum ProvisionError {
 }
 
 impl ProvisionError {
+    /// [`ProvisionError::Unavailable`] from whatever the client's request returned.
+    fn unavailable(error: impl Into<async_nats::Error>) -> Self {
+        ProvisionError::Unavailable(error.into())
+    }
+
     /// Whether trying again may help: JetStream leaves requests unanswered while a stream's
     /// replicas elect a leader (a cluster just started, a node lost). A definite answer from
     /// the server is final.
@@ -181,18 +186,13 @@ pub async fn provision(
         change: store::provision_stream(js, &settings.store).await?,
     }];
     // What the agents will check at start must hold now, or the administrator hears it here.
-    let mut events = js
+    // Opening the stream reads its settings from the server: the handle holds them.
+    let events = js
         .get_stream(EVENTS_STREAM)
         .await
-        .map_err(|e| ProvisionError::Unavailable(e.into()))?;
-    let written = events
-        .info()
-        .await
-        .map_err(|e| ProvisionError::Unavailable(e.into()))?
-        .config
-        .clone();
-    if let StreamVerdict::Weakened(weaknesses) = StreamVerdict::of(Some(&written), &settings.store)
-    {
+        .map_err(ProvisionError::unavailable)?;
+    let written = &events.cached_info().config;
+    if let StreamVerdict::Weakened(weaknesses) = StreamVerdict::of(Some(written), &settings.store) {
         return Err(ProvisionError::StillWeakened(weaknesses));
     }
     for config in [
@@ -209,22 +209,17 @@ pub async fn provision(
     let before = match events.consumer_info(BOT_CONSUMER).await {
         Ok(info) => Some(info.config.clone()),
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => None,
-        Err(e) => return Err(ProvisionError::Unavailable(e.into())),
+        Err(e) => return Err(ProvisionError::unavailable(e)),
     };
-    // Creating a durable consumer that exists updates it.
-    let mut bot = events
+    // Creating a durable consumer that exists updates it; the server answers with the
+    // consumer's settings as it now keeps them.
+    let bot = events
         .create_consumer(bot_consumer_config())
         .await
         .map_err(|e| ProvisionError::Consumer(e.into()))?;
-    let after = bot
-        .info()
-        .await
-        .map_err(|e| ProvisionError::Unavailable(e.into()))?
-        .config
-        .clone();
     done.push(Provisioned {
         object: format!("consumer {EVENTS_STREAM}/{BOT_CONSUMER}"),
-        change: Change::between(before.as_ref(), &after),
+        change: Change::between(before.as_ref(), &bot.cached_info().config),
     });
     Ok(done)
 }
@@ -252,7 +247,7 @@ async fn provision_bucket(
     let after = written
         .status()
         .await
-        .map_err(|e| ProvisionError::Unavailable(e.into()))?
+        .map_err(ProvisionError::unavailable)?
         .info
         .config;
     Ok(Change::between(before.as_ref(), &after))
