@@ -441,16 +441,22 @@ impl CommandService {
             Ok(x) => x,
             Err(e) => return rejected(e.to_string()),
         };
-        let Some((target, scope, tables)) = runbook.steps().find_map(|(_, s)| match &s.kind {
+        // No run, so no overrides: `${param}`s take the runbook's defaults.
+        let params = Default::default();
+        let Some((target, opts)) = runbook.steps().find_map(|(_, s)| match &s.kind {
             rollback_proto::runbook::StepKind::Plan(t) => {
-                Some((t.target.clone(), t.scope.clone(), t.tables.clone()))
+                Some((&t.target, PlanOptions::of_step(&runbook, &s.kind, &params)?))
             }
             _ => None,
         }) else {
             return rejected(format!("runbook `{name}` has no plan step"));
         };
-        let target = match runbook.expand(&target, &Default::default()) {
+        let target = match runbook.expand(target, &params) {
             Ok(t) => t,
+            Err(e) => return rejected(e.to_string()),
+        };
+        let opts = match opts {
+            Ok(o) => o,
             Err(e) => return rejected(e.to_string()),
         };
         // Connected first: a database that does not answer is said within seconds, with its
@@ -458,11 +464,6 @@ impl CommandService {
         let pool = match self.databases.connect(&target).await {
             Ok(p) => p,
             Err(e) => return rejected(e.to_string()),
-        };
-        let opts = PlanOptions {
-            scope,
-            tables,
-            ..PlanOptions::default()
         };
         match plan::plan(&pool, &opts).await {
             Ok(p) => CommandReply::Accepted {

@@ -3,11 +3,10 @@
 //! still refuses connections because the swap stopped half way.
 
 use rollback_proto::{RunId, StepId};
-use sqlx::{AssertSqlSafe, Connection};
+use sqlx::Connection;
 
 use super::ConnectionParams;
-use super::restore::{RestoreError, db_error, maintenance};
-use crate::tenancy::sql;
+use super::restore::{RestoreError, allow_connections, db_error, maintenance, run_statement};
 
 /// The mark (the comment) of a database a step of a run creates.
 pub fn step_mark(run: RunId, step: &StepId) -> String {
@@ -49,13 +48,12 @@ pub async fn reopen_target(target: &ConnectionParams) -> Result<bool, RestoreErr
         "reading whether `{name}` takes connections"
     )))?;
     if closed {
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-            sql::ident(name)
-        )))
-        .execute(&mut conn)
-        .await
-        .map_err(db_error(format!("allowing connections to `{name}` again")))?;
+        run_statement(
+            &mut conn,
+            allow_connections(name, true),
+            format!("allowing connections to `{name}` again"),
+        )
+        .await?;
     }
     conn.close().await.ok();
     Ok(closed)

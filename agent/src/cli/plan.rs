@@ -7,7 +7,7 @@ use rollback_agent::tenancy::plan;
 
 use super::report::Report;
 use super::scope::{ScopeArgs, Tool};
-use super::{Format, connect, exit};
+use super::{Format, exit};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -23,8 +23,7 @@ pub struct PlanArgs {
 
 impl PlanArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let pool = connect(&self.scope.database_url, 4).await?;
-        let mut p = plan::plan(&pool, &self.scope.options(Tool::Plan)?).await?;
+        let (pool, mut p) = self.scope.plan(Tool::Plan, 4).await?;
         if self.exact {
             plan::count_exactly(&pool, &mut p).await?;
         }

@@ -93,17 +93,7 @@ impl Report for ImportReport {
         let mut text: String = self
             .mismatches
             .iter()
-            .map(|m| {
-                format!(
-                    "MISMATCH tenant {}, table {}: expected {} row(s) {}, found {} {}\n",
-                    m.tenant,
-                    m.table,
-                    m.expected_rows,
-                    m.expected_fingerprint,
-                    m.rows,
-                    m.fingerprint
-                )
-            })
+            .map(|m| format!("MISMATCH {m}\n"))
             .collect();
         text.push_str(&format!(
             "{} inserted, {} updated, {} deleted, {} tenant(s) created; {} unit(s) done, {} found done; {} of {} proven\n",

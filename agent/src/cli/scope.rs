@@ -1,14 +1,20 @@
 //! Where the tenancy engine looks, for the tenancy subcommands: flags, or the step of a
 //! runbook that the subcommand stands for (`consolidate --runbook` takes the consolidate
-//! step's scope and ids, `verify --runbook` the verify step's tables).
+//! step's scope, ids, concurrency and foreign-key checks, `verify --runbook` the verify
+//! step's tables), read through the same functions as the executor reads the step.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use rollback_agent::tenancy::plan::PlanOptions;
+use rollback_agent::tenancy::consolidate::ConsolidateOptions;
+use rollback_agent::tenancy::plan::{self, Plan, PlanOptions, ScopeError};
 use rollback_proto::Runbook;
 use rollback_proto::runbook::{IdStrategy, StepKind};
+use sqlx::PgPool;
+
+use super::connect;
 
 /// The subcommand a scope is for: which runbook step kind it reads its options from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +43,9 @@ pub struct ScopeArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// Take the scope (pattern, tenants table, tables, ids) from this runbook's step of the
-    /// subcommand's kind (its first tenancy step when it has none).
+    /// subcommand's kind (its first tenancy step when it has none), `${param}`s taking the
+    /// runbook's defaults; `consolidate` also takes its step's concurrency and foreign-key
+    /// checks.
     #[arg(long)]
     runbook: Option<PathBuf>,
     /// Schema names that are tenant schemas: an anchored regular expression, group 1 the tenant id.
@@ -55,20 +63,43 @@ pub struct ScopeArgs {
 }
 
 impl ScopeArgs {
+    /// Connects (a pool of `connections`) and makes the plan with [`Self::options`] for `tool`.
+    pub async fn plan(&self, tool: Tool, connections: u32) -> anyhow::Result<(PgPool, Plan)> {
+        let opts = self.options(tool)?;
+        let pool = connect(&self.database_url, connections).await?;
+        let plan = plan::plan(&pool, &opts).await?;
+        Ok((pool, plan))
+    }
+
+    /// The runbook given with `--runbook`, parsed.
+    fn runbook(&self) -> anyhow::Result<Option<(&Path, Runbook)>> {
+        let Some(path) = &self.runbook else {
+            return Ok(None);
+        };
+        let source =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let rb = Runbook::parse(&path.display().to_string(), &source)?;
+        Ok(Some((path, rb)))
+    }
+
+    /// How the runbook's `consolidate` step consolidates (its concurrency and foreign-key
+    /// checks), read as the executor reads it; the defaults without `--runbook` or such a step.
+    pub fn consolidate_options(&self) -> anyhow::Result<ConsolidateOptions> {
+        let step = self.runbook()?.and_then(|(_, rb)| {
+            rb.steps().find_map(|(_, s)| match &s.kind {
+                StepKind::Consolidate(c) => Some(ConsolidateOptions::of_step(c)),
+                _ => None,
+            })
+        });
+        Ok(step.unwrap_or_default())
+    }
+
     /// The engine's options for `tool`: the runbook's step first, the flags over it.
     pub fn options(&self, tool: Tool) -> anyhow::Result<PlanOptions> {
-        let mut opts = match &self.runbook {
-            Some(path) => {
-                let source = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let rb = Runbook::parse(&path.display().to_string(), &source)?;
-                step_options(&rb, tool).with_context(|| {
-                    format!(
-                        "{} has no plan, consolidate, verify or export_delta step",
-                        path.display()
-                    )
-                })?
-            }
+        let mut opts = match self.runbook()? {
+            Some((path, rb)) => step_options(&rb, tool)
+                .with_context(|| format!("{} has no tenancy step", path.display()))?
+                .with_context(|| format!("reading the scope of {}", path.display()))?,
             None => PlanOptions::default(),
         };
         if let Some(p) = &self.schema_pattern {
@@ -88,24 +119,10 @@ impl ScopeArgs {
 }
 
 /// The engine's options from `rb`'s step of `tool`'s kind; a runbook without one lends its
-/// first tenancy step's (the scope is the runbook's either way).
-pub fn step_options(rb: &Runbook, tool: Tool) -> Option<PlanOptions> {
-    let options = |kind: &StepKind| {
-        let mut opts = PlanOptions::default();
-        match kind {
-            StepKind::Plan(t) | StepKind::Verify(t) => {
-                opts.scope = t.scope.clone();
-                opts.tables = t.tables.clone();
-            }
-            StepKind::Consolidate(c) => {
-                opts.scope = c.scope.clone();
-                opts.ids = c.ids;
-            }
-            StepKind::ExportDelta(e) => opts.scope = e.scope.clone(),
-            _ => return None,
-        }
-        Some(opts)
-    };
+/// first tenancy step's (the scope is the runbook's either way). Read as the executor reads
+/// the step, `${param}`s expanded with the runbook's defaults.
+pub fn step_options(rb: &Runbook, tool: Tool) -> Option<Result<PlanOptions, ScopeError>> {
+    let options = |kind: &StepKind| PlanOptions::of_step(rb, kind, &BTreeMap::new());
     rb.steps()
         .find(|(_, s)| s.kind.name() == tool.step_kind())
         .and_then(|(_, s)| options(&s.kind))
@@ -133,28 +150,33 @@ mod tests {
 
     #[test]
     fn consolidate_takes_the_consolidate_steps_ids() {
-        let opts = step_options(&runbook(), Tool::Consolidate).unwrap();
+        let opts = step_options(&runbook(), Tool::Consolidate)
+            .unwrap()
+            .unwrap();
         assert_eq!(opts.ids, IdStrategy::Keep);
         assert_eq!(opts.tables, None);
     }
 
     #[test]
     fn plan_takes_the_plan_steps_tables() {
-        let opts = step_options(&runbook(), Tool::Plan).unwrap();
+        let opts = step_options(&runbook(), Tool::Plan).unwrap().unwrap();
         assert_eq!(opts.tables, Some(vec!["users".to_owned()]));
         assert_eq!(opts.ids, IdStrategy::Remap);
     }
 
     #[test]
     fn verify_takes_the_verify_steps_tables() {
-        let opts = step_options(&runbook(), Tool::Verify).unwrap();
+        let opts = step_options(&runbook(), Tool::Verify).unwrap().unwrap();
         assert_eq!(opts.tables, None);
     }
 
     #[test]
     fn a_kind_the_runbook_lacks_borrows_its_first_tenancy_step() {
         let rb = runbook();
-        let opts = step_options(&rb, Tool::ExportDelta).unwrap();
-        assert_eq!(opts.scope, step_options(&rb, Tool::Plan).unwrap().scope);
+        let opts = step_options(&rb, Tool::ExportDelta).unwrap().unwrap();
+        assert_eq!(
+            opts.scope,
+            step_options(&rb, Tool::Plan).unwrap().unwrap().scope
+        );
     }
 }

@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use rollback_agent::tenancy::{plan, verify};
+use rollback_agent::tenancy::verify;
 
 use super::report::Report;
 use super::scope::{ScopeArgs, Tool};
-use super::{Format, connect, exit};
+use super::{Format, exit};
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -24,8 +24,10 @@ pub struct VerifyArgs {
 
 impl VerifyArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let pool = connect(&self.scope.database_url, self.concurrency as u32 + 2).await?;
-        let p = plan::plan(&pool, &self.scope.options(Tool::Verify)?).await?;
+        let (pool, p) = self
+            .scope
+            .plan(Tool::Verify, self.concurrency as u32 + 2)
+            .await?;
         let report = verify::verify(&pool, &p, self.concurrency).await?;
         report.print(self.format)?;
         Ok(exit(report.is_ok()))

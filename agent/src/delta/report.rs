@@ -1,6 +1,8 @@
 //! What an import is asked to do and what it reports: the options, the per-unit proof and
 //! the report.
 
+use std::fmt;
+
 use serde::Serialize;
 
 /// How to import.
@@ -32,6 +34,23 @@ pub struct UnitCheck {
     pub rows: i64,
     /// Their fingerprint.
     pub fingerprint: String,
+}
+
+/// A unit that does not hold what its tenant schema held, in the words the tool and the
+/// step both use.
+impl fmt::Display for UnitCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tenant {}, table {}: expected {} row(s) with fingerprint {}, found {} with {}",
+            self.tenant,
+            self.table,
+            self.expected_rows,
+            self.expected_fingerprint,
+            self.rows,
+            self.fingerprint
+        )
+    }
 }
 
 /// What an import (or a check) did and found.

@@ -119,9 +119,15 @@ impl StepContext<'_> {
         }
     }
 
-    /// The file an earlier attempt wrote and recorded as the step's whole result (an archive,
-    /// a delta), when its bytes still match; recorded as found done. `what` names the file.
-    pub(super) async fn recorded_result(&self, what: &str) -> Option<&ArchiveRecord> {
+    /// The outcome of an attempt whose step's whole result is one file (an archive, a delta)
+    /// that an earlier attempt wrote and recorded, when its bytes still match: recorded as
+    /// found done, and a success whose `summary` is given the file in words. `what` names the
+    /// file.
+    pub(super) async fn recorded_result(
+        &self,
+        what: &str,
+        summary: impl FnOnce(&str) -> String,
+    ) -> Option<StepOutcome> {
         let record = self.intact_recorded(|_| true).await?;
         self.found_done(
             1,
@@ -132,7 +138,10 @@ impl StepContext<'_> {
             ),
         )
         .await;
-        Some(record)
+        let file = describe_file(&record.path, record.bytes, &record.sha256);
+        Some(StepOutcome::Succeeded {
+            summary: summary(&file),
+        })
     }
 
     /// Removes the partial files of dumps labelled `label` that a killed attempt left behind.
@@ -179,13 +188,14 @@ pub(super) fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A written file in words: `path (size, sha256 …)`.
+fn describe_file(path: impl std::fmt::Display, bytes: u64, sha256: &str) -> String {
+    format!("{path} ({}, sha256 {sha256})", human_bytes(bytes))
+}
+
+/// An archive just written, in words.
 pub(super) fn describe_archive(archive: &Archive) -> String {
-    format!(
-        "{} ({}, sha256 {})",
-        archive.path.display(),
-        human_bytes(archive.bytes),
-        archive.sha256
-    )
+    describe_file(archive.path.display(), archive.bytes, &archive.sha256)
 }
 
 /// The checksum an archive must have: as this run recorded it, else from `<archive>.sha256`;

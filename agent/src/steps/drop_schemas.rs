@@ -21,8 +21,7 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
     let prepared = async {
         let target = attempt.expand("target", &step.target)?;
         let archive_dir = PathBuf::from(attempt.expand("archive_dir", &step.archive_dir)?);
-        let opts = super::engine::options(attempt.state, &step.scope, None)
-            .map_err(StepOutcome::permanent)?;
+        let opts = super::engine::options(attempt)?;
         let pool = attempt.pool(&target).await?;
         let conn = attempt.connection(&target)?;
         Ok::<_, StepOutcome>((target, archive_dir, opts, pool, conn, programs()?))

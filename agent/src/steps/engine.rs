@@ -1,34 +1,24 @@
 //! The tenancy engine as step kinds: `plan`, `consolidate` and `verify`, their progress and
 //! results reported through the attempt's notes, which the executor records as events.
 
+use rollback_proto::OutputStream;
 use rollback_proto::runbook::{ConsolidateStep, TenancyStep};
-use rollback_proto::{OutputStream, RunState};
 
 use super::{Progress, StepContext, StepOutcome};
 use crate::tenancy::consolidate::{self, ConsolidateOptions};
 use crate::tenancy::plan::{self, PlanOptions};
 use crate::tenancy::verify;
 
-/// The plan options of a tenancy step's scope, `${param}`s expanded.
-pub(super) fn options(
-    state: &RunState,
-    scope: &rollback_proto::runbook::TenancyScope,
-    tables: Option<Vec<String>>,
-) -> Result<PlanOptions, String> {
-    let expand = |t: &str| {
-        state
-            .runbook
-            .expand(t, &state.params)
-            .map_err(|e| e.to_string())
-    };
-    Ok(PlanOptions {
-        scope: rollback_proto::runbook::TenancyScope {
-            schema_pattern: expand(&scope.schema_pattern)?,
-            tenants_table: expand(&scope.tenants_table)?,
-        },
-        tables,
-        ..PlanOptions::default()
-    })
+/// The engine's options of the attempt's step, as [`PlanOptions::of_step`] reads every
+/// tenancy step: its scope with the run's `${param}`s expanded, its tables, its id handling.
+pub(super) fn options(ctx: &StepContext<'_>) -> Result<PlanOptions, StepOutcome> {
+    match PlanOptions::of_step(ctx.runbook(), &ctx.step.kind, ctx.params()) {
+        Some(opts) => opts.map_err(permanent),
+        None => Err(permanent(format!(
+            "a `{}` step does not use the tenancy engine",
+            ctx.step.kind.name()
+        ))),
+    }
 }
 
 fn permanent(error: impl ToString) -> StepOutcome {
@@ -40,8 +30,7 @@ fn permanent(error: impl ToString) -> StepOutcome {
 
 /// Runs a `plan` attempt: the plan, written out, and whether anything stands in the way.
 pub(super) async fn plan_tenants(ctx: &StepContext<'_>, t: &TenancyStep) -> StepOutcome {
-    let opts = options(ctx.state, &t.scope, t.tables.clone());
-    with_plan(ctx, &t.target, opts, true, |_pool, plan| async move {
+    with_plan(ctx, &t.target, true, |_pool, plan| async move {
         let output = &ctx.output;
         output.write(OutputStream::Stdout, &plan.to_string()).await;
         if plan.is_executable() {
@@ -69,19 +58,14 @@ pub(super) async fn plan_tenants(ctx: &StepContext<'_>, t: &TenancyStep) -> Step
 
 /// Runs a `consolidate` attempt: the units an earlier attempt or run did are skipped.
 pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateStep) -> StepOutcome {
-    let opts = options(ctx.state, &c.scope, None).map(|mut o| {
-        o.ids = c.ids;
-        o
-    });
-    with_plan(ctx, &c.target, opts, false, |pool, plan| async move {
+    with_plan(ctx, &c.target, false, |pool, plan| async move {
         let (state, step, output) = (ctx.state, ctx.step, &ctx.output);
         let resumed = ctx.follows_an_attempt() && !state.dry_run;
         let dry =
             state.dry_run && step.dry_run == rollback_proto::runbook::DryRunBehaviour::Describe;
         let copts = ConsolidateOptions {
-            concurrency: c.concurrency.max(1) as usize,
             dry_run: dry,
-            fk_checks: c.fk_checks,
+            ..ConsolidateOptions::of_step(c)
         };
         if !dry {
             let done = match consolidate::units_done(&pool, &plan).await {
@@ -162,8 +146,7 @@ pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateSt
 /// Runs a `verify` attempt: every unit's count and fingerprint, then the invariants; the
 /// tenants proven are recorded, as only they may have their schemas dropped.
 pub(super) async fn verify_tenants(ctx: &StepContext<'_>, t: &TenancyStep) -> StepOutcome {
-    let opts = options(ctx.state, &t.scope, t.tables.clone());
-    with_plan(ctx, &t.target, opts, true, |pool, plan| async move {
+    with_plan(ctx, &t.target, true, |pool, plan| async move {
         let (state, step, output) = (ctx.state, ctx.step, &ctx.output);
         if state.dry_run && step.dry_run == rollback_proto::runbook::DryRunBehaviour::Describe {
             // A dry run consolidated nothing, so there is nothing to compare yet: verifying
@@ -227,21 +210,15 @@ pub(super) async fn verify_tenants(ctx: &StepContext<'_>, t: &TenancyStep) -> St
 /// Connects to the target and plans, then runs `work` on the plan, stopped by `cancel`.
 /// `rereads`: the kind only reads, so an attempt picking up an earlier one does it all again
 /// (and says so).
-async fn with_plan<F, W>(
-    ctx: &StepContext<'_>,
-    target: &str,
-    opts: Result<PlanOptions, String>,
-    rereads: bool,
-    work: F,
-) -> StepOutcome
+async fn with_plan<F, W>(ctx: &StepContext<'_>, target: &str, rereads: bool, work: F) -> StepOutcome
 where
     F: FnOnce(sqlx::PgPool, plan::Plan) -> W,
     W: std::future::Future<Output = StepOutcome>,
 {
     let state = ctx.state;
-    let opts = match opts {
+    let opts = match options(ctx) {
         Ok(o) => o,
-        Err(e) => return permanent(e),
+        Err(outcome) => return outcome,
     };
     let target = match state.runbook.expand(target, &state.params) {
         Ok(t) => t,

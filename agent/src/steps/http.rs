@@ -438,13 +438,6 @@ mod tests {
         ))
     }
 
-    fn failed(outcome: &StepOutcome) -> (&str, bool) {
-        match outcome {
-            StepOutcome::Failed { error, retryable } => (error, *retryable),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
     #[tokio::test]
     async fn a_2xx_succeeds_and_the_request_is_as_written() {
         install_crypto_provider();
@@ -484,11 +477,16 @@ mod tests {
         assert_eq!(text(&chunks, OutputStream::Stdout), "boom");
     }
 
+    /// The outcome of a step with `extra` settings against a server answering `status`.
+    async fn answered(status: u16, extra: &str) -> StepOutcome {
+        install_crypto_provider();
+        let server = TestServer::start(move |_| Reply::Status(status, String::new())).await;
+        http(&server.url, extra).run().await.0
+    }
+
     #[tokio::test]
     async fn an_unexpected_4xx_is_permanent() {
-        install_crypto_provider();
-        let server = TestServer::start(|_| Reply::Status(404, String::new())).await;
-        let (outcome, _) = http(&server.url, "").run().await;
+        let outcome = answered(404, "").await;
         let (error, retryable) = failed(&outcome);
         assert!(error.starts_with("HTTP 404"), "{error}");
         assert!(!retryable);
@@ -496,12 +494,9 @@ mod tests {
 
     #[tokio::test]
     async fn expected_statuses_replace_2xx() {
-        install_crypto_provider();
-        let server = TestServer::start(|_| Reply::Status(404, String::new())).await;
-        let (outcome, _) = http(&server.url, "expect_status = [404]").run().await;
+        let outcome = answered(404, "expect_status = [404]").await;
         assert!(outcome.is_success(), "{outcome:?}");
-        let server = TestServer::start(|_| Reply::Status(200, String::new())).await;
-        let (outcome, _) = http(&server.url, "expect_status = [201, 204]").run().await;
+        let outcome = answered(200, "expect_status = [201, 204]").await;
         let (error, retryable) = failed(&outcome);
         assert!(error.contains("expected 201, 204"), "{error}");
         assert!(!retryable);
@@ -590,26 +585,19 @@ mod tests {
     #[tokio::test]
     async fn dry_run_describes_with_secrets_redacted() {
         let server = TestServer::start(|_| Reply::Status(200, String::new())).await;
-        let mut step = http(
+        let step = http(
             &format!(
                 "http://user:pw@{}/${{path}}?token=${{token}}&verbose=1",
                 &server.url[7..]
             ),
             "method = \"DELETE\"\nheaders = { Authorization = \"Bearer ${token}\", Accept = \"text/plain\" }\nbody = \"drop it\"\nexpect_status = [202]",
         );
-        step.dry_run = true;
-        let (outcome, chunks) = step.run().await;
+        let (summary, described) = step.describe().await;
         assert!(server.requests().is_empty(), "a dry run sent the request");
-        let StepOutcome::Succeeded { summary } = outcome else {
-            panic!("{outcome:?}");
-        };
         assert!(
             summary.starts_with("dry run: would send DELETE http://user:redacted@"),
             "{summary}"
         );
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].stream, OutputStream::DryRun);
-        let described = &chunks[0].text;
         assert!(!described.contains("s3cret"), "{described}");
         assert!(!described.contains(":pw@"), "{described}");
         assert!(

@@ -368,6 +368,28 @@ pub(crate) mod test_support {
             }
             (outcome, chunks)
         }
+
+        /// Runs the runbook's only step in a dry run, which must succeed with one dry-run
+        /// chunk and nothing else; returns the summary and the description.
+        pub async fn describe(mut self) -> (String, String) {
+            self.dry_run = true;
+            let (outcome, mut chunks) = self.run().await;
+            let StepOutcome::Succeeded { summary } = outcome else {
+                panic!("{outcome:?}");
+            };
+            assert_eq!(chunks.len(), 1, "{chunks:?}");
+            let chunk = chunks.remove(0);
+            assert_eq!(chunk.stream, OutputStream::DryRun);
+            (summary, chunk.text)
+        }
+    }
+
+    /// The error of a failed outcome and whether it may be retried; panics on success.
+    pub fn failed(outcome: &StepOutcome) -> (&str, bool) {
+        match outcome {
+            StepOutcome::Failed { error, retryable } => (error, *retryable),
+            other => panic!("expected a failure, got {other:?}"),
+        }
     }
 
     /// The text of every chunk of `stream`, joined.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use rollback_proto::runbook::PgDumpStep;
 
-use super::archives::{archive_failure, describe_archive, human_bytes, programs};
+use super::archives::{archive_failure, describe_archive, programs};
 use super::{StepContext, StepOutcome};
 use crate::archive::{self, DumpRequest};
 
@@ -58,15 +58,10 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgDumpStep) -> StepOut
     if attempt.picks_up() {
         // The archive is the step's whole result: one recorded by an earlier attempt, bytes
         // unchanged, is that result; a dump killed half way left only a partial file.
-        if let Some(record) = attempt.recorded_result("archive").await {
-            return StepOutcome::Succeeded {
-                summary: format!(
-                    "dumped {what} of `{target}` to {} ({}, sha256 {}), by an earlier attempt",
-                    record.path,
-                    human_bytes(record.bytes),
-                    record.sha256
-                ),
-            };
+        let summary =
+            |file: &str| format!("dumped {what} of `{target}` to {file}, by an earlier attempt");
+        if let Some(done) = attempt.recorded_result("archive", summary).await {
+            return done;
         }
         attempt
             .found_done(0, 1, "no intact archive was recorded; dumping afresh")

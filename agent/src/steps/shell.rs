@@ -315,13 +315,6 @@ mod tests {
         format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
     }
 
-    fn failed(outcome: &StepOutcome) -> (&str, bool) {
-        match outcome {
-            StepOutcome::Failed { error, retryable } => (error, *retryable),
-            other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
     #[tokio::test]
     async fn exit_zero_succeeds_and_output_is_captured_per_stream() {
         let step = shell("echo hello ${name}; echo oops >&2", "");
@@ -412,16 +405,20 @@ mod tests {
             .collect()
     }
 
-    /// The test's sleepers still alive after `within`: SIGKILL is delivered asynchronously, so
-    /// a process killed a moment ago may still be listed (seen under load); it must be gone
-    /// soon after, never survive.
-    fn survivors(marker: &str, within: Duration) -> Vec<u32> {
-        let deadline = std::time::Instant::now() + within;
+    /// Asserts that the test's sleepers are gone, within 5 s: SIGKILL is delivered
+    /// asynchronously, so a process killed a moment ago may still be listed (seen under load);
+    /// it must be gone soon after, never survive.
+    fn assert_none_survive(marker: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let alive = sleepers(marker);
-            if alive.is_empty() || std::time::Instant::now() >= deadline {
-                return alive;
+            if alive.is_empty() {
+                return;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep survived: {alive:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -448,11 +445,7 @@ mod tests {
         assert!(error.starts_with("timed out after 300ms"), "{error}");
         assert!(retryable);
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(
-            survivors(&marker, Duration::from_secs(5)),
-            Vec::<u32>::new(),
-            "sleep survived the timeout"
-        );
+        assert_none_survive(&marker);
     }
 
     #[tokio::test]
@@ -477,10 +470,7 @@ mod tests {
         let (error, retryable) = failed(&outcome);
         assert!(error.starts_with("cancelled"), "{error}");
         assert!(retryable);
-        assert_eq!(
-            survivors(&marker, Duration::from_secs(5)),
-            Vec::<u32>::new()
-        );
+        assert_none_survive(&marker);
     }
 
     #[tokio::test]
@@ -493,10 +483,7 @@ mod tests {
         assert!(outcome.is_success(), "{outcome:?}");
         assert_eq!(text(&chunks, OutputStream::Stdout), "started\n");
         assert!(text(&chunks, OutputStream::Stderr).contains("left processes running"));
-        assert_eq!(
-            survivors(&marker, Duration::from_secs(5)),
-            Vec::<u32>::new()
-        );
+        assert_none_survive(&marker);
     }
 
     #[tokio::test]
@@ -559,22 +546,16 @@ mod tests {
     async fn dry_run_describes_without_running() {
         let dir = tempfile::tempdir().unwrap();
         let flag = dir.path().join("ran");
-        let mut step = shell(
+        let step = shell(
             &format!("touch {} # ${{name}}", flag.display()),
             "workdir = \"/tmp\"\nenv = { MODE = \"fast\", DB_PASSWORD = \"hunter2\" }",
         );
-        step.dry_run = true;
-        let (outcome, chunks) = step.run().await;
+        let (summary, described) = step.describe().await;
         assert_eq!(
-            outcome,
-            StepOutcome::Succeeded {
-                summary: format!("dry run: would run `touch {} # world`", flag.display())
-            }
+            summary,
+            format!("dry run: would run `touch {} # world`", flag.display())
         );
         assert!(!flag.exists(), "a dry run ran the command");
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].stream, OutputStream::DryRun);
-        let described = &chunks[0].text;
         assert!(described.contains(&format!("sh -c touch {} # world", flag.display())));
         assert!(described.contains("in: /tmp"), "{described}");
         assert!(described.contains("MODE=fast"), "{described}");

@@ -237,22 +237,17 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_describes_statements_and_target() {
-        let mut step = Fixture::new(runbook(
+        let step = Fixture::new(runbook(
             "table = \"orders\"",
             "kind = \"sql\"\ntarget = \"main\"\nstatements = [\"DELETE FROM ${table}\", \"VACUUM ${table}\"]",
         ));
-        step.dry_run = true;
-        let (outcome, chunks) = step.run().await;
+        let (summary, description) = step.describe().await;
         assert_eq!(
-            outcome,
-            StepOutcome::Succeeded {
-                summary: "dry run: would run 2 statement(s) on `main` in one transaction".into()
-            }
+            summary,
+            "dry run: would run 2 statement(s) on `main` in one transaction"
         );
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].stream, OutputStream::DryRun);
         assert_eq!(
-            chunks[0].text,
+            description,
             "would run on database target `main`, in one transaction, within 10m:\n\
              1. DELETE FROM orders\n2. VACUUM orders\n"
         );

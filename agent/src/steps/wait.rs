@@ -309,24 +309,17 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_describes_the_condition() {
-        let mut step = Fixture::new(runbook(
+        let step = Fixture::new(runbook(
             "flag = \"ready\"",
             "kind = \"wait\"\nsql = { target = \"main\", query = \"SELECT ${flag} FROM app_state\" }\ninterval = \"2s\"\ntimeout = \"1m\"",
         ));
-        step.dry_run = true;
-        let (outcome, chunks) = step.run().await;
+        let (summary, description) = step.describe().await;
         assert_eq!(
-            outcome,
-            StepOutcome::Succeeded {
-                summary:
-                    "dry run: would wait until `SELECT ready FROM app_state` returns true on `main`"
-                        .into()
-            }
+            summary,
+            "dry run: would wait until `SELECT ready FROM app_state` returns true on `main`"
         );
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(chunks[0].stream, OutputStream::DryRun);
         assert_eq!(
-            chunks[0].text,
+            description,
             "would poll every 2s for at most 1m: `SELECT ready FROM app_state` returns true on `main`\n"
         );
     }

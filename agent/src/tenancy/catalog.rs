@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 /// A column as the catalog describes it.
@@ -212,8 +213,7 @@ pub async fn shared_tables(
         );
     }
 
-    let fks = sqlx::query(
-        "SELECT con.conname::text, c.relname::text,
+    let fks = "SELECT con.conname::text, c.relname::text,
                 array(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
                       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o),
                 rn.nspname::text, rc.relname::text,
@@ -225,26 +225,19 @@ pub async fn shared_tables(
          JOIN pg_class rc ON rc.oid = con.confrelid
          JOIN pg_namespace rn ON rn.oid = rc.relnamespace
          WHERE n.nspname = $1 AND con.contype = 'f'
-         ORDER BY 2, 1",
-    )
-    .bind(schema)
-    .fetch_all(pool)
+         ORDER BY 2, 1";
+    add_to_tables(pool, schema, fks, &mut tables, |t, r| {
+        t.foreign_keys.push(ForeignKey {
+            name: r.get(0),
+            columns: r.get(2),
+            ref_schema: r.get(3),
+            ref_table: r.get(4),
+            ref_columns: r.get(5),
+        })
+    })
     .await?;
-    for r in fks {
-        let table: String = r.get(1);
-        if let Some(t) = tables.get_mut(&table) {
-            t.foreign_keys.push(ForeignKey {
-                name: r.get(0),
-                columns: r.get(2),
-                ref_schema: r.get(3),
-                ref_table: r.get(4),
-                ref_columns: r.get(5),
-            });
-        }
-    }
 
-    let uniques = sqlx::query(
-        "SELECT ic.relname::text, c.relname::text, i.indisprimary,
+    let uniques = "SELECT ic.relname::text, c.relname::text, i.indisprimary,
                 array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o),
                 (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
@@ -253,22 +246,16 @@ pub async fn shared_tables(
          JOIN pg_class c ON c.oid = i.indrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND i.indisunique
-         ORDER BY 2, 1",
-    )
-    .bind(schema)
-    .fetch_all(pool)
+         ORDER BY 2, 1";
+    add_to_tables(pool, schema, uniques, &mut tables, |t, r| {
+        t.unique_keys.push(UniqueKey {
+            name: r.get(0),
+            primary: r.get(2),
+            columns: r.get(3),
+            partial_or_expression: r.get(4),
+        })
+    })
     .await?;
-    for r in uniques {
-        let table: String = r.get(1);
-        if let Some(t) = tables.get_mut(&table) {
-            t.unique_keys.push(UniqueKey {
-                name: r.get(0),
-                primary: r.get(2),
-                columns: r.get(3),
-                partial_or_expression: r.get(4),
-            });
-        }
-    }
 
     for t in tables.values_mut() {
         if let Some(pk) = t.primary_key().map(str::to_owned) {
@@ -280,6 +267,24 @@ pub async fn shared_tables(
         }
     }
     Ok(tables)
+}
+
+/// Runs `query` over the shared `schema` and adds each row it returns to the table named by
+/// the row's second column (a row of a table that is not in `tables` is left out).
+async fn add_to_tables(
+    pool: &PgPool,
+    schema: &str,
+    query: &'static str,
+    tables: &mut BTreeMap<String, SharedTable>,
+    add: impl Fn(&mut SharedTable, &PgRow),
+) -> Result<(), sqlx::Error> {
+    for r in sqlx::query(query).bind(schema).fetch_all(pool).await? {
+        let table: String = r.get(1);
+        if let Some(t) = tables.get_mut(&table) {
+            add(t, &r);
+        }
+    }
+    Ok(())
 }
 
 /// Whether a value of type `from` can be stored in a column of type `to` without an

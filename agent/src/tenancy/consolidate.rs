@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::TryStreamExt;
-use rollback_proto::runbook::{FkChecks, IdStrategy};
+use rollback_proto::runbook::{ConsolidateStep, FkChecks, IdStrategy};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::sync::Mutex;
@@ -43,6 +43,18 @@ impl Default for ConsolidateOptions {
             concurrency: 4,
             dry_run: false,
             fk_checks: FkChecks::Auto,
+        }
+    }
+}
+
+impl ConsolidateOptions {
+    /// What a runbook's `consolidate` step asks for: its concurrency (one at least) and its
+    /// foreign-key checks, writing for real.
+    pub fn of_step(step: &ConsolidateStep) -> Self {
+        Self {
+            concurrency: step.concurrency.max(1) as usize,
+            dry_run: false,
+            fk_checks: step.fk_checks,
         }
     }
 }
@@ -213,14 +225,9 @@ fn unit_sql(plan: &Plan, t: &TablePlan, deferred: bool) -> UnitSql {
     let mut cols = vec![id.clone(), sql::ident(&plan.tenant_column)];
     let mut vals = vec!["m.new_id".to_owned(), ten.to_owned()];
     let mut joins = String::new();
-    for (i, c) in t
-        .columns
-        .iter()
-        .filter(|c| c.name != t.id_column)
-        .enumerate()
-    {
+    for (i, c, link) in t.linked_columns() {
         cols.push(sql::ident(&c.name));
-        match t.foreign_keys.iter().find(|fk| fk.column == c.name) {
+        match link {
             Some(fk) => {
                 let alias = format!("f{i}");
                 joins.push_str(&format!(

@@ -157,14 +157,9 @@ fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
     let mut src_row = vec![format!("s.{id}::int8")];
     let mut dst_row = vec!["m.old_id".to_owned()];
     let mut joins = String::new();
-    for (i, c) in t
-        .columns
-        .iter()
-        .filter(|c| c.name != t.id_column)
-        .enumerate()
-    {
+    for (i, c, link) in t.linked_columns() {
         let col = sql::ident(&c.name);
-        match t.foreign_keys.iter().find(|f| f.column == c.name) {
+        match link {
             Some(fk) => {
                 let alias = format!("f{i}");
                 // A link that maps to nothing in this tenant must not look like a NULL link.

@@ -327,6 +327,27 @@ pub(super) async fn maintenance(target: &ConnectionParams) -> Result<PgConnectio
     )(last.expect("one database was tried")))
 }
 
+/// Runs one `statement` on a maintenance connection; a failure says what was being done.
+pub(super) async fn run_statement(
+    conn: &mut PgConnection,
+    statement: String,
+    action: String,
+) -> Result<(), RestoreError> {
+    sqlx::raw_sql(AssertSqlSafe(statement))
+        .execute(conn)
+        .await
+        .map_err(db_error(action))?;
+    Ok(())
+}
+
+/// The statement that lets new sessions into `database` (`allowed`), or refuses them.
+pub(super) fn allow_connections(database: &str, allowed: bool) -> String {
+    format!(
+        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allowed}",
+        sql::ident(database)
+    )
+}
+
 /// Creates `name` empty (from template0), with the target's encoding, locale and owner, and
 /// `mark` as its comment.
 async fn create_database_like(
@@ -385,10 +406,7 @@ async fn create_database_like(
             sql::literal(icu)
         ));
     }
-    sqlx::raw_sql(AssertSqlSafe(ddl))
-        .execute(&mut conn)
-        .await
-        .map_err(db_error(format!("creating database `{name}`")))?;
+    run_statement(&mut conn, ddl, format!("creating database `{name}`")).await?;
     if let Some(mark) = mark {
         let marked = sqlx::raw_sql(AssertSqlSafe(format!(
             "COMMENT ON DATABASE {} IS {}",
@@ -417,13 +435,12 @@ async fn create_database_like(
 pub async fn drop_database(target: &ConnectionParams, name: &str) -> Result<(), RestoreError> {
     let mut conn = maintenance(target).await?;
     end_connections(&mut conn, name).await?;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {}",
-        sql::ident(name)
-    )))
-    .execute(&mut conn)
-    .await
-    .map_err(db_error(format!("dropping database `{name}`")))?;
+    run_statement(
+        &mut conn,
+        format!("DROP DATABASE IF EXISTS {}", sql::ident(name)),
+        format!("dropping database `{name}`"),
+    )
+    .await?;
     conn.close().await.ok();
     Ok(())
 }
@@ -466,41 +483,41 @@ async fn swap(
     let name = target.database();
     let mut conn = maintenance(target).await?;
     // Refuse new sessions first, so none arrives between ending the open ones and the rename.
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
-        sql::ident(name)
-    )))
-    .execute(&mut conn)
-    .await
-    .map_err(db_error(format!("refusing new connections to `{name}`")))?;
+    run_statement(
+        &mut conn,
+        allow_connections(name, false),
+        format!("refusing new connections to `{name}`"),
+    )
+    .await?;
     let swapped = async {
         end_connections(&mut conn, name).await?;
         end_connections(&mut conn, restored).await?;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "BEGIN;
-             ALTER DATABASE {target} RENAME TO {kept};
-             ALTER DATABASE {restored} RENAME TO {target};
-             ALTER DATABASE {kept} WITH ALLOW_CONNECTIONS true;
-             COMMIT;",
-            target = sql::ident(name),
-            kept = sql::ident(kept_as),
-            restored = sql::ident(restored),
-        )))
-        .execute(&mut conn)
+        run_statement(
+            &mut conn,
+            format!(
+                "BEGIN;
+                 ALTER DATABASE {target} RENAME TO {kept};
+                 ALTER DATABASE {restored} RENAME TO {target};
+                 {reopen};
+                 COMMIT;",
+                target = sql::ident(name),
+                kept = sql::ident(kept_as),
+                restored = sql::ident(restored),
+                reopen = allow_connections(kept_as, true),
+            ),
+            format!("renaming `{name}` to `{kept_as}` and `{restored}` to `{name}`"),
+        )
         .await
-        .map_err(db_error(format!(
-            "renaming `{name}` to `{kept_as}` and `{restored}` to `{name}`"
-        )))
     }
     .await;
     if let Err(err) = swapped {
         // Nothing was renamed (one transaction): let the target be used again.
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
-        let reopened = sqlx::raw_sql(AssertSqlSafe(format!(
-            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-            sql::ident(name)
-        )))
-        .execute(&mut conn)
+        let reopened = run_statement(
+            &mut conn,
+            allow_connections(name, true),
+            format!("allowing connections to `{name}` again"),
+        )
         .await;
         if let Err(again) = reopened {
             tracing::error!(database = name, error = %again, "could not allow connections to the target again");

@@ -36,9 +36,7 @@ pub(in crate::steps) async fn export_delta(
     let prepared = async {
         let target = attempt.expand("target", &step.target)?;
         let output_dir = PathBuf::from(attempt.expand("output_dir", &step.output_dir)?);
-        let scope = crate::steps::engine::options(attempt.state, &step.scope, None)
-            .map_err(StepOutcome::permanent)?
-            .scope;
+        let scope = crate::steps::engine::options(attempt)?.scope;
         let baseline = match (&step.baseline, &step.baseline_archive) {
             (Some(name), _) => Baseline::Target(attempt.expand("baseline", name)?),
             (None, Some(path)) => {
@@ -97,15 +95,13 @@ pub(in crate::steps) async fn export_delta(
     if attempt.picks_up() {
         // The delta file is the step's whole result: one recorded by an earlier attempt, bytes
         // unchanged, is that result; the comparison itself only reads.
-        if let Some(record) = attempt.recorded_result("delta").await {
-            return StepOutcome::Succeeded {
-                summary: format!(
-                    "the delta of `{target}` against {label} was written by an earlier attempt to {} ({}, sha256 {})",
-                    record.path,
-                    human_bytes(record.bytes),
-                    record.sha256
-                ),
-            };
+        let summary = |file: &str| {
+            format!(
+                "the delta of `{target}` against {label} was written by an earlier attempt to {file}"
+            )
+        };
+        if let Some(done) = attempt.recorded_result("delta", summary).await {
+            return done;
         }
         let dropped = match &baseline {
             Baseline::Archive(_) => match drop_scratch_left(attempt, &conn).await {

@@ -123,17 +123,7 @@ pub(in crate::steps) async fn import_delta(
             .mismatches
             .iter()
             .take(10)
-            .map(|m| {
-                format!(
-                    "tenant {}, table {}: expected {} row(s) with fingerprint {}, found {} with {}",
-                    m.tenant,
-                    m.table,
-                    m.expected_rows,
-                    m.expected_fingerprint,
-                    m.rows,
-                    m.fingerprint
-                )
-            })
+            .map(ToString::to_string)
             .collect();
         if report.mismatches.len() > 10 {
             lines.push(format!("and {} more", report.mismatches.len() - 10));

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use sqlx::postgres::PgDatabaseError;
+use sqlx::postgres::{PgDatabaseError, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 
 mod queries;
@@ -244,6 +244,19 @@ fn checking(source: sqlx::Error) -> DropError {
     }
 }
 
+/// Asks the catalog `query` about the schemas whose oids are `oids` (its `$1`).
+async fn about_schemas(
+    pool: &PgPool,
+    query: &'static str,
+    oids: &[i64],
+) -> Result<Vec<PgRow>, DropError> {
+    sqlx::query(query)
+        .bind(oids)
+        .fetch_all(pool)
+        .await
+        .map_err(checking)
+}
+
 /// Everything that must hold before a drop, checked without writing: every tenant of the plan
 /// verified, the plan free of refusals, every table covered by it, no dependent outside the
 /// schemas and nothing inside them that table drops would leave behind. Returns how each
@@ -282,22 +295,16 @@ pub async fn check_drop(
     .await
     .map_err(checking)?;
 
-    let dependents: Vec<(String, String, String)> = sqlx::query(DEPENDENTS_SQL)
-        .bind(&oids)
-        .fetch_all(pool)
-        .await
-        .map_err(checking)?
+    let dependents: Vec<(String, String, String)> = about_schemas(pool, DEPENDENTS_SQL, &oids)
+        .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     if !dependents.is_empty() {
         return Err(DropError::Dependents { dependents });
     }
-    let leftovers: Vec<(String, String)> = sqlx::query(LEFTOVERS_SQL)
-        .bind(&oids)
-        .fetch_all(pool)
-        .await
-        .map_err(checking)?
+    let leftovers: Vec<(String, String)> = about_schemas(pool, LEFTOVERS_SQL, &oids)
+        .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -307,12 +314,7 @@ pub async fn check_drop(
 
     // schema -> table oid -> name
     let mut tables: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
-    for r in sqlx::query(TABLES_SQL)
-        .bind(&oids)
-        .fetch_all(pool)
-        .await
-        .map_err(checking)?
-    {
+    for r in about_schemas(pool, TABLES_SQL, &oids).await? {
         tables
             .entry(r.get(0))
             .or_default()
@@ -330,12 +332,7 @@ pub async fn check_drop(
     }
     // child oid -> (parent oid, foreign key name or None for inheritance)
     let mut edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = BTreeMap::new();
-    for r in sqlx::query(EDGES_SQL)
-        .bind(&oids)
-        .fetch_all(pool)
-        .await
-        .map_err(checking)?
-    {
+    for r in about_schemas(pool, EDGES_SQL, &oids).await? {
         edges
             .entry(r.get(0))
             .or_default()

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use super::model::*;
+use super::options::PlanOptions;
 use crate::tenancy::bookkeeping;
 use crate::tenancy::catalog::{self};
 use crate::tenancy::sql;
@@ -54,24 +55,26 @@ pub(super) async fn unique_collisions(
     } else {
         BTreeSet::new()
     };
+    // The shared rows consolidation did not write (all of them, where it never ran), as a
+    // filter on the shared table aliased `d`.
+    let not_consolidated = if engine {
+        format!(
+            " WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.tbl = {} AND m.new_id = d.{})",
+            bookkeeping::id_map(),
+            sql::literal(&table.name),
+            sql::ident(&table.id_column)
+        )
+    } else {
+        String::new()
+    };
     // A key with the tenant column can only collide within a tenant: between the tenant's
     // rows and the shared rows already there for it (the tenant table's own unique index
     // keeps its rows apart; should it lack one, the unit fails whole on insert). So only
     // tenants that already have shared rows need reading.
     let with_shared_rows: Option<BTreeSet<i64>> = if per_tenant {
         let q = format!(
-            "SELECT DISTINCT {tc}::int8 FROM {} d{}",
+            "SELECT DISTINCT {tc}::int8 FROM {} d{not_consolidated}",
             sql::table(&opts.shared_schema, &table.name),
-            if engine {
-                format!(
-                    " WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.tbl = {} AND m.new_id = d.{})",
-                    bookkeeping::id_map(),
-                    sql::literal(&table.name),
-                    sql::ident(&table.id_column)
-                )
-            } else {
-                String::new()
-            },
             tc = sql::ident(&opts.tenant_column),
         );
         Some(
@@ -123,18 +126,8 @@ pub(super) async fn unique_collisions(
         .collect::<Vec<_>>()
         .join(", ");
     // Existing shared rows count too: a key may already be taken by a pre-migration row.
-    let not_consolidated = if engine {
-        format!(
-            " d WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.tbl = {} AND m.new_id = d.{})",
-            bookkeeping::id_map(),
-            sql::literal(&table.name),
-            sql::ident(&table.id_column)
-        )
-    } else {
-        String::new()
-    };
     parts.push(format!(
-        "SELECT {tenant_col_cast} FROM {}{not_consolidated}",
+        "SELECT {tenant_col_cast} FROM {} d{not_consolidated}",
         sql::table(&opts.shared_schema, &table.name)
     ));
     let null_filter = key

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use rollback_proto::runbook::IdStrategy;
 
 use super::model::*;
+use super::options::PlanOptions;
 use crate::tenancy::catalog::{Column, SharedTable};
 
 /// Types a value may move between without any chance of loss.

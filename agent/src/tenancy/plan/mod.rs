@@ -13,12 +13,14 @@ use super::sql;
 mod collisions;
 mod mapping;
 mod model;
+mod options;
 mod order;
 mod report;
 
 use collisions::unique_collisions;
 use mapping::map_table;
 pub use model::*;
+pub use options::{PlanOptions, ScopeError};
 use order::load_order;
 
 /// Compiles the schema pattern, insisting on full-name anchoring and one capture group.

@@ -3,35 +3,8 @@
 
 use std::fmt;
 
-use rollback_proto::runbook::{IdStrategy, TenancyScope};
+use rollback_proto::runbook::IdStrategy;
 use serde::Serialize;
-
-/// Where to look and how to map ids.
-#[derive(Debug, Clone)]
-pub struct PlanOptions {
-    /// Which schemas are tenant schemas, and where the tenants are listed.
-    pub scope: TenancyScope,
-    /// The schema of the shared tables.
-    pub shared_schema: String,
-    /// The column of the shared tables that says which tenant a row belongs to.
-    pub tenant_column: String,
-    /// Only these tables (default: every table found in the tenant schemas).
-    pub tables: Option<Vec<String>>,
-    /// Keep or remap ids.
-    pub ids: IdStrategy,
-}
-
-impl Default for PlanOptions {
-    fn default() -> Self {
-        Self {
-            scope: TenancyScope::default(),
-            shared_schema: "public".into(),
-            tenant_column: "tenant_id".into(),
-            tables: None,
-            ids: IdStrategy::Remap,
-        }
-    }
-}
 
 /// A tenant and its schema.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -105,6 +78,27 @@ pub struct TablePlan {
     /// The tenants whose schema holds this table, in id order: one unit of work each.
     #[serde(skip)]
     pub unit_tenants: Vec<i64>,
+}
+
+impl TablePlan {
+    /// The columns after the id, numbered, each with the foreign key it carries when it is
+    /// rewritten through the id map: consolidation writes them and verification reads them
+    /// back in this order, joining a link's id map under the alias `f<number>`.
+    pub fn linked_columns(
+        &self,
+    ) -> impl Iterator<Item = (usize, &ColumnMapping, Option<&ForeignKeyRewrite>)> {
+        self.columns
+            .iter()
+            .filter(|c| c.name != self.id_column)
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    i,
+                    c,
+                    self.foreign_keys.iter().find(|fk| fk.column == c.name),
+                )
+            })
+    }
 }
 
 /// A reason the plan cannot be carried out.
