@@ -26,6 +26,21 @@ mkdir -p "$logs" "$nats_dir"
 
 say() { printf 'start: %s\n' "$*"; }
 die() { printf 'start: %s\n' "$*" >&2; exit 1; }
+
+# Polls PROBE (a function) every PAUSE seconds until it succeeds. Returns 1 when the process PID
+# exits first (the tail of LOG is printed), 2 when LIMIT seconds pass.
+poll_ready() {
+  local pid=$1 log=$2 limit=$3 pause=$4 probe=$5
+  local deadline=$((SECONDS + limit))
+  until "$probe" 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2
+      return 1
+    fi
+    ((SECONDS < deadline)) || return 2
+    sleep "$pause"
+  done
+}
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
 # PostgreSQL refuses to run as root; its files then belong to the postgres user. From / so that
@@ -98,17 +113,12 @@ else
   setsid "$bin" -js -sd "$nats_dir" -a 127.0.0.1 -p "$nats_port" -P "$nats_dir/nats.pid" \
     >>"$logs/nats.log" 2>&1 </dev/null &
   started_nats_pid=$!
-  deadline=$((SECONDS + 30))
   # The client port greets with INFO only once JetStream is up.
-  until (exec 3<>"/dev/tcp/127.0.0.1/$nats_port" && read -r -t 2 line <&3 && [[ $line == INFO* ]]) 2>/dev/null; do
-    if ! kill -0 "$started_nats_pid" 2>/dev/null; then
-      started_nats_pid=
-      tail -n 20 "$logs/nats.log" >&2
-      die "nats-server exited (log: $logs/nats.log)"
-    fi
-    ((SECONDS < deadline)) || die "nats-server not ready after 30s (log: $logs/nats.log)"
-    sleep 0.1
-  done
+  nats_greets() { (exec 3<>"/dev/tcp/127.0.0.1/$nats_port" && read -r -t 2 line <&3 && [[ $line == INFO* ]]); }
+  poll_ready "$started_nats_pid" "$logs/nats.log" 30 0.1 nats_greets || case $? in
+    1) started_nats_pid=; die "nats-server exited (log: $logs/nats.log)" ;;
+    *) die "nats-server not ready after 30s (log: $logs/nats.log)" ;;
+  esac
   say "nats-server started (pid $started_nats_pid, port $nats_port, log $logs/nats.log)"
 fi
 
@@ -252,17 +262,14 @@ say "stream and buckets provisioned (log: $logs/provision.log)"
 # In the background so that TERM and INT run the cleanup at once instead of after the agent exits.
 "$agent_bin" run --config "$config" "$@" </dev/null >>"$logs/agent.log" 2>&1 &
 agent_pid=$!
-deadline=$((SECONDS + 60))
-until (exec 3<>"/dev/tcp/127.0.0.1/$metrics_port" && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 &&
-       read -r -t 2 reply <&3 && [[ $reply == *" 200"* ]]) 2>/dev/null; do
-  if ! kill -0 "$agent_pid" 2>/dev/null; then
-    agent_pid=
-    tail -n 20 "$logs/agent.log" >&2
-    die "the agent exited (log: $logs/agent.log)"
-  fi
-  ((SECONDS < deadline)) || die "the agent is not ready after 60s (log: $logs/agent.log)"
-  sleep 0.2
-done
+agent_ready() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$metrics_port" && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 &&
+    read -r -t 2 reply <&3 && [[ $reply == *" 200"* ]])
+}
+poll_ready "$agent_pid" "$logs/agent.log" 60 0.2 agent_ready || case $? in
+  1) agent_pid=; die "the agent exited (log: $logs/agent.log)" ;;
+  *) die "the agent is not ready after 60s (log: $logs/agent.log)" ;;
+esac
 say "agent ready (log $logs/agent.log; metrics and health on http://127.0.0.1:$metrics_port/)"
 
 # --- console -----------------------------------------------------------------------------

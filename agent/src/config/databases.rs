@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::error::{ConfigError, ConfigErrorKind, Provenance};
-use super::layering::Layering;
+use super::env::Layering;
 use super::url::check_url;
 use crate::secret::Secret;
 

@@ -2,13 +2,13 @@
 //! section checked into an [`AgentConfig`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use rollback_proto::{Permission, Policy};
 use serde::Deserialize;
 
 use super::databases::{self, DatabaseTargetFile};
-use super::error::{ConfigError, ConfigErrorKind, Provenance};
+use super::env::Layering;
+use super::error::{ConfigError, ConfigErrorKind};
 use super::{
     AgentConfig, AgentSection, EscalationPolicy, MetricsSection, NatsSection, StoreSection,
 };
@@ -35,21 +35,7 @@ struct PolicyFile {
     users: BTreeMap<String, BTreeSet<Permission>>,
 }
 
-/// One load: the environment, and where each setting came from.
-pub(super) struct Layering<'a, E> {
-    env: &'a E,
-    /// The file, and the settings the environment set, for errors to name.
-    pub(super) provenance: Provenance<'a>,
-}
-
-impl<'a, E: Fn(&str) -> Option<String>> Layering<'a, E> {
-    pub(super) fn new(file: Option<&'a Path>, env: &'a E) -> Self {
-        Self {
-            env,
-            provenance: Provenance::new(file),
-        }
-    }
-
+impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
     /// Parses `text`, applies the environment (with `env_names`, the variables it can list),
     /// and checks the result.
     pub(super) fn build(
@@ -60,18 +46,6 @@ impl<'a, E: Fn(&str) -> Option<String>> Layering<'a, E> {
         let mut file = self.parse(text)?;
         self.apply_env(&mut file, env_names)?;
         self.finish(file)
-    }
-
-    /// The variable `name`; an empty one counts as unset.
-    pub(super) fn var(&self, name: &str) -> Option<String> {
-        (self.env)(name).filter(|value| !value.is_empty())
-    }
-
-    /// Reads `var`, and remembers that `setting` came from it.
-    pub(super) fn take(&mut self, var: &str, setting: &str) -> Option<String> {
-        let value = self.var(var)?;
-        self.provenance.set_by(setting.to_owned(), var);
-        Some(value)
     }
 
     fn parse(&self, text: &str) -> Result<ConfigFile, ConfigError> {

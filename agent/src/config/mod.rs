@@ -23,6 +23,7 @@
 
 mod agent;
 mod databases;
+mod env;
 mod error;
 mod escalation;
 mod layering;
@@ -42,7 +43,7 @@ pub use self::databases::{
 };
 pub use self::error::{ConfigError, ConfigErrorKind};
 pub use self::escalation::{EscalationLevel, EscalationPolicy};
-use self::layering::Layering;
+use self::env::Layering;
 pub use self::metrics::MetricsSection;
 pub use self::nats::{NatsAuth, NatsConnectError, NatsSection};
 pub use self::store::StoreSection;

@@ -143,11 +143,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use rollback_proto::envelope::{ChainHead, Draft};
-    use rollback_proto::{Actor, Event};
-    use time::OffsetDateTime;
+    use rollback_proto::envelope::ChainHead;
 
     use super::*;
+    use crate::store::paused;
 
     fn empty(run: RunId) -> LoadedRun {
         LoadedRun {
@@ -204,19 +203,6 @@ mod tests {
             3,
             "opened again after each end"
         );
-    }
-
-    fn paused(n: usize) -> Vec<Draft> {
-        (0..n)
-            .map(|i| Draft {
-                actor: Actor::Agent,
-                causation_id: None,
-                at: OffsetDateTime::UNIX_EPOCH,
-                event: Event::RunPaused {
-                    reason: format!("{i}"),
-                },
-            })
-            .collect()
     }
 
     /// The run's stored messages (stream sequence = 10 × seq); each opening delivers those

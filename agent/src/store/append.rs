@@ -373,26 +373,26 @@ struct StoredIdentity {
     hash: String,
 }
 
+/// Drafts for unit tests: `n` pauses by the agent, at the epoch.
+#[cfg(test)]
+pub(crate) fn paused(n: usize) -> Vec<rollback_proto::envelope::Draft> {
+    (0..n)
+        .map(|i| rollback_proto::envelope::Draft {
+            actor: rollback_proto::Actor::Agent,
+            causation_id: None,
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            event: rollback_proto::Event::RunPaused {
+                reason: format!("r{i}"),
+            },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use rollback_proto::envelope::Draft;
-    use rollback_proto::{Actor, Event, RunId};
-    use time::OffsetDateTime;
+    use rollback_proto::RunId;
 
     use super::*;
-
-    fn paused(n: usize) -> Vec<Draft> {
-        (0..n)
-            .map(|i| Draft {
-                actor: Actor::Agent,
-                causation_id: None,
-                at: OffsetDateTime::UNIX_EPOCH,
-                event: Event::RunPaused {
-                    reason: format!("r{i}"),
-                },
-            })
-            .collect()
-    }
 
     #[test]
     fn only_envelopes_that_continue_the_cursor_are_appended() {

@@ -32,6 +32,8 @@ use rollback_proto::{Actor, RunId, RunState};
 use time::OffsetDateTime;
 
 pub use append::MAX_EVENTS_PER_APPEND;
+#[cfg(test)]
+pub(crate) use append::paused;
 pub use error::{AppendError, ConnectError, FollowError, InspectError, ListError, LoadError};
 pub use guard::{StreamGuard, StreamVerdict, Weakness};
 pub use list::RunList;
