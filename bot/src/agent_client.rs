@@ -23,19 +23,37 @@ pub enum AgentError {
         "the agent did not answer within {0:?}; the command may still take effect, check `status`"
     )]
     Timeout(Duration),
-    /// NATS failed.
+    /// NATS failed otherwise (the connection is closed, the request could not be sent).
     #[error("the message bus failed: {0}")]
-    Bus(String),
-    /// The agent answered something unreadable.
+    Bus(#[source] async_nats::RequestError),
+    /// The agent answered something unreadable (an agent of another version).
     #[error("the agent's answer was unreadable: {0}")]
-    Unreadable(String),
+    Unreadable(#[source] serde_json::Error),
+}
+
+/// Why the connection to NATS did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// An address in `nats.url` is not a NATS server's: the setting needs fixing.
+    #[error("`{address}` in nats.url is not a NATS server address")]
+    BadUrl {
+        /// The address as written, one of `nats.url`'s comma-separated list.
+        address: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client refused to start (its options, TLS); servers that are merely down are
+    /// retried in the background instead.
+    #[error("the NATS client did not start")]
+    Client(#[source] async_nats::ConnectError),
 }
 
 /// Connects to NATS with the configured credentials.
 pub async fn connect(
     settings: &NatsSettings,
     name: &str,
-) -> Result<async_nats::Client, AgentError> {
+) -> Result<async_nats::Client, ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .request_timeout(Some(settings.request_timeout))
@@ -46,16 +64,20 @@ pub async fn connect(
     if let Some(token) = &settings.token {
         options = options.token(token.expose().clone());
     }
-    let servers: Vec<&str> = settings.url.split(',').map(str::trim).collect();
-    let servers = servers
-        .iter()
-        .map(|s| s.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| AgentError::Bus(format!("bad NATS URL: {e}")))?;
-    options
-        .connect(servers)
-        .await
-        .map_err(|e| AgentError::Bus(e.to_string()))
+    let servers = settings
+        .url
+        .split(',')
+        .map(str::trim)
+        .map(|address| {
+            address
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|source| ConnectError::BadUrl {
+                    address: address.to_owned(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    options.connect(servers).await.map_err(ConnectError::Client)
 }
 
 /// Sends commands and queries to the agent.
@@ -80,7 +102,7 @@ impl AgentClient {
     pub async fn send(&self, request: &CommandRequest) -> Result<CommandReply, AgentError> {
         let body = serde_json::to_vec(request).expect("requests serialize");
         let msg = self.request(COMMANDS_SUBJECT, body).await?;
-        serde_json::from_slice(&msg.payload).map_err(|e| AgentError::Unreadable(e.to_string()))
+        serde_json::from_slice(&msg.payload).map_err(AgentError::Unreadable)
     }
 
     /// The runbook names the agent knows.
@@ -88,7 +110,7 @@ impl AgentClient {
         let msg = self
             .request(QUERY_SUBJECT, QUERY_RUNBOOKS.as_bytes().to_vec())
             .await?;
-        serde_json::from_slice(&msg.payload).map_err(|e| AgentError::Unreadable(e.to_string()))
+        serde_json::from_slice(&msg.payload).map_err(AgentError::Unreadable)
     }
 
     async fn request(
@@ -106,7 +128,7 @@ impl AgentClient {
             .map_err(|e| match e.kind() {
                 async_nats::client::RequestErrorKind::NoResponders => AgentError::NoAgent,
                 async_nats::client::RequestErrorKind::TimedOut => AgentError::Timeout(self.timeout),
-                _ => AgentError::Bus(e.to_string()),
+                _ => AgentError::Bus(e),
             })
     }
 }

@@ -135,21 +135,26 @@ pub fn button(sub: &str, values: &[&str], label: &str, style: ButtonStyle) -> Cr
 
 /// The acknowledge button of an escalation ping.
 pub fn ack_row(run: RunId) -> Vec<CreateActionRow> {
-    vec![CreateActionRow::Buttons(vec![button(
-        "ack",
-        &[&run.to_string()],
-        "Acknowledge",
-        ButtonStyle::Primary,
-    )])]
+    run_button_row("ack", run, "Acknowledge", ButtonStyle::Primary)
 }
 
 /// The confirm button of an emergency request.
 pub fn confirm_row(run: RunId) -> Vec<CreateActionRow> {
-    vec![CreateActionRow::Buttons(vec![button(
+    run_button_row(
         "confirm-emergency",
-        &[&run.to_string()],
+        run,
         "Confirm emergency restore",
         ButtonStyle::Danger,
+    )
+}
+
+/// A row of one button whose command needs nothing but the run.
+fn run_button_row(sub: &str, run: RunId, label: &str, style: ButtonStyle) -> Vec<CreateActionRow> {
+    vec![CreateActionRow::Buttons(vec![button(
+        sub,
+        &[&run.to_string()],
+        label,
+        style,
     )])]
 }
 

@@ -6,88 +6,34 @@
 
 use rollback_proto::envelope::Envelope;
 use rollback_proto::subjects::EVENTS_WILDCARD;
-use rollback_proto::{Actor, Event};
+use rollback_proto::{Event, event_words};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The line a person watching should see for an event, if any (output and progress are left
-/// to `status` and the replay).
+/// to `status` and the replay): the run's first line names it in full, later ones by its last
+/// eight characters; events that wait for a person say what they can do.
 pub fn event_line(env: &Envelope) -> Option<String> {
     let run = env.run_id.to_string();
-    let short = &run[run.len().saturating_sub(8)..];
-    let who = match &env.actor {
-        Actor::Agent => String::new(),
-        Actor::Chat { name, .. } => format!(" by {name}"),
-        Actor::Console { user } => format!(" by {user}"),
+    let label = match env.event {
+        Event::RunStarted { .. } => run.as_str(),
+        _ => &run[run.len().saturating_sub(8)..],
     };
-    let text = match &env.event {
-        Event::RunStarted {
-            runbook, dry_run, ..
-        } => format!(
-            "run {run} of `{runbook}` started{who}{}",
-            if *dry_run { " (dry run)" } else { "" }
-        ),
-        Event::PhaseStarted { phase } => format!("phase `{phase}` started{who}"),
-        Event::PhaseCompleted { phase } => format!("phase `{phase}` completed"),
-        Event::StepStarted { step, attempt } if *attempt > 1 => {
-            format!("step `{step}` started (attempt {attempt})")
-        }
-        Event::StepStarted { step, .. } => format!("step `{step}` started"),
-        Event::StepSucceeded { step, summary, .. } => {
-            format!("step `{step}` succeeded: {}", first_line(summary))
-        }
-        Event::StepFailed {
-            step,
-            error,
-            retryable,
-            retry_in_ms,
-            ..
-        } => format!(
-            "step `{step}` failed: {}{}",
-            first_line(error),
-            match (retryable, retry_in_ms) {
-                (true, Some(ms)) => format!(" (retrying in {:.1} s)", *ms as f64 / 1000.0),
-                (true, None) => " (may be retried)".to_owned(),
-                (false, _) => " (needs a person: retry, skip or abort)".to_owned(),
-            }
-        ),
-        Event::StepInDoubt { step, .. } => format!(
-            "step `{step}` is in doubt after a crash: check it, then retry, mark-done, skip or abort"
-        ),
-        Event::StepRetryRequested { step } => format!("retry of `{step}` asked{who}"),
-        Event::StepMarkedDone { step, .. } => format!("step `{step}` marked done{who}"),
-        Event::StepSkipped { step, reason } => format!("step `{step}` skipped{who}: {reason}"),
-        Event::ChecklistItemChecked { step, item } => {
-            format!("item {item} of `{step}` ticked{who}")
-        }
-        Event::ApprovalGranted { step } => format!("`{step}` approved{who}"),
-        Event::RunPaused { reason } => format!("paused{who}: {reason}"),
-        Event::RunResumed => format!("resumed{who}"),
-        Event::RunAborted { reason } => format!("aborted{who}: {reason}"),
-        Event::RunCompleted => "run completed".to_owned(),
-        Event::EscalationRaised { level, reason, .. } => {
-            format!("escalation level {level}: {reason} (`ack {run}` to stop it)")
-        }
-        Event::EscalationAcknowledged { level } => {
-            format!("escalation acknowledged at level {level}{who}")
-        }
-        Event::EmergencyRequested { database, .. } => format!(
-            "EMERGENCY restore of `{database}` requested{who}: a second person must `confirm-emergency {run}`"
-        ),
-        Event::EmergencyConfirmed { .. } => format!("emergency confirmed{who}"),
-        Event::CommandRefused { command, reason } => {
-            format!("refused{who}: `{command}`: {reason}")
-        }
+    let next = match &env.event {
         Event::StepOutputRecorded { .. }
         | Event::StepProgressed { .. }
         | Event::TenantsVerified { .. }
         | Event::ArchiveWritten { .. } => return None,
+        Event::StepInDoubt { .. } => "; check it, then retry, mark-done, skip or abort".to_owned(),
+        Event::EscalationRaised { .. } => format!(" (`ack {run}` to stop it)"),
+        Event::EmergencyRequested { .. } => {
+            format!("; a second person must `confirm-emergency {run}`")
+        }
+        _ => String::new(),
     };
-    Some(format!("[{short} #{}] {text}", env.seq))
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
+    let words = event_words(&env.event, Some(&env.actor));
+    let first_line = words.lines().next().unwrap_or_default();
+    Some(format!("[{label} #{}] {first_line}{next}", env.seq))
 }
 
 /// Sends a line for every event appended until `stop`, on `lines`.
@@ -122,7 +68,7 @@ pub async fn follow(
 mod tests {
     use super::*;
     use rollback_proto::envelope::{Draft, Envelope};
-    use rollback_proto::{RunId, StepId};
+    use rollback_proto::{Actor, RunId, StepId};
 
     fn envelope(actor: Actor, event: Event) -> Envelope {
         Envelope::seal(
@@ -157,7 +103,7 @@ mod tests {
         );
         let line = event_line(&failed).unwrap();
         assert!(
-            line.contains("#3] step `backup` failed: pg_dump failed (needs a person"),
+            line.contains("#3] step `backup` failed on attempt 1 (needs a person: retry, skip or abort): pg_dump failed"),
             "{line}"
         );
         assert!(!line.contains("more"));
@@ -178,5 +124,47 @@ mod tests {
             },
         );
         assert_eq!(event_line(&output), None);
+    }
+
+    #[test]
+    fn the_first_line_names_the_run_in_full_and_waits_say_what_to_do() {
+        let carol = Actor::Console {
+            user: "carol".into(),
+        };
+        let started = envelope(
+            carol,
+            Event::RunStarted {
+                runbook: "demo".into(),
+                runbook_hash: String::new(),
+                runbook_source: String::new(),
+                params: Default::default(),
+                dry_run: true,
+            },
+        );
+        let line = event_line(&started).unwrap();
+        assert!(
+            line.starts_with(&format!("[{} #3] ", started.run_id)),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("runbook `demo` started by carol (dry run)"),
+            "{line}"
+        );
+        let raised = envelope(
+            Actor::Agent,
+            Event::EscalationRaised {
+                level: 1,
+                reason: "`backup` waits".into(),
+                notified: Vec::new(),
+            },
+        );
+        let line = event_line(&raised).unwrap();
+        assert!(
+            line.ends_with(&format!(
+                "escalation level 1 raised: `backup` waits (`ack {}` to stop it)",
+                raised.run_id
+            )),
+            "{line}"
+        );
     }
 }

@@ -274,10 +274,7 @@ impl Interactions {
 
     async fn button(&self, c: &ComponentInteraction) -> Answer {
         let asker = Asker::of(c.member.as_ref(), &c.user);
-        let Some((name, leading)) = chat::parse_custom_id(&c.data.custom_id) else {
-            return Answer::private("This button is not one of the bot's.");
-        };
-        let Some(sub) = grammar::subcommand(name) else {
+        let Some((sub, leading)) = ours(&c.data.custom_id) else {
             return Answer::private("This button is not one of the bot's.");
         };
         // A reason is asked for in a form before the command goes out.
@@ -298,10 +295,7 @@ impl Interactions {
 
     async fn modal(&self, m: &ModalInteraction) -> Answer {
         let asker = Asker::of(m.member.as_ref(), &m.user);
-        let Some((name, leading)) = chat::parse_custom_id(&m.data.custom_id) else {
-            return Answer::private("This form is not one of the bot's.");
-        };
-        let Some(sub) = grammar::subcommand(name) else {
+        let Some((sub, leading)) = ours(&m.data.custom_id) else {
             return Answer::private("This form is not one of the bot's.");
         };
         let mut values = leading_values(sub, &leading);
@@ -399,6 +393,13 @@ fn modal(sub: &Subcommand, leading: &[&str], ask: impl Fn(&grammar::OptionSpec) 
         )
         .components(inputs),
     )
+}
+
+/// The subcommand a button or form of the bot's stands for, and the values its id carries;
+/// `None` for an id that is not the bot's or names no subcommand.
+fn ours(custom_id: &str) -> Option<(&'static Subcommand, Vec<&str>)> {
+    let (name, leading) = chat::parse_custom_id(custom_id)?;
+    Some((grammar::subcommand(name)?, leading))
 }
 
 fn leading_values(sub: &Subcommand, leading: &[&str]) -> BTreeMap<String, Value> {

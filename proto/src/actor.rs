@@ -34,6 +34,15 @@ impl Actor {
         }
     }
 
+    /// The name a person goes by in words about what they did; none for the agent.
+    pub fn person_name(&self) -> Option<&str> {
+        match self {
+            Actor::Chat { name, .. } => Some(name),
+            Actor::Console { user } => Some(user),
+            Actor::Agent => None,
+        }
+    }
+
     /// Whether two actors are the same person, whatever their display names.
     pub fn same_person(&self, other: &Actor) -> bool {
         self.identity() == other.identity()

@@ -12,7 +12,7 @@ use crate::events::Event;
 use crate::ids::{RunId, StepId};
 use crate::policy::{Caller, Permission, Policy};
 use crate::runbook::{Runbook, StepKind, source_hash};
-use crate::state::{RunState, StepStatus, TransitionError};
+use crate::state::{Applied, RunState, StepStatus, TransitionError};
 
 /// What kind of refusal, for callers that branch on it (the bot picks its wording, tests assert).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,13 +93,14 @@ pub fn settle(
 ) -> Result<Vec<Event>, TransitionError> {
     let mut next = state.clone();
     let mut out = Vec::with_capacity(events.len() + 2);
-    for event in events {
-        next.apply_event(actor, now, &event)?;
-        next.seq += 1;
-        out.push(event);
-    }
-    while let Some(event) = next.follow_up() {
-        next.apply_event(actor, now, &event)?;
+    let mut given = events.into_iter();
+    // The given events first, then what follows them by itself until nothing does.
+    while let Some(event) = given.next().or_else(|| next.follow_up()) {
+        next.apply_event(Applied {
+            actor,
+            at: now,
+            event: &event,
+        })?;
         next.seq += 1;
         out.push(event);
     }
@@ -267,6 +268,10 @@ pub fn decide(
         }
         Ok((p, s))
     };
+    let step_status = |step: &StepId| -> Result<&StepStatus, Rejection> {
+        let (p, s) = step_in_active_phase(step)?;
+        Ok(&state.phases[p].steps[s].status)
+    };
 
     let events = match command {
         Command::Status { .. } | Command::Replay { .. } => return Ok(Vec::new()),
@@ -431,8 +436,7 @@ pub fn decide(
             events
         }
         Command::Retry { step, .. } => {
-            let (p, s) = step_in_active_phase(step)?;
-            if !state.phases[p].steps[s].status.needs_person() {
+            if !step_status(step)?.needs_person() {
                 return Err(reject(
                     WrongState,
                     format!("step `{step}` has not failed and is not in doubt"),
@@ -441,8 +445,7 @@ pub fn decide(
             vec![Event::StepRetryRequested { step: step.clone() }]
         }
         Command::MarkDone { step, reason, .. } => {
-            let (p, s) = step_in_active_phase(step)?;
-            if !matches!(state.phases[p].steps[s].status, StepStatus::InDoubt { .. }) {
+            if !matches!(step_status(step)?, StepStatus::InDoubt { .. }) {
                 return Err(reject(
                     WrongState,
                     format!("only a step in doubt can be marked done; `{step}` is not"),
@@ -454,8 +457,7 @@ pub fn decide(
             }]
         }
         Command::Skip { step, reason, .. } => {
-            let (p, s) = step_in_active_phase(step)?;
-            let st = &state.phases[p].steps[s].status;
+            let st = step_status(step)?;
             if st.is_terminal() {
                 return Err(reject(
                     WrongState,

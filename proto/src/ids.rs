@@ -6,29 +6,43 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Identifies one run of a runbook; a UUID v7, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RunId(pub Uuid);
+/// An identifier that is a UUID v7, so ids sort by creation time.
+macro_rules! time_ordered_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
 
-impl RunId {
-    /// A fresh, time-ordered run id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
+        impl $name {
+            /// A fresh, time-ordered id.
+            pub fn new() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
 }
 
-impl Default for RunId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
+time_ordered_id!(
+    /// Identifies one run of a runbook; a UUID v7, so ids sort by creation time.
+    RunId
+);
+time_ordered_id!(
+    /// Identifies one event; a UUID v7, also used as the `Nats-Msg-Id` for deduplication.
+    EventId
+);
 
 impl FromStr for RunId {
     type Err = IdError;
@@ -37,30 +51,6 @@ impl FromStr for RunId {
         Uuid::parse_str(s.trim())
             .map(Self)
             .map_err(|_| IdError::NotARunId(s.to_owned()))
-    }
-}
-
-/// Identifies one event; a UUID v7, also used as the `Nats-Msg-Id` for deduplication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EventId(pub Uuid);
-
-impl EventId {
-    /// A fresh, time-ordered event id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for EventId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod secret;
 mod seen_ids;
 pub mod state;
 pub mod subjects;
+pub mod words;
 
 pub use actor::Actor;
 pub use command::{Command, CommandReply, CommandRequest};
@@ -27,3 +28,4 @@ pub use next::{NextAction, Waiting};
 pub use policy::{Caller, Permission, Policy};
 pub use runbook::{Runbook, RunbookError};
 pub use state::{RunState, RunStatus, StepStatus, TransitionError, fold};
+pub use words::event_words;

@@ -14,6 +14,19 @@ use crate::events::Event;
 use crate::ids::{RunId, StepId};
 use crate::runbook::{Runbook, RunbookError, Step};
 
+/// An event on its way into the state, with who did it and when: an envelope's content, or
+/// an event a decision is about to record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applied<'a> {
+    /// Whose event it is: the checks that need a person (distinct approvers, the second
+    /// person of an emergency) read it, and the state records it.
+    pub actor: &'a Actor,
+    /// When it happened, which the state records and checks deadlines against.
+    pub at: OffsetDateTime,
+    /// What happened.
+    pub event: &'a Event,
+}
+
 mod escalation;
 mod phase;
 mod run;
@@ -423,7 +436,11 @@ impl RunState {
                 found_run: env.run_id,
             });
         }
-        self.apply_event(&env.actor, env.at, &env.event)?;
+        self.apply_event(Applied {
+            actor: &env.actor,
+            at: env.at,
+            event: &env.event,
+        })?;
         self.seq = env.seq;
         Ok(())
     }
@@ -518,16 +535,12 @@ impl RunState {
         Ok((p, s))
     }
 
-    pub(crate) fn apply_event(
-        &mut self,
-        actor: &Actor,
-        at: OffsetDateTime,
-        event: &Event,
-    ) -> Result<(), TransitionError> {
+    pub(crate) fn apply_event(&mut self, applied: Applied<'_>) -> Result<(), TransitionError> {
         use Event as E;
+        let Applied { at, event, .. } = applied;
         match event {
             E::CommandRefused { .. } => {}
-            E::EscalationAcknowledged { .. } => self.apply_escalation_event(actor, at, event)?,
+            E::EscalationAcknowledged { .. } => self.apply_escalation_event(applied)?,
             _ if self.is_finished() => return Err(self.illegal(event, "the run is finished")),
             E::RunStarted { .. } => {
                 return Err(TransitionError::NotAStart {
@@ -541,11 +554,9 @@ impl RunState {
             | E::RunCompleted
             | E::RunPaused { .. }
             | E::RunResumed
-            | E::RunAborted { .. } => self.apply_run_event(actor, at, event)?,
-            E::PhaseStarted { .. } | E::PhaseCompleted { .. } => {
-                self.apply_phase_event(actor, at, event)?
-            }
-            E::EscalationRaised { .. } => self.apply_escalation_event(actor, at, event)?,
+            | E::RunAborted { .. } => self.apply_run_event(applied)?,
+            E::PhaseStarted { .. } | E::PhaseCompleted { .. } => self.apply_phase_event(applied)?,
+            E::EscalationRaised { .. } => self.apply_escalation_event(applied)?,
             E::StepStarted { .. }
             | E::StepOutputRecorded { .. }
             | E::TenantsVerified { .. }
@@ -558,7 +569,7 @@ impl RunState {
             | E::StepMarkedDone { .. }
             | E::StepSkipped { .. }
             | E::ChecklistItemChecked { .. }
-            | E::ApprovalGranted { .. } => self.apply_step_event(actor, at, event)?,
+            | E::ApprovalGranted { .. } => self.apply_step_event(applied)?,
         }
         self.updated_at = at;
         if !matches!(

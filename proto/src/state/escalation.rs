@@ -3,20 +3,15 @@
 //! Part of [`RunState::apply_event`](super::RunState): every arm checks before it mutates, so
 //! an illegal event leaves the state unchanged.
 
-use time::OffsetDateTime;
-
-use super::{RunState, TransitionError};
-use crate::actor::Actor;
-use crate::events::Event;
+use super::{Applied, RunState, TransitionError};
+use crate::events::Event as E;
 
 impl RunState {
     pub(super) fn apply_escalation_event(
         &mut self,
-        actor: &Actor,
-        at: OffsetDateTime,
-        event: &Event,
+        applied: Applied<'_>,
     ) -> Result<(), TransitionError> {
-        use Event as E;
+        let Applied { actor, at, event } = applied;
         match event {
             E::EscalationRaised { level, .. } => {
                 // A chain climbs while it is open; a new one starts at 1 once the old one

@@ -3,20 +3,15 @@
 //! Part of [`RunState::apply_event`](super::RunState): every arm checks before it mutates, so
 //! an illegal event leaves the state unchanged.
 
-use time::OffsetDateTime;
-
-use super::{PhaseStatus, RunState, TransitionError};
-use crate::actor::Actor;
-use crate::events::Event;
+use super::{Applied, PhaseStatus, RunState, TransitionError};
+use crate::events::Event as E;
 
 impl RunState {
     pub(super) fn apply_phase_event(
         &mut self,
-        actor: &Actor,
-        at: OffsetDateTime,
-        event: &Event,
+        applied: Applied<'_>,
     ) -> Result<(), TransitionError> {
-        use Event as E;
+        let Applied { actor, at, event } = applied;
         match event {
             E::PhaseStarted { phase } => {
                 let Some(p) = self.runbook.phase_index(phase) else {

@@ -3,20 +3,13 @@
 //! Part of [`RunState::apply_event`](super::RunState): every arm checks before it mutates, so
 //! an illegal event leaves the state unchanged.
 
-use time::OffsetDateTime;
-
-use super::{EmergencyState, RunState, RunStatus, TransitionError};
+use super::{Applied, EmergencyState, RunState, RunStatus, TransitionError};
 use crate::actor::Actor;
-use crate::events::Event;
+use crate::events::Event as E;
 
 impl RunState {
-    pub(super) fn apply_run_event(
-        &mut self,
-        actor: &Actor,
-        at: OffsetDateTime,
-        event: &Event,
-    ) -> Result<(), TransitionError> {
-        use Event as E;
+    pub(super) fn apply_run_event(&mut self, applied: Applied<'_>) -> Result<(), TransitionError> {
+        let Applied { actor, at, event } = applied;
         match event {
             E::EmergencyRequested {
                 database,

@@ -5,19 +5,15 @@
 
 use time::OffsetDateTime;
 
-use super::{ArchiveRecord, RunState, StepStatus, TransitionError};
+use super::{Applied, ArchiveRecord, RunState, StepStatus, TransitionError};
 use crate::actor::Actor;
-use crate::events::Event;
+use crate::events::{Event, Event as E};
+use crate::ids::StepId;
 use crate::runbook::StepKind;
 
 impl RunState {
-    pub(super) fn apply_step_event(
-        &mut self,
-        actor: &Actor,
-        at: OffsetDateTime,
-        event: &Event,
-    ) -> Result<(), TransitionError> {
-        use Event as E;
+    pub(super) fn apply_step_event(&mut self, applied: Applied<'_>) -> Result<(), TransitionError> {
+        let Applied { actor, at, event } = applied;
         match event {
             E::StepStarted { step, attempt } => {
                 let (p, s) = self.active_step(event, step)?;
@@ -130,12 +126,10 @@ impl RunState {
                         format!("step `{step}` cannot succeed from {:?}", st.status),
                     ));
                 }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Succeeded {
-                    summary: summary.clone(),
-                };
-                st.started_at.get_or_insert(at);
-                st.finished_at = Some(at);
+                // A step people completed never started: its time is its outcome's.
+                self.phases[p].steps[s].started_at.get_or_insert(at);
+                let summary = summary.clone();
+                self.end_step((p, s), StepStatus::Succeeded { summary }, at);
             }
             E::StepFailed {
                 step,
@@ -144,18 +138,7 @@ impl RunState {
                 retry_in_ms,
                 ..
             } => {
-                let (p, s) = self.active_step(event, step)?;
-                match self.phases[p].steps[s].status {
-                    StepStatus::Running {
-                        attempt: running, ..
-                    } if running == *attempt => {}
-                    _ => {
-                        return Err(self.illegal(
-                            event,
-                            format!("attempt {attempt} of `{step}` is not running"),
-                        ));
-                    }
-                }
+                let (p, s) = self.running_attempt(event, step, *attempt)?;
                 self.phases[p].steps[s].status = match retry_in_ms {
                     Some(ms) => StepStatus::RetryWaiting {
                         attempt: *attempt,
@@ -172,18 +155,7 @@ impl RunState {
                 };
             }
             E::StepInDoubt { step, attempt } => {
-                let (p, s) = self.active_step(event, step)?;
-                match self.phases[p].steps[s].status {
-                    StepStatus::Running {
-                        attempt: running, ..
-                    } if running == *attempt => {}
-                    _ => {
-                        return Err(self.illegal(
-                            event,
-                            format!("attempt {attempt} of `{step}` is not running"),
-                        ));
-                    }
-                }
+                let (p, s) = self.running_attempt(event, step, *attempt)?;
                 self.phases[p].steps[s].status = StepStatus::InDoubt { attempt: *attempt };
             }
             E::StepRetryRequested { step } => {
@@ -201,11 +173,8 @@ impl RunState {
                 if !matches!(self.phases[p].steps[s].status, StepStatus::InDoubt { .. }) {
                     return Err(self.illegal(event, format!("step `{step}` is not in doubt")));
                 }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::MarkedDone {
-                    reason: reason.clone(),
-                };
-                st.finished_at = Some(at);
+                let reason = reason.clone();
+                self.end_step((p, s), StepStatus::MarkedDone { reason }, at);
             }
             E::StepSkipped { step, reason } => {
                 let (p, s) = self.active_step(event, step)?;
@@ -216,11 +185,8 @@ impl RunState {
                         format!("step `{step}` is running or already has an outcome"),
                     ));
                 }
-                let st = &mut self.phases[p].steps[s];
-                st.status = StepStatus::Skipped {
-                    reason: reason.clone(),
-                };
-                st.finished_at = Some(at);
+                let reason = reason.clone();
+                self.end_step((p, s), StepStatus::Skipped { reason }, at);
             }
             E::ChecklistItemChecked { step, item } => {
                 let (p, s) = self.active_step(event, step)?;
@@ -264,5 +230,32 @@ impl RunState {
             other => return Err(self.illegal(other, "not a step event")),
         }
         Ok(())
+    }
+
+    /// Gives a step the outcome it ends with, and the time it ended.
+    fn end_step(&mut self, (p, s): (usize, usize), outcome: StepStatus, at: OffsetDateTime) {
+        let st = &mut self.phases[p].steps[s];
+        st.status = outcome;
+        st.finished_at = Some(at);
+    }
+
+    /// Locates the step of an attempt's outcome, or explains that this attempt is not the one
+    /// running: an outcome belongs to the attempt under way, never to an earlier one.
+    fn running_attempt(
+        &self,
+        event: &Event,
+        step: &StepId,
+        attempt: u32,
+    ) -> Result<(usize, usize), TransitionError> {
+        let (p, s) = self.active_step(event, step)?;
+        match self.phases[p].steps[s].status {
+            StepStatus::Running {
+                attempt: running, ..
+            } if running == attempt => Ok((p, s)),
+            _ => Err(self.illegal(
+                event,
+                format!("attempt {attempt} of `{step}` is not running"),
+            )),
+        }
     }
 }

@@ -67,7 +67,7 @@ async fn the_console_follows_runs_live() {
     console.send("start demo").await.unwrap();
     let started = console
         .until("the run's start in the feed", |l| {
-            l.contains("of `demo` started by carol")
+            l.contains("runbook `demo` started by carol")
         })
         .await
         .unwrap();
