@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::error::{ConfigError, ConfigErrorKind, Provenance};
 use super::env::Layering;
+use super::error::{ConfigError, ConfigErrorKind, Provenance};
 use super::url::check_url;
 use crate::secret::Secret;
 

@@ -41,9 +41,9 @@ pub use self::agent::{AgentSection, MAX_OUTPUT_CHUNK_BYTES};
 pub use self::databases::{
     DATABASE_URL, DEFAULT_DATABASE_TARGET, DatabaseTarget, database_env_var,
 };
+use self::env::Layering;
 pub use self::error::{ConfigError, ConfigErrorKind};
 pub use self::escalation::{EscalationLevel, EscalationPolicy};
-use self::env::Layering;
 pub use self::metrics::MetricsSection;
 pub use self::nats::{NatsAuth, NatsConnectError, NatsSection};
 pub use self::store::StoreSection;

@@ -45,26 +45,27 @@ pub(crate) enum ReadFailure {
 }
 
 impl ReadFailure {
-    pub(crate) fn into_load(self, run: RunId) -> LoadError {
+    /// The broken link, or what made the store unreadable.
+    fn cause(self) -> Result<ChainError, async_nats::Error> {
         match self {
-            ReadFailure::Chain(e) => LoadError::Chain(e),
-            ReadFailure::NoStream => LoadError::Unavailable {
-                run,
-                source: "the event stream does not exist".into(),
-            },
-            ReadFailure::Transport(source) => LoadError::Unavailable { run, source },
+            ReadFailure::Chain(e) => Ok(e),
+            ReadFailure::NoStream => Err("the event stream does not exist".into()),
+            ReadFailure::Transport(source) => Err(source),
         }
     }
 
+    pub(crate) fn into_load(self, run: RunId) -> LoadError {
+        self.cause().map_or_else(
+            |source| LoadError::Unavailable { run, source },
+            LoadError::Chain,
+        )
+    }
+
     fn into_follow(self, run: RunId) -> FollowError {
-        match self {
-            ReadFailure::Chain(e) => FollowError::Chain(e),
-            ReadFailure::NoStream => FollowError::Unavailable {
-                run,
-                source: "the event stream does not exist".into(),
-            },
-            ReadFailure::Transport(source) => FollowError::Unavailable { run, source },
-        }
+        self.cause().map_or_else(
+            |source| FollowError::Unavailable { run, source },
+            FollowError::Chain,
+        )
     }
 }
 
