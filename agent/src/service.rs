@@ -107,7 +107,7 @@ enum RunbookReadError {
     Missing(String, #[source] std::io::Error),
     /// The file is no valid runbook.
     #[error(transparent)]
-    Invalid(#[from] rollback_proto::runbook::RunbookError),
+    Invalid(#[from] Box<rollback_proto::runbook::RunbookError>),
 }
 
 fn rejected(reason: impl Into<String>) -> CommandReply {
@@ -378,7 +378,7 @@ impl CommandService {
         let path = self.runbooks_dir.join(format!("{name}.toml"));
         let source = std::fs::read_to_string(&path)
             .map_err(|e| RunbookReadError::Missing(name.to_owned(), e))?;
-        let runbook = Runbook::parse(&format!("{name}.toml"), &source)?;
+        let runbook = Runbook::parse(&format!("{name}.toml"), &source).map_err(Box::new)?;
         Ok((source, runbook))
     }
 

@@ -130,7 +130,7 @@ async fn until_idle(client: &CommandClient, run: RunId) -> anyhow::Result<()> {
 
 /// `pause` on even turns, `resume` on odd ones; the time until the reply.
 async fn toggle(client: &CommandClient, run: RunId, turn: usize) -> anyhow::Result<Duration> {
-    let command = if turn % 2 == 0 {
+    let command = if turn.is_multiple_of(2) {
         Command::Pause {
             run,
             reason: "benchmark".into(),

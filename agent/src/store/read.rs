@@ -614,33 +614,36 @@ impl JetStreamEventStore {
     ) -> impl Stream<Item = Result<StoredMessage, FollowError>> + Send + 'static {
         let span = tracing::info_span!("follow", run_id = %run, after_stream_seq = stream_seq);
         enum Live {
-            Open(stream::Stream<()>),
+            Open(Box<stream::Stream<()>>),
             Reading(Box<RunMessages>),
         }
-        futures::stream::unfold(Some(Live::Open(self.stream.clone())), move |live| {
-            async move {
-                let mut messages = match live? {
-                    Live::Open(stream) => {
-                        match RunMessages::live_after(&stream, run, stream_seq).await {
-                            Ok(messages) => Box::new(messages),
-                            Err(err) => return Some((Err(err.into_follow(run)), None)),
+        futures::stream::unfold(
+            Some(Live::Open(Box::new(self.stream.clone()))),
+            move |live| {
+                async move {
+                    let mut messages = match live? {
+                        Live::Open(stream) => {
+                            match RunMessages::live_after(&stream, run, stream_seq).await {
+                                Ok(messages) => Box::new(messages),
+                                Err(err) => return Some((Err(err.into_follow(run)), None)),
+                            }
                         }
+                        Live::Reading(messages) => messages,
+                    };
+                    match messages.next().await? {
+                        Ok(payload) => {
+                            let stream_seq = messages.reached;
+                            let message = StoredMessage {
+                                payload,
+                                stream_seq,
+                            };
+                            Some((Ok(message), Some(Live::Reading(messages))))
+                        }
+                        Err(err) => Some((Err(err.into_follow(run)), None)),
                     }
-                    Live::Reading(messages) => messages,
-                };
-                match messages.next().await? {
-                    Ok(payload) => {
-                        let stream_seq = messages.reached;
-                        let message = StoredMessage {
-                            payload,
-                            stream_seq,
-                        };
-                        Some((Ok(message), Some(Live::Reading(messages))))
-                    }
-                    Err(err) => Some((Err(err.into_follow(run)), None)),
                 }
-            }
-            .instrument(span.clone())
-        })
+                .instrument(span.clone())
+            },
+        )
     }
 }
