@@ -30,7 +30,7 @@ use super::{FollowError, JetStreamEventStore, LoadError, LoadedRun, RunCursor};
 /// Runs with at least this many events are verified on a thread of their own while being read.
 const PIPELINE_FROM: u64 = 1024;
 /// Messages handed to the verifying thread at a time.
-const CHUNK: usize = 256;
+const CHUNK: usize = 128;
 /// Chunks waiting for the verifying thread at most.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
