@@ -8,6 +8,7 @@ pub mod db;
 pub mod delta;
 pub mod demo;
 pub mod executor;
+pub mod output;
 mod process;
 pub mod provision;
 pub mod quarantine;

@@ -135,7 +135,11 @@ async fn until_idle(client: &CommandClient, run: RunId) -> anyhow::Result<()> {
 
 /// `pause` on even turns, `resume` on odd ones, sent again after a refusal that says to try
 /// again (as a person would); the time until it was accepted, and the refusals before.
-async fn toggle(client: &CommandClient, run: RunId, turn: usize) -> anyhow::Result<(Duration, u64)> {
+async fn toggle(
+    client: &CommandClient,
+    run: RunId,
+    turn: usize,
+) -> anyhow::Result<(Duration, u64)> {
     let command = if turn.is_multiple_of(2) {
         Command::Pause {
             run,
@@ -252,7 +256,10 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => {
                 let log = agent.log();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                bail!("{e}\nthe agent's last log lines, newest first:\n{}", tail.join("\n"));
+                bail!(
+                    "{e}\nthe agent's last log lines, newest first:\n{}",
+                    tail.join("\n")
+                );
             }
         };
         times.extend(took);

@@ -21,9 +21,9 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use super::ArchiveError;
+use crate::output::OutputSink;
 use crate::process::ProcessGroup;
 use crate::secret::Secret;
-use crate::steps::OutputSink;
 
 /// Where Debian's packages put each major version's programs.
 const DEBIAN_LIB_DIR: &str = "/usr/lib/postgresql";

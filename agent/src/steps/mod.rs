@@ -27,7 +27,7 @@ mod drop_schemas;
 mod engine;
 mod http;
 mod notes;
-mod output;
+
 mod pg_dump;
 mod pg_restore;
 mod shell;
@@ -39,11 +39,11 @@ pub use crate::db::{
     connect_options, connect_pool, describe_target, probe,
 };
 pub use crate::db::{describe_db_error, is_transient_db_error};
-pub use http::install_crypto_provider;
-pub use notes::{NoteError, Notes, Progress, StepNote};
-pub use output::{
+pub use crate::output::{
     MAX_ATTEMPT_BYTES, MAX_CHUNK_BYTES, OutputChunk, OutputSink, split_chunks, split_chunks_of,
 };
+pub use http::install_crypto_provider;
+pub use notes::{NoteError, Notes, Progress, StepNote};
 
 /// How long an attempt may take when its step sets no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);

@@ -20,8 +20,8 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::output::PendingOutput;
 use super::{OutputSink, StepContext, StepOutcome, describe_pairs, first_line, human};
+use crate::output::PendingOutput;
 use crate::process::ProcessGroup;
 
 /// Output that is not a full chunk yet is sent after this long, so people see progress.

@@ -7,8 +7,8 @@ use rollback_proto::envelope::ChainVerifier;
 use rollback_proto::subjects::{EVENTS_WILDCARD, events_subject, run_of_subject};
 use rollback_proto::{Event, RunId, TransitionError};
 
+use super::Quarantine;
 use super::{JetStreamEventStore, ListError, RunSummary};
-use crate::quarantine::Quarantine;
 
 /// Summaries fetched at once when listing runs.
 const SUMMARY_CONCURRENCY: usize = 16;

@@ -20,6 +20,7 @@ mod error;
 mod guard;
 mod list;
 mod patient;
+mod quarantine;
 mod read;
 mod setup;
 
@@ -38,6 +39,7 @@ pub use error::{AppendError, ConnectError, FollowError, InspectError, ListError,
 pub use guard::{StreamGuard, StreamVerdict, Weakness};
 pub use list::RunList;
 pub use patient::Patience;
+pub use quarantine::Quarantine;
 pub use read::StoredMessage;
 pub(crate) use read::{Folder, ReadFailure, RunRead};
 pub use setup::{Change, StreamSetupError, provision_stream, stream_config};
