@@ -3,10 +3,9 @@
 
 use std::fmt::Write;
 
-use super::capped::Capped;
-use super::markdown::{time, wait_target};
 use super::model::*;
 use super::svg::{self, escape};
+use super::tables::{self, ListTable, time};
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1200px}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;\
@@ -195,66 +194,10 @@ pub fn render(report: &Report) -> String {
             ]
         }),
     );
-    capped(
-        &mut out,
-        "Failures",
-        &["seq", "time", "step", "attempt", "error", "retry"],
-        &run.failures,
-        |f| {
-            vec![
-                f.seq.to_string(),
-                time(f.at),
-                f.step.clone(),
-                f.attempt.to_string(),
-                f.error.clone(),
-                f.retry_in_ms
-                    .map(|ms| format!("agent, after {}", human_duration(ms as i64)))
-                    .unwrap_or_else(|| "a person".into()),
-            ]
-        },
-    );
-    capped(
-        &mut out,
-        "Escalations",
-        &["seq", "time", "level", "what"],
-        &run.escalations,
-        |e| {
-            vec![
-                e.seq.to_string(),
-                time(e.at),
-                e.level.to_string(),
-                e.what.clone(),
-            ]
-        },
-    );
-    capped(
-        &mut out,
-        "Waiting for people",
-        &["from", "to", "for", "how long"],
-        &run.waits,
-        |w| {
-            vec![
-                time(w.from),
-                time(w.to),
-                wait_target(w),
-                human_duration(millis(w.from, w.to)),
-            ]
-        },
-    );
-    capped(
-        &mut out,
-        "Event log",
-        &["seq", "time", "who", "what"],
-        &run.log,
-        |l| {
-            vec![
-                l.seq.to_string(),
-                time(l.at),
-                l.actor.clone(),
-                l.detail.clone(),
-            ]
-        },
-    );
+    list_table(&mut out, &tables::failures(run));
+    list_table(&mut out, &tables::escalations(run));
+    list_table(&mut out, &tables::waits(run));
+    list_table(&mut out, &tables::log(run));
     let _ = writeln!(
         out,
         "<h2>State at seq {}</h2>\n<pre>{}</pre>\n</body></html>",
@@ -280,32 +223,31 @@ fn table(out: &mut String, title: &str, headers: &[&str], rows: impl Iterator<It
     out.push_str("</table>\n");
 }
 
-fn capped<T>(
-    out: &mut String,
-    title: &str,
-    headers: &[&str],
-    list: &Capped<T>,
-    row: impl Fn(&T) -> Vec<String>,
-) {
-    let _ = write!(out, "<h2>{}</h2>\n<table><tr>", escape(title));
-    for h in headers {
+fn list_table<T>(out: &mut String, table: &ListTable<'_, T>) {
+    let columns = table.columns.len();
+    let _ = write!(out, "<h2>{}</h2>\n<table><tr>", escape(table.title));
+    for h in table.columns {
         let _ = write!(out, "<th>{}</th>", escape(h));
     }
     out.push_str("</tr>\n");
-    list.first().iter().for_each(|e| push_row(out, &row(e)));
-    if list.omitted() > 0 {
+    let list = table.list;
+    list.first()
+        .iter()
+        .for_each(|e| push_row(out, &(table.cells)(e)));
+    if let Some(gap) = table.gap() {
         let _ = writeln!(
             out,
-            "<tr class=\"gap\"><td colspan=\"{}\">… {} more not shown (the first and last {} of {} are kept)</td></tr>",
-            headers.len(),
-            list.omitted(),
-            list.first().len(),
-            list.total()
+            "<tr class=\"gap\"><td colspan=\"{columns}\">{}</td></tr>",
+            escape(&gap)
         );
     }
-    list.last().for_each(|e| push_row(out, &row(e)));
+    list.last().for_each(|e| push_row(out, &(table.cells)(e)));
     if list.total() == 0 {
-        let _ = writeln!(out, "<tr><td colspan=\"{}\">none</td></tr>", headers.len());
+        let _ = writeln!(
+            out,
+            "<tr><td colspan=\"{columns}\">{}</td></tr>",
+            escape(table.empty)
+        );
     }
     out.push_str("</table>\n");
 }

@@ -3,10 +3,9 @@
 use std::fmt::Write;
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use super::capped::Capped;
 use super::model::*;
+use super::tables::{self, ListTable, time, wait_target};
 
 /// The whole report; the verdict is its first paragraph.
 pub fn render(report: &Report) -> String {
@@ -43,10 +42,16 @@ pub fn render(report: &Report) -> String {
     phases(&mut out, run);
     steps(&mut out, run);
     people(&mut out, run);
-    failures(&mut out, run);
-    escalations(&mut out, run);
-    waits(&mut out, run);
-    log(&mut out, run);
+    list_table(&mut out, &tables::failures(run), None);
+    list_table(&mut out, &tables::escalations(run), None);
+    list_table(&mut out, &tables::waits(run), None);
+    list_table(
+        &mut out,
+        &tables::log(run),
+        Some(
+            "Every event except step output and progress (but with what a resumed attempt found done).",
+        ),
+    );
     let _ = writeln!(
         out,
         "## State at seq {}\n\n```text\n{}```",
@@ -241,135 +246,38 @@ fn people(out: &mut String, run: &RunFacts) {
     out.push('\n');
 }
 
-fn failures(out: &mut String, run: &RunFacts) {
-    let _ = writeln!(out, "## Failures\n");
-    capped_table(
-        out,
-        &run.failures,
-        "| seq | time | step | attempt | error | then |\n|---|---|---|---|---|---|",
-        |f| {
-            format!(
-                "| {} | {} | `{}` | {} | {} | {} |",
-                f.seq,
-                time(f.at),
-                f.step,
-                f.attempt,
-                cell(&f.error),
-                match f.retry_in_ms {
-                    Some(ms) => format!("agent retried after {}", human_duration(ms as i64)),
-                    None => "waited for a person".into(),
-                }
-            )
-        },
-        "No attempt failed.",
-    );
-}
-
-fn escalations(out: &mut String, run: &RunFacts) {
-    let _ = writeln!(out, "## Escalations\n");
-    capped_table(
-        out,
-        &run.escalations,
-        "| seq | time | level | what |\n|---|---|---|---|",
-        |e| {
-            format!(
-                "| {} | {} | {} | {} |",
-                e.seq,
-                time(e.at),
-                e.level,
-                cell(&e.what)
-            )
-        },
-        "Nobody was escalated to.",
-    );
-}
-
-fn waits(out: &mut String, run: &RunFacts) {
-    let _ = writeln!(out, "## Waiting for people\n");
-    capped_table(
-        out,
-        &run.waits,
-        "| from | to | for | how long |\n|---|---|---|---|",
-        |w| {
-            format!(
-                "| {} | {} | {} | {} |",
-                time(w.from),
-                time(w.to),
-                wait_target(w),
-                human_duration(millis(w.from, w.to))
-            )
-        },
-        "The run never waited for people.",
-    );
-}
-
-fn log(out: &mut String, run: &RunFacts) {
-    let _ = writeln!(
-        out,
-        "## Event log\n\nEvery event except step output and progress (but with what a resumed attempt found done).\n"
-    );
-    capped_table(
-        out,
-        &run.log,
-        "| seq | time | who | what |\n|---|---|---|---|",
-        |l| {
-            format!(
-                "| {} | {} | {} | {} |",
-                l.seq,
-                time(l.at),
-                cell(&l.actor),
-                cell(&l.detail)
-            )
-        },
-        "No events.",
-    );
-}
-
-/// A table of a capped list, with a row marking where entries were left out.
-fn capped_table<T>(
-    out: &mut String,
-    list: &Capped<T>,
-    header: &str,
-    row: impl Fn(&T) -> String,
-    empty: &str,
-) {
-    if list.total() == 0 {
-        let _ = writeln!(out, "{empty}\n");
+/// A list as a table under its heading (after `intro`, if any), with a row marking where
+/// entries were left out.
+fn list_table<T>(out: &mut String, table: &ListTable<'_, T>, intro: Option<&str>) {
+    let _ = writeln!(out, "## {}\n", table.title);
+    if let Some(intro) = intro {
+        let _ = writeln!(out, "{intro}\n");
+    }
+    if table.list.total() == 0 {
+        let _ = writeln!(out, "{}\n", table.empty);
         return;
     }
-    let _ = writeln!(out, "{header}");
-    for entry in list.first() {
+    let columns = table.columns.len();
+    let _ = writeln!(
+        out,
+        "| {} |\n|{}",
+        table.columns.join(" | "),
+        "---|".repeat(columns)
+    );
+    let row = |entry: &T| {
+        let cells: Vec<String> = (table.cells)(entry).iter().map(|c| cell(c)).collect();
+        format!("| {} |", cells.join(" | "))
+    };
+    for entry in table.list.first() {
         let _ = writeln!(out, "{}", row(entry));
     }
-    if list.omitted() > 0 {
-        let columns = header.lines().next().unwrap_or("").matches('|').count() - 1;
-        let _ = writeln!(
-            out,
-            "| … {} more not shown (the first and last {} of {} are kept) |{}",
-            list.omitted(),
-            list.first().len(),
-            list.total(),
-            " |".repeat(columns.saturating_sub(1))
-        );
+    if let Some(gap) = table.gap() {
+        let _ = writeln!(out, "| {gap} |{}", " |".repeat(columns.saturating_sub(1)));
     }
-    for entry in list.last() {
+    for entry in table.list.last() {
         let _ = writeln!(out, "{}", row(entry));
     }
     out.push('\n');
-}
-
-/// What a wait was for, in words.
-pub(super) fn wait_target(w: &WaitSpan) -> String {
-    match (&w.step, &w.phase) {
-        (Some(step), _) => format!("{} `{step}`", w.reason),
-        (None, Some(phase)) => format!("{} (`{phase}`)", w.reason),
-        (None, None) => w.reason.to_owned(),
-    }
-}
-
-/// A time as RFC 3339 (UTC, as stored).
-pub(super) fn time(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
 fn opt_time(at: Option<OffsetDateTime>) -> String {
@@ -383,6 +291,7 @@ fn cell(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::capped::Capped;
     use super::*;
 
     #[test]
@@ -394,25 +303,27 @@ mod tests {
     fn a_capped_table_marks_the_gap() {
         let mut list = Capped::new(2);
         (1..=7).for_each(|i| list.push(i));
+        let table = ListTable {
+            title: "Numbers",
+            columns: &["n", "x"],
+            list: &list,
+            cells: |i| vec![i.to_string(), "x".into()],
+            empty: "none",
+        };
         let mut out = String::new();
-        capped_table(
-            &mut out,
-            &list,
-            "| n | x |\n|---|---|",
-            |i| format!("| {i} | x |"),
-            "none",
-        );
+        list_table(&mut out, &table, None);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[2..4], ["| 1 | x |", "| 2 | x |"]);
+        assert_eq!(lines[..4], ["## Numbers", "", "| n | x |", "|---|---|"]);
+        assert_eq!(lines[4..6], ["| 1 | x |", "| 2 | x |"]);
         assert!(
-            lines[4].starts_with("| … 3 more not shown (the first and last 2 of 7"),
+            lines[6].starts_with("| … 3 more not shown (the first and last 2 of 7"),
             "{out}"
         );
         assert_eq!(
-            lines[4].matches('|').count(),
+            lines[6].matches('|').count(),
             3,
             "as many columns as the header"
         );
-        assert_eq!(lines[5..7], ["| 6 | x |", "| 7 | x |"]);
+        assert_eq!(lines[7..9], ["| 6 | x |", "| 7 | x |"]);
     }
 }

@@ -22,6 +22,7 @@ mod html;
 mod markdown;
 mod model;
 mod svg;
+mod tables;
 
 use std::fmt;
 use std::str::FromStr;

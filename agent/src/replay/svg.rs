@@ -6,8 +6,8 @@ use std::fmt::Write;
 
 use time::OffsetDateTime;
 
-use super::markdown::{time, wait_target};
 use super::model::*;
+use super::tables::{time, wait_target};
 
 const WIDTH: f64 = 1100.0;
 const LABELS: f64 = 230.0;

@@ -1,0 +1,121 @@
+//! The lists both report formats print as tables, in one wording: each table's title, columns,
+//! and every entry's cells as plain text. The Markdown and the HTML report only lay them out and
+//! escape the cells their own way.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::capped::Capped;
+use super::model::*;
+
+/// A capped list as a table.
+pub(super) struct ListTable<'a, T> {
+    pub(super) title: &'static str,
+    pub(super) columns: &'static [&'static str],
+    pub(super) list: &'a Capped<T>,
+    /// One entry's cells, in the columns' order, as plain text.
+    pub(super) cells: fn(&T) -> Vec<String>,
+    /// What stands instead of an empty table.
+    pub(super) empty: &'static str,
+}
+
+impl<T> ListTable<'_, T> {
+    /// The words on the row that stands for the entries left out, if any were.
+    pub(super) fn gap(&self) -> Option<String> {
+        (self.list.omitted() > 0).then(|| {
+            format!(
+                "… {} more not shown (the first and last {} of {} are kept)",
+                self.list.omitted(),
+                self.list.first().len(),
+                self.list.total()
+            )
+        })
+    }
+}
+
+pub(super) fn failures(run: &RunFacts) -> ListTable<'_, FailureEntry> {
+    ListTable {
+        title: "Failures",
+        columns: &["seq", "time", "step", "attempt", "error", "then"],
+        list: &run.failures,
+        cells: |f| {
+            vec![
+                f.seq.to_string(),
+                time(f.at),
+                f.step.clone(),
+                f.attempt.to_string(),
+                f.error.clone(),
+                match f.retry_in_ms {
+                    Some(ms) => format!("agent retried after {}", human_duration(ms as i64)),
+                    None => "waited for a person".into(),
+                },
+            ]
+        },
+        empty: "No attempt failed.",
+    }
+}
+
+pub(super) fn escalations(run: &RunFacts) -> ListTable<'_, EscalationEntry> {
+    ListTable {
+        title: "Escalations",
+        columns: &["seq", "time", "level", "what"],
+        list: &run.escalations,
+        cells: |e| {
+            vec![
+                e.seq.to_string(),
+                time(e.at),
+                e.level.to_string(),
+                e.what.clone(),
+            ]
+        },
+        empty: "Nobody was escalated to.",
+    }
+}
+
+pub(super) fn waits(run: &RunFacts) -> ListTable<'_, WaitSpan> {
+    ListTable {
+        title: "Waiting for people",
+        columns: &["from", "to", "for", "how long"],
+        list: &run.waits,
+        cells: |w| {
+            vec![
+                time(w.from),
+                time(w.to),
+                wait_target(w),
+                human_duration(millis(w.from, w.to)),
+            ]
+        },
+        empty: "The run never waited for people.",
+    }
+}
+
+pub(super) fn log(run: &RunFacts) -> ListTable<'_, LogEntry> {
+    ListTable {
+        title: "Event log",
+        columns: &["seq", "time", "who", "what"],
+        list: &run.log,
+        cells: |l| {
+            vec![
+                l.seq.to_string(),
+                time(l.at),
+                l.actor.clone(),
+                l.detail.clone(),
+            ]
+        },
+        empty: "No events.",
+    }
+}
+
+/// What a wait was for, in words.
+pub(super) fn wait_target(w: &WaitSpan) -> String {
+    match (&w.step, &w.phase) {
+        (Some(step), _) => format!("{} `{step}`", w.reason),
+        (None, Some(phase)) => format!("{} (`{phase}`)", w.reason),
+        (None, None) => w.reason.to_owned(),
+    }
+}
+
+/// A time as RFC 3339 (UTC, as stored).
+pub(super) fn time(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
