@@ -47,13 +47,6 @@ kind = "shell"
 command = "true"
 "#;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Stats {
     count: usize,
     refused: usize,
@@ -83,8 +76,8 @@ fn ms(d: Duration) -> String {
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let concurrency = env_usize("BENCH_CONCURRENCY", 200);
-    let rounds = env_usize("BENCH_ROUNDS", 2);
+    let concurrency = rollback_tests::bench_setting::<usize>("BENCH_CONCURRENCY", 200);
+    let rounds = rollback_tests::bench_setting::<usize>("BENCH_ROUNDS", 2);
     let dir = tempfile::tempdir()?;
     let nats = NatsServer::start().await?;
     std::fs::create_dir(dir.path().join("runbooks"))?;

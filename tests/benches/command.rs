@@ -48,13 +48,6 @@ kind = "shell"
 command = "true"
 "#;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Consumers created on the event stream, by how they start.
 #[derive(Default)]
 struct Reads {
@@ -171,9 +164,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let commands = env_usize("BENCH_COMMANDS", 200);
-    let clients = env_usize("BENCH_CLIENTS", 100);
-    let per_client = env_usize("BENCH_PER_CLIENT", 20);
+    let commands = rollback_tests::bench_setting::<usize>("BENCH_COMMANDS", 200);
+    let clients = rollback_tests::bench_setting::<usize>("BENCH_CLIENTS", 100);
+    let per_client = rollback_tests::bench_setting::<usize>("BENCH_PER_CLIENT", 20);
 
     let dir = tempfile::tempdir()?;
     std::fs::create_dir(dir.path().join("runbooks"))?;

@@ -25,13 +25,6 @@ use sqlx::{AssertSqlSafe, PgPool};
 
 const CONCURRENCY: usize = 4;
 
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()
         .max_connections(CONCURRENCY as u32 + 2)
@@ -46,8 +39,8 @@ fn rate(rows: u64, took: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let tenants = env_u32("BENCH_TENANTS", 1000);
-    let rows = env_u32("BENCH_ROWS", 130);
+    let tenants = rollback_tests::bench_setting::<u32>("BENCH_TENANTS", 1000);
+    let rows = rollback_tests::bench_setting::<u32>("BENCH_ROWS", 130);
     let pg = Postgres::start().await.expect("postgres");
     let admin = pool(&pg.admin_url()).await;
     sqlx::query(AssertSqlSafe(format!(

@@ -61,13 +61,6 @@ command = "for i in $(seq 1 900); do echo tick $i; sleep 0.1; done"
 timeout = "5m"
 "#;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Bench {
     dir: tempfile::TempDir,
     nats: NatsServer,
@@ -177,8 +170,8 @@ impl Bench {
         demo::generate(
             &pool,
             &DemoSpec {
-                tenants: env_usize("BENCH_TENANTS", 120) as u32,
-                rows: env_usize("BENCH_ROWS", 300) as u32,
+                tenants: rollback_tests::bench_setting::<usize>("BENCH_TENANTS", 120) as u32,
+                rows: rollback_tests::bench_setting::<usize>("BENCH_ROWS", 300) as u32,
                 ..DemoSpec::default()
             },
         )
@@ -334,7 +327,7 @@ fn summary(samples: &[Duration]) -> (Duration, Duration, Duration) {
 }
 
 async fn bench() -> anyhow::Result<()> {
-    let rounds = env_usize("BENCH_ROUNDS", 3);
+    let rounds = rollback_tests::bench_setting::<usize>("BENCH_ROUNDS", 3);
     let mut b = Bench::start().await?;
     let mut results = Vec::new();
     for (how, label) in [

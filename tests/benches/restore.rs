@@ -40,13 +40,6 @@ const JOBS: u32 = 2;
 /// The demo generator's parallelism, as in the tenancy benchmark.
 const GENERATE_CONCURRENCY: usize = 4;
 
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn url_of(pg: &Postgres, db: &str) -> String {
     pg.admin_url()
         .rsplit_once('/')
@@ -177,9 +170,9 @@ fn secs(d: Duration) -> String {
 
 #[tokio::main]
 async fn main() {
-    let tenants = env_u32("BENCH_TENANTS", 1000);
-    let rows = env_u32("BENCH_ROWS", 130);
-    let rounds = env_u32("BENCH_ROUNDS", 3).max(1) as usize;
+    let tenants = rollback_tests::bench_setting::<u32>("BENCH_TENANTS", 1000);
+    let rows = rollback_tests::bench_setting::<u32>("BENCH_ROWS", 130);
+    let rounds = rollback_tests::bench_setting::<u32>("BENCH_ROUNDS", 3).max(1) as usize;
     let pg = Postgres::start().await.expect("start PostgreSQL");
     let admin = pool(&pg.admin_url()).await;
     let programs = PgPrograms::in_dir(pg.bin_dir()).expect("client programs");

@@ -28,13 +28,6 @@ use sqlx::{AssertSqlSafe, PgPool};
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc;
 
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 const CONCURRENCY: usize = 4;
 
 async fn pool(url: &str) -> PgPool {
@@ -223,9 +216,9 @@ fn rate(rows: u64, d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let tenants = env_u32("BENCH_TENANTS", 1000);
-    let rows = env_u32("BENCH_ROWS", 130);
-    let plan_tenants = env_u32("BENCH_PLAN_TENANTS", 10_000);
+    let tenants = rollback_tests::bench_setting::<u32>("BENCH_TENANTS", 1000);
+    let rows = rollback_tests::bench_setting::<u32>("BENCH_ROWS", 130);
+    let plan_tenants = rollback_tests::bench_setting::<u32>("BENCH_PLAN_TENANTS", 10_000);
     let pg = Postgres::start().await.expect("start PostgreSQL");
     let admin = pool(&pg.admin_url()).await;
 

@@ -25,3 +25,12 @@ pub use cluster::{
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};
 pub use process::free_port;
+
+/// A benchmark's setting from the environment (`BENCH_ROUNDS=5`), or `default` when unset or
+/// not a value of its type.
+pub fn bench_setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
