@@ -12,7 +12,12 @@ use cli::Cmd;
 #[command(
     name = "rollback-agent",
     version,
-    about = "Executes rollback runbooks phase by phase, recording every action as an event"
+    about = "Executes rollback runbooks phase by phase, recording every action as an event",
+    after_help = "Exit status: 0 done (and, for a check, the answer is yes); 1 could not do its \
+                  work (a server, a file or a setting in the way: the error says which); 2 the \
+                  command line was not understood; 3 ran and said no (a plan refused, a \
+                  verification or delta proof that failed, a history that is not intact, a \
+                  runbook with problems)."
 )]
 struct Cli {
     #[command(subcommand)]

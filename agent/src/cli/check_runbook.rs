@@ -36,10 +36,6 @@ impl CheckRunbookArgs {
                 }
             }
         }
-        Ok(if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(super::exit(!failed))
     }
 }

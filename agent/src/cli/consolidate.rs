@@ -1,5 +1,5 @@
 //! `rollback-agent consolidate`: moves every tenant schema's rows into the shared tables, after
-//! a plan that must allow it (exits 2, printing the plan, when it does not).
+//! a plan that must allow it (exits 3, printing the plan, when it does not).
 
 use std::process::ExitCode;
 

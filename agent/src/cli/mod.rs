@@ -17,8 +17,10 @@ use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
 
-/// Exit code for "ran, and said no" (a refused plan, a failed verification).
-pub const REFUSED: u8 = 2;
+/// Exit status for "ran, and said no" (a refused plan, a failed verification, a history that is
+/// not intact, a runbook with problems): apart from 1, the tool could not do its work, and 2, the
+/// command line was not understood (clap's).
+pub const REFUSED: u8 = 3;
 
 #[derive(Subcommand)]
 pub enum Cmd {
@@ -31,7 +33,7 @@ pub enum Cmd {
     /// weakened.
     Provision(provision::ProvisionArgs),
     /// Replay a run for the postmortem: verify its hash chain, fold its events, write a report
-    /// (the verdict first). Exits 2 when the history is not intact.
+    /// (the verdict first). Exits 3 when the history is not intact.
     Replay(replay::ReplayArgs),
     /// Check runbook files: every problem is reported with its file, phase and step.
     CheckRunbook(check_runbook::CheckRunbookArgs),

@@ -1,4 +1,4 @@
-//! `rollback-agent plan`: the tenancy preflight. Writes nothing; exits 2 when the plan refuses.
+//! `rollback-agent plan`: the tenancy preflight. Writes nothing; exits 3 when the plan refuses.
 
 use std::process::ExitCode;
 

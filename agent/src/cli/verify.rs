@@ -1,5 +1,5 @@
 //! `rollback-agent verify`: proves the shared tables hold exactly the tenant schemas' rows.
-//! Reads only; exits 2 on a failure.
+//! Reads only; exits 3 on a failure.
 
 use std::process::ExitCode;
 

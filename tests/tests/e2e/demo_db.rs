@@ -127,6 +127,20 @@ async fn builds_the_tenant_schemas_shared_tables_and_decoys() -> TestResult {
     let tables_per_schema = prints.keys().filter(|k| k.starts_with("tenant_1.")).count();
     assert_eq!(tables_per_schema, 8);
 
+    // Every table it made has statistics, as an application's database has: the plan's row
+    // estimates are real and no table is reported as never analyzed.
+    let never_analyzed = scalar(
+        &pool,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND c.reltuples < 0 \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            .into(),
+    )
+    .await?;
+    assert_eq!(never_analyzed, 0, "tables left without statistics");
+    let plan = rollback_agent::tenancy::plan::plan(&pool, &Default::default()).await?;
+    assert!(!plan.to_string().contains("never analyzed"), "{plan}");
+
     // Decoys hold users (marked as such), and their marks appear nowhere else.
     for schema in &decoys.schemas {
         let users = scalar(

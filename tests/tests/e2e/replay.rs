@@ -497,7 +497,7 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
     publish_raw(&h, run, forged.to_bytes()).await;
 
     let output = replay_cli(&h, &[&run.to_string()]).await;
-    assert_eq!(output.status.code(), Some(2), "a broken history exits 2");
+    assert_eq!(output.status.code(), Some(3), "a broken history exits 3");
     let md = stdout(&output);
     let headline = format!("Hash chain BROKEN at seq {}: hash mismatch", last.seq + 1);
     assert!(md.lines().nth(2).unwrap().contains(&headline), "{md}");
@@ -561,10 +561,10 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
     );
 }
 
-/// The JSON report of a broken history (exit code 2).
+/// The JSON report of a broken history (exit status 3).
 async fn replay_json_status(h: &Harness, run: RunId) -> Value {
     let output = replay_cli(h, &[&run.to_string(), "--format", "json"]).await;
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     serde_json::from_str(&stdout(&output)).unwrap()
 }
 
@@ -583,16 +583,19 @@ async fn the_command_line_takes_the_agents_settings_and_refuses_bad_input() {
     let before = (state.started_at - time::Duration::hours(1))
         .format(&Rfc3339)
         .unwrap();
-    let cases: Vec<(Vec<&str>, String)> = vec![
-        (vec![&unknown], format!("there is no run {unknown}")),
-        (vec!["not-a-run"], "`not-a-run` is not a run id".into()),
+    // Exit status 1: the tool could not do its work; 2: the command line was not understood.
+    let cases: Vec<(Vec<&str>, String, i32)> = vec![
+        (vec![&unknown], format!("there is no run {unknown}"), 1),
+        (vec!["not-a-run"], "`not-a-run` is not a run id".into(), 1),
         (
             vec![&run, "--at", "yesterday"],
             "`yesterday` is neither an event seq".into(),
+            1,
         ),
         (
             vec![&run, "--at", "0"],
             "`0` is neither an event seq".into(),
+            1,
         ),
         (
             vec![&run, "--at", "999"],
@@ -600,19 +603,22 @@ async fn the_command_line_takes_the_agents_settings_and_refuses_bad_input() {
                 "--at seq 999: run {run} has only {} stored event(s)",
                 state.seq
             ),
+            1,
         ),
         (
             vec![&run, "--at", &before],
             "had not started yet at that time".into(),
+            1,
         ),
         (
             vec![&run, "--format", "pdf"],
             "invalid value 'pdf' for '--format".into(),
+            2,
         ),
     ];
-    for (args, message) in cases {
+    for (args, message, status) in cases {
         let output = replay_cli(&h, &args).await;
-        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(output.status.code(), Some(status), "{args:?}");
         assert!(
             stderr(&output).contains(&message),
             "{args:?}: {}",

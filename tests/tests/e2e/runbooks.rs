@@ -19,6 +19,48 @@ use super::harness::{DEADLINE, Harness, HttpStub, status_of, step};
 const TENANCY_ROLLBACK: &str = include_str!("../../../deploy/runbooks/tenancy-rollback.toml");
 const EMERGENCY_RESTORE: &str = include_str!("../../../deploy/runbooks/emergency-restore.toml");
 
+/// `check-runbook` answers with the exit statuses every tool shares (and `--help` lists): 0 yes,
+/// 3 ran and said no, 1 could not do its work, 2 a command line it does not understand.
+#[test]
+fn check_runbook_tells_no_from_could_not_and_from_a_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    let text = "name = \"broken\"\n[[phases]]\nid = \"p\"\n[[phases.steps]]\nid = \"s\"\nkind = \"nope\"\n";
+    std::fs::write(&broken, text).unwrap();
+    let agent = rollback_tests::agent_binary().unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new(&agent)
+            .arg("check-runbook")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), text)
+    };
+    let shipped = rollback_tests::workspace_root().join("deploy/runbooks/tenancy-rollback.toml");
+    let (status, text) = run(&[shipped.as_os_str()]);
+    assert_eq!(status, Some(0), "{text}");
+    let (status, text) = run(&[shipped.as_os_str(), broken.as_os_str()]);
+    assert_eq!(status, Some(3), "a runbook with a problem: {text}");
+    assert!(text.contains("broken.toml"), "{text}");
+    let missing = dir.path().join("missing.toml");
+    let (status, text) = run(&[missing.as_os_str()]);
+    assert_eq!(status, Some(1), "a file that cannot be read: {text}");
+    let (status, text) = run(&["--no-such-flag".as_ref()]);
+    assert_eq!(status, Some(2), "a typo: {text}");
+
+    let help = std::process::Command::new(&agent)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Exit status: 0") && help.contains("3 ran and said no"),
+        "{help}"
+    );
+}
+
 #[test]
 fn the_shipped_tenancy_rollback_runbook_parses() {
     let runbook = Runbook::parse("deploy/runbooks/tenancy-rollback.toml", TENANCY_ROLLBACK)
