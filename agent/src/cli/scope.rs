@@ -57,6 +57,12 @@ pub struct ScopeArgs {
     /// Only these tables (comma separated).
     #[arg(long, value_delimiter = ',')]
     tables: Option<Vec<String>>,
+    /// Only these tenants, by id (comma separated); the others are not touched.
+    #[arg(long, value_delimiter = ',')]
+    tenants: Option<Vec<i64>>,
+    /// Leave these tenants out, by id (comma separated): their schemas and rows are not touched.
+    #[arg(long, value_delimiter = ',')]
+    exclude_tenants: Option<Vec<i64>>,
     /// Keep ids (only when unique across tenants) or remap them.
     #[arg(long, value_enum)]
     ids: Option<IdStrategy>,
@@ -110,6 +116,12 @@ impl ScopeArgs {
         }
         if self.tables.is_some() {
             opts.tables = self.tables.clone();
+        }
+        if self.tenants.is_some() {
+            opts.scope.tenants = self.tenants.clone();
+        }
+        if let Some(excluded) = &self.exclude_tenants {
+            opts.scope.exclude_tenants = excluded.clone();
         }
         if let Some(ids) = self.ids {
             opts.ids = ids;

@@ -230,11 +230,28 @@ pub struct TenancyScope {
     pub schema_pattern: String,
     /// The shared table listing tenants, `tenants` by default.
     pub tenants_table: String,
+    /// Only these tenants, by id; every tenant the pattern finds when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Vec<i64>>,
+    /// These tenants left out, by id: their schemas and rows are not touched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tenants: Vec<i64>,
 }
 
 impl TenancyScope {
     /// The keys a [`TenancyScope`] takes from a step's table.
-    pub(crate) const FIELDS: [&str; 2] = ["schema_pattern", "tenants_table"];
+    pub(crate) const FIELDS: [&str; 4] = [
+        "schema_pattern",
+        "tenants_table",
+        "tenants",
+        "exclude_tenants",
+    ];
+
+    /// Whether the tenant `id` is in scope (named by `tenants`, when given, and not excluded).
+    pub fn includes(&self, id: i64) -> bool {
+        self.tenants.as_ref().is_none_or(|only| only.contains(&id))
+            && !self.exclude_tenants.contains(&id)
+    }
 }
 
 impl Default for TenancyScope {
@@ -242,6 +259,8 @@ impl Default for TenancyScope {
         Self {
             schema_pattern: "^tenant_([0-9]+)$".to_owned(),
             tenants_table: "tenants".to_owned(),
+            tenants: None,
+            exclude_tenants: Vec::new(),
         }
     }
 }

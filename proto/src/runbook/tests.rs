@@ -133,6 +133,8 @@ fn expected_every_kind() -> Runbook {
                             scope: TenancyScope {
                                 schema_pattern: "^t_([0-9]+)$".into(),
                                 tenants_table: "public.tenants".into(),
+                                tenants: None,
+                                exclude_tenants: vec![7, 9],
                             },
                             concurrency: 8,
                             ids: IdStrategy::Keep,

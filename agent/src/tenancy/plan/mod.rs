@@ -82,13 +82,48 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
     if !exists {
         return Err(PlanError::NoTenantsTable(tenants_table));
     }
-    let tenant_ids: BTreeSet<i64> = sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
+    let listed: BTreeSet<i64> = sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
         "SELECT id::int8 FROM {tenants_table}"
     )))
     .fetch_all(pool)
     .await?
     .into_iter()
     .collect();
+    // Tenants the scope leaves out are neither moved nor orphans: the plan does not see them.
+    let scope = &opts.scope;
+    if let Some(only) = &scope.tenants {
+        let unknown: Vec<String> = only
+            .iter()
+            .filter(|id| !matched.contains_key(id) || !listed.contains(id))
+            .map(i64::to_string)
+            .collect();
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "tenant(s) {} named in the scope have no schema matching the pattern or no row in the tenants table; nothing to do for them",
+                unknown.join(", ")
+            ));
+        }
+    }
+    let left_out: Vec<String> = matched
+        .keys()
+        .chain(listed.iter())
+        .filter(|id| !scope.includes(**id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(i64::to_string)
+        .collect();
+    if !left_out.is_empty() {
+        warnings.push(format!(
+            "{} tenant(s) left out by the scope, their schemas and rows untouched: {}",
+            left_out.len(),
+            left_out.join(", ")
+        ));
+    }
+    matched.retain(|id, _| scope.includes(*id));
+    let tenant_ids: BTreeSet<i64> = listed
+        .into_iter()
+        .filter(|id| scope.includes(*id))
+        .collect();
     let tenants: Vec<TenantSchema> = matched
         .iter()
         .filter(|(id, _)| tenant_ids.contains(id))

@@ -90,6 +90,8 @@ fn expand_scope(
     Ok(TenancyScope {
         schema_pattern: expand("schema_pattern", &scope.schema_pattern)?,
         tenants_table: expand("tenants_table", &scope.tenants_table)?,
+        tenants: scope.tenants.clone(),
+        exclude_tenants: scope.exclude_tenants.clone(),
     })
 }
 
