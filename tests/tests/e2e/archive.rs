@@ -838,3 +838,44 @@ approvals = 1
         before
     );
 }
+
+/// A tenant left out by the scope (`exclude_tenants`) is not dropped: only the schemas of the
+/// tenants the plan holds are archived and dropped, and the left-out one stays as it was.
+#[tokio::test]
+async fn a_tenant_left_out_by_the_scope_keeps_its_schema_through_the_drop() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    demo::generate(&pool, &spec(3, false)).await.unwrap();
+    let mut opts = PlanOptions::default();
+    opts.scope.exclude_tenants = vec![2];
+    let scoped = plan(&pool, &opts).await.unwrap();
+    consolidate(&pool, &scoped, &ConsolidateOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    let report = verify(&pool, &scoped, 2).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures());
+    let verified: BTreeSet<i64> = report.verified_tenants.into_iter().collect();
+    assert_eq!(verified, BTreeSet::from([1, 3]));
+
+    let after = plan(&pool, &opts).await.unwrap();
+    let schemas = tenant_schemas(&after);
+    assert_eq!(schemas, ["tenant_1", "tenant_3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dump_schemas(&pg, &db, dir.path(), &schemas, DumpFormat::Custom).await;
+    let dropped = drop_schemas(&pool, &after, &verified, &archive)
+        .await
+        .unwrap();
+    let gone: Vec<&str> = dropped.schemas.iter().map(|d| d.schema.as_str()).collect();
+    assert_eq!(gone, ["tenant_1", "tenant_3"]);
+    let left: Vec<String> = user_schemas(&pool)
+        .await
+        .into_iter()
+        .filter(|s| s.starts_with("tenant_"))
+        .collect();
+    assert_eq!(
+        left,
+        ["tenant_2"],
+        "only the left-out tenant's schema remains"
+    );
+}
