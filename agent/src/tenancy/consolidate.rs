@@ -256,7 +256,15 @@ fn unit_sql(plan: &Plan, t: &TablePlan, deferred: bool) -> UnitSql {
                     orphan = bookkeeping::orphan_fn(),
                     column = sql::literal(&c.name),
                 )),
-                _ => vals.push(format!("s.{}", sql::ident(&c.name))),
+                // Cast to the shared column's type, as verify renders it: tenants' types may
+                // differ from each other, and one that does not widen (text to numeric) has
+                // no implicit cast; the plan proved every such value casts unchanged. A cast
+                // to the same type costs nothing.
+                _ => vals.push(format!(
+                    "CAST(s.{} AS {})",
+                    sql::ident(&c.name),
+                    c.dest_type
+                )),
             },
         }
     }

@@ -414,6 +414,7 @@ async fn the_plan_refuses_bad_shapes_before_writing_anything() {
          CREATE TABLE tenant_3.secrets (id bigserial PRIMARY KEY, body text);
          ALTER TABLE public.jobs ALTER COLUMN title TYPE varchar(120);
          ALTER TABLE tenant_1.jobs ALTER COLUMN title TYPE varchar(200);
+         UPDATE tenant_1.jobs SET title = repeat('x', 150) WHERE id = 1;
          UPDATE tenant_1.users SET email = 'same@example.com' WHERE id = 1;
          UPDATE tenant_3.users SET email = 'same@example.com' WHERE id = 1;
          CREATE UNIQUE INDEX users_email_everywhere ON public.users (email);",
@@ -438,7 +439,11 @@ async fn the_plan_refuses_bad_shapes_before_writing_anything() {
         "{text}"
     );
     assert!(
-        text.contains("column `title` is character varying(200) here but character varying(120)"),
+        text.contains(&format!(
+            "tenant_1.jobs: column `title` is character varying(200) here but character varying(120) \
+             in public.jobs, and 1 value(s) do not cast to it without change: '{}'",
+            "x".repeat(150)
+        )),
         "{text}"
     );
     assert!(
@@ -925,4 +930,62 @@ async fn a_tenant_left_out_by_the_scope_is_untouched_and_moves_once_when_taken_i
         .map(|t| t["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, [2, 4]);
+}
+
+/// A column whose type differs from the shared one is refused only when a value would not
+/// survive the cast: a tenant whose text grades all read as `numeric(5,2)` moves (and proves),
+/// one with `n/a` and `87.555` among them is refused, naming the tenant, table, column, the
+/// values and how many.
+#[tokio::test]
+async fn a_type_difference_blocks_only_values_that_do_not_cast_unchanged() {
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    demo::generate(&pool, &spec(3, 10, 31)).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE tenant_1.graduates ALTER COLUMN grade TYPE text;
+         UPDATE tenant_1.graduates SET grade = '87.5' WHERE id = 1;
+         ALTER TABLE tenant_2.graduates ALTER COLUMN grade TYPE text;
+         UPDATE tenant_2.graduates SET grade = 'n/a' WHERE id = 1;
+         UPDATE tenant_2.graduates SET grade = '87.555' WHERE id = 2;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let p = plan(&pool, &PlanOptions::default()).await.unwrap();
+    let text = p
+        .refusals
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(p.refusals.len(), 1, "{text}");
+    assert!(
+        text.contains(
+            "tenant_2.graduates: column `grade` is text here but numeric(5,2) in public.graduates, \
+             and 2 value(s) do not cast to it without change:"
+        ) && text.contains("'n/a'")
+            && text.contains("'87.555'"),
+        "{text}"
+    );
+    assert!(!text.contains("tenant_1"), "{text}");
+
+    // Without tenant 2, the text grades of tenant 1 move and prove.
+    let mut opts = PlanOptions::default();
+    opts.scope.exclude_tenants = vec![2];
+    let p = plan(&pool, &opts).await.unwrap();
+    assert!(p.is_executable(), "{p}");
+    consolidate(&pool, &p, &ConsolidateOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    let report = verify(&pool, &p, 2).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures());
+    let moved: String = sqlx::query_scalar(
+        "SELECT g.grade::text FROM public.graduates g JOIN rollback_engine.id_map m \
+         ON m.tbl = 'graduates' AND m.tenant = 1 AND m.old_id = 1 AND m.new_id = g.id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(moved, "87.50");
 }

@@ -42,13 +42,15 @@ pub(super) fn widening(from: &str, to: &str) -> bool {
     )
 }
 
-/// Maps one tenant table shape onto its shared table; returns the plan and what is wrong.
+/// Maps one tenant table shape onto its shared table; returns the plan, what is wrong, and the
+/// columns whose type does not widen: they move only if every value fits, which the plan checks
+/// tenant by tenant ([`values_that_do_not_fit`](super::values_that_do_not_fit)).
 pub(super) fn map_table(
     opts: &PlanOptions,
     dest: &SharedTable,
     source: &[Column],
     consolidated: &BTreeSet<String>,
-) -> (TablePlan, Vec<Refusal>) {
+) -> (TablePlan, Vec<Refusal>, Vec<ColumnMapping>) {
     let mut problems = Vec::new();
     let mut refuse = |reason: String| {
         problems.push(Refusal {
@@ -97,6 +99,7 @@ pub(super) fn map_table(
     }
 
     let mut columns = Vec::new();
+    let mut to_check = Vec::new();
     let mut defaulted = Vec::new();
     let mut generated = Vec::new();
     for d in &dest.columns {
@@ -112,17 +115,28 @@ pub(super) fn map_table(
             .find(|s| s.name == d.name && !s.is_generated())
         {
             Some(s) => {
-                if !widening(&s.type_name, &d.type_name) {
-                    refuse(format!(
-                        "column `{}` is {} here but {} in {shared_name}: values may not fit, so it is refused",
-                        d.name, s.type_name, d.type_name
-                    ));
-                }
-                columns.push(ColumnMapping {
+                let mapping = ColumnMapping {
                     name: d.name.clone(),
                     source_type: s.type_name.clone(),
                     dest_type: d.type_name.clone(),
-                });
+                };
+                let keyed = d.name == id_column
+                    || dest
+                        .foreign_keys
+                        .iter()
+                        .any(|fk| fk.columns.contains(&d.name));
+                if !widening(&s.type_name, &d.type_name) {
+                    if keyed {
+                        // Ids and links are mapped as integers: their types must widen.
+                        refuse(format!(
+                            "column `{}` is {} here but {} in {shared_name}: an id or a link must widen, so it is refused",
+                            d.name, s.type_name, d.type_name
+                        ));
+                    } else {
+                        to_check.push(mapping.clone());
+                    }
+                }
+                columns.push(mapping);
             }
             None if d.not_null && !d.has_default && d.identity.is_empty() => {
                 refuse(format!(
@@ -198,6 +212,7 @@ pub(super) fn map_table(
             unit_tenants: Vec::new(),
         },
         problems,
+        to_check,
     )
 }
 

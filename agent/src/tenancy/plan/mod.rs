@@ -11,6 +11,7 @@ use super::catalog::{self, Signature};
 use super::sql;
 
 mod collisions;
+mod fit;
 mod mapping;
 mod model;
 mod options;
@@ -18,6 +19,7 @@ mod order;
 mod report;
 
 use collisions::unique_collisions;
+use fit::FitCheck;
 use mapping::map_table;
 pub use model::*;
 pub use options::{PlanOptions, ScopeError};
@@ -170,6 +172,7 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
     let mut by_name: BTreeMap<String, BTreeMap<Signature, (u64, String, u64)>> = BTreeMap::new();
     let tenant_of: HashMap<&str, i64> = tenants.iter().map(|t| (t.schema.as_str(), t.id)).collect();
     let mut unit_tenants: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut schemas_of: HashMap<(&str, &Signature), Vec<&str>> = HashMap::new();
     let mut unanalyzed = 0u64;
     for t in &tenant_tables {
         if wanted
@@ -185,6 +188,10 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
             .entry(t.table.clone())
             .or_default()
             .push(tenant_of[t.schema.as_str()]);
+        schemas_of
+            .entry((t.table.as_str(), &t.signature))
+            .or_default()
+            .push(t.schema.as_str());
         let entry = by_name
             .entry(t.table.clone())
             .or_default()
@@ -209,6 +216,7 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
     }
 
     let consolidated: BTreeSet<String> = by_name.keys().cloned().collect();
+    let mut fits = FitCheck::new(pool);
     let mut tables = Vec::new();
     for (name, signatures) in &by_name {
         let Some(dest) = shared.get(name) else {
@@ -226,7 +234,19 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
         let mut table_plan: Option<TablePlan> = None;
         for (sig, (count, example, rows)) in signatures {
             let source = catalog::signature_columns(sig)?;
-            let (mut tp, mut problems) = map_table(opts, dest, &source, &consolidated);
+            let (mut tp, mut problems, to_check) = map_table(opts, dest, &source, &consolidated);
+            for column in &to_check {
+                for schema in schemas_of.get(&(name.as_str(), sig)).into_iter().flatten() {
+                    let misfits = fits.misfits(schema, name, column).await?;
+                    if misfits.count > 0 {
+                        refusals.push(Refusal {
+                            schema: Some((*schema).to_owned()),
+                            table: Some(name.clone()),
+                            reason: misfits.reason(column, &opts.shared_schema, name),
+                        });
+                    }
+                }
+            }
             for p in &mut problems {
                 p.schema = Some(example.clone());
                 if *count > 1 {
@@ -266,6 +286,9 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
             tables.push(tp);
         }
     }
+
+    // The check's connection goes back to the pool before the plan reads on.
+    drop(fits);
 
     // Load order along foreign keys; cycles between tables are refused by name.
     let order = match load_order(&tables) {
