@@ -43,8 +43,11 @@ pub async fn connect_nats(
         .name(&config.agent.name)
         .retry_on_initial_connect()
         .max_reconnects(None)
+        // 100 ms, doubling, at most 1 s apart: a restarted server is back in use within about
+        // a second (with a 5 s cap a 3 s outage cost 3.2 s after the server answered again),
+        // at the price of one connection attempt a second while it is down.
         .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(6) as u32)).min(5_000))
+            Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(6) as u32)).min(1_000))
         })
         .event_callback(move |event| {
             let (gauge, connected) = (gauge.clone(), connected.clone());
