@@ -229,7 +229,7 @@ async fn fold_run(
         .map_err(failed)?
         .ok_or(ReplayError::UnknownRun(run))?;
     let stored = read.stored();
-    let (fold, _, read) = read.fold_into(start(stored)?).await;
+    let (fold, _, read) = read.fold_into(start(stored)?).await.map_err(failed)?;
     read.map_err(failed)?;
     Ok((fold, stored))
 }

@@ -265,7 +265,6 @@ pub(crate) struct ReadExtent {
 
 /// A read of a run from its first event, exactly as the run was when the read began.
 pub(crate) struct RunRead {
-    run: RunId,
     messages: RunMessages,
 }
 
@@ -278,7 +277,7 @@ impl RunRead {
     ) -> Result<Option<Self>, ReadFailure> {
         Ok(RunMessages::to_end(stream, run, limit)
             .await?
-            .map(|messages| Self { run, messages }))
+            .map(|messages| Self { messages }))
     }
 
     /// How many messages the read covers.
@@ -290,11 +289,12 @@ impl RunRead {
     /// is folded on a thread of its own while the next messages are read, with a few chunks
     /// between the two (the reader waits rather than buffering the run). The folder comes back
     /// whatever happened to the read, with how far the read went: a break it found comes
-    /// first in stored order, before a transport failure after it.
+    /// first in stored order, before a transport failure after it. `Err` only when the folder
+    /// itself is lost (its thread was cancelled, the runtime shutting down).
     pub(crate) async fn fold_into<F: Folder>(
         mut self,
         mut folder: F,
-    ) -> (F, ReadExtent, Result<(), ReadFailure>) {
+    ) -> Result<(F, ReadExtent, Result<(), ReadFailure>), ReadFailure> {
         let read = if self.messages.stored < PIPELINE_FROM {
             loop {
                 match self.messages.next().await {
@@ -304,7 +304,7 @@ impl RunRead {
                 }
             }
         } else {
-            let (f, read) = self.fold_alongside(folder).await;
+            let (f, read) = self.fold_alongside(folder).await?;
             folder = f;
             read
         };
@@ -312,10 +312,13 @@ impl RunRead {
             stored: self.messages.stored,
             reached: self.messages.reached,
         };
-        (folder, extent, read)
+        Ok((folder, extent, read))
     }
 
-    async fn fold_alongside<F: Folder>(&mut self, mut folder: F) -> (F, Result<(), ReadFailure>) {
+    async fn fold_alongside<F: Folder>(
+        &mut self,
+        mut folder: F,
+    ) -> Result<(F, Result<(), ReadFailure>), ReadFailure> {
         let (chunks, mut receiver) = mpsc::channel::<Vec<Bytes>>(CHUNKS_IN_FLIGHT);
         // Stops at a break, which closes the channel and so stops the reader too.
         let folding = tokio::task::spawn_blocking(move || {
@@ -350,9 +353,9 @@ impl RunRead {
         };
         drop(chunks);
         match folding.await {
-            Ok(folder) => (folder, read),
+            Ok(folder) => Ok((folder, read)),
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(err) => panic!("run {}: the folding thread was cancelled: {err}", self.run),
+            Err(err) => Err(ReadFailure::Transport(err.into())),
         }
     }
 }
@@ -461,7 +464,7 @@ impl JetStreamEventStore {
         else {
             return Ok((fold, ReadExtent::default()));
         };
-        let (fold, extent, read) = read.fold_into(fold).await;
+        let (fold, extent, read) = read.fold_into(fold).await.map_err(|e| e.into_load(run))?;
         if fold.broken.is_none() {
             read.map_err(|e| e.into_load(run))?;
         }
