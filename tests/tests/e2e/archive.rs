@@ -4,7 +4,7 @@
 //! restores them exactly, a missing, corrupt or stale archive is refused before anything
 //! changes, and a whole database survives dump, restore and a name swap.
 
-use super::harness::user_schemas;
+use super::harness::{fingerprints, user_schemas};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
@@ -21,35 +21,7 @@ use rollback_agent::tenancy::sql;
 use rollback_agent::tenancy::verify::verify;
 use rollback_proto::runbook::DumpFormat;
 use rollback_tests::{Postgres, TestDatabase};
-use sqlx::{AssertSqlSafe, PgPool};
-
-/// (schema, table) -> (rows, sum of the rows' text hashes).
-type Fingerprints = BTreeMap<(String, String), (i64, i64)>;
-
-async fn fingerprints(pool: &PgPool, schemas: &[String]) -> Fingerprints {
-    let tables: Vec<(String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c
-         JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
-    )
-    .bind(schemas)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut out = BTreeMap::new();
-    for (schema, table) in tables {
-        let q = format!(
-            "SELECT count(*), coalesce(sum(hashtext(t::text)::int8), 0)::int8 FROM {} t",
-            sql::table(&schema, &table)
-        );
-        let fp: (i64, i64) = sqlx::query_as(AssertSqlSafe(q))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert((schema, table), fp);
-    }
-    out
-}
+use sqlx::PgPool;
 
 async fn schema_exists(pool: &PgPool, name: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")

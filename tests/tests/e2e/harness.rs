@@ -354,3 +354,31 @@ pub(crate) async fn http_get(address: &str, path: &str) -> std::io::Result<(u16,
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// (schema, table) -> (rows, sum of the rows' text hashes).
+pub(crate) type Fingerprints = BTreeMap<(String, String), (i64, i64)>;
+
+pub(crate) async fn fingerprints(pool: &sqlx::PgPool, schemas: &[String]) -> Fingerprints {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p') ORDER BY 1, 2",
+    )
+    .bind(schemas)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for (schema, table) in tables {
+        let q = format!(
+            "SELECT count(*), coalesce(sum(hashtext(t::text)::int8), 0)::int8 FROM {} t",
+            rollback_agent::tenancy::sql::table(&schema, &table)
+        );
+        let fp: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        out.insert((schema, table), fp);
+    }
+    out
+}

@@ -12,6 +12,8 @@ use rollback_agent::tenancy::plan::{PlanOptions, plan};
 use rollback_agent::tenancy::verify::verify;
 use rollback_proto::runbook::FkChecks;
 use rollback_tests::{Postgres, TestDatabase, agent_binary};
+
+use super::harness::fingerprints;
 use sqlx::{AssertSqlSafe, PgPool};
 
 /// A foreign key of a shared table, as the catalog states it (read by the test itself).
@@ -839,24 +841,6 @@ async fn a_dangling_link_to_a_global_table_fails_loudly_with_deferred_checks() {
     assert_eq!(dangling, 0);
 }
 
-/// Count and fingerprint of every table of one tenant schema: what "untouched" is checked by.
-async fn schema_print(pool: &PgPool, schema: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for table in rollback_agent::demo::TABLES {
-        let q = format!(
-            "SELECT count(*)::text || ':' || coalesce(sum(hashtext(t::text)::int8), 0)::text FROM {} t",
-            rollback_agent::tenancy::sql::table(schema, table)
-        );
-        out.push(
-            sqlx::query_scalar::<_, String>(AssertSqlSafe(q))
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-        );
-    }
-    out
-}
-
 /// A tenant left out by the scope (`exclude_tenants`, `tenants`) is neither moved nor proven
 /// nor listed as an orphan; its schema stays as it was. Taken in again, it is moved exactly
 /// once and the rest is not moved twice. The command line takes the same scope.
@@ -866,7 +850,8 @@ async fn a_tenant_left_out_by_the_scope_is_untouched_and_moves_once_when_taken_i
     let db = pg.fresh_database().await.unwrap();
     let pool = db.pool().await.unwrap();
     demo::generate(&pool, &spec(4, 12, 21)).await.unwrap();
-    let before = schema_print(&pool, "tenant_2").await;
+    let tenant_2 = ["tenant_2".to_owned()];
+    let before = fingerprints(&pool, &tenant_2).await;
 
     let mut opts = PlanOptions::default();
     opts.scope.exclude_tenants = vec![2];
@@ -886,7 +871,7 @@ async fn a_tenant_left_out_by_the_scope_is_untouched_and_moves_once_when_taken_i
         .unwrap();
     assert_eq!(first.units_done, first.units_total);
     assert!(verify(&pool, &p, 2).await.unwrap().is_ok());
-    assert_eq!(schema_print(&pool, "tenant_2").await, before);
+    assert_eq!(fingerprints(&pool, &tenant_2).await, before);
     let units_for_2: i64 =
         sqlx::query_scalar("SELECT count(*) FROM rollback_engine.units WHERE tenant = 2")
             .fetch_one(&pool)
