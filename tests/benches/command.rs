@@ -89,24 +89,6 @@ async fn count_reads(nats: &async_nats::Client) -> anyhow::Result<Arc<Reads>> {
     Ok(reads)
 }
 
-async fn start_run(client: &CommandClient) -> anyhow::Result<RunId> {
-    let reply = client
-        .send(
-            &chat_user("alice"),
-            &["oncall"],
-            Command::Start {
-                runbook: "idle".into(),
-                dry_run: false,
-                params: Default::default(),
-            },
-        )
-        .await?;
-    match reply {
-        CommandReply::Accepted { run: Some(run), .. } => Ok(run),
-        other => bail!("start refused: {other:?}"),
-    }
-}
-
 /// Waits until the run waits for a person to say `next` (its first phase done).
 async fn until_idle(client: &CommandClient, run: RunId) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -185,7 +167,9 @@ async fn main() -> anyhow::Result<()> {
     let reads = count_reads(client.nats()).await?;
 
     // One run, one command at a time.
-    let run = start_run(&client).await?;
+    let run = client
+        .start_run(&chat_user("alice"), &["oncall"], "idle")
+        .await?;
     until_idle(&client, run).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = reads.snapshot();
@@ -215,7 +199,11 @@ async fn main() -> anyhow::Result<()> {
     // Many runs, a client each, all at once.
     let mut runs = Vec::with_capacity(clients);
     for _ in 0..clients {
-        runs.push(start_run(&client).await?);
+        runs.push(
+            client
+                .start_run(&chat_user("alice"), &["oncall"], "idle")
+                .await?,
+        );
     }
     for run in &runs {
         if let Err(e) = until_idle(&client, *run).await {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use rollback_agent::demo::{self, DemoSpec};
 use rollback_agent::store::{JetStreamEventStore, StoreConfig};
-use rollback_proto::{Command, CommandReply, Envelope, Event, RunId};
+use rollback_proto::{Command, Envelope, Event, RunId};
 use rollback_tests::{AgentProcess, CommandClient, NatsServer, Postgres, chat_user};
 use time::OffsetDateTime;
 
@@ -106,22 +106,9 @@ impl Bench {
     }
 
     async fn start_run(&self, runbook: &str) -> anyhow::Result<RunId> {
-        let reply = self
-            .client
-            .send(
-                &chat_user("alice"),
-                &["oncall"],
-                Command::Start {
-                    runbook: runbook.into(),
-                    dry_run: false,
-                    params: Default::default(),
-                },
-            )
-            .await?;
-        match reply {
-            CommandReply::Accepted { run: Some(run), .. } => Ok(run),
-            other => bail!("start refused: {other:?}"),
-        }
+        self.client
+            .start_run(&chat_user("alice"), &["oncall"], runbook)
+            .await
     }
 
     async fn abort(&self, run: RunId) -> anyhow::Result<()> {

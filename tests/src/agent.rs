@@ -199,6 +199,25 @@ impl CommandClient {
         self.send_raw(serde_json::to_vec(&req)?).await
     }
 
+    /// Starts a run of `runbook` without parameters as `actor`; its id, or an error with the
+    /// reply when the start was refused.
+    pub async fn start_run(
+        &self,
+        actor: &Actor,
+        roles: &[&str],
+        runbook: &str,
+    ) -> anyhow::Result<rollback_proto::RunId> {
+        let start = Command::Start {
+            runbook: runbook.into(),
+            dry_run: false,
+            params: Default::default(),
+        };
+        match self.send(actor, roles, start).await? {
+            CommandReply::Accepted { run: Some(run), .. } => Ok(run),
+            other => bail!("start of `{runbook}` refused: {other:?}"),
+        }
+    }
+
     /// Sends a command with a fresh idempotency key.
     pub async fn send(
         &self,
