@@ -382,3 +382,17 @@ pub(crate) async fn fingerprints(pool: &sqlx::PgPool, schemas: &[String]) -> Fin
     }
     out
 }
+
+/// A run of `runbook` right after it started, without parameters.
+pub(crate) fn started(runbook: &rollback_proto::Runbook) -> RunState {
+    RunState::from_runbook(
+        RunId::new(),
+        runbook.clone(),
+        "t",
+        "test",
+        &BTreeMap::new(),
+        false,
+        &rollback_proto::Actor::Agent,
+        time::OffsetDateTime::now_utc(),
+    )
+}

@@ -2,14 +2,14 @@
 //! transient failures told from permanent ones, timeouts and cancellation that stop the
 //! server's work too, and a wait that ends when another task makes its condition true.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::harness::started;
 use rollback_agent::steps::{
     DatabaseTargets, Notes, OutputChunk, OutputSink, PoolSettings, StepContext, StepOutcome,
     run_step,
 };
-use rollback_proto::{OutputStream, RunId, RunState, Runbook};
+use rollback_proto::{OutputStream, RunState, Runbook};
 use rollback_tests::{Postgres, TestDatabase, free_port};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -77,20 +77,6 @@ impl Attempt {
         let outcome = run_step(self.context(sink)).await;
         (outcome, stdout(rx))
     }
-}
-
-/// A run of `runbook` right after it started, without parameters.
-fn started(runbook: &Runbook) -> RunState {
-    RunState::from_runbook(
-        RunId::new(),
-        runbook.clone(),
-        "t",
-        "test",
-        &BTreeMap::new(),
-        false,
-        &rollback_proto::Actor::Agent,
-        time::OffsetDateTime::now_utc(),
-    )
 }
 
 fn stdout(mut rx: mpsc::Receiver<OutputChunk>) -> String {

@@ -3,18 +3,17 @@
 //! says where it looked and the operating system's reason, once, and never shows the password;
 //! a URL of another scheme is refused before anything connects.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 
 use rollback_agent::steps::{
     DatabaseTargets, Notes, OutputSink, StepContext, StepOutcome, run_step,
 };
+use rollback_proto::Runbook;
 use rollback_proto::state::StepStatus;
-use rollback_proto::{RunId, RunState, Runbook};
 use rollback_tests::{agent_binary, free_port};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Harness, status_of};
+use crate::harness::{Harness, started, status_of};
 
 const PASSWORD: &str = "hunter2-never-printed";
 
@@ -85,16 +84,7 @@ async fn a_url_of_another_scheme_is_refused_before_anything_connects() {
         format!("mysql://root:{PASSWORD}@127.0.0.1:{port}/app"),
     )]);
     let (sink, _chunks) = OutputSink::channel(16);
-    let state = RunState::from_runbook(
-        RunId::new(),
-        runbook.clone(),
-        "t",
-        "test",
-        &BTreeMap::new(),
-        false,
-        &rollback_proto::Actor::Agent,
-        time::OffsetDateTime::now_utc(),
-    );
+    let state = started(&runbook);
     let outcome = run_step(StepContext {
         state: &state,
         step: &runbook.phases[0].steps[0],
@@ -203,16 +193,7 @@ async fn a_wait_on_a_database_that_does_not_answer_says_why_it_is_not_ready() {
         format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/app"),
     )]);
     let (sink, _chunks) = OutputSink::channel(64);
-    let state = RunState::from_runbook(
-        RunId::new(),
-        runbook.clone(),
-        "t",
-        "test",
-        &BTreeMap::new(),
-        false,
-        &rollback_proto::Actor::Agent,
-        time::OffsetDateTime::now_utc(),
-    );
+    let state = started(&runbook);
     let outcome = run_step(StepContext {
         state: &state,
         step: &runbook.phases[0].steps[0],
