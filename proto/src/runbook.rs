@@ -22,8 +22,8 @@ mod validate;
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use kinds::{
     ChecklistStep, ConsolidateStep, DropSchemasStep, DumpFormat, ExportDeltaStep, FkChecks,
-    HttpMethod, HttpStep, IdStrategy, ImportDeltaStep, PgDumpStep, PgRestoreStep, ShellStep,
-    SqlStep, TenancyScope, TenancyStep, WaitCondition, WaitHttp, WaitSql, WaitStep,
+    HttpMethod, HttpStep, IdStrategy, ImportDeltaStep, OnBlocked, PgDumpStep, PgRestoreStep,
+    ShellStep, SqlStep, TenancyScope, TenancyStep, WaitCondition, WaitHttp, WaitSql, WaitStep,
 };
 pub use params::ExpandError;
 

@@ -48,6 +48,7 @@ impl ConsolidateArgs {
             print!("{p}");
             return Ok(ExitCode::from(REFUSED));
         }
+        super::report::print_blocked(&p);
         let report = consolidate::consolidate(&pool, &p, &opts, &|pr| {
             tracing::info!(units = pr.units_done, of = pr.units_total, rows = pr.rows_done, tenant = pr.tenant, table = %pr.table, skipped = pr.skipped, "unit");
         })

@@ -36,6 +36,19 @@ pub trait Report: Serialize {
     }
 }
 
+/// Tells standard error which tenants the plan left untouched because they are blocked, so a
+/// consolidation or verification that did the others never reads as if it did them all.
+pub fn print_blocked(plan: &Plan) {
+    for b in &plan.blocked {
+        eprintln!(
+            "blocked: tenant {} ({}) left untouched: {}",
+            b.tenant,
+            b.schema,
+            b.reasons.join("; ")
+        );
+    }
+}
+
 impl Report for Plan {
     fn text(&self) -> String {
         self.to_string()

@@ -11,7 +11,7 @@ use clap::Args;
 use rollback_agent::tenancy::consolidate::ConsolidateOptions;
 use rollback_agent::tenancy::plan::{self, Plan, PlanOptions, ScopeError};
 use rollback_proto::Runbook;
-use rollback_proto::runbook::{IdStrategy, StepKind};
+use rollback_proto::runbook::{IdStrategy, OnBlocked, StepKind};
 use sqlx::PgPool;
 
 use super::connect;
@@ -66,6 +66,10 @@ pub struct ScopeArgs {
     /// Keep ids (only when unique across tenants) or remap them.
     #[arg(long, value_enum)]
     ids: Option<IdStrategy>,
+    /// When some tenants cannot move: `stop` writes nothing, `skip` leaves exactly those
+    /// tenants untouched, lists them with their reasons, and goes on with the others.
+    #[arg(long, value_enum)]
+    on_blocked: Option<OnBlocked>,
 }
 
 impl ScopeArgs {
@@ -125,6 +129,9 @@ impl ScopeArgs {
         }
         if let Some(ids) = self.ids {
             opts.ids = ids;
+        }
+        if let Some(on_blocked) = self.on_blocked {
+            opts.scope.on_blocked = on_blocked;
         }
         Ok(opts)
     }

@@ -28,6 +28,7 @@ impl VerifyArgs {
             .scope
             .plan(Tool::Verify, self.concurrency as u32 + 2)
             .await?;
+        super::report::print_blocked(&p);
         let report = verify::verify(&pool, &p, self.concurrency).await?;
         report.print(self.format)?;
         Ok(exit(report.is_ok()))

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use rollback_proto::runbook::{DropSchemasStep, DumpFormat};
 
 use super::archives::{archive_failure, describe_archive, programs};
+use super::engine::with_blocked;
 use super::{StepContext, StepOutcome, is_transient_db_error};
 use crate::archive::{self, Archive, DumpRequest};
 use crate::tenancy::{drop, plan};
@@ -87,17 +88,23 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
                 )
                 .await;
         }
+        super::engine::report_blocked(attempt, &check.blocked).await;
         if check.schemas.is_empty() {
-            return StepOutcome::Succeeded {
-                summary: if gone.is_empty() {
-                    format!("no tenant schema is left to drop in `{target}` (the plan finds none)")
-                } else {
-                    format!(
-                        "all {} tenant schema(s) of `{target}` were archived and dropped by an earlier attempt",
-                        gone.len()
-                    )
+            return with_blocked(
+                StepOutcome::Succeeded {
+                    summary: if gone.is_empty() {
+                        format!(
+                            "no tenant schema is left to drop in `{target}` (the plan finds none)"
+                        )
+                    } else {
+                        format!(
+                            "all {} tenant schema(s) of `{target}` were archived and dropped by an earlier attempt",
+                            gone.len()
+                        )
+                    },
                 },
-            };
+                &check.blocked,
+            );
         }
         let schemas = check.schema_names();
         let label = format!("{}-tenants-{}", conn.database(), attempt.run_id());
@@ -175,24 +182,27 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
             }
         };
         match drop::drop_schemas(&pool, &plan, verified, &archive).await {
-            Ok(report) => StepOutcome::Succeeded {
-                summary: format!(
-                    "dropped {} tenant schema(s) ({} table(s)){}{} of `{target}`; archive {}",
-                    report.schemas.len(),
-                    report.tables,
-                    if gone.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} more by an earlier attempt", gone.len())
-                    },
-                    if report.vacuumed {
-                        ", catalogs vacuumed"
-                    } else {
-                        ""
-                    },
-                    describe_archive(&archive)
-                ),
-            },
+            Ok(report) => with_blocked(
+                StepOutcome::Succeeded {
+                    summary: format!(
+                        "dropped {} tenant schema(s) ({} table(s)){}{} of `{target}`; archive {}",
+                        report.schemas.len(),
+                        report.tables,
+                        if gone.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} more by an earlier attempt", gone.len())
+                        },
+                        if report.vacuumed {
+                            ", catalogs vacuumed"
+                        } else {
+                            ""
+                        },
+                        describe_archive(&archive)
+                    ),
+                },
+                &report.blocked,
+            ),
             Err(err) => {
                 let mut outcome = failed(err);
                 if let StepOutcome::Failed { error, .. } = &mut outcome {

@@ -2,11 +2,11 @@
 //! results reported through the attempt's notes, which the executor records as events.
 
 use rollback_proto::OutputStream;
-use rollback_proto::runbook::{ConsolidateStep, TenancyStep};
+use rollback_proto::runbook::{ConsolidateStep, StepKind, TenancyStep};
 
 use super::{Progress, StepContext, StepOutcome};
 use crate::tenancy::consolidate::{self, ConsolidateOptions};
-use crate::tenancy::plan::{self, PlanOptions};
+use crate::tenancy::plan::{self, BlockedTenant, PlanOptions};
 use crate::tenancy::verify;
 
 /// The engine's options of the attempt's step, as [`PlanOptions::of_step`] reads every
@@ -251,11 +251,63 @@ where
             )
             .await;
         }
-        work(pool.clone(), plan).await
+        let blocked = plan.blocked.clone();
+        if !matches!(ctx.step.kind, StepKind::Plan(_)) {
+            // The plan's own text lists them.
+            report_blocked(ctx, &blocked).await;
+        }
+        with_blocked(work(pool.clone(), plan).await, &blocked)
     };
     tokio::select! {
         outcome = planned => outcome,
         _ = ctx.cancel.cancelled() => permanent("cancelled"),
+    }
+}
+
+/// Says which tenants were left untouched because they are blocked, with every reason, in the
+/// step's output.
+pub(super) async fn report_blocked(ctx: &StepContext<'_>, blocked: &[BlockedTenant]) {
+    if blocked.is_empty() {
+        return;
+    }
+    let mut text = format!(
+        "{} tenant(s) blocked and left untouched (on_blocked = skip):\n",
+        blocked.len()
+    );
+    for b in blocked {
+        text.push_str(&format!(
+            "  tenant {} ({}): {}\n",
+            b.tenant,
+            b.schema,
+            b.reasons.join("; ")
+        ));
+    }
+    ctx.output.write(OutputStream::Stdout, &text).await;
+}
+
+/// A succeeded outcome's summary, with the blocked tenants named: a step that left tenants
+/// behind never reads as if it did them all.
+pub(super) fn with_blocked(outcome: StepOutcome, blocked: &[BlockedTenant]) -> StepOutcome {
+    match outcome {
+        StepOutcome::Succeeded { summary } if !blocked.is_empty() => {
+            const NAMED: usize = 5;
+            let mut names: Vec<String> = blocked
+                .iter()
+                .take(NAMED)
+                .map(|b| format!("{} ({})", b.tenant, b.schema))
+                .collect();
+            if blocked.len() > NAMED {
+                names.push(format!("and {} more", blocked.len() - NAMED));
+            }
+            StepOutcome::Succeeded {
+                summary: format!(
+                    "{summary}; {} tenant(s) blocked and left untouched: {}",
+                    blocked.len(),
+                    names.join(", ")
+                ),
+            }
+        }
+        other => other,
     }
 }
 

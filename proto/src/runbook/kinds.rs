@@ -236,15 +236,38 @@ pub struct TenancyScope {
     /// These tenants left out, by id: their schemas and rows are not touched.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exclude_tenants: Vec<i64>,
+    /// What a tenant that cannot move does to the others, `stop` by default.
+    #[serde(skip_serializing_if = "OnBlocked::is_stop")]
+    pub on_blocked: OnBlocked,
+}
+
+/// What the engine does when some tenants cannot move (an extra table with no shared
+/// counterpart, a value that does not cast, an object elsewhere depending on the schema).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum OnBlocked {
+    /// Nothing is written (or dropped) while any tenant is blocked.
+    #[default]
+    Stop,
+    /// Blocked tenants are left entirely untouched and listed; every other tenant goes on.
+    Skip,
+}
+
+impl OnBlocked {
+    fn is_stop(&self) -> bool {
+        *self == OnBlocked::Stop
+    }
 }
 
 impl TenancyScope {
     /// The keys a [`TenancyScope`] takes from a step's table.
-    pub(crate) const FIELDS: [&str; 4] = [
+    pub(crate) const FIELDS: [&str; 5] = [
         "schema_pattern",
         "tenants_table",
         "tenants",
         "exclude_tenants",
+        "on_blocked",
     ];
 
     /// Whether the tenant `id` is in scope (named by `tenants`, when given, and not excluded).
@@ -261,6 +284,7 @@ impl Default for TenancyScope {
             tenants_table: "tenants".to_owned(),
             tenants: None,
             exclude_tenants: Vec::new(),
+            on_blocked: OnBlocked::Stop,
         }
     }
 }

@@ -135,6 +135,7 @@ fn expected_every_kind() -> Runbook {
                                 tenants_table: "public.tenants".into(),
                                 tenants: None,
                                 exclude_tenants: vec![7, 9],
+                                on_blocked: OnBlocked::Skip,
                             },
                             concurrency: 8,
                             ids: IdStrategy::Keep,

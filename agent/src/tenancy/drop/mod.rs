@@ -21,9 +21,10 @@ mod queries;
 
 use queries::{DEPENDENTS_SQL, EDGES_SQL, LEFTOVERS_SQL, TABLES_SQL};
 
-use super::plan::Plan;
+use super::plan::{BlockedTenant, Plan};
 use super::sql;
 use crate::db::is_transient_db_error;
+use rollback_proto::runbook::OnBlocked;
 
 /// After this many tables dropped, the catalogs are vacuumed: each table leaves dead rows in
 /// pg_class, pg_attribute, pg_type, pg_depend, pg_constraint and pg_index, and catalog
@@ -77,6 +78,10 @@ impl SchemaDrop {
 pub struct DropCheck {
     /// The schemas, in tenant order.
     pub schemas: Vec<SchemaDrop>,
+    /// With `on_blocked = "skip"`: tenants whose schema stays, because something outside it
+    /// depends on it, something inside it would be left behind, or it holds a table the plan
+    /// does not cover; with the plan's own blocked tenants.
+    pub blocked: Vec<BlockedTenant>,
 }
 
 impl DropCheck {
@@ -115,6 +120,8 @@ pub struct DropReport {
     pub tables: u64,
     /// Whether the catalogs were vacuumed afterwards.
     pub vacuumed: bool,
+    /// Tenants whose schemas stay because they are blocked (`on_blocked = "skip"`).
+    pub blocked: Vec<BlockedTenant>,
 }
 
 /// Why schemas were not dropped (or not all of them).
@@ -283,7 +290,10 @@ pub async fn check_drop(
         });
     }
     if plan.tenants.is_empty() {
-        return Ok(DropCheck::default());
+        return Ok(DropCheck {
+            schemas: Vec::new(),
+            blocked: plan.blocked.clone(),
+        });
     }
     // Only the plan's schemas are ever named: pattern-matched and joined to the tenants table.
     let names: Vec<String> = plan.tenants.iter().map(|t| t.schema.clone()).collect();
@@ -295,21 +305,35 @@ pub async fn check_drop(
     .await
     .map_err(checking)?;
 
+    let skips = plan.on_blocked == OnBlocked::Skip;
+    // schema -> why it stays (with `skip`; without it, the first kind found stops the drop)
+    let mut stays: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let dependents: Vec<(String, String, String)> = about_schemas(pool, DEPENDENTS_SQL, &oids)
         .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    if !dependents.is_empty() {
+    if !dependents.is_empty() && !skips {
         return Err(DropError::Dependents { dependents });
+    }
+    for (schema, object, on) in dependents {
+        stays
+            .entry(schema)
+            .or_default()
+            .push(format!("{object} depends on {on}; drop or change it first"));
     }
     let leftovers: Vec<(String, String)> = about_schemas(pool, LEFTOVERS_SQL, &oids)
         .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    if !leftovers.is_empty() {
+    if !leftovers.is_empty() && !skips {
         return Err(DropError::Leftovers { objects: leftovers });
+    }
+    for (schema, object) in leftovers {
+        stays.entry(schema).or_default().push(format!(
+            "holds {object}, which dropping its tables would not remove; move or drop it first"
+        ));
     }
 
     // schema -> table oid -> name
@@ -327,8 +351,13 @@ pub async fn check_drop(
         .filter(|(_, t)| !planned.contains(t.as_str()))
         .map(|(s, t)| (s.clone(), t.clone()))
         .collect();
-    if !unplanned.is_empty() {
+    if !unplanned.is_empty() && !skips {
         return Err(DropError::Unplanned { tables: unplanned });
+    }
+    for (schema, table) in unplanned {
+        stays.entry(schema).or_default().push(format!(
+            "holds table {table}, which the plan does not cover: its rows were neither consolidated nor verified"
+        ));
     }
     // child oid -> (parent oid, foreign key name or None for inheritance)
     let mut edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = BTreeMap::new();
@@ -339,9 +368,19 @@ pub async fn check_drop(
             .push((r.get(1), r.get(2)));
     }
 
+    let mut blocked = plan.blocked.clone();
+    blocked.extend(plan.tenants.iter().filter_map(|t| {
+        stays.remove(&t.schema).map(|reasons| BlockedTenant {
+            tenant: t.id,
+            schema: t.schema.clone(),
+            reasons,
+        })
+    }));
+    blocked.sort_by_key(|b| b.tenant);
     let schemas = plan
         .tenants
         .iter()
+        .filter(|t| !blocked.iter().any(|b| b.tenant == t.id))
         .map(|t| {
             let own = tables.remove(&t.schema).unwrap_or_default();
             let (order, cycle_constraints) = drop_order(&own, &edges);
@@ -353,7 +392,7 @@ pub async fn check_drop(
             }
         })
         .collect();
-    Ok(DropCheck { schemas })
+    Ok(DropCheck { schemas, blocked })
 }
 
 /// Tables in an order where each comes before every table it references; tables caught in a
@@ -448,11 +487,20 @@ pub async fn drop_schemas(
 ) -> Result<DropReport, DropError> {
     let check = check_drop(pool, plan, verified).await?;
     if check.schemas.is_empty() {
-        return Ok(DropReport::default());
+        return Ok(DropReport {
+            blocked: check.blocked,
+            ..DropReport::default()
+        });
     }
     let wanted: BTreeSet<String> = check.schema_names().into_iter().collect();
     let held: BTreeSet<String> = archive.schemas().iter().cloned().collect();
-    let beyond: BTreeSet<String> = held.difference(&wanted).cloned().collect();
+    // A blocked schema the archive also holds stays, and that is no mismatch: the archive
+    // holds more than is dropped, never less.
+    let beyond: BTreeSet<String> = held
+        .difference(&wanted)
+        .filter(|s| !check.blocked.iter().any(|b| &b.schema == *s))
+        .cloned()
+        .collect();
     let extra = existing_schemas(pool, &beyond).await?;
     let exists = tokio::fs::metadata(archive.path()).await.is_ok();
     if !wanted.is_subset(&held) || !extra.is_empty() || !exists {
@@ -468,7 +516,10 @@ pub async fn drop_schemas(
     }
 
     let mut dropped: Vec<String> = Vec::new();
-    let mut report = DropReport::default();
+    let mut report = DropReport {
+        blocked: check.blocked.clone(),
+        ..DropReport::default()
+    };
     for schema in check.schemas {
         match drop_one(pool, &schema).await {
             Ok(()) => {

@@ -148,6 +148,7 @@ pub(super) async fn unique_collisions(
     Ok(Some(Refusal {
         schema: None,
         table: Some(table.name.clone()),
+        tenants: Vec::new(),
         reason: format!(
             "unique key {} ({}) would collide {}: {}",
             key.name,

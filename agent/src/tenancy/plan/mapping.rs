@@ -57,6 +57,7 @@ pub(super) fn map_table(
             schema: None,
             table: Some(dest.name.clone()),
             reason,
+            tenants: Vec::new(),
         })
     };
     let shared_name = format!("{}.{}", opts.shared_schema, dest.name);

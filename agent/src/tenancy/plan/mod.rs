@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use regex::Regex;
-use rollback_proto::runbook::IdStrategy;
+use rollback_proto::runbook::{IdStrategy, OnBlocked};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use super::catalog::{self, Signature};
@@ -45,7 +45,60 @@ pub fn schema_regex(pattern: &str) -> Result<Regex, PlanError> {
 
 /// Makes the plan. Reads the catalog (and, for unique keys shared across tenants, the
 /// data); writes nothing.
+///
+/// With `on_blocked = "skip"`, a refusal that concerns some tenants only (an extra table, a
+/// value that does not cast, a table shaped unlike the others) blocks those tenants: the plan
+/// is made again without them, until what remains plans cleanly, and they are listed in
+/// [`Plan::blocked`] with every reason. A refusal of the database as a whole (a cycle of
+/// foreign keys, a unique key colliding across tenants) still stops everything, and so does
+/// every tenant being blocked.
 pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let mut blocked: BTreeMap<i64, BlockedTenant> = BTreeMap::new();
+    let mut first: Option<Plan> = None;
+    loop {
+        let aside: BTreeSet<i64> = blocked.keys().copied().collect();
+        let mut plan = plan_once(pool, opts, &aside).await?;
+        let skips = opts.scope.on_blocked == OnBlocked::Skip;
+        let by_tenant = plan.refusals.iter().any(|r| !r.tenants.is_empty());
+        let global = plan.refusals.iter().any(|r| r.tenants.is_empty());
+        if !skips || !by_tenant || global {
+            if global && let Some(first) = first {
+                // What stops the database stops it with every tenant in view.
+                return Ok(first);
+            }
+            plan.blocked = blocked.into_values().collect();
+            return Ok(plan);
+        }
+        let schema_of: BTreeMap<i64, String> = plan
+            .tenants
+            .iter()
+            .map(|t| (t.id, t.schema.clone()))
+            .collect();
+        for r in &plan.refusals {
+            for tenant in &r.tenants {
+                let entry = blocked.entry(*tenant).or_insert_with(|| BlockedTenant {
+                    tenant: *tenant,
+                    schema: schema_of.get(tenant).cloned().unwrap_or_default(),
+                    reasons: Vec::new(),
+                });
+                entry.reasons.push(r.to_string());
+            }
+        }
+        let first = first.get_or_insert(plan);
+        if first.tenants.iter().all(|t| blocked.contains_key(&t.id)) {
+            // Nothing would move: skipping helps no one, and the refusals say why.
+            return Ok(first.clone());
+        }
+    }
+}
+
+/// One pass of the plan over the tenants in scope, `blocked` aside (blocked tenants: not
+/// moved, not orphans, not mentioned).
+async fn plan_once(
+    pool: &PgPool,
+    opts: &PlanOptions,
+    blocked: &BTreeSet<i64>,
+) -> Result<Plan, PlanError> {
     let re = schema_regex(&opts.scope.schema_pattern)?;
     let started = std::time::Instant::now();
     let mut refusals = Vec::new();
@@ -64,6 +117,7 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
                         schema: Some(name.clone()),
                         table: None,
                         reason: format!("names the same tenant {id} as schema `{other}`"),
+                        tenants: vec![id],
                     });
                 }
             }
@@ -121,10 +175,10 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
             left_out.join(", ")
         ));
     }
-    matched.retain(|id, _| scope.includes(*id));
+    matched.retain(|id, _| scope.includes(*id) && !blocked.contains(id));
     let tenant_ids: BTreeSet<i64> = listed
         .into_iter()
-        .filter(|id| scope.includes(*id))
+        .filter(|id| scope.includes(*id) && !blocked.contains(id))
         .collect();
     let tenants: Vec<TenantSchema> = matched
         .iter()
@@ -219,6 +273,17 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
     let mut fits = FitCheck::new(pool);
     let mut tables = Vec::new();
     for (name, signatures) in &by_name {
+        // The tenants whose schemas hold the table in the shape `sig`.
+        let holders = |sig: &Signature| -> Vec<i64> {
+            let mut ids: Vec<i64> = schemas_of
+                .get(&(name.as_str(), sig))
+                .into_iter()
+                .flatten()
+                .map(|schema| tenant_of[schema])
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
         let Some(dest) = shared.get(name) else {
             let (_, example, _) = signatures.values().next().expect("at least one signature");
             refusals.push(Refusal {
@@ -228,11 +293,15 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
                     "has no shared table {}.{name} to go back to",
                     opts.shared_schema
                 ),
+                tenants: signatures.keys().flat_map(holders).collect(),
             });
             continue;
         };
         let mut table_plan: Option<TablePlan> = None;
-        for (sig, (count, example, rows)) in signatures {
+        // The shape most tenants have first: it is the one the others are compared with.
+        let mut shapes: Vec<_> = signatures.iter().collect();
+        shapes.sort_by_key(|(_, (count, _, _))| std::cmp::Reverse(*count));
+        for (sig, (count, example, rows)) in shapes {
             let source = catalog::signature_columns(sig)?;
             let (mut tp, mut problems, to_check) = map_table(opts, dest, &source, &consolidated);
             for column in &to_check {
@@ -243,12 +312,14 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
                             schema: Some((*schema).to_owned()),
                             table: Some(name.clone()),
                             reason: misfits.reason(column, &opts.shared_schema, name),
+                            tenants: vec![tenant_of[schema]],
                         });
                     }
                 }
             }
             for p in &mut problems {
                 p.schema = Some(example.clone());
+                p.tenants = holders(sig);
                 if *count > 1 {
                     p.reason
                         .push_str(&format!(" (and {} other tenant schemas alike)", count - 1));
@@ -273,6 +344,7 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
                             reason:
                                 "has different columns from the same table in other tenant schemas"
                                     .into(),
+                            tenants: holders(sig),
                         });
                     }
                     existing.tenants += tp.tenants;
@@ -301,6 +373,7 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
                     "the foreign keys of {} form a cycle; consolidation needs an order in which parents come first",
                     cycle.join(" → ")
                 ),
+                tenants: Vec::new(),
             });
             (0..tables.len()).collect()
         }
@@ -361,6 +434,8 @@ pub async fn plan(pool: &PgPool, opts: &PlanOptions) -> Result<Plan, PlanError> 
         rows,
         exact_counts: false,
         refusals,
+        on_blocked: opts.scope.on_blocked,
+        blocked: Vec::new(),
         warnings,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use rollback_proto::runbook::IdStrategy;
+use rollback_proto::runbook::{IdStrategy, OnBlocked};
 use serde::Serialize;
 
 /// A tenant and its schema.
@@ -112,6 +112,21 @@ pub struct Refusal {
     pub table: Option<String>,
     /// What is wrong and what to do.
     pub reason: String,
+    /// The tenants it stops, by id; empty when it stops the database as a whole. With
+    /// `on_blocked = "skip"` a refusal that names tenants blocks only them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<i64>,
+}
+
+/// A tenant left untouched because it cannot move, with every reason found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockedTenant {
+    /// The tenant.
+    pub tenant: i64,
+    /// Its schema, as it stays.
+    pub schema: String,
+    /// What stops it, each a refusal in words.
+    pub reasons: Vec<String>,
 }
 
 impl fmt::Display for Refusal {
@@ -153,6 +168,11 @@ pub struct Plan {
     pub exact_counts: bool,
     /// Why the plan cannot run; empty when it can.
     pub refusals: Vec<Refusal>,
+    /// What a blocked tenant does to the others (the drop reads it too).
+    pub on_blocked: OnBlocked,
+    /// With `on_blocked = "skip"`: the tenants left out because they cannot move. They are
+    /// in none of the lists above, and nothing of theirs is touched.
+    pub blocked: Vec<BlockedTenant>,
     /// Things worth knowing that do not stop it.
     pub warnings: Vec<String>,
 }

@@ -92,6 +92,7 @@ fn expand_scope(
         tenants_table: expand("tenants_table", &scope.tenants_table)?,
         tenants: scope.tenants.clone(),
         exclude_tenants: scope.exclude_tenants.clone(),
+        on_blocked: scope.on_blocked,
     })
 }
 

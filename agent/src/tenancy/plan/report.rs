@@ -76,7 +76,29 @@ impl fmt::Display for Plan {
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
         }
-        if self.refusals.is_empty() {
+        if !self.blocked.is_empty() {
+            writeln!(
+                f,
+                "BLOCKED: {} tenant(s) cannot move and are left untouched (on_blocked = skip):",
+                self.blocked.len()
+            )?;
+            for b in &self.blocked {
+                writeln!(
+                    f,
+                    "  - tenant {} ({}): {}",
+                    b.tenant,
+                    b.schema,
+                    b.reasons.join("; ")
+                )?;
+            }
+        }
+        if self.refusals.is_empty() && !self.blocked.is_empty() {
+            writeln!(
+                f,
+                "Ready for the other {} tenant(s); the blocked ones wait for a person.",
+                self.tenants.len()
+            )
+        } else if self.refusals.is_empty() {
             writeln!(f, "Ready: nothing stands in the way.")
         } else {
             writeln!(
