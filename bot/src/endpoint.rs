@@ -1,8 +1,10 @@
 //! Discord's HTTP interactions endpoint: Ed25519-signed requests, checked for a fresh
 //! timestamp, answered by the same handlers as the gateway. PING gets PONG; a missing or bad
-//! signature, or a stale timestamp, gets 401; a body over the limit gets 413.
+//! signature, a stale timestamp, or an interaction already answered (a replayed request)
+//! gets 401; a body over the limit gets 413.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -39,6 +41,40 @@ pub struct Endpoint {
     http: Arc<Http>,
     /// Deferred answers still being worked on; awaited at shutdown.
     followups: TaskTracker,
+    /// Interactions answered within the freshness window, to refuse a replayed request.
+    answered: Mutex<Answered>,
+}
+
+/// The interaction ids answered while their requests are fresh, by the request's timestamp.
+/// A request older than the window is refused as stale anyway, so an id is forgotten once its
+/// timestamp leaves the window: memory is bounded by the requests of one window, and by
+/// [`Answered::MOST`] beyond that (the oldest forgotten first).
+#[derive(Default)]
+struct Answered {
+    ids: HashMap<String, i64>,
+    by_time: BTreeSet<(i64, String)>,
+}
+
+impl Answered {
+    /// Ids kept at the most.
+    const MOST: usize = 100_000;
+
+    /// Notes `id`, sent at `sent`; false when it was answered before. `oldest` is the earliest
+    /// timestamp still fresh.
+    fn first_time(&mut self, id: &str, sent: i64, oldest: i64) -> bool {
+        while let Some((at, _)) = self.by_time.first()
+            && (*at < oldest || self.by_time.len() >= Self::MOST)
+        {
+            let (_, gone) = self.by_time.pop_first().expect("not empty");
+            self.ids.remove(&gone);
+        }
+        if self.ids.contains_key(id) {
+            return false;
+        }
+        self.ids.insert(id.to_owned(), sent);
+        self.by_time.insert((sent, id.to_owned()));
+        true
+    }
 }
 
 impl Endpoint {
@@ -62,6 +98,7 @@ impl Endpoint {
             interactions,
             http,
             followups: TaskTracker::new(),
+            answered: Mutex::default(),
         }))
     }
 
@@ -89,8 +126,20 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Checks the signature and the timestamp's age; the reason when refused.
-    fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    /// Whether the interaction `id`, in a request signed at `sent`, is answered for the first
+    /// time. Discord sends each interaction once; the same id again is a replayed request.
+    fn first_time(&self, id: &str, sent: i64) -> bool {
+        let oldest =
+            time::OffsetDateTime::now_utc().unix_timestamp() - self.max_skew.as_secs() as i64;
+        self.answered
+            .lock()
+            .expect("the answered set is never poisoned")
+            .first_time(id, sent, oldest)
+    }
+
+    /// Checks the signature and the timestamp's age; the signed timestamp, or the reason when
+    /// refused.
+    fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<i64, &'static str> {
         let signature = headers
             .get("x-signature-ed25519")
             .and_then(|v| v.to_str().ok())
@@ -109,7 +158,7 @@ impl Endpoint {
         if now.abs_diff(sent) > self.max_skew.as_secs() {
             return Err("stale timestamp");
         }
-        Ok(())
+        Ok(sent)
     }
 }
 
@@ -118,10 +167,13 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(reason) = endpoint.authenticate(&headers, &body) {
-        tracing::info!(reason, "refused an interaction request");
-        return (StatusCode::UNAUTHORIZED, reason).into_response();
-    }
+    let sent = match endpoint.authenticate(&headers, &body) {
+        Ok(sent) => sent,
+        Err(reason) => {
+            tracing::info!(reason, "refused an interaction request");
+            return (StatusCode::UNAUTHORIZED, reason).into_response();
+        }
+    };
     let interaction: Interaction = match serde_json::from_slice(&body) {
         Ok(i) => i,
         Err(e) => {
@@ -133,6 +185,11 @@ async fn receive(
                 .into_response();
         }
     };
+    if !endpoint.first_time(&interaction.id().to_string(), sent) {
+        let reason = "interaction already answered (a replayed request)";
+        tracing::warn!(interaction = %interaction.id(), "refused a replayed interaction request");
+        return (StatusCode::UNAUTHORIZED, reason).into_response();
+    }
     let token = interaction.token().to_owned();
     let deferral = Interactions::deferral(&interaction);
     let work = endpoint.interactions.clone().answer(interaction).boxed();
@@ -163,4 +220,33 @@ fn follow_up(
     endpoint
         .followups
         .spawn(async move { interactions::deliver_later(&http, &token, work).await });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answered;
+
+    #[test]
+    fn an_id_is_answered_once_while_fresh_and_forgotten_after() {
+        let mut answered = Answered::default();
+        assert!(answered.first_time("1", 100, 40));
+        assert!(!answered.first_time("1", 100, 40), "a replay is refused");
+        assert!(answered.first_time("2", 101, 40));
+        // Once 100 has left the window, "1" is forgotten (a request that old is stale anyway).
+        assert!(answered.first_time("3", 170, 101));
+        assert_eq!(answered.ids.len(), 2);
+        assert!(!answered.first_time("2", 101, 101));
+    }
+
+    #[test]
+    fn memory_is_bounded_even_within_one_window() {
+        let mut answered = Answered::default();
+        for i in 0..(Answered::MOST + 10) {
+            assert!(answered.first_time(&i.to_string(), 1_000 + i as i64, 0));
+        }
+        assert!(answered.ids.len() <= Answered::MOST);
+        assert_eq!(answered.ids.len(), answered.by_time.len());
+        let newest = (Answered::MOST + 9).to_string();
+        assert!(!answered.first_time(&newest, 1_000 + Answered::MOST as i64 + 9, 0));
+    }
 }

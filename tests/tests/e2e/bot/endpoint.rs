@@ -294,3 +294,73 @@ async fn an_answer_slower_than_the_budget_is_deferred_then_edited_in() {
     let text = edit.body["content"].as_str().unwrap();
     assert!(text.contains("started"), "{text}");
 }
+
+/// The same signed request sent again within the freshness window (a captured request
+/// replayed, byte for byte) is refused like a bad signature, and nothing changes.
+#[tokio::test]
+async fn a_replayed_signed_request_is_refused_and_changes_nothing() {
+    let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
+    let run = b.start_run("demo").await;
+    let text = b
+        .answer(payloads::slash(
+            &alice(),
+            "next",
+            vec![payloads::option("run", run.to_string().into())],
+        ))
+        .await;
+    assert!(text.contains("accepted"), "{text}");
+    let check = serde_json::to_vec(&payloads::slash(
+        &alice(),
+        "check",
+        vec![
+            payloads::option("run", run.to_string().into()),
+            payloads::option("step", "assess".into()),
+            payloads::option("item", json!(1)),
+        ],
+    ))
+    .unwrap();
+    let (signature, ts) = b.discord.key.sign(payloads::now_unix(), &check);
+    let (status, text) = post_signed(&b.endpoint, check.clone(), Some((&signature, &ts)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let ticked = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::ChecklistItemChecked { .. }))
+            .count()
+    };
+    until("the tick recorded", DEADLINE, async || {
+        ticked(&b.h.events(run).await) == 1
+    })
+    .await;
+    let before = b.h.events(run).await.len();
+
+    let (status, text) = post_signed(&b.endpoint, check, Some((&signature, &ts)))
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("already answered"), "{text}");
+
+    // A replayed start: the first is answered, the copy refused before it reaches the agent.
+    let start = payloads::slash(
+        &alice(),
+        "start",
+        vec![payloads::option("runbook", "demo".into())],
+    );
+    let sent = payloads::now_unix();
+    let (status, _) = b
+        .discord
+        .post_interaction(&b.endpoint, &start, sent)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, text) = b
+        .discord
+        .post_interaction(&b.endpoint, &start, sent)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("already answered"), "{text}");
+    assert_eq!(b.h.events(run).await.len(), before, "nothing changed");
+}
