@@ -323,19 +323,4 @@ mod tests {
             "would poll every 2s for at most 1m: `SELECT ready FROM app_state` returns true on `main`\n"
         );
     }
-
-    #[tokio::test]
-    async fn an_unknown_target_fails_before_polling() {
-        let step = Fixture::new(runbook(
-            "",
-            "kind = \"wait\"\nsql = { target = \"main\", query = \"SELECT true\" }\ntimeout = \"1m\"",
-        ));
-        let (outcome, _) = step.run().await;
-        assert_eq!(
-            outcome,
-            StepOutcome::permanent(
-                "unknown database target `main`; no database targets are configured"
-            )
-        );
-    }
 }
