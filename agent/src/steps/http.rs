@@ -447,12 +447,7 @@ mod tests {
             "method = \"POST\"\nheaders = { Authorization = \"Bearer ${token}\", X-Mode = \"test\" }\nbody = \"{\\\"token\\\": \\\"${token}\\\"}\"",
         );
         let (outcome, chunks) = step.run().await;
-        assert_eq!(
-            outcome,
-            StepOutcome::Succeeded {
-                summary: "HTTP 200 OK".into()
-            }
-        );
+        assert_eq!(succeeded(&outcome), "HTTP 200 OK");
         assert_eq!(text(&chunks, OutputStream::Stdout), "all good");
         let request = &server.requests()[0];
         assert!(

@@ -374,13 +374,19 @@ pub(crate) mod test_support {
         pub async fn describe(mut self) -> (String, String) {
             self.dry_run = true;
             let (outcome, mut chunks) = self.run().await;
-            let StepOutcome::Succeeded { summary } = outcome else {
-                panic!("{outcome:?}");
-            };
+            let summary = succeeded(&outcome).to_owned();
             assert_eq!(chunks.len(), 1, "{chunks:?}");
             let chunk = chunks.remove(0);
             assert_eq!(chunk.stream, OutputStream::DryRun);
             (summary, chunk.text)
+        }
+    }
+
+    /// The summary of a successful outcome; panics on failure.
+    pub fn succeeded(outcome: &StepOutcome) -> &str {
+        match outcome {
+            StepOutcome::Succeeded { summary } => summary,
+            other => panic!("expected a success, got {other:?}"),
         }
     }
 

@@ -232,9 +232,7 @@ mod tests {
             "interval = \"20ms\"\ntimeout = \"10s\"",
         );
         let (outcome, chunks) = step.run().await;
-        let StepOutcome::Succeeded { summary } = outcome else {
-            panic!("{outcome:?}");
-        };
+        let summary = succeeded(&outcome);
         assert!(summary.contains("answers 2xx after 3 poll(s)"), "{summary}");
         assert_eq!(
             text(&chunks, OutputStream::Stdout),
