@@ -125,11 +125,37 @@ impl SeenIds {
 mod tests {
     use super::*;
 
-    /// Checks `ids` as seq 1, 2, …; the first repeat as (seq, seq it repeats).
-    fn first_repeat(seen: &mut SeenIds, ids: &[u128]) -> Option<(u64, u64)> {
+    /// A repeat found: (seq, seq it repeats).
+    type Repeat = (u64, u64);
+
+    /// Checks `ids` as seq 1, 2, …; the first repeat.
+    fn first_repeat(seen: &mut SeenIds, ids: &[u128]) -> Option<Repeat> {
         ids.iter()
             .zip(1..)
             .find_map(|(id, seq)| seen.check(*id, seq).err().map(|first: u64| (seq, first)))
+    }
+
+    /// Reads `ids` as a reader does, keeping `capacity` ids: once, and again when the first
+    /// read left ids unsettled. The first read's repeat, how many ids it left unsettled, and
+    /// the second read's repeat (`None` when there was no second read).
+    fn two_reads(capacity: usize, ids: &[u128]) -> (Option<Repeat>, usize, Option<Repeat>) {
+        let mut first = SeenIds::with_capacity(capacity);
+        let found = first_repeat(&mut first, ids);
+        let Some(unsettled) = first.unsettled() else {
+            return (found, 0, None);
+        };
+        let left = unsettled.len();
+        let mut second = SeenIds {
+            capacity,
+            ..SeenIds::rechecking(unsettled)
+        };
+        let found_again = first_repeat(&mut second, ids);
+        assert_eq!(
+            second.unsettled(),
+            None,
+            "a second read leaves nothing unsettled"
+        );
+        (found, left, found_again)
     }
 
     #[test]
@@ -149,30 +175,16 @@ mod tests {
 
     #[test]
     fn a_repeat_of_a_forgotten_id_is_found_by_the_second_read() {
+        // 20 falls below the floor before it comes again.
         let ids = [10, 20, 30, 40, 50, 60, 20, 70];
-        let mut first = SeenIds::with_capacity(4);
-        assert_eq!(first_repeat(&mut first, &ids), None);
-        let unsettled = first.unsettled().expect("20 fell below the floor");
-        assert_eq!(unsettled.len(), 1);
-        let mut second = SeenIds {
-            capacity: 4,
-            ..SeenIds::rechecking(unsettled)
-        };
-        assert_eq!(first_repeat(&mut second, &ids), Some((7, 2)));
-        assert_eq!(second.unsettled(), None);
+        assert_eq!(two_reads(4, &ids), (None, 1, Some((7, 2))));
     }
 
     #[test]
     fn an_old_but_unique_id_is_settled_by_the_second_read() {
+        // 15 is below the floor when it comes.
         let ids = [10, 20, 30, 40, 50, 60, 15, 70];
-        let mut first = SeenIds::with_capacity(4);
-        assert_eq!(first_repeat(&mut first, &ids), None);
-        let unsettled = first.unsettled().expect("15 is below the floor");
-        let mut second = SeenIds {
-            capacity: 4,
-            ..SeenIds::rechecking(unsettled)
-        };
-        assert_eq!(first_repeat(&mut second, &ids), None);
+        assert_eq!(two_reads(4, &ids), (None, 1, None));
     }
 
     #[test]

@@ -447,12 +447,7 @@ mod tests {
             "method = \"POST\"\nheaders = { Authorization = \"Bearer ${token}\", X-Mode = \"test\" }\nbody = \"{\\\"token\\\": \\\"${token}\\\"}\"",
         );
         let (outcome, chunks) = step.run().await;
-        assert_eq!(
-            outcome,
-            StepOutcome::Succeeded {
-                summary: "HTTP 200 OK".into()
-            }
-        );
+        assert_eq!(succeeded(&outcome), "HTTP 200 OK");
         assert_eq!(text(&chunks, OutputStream::Stdout), "all good");
         let request = &server.requests()[0];
         assert!(
@@ -484,22 +479,39 @@ mod tests {
         http(&server.url, extra).run().await.0
     }
 
+    /// Expected statuses replace 2xx; of the unexpected ones, a request timeout and rate
+    /// limiting may pass on another attempt, any other 4xx will not.
     #[tokio::test]
-    async fn an_unexpected_4xx_is_permanent() {
-        let outcome = answered(404, "").await;
-        let (error, retryable) = failed(&outcome);
-        assert!(error.starts_with("HTTP 404"), "{error}");
-        assert!(!retryable);
-    }
-
-    #[tokio::test]
-    async fn expected_statuses_replace_2xx() {
-        let outcome = answered(404, "expect_status = [404]").await;
-        assert!(outcome.is_success(), "{outcome:?}");
-        let outcome = answered(200, "expect_status = [201, 204]").await;
-        let (error, retryable) = failed(&outcome);
-        assert!(error.contains("expected 201, 204"), "{error}");
-        assert!(!retryable);
+    async fn the_status_decides_the_outcome() {
+        let permanent = StepOutcome::permanent;
+        let transient = StepOutcome::transient;
+        for (status, extra, expected) in [
+            (404, "", permanent("HTTP 404 Not Found (expected 2xx)")),
+            (
+                408,
+                "",
+                transient("HTTP 408 Request Timeout (expected 2xx)"),
+            ),
+            (
+                429,
+                "",
+                transient("HTTP 429 Too Many Requests (expected 2xx)"),
+            ),
+            (
+                404,
+                "expect_status = [404]",
+                StepOutcome::Succeeded {
+                    summary: "HTTP 404 Not Found".into(),
+                },
+            ),
+            (
+                200,
+                "expect_status = [201, 204]",
+                permanent("HTTP 200 OK (expected 201, 204)"),
+            ),
+        ] {
+            assert_eq!(answered(status, extra).await, expected, "{status} {extra}");
+        }
     }
 
     #[tokio::test]

@@ -374,13 +374,19 @@ pub(crate) mod test_support {
         pub async fn describe(mut self) -> (String, String) {
             self.dry_run = true;
             let (outcome, mut chunks) = self.run().await;
-            let StepOutcome::Succeeded { summary } = outcome else {
-                panic!("{outcome:?}");
-            };
+            let summary = succeeded(&outcome).to_owned();
             assert_eq!(chunks.len(), 1, "{chunks:?}");
             let chunk = chunks.remove(0);
             assert_eq!(chunk.stream, OutputStream::DryRun);
             (summary, chunk.text)
+        }
+    }
+
+    /// The summary of a successful outcome; panics on failure.
+    pub fn succeeded(outcome: &StepOutcome) -> &str {
+        match outcome {
+            StepOutcome::Succeeded { summary } => summary,
+            other => panic!("expected a success, got {other:?}"),
         }
     }
 
@@ -408,7 +414,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn human_kinds_are_not_executable_and_an_engine_kind_without_its_target_fails_for_good() {
+    async fn human_kinds_are_not_executable() {
         let checklist = Fixture::new(runbook("", "kind = \"checklist\"\nitems = [\"a\"]"));
         let (outcome, _) = checklist.run().await;
         match outcome {
@@ -418,14 +424,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let plan = Fixture::new(runbook("", "kind = \"plan\"\ntarget = \"main\""));
-        assert!(matches!(
-            plan.run().await.0,
-            StepOutcome::Failed {
-                retryable: false,
-                ..
-            }
-        ));
+    }
+
+    /// Whatever the kind, a database target the agent does not know fails the step for good,
+    /// before anything runs (a wait does not poll until its timeout).
+    #[tokio::test]
+    async fn an_unknown_database_target_fails_for_good_whatever_the_kind() {
+        for step in [
+            "kind = \"sql\"\ntarget = \"nowhere\"\nstatements = [\"SELECT 1\"]",
+            "kind = \"wait\"\nsql = { target = \"nowhere\", query = \"SELECT true\" }\ntimeout = \"1m\"",
+            "kind = \"plan\"\ntarget = \"nowhere\"",
+            "kind = \"pg_dump\"\ntarget = \"nowhere\"\noutput_dir = \"/tmp\"",
+        ] {
+            let (outcome, _) = Fixture::new(runbook("", step)).run().await;
+            assert_eq!(
+                failed(&outcome),
+                (
+                    "unknown database target `nowhere`; no database targets are configured",
+                    false
+                ),
+                "{step}"
+            );
+        }
     }
 
     #[test]

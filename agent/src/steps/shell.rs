@@ -319,12 +319,7 @@ mod tests {
     async fn exit_zero_succeeds_and_output_is_captured_per_stream() {
         let step = shell("echo hello ${name}; echo oops >&2", "");
         let (outcome, chunks) = step.run().await;
-        assert_eq!(
-            outcome,
-            StepOutcome::Succeeded {
-                summary: "exit 0".into()
-            }
-        );
+        assert_eq!(succeeded(&outcome), "exit 0");
         assert_eq!(text(&chunks, OutputStream::Stdout), "hello world\n");
         assert_eq!(text(&chunks, OutputStream::Stderr), "oops\n");
     }

@@ -254,21 +254,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unknown_target_fails_permanently() {
-        let step = Fixture::new(runbook(
-            "",
-            "kind = \"sql\"\ntarget = \"nowhere\"\nstatements = [\"SELECT 1\"]",
-        ));
-        let (outcome, _) = step.run().await;
-        assert_eq!(
-            outcome,
-            StepOutcome::permanent(
-                "unknown database target `nowhere`; no database targets are configured"
-            )
-        );
-    }
-
-    #[tokio::test]
     async fn an_expansion_error_names_the_statement() {
         let mut step = Fixture::new(runbook(
             "table = \"orders\"",
