@@ -342,6 +342,17 @@ pub fn decide(
                     .iter()
                     .filter(|s| !s.status.is_terminal())
                     .count();
+                let blocked = state.unresolved_blocked().len();
+                if left == 0 && blocked > 0 {
+                    return Err(reject(
+                        WrongState,
+                        format!(
+                            "phase `{}` waits for a decision about {blocked} blocked tenant(s): \
+                             `rerun-blocked` once they are fixed, or `accept-blocked` with a reason",
+                            state.runbook.phases[p].id
+                        ),
+                    ));
+                }
                 return Err(reject(
                     WrongState,
                     format!(

@@ -160,28 +160,31 @@ impl RunState {
     }
 
     /// What a person must decide when the phase under way holds blocked tenants nobody
-    /// accepted: the first step that reported any, and the first few tenants by id and schema.
+    /// accepted: the first step that reported any, and the first few tenants by id (the status
+    /// lists them with their schemas and reasons).
     fn blocked_waiting(&self) -> Option<Waiting> {
         let unresolved = self.unresolved_blocked();
         let step = self.first_blocked_step()?.clone();
         if unresolved.is_empty() {
             return None;
         }
-        let mut named: Vec<String> = unresolved
+        let named: Vec<String> = unresolved
             .iter()
             .take(BLOCKED_NAMED)
-            .map(|e| format!("{} `{}`", e.tenant.tenant, e.tenant.schema))
+            .map(|e| e.tenant.tenant.to_string())
             .collect();
-        if unresolved.len() > BLOCKED_NAMED {
-            named.push(format!("and {} more", unresolved.len() - BLOCKED_NAMED));
-        }
+        let named = match unresolved.len().checked_sub(BLOCKED_NAMED) {
+            Some(more) if more > 0 => format!("tenants {} and {more} more", named.join(", ")),
+            _ if named.len() == 1 => format!("tenant {}", named[0]),
+            _ => format!("tenants {}", named.join(", ")),
+        };
         Some(Waiting::People {
             step,
             need: format!(
                 "{} tenant(s) left untouched because they are blocked ({}): fix them and \
                  `rerun-blocked`, or `accept-blocked` with a reason",
                 unresolved.len(),
-                named.join(", ")
+                named
             ),
         })
     }

@@ -9,8 +9,9 @@ use crate::state::{PhaseStatus, RunState, RunStatus, StepStatus};
 /// Unresolved blocked tenants listed in a status by id, schema and first reason; the rest are
 /// counted. Small enough that the status stays within a chat message however many there are.
 const BLOCKED_LISTED: usize = 5;
-/// Longest schema name or reason quoted in a status, in characters.
-const BLOCKED_TEXT: usize = 120;
+/// Longest reason quoted in a status, in characters. Schema names are PostgreSQL identifiers
+/// (at most 63 bytes), quoted whole.
+const BLOCKED_TEXT: usize = 60;
 
 /// One line per phase and step, then the phase's blocked tenants, then what the run waits for.
 pub fn status_text(state: &RunState) -> String {
@@ -163,7 +164,7 @@ fn blocked_text(out: &mut String, state: &RunState) {
                 out,
                 "  tenant {} `{}` ({}): {}",
                 entry.tenant.tenant,
-                clip(&entry.tenant.schema),
+                entry.tenant.schema,
                 entry.step,
                 clip(reason.lines().next().unwrap_or_default())
             );

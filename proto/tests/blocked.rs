@@ -170,12 +170,19 @@ fn blocked_tenants_hold_the_phase_and_the_run_waits_for_a_person() {
         NextAction::Idle(Waiting::People { step: s, need }) => {
             assert_eq!(s, step("plan"));
             assert!(need.starts_with("2 tenant(s) left untouched"), "{need}");
-            assert!(need.contains("7 `tenant_7`, 9 `tenant_9`"), "{need}");
+            assert!(need.contains("(tenants 7, 9)"), "{need}");
             assert!(need.contains("rerun-blocked") && need.contains("accept-blocked"));
         }
         other => panic!("expected a wait for people, got {other:?}"),
     }
     assert_eq!(state.follow_up(), None);
+    let mut asking = all_done_but_blocked();
+    let run = asking.run();
+    refused(
+        asking.when(&alice(), Command::Next { run }),
+        RejectionKind::WrongState,
+        "waits for a decision about 2 blocked tenant(s)",
+    );
     // The rule is the state machine's, not only the follow-up's: completion is illegal.
     let complete = settle(
         state,
