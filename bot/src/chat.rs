@@ -61,7 +61,8 @@ pub fn status_content(state: &RunState) -> String {
     )
 }
 
-/// The buttons for what the run waits for: approve, retry, skip, abort, acknowledge, confirm.
+/// The buttons for what the run waits for: approve, retry, skip, rerun or accept blocked
+/// tenants, abort, acknowledge, confirm.
 pub fn status_buttons(state: &RunState) -> Vec<CreateActionRow> {
     let run = state.run_id.to_string();
     let mut buttons = Vec::new();
@@ -110,6 +111,22 @@ pub fn status_buttons(state: &RunState) -> Vec<CreateActionRow> {
                 _ => {}
             }
         }
+    }
+    // Blocked tenants wait for a decision: rerun them once fixed, or accept them (a form asks
+    // for the reason).
+    if !state.unresolved_blocked().is_empty() {
+        buttons.push(button(
+            "rerun-blocked",
+            &[&run],
+            "Rerun blocked tenants",
+            ButtonStyle::Primary,
+        ));
+        buttons.push(button(
+            "accept-blocked",
+            &[&run],
+            "Accept blocked tenants",
+            ButtonStyle::Secondary,
+        ));
     }
     if matches!(state.next_action(), NextAction::Idle(Waiting::NextPhase)) {
         buttons.push(button("next", &[&run], "Next phase", ButtonStyle::Primary));
@@ -266,6 +283,114 @@ mod tests {
             output_post("h", &text, 6000, "f.txt".into()),
             OutputPost::Attachment { .. }
         ));
+    }
+
+    /// The tenancy runbook at its database phase, every step done, with `n` tenants blocked
+    /// under long schema names and long reasons: as long as a status can get.
+    fn blocked_at_the_database_phase(n: i64) -> RunState {
+        use rollback_proto::state::{PhaseStatus, StepStatus};
+        use rollback_proto::{Actor, BlockedTenant, Runbook};
+        let source = include_str!("../../deploy/runbooks/tenancy-rollback.toml");
+        let runbook = Runbook::parse("tenancy-rollback.toml", source).unwrap();
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let alice = Actor::Console {
+            user: "alice".into(),
+        };
+        let mut state = RunState::from_runbook(
+            RunId::new(),
+            runbook,
+            "tenancy-rollback",
+            "hash",
+            &Default::default(),
+            false,
+            &alice,
+            at,
+        );
+        let p = state
+            .runbook
+            .phases
+            .iter()
+            .position(|p| p.id.as_str() == "database-rollback")
+            .unwrap();
+        for done in &mut state.phases[..p] {
+            done.status = PhaseStatus::Completed { started: at, at };
+        }
+        state.phases[p].status = PhaseStatus::Active {
+            by: alice,
+            since: at,
+        };
+        state.active_phase = Some(p);
+        for st in &mut state.phases[p].steps {
+            st.status = StepStatus::Succeeded {
+                summary: "done for every other tenant".into(),
+            };
+        }
+        state.phases[p].steps[0].blocked = (1..=n)
+            .map(|tenant| BlockedTenant {
+                tenant,
+                // As long as PostgreSQL allows (63 bytes).
+                schema: format!("tenant_{tenant:0>8}_{}", "x".repeat(47)),
+                reasons: vec![format!(
+                    "table `audit_{}` has no shared counterpart",
+                    "y".repeat(200)
+                )],
+            })
+            .collect();
+        state
+    }
+
+    #[test]
+    fn the_status_lists_the_first_blocked_tenants_and_counts_the_rest_within_the_limit() {
+        let state = blocked_at_the_database_phase(2_000);
+        let content = status_content(&state);
+        assert!(
+            content.chars().count() <= MESSAGE_LIMIT,
+            "{}",
+            content.len()
+        );
+        assert!(
+            content.contains("Blocked tenants, left untouched (2000 unresolved):"),
+            "{content}"
+        );
+        assert!(
+            content.contains("tenant 1 `tenant_00000001_xxx"),
+            "{content}"
+        );
+        assert!(content.contains("(plan): table `audit_yyy"), "{content}");
+        assert!(content.contains("tenant 5 `"), "{content}");
+        assert!(!content.contains("tenant 6 `"), "{content}");
+        assert!(content.contains("and 1995 more"), "{content}");
+        // Nothing is cut: what the run waits for is the last line, whole.
+        assert!(!content.contains(" …"), "{content}");
+        assert!(
+            content.contains(
+                "Waiting for a person on `plan`: 2000 tenant(s) left untouched because they are \
+                 blocked (tenants 1, 2, 3 and 1997 more)"
+            ),
+            "{content}"
+        );
+        assert!(content.ends_with("with a reason\n```"), "{content}");
+        // And the buttons offer the decision.
+        let ids: Vec<String> = status_buttons(&state)
+            .iter()
+            .flat_map(|row| match row {
+                CreateActionRow::Buttons(buttons) => buttons
+                    .iter()
+                    .map(|b| serde_json::to_value(b).unwrap()["custom_id"].to_string())
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let run = state.run_id;
+        for wanted in [
+            custom_id("rerun-blocked", &[&run.to_string()]),
+            custom_id("accept-blocked", &[&run.to_string()]),
+        ] {
+            assert!(
+                ids.iter().any(|id| id.contains(&wanted)),
+                "{wanted} in {ids:?}"
+            );
+        }
     }
 
     #[test]

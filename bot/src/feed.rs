@@ -26,6 +26,12 @@ pub fn event_line(env: &Envelope) -> Option<String> {
         | Event::ArchiveWritten { .. } => return None,
         Event::StepInDoubt { .. } => "; check it, then retry, mark-done, skip or abort".to_owned(),
         Event::EscalationRaised { .. } => format!(" (`ack {run}` to stop it)"),
+        Event::TenantsBlocked { tenants, .. } if !tenants.is_empty() => format!(
+            "; once fixed `rerun-blocked {run}`, or `accept-blocked {run} <reason>` (`status {run}` lists them)"
+        ),
+        Event::BlockedTenantsRerun { .. } => {
+            "; the agent runs the phase again from there".to_owned()
+        }
         Event::EmergencyRequested { .. } => {
             format!("; a second person must `confirm-emergency {run}`")
         }

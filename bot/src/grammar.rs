@@ -183,6 +183,24 @@ pub const SUBCOMMANDS: &[Subcommand] = &[
         description: "The run's postmortem, as a file",
         options: &[RUN],
     },
+    Subcommand {
+        name: "accept-blocked",
+        description: "Accept the tenants the phase left blocked as left behind (recorded with the reason)",
+        options: &[
+            RUN,
+            opt(
+                "reason",
+                OptionKind::Text,
+                true,
+                "Why they may be left behind",
+            ),
+        ],
+    },
+    Subcommand {
+        name: "rerun-blocked",
+        description: "The blocked tenants are fixed: run the phase again from its first step that listed any",
+        options: &[RUN],
+    },
 ];
 
 /// A value given for an option.
@@ -322,6 +340,11 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
         },
         "confirm-emergency" => Command::ConfirmEmergency { run: args.run()? },
         "replay" => Command::Replay { run: args.run()? },
+        "accept-blocked" => Command::AcceptBlocked {
+            run: args.run()?,
+            reason: args.text("reason")?,
+        },
+        "rerun-blocked" => Command::RerunBlocked { run: args.run()? },
         other => unreachable!("subcommand {other} is in the table but not built"),
     })
 }
@@ -547,6 +570,75 @@ mod tests {
     }
 
     #[test]
+    fn blocked_tenants_are_accepted_with_a_reason_or_rerun() {
+        let run = RunId::new();
+        assert_eq!(
+            parse_line(&format!(
+                "accept-blocked {run} closed accounts, see TICKET-12"
+            ))
+            .unwrap(),
+            Command::AcceptBlocked {
+                run,
+                reason: "closed accounts, see TICKET-12".into()
+            }
+        );
+        assert_eq!(
+            parse_line(&format!("rerun-blocked {run}")).unwrap(),
+            Command::RerunBlocked { run }
+        );
+        // From Discord's options, as the slash command and the modal send them.
+        let values = BTreeMap::from([
+            ("run".to_owned(), Value::Text(run.to_string())),
+            ("reason".to_owned(), Value::Text("  closed  ".into())),
+        ]);
+        assert_eq!(
+            build("accept-blocked", &values).unwrap(),
+            Command::AcceptBlocked {
+                run,
+                reason: "closed".into()
+            }
+        );
+        let e = parse_line(&format!("accept-blocked {run}")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                GrammarError::Missing {
+                    option: "reason",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("accept-blocked <run> <reason…>"),
+            "{e}"
+        );
+        let e = parse_line(&format!("rerun-blocked {run} now")).unwrap_err();
+        assert!(matches!(e, GrammarError::UnknownOption { .. }), "{e}");
+        let e = parse_line("rerun-blocked").unwrap_err();
+        assert!(e.to_string().contains("run"), "{e}");
+    }
+
+    #[test]
+    fn every_name_and_description_keeps_to_discords_rules() {
+        // Discord: names 1-32 lowercase letters, digits, `-` or `_`; descriptions 1-100 characters.
+        let name_ok = |n: &str| {
+            (1..=32).contains(&n.len())
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        };
+        let description_ok = |d: &str| (1..=100).contains(&d.chars().count());
+        for sub in SUBCOMMANDS {
+            assert!(name_ok(sub.name), "{}", sub.name);
+            assert!(description_ok(sub.description), "{}", sub.description);
+            for o in sub.options {
+                assert!(name_ok(o.name), "{}", o.name);
+                assert!(description_ok(o.description), "{}", o.description);
+            }
+        }
+    }
+
+    #[test]
     fn every_subcommand_of_the_design_is_there() {
         for name in [
             "plan",
@@ -563,6 +655,8 @@ mod tests {
             "ack",
             "emergency",
             "replay",
+            "accept-blocked",
+            "rerun-blocked",
         ] {
             assert!(subcommand(name).is_some(), "{name}");
         }

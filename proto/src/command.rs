@@ -115,6 +115,18 @@ pub enum Command {
         /// The emergency run.
         run: RunId,
     },
+    /// Accept the blocked tenants the phase under way left untouched as left behind.
+    AcceptBlocked {
+        /// The run.
+        run: RunId,
+        /// Why leaving them behind is acceptable.
+        reason: String,
+    },
+    /// The blocked tenants are fixed: run the phase again from its first step that reported any.
+    RerunBlocked {
+        /// The run.
+        run: RunId,
+    },
     /// The postmortem of a run.
     Replay {
         /// The run.
@@ -139,6 +151,8 @@ impl Command {
             | Command::Abort { run, .. }
             | Command::Ack { run }
             | Command::ConfirmEmergency { run }
+            | Command::AcceptBlocked { run, .. }
+            | Command::RerunBlocked { run }
             | Command::Replay { run } => Some(*run),
         }
     }
@@ -168,6 +182,8 @@ impl Command {
             Command::Ack { run } => format!("ack {run}"),
             Command::Emergency { runbook, .. } => format!("emergency {runbook}"),
             Command::ConfirmEmergency { run } => format!("confirm-emergency {run}"),
+            Command::AcceptBlocked { run, .. } => format!("accept-blocked {run}"),
+            Command::RerunBlocked { run } => format!("rerun-blocked {run}"),
             Command::Replay { run } => format!("replay {run}"),
         }
     }

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::actor::Actor;
 use crate::command::Command;
 use crate::events::Event;
-use crate::ids::{RunId, StepId};
+use crate::ids::{PhaseId, RunId, StepId};
 use crate::policy::{Caller, Permission, Policy};
 use crate::runbook::{Runbook, StepKind, source_hash};
 use crate::state::{Applied, RunState, StepStatus, TransitionError};
@@ -64,7 +64,9 @@ pub fn required_permission(command: &Command) -> Option<Permission> {
         | Command::Pause { .. }
         | Command::Resume { .. }
         | Command::Abort { .. }
-        | Command::Ack { .. } => Some(Permission::Run),
+        | Command::Ack { .. }
+        | Command::AcceptBlocked { .. }
+        | Command::RerunBlocked { .. } => Some(Permission::Run),
     }
 }
 
@@ -215,6 +217,20 @@ pub fn decide_start(
     Ok(rest)
 }
 
+/// The phase under way when it holds blocked tenants nobody decided about, or the refusal.
+fn unresolved_phase(state: &RunState, none: bool) -> Result<PhaseId, Rejection> {
+    match state.active_phase {
+        Some(p) if !none => Ok(state.runbook.phases[p].id.clone()),
+        _ => Err(reject(
+            RejectionKind::WrongState,
+            format!(
+                "run {} has no blocked tenants waiting for a decision",
+                state.run_id
+            ),
+        )),
+    }
+}
+
 fn internal(e: TransitionError) -> Rejection {
     reject(RejectionKind::WrongState, e.to_string())
 }
@@ -326,6 +342,17 @@ pub fn decide(
                     .iter()
                     .filter(|s| !s.status.is_terminal())
                     .count();
+                let blocked = state.unresolved_blocked().len();
+                if left == 0 && blocked > 0 {
+                    return Err(reject(
+                        WrongState,
+                        format!(
+                            "phase `{}` waits for a decision about {blocked} blocked tenant(s): \
+                             `rerun-blocked` once they are fixed, or `accept-blocked` with a reason",
+                            state.runbook.phases[p].id
+                        ),
+                    ));
+                }
                 return Err(reject(
                     WrongState,
                     format!(
@@ -492,6 +519,46 @@ pub fn decide(
         Command::Abort { reason, .. } => vec![Event::RunAborted {
             reason: reason.clone(),
         }],
+        Command::AcceptBlocked { reason, .. } => {
+            let unresolved = state.unresolved_blocked();
+            let phase = unresolved_phase(state, unresolved.is_empty())?;
+            if reason.trim().is_empty() {
+                return Err(reject(
+                    Invalid,
+                    "say why the blocked tenants may be left behind: the reason is recorded",
+                ));
+            }
+            vec![Event::BlockedTenantsAccepted {
+                phase,
+                tenants: unresolved.iter().map(|e| e.tenant.tenant).collect(),
+                reason: reason.trim().to_owned(),
+            }]
+        }
+        Command::RerunBlocked { .. } => {
+            let phase = unresolved_phase(state, state.unresolved_blocked().is_empty())?;
+            let p = state
+                .active_phase
+                .expect("a phase holds the blocked tenants");
+            let from = state
+                .first_blocked_step()
+                .expect("a blocked tenant has a step")
+                .clone();
+            let first = state.runbook.phases[p]
+                .steps
+                .iter()
+                .position(|s| s.id == from)
+                .expect("the step is in its phase");
+            if let Some(busy) = state.busy_step_from(p, first) {
+                return Err(reject(
+                    WrongState,
+                    format!(
+                        "step `{busy}` has an attempt under way, due again or in doubt: wait for \
+                         its outcome (or decide about it) before rerunning from `{from}`"
+                    ),
+                ));
+            }
+            vec![Event::BlockedTenantsRerun { phase, from }]
+        }
     };
     settle(state, &caller.actor, now, events).map_err(internal)
 }

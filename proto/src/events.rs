@@ -24,6 +24,18 @@ pub enum OutputStream {
     DryRun,
 }
 
+/// A tenant a tenancy step left entirely untouched, and why it could not move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedTenant {
+    /// The tenant's id (from the tenants table).
+    pub tenant: i64,
+    /// Its schema, by exact name.
+    pub schema: String,
+    /// What stands in the way, one sentence each (an extra table with no shared counterpart, a
+    /// column whose values do not cast, a view outside the schema depending on its tables).
+    pub reasons: Vec<String>,
+}
+
 /// One fact in the history of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -194,6 +206,34 @@ pub enum Event {
         /// The tenants proven, by id.
         tenants: Vec<i64>,
     },
+    /// A running tenancy step (plan, consolidate, verify, drop_schemas) left these tenants
+    /// untouched because they are blocked; every other tenant went on. Replaces the step's list;
+    /// a new attempt starts with an empty one.
+    TenantsBlocked {
+        /// The step.
+        step: StepId,
+        /// The tenants left untouched, with their reasons.
+        tenants: Vec<BlockedTenant>,
+    },
+    /// A person accepted the active phase's unresolved blocked tenants as left behind (the
+    /// person is the envelope's actor); they stay listed, marked accepted, for the rest of the run.
+    BlockedTenantsAccepted {
+        /// The phase under way.
+        phase: PhaseId,
+        /// The tenants accepted, by id.
+        tenants: Vec<i64>,
+        /// Why leaving them behind is acceptable.
+        reason: String,
+    },
+    /// A person said the blocked tenants are fixed: the phase's steps from `from` on that the
+    /// agent executes go back to pending (their attempt counts kept) with their lists cleared;
+    /// steps people completed keep their outcome, and approvals already granted stay.
+    BlockedTenantsRerun {
+        /// The phase under way.
+        phase: PhaseId,
+        /// The first step of the phase that reported blocked tenants.
+        from: StepId,
+    },
     /// A step wrote an archive (a `pg_dump`), with the checksum a restore checks it against.
     ArchiveWritten {
         /// The step.
@@ -264,6 +304,9 @@ impl Event {
             Event::EmergencyRequested { .. } => "EmergencyRequested",
             Event::EmergencyConfirmed { .. } => "EmergencyConfirmed",
             Event::TenantsVerified { .. } => "TenantsVerified",
+            Event::TenantsBlocked { .. } => "TenantsBlocked",
+            Event::BlockedTenantsAccepted { .. } => "BlockedTenantsAccepted",
+            Event::BlockedTenantsRerun { .. } => "BlockedTenantsRerun",
             Event::ArchiveWritten { .. } => "ArchiveWritten",
             Event::CommandRefused { .. } => "CommandRefused",
         }

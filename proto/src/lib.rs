@@ -22,10 +22,12 @@ pub use actor::Actor;
 pub use command::{Command, CommandReply, CommandRequest};
 pub use decide::{NewRun, Rejection, RejectionKind, authorize, decide, decide_start, settle};
 pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope, UnsettledIds};
-pub use events::{Event, OutputStream};
+pub use events::{BlockedTenant, Event, OutputStream};
 pub use ids::{EventId, PhaseId, RunId, StepId};
 pub use next::{NextAction, Waiting};
 pub use policy::{Caller, Permission, Policy};
 pub use runbook::{Runbook, RunbookError};
-pub use state::{RunState, RunStatus, StepStatus, TransitionError, fold};
+pub use state::{
+    BlockedAcceptance, BlockedEntry, RunState, RunStatus, StepStatus, TransitionError, fold,
+};
 pub use words::event_words;

@@ -9,6 +9,9 @@ use crate::ids::StepId;
 use crate::runbook::{DryRunBehaviour, Step, StepKind};
 use crate::state::{RunState, RunStatus, StepStatus};
 
+/// Blocked tenants named in what a run waits for; the rest are counted.
+const BLOCKED_NAMED: usize = 3;
+
 /// Who or what a run is waiting for when the executor has nothing to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Waiting {
@@ -20,7 +23,8 @@ pub enum Waiting {
     EmergencyConfirmation,
     /// A person must say `next` to start the next phase.
     NextPhase,
-    /// A person must act on a step (tick, approve, retry, skip, mark done).
+    /// A person must act on a step (tick, approve, retry, skip, mark done), or decide about the
+    /// tenants the phase's steps left blocked (rerun them once fixed, or accept them).
     People {
         /// The step.
         step: StepId,
@@ -88,8 +92,9 @@ impl RunState {
             .enumerate()
             .find(|(_, st)| !st.status.is_terminal())
         else {
-            // Every step has an outcome: the phase completes as a follow-up of the last one.
-            return NextAction::Idle(Waiting::NextPhase);
+            // Every step has an outcome: the phase completes as a follow-up of the last one,
+            // unless it left tenants blocked that nobody decided about yet.
+            return NextAction::Idle(self.blocked_waiting().unwrap_or(Waiting::NextPhase));
         };
         let def = &phase.steps[s];
         let step = def.id.clone();
@@ -152,6 +157,36 @@ impl RunState {
                 unreachable!("found as non-terminal")
             }
         }
+    }
+
+    /// What a person must decide when the phase under way holds blocked tenants nobody
+    /// accepted: the first step that reported any, and the first few tenants by id (the status
+    /// lists them with their schemas and reasons).
+    fn blocked_waiting(&self) -> Option<Waiting> {
+        let unresolved = self.unresolved_blocked();
+        let step = self.first_blocked_step()?.clone();
+        if unresolved.is_empty() {
+            return None;
+        }
+        let named: Vec<String> = unresolved
+            .iter()
+            .take(BLOCKED_NAMED)
+            .map(|e| e.tenant.tenant.to_string())
+            .collect();
+        let named = match unresolved.len().checked_sub(BLOCKED_NAMED) {
+            Some(more) if more > 0 => format!("tenants {} and {more} more", named.join(", ")),
+            _ if named.len() == 1 => format!("tenant {}", named[0]),
+            _ => format!("tenants {}", named.join(", ")),
+        };
+        Some(Waiting::People {
+            step,
+            need: format!(
+                "{} tenant(s) left untouched because they are blocked ({}): fix them and \
+                 `rerun-blocked`, or `accept-blocked` with a reason",
+                unresolved.len(),
+                named
+            ),
+        })
     }
 
     /// Whether an attempt of `step` that ended without an outcome may run again without a

@@ -10,7 +10,8 @@ use crate::actor::Actor;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
-    /// Start runs and drive them: next, check, retry, skip, mark done, pause, resume, abort, ack.
+    /// Start runs and drive them: next, check, retry, skip, mark done, pause, resume, abort, ack,
+    /// and decide about blocked tenants (accept them, or rerun them once fixed).
     Run,
     /// Approve steps.
     Approve,

@@ -6,7 +6,14 @@ use crate::next::{NextAction, Waiting};
 use crate::runbook::StepKind;
 use crate::state::{PhaseStatus, RunState, RunStatus, StepStatus};
 
-/// One line per phase and step, then what the run waits for.
+/// Unresolved blocked tenants listed in a status by id, schema and first reason; the rest are
+/// counted. Small enough that the status stays within a chat message however many there are.
+const BLOCKED_LISTED: usize = 5;
+/// Longest reason quoted in a status, in characters. Schema names are PostgreSQL identifiers
+/// (at most 63 bytes), quoted whole.
+const BLOCKED_TEXT: usize = 60;
+
+/// One line per phase and step, then the phase's blocked tenants, then what the run waits for.
 pub fn status_text(state: &RunState) -> String {
     let mut out = String::new();
     let status = match &state.status {
@@ -115,6 +122,7 @@ pub fn status_text(state: &RunState) -> String {
             );
         }
     }
+    blocked_text(&mut out, state);
     let waiting = match state.next_action() {
         NextAction::Idle(Waiting::Finished) => None,
         NextAction::Idle(Waiting::Paused) => Some("a person to resume the run".to_owned()),
@@ -138,4 +146,46 @@ pub fn status_text(state: &RunState) -> String {
         );
     }
     out
+}
+
+/// The blocked tenants of the phase under way: the first few unresolved ones, how many more,
+/// and how many were accepted as left behind in the run.
+fn blocked_text(out: &mut String, state: &RunState) {
+    let unresolved = state.unresolved_blocked();
+    if !unresolved.is_empty() {
+        let _ = writeln!(
+            out,
+            "Blocked tenants, left untouched ({} unresolved):",
+            unresolved.len()
+        );
+        for entry in unresolved.iter().take(BLOCKED_LISTED) {
+            let reason = entry.tenant.reasons.first().map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "  tenant {} `{}` ({}): {}",
+                entry.tenant.tenant,
+                entry.tenant.schema,
+                entry.step,
+                clip(reason.lines().next().unwrap_or_default())
+            );
+        }
+        if unresolved.len() > BLOCKED_LISTED {
+            let _ = writeln!(out, "  and {} more", unresolved.len() - BLOCKED_LISTED);
+        }
+    }
+    if !state.accepted_blocked.is_empty() {
+        let _ = writeln!(
+            out,
+            "Blocked tenants accepted as left behind: {}",
+            state.accepted_blocked.len()
+        );
+    }
+}
+
+/// Text cut to [`BLOCKED_TEXT`] characters on a character boundary.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(BLOCKED_TEXT) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }

@@ -231,6 +231,18 @@ impl StepKind {
         matches!(self, StepKind::Checklist(_) | StepKind::Approval)
     }
 
+    /// Whether it works tenant by tenant and may leave blocked tenants untouched while the
+    /// others go on (recording them as [`Event::TenantsBlocked`](crate::events::Event)).
+    pub fn may_block_tenants(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Plan(_)
+                | StepKind::Consolidate(_)
+                | StepKind::Verify(_)
+                | StepKind::DropSchemas(_)
+        )
+    }
+
     /// Whether an attempt that ended without an outcome (the agent running it died) may be
     /// picked up again by the agent, without a person: the kind either only reads, or proves
     /// its own progress, so that running it again finishes the work without doing any of it

@@ -10,8 +10,8 @@ use time::OffsetDateTime;
 
 use crate::actor::Actor;
 use crate::envelope::Envelope;
-use crate::events::Event;
-use crate::ids::{RunId, StepId};
+use crate::events::{BlockedTenant, Event};
+use crate::ids::{PhaseId, RunId, StepId};
 use crate::runbook::{Runbook, RunbookError, Step};
 
 /// An event on its way into the state, with who did it and when: an envelope's content, or
@@ -27,6 +27,7 @@ pub(crate) struct Applied<'a> {
     pub event: &'a Event,
 }
 
+mod blocked;
 mod escalation;
 mod phase;
 mod run;
@@ -151,6 +152,8 @@ pub struct StepState {
     pub started_at: Option<OffsetDateTime>,
     /// When it reached an outcome.
     pub finished_at: Option<OffsetDateTime>,
+    /// The tenants its latest attempt left untouched because they are blocked.
+    pub blocked: Vec<BlockedTenant>,
 }
 
 impl StepState {
@@ -163,6 +166,7 @@ impl StepState {
             progress: None,
             started_at: None,
             finished_at: None,
+            blocked: Vec::new(),
         }
     }
 }
@@ -252,6 +256,34 @@ pub struct RunState {
     pub verified_tenants: BTreeSet<i64>,
     /// Archives written in this run, in order.
     pub archives: Vec<ArchiveRecord>,
+    /// Blocked tenants people accepted as left behind, by tenant id: for the rest of the run
+    /// they no longer hold a phase back.
+    pub accepted_blocked: BTreeMap<i64, BlockedAcceptance>,
+}
+
+/// Who accepted a blocked tenant as left behind, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedAcceptance {
+    /// The person.
+    pub by: Actor,
+    /// Their reason.
+    pub reason: String,
+    /// The phase under way when they accepted.
+    pub phase: PhaseId,
+    /// When.
+    pub at: OffsetDateTime,
+}
+
+/// A blocked tenant as the run knows it: the latest step of its phase that reported it, and
+/// whether a person accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockedEntry<'a> {
+    /// The step that reported it (the last in runbook order whose latest list has it).
+    pub step: &'a StepId,
+    /// The tenant, its schema and its reasons.
+    pub tenant: &'a BlockedTenant,
+    /// The acceptance, if a person accepted it as left behind.
+    pub accepted: Option<&'a BlockedAcceptance>,
 }
 
 /// An archive a step wrote, as recorded.
@@ -423,6 +455,7 @@ impl RunState {
             emergency: None,
             verified_tenants: BTreeSet::new(),
             archives: Vec::new(),
+            accepted_blocked: BTreeMap::new(),
         }
     }
 
@@ -486,7 +519,8 @@ impl RunState {
             return None;
         }
         if let Some(p) = self.active_phase {
-            if self.phases[p].steps.iter().all(|s| s.status.is_terminal()) {
+            if self.phases[p].steps.iter().all(|s| s.status.is_terminal()) && !self.holds_blocked(p)
+            {
                 return Some(Event::PhaseCompleted {
                     phase: self.runbook.phases[p].id.clone(),
                 });
@@ -556,6 +590,9 @@ impl RunState {
             | E::RunResumed
             | E::RunAborted { .. } => self.apply_run_event(applied)?,
             E::PhaseStarted { .. } | E::PhaseCompleted { .. } => self.apply_phase_event(applied)?,
+            E::TenantsBlocked { .. }
+            | E::BlockedTenantsAccepted { .. }
+            | E::BlockedTenantsRerun { .. } => self.apply_blocked_event(applied)?,
             E::EscalationRaised { .. } => self.apply_escalation_event(applied)?,
             E::StepStarted { .. }
             | E::StepOutputRecorded { .. }

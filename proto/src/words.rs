@@ -94,6 +94,30 @@ pub fn event_words(event: &Event, by: Option<&Actor>) -> String {
         E::TenantsVerified { step, tenants } => {
             format!("step `{step}` verified {} tenant(s)", tenants.len())
         }
+        E::TenantsBlocked { step, tenants } if tenants.is_empty() => {
+            format!("step `{step}` left no tenant blocked")
+        }
+        E::TenantsBlocked { step, tenants } => {
+            let first = &tenants[0];
+            format!(
+                "step `{step}` left {} blocked tenant(s) untouched, first tenant {} `{}`: {}",
+                tenants.len(),
+                first.tenant,
+                first.schema,
+                first.reasons.join("; ")
+            )
+        }
+        E::BlockedTenantsAccepted {
+            phase,
+            tenants,
+            reason,
+        } => format!(
+            "{} blocked tenant(s) of phase `{phase}` accepted as left behind{who}: {reason}",
+            tenants.len()
+        ),
+        E::BlockedTenantsRerun { phase, from } => {
+            format!("blocked tenants of phase `{phase}` to be rerun from step `{from}`{who}")
+        }
         E::ArchiveWritten {
             step, path, bytes, ..
         } => format!("step `{step}` wrote archive {path} ({bytes} bytes)"),

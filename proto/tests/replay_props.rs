@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use rollback_proto::envelope::{ChainHead, Draft};
 use rollback_proto::state::StepStatus;
 use rollback_proto::{
-    Actor, Caller, Command, Event, OutputStream, PhaseId, RunId, RunState, StepId, settle,
+    Actor, BlockedTenant, Caller, Command, Event, OutputStream, PhaseId, RunId, RunState, StepId,
+    settle,
 };
 
 const STEPS: [&str; 6] = [
@@ -48,7 +49,7 @@ fn moves() -> impl Strategy<Value = Move> {
     prop_oneof![
         5 => (0..6usize, 0..120u8, 0..STEPS.len(), 0..4u32)
             .prop_map(|(who, what, step, item)| Move::Person { who, what, step, item: item % 3 + 1 }),
-        4 => (0..6u8, any::<bool>()).prop_map(|(what, retryable)| Move::Agent { what, retryable }),
+        4 => (0..7u8, any::<bool>()).prop_map(|(what, retryable)| Move::Agent { what, retryable }),
         1 => (0..4i64).prop_map(|minutes| Move::Wait { minutes }),
     ]
 }
@@ -56,7 +57,7 @@ fn moves() -> impl Strategy<Value = Move> {
 fn person_command(run: RunId, what: u8, step: StepId, item: u32) -> Command {
     // Abort and pause are rare, so that scripts get far enough to be interesting.
     const COMMON: [u8; 12] = [0, 1, 1, 2, 2, 2, 3, 5, 7, 9, 10, 10];
-    let what = if what > 10 {
+    let what = if what > 12 {
         COMMON[usize::from(what) % COMMON.len()]
     } else {
         what
@@ -86,6 +87,11 @@ fn person_command(run: RunId, what: u8, step: StepId, item: u32) -> Command {
             reason: "prop".into(),
         },
         9 => Command::Ack { run },
+        11 => Command::AcceptBlocked {
+            run,
+            reason: "prop".into(),
+        },
+        12 => Command::RerunBlocked { run },
         _ => Command::ConfirmEmergency { run },
     }
 }
@@ -127,6 +133,20 @@ fn agent_event(state: &RunState, what: u8, retryable: bool) -> Option<Event> {
             chunk: 0,
             text: "line".into(),
         }),
+        (StepStatus::Running { .. }, 5)
+            if state.runbook.phases[p].steps[idx].kind.may_block_tenants() =>
+        {
+            Some(Event::TenantsBlocked {
+                step,
+                tenants: (1..=i64::from(retryable) + 1)
+                    .map(|tenant| BlockedTenant {
+                        tenant,
+                        schema: format!("tenant_{tenant}"),
+                        reasons: vec!["prop".into()],
+                    })
+                    .collect(),
+            })
+        }
         (StepStatus::Running { .. }, 4) => Some(Event::StepProgressed {
             step,
             done: 1,
@@ -196,7 +216,9 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
         phase
             .clone()
             .prop_map(|phase| Event::PhaseStarted { phase }),
-        phase.prop_map(|phase| Event::PhaseCompleted { phase }),
+        phase
+            .clone()
+            .prop_map(|phase| Event::PhaseCompleted { phase }),
         (step.clone(), small.clone())
             .prop_map(|(step, attempt)| Event::StepStarted { step, attempt }),
         (step.clone(), small.clone()).prop_map(|(step, attempt)| Event::StepOutputRecorded {
@@ -248,7 +270,8 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
         }),
         (step.clone(), small.clone())
             .prop_map(|(step, item)| Event::ChecklistItemChecked { step, item }),
-        step.prop_map(|step| Event::ApprovalGranted { step }),
+        step.clone()
+            .prop_map(|step| Event::ApprovalGranted { step }),
         Just(Event::RunPaused {
             reason: String::new()
         }),
@@ -257,6 +280,23 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             reason: String::new()
         }),
         Just(Event::RunCompleted),
+        (step.clone(), 0..3i64).prop_map(|(step, n)| Event::TenantsBlocked {
+            step,
+            tenants: (0..n)
+                .map(|tenant| BlockedTenant {
+                    tenant: tenant % 2,
+                    schema: String::new(),
+                    reasons: vec![]
+                })
+                .collect()
+        }),
+        (phase.clone(), 0..3i64).prop_map(|(phase, n)| Event::BlockedTenantsAccepted {
+            phase,
+            tenants: (0..n).map(|t| t % 2).collect(),
+            reason: String::new()
+        }),
+        (phase.clone(), step.clone())
+            .prop_map(|(phase, from)| Event::BlockedTenantsRerun { phase, from }),
         small.clone().prop_map(|level| Event::EscalationRaised {
             level,
             reason: String::new(),

@@ -60,6 +60,19 @@ struct PhaseAgg {
     steps: Vec<StepAgg>,
 }
 
+/// A blocked tenant as the fold saw it: its last report, and the last rerun asked for it.
+#[derive(Debug, Clone)]
+struct BlockedAgg {
+    schema: String,
+    phase: usize,
+    step: String,
+    reasons: Vec<String>,
+    first_seq: u64,
+    last_seq: u64,
+    reruns: u32,
+    last_rerun: Option<(String, u64, OffsetDateTime)>,
+}
+
 #[derive(Debug, Clone)]
 struct PersonAgg {
     who: String,
@@ -90,6 +103,8 @@ pub struct ReplayFold {
     escalations: Capped<EscalationEntry>,
     spans: Capped<OpenSpan>,
     log: Capped<LogEntry>,
+    /// Tenants left blocked, by id: one entry per tenant, however often it was reported.
+    blocked: BTreeMap<i64, BlockedAgg>,
     /// What the run waited for after the last folded event, and since when.
     wait: Option<Wait>,
     last_at: Option<OffsetDateTime>,
@@ -117,6 +132,7 @@ impl ReplayFold {
             escalations: Capped::new(LOG_KEEP),
             spans: Capped::new(SPANS_KEEP),
             log: Capped::new(LOG_KEEP),
+            blocked: BTreeMap::new(),
             wait: None,
             last_at: None,
         }
@@ -325,6 +341,42 @@ impl ReplayFold {
                 });
             }
             Event::CommandRefused { .. } => self.totals.commands_refused += 1,
+            Event::TenantsBlocked { step, tenants } => {
+                if let Some((p, _)) = locate(step) {
+                    for t in tenants {
+                        let agg = self.blocked.entry(t.tenant).or_insert_with(|| BlockedAgg {
+                            schema: String::new(),
+                            phase: p,
+                            step: String::new(),
+                            reasons: Vec::new(),
+                            first_seq: env.seq,
+                            last_seq: env.seq,
+                            reruns: 0,
+                            last_rerun: None,
+                        });
+                        agg.schema = clip(&t.schema);
+                        agg.phase = p;
+                        agg.step = step.to_string();
+                        agg.reasons = t.reasons.iter().map(|r| clip(r)).collect();
+                        agg.last_seq = env.seq;
+                    }
+                }
+            }
+            Event::BlockedTenantsRerun { phase, .. } => {
+                let p = state.runbook.phase_index(phase);
+                let by = env.actor.to_string();
+                // The tenants of that phase still blocked when the rerun was asked for.
+                for (tenant, agg) in &mut self.blocked {
+                    let blocked_since = agg.last_rerun.as_ref().is_none_or(|r| r.1 < agg.last_seq);
+                    if Some(agg.phase) == p
+                        && blocked_since
+                        && !state.accepted_blocked.contains_key(tenant)
+                    {
+                        agg.reruns += 1;
+                        agg.last_rerun = Some((by.clone(), env.seq, at));
+                    }
+                }
+            }
             _ => {}
         }
         // Who acted on which step.
@@ -502,9 +554,50 @@ impl ReplayFold {
             failures: self.failures.clone(),
             escalations: self.escalations.clone(),
             waits,
+            blocked: self.blocked_entries(state),
             log: self.log.clone(),
             state_text: rollback_proto::render::status_text(state),
         }
+    }
+
+    /// Every tenant left blocked, by id, with its resolution at the last event reported.
+    fn blocked_entries(&self, state: &RunState) -> Capped<BlockedTenantEntry> {
+        let unresolved: BTreeSet<i64> = state
+            .unresolved_blocked()
+            .iter()
+            .map(|e| e.tenant.tenant)
+            .collect();
+        let mut entries = Capped::new(LOG_KEEP);
+        for (tenant, agg) in &self.blocked {
+            let resolution = match (state.accepted_blocked.get(tenant), &agg.last_rerun) {
+                (Some(accepted), _) => BlockedResolution::Accepted {
+                    by: accepted.by.to_string(),
+                    reason: clip(&accepted.reason),
+                    at: accepted.at,
+                },
+                _ if unresolved.contains(tenant) => BlockedResolution::Unresolved,
+                (None, Some((by, seq, at))) if *seq > agg.last_seq => {
+                    BlockedResolution::RerunRequested {
+                        by: by.clone(),
+                        seq: *seq,
+                        at: *at,
+                    }
+                }
+                (None, _) => BlockedResolution::NoLongerReported,
+            };
+            entries.push(BlockedTenantEntry {
+                tenant: *tenant,
+                schema: agg.schema.clone(),
+                phase: state.runbook.phases[agg.phase].id.to_string(),
+                step: agg.step.clone(),
+                reasons: agg.reasons.clone(),
+                first_seq: agg.first_seq,
+                last_seq: agg.last_seq,
+                reruns: agg.reruns,
+                resolution,
+            });
+        }
+        entries
     }
 
     fn phase_reports(&self, state: &RunState) -> Vec<PhaseReport> {
@@ -616,6 +709,8 @@ fn step_of(event: &Event) -> Option<&rollback_proto::StepId> {
         | Event::ChecklistItemChecked { step, .. }
         | Event::ApprovalGranted { step }
         | Event::TenantsVerified { step, .. }
+        | Event::TenantsBlocked { step, .. }
+        | Event::BlockedTenantsRerun { from: step, .. }
         | Event::ArchiveWritten { step, .. } => Some(step),
         _ => None,
     }

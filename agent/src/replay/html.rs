@@ -195,6 +195,7 @@ pub fn render(report: &Report) -> String {
         }),
     );
     list_table(&mut out, &tables::failures(run));
+    list_table(&mut out, &tables::blocked(run));
     list_table(&mut out, &tables::escalations(run));
     list_table(&mut out, &tables::waits(run));
     list_table(&mut out, &tables::log(run));

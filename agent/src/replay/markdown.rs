@@ -43,6 +43,7 @@ pub fn render(report: &Report) -> String {
     steps(&mut out, run);
     people(&mut out, run);
     list_table(&mut out, &tables::failures(run), None);
+    list_table(&mut out, &tables::blocked(run), None);
     list_table(&mut out, &tables::escalations(run), None);
     list_table(&mut out, &tables::waits(run), None);
     list_table(

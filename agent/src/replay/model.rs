@@ -209,6 +209,8 @@ pub struct RunFacts {
     pub escalations: Capped<EscalationEntry>,
     /// Stretches of time the run waited for people (contiguous stretches merged).
     pub waits: Capped<WaitSpan>,
+    /// Every tenant a tenancy step left blocked, by tenant id, with what became of it.
+    pub blocked: Capped<BlockedTenantEntry>,
     /// Every event except step output and progress (but with what a resumed attempt found
     /// done), in order.
     pub log: Capped<LogEntry>,
@@ -373,6 +375,77 @@ pub struct EscalationEntry {
     pub acknowledged: bool,
     /// Raised (with why and whom) or acknowledged (by whom).
     pub what: String,
+}
+
+/// A tenant a tenancy step left untouched because it was blocked, as last reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedTenantEntry {
+    /// The tenant's id.
+    pub tenant: i64,
+    /// Its schema.
+    pub schema: String,
+    /// The phase it was last reported blocked in.
+    pub phase: String,
+    /// The step that last reported it.
+    pub step: String,
+    /// What stood in the way, as last reported.
+    pub reasons: Vec<String>,
+    /// The seq of the first report.
+    pub first_seq: u64,
+    /// The seq of the last report.
+    pub last_seq: u64,
+    /// Reruns people asked for while it was blocked.
+    pub reruns: u32,
+    /// What became of it, at the last event reported.
+    pub resolution: BlockedResolution,
+}
+
+/// What became of a blocked tenant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BlockedResolution {
+    /// Still blocked, and nobody decided about it: the run waits (or ended without a decision).
+    Unresolved,
+    /// A person accepted it as left behind.
+    Accepted {
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// A person said it was fixed and had it rerun; no step reported it blocked since.
+    RerunRequested {
+        /// Who.
+        by: String,
+        /// The seq of the request.
+        seq: u64,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// A later attempt of its step no longer reported it blocked.
+    NoLongerReported,
+}
+
+impl BlockedResolution {
+    /// The resolution in words.
+    pub fn describe(&self) -> String {
+        match self {
+            BlockedResolution::Unresolved => "unresolved".into(),
+            BlockedResolution::Accepted { by, reason, .. } => {
+                format!("accepted as left behind by {by}: {reason}")
+            }
+            BlockedResolution::RerunRequested { by, seq, .. } => {
+                format!("rerun requested by {by} (seq {seq}); not reported blocked since")
+            }
+            BlockedResolution::NoLongerReported => {
+                "no longer reported blocked by a later attempt".into()
+            }
+        }
+    }
 }
 
 /// A stretch of time the run waited for people.

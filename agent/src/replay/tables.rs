@@ -55,6 +55,24 @@ pub(super) fn failures(run: &RunFacts) -> ListTable<'_, FailureEntry> {
     }
 }
 
+pub(super) fn blocked(run: &RunFacts) -> ListTable<'_, BlockedTenantEntry> {
+    ListTable {
+        title: "Blocked tenants",
+        columns: &["tenant", "schema", "step", "reasons", "resolution"],
+        list: &run.blocked,
+        cells: |b| {
+            vec![
+                b.tenant.to_string(),
+                b.schema.clone(),
+                b.step.clone(),
+                b.reasons.join("; "),
+                b.resolution.describe(),
+            ]
+        },
+        empty: "No tenant was left blocked.",
+    }
+}
+
 pub(super) fn escalations(run: &RunFacts) -> ListTable<'_, EscalationEntry> {
     ListTable {
         title: "Escalations",

@@ -529,3 +529,211 @@ fn the_timeline_places_bars_and_marks_by_time() {
         (shaded[2].0 - x(74.0)).abs() < 0.1 && (shaded[2].1 - (x(150.0) - x(74.0))).abs() < 0.1
     );
 }
+
+const TENANCY: &str = r#"
+name = "blocked"
+[[phases]]
+id = "db"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+destructive = true
+approvals = 1
+"#;
+
+fn blocked(tenant: i64, reason: &str) -> rollback_proto::BlockedTenant {
+    rollback_proto::BlockedTenant {
+        tenant,
+        schema: format!("tenant_{tenant}"),
+        reasons: vec![reason.to_owned()],
+    }
+}
+
+/// Tenants 7 and 9 blocked at the plan, 7 and 12 at consolidation; carol has them rerun, after
+/// which only 7 is blocked again; bob accepts 7 and the run completes.
+fn blocked_history() -> Vec<(i64, Actor, Event)> {
+    let agent = Actor::Agent;
+    let attempt = |n: u32, blocked: Vec<rollback_proto::BlockedTenant>| {
+        let mut events = Vec::new();
+        for (name, tenants) in [("plan", blocked.clone()), ("consolidate", blocked)] {
+            events.push(Event::StepStarted {
+                step: step(name),
+                attempt: n,
+            });
+            let tenants: Vec<_> = tenants
+                .into_iter()
+                .filter(|t| name == "consolidate" || t.tenant != 12)
+                .filter(|t| name == "plan" || t.tenant != 9)
+                .collect();
+            events.push(Event::TenantsBlocked {
+                step: step(name),
+                tenants,
+            });
+            events.push(Event::StepSucceeded {
+                step: step(name),
+                attempt: n,
+                summary: "the other tenants moved".into(),
+            });
+        }
+        events
+    };
+    let db = || PhaseId::new("db").unwrap();
+    let mut history = vec![
+        (
+            0,
+            person("alice"),
+            Event::RunStarted {
+                runbook: "blocked".into(),
+                runbook_hash: source_hash(TENANCY),
+                runbook_source: TENANCY.into(),
+                params: Default::default(),
+                dry_run: false,
+            },
+        ),
+        (1, person("alice"), Event::PhaseStarted { phase: db() }),
+        (
+            2,
+            person("bob"),
+            Event::ApprovalGranted {
+                step: step("consolidate"),
+            },
+        ),
+    ];
+    let first = attempt(
+        1,
+        vec![
+            blocked(7, "table `extra` has no shared counterpart"),
+            blocked(9, "column `age`: 'twelve' does not cast"),
+            blocked(12, "view `reports.v` depends on tenant_12.orders"),
+        ],
+    );
+    history.extend(first.into_iter().map(|e| (10, agent.clone(), e)));
+    history.push((
+        60,
+        person("carol"),
+        Event::BlockedTenantsRerun {
+            phase: db(),
+            from: step("plan"),
+        },
+    ));
+    let second = attempt(
+        2,
+        vec![blocked(7, "table `extra` has no shared counterpart")],
+    );
+    history.extend(second.into_iter().map(|e| (70, agent.clone(), e)));
+    history.push((
+        120,
+        person("bob"),
+        Event::BlockedTenantsAccepted {
+            phase: db(),
+            tenants: vec![7],
+            reason: "closed account | archived by hand".into(),
+        },
+    ));
+    history.push((120, agent.clone(), Event::PhaseCompleted { phase: db() }));
+    history.push((120, agent, Event::RunCompleted));
+    history
+}
+
+#[test]
+fn blocked_tenants_are_listed_with_their_resolution_in_every_format() {
+    let run = RunId::new();
+    let envelopes = seal(run, blocked_history());
+    let report = replay_envelopes(run, &envelopes, None);
+    assert!(report.verdict.is_intact(), "{:?}", report.verdict);
+    let facts = report.run.as_ref().unwrap();
+    assert_eq!(facts.status, "completed");
+    let rows: Vec<(i64, &str, String)> = facts
+        .blocked
+        .first()
+        .iter()
+        .map(|b| (b.tenant, b.step.as_str(), b.resolution.describe()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                7,
+                "consolidate",
+                "accepted as left behind by bob (bob): closed account | archived by hand".into()
+            ),
+            (
+                9,
+                "plan",
+                "rerun requested by carol (carol) (seq 10); not reported blocked since".into()
+            ),
+            (
+                12,
+                "consolidate",
+                "rerun requested by carol (carol) (seq 10); not reported blocked since".into()
+            ),
+        ]
+    );
+    assert_eq!(facts.blocked.first()[0].reruns, 1);
+    assert_eq!(
+        facts.blocked.first()[1].reasons,
+        ["column `age`: 'twelve' does not cast"]
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&render(&report, Format::Json)).unwrap();
+    let first = &json["run"]["blocked"]["first"][0];
+    assert_eq!(first["tenant"], 7, "{json}");
+    assert_eq!(first["schema"], "tenant_7");
+    assert_eq!(first["resolution"]["kind"], "accepted");
+    assert_eq!(
+        first["resolution"]["reason"],
+        "closed account | archived by hand"
+    );
+    assert_eq!(
+        json["run"]["blocked"]["first"][1]["resolution"]["kind"],
+        "rerun_requested"
+    );
+
+    let markdown = render(&report, Format::Markdown);
+    assert!(
+        markdown
+            .contains("## Blocked tenants\n\n| tenant | schema | step | reasons | resolution |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| 7 | tenant_7 | consolidate | table `extra` has no shared counterpart | accepted as left behind by bob (bob): closed account \\| archived by hand |"),
+        "{markdown}"
+    );
+    let html = render(&report, Format::Html);
+    assert!(html.contains("<h2>Blocked tenants</h2>"), "{html}");
+    assert!(
+        html.contains("<td>12</td><td>tenant_12</td><td>consolidate</td><td>view `reports.v` depends on tenant_12.orders</td>"),
+        "{html}"
+    );
+
+    // Before bob decided, tenant 7 was unresolved and the run waited for people on the plan.
+    let before = replay_envelopes(run, &envelopes, Some(At::Seq(16)));
+    let facts = before.run.unwrap();
+    assert_eq!(
+        facts.blocked.first()[0].resolution,
+        BlockedResolution::Unresolved
+    );
+    let open = facts.waiting.open.expect("waiting for a person");
+    assert_eq!((open.reason, open.step.as_deref()), ("step", Some("plan")));
+    assert!(
+        facts
+            .state_text
+            .contains("Blocked tenants, left untouched (1 unresolved):")
+    );
+}
+
+#[test]
+fn a_run_without_blocked_tenants_says_so() {
+    let run = RunId::new();
+    let report = replay_envelopes(run, &seal(run, history()), None);
+    assert_eq!(report.run.as_ref().unwrap().blocked.total(), 0);
+    assert!(
+        render(&report, Format::Markdown)
+            .contains("## Blocked tenants\n\nNo tenant was left blocked.")
+    );
+}

@@ -53,6 +53,12 @@ impl RunState {
                 if !self.phases[p].steps.iter().all(|s| s.status.is_terminal()) {
                     return Err(self.illegal(event, "some steps have no outcome yet"));
                 }
+                if self.holds_blocked(p) {
+                    return Err(self.illegal(
+                        event,
+                        "blocked tenants wait for a person: rerun or accept them",
+                    ));
+                }
                 let PhaseStatus::Active { since, .. } = self.phases[p].status else {
                     unreachable!("active phase")
                 };

@@ -257,6 +257,8 @@ async fn autocomplete_offers_runbooks_and_runs_and_commands_register() {
         "ack",
         "emergency",
         "replay",
+        "accept-blocked",
+        "rerun-blocked",
     ] {
         assert!(subs.contains(&wanted), "{wanted} missing from {subs:?}");
     }
@@ -363,4 +365,69 @@ async fn a_replayed_signed_request_is_refused_and_changes_nothing() {
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("already answered"), "{text}");
     assert_eq!(b.h.events(run).await.len(), before, "nothing changed");
+}
+
+#[tokio::test]
+async fn blocked_tenant_decisions_from_chat_reach_the_agent_and_its_rules() {
+    let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
+    let run = b.start_run("demo").await;
+    let run_opt = || payloads::option("run", run.to_string().into());
+
+    // Understood by the bot, decided by the agent: nothing is blocked, so nothing is accepted.
+    let text = b
+        .answer(payloads::slash(
+            &alice(),
+            "accept-blocked",
+            vec![
+                run_opt(),
+                payloads::option("reason", "closed accounts".into()),
+            ],
+        ))
+        .await;
+    assert!(text.starts_with("Refused:"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "run {run} has no blocked tenants waiting for a decision"
+        )),
+        "{text}"
+    );
+    let text = b
+        .answer(payloads::slash(&alice(), "rerun-blocked", vec![run_opt()]))
+        .await;
+    assert!(
+        text.contains("no blocked tenants waiting for a decision"),
+        "{text}"
+    );
+    // Without a reason the bot does not send it at all.
+    let text = b
+        .answer(payloads::slash(&alice(), "accept-blocked", vec![run_opt()]))
+        .await;
+    assert!(text.starts_with("Not understood"), "{text}");
+    assert!(text.contains("reason"), "{text}");
+
+    // Someone without the `run` permission is refused, and the refusal is in the run's history.
+    let text = b
+        .answer(payloads::slash(
+            &visitor(),
+            "accept-blocked",
+            vec![run_opt(), payloads::option("reason", "why not".into())],
+        ))
+        .await;
+    assert!(text.starts_with("Refused:"), "{text}");
+    assert!(text.contains("`run` permission"), "{text}");
+    let events = b.h.events(run).await;
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::CommandRefused { command, .. } if *command == format!("accept-blocked {run}")
+        )),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            Event::BlockedTenantsAccepted { .. } | Event::BlockedTenantsRerun { .. }
+        )),
+        "{events:?}"
+    );
 }
