@@ -88,7 +88,7 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
                 )
                 .await;
         }
-        super::engine::report_blocked(attempt, &check.blocked).await;
+        super::engine::report_blocked(attempt, &check.blocked, false).await;
         if check.schemas.is_empty() {
             return with_blocked(
                 StepOutcome::Succeeded {

@@ -252,10 +252,8 @@ where
             .await;
         }
         let blocked = plan.blocked.clone();
-        if !matches!(ctx.step.kind, StepKind::Plan(_)) {
-            // The plan's own text lists them.
-            report_blocked(ctx, &blocked).await;
-        }
+        // The plan's own text lists them.
+        report_blocked(ctx, &blocked, matches!(ctx.step.kind, StepKind::Plan(_))).await;
         with_blocked(work(pool.clone(), plan).await, &blocked)
     };
     tokio::select! {
@@ -264,10 +262,20 @@ where
     }
 }
 
-/// Says which tenants were left untouched because they are blocked, with every reason, in the
-/// step's output.
-pub(super) async fn report_blocked(ctx: &StepContext<'_>, blocked: &[BlockedTenant]) {
+/// Records which tenants the attempt leaves untouched because they are blocked
+/// (`TenantsBlocked`: the phase then waits for a person to rerun or accept them), and says so
+/// with every reason in the step's output unless `listed` there already.
+pub(super) async fn report_blocked(ctx: &StepContext<'_>, blocked: &[BlockedTenant], listed: bool) {
     if blocked.is_empty() {
+        return;
+    }
+    ctx.notes
+        .record(rollback_proto::Event::TenantsBlocked {
+            step: ctx.step.id.clone(),
+            tenants: blocked.to_vec(),
+        })
+        .await;
+    if listed {
         return;
     }
     let mut text = format!(

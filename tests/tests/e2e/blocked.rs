@@ -256,3 +256,186 @@ async fn with_stop_a_blocked_tenant_stops_everything_before_anything_is_written(
     assert!(err.to_string().contains("public.tenant_4_report"), "{err}");
     assert_eq!(schemas_left(&pool).await.len(), 16);
 }
+
+/// The same database through the agent, a runbook with `on_blocked = "skip"` in every tenancy
+/// step: the run records the blocked tenants, moves, proves and drops the others, and waits for
+/// a person instead of completing. Tenant 2, fixed, is rerun and moves exactly once; tenant 3 is
+/// accepted as left behind (recorded with who and why); at the drop, tenant 4's view blocks it
+/// and it is accepted too. The run then completes, and the blocked tenants' schemas are as they
+/// were.
+#[tokio::test]
+async fn a_run_with_blocked_tenants_waits_for_a_person_then_reruns_or_accepts_them() {
+    use super::harness::{Harness, step};
+    use rollback_proto::{Command, Event, RunStatus};
+
+    let pg = Postgres::start().await.unwrap();
+    let db = pg.fresh_database().await.unwrap();
+    let pool = db.pool().await.unwrap();
+    hostile_database(&pool).await;
+    let untouched: Vec<String> = ["tenant_3", "tenant_4"].map(str::to_owned).to_vec();
+    let before = state_of(&pool, &untouched).await;
+
+    let h = Harness::new().await;
+    let archives = h.path("archives");
+    h.runbook(
+        "skip",
+        &format!(
+            r#"
+name = "skip"
+[[phases]]
+id = "move"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+on_blocked = "skip"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+on_blocked = "skip"
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+on_blocked = "skip"
+
+[[phases]]
+id = "drop"
+[[phases.steps]]
+id = "drop"
+kind = "drop_schemas"
+target = "app"
+archive_dir = "{archives}"
+on_blocked = "skip"
+destructive = true
+approvals = 1
+"#,
+            archives = archives.display()
+        ),
+    );
+    let _agent = h
+        .agent(
+            "agent-a",
+            &format!("[databases.app]\nurl = \"{}\"\n", db.url),
+        )
+        .await;
+    let run = h.start("skip").await;
+    h.accepted("alice", &["oncall"], Command::Next { run })
+        .await;
+    let state = h
+        .wait_for(run, "the move phase to wait on blocked tenants", |s| {
+            s.unresolved_blocked().len() == 2
+                && s.phases[0].steps.iter().all(|st| st.status.is_terminal())
+        })
+        .await;
+    let waiting: Vec<i64> = state
+        .unresolved_blocked()
+        .iter()
+        .map(|e| e.tenant.tenant)
+        .collect();
+    assert_eq!(waiting, [2, 3]);
+    assert_eq!(state.status, RunStatus::Active);
+    assert!(state.active_phase == Some(0), "the phase does not complete");
+    let verified: Vec<i64> = state.verified_tenants.iter().copied().collect();
+    assert_eq!(verified.len(), 14);
+    assert!(!verified.contains(&2) && !verified.contains(&3));
+
+    // Tenant 2 fixed: rerun. It moves, and only it (the others' units are found done).
+    sqlx::raw_sql("DROP TABLE tenant_2.notes")
+        .execute(&pool)
+        .await
+        .unwrap();
+    h.accepted("alice", &["oncall"], Command::RerunBlocked { run })
+        .await;
+    let state = h
+        .wait_for(run, "the rerun to leave tenant 3 alone blocked", |s| {
+            s.phases[0].steps.iter().all(|st| st.status.is_terminal())
+                && s.unresolved_blocked().len() == 1
+                && s.verified_tenants.contains(&2)
+        })
+        .await;
+    assert_eq!(state.unresolved_blocked()[0].tenant.tenant, 3);
+    let units_for_2: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rollback_engine.units WHERE tenant = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let tenant_2_rows: i64 = fingerprints(&pool, &["tenant_2".to_owned()])
+        .await
+        .values()
+        .map(|(rows, _)| rows)
+        .sum();
+    assert!(units_for_2 > 0);
+    assert_eq!(
+        id_map_rows(&pool, 2).await,
+        tenant_2_rows,
+        "every row of 2 once"
+    );
+
+    // Tenant 3 accepted as left behind: the phase completes.
+    h.accepted(
+        "alice",
+        &["oncall"],
+        Command::AcceptBlocked {
+            run,
+            reason: "tenant 3's grades are cleaned up by hand next week".into(),
+        },
+    )
+    .await;
+    h.wait_for(run, "the move phase to complete", |s| {
+        s.active_phase.is_none()
+    })
+    .await;
+
+    // The drop: tenant 4 blocked by the view (3 stays accepted).
+    h.accepted("alice", &["oncall"], Command::Next { run })
+        .await;
+    h.accepted(
+        "bob",
+        &["approvers"],
+        Command::Approve {
+            run,
+            step: step("drop"),
+        },
+    )
+    .await;
+    let state = h
+        .wait_for(run, "the drop to wait on tenant 4", |s| {
+            s.phases[1].steps.iter().all(|st| st.status.is_terminal())
+                && s.unresolved_blocked().len() == 1
+        })
+        .await;
+    assert_eq!(state.unresolved_blocked()[0].tenant.tenant, 4);
+    assert_eq!(schemas_left(&pool).await, untouched);
+    h.accepted(
+        "alice",
+        &["oncall"],
+        Command::AcceptBlocked {
+            run,
+            reason: "the report view moves to the shared table first".into(),
+        },
+    )
+    .await;
+    let state = h
+        .wait_for(run, "the run to complete", |s| s.is_finished())
+        .await;
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(state_of(&pool, &untouched).await, before);
+
+    // The history says who decided what.
+    let events = h.events(run).await;
+    let accepted: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BlockedTenantsAccepted { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(accepted.len(), 2);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::BlockedTenantsRerun { from, .. } if *from == step("plan")))
+    );
+}

@@ -118,16 +118,9 @@ pub struct Refusal {
     pub tenants: Vec<i64>,
 }
 
-/// A tenant left untouched because it cannot move, with every reason found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BlockedTenant {
-    /// The tenant.
-    pub tenant: i64,
-    /// Its schema, as it stays.
-    pub schema: String,
-    /// What stops it, each a refusal in words.
-    pub reasons: Vec<String>,
-}
+/// A tenant left untouched because it cannot move, with every reason found: the run's own
+/// record of it (`TenantsBlocked`) carries the same.
+pub use rollback_proto::events::BlockedTenant;
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
