@@ -157,8 +157,17 @@ async fn drive(h: &Harness, run: RunId) -> RunState {
             continue;
         }
         let Some(p) = state.active_phase else {
-            h.accepted("alice", &["oncall"], Command::Next { run })
-                .await;
+            // An auto-advancing phase is started by the agent itself; a `next` racing it would
+            // be refused as "still under way", rightly.
+            let automatic = state
+                .next_phase()
+                .is_some_and(|n| state.runbook.phases[n].auto_advance);
+            if !automatic {
+                h.accepted("alice", &["oncall"], Command::Next { run })
+                    .await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             continue;
         };
         let current = state.runbook.phases[p]
