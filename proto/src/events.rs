@@ -36,6 +36,19 @@ pub struct BlockedTenant {
     pub reasons: Vec<String>,
 }
 
+impl std::fmt::Display for BlockedTenant {
+    /// `tenant 3 (tenant_3): reason; reason`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tenant {} ({}): {}",
+            self.tenant,
+            self.schema,
+            self.reasons.join("; ")
+        )
+    }
+}
+
 /// One fact in the history of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]

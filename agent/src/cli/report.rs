@@ -40,12 +40,7 @@ pub trait Report: Serialize {
 /// consolidation or verification that did the others never reads as if it did them all.
 pub fn print_blocked(plan: &Plan) {
     for b in &plan.blocked {
-        eprintln!(
-            "blocked: tenant {} ({}) left untouched: {}",
-            b.tenant,
-            b.schema,
-            b.reasons.join("; ")
-        );
+        eprintln!("blocked and left untouched: {b}");
     }
 }
 

@@ -283,12 +283,7 @@ pub(super) async fn report_blocked(ctx: &StepContext<'_>, blocked: &[BlockedTena
         blocked.len()
     );
     for b in blocked {
-        text.push_str(&format!(
-            "  tenant {} ({}): {}\n",
-            b.tenant,
-            b.schema,
-            b.reasons.join("; ")
-        ));
+        text.push_str(&format!("  {b}\n"));
     }
     ctx.output.write(OutputStream::Stdout, &text).await;
 }

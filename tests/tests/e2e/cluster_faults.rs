@@ -207,6 +207,29 @@ impl Chaos {
         }
     }
 
+    /// Waits until the output file has `line`; on a timeout, fails with the run's history and
+    /// the agent's log, which say where it stood.
+    async fn until_or_explain(&self, run: RunId, what: &str, line: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !lines(&self.out).iter().any(|l| l == line) {
+            if tokio::time::Instant::now() > deadline {
+                let history = match self.driver.envelopes(run).await {
+                    Ok(envelopes) => envelopes
+                        .iter()
+                        .map(|e| format!("{} {} {}", e.seq, e.at, e.event.name()))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    Err(e) => format!("(history unreadable: {e})"),
+                };
+                panic!(
+                    "timed out after {DEADLINE:?} waiting for {what}; run {run}:\n{history}\nagent log:\n{}",
+                    self.agent.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn release(&self, tag: &str) {
         std::fs::write(self.dir.join(format!("{tag}.go")), "").unwrap();
     }
@@ -250,10 +273,8 @@ impl Chaos {
     /// started afterwards.
     async fn survive(&mut self, fault: Fault, tag: &str) {
         let run = self.start_run(tag).await;
-        until("hold to run", DEADLINE, async || {
-            lines(&self.out).contains(&format!("{tag} started"))
-        })
-        .await;
+        self.until_or_explain(run, "hold to run", &format!("{tag} started"))
+            .await;
         match fault {
             Fault::StreamLeader | Fault::AgentsServer => {
                 let victim = match fault {
@@ -277,10 +298,8 @@ impl Chaos {
                 // The step finishes while the cluster has no quorum: its outcome can only be
                 // recorded once two nodes are back, long after the lease expired.
                 self.release(tag);
-                until("hold to finish", DEADLINE, async || {
-                    lines(&self.out).contains(&format!("{tag} done"))
-                })
-                .await;
+                self.until_or_explain(run, "hold to finish", &format!("{tag} done"))
+                    .await;
                 tokio::time::sleep_until(back_at).await;
                 for n in &lost {
                     self.cluster.node(*n).restart().await.unwrap();

@@ -83,13 +83,7 @@ impl fmt::Display for Plan {
                 self.blocked.len()
             )?;
             for b in &self.blocked {
-                writeln!(
-                    f,
-                    "  - tenant {} ({}): {}",
-                    b.tenant,
-                    b.schema,
-                    b.reasons.join("; ")
-                )?;
+                writeln!(f, "  - {b}")?;
             }
         }
         if self.refusals.is_empty() && !self.blocked.is_empty() {
