@@ -1,8 +1,14 @@
 //! A slow, failing or absent agent, seen from chat: the person always reads the agent's answer
-//! or the reason there is none, in words, edited into the deferred answer.
+//! or the reason there is none, in words, edited into the deferred answer: a plan against a
+//! database that does not answer (refused, silent, gone or frozen since it last answered), an
+//! agent slower than `nats.request_timeout`, one that never answers, none at all, and the bot
+//! stopping while a deferred answer waits.
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use rollback_proto::subjects::COMMANDS_SUBJECT;
+use rollback_proto::{CommandReply, RunId};
 use rollback_tests::Postgres;
 use rollback_tests::discord::payloads;
 
@@ -146,4 +152,140 @@ async fn a_plan_against_a_database_that_stopped_answering_says_so_within_ten_sec
         )
     );
     assert!(took < WITHIN, "{took:?}");
+}
+
+/// What the agent stand-in answers.
+const STAND_IN_ANSWER: &str = "the stand-in agent's answer";
+
+/// An agent stand-in on NATS that takes every command and answers it after `after`, or never
+/// (a slow or hung agent is the situation under test, so its delay is part of the scenario).
+async fn stand_in_agent(b: &BotHarness, after: Option<Duration>) -> tokio::task::JoinHandle<()> {
+    let client = async_nats::connect(b.h.nats.url()).await.unwrap();
+    let mut commands = client.subscribe(COMMANDS_SUBJECT).await.unwrap();
+    client.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(message) = commands.next().await {
+            let Some(after) = after else { continue };
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let reply = CommandReply::Accepted {
+                    run: None,
+                    events: Vec::new(),
+                    message: STAND_IN_ANSWER.into(),
+                };
+                if let Some(to) = message.reply {
+                    let body = serde_json::to_vec(&reply).unwrap();
+                    client.publish(to, body.into()).await.unwrap();
+                    client.flush().await.unwrap();
+                }
+            });
+        }
+    })
+}
+
+fn status_of_some_run() -> serde_json::Value {
+    payloads::slash(
+        &alice(),
+        "status",
+        vec![payloads::option("run", RunId::new().to_string().into())],
+    )
+}
+
+/// Posts `interaction` and checks that its answer was deferred: its token.
+async fn deferred(b: &BotHarness, interaction: &serde_json::Value) -> String {
+    let (status, body) = b.interact(interaction).await;
+    assert_eq!((status, body["type"].as_u64()), (200, Some(5)), "{body}");
+    interaction["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_request_when_no_agent_is_running_says_so_and_that_nothing_was_done() {
+    let b = BotHarness::start(
+        &[],
+        "",
+        BotOptions {
+            no_agent: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let text = b.answer(status_of_some_run()).await;
+    assert_eq!(
+        text,
+        "Not done: no agent is running (none listens for commands), so nothing was done; try \
+         again once one is up"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_slower_than_the_request_timeout_is_edited_in() {
+    let b = BotHarness::start(
+        &[],
+        "",
+        BotOptions {
+            no_agent: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Longer than the bot's `nats.request_timeout` (10 s), well within `wait_for_agent`.
+    let agent = stand_in_agent(&b, Some(Duration::from_secs(12))).await;
+    let status = status_of_some_run();
+    let token = deferred(&b, &status).await;
+    let edit = b.original_edit(&token).await;
+    assert_eq!(
+        edit.body["content"],
+        format!("```\n{STAND_IN_ANSWER}\n```"),
+        "{}",
+        b.bot.log()
+    );
+    agent.abort();
+}
+
+#[tokio::test]
+async fn no_answer_within_the_wait_says_how_long_and_that_it_may_still_take_effect() {
+    let b = BotHarness::start(
+        &[],
+        "",
+        BotOptions {
+            no_agent: true,
+            wait_for_agent: Some("3s"),
+            ..Default::default()
+        },
+    )
+    .await;
+    let agent = stand_in_agent(&b, None).await;
+    let text = b.answer(status_of_some_run()).await;
+    assert_eq!(
+        text,
+        "The agent did not answer within 3s; the command may still take effect, check `status`."
+    );
+    agent.abort();
+}
+
+#[tokio::test]
+async fn a_bot_stopping_says_so_in_the_answers_still_waiting_and_stops_at_once() {
+    let mut b = BotHarness::start(
+        &[],
+        "",
+        BotOptions {
+            no_agent: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let agent = stand_in_agent(&b, None).await;
+    let status = status_of_some_run();
+    let token = deferred(&b, &status).await;
+    // Within the harness's 30 s, though the answer was to be waited for 14 minutes.
+    let exit = b.bot.stop().await.unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", b.bot.log());
+    let edit = b.original_edit(&token).await;
+    assert_eq!(
+        edit.body["content"],
+        "The bot stopped before the agent answered; the command may still take effect, check \
+         `status`."
+    );
+    agent.abort();
 }
