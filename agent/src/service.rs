@@ -459,9 +459,10 @@ impl CommandService {
             Ok(o) => o,
             Err(e) => return rejected(e.to_string()),
         };
-        // Connected first: a database that does not answer is said within seconds, with its
-        // host, port and reason, well inside a chat interaction's deadline.
-        let pool = match self.databases.connect(&target).await {
+        // A new connection first, even when the pool holds some (from an earlier plan or a
+        // step): a database that has gone or hangs since is said within the connect timeout,
+        // with its host, port and reason, while the person waits in chat.
+        let pool = match self.databases.reach(&target).await {
             Ok(p) => p,
             Err(e) => return rejected(e.to_string()),
         };

@@ -1,9 +1,11 @@
 //! The bot's way to the agent: commands as NATS request/reply on `rollback.cmd`, and
 //! read-only queries (autocomplete) on `rollback.query`.
 //!
-//! `nats.request_timeout` is how long every request waits for the agent. async-nats has a
-//! client-wide default (10 s) that fires before a longer timeout set around the call, so each
-//! request carries its own timeout, and the connection's default is set to the same value.
+//! Each client waits its own time for the agent: the console `nats.request_timeout`, chat
+//! `interactions.wait_for_agent` (minutes: a deferred answer can be edited in late). async-nats
+//! has a client-wide default (10 s) that fires before a longer timeout set around the call, so
+//! each request carries its own timeout, and the connection's default is set to
+//! `nats.request_timeout`.
 
 use std::time::Duration;
 
@@ -15,12 +17,16 @@ use crate::config::NatsSettings;
 /// Why the agent's answer did not come.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// No agent is subscribed.
-    #[error("no agent is answering right now; try again in a moment")]
-    NoAgent,
-    /// The agent did not answer in time (the time waited, which is `nats.request_timeout`).
+    /// No agent is subscribed: the command reached nobody, so nothing was done.
     #[error(
-        "the agent did not answer within {0:?}; the command may still take effect, check `status`"
+        "no agent is running (none listens for commands), so nothing was done; try again once \
+         one is up"
+    )]
+    NoAgent,
+    /// The agent did not answer in time (the time waited, the client's timeout).
+    #[error(
+        "the agent did not answer within {}; the command may still take effect, check `status`",
+        shown(*.0)
     )]
     Timeout(Duration),
     /// NATS failed otherwise (the connection is closed, the request could not be sent).
@@ -29,6 +35,23 @@ pub enum AgentError {
     /// The agent answered something unreadable (an agent of another version).
     #[error("the agent's answer was unreadable: {0}")]
     Unreadable(#[source] serde_json::Error),
+}
+
+impl AgentError {
+    /// Whether the command certainly had no effect (it reached no agent).
+    pub fn nothing_done(&self) -> bool {
+        matches!(self, AgentError::NoAgent)
+    }
+}
+
+/// A wait as a person reads it: `1s`, `2.5s`, `14 min`.
+fn shown(waited: Duration) -> String {
+    let secs = waited.as_secs();
+    if secs >= 60 && secs.is_multiple_of(60) && waited.subsec_nanos() == 0 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{waited:?}")
+    }
 }
 
 /// Why the connection to NATS did not open.
@@ -88,7 +111,7 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client on an open connection.
+    /// A client on an open connection that waits `timeout` for each answer.
     pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
         Self { client, timeout }
     }
@@ -130,5 +153,23 @@ impl AgentClient {
                 async_nats::client::RequestErrorKind::TimedOut => AgentError::Timeout(self.timeout),
                 _ => AgentError::Bus(e),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_read_as_a_person_says_them() {
+        assert_eq!(shown(Duration::from_secs(1)), "1s");
+        assert_eq!(shown(Duration::from_millis(2500)), "2.5s");
+        assert_eq!(shown(Duration::from_secs(90)), "90s");
+        assert_eq!(shown(Duration::from_secs(14 * 60)), "14 min");
+        assert_eq!(
+            AgentError::Timeout(Duration::from_secs(14 * 60)).to_string(),
+            "the agent did not answer within 14 min; the command may still take effect, check \
+             `status`"
+        );
     }
 }

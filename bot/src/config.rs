@@ -125,7 +125,14 @@ pub struct InteractionSettings {
     /// editing the response later (Discord allows 3 seconds for the first response).
     #[serde(default = "default_answer_within", with = "duration")]
     pub answer_within: Duration,
+    /// How long chat waits for the agent's answer before it says that none came. A deferred
+    /// answer can be edited for 15 minutes after the interaction, so this must be shorter.
+    #[serde(default = "default_wait_for_agent", with = "duration")]
+    pub wait_for_agent: Duration,
 }
+
+/// How long Discord takes edits of a deferred answer, counted from the interaction.
+pub const INTERACTION_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 impl Default for InteractionSettings {
     fn default() -> Self {
@@ -134,6 +141,7 @@ impl Default for InteractionSettings {
             max_body_bytes: default_max_body(),
             max_timestamp_skew: default_max_skew(),
             answer_within: default_answer_within(),
+            wait_for_agent: default_wait_for_agent(),
         }
     }
 }
@@ -250,10 +258,19 @@ impl BotConfig {
 
     /// Parses TOML text (no environment).
     pub fn from_toml(path: &str, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: BotConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        if config.interactions.wait_for_agent >= INTERACTION_TOKEN_LIFETIME {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: "`interactions.wait_for_agent` must be under 15m: Discord takes no \
+                          edit of a deferred answer after 15 minutes"
+                    .into(),
+            });
+        }
+        Ok(config)
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -375,6 +392,9 @@ fn default_max_skew() -> Duration {
 fn default_answer_within() -> Duration {
     Duration::from_millis(2000)
 }
+fn default_wait_for_agent() -> Duration {
+    Duration::from_secs(14 * 60)
+}
 fn default_edit_interval() -> Duration {
     Duration::from_millis(1000)
 }
@@ -423,6 +443,10 @@ mod tests {
         let config = BotConfig::load_with(Some(Path::new(path)), |_| None).unwrap();
         assert_eq!(config.discord.channel_id, Some(222_222_222_222_222_222));
         assert_eq!(config.progress.edit_interval, Duration::from_secs(1));
+        assert_eq!(
+            config.interactions.wait_for_agent,
+            Duration::from_secs(14 * 60)
+        );
         let shown = format!("{config:?}");
         assert!(!shown.contains("replace-me"), "{shown}");
     }
@@ -451,6 +475,9 @@ mod tests {
         let e =
             BotConfig::from_toml("bot.toml", "[progress]\nedit_interval = \"soon\"\n").unwrap_err();
         assert!(e.to_string().contains("soon"), "{e}");
+        let e = BotConfig::from_toml("bot.toml", "[interactions]\nwait_for_agent = \"15m\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("wait_for_agent"), "{e}");
         let e = BotConfig::from_toml("bot.toml", "[discord]\nchanel_id = 1\n").unwrap_err();
         assert!(e.to_string().contains("chanel_id"), "{e}");
         assert!(

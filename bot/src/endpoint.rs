@@ -41,6 +41,9 @@ pub struct Endpoint {
     http: Arc<Http>,
     /// Deferred answers still being worked on; awaited at shutdown.
     followups: TaskTracker,
+    /// Cancelled at shutdown: a deferred answer still waiting for the agent says so at once
+    /// instead of holding the shutdown for up to `interactions.wait_for_agent`.
+    stopping: CancellationToken,
     /// Interactions answered within the freshness window, to refuse a replayed request.
     answered: Mutex<Answered>,
 }
@@ -98,6 +101,7 @@ impl Endpoint {
             interactions,
             http,
             followups: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             answered: Mutex::default(),
         }))
     }
@@ -121,6 +125,7 @@ impl Endpoint {
         axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
+        self.stopping.cancel();
         self.followups.close();
         self.followups.wait().await;
         Ok(())
@@ -217,9 +222,10 @@ fn follow_up(
     work: futures::future::BoxFuture<'static, interactions::Answer>,
 ) {
     let http = endpoint.http.clone();
+    let stop = endpoint.stopping.clone();
     endpoint
         .followups
-        .spawn(async move { interactions::deliver_later(&http, &token, work).await });
+        .spawn(async move { interactions::deliver_later(&http, &token, work, &stop).await });
 }
 
 #[cfg(test)]

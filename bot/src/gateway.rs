@@ -18,6 +18,8 @@ pub const INTENTS: GatewayIntents = GatewayIntents::GUILDS;
 struct Handler {
     interactions: Arc<Interactions>,
     budget: Duration,
+    /// Deferred answers still waiting for the agent say so when the bot stops.
+    stop: CancellationToken,
 }
 
 #[serenity::async_trait]
@@ -43,7 +45,7 @@ impl EventHandler for Handler {
                     .execute(&*ctx.http, (id, &token))
                     .await;
                 if deferred.is_ok() {
-                    interactions::deliver_later(&ctx.http, &token, work).await;
+                    interactions::deliver_later(&ctx.http, &token, work, &self.stop).await;
                 }
                 deferred
             }
@@ -65,6 +67,7 @@ pub async fn run(
         .event_handler(Handler {
             interactions,
             budget,
+            stop: shutdown.clone(),
         })
         .await?;
     let shards = client.shard_manager.clone();

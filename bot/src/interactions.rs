@@ -1,6 +1,12 @@
 //! What the bot answers to an interaction, whichever way it came (gateway or signed HTTP):
 //! slash commands, autocomplete, button presses and modal submissions become `proto` commands
 //! for the agent; the person gets the agent's answer privately.
+//!
+//! An answer not ready within `interactions.answer_within` is deferred ("thinking…") and
+//! edited in when it comes: the agent's answer or refusal, however late within
+//! `interactions.wait_for_agent` (Discord takes edits for 15 minutes); else the reason there is
+//! none, in words: no agent running (nothing was done), no answer within the wait (the command
+//! may still take effect), or the bot stopping first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,8 +22,9 @@ use serenity::all::{
     Interaction, Member, ModalInteraction, User,
 };
 use serenity::builder::Builder;
+use tokio_util::sync::CancellationToken;
 
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, AgentError};
 use crate::bot_state::BotState;
 use crate::chat::{self, MESSAGE_LIMIT};
 use crate::grammar::{self, OptionKind, Subcommand, Value};
@@ -144,9 +151,21 @@ pub async fn within(
     }
 }
 
-/// Delivers a deferred answer by editing the original response.
-pub async fn deliver_later(http: &Http, token: &str, work: BoxFuture<'static, Answer>) {
-    let answer = work.await;
+/// Delivers a deferred answer by editing the original response; when `stop` comes first, says
+/// that the bot stopped before the agent answered.
+pub async fn deliver_later(
+    http: &Http,
+    token: &str,
+    work: BoxFuture<'static, Answer>,
+    stop: &CancellationToken,
+) {
+    let answer = tokio::select! {
+        answer = work => answer,
+        () = stop.cancelled() => Answer::private(
+            "The bot stopped before the agent answered; the command may still take effect, \
+             check `status`.",
+        ),
+    };
     if let Err(e) = answer.into_edit().execute(http, token).await {
         tracing::warn!(error = %e, "could not deliver a deferred answer");
     }
@@ -325,8 +344,21 @@ impl Interactions {
         };
         match self.agent.send(&request).await {
             Ok(reply) => reply_answer(&command, reply),
-            Err(e) => Answer::private(format!("Not done: {e}")),
+            Err(e) => Answer::private(unanswered(&e)),
         }
+    }
+}
+
+/// Why no answer came, in words: "Not done" only when nothing can have happened.
+fn unanswered(e: &AgentError) -> String {
+    if e.nothing_done() {
+        return format!("Not done: {e}");
+    }
+    let e = e.to_string();
+    let mut chars = e.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => e,
     }
 }
 

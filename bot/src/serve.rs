@@ -22,7 +22,8 @@ pub async fn run(config: BotConfig) -> anyhow::Result<()> {
     let state = BotState::open(&js)
         .await
         .context("opening the bot's bucket")?;
-    let agent = AgentClient::new(nats, config.nats.request_timeout);
+    // Chat waits minutes, not `nats.request_timeout`: a late answer is edited in.
+    let agent = AgentClient::new(nats, config.interactions.wait_for_agent);
     let interactions = Interactions::new(agent, Some(state.clone()));
     let channel = ChannelId::new(config.channel_id()?);
     let shutdown = CancellationToken::new();

@@ -307,14 +307,28 @@ impl DatabaseTargets {
     pub async fn connect(&self, name: &str) -> Result<PgPool, DatabaseTargetError> {
         let pool = self.get(name)?;
         if pool.size() == 0 {
-            probe(&self.options(name)?, self.settings.connect_timeout)
-                .await
-                .map_err(|error| DatabaseTargetError::Connect {
-                    name: name.to_owned(),
-                    error,
-                })?;
+            self.probe(name).await?;
         }
         Ok(pool)
+    }
+
+    /// The pool of target `name`, after one new connection proved that the server answers
+    /// now: for a person waiting on the answer. Connections the pool already holds prove
+    /// nothing (the server may have gone or hung since), and through them a pool waits its
+    /// whole acquire timeout (30 s) before it fails, without saying why.
+    pub async fn reach(&self, name: &str) -> Result<PgPool, DatabaseTargetError> {
+        let pool = self.get(name)?;
+        self.probe(name).await?;
+        Ok(pool)
+    }
+
+    async fn probe(&self, name: &str) -> Result<(), DatabaseTargetError> {
+        probe(&self.options(name)?, self.settings.connect_timeout)
+            .await
+            .map_err(|error| DatabaseTargetError::Connect {
+                name: name.to_owned(),
+                error,
+            })
     }
 
     /// The connection URL of target `name`, for the client programs (`pg_dump`, `pg_restore`),

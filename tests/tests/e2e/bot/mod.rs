@@ -7,6 +7,7 @@ mod console;
 mod emergency;
 mod endpoint;
 mod gateway;
+mod slow_agent;
 
 use std::time::Duration;
 
@@ -44,8 +45,8 @@ pub(crate) fn visitor() -> ChatUser {
 pub(crate) struct BotHarness {
     pub(crate) h: Harness,
     pub(crate) discord: DiscordStandIn,
-    /// Runs as long as the harness lives.
-    _agent: AgentProcess,
+    /// Runs as long as the harness lives (none with [`BotOptions::no_agent`]).
+    _agent: Option<AgentProcess>,
     pub(crate) bot: BotProcess,
     pub(crate) endpoint: String,
 }
@@ -56,6 +57,9 @@ pub(crate) struct BotOptions {
     pub(crate) gateway: bool,
     pub(crate) attach_over_chars: Option<usize>,
     pub(crate) answer_within: Option<&'static str>,
+    pub(crate) wait_for_agent: Option<&'static str>,
+    /// Start no agent (the test plays one, or none runs).
+    pub(crate) no_agent: bool,
 }
 
 impl BotHarness {
@@ -70,12 +74,17 @@ impl BotHarness {
         for (name, text) in runbooks {
             h.runbook(name, text);
         }
-        let agent = h
-            .agent("agent", &format!("{}{agent_extra}", policy_roles()))
-            .await;
-        // The agent answers commands (the client retries while nobody does).
-        h.send("nobody", &[], Command::Status { run: RunId::new() })
-            .await;
+        let agent = if options.no_agent {
+            None
+        } else {
+            let agent = h
+                .agent("agent", &format!("{}{agent_extra}", policy_roles()))
+                .await;
+            // The agent answers commands (the client retries while nobody does).
+            h.send("nobody", &[], Command::Status { run: RunId::new() })
+                .await;
+            Some(agent)
+        };
         let discord = DiscordStandIn::start().await.unwrap();
         let port = free_port().unwrap();
         let config = bot_config(&h, &discord, port, &options);
@@ -236,6 +245,7 @@ listen = "127.0.0.1:{port}"
 max_body_bytes = 65536
 max_timestamp_skew = "60s"
 answer_within = "{answer_within}"
+wait_for_agent = "{wait_for_agent}"
 
 [progress]
 edit_interval = "100ms"
@@ -253,6 +263,7 @@ roles = ["oncall"]
         api = discord.api_url(),
         gateway = options.gateway,
         answer_within = options.answer_within.unwrap_or("2000ms"),
+        wait_for_agent = options.wait_for_agent.unwrap_or("14m"),
         attach = options.attach_over_chars.unwrap_or(6000),
     )
 }
