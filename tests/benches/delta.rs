@@ -144,6 +144,7 @@ async fn main() {
             output: delta::delta_path(dir.path(), time::OffsetDateTime::now_utc()),
             baseline_label: "bench_delta_baseline".into(),
             source_database: "bench_delta".into(),
+            concurrency: 2,
         },
         &|_, _| {},
     )
@@ -178,6 +179,7 @@ async fn main() {
         &exported.sha256,
         &ImportOptions {
             concurrency: CONCURRENCY,
+            ..ImportOptions::default()
         },
         &|_, _| {},
     )
