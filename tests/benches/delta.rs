@@ -248,7 +248,11 @@ async fn main() {
     // One schema per statement: dropping a thousand at once takes more locks than one
     // transaction may hold.
     for t in &p.tenants {
-        execute(&db, format!("DROP SCHEMA {} CASCADE", sql::ident(&t.schema))).await;
+        execute(
+            &db,
+            format!("DROP SCHEMA {} CASCADE", sql::ident(&t.schema)),
+        )
+        .await;
     }
     execute(&db, "DROP SCHEMA rollback_engine CASCADE".into()).await;
 
@@ -494,7 +498,9 @@ fn report(
         consolidate_time.as_secs_f64(),
     );
 
-    println!("\n| export round | first | export | pg_dump -Fd -j 2 | ratio | prepare | read (wall) | source (sum) | baseline (sum) | compare (sum) | write | checksum |");
+    println!(
+        "\n| export round | first | export | pg_dump -Fd -j 2 | ratio | prepare | read (wall) | source (sum) | baseline (sum) | compare (sum) | write | checksum |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     for (i, r) in exports.iter().enumerate() {
@@ -516,7 +522,9 @@ fn report(
             p.checksum_ms as f64 / 1e3,
         );
     }
-    println!("\n| export round | side | load avg at start | checkpoints | autovacuums | autoanalyzes | blocks read | blocks hit |");
+    println!(
+        "\n| export round | side | load avg at start | checkpoints | autovacuums | autoanalyzes | blocks read | blocks hit |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (i, r) in exports.iter().enumerate() {
         for (side, s, load) in [
@@ -539,7 +547,9 @@ fn report(
         median(&ratios)
     );
 
-    println!("\n| path round | first | engine: restore | + import and proof | = total | by hand: createdb + pg_restore -j 2 | + import and proof | = total | ratio |");
+    println!(
+        "\n| path round | first | engine: restore | + import and proof | = total | by hand: createdb + pg_restore -j 2 | + import and proof | = total | ratio |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut path_ratios = Vec::new();
     let mut import_rates = Vec::new();
@@ -550,8 +560,10 @@ fn report(
         let by_hand = r.by_hand_restore + r.by_hand_import;
         let ratio = engine.as_secs_f64() / by_hand.as_secs_f64();
         path_ratios.push(ratio);
-        for (took, report) in [(r.engine_import, &r.imports[0]), (r.by_hand_import, &r.imports[1])]
-        {
+        for (took, report) in [
+            (r.engine_import, &r.imports[0]),
+            (r.by_hand_import, &r.imports[1]),
+        ] {
             let rows = report.inserted + report.updated + report.deleted;
             assert_eq!(rows, delta_rows, "every import applies the whole delta");
             import_rates.push(rate(rows, took));
