@@ -22,6 +22,9 @@ pub struct ExportDeltaArgs {
     /// The folder the delta file goes into (`delta-<time>.jsonl.gz` and its `.sha256`).
     #[arg(long)]
     output_dir: PathBuf,
+    /// Batches of tenants compared at once (each takes a connection on both sides).
+    #[arg(long, default_value_t = delta::DEFAULT_EXPORT_CONCURRENCY)]
+    concurrency: usize,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -29,8 +32,10 @@ pub struct ExportDeltaArgs {
 
 impl ExportDeltaArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let source = connect(&self.scope.database_url, 2).await?;
-        let baseline = connect(&self.baseline_url, 2).await?;
+        let width = self.concurrency.max(1) as u32;
+        // One more on the source: the transaction that holds the snapshot.
+        let source = connect(&self.scope.database_url, width + 1).await?;
+        let baseline = connect(&self.baseline_url, width).await?;
         let opts = delta::ExportOptions {
             scope: self.scope.options(Tool::ExportDelta)?.scope,
             output: delta::delta_path(&self.output_dir, time::OffsetDateTime::now_utc()),
@@ -40,6 +45,7 @@ impl ExportDeltaArgs {
                 .get_database()
                 .unwrap_or_default()
                 .to_owned(),
+            concurrency: self.concurrency,
         };
         let report = delta::export(&source, &baseline, &opts, &|done, total| {
             tracing::info!(units = done, of = total, "unit");
@@ -61,9 +67,13 @@ pub struct ImportDeltaArgs {
     /// Its sha256 (default: the `.sha256` file beside it).
     #[arg(long)]
     sha256: Option<String>,
-    /// Tenants worked on at once.
+    /// Batches of tenants worked on at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Row lines per batch, at least (whole tenants): each table of a batch is one
+    /// transaction.
+    #[arg(long, default_value_t = delta::DEFAULT_BATCH_ROWS)]
+    batch_rows: usize,
     /// Only prove that the database holds what the delta says; write nothing.
     #[arg(long)]
     check_only: bool,
@@ -90,6 +100,7 @@ impl ImportDeltaArgs {
         } else {
             let opts = delta::ImportOptions {
                 concurrency: self.concurrency,
+                batch_rows: self.batch_rows,
             };
             delta::import(&pool, file, &sha256, &opts, &|done, total| {
                 tracing::info!(units = done, of = total, "unit");

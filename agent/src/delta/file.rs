@@ -111,6 +111,14 @@ impl DeltaReader {
         };
         match reader.next_raw()? {
             Some(Line::Header(header)) => {
+                if header.format == FORMAT && header.version < VERSION {
+                    return Err(reader.malformed(format!(
+                        "it is version {} of the delta format (rows as JSON), written by an earlier \
+                         agent; this agent reads version {VERSION} (rows in COPY text): export the \
+                         delta again with this agent, against the same baseline",
+                        header.version
+                    )));
+                }
                 if header.format != FORMAT || header.version != VERSION {
                     return Err(reader.malformed(format!(
                         "it says format `{}` version {}; this agent reads `{FORMAT}` version {VERSION}",
@@ -191,7 +199,7 @@ fn io(action: String) -> impl FnOnce(std::io::Error) -> DeltaError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Op, RowJson, UnitHeader};
+    use super::super::{Op, RowText, UnitHeader};
     use super::*;
 
     fn header() -> Header {
@@ -220,9 +228,7 @@ mod tests {
             Line::Row {
                 op: Op::Insert,
                 key: 7,
-                row: Some(RowJson(
-                    r#"{"id": 7, "name": "it's \"quoted\"\n", "rate": 0.2240}"#.into(),
-                )),
+                row: Some(RowText("7\tit's \"quoted\"\\n\t0.2240\t\\N".into())),
             },
             Line::Row {
                 op: Op::Delete,
@@ -304,6 +310,23 @@ mod tests {
         std::fs::write(&path, enc.finish().unwrap()).unwrap();
         let err = DeltaReader::open(&path).err().unwrap().to_string();
         assert!(err.contains("line 1"), "{err}");
+        // A file of the previous version is refused with what to do about it.
+        let old = dir.path().join("v1.jsonl.gz");
+        let w = DeltaWriter::create(
+            &old,
+            &Header {
+                version: 1,
+                ..header()
+            },
+        )
+        .unwrap();
+        w.finish().unwrap();
+        let err = DeltaReader::open(&old).err().unwrap().to_string();
+        assert!(
+            err.contains("version 1") && err.contains("export the delta again"),
+            "{err}"
+        );
+
         let missing = DeltaReader::open(&dir.path().join("nope"))
             .err()
             .unwrap()

@@ -1,10 +1,13 @@
 //! Import: the delta applied to the restored database, exactly once per unit, then proven.
 //!
-//! A unit's inserts and updates are one transaction with its claim row; its deletes are a
-//! second unit, run after the tenant's later tables (children before parents). Tenants run
-//! in parallel: every link stays within a tenant. The file is read on a blocking thread and
-//! handed over one tenant at a time through a bounded channel: memory follows the largest
-//! tenant's delta, not the file.
+//! The file is read on a blocking thread and handed over in batches of consecutive tenants
+//! (at least [`ImportOptions::batch_rows`] row lines, whole tenants) through a bounded
+//! channel: memory follows a few batches, not the file. Per batch, each table in load order
+//! is one transaction that claims the batch's units of that table, streams their rows into a
+//! staging table with `COPY` and applies them set-based (see [`super::upsert`]); then the
+//! deletes, one transaction per table, children before parents. Batches run in parallel:
+//! every link stays within a tenant. A unit's claim commits with its rows, so a re-run skips
+//! exactly the units an interrupted call finished, whatever its batch sizes were.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,7 +76,8 @@ pub async fn import(
     let (tx, mut rx) = mpsc::channel::<Result<Block, DeltaError>>(opts.concurrency.max(1));
     let reader = {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || read_blocks(&path, &tx))
+        let batch_rows = opts.batch_rows.max(1) as u64;
+        tokio::task::spawn_blocking(move || read_blocks(&path, batch_rows, &tx))
     };
     let outcome = async {
         // Tenant rows come first in the file, and before any unit: rows need their tenant.
@@ -95,12 +99,14 @@ pub async fn import(
                 };
                 match item {
                     None => break,
-                    Some(Ok(Block::Tenant { tenant, units })) => {
-                        for (unit, _) in &units {
-                            expected[unit.table].push(unit.clone());
+                    Some(Ok(Block::Batch(tenants))) => {
+                        for tenant in &tenants {
+                            for (unit, _) in &tenant.units {
+                                expected[unit.table].push(unit.clone());
+                            }
                         }
-                        running.push(apply_tenant(
-                            pool, &tables, delta_id, tenant, units, &counters, &tick,
+                        running.push(apply_batch(
+                            pool, &tables, delta_id, tenants, &counters, &tick,
                         ));
                     }
                     Some(Ok(Block::Tenants(_))) => {
@@ -120,6 +126,7 @@ pub async fn import(
     }
     .await;
     // The reader ends when the file does, or when the channel closes after an error.
+    drop(rx);
     let read = reader.await.expect("the delta reader does not panic");
     outcome?;
     read?;
@@ -133,7 +140,17 @@ pub async fn import(
         .analyze(pool)
         .await
         .map_err(DeltaError::db("analyzing the id map"))?;
-    prove(pool, &header, &expected, delta_id, &mut report).await?;
+    let proof_started = Instant::now();
+    prove(
+        pool,
+        &header,
+        &expected,
+        delta_id,
+        opts.concurrency,
+        &mut report,
+    )
+    .await?;
+    report.proof_ms = proof_started.elapsed().as_millis() as u64;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -166,7 +183,9 @@ pub async fn check(pool: &PgPool, path: &Path, sha256: &str) -> Result<ImportRep
         units_total: header.units,
         ..ImportReport::default()
     };
-    prove(pool, &header, &units, delta_id, &mut report).await?;
+    let concurrency = ImportOptions::default().concurrency;
+    prove(pool, &header, &units, delta_id, concurrency, &mut report).await?;
+    report.proof_ms = started.elapsed().as_millis() as u64;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -191,24 +210,49 @@ async fn prepare(pool: &PgPool) -> Result<(), DeltaError> {
 enum Block {
     /// The tenant rows (first, possibly empty).
     Tenants(Vec<(Op, i64, RowJson)>),
-    /// Every unit of one tenant, in the file's (load) order.
-    Tenant { tenant: i64, units: Vec<TenantUnit> },
+    /// Consecutive tenants, each with every unit of it.
+    Batch(Vec<TenantBlock>),
+}
+
+/// Every unit of one tenant, in the file's (load) order.
+pub(super) struct TenantBlock {
+    pub(super) tenant: i64,
+    pub(super) units: Vec<TenantUnit>,
+}
+
+impl TenantBlock {
+    fn row_lines(&self) -> u64 {
+        self.units.iter().map(|(u, _)| u.row_lines()).sum()
+    }
 }
 
 /// A unit and its rows.
-type TenantUnit = (UnitHeader, Vec<RowChange>);
+pub(super) type TenantUnit = (UnitHeader, Vec<RowChange>);
 
 /// Reads the file into blocks, checking its framing as it goes.
 fn read_blocks(
     path: &Path,
+    batch_rows: u64,
     tx: &mpsc::Sender<Result<Block, DeltaError>>,
 ) -> Result<(), DeltaError> {
     let mut reader = DeltaReader::open(path)?;
     let tables = reader.header().tables.len();
     let mut tenants = Vec::new();
     let mut current: Option<(i64, Vec<TenantUnit>)> = None;
+    let mut batch: Vec<TenantBlock> = Vec::new();
+    let mut batch_lines = 0u64;
     let mut seen_unit = false;
     let send = |block| tx.blocking_send(Ok(block)).is_ok();
+    // A tenant read whole joins the batch; a batch big enough goes.
+    let mut push = |block: TenantBlock, last: bool| {
+        batch_lines += block.row_lines();
+        batch.push(block);
+        if batch_lines >= batch_rows || last {
+            batch_lines = 0;
+            return send(Block::Batch(std::mem::take(&mut batch)));
+        }
+        true
+    };
     loop {
         let line = match reader.next_line() {
             Ok(line) => line,
@@ -249,7 +293,7 @@ fn read_blocks(
                     }
                     if *tenant != unit.tenant {
                         let (tenant, units) = current.take().expect("matched");
-                        if !send(Block::Tenant { tenant, units }) {
+                        if !push(TenantBlock { tenant, units }, false) {
                             return Ok(());
                         }
                     }
@@ -290,7 +334,7 @@ fn read_blocks(
             ));
             return Ok(());
         }
-        send(Block::Tenant { tenant, units });
+        push(TenantBlock { tenant, units }, true);
     }
     Ok(())
 }
@@ -429,51 +473,58 @@ async fn claim(
     Ok(claimed.rows_affected() == 1)
 }
 
-/// One tenant: inserts and updates in load order, then deletes in reverse.
-async fn apply_tenant(
+/// One batch: per table in load order, its units' inserts and updates, one transaction each;
+/// then per table in reverse, its units' deletes (children before parents).
+async fn apply_batch(
     pool: &PgPool,
     tables: &[TableSql],
     delta_id: &str,
-    tenant: i64,
-    units: Vec<TenantUnit>,
+    tenants: Vec<TenantBlock>,
     counters: &Counters,
     progress: &(dyn Fn() + Send + Sync),
 ) -> Result<(), DeltaError> {
-    for (unit, rows) in &units {
-        let t = &tables[unit.table];
-        let changes: Vec<&RowChange> = rows.iter().filter(|r| r.op != Op::Delete).collect();
-        let inserts = changes.iter().filter(|r| r.op == Op::Insert).count() as u64;
-        let updates = changes.len() as u64 - inserts;
-        if t.upsert(pool, delta_id, tenant, &changes, updates).await? {
-            counters.done.fetch_add(1, Ordering::Relaxed);
-            counters.inserted.fetch_add(inserts, Ordering::Relaxed);
-            counters.updated.fetch_add(updates, Ordering::Relaxed);
+    for (index, t) in tables.iter().enumerate() {
+        let units = of_table(&tenants, index);
+        if units.is_empty() {
+            continue;
+        }
+        let done = t.upsert(pool, delta_id, &units).await?;
+        counters.done.fetch_add(done.units, Ordering::Relaxed);
+        counters
+            .skipped
+            .fetch_add(units.len() as u64 - done.units, Ordering::Relaxed);
+        counters
+            .inserted
+            .fetch_add(done.inserted, Ordering::Relaxed);
+        counters.updated.fetch_add(done.updated, Ordering::Relaxed);
+        if done.inserted > 0 {
             counters
                 .map_stats
-                .note(pool, inserts)
+                .note(pool, done.inserted)
                 .await
                 .map_err(DeltaError::db("analyzing the id map"))?;
-        } else {
-            counters.skipped.fetch_add(1, Ordering::Relaxed);
         }
         progress();
     }
-    // Children before parents.
-    for (unit, rows) in units.iter().rev() {
-        let deletes: Vec<i64> = rows
-            .iter()
-            .filter(|r| r.op == Op::Delete)
-            .map(|r| r.key)
+    for (index, t) in tables.iter().enumerate().rev() {
+        let units: Vec<(i64, &TenantUnit)> = of_table(&tenants, index)
+            .into_iter()
+            .filter(|(_, (_, rows))| rows.iter().any(|r| r.op == Op::Delete))
             .collect();
-        if deletes.is_empty() {
+        if units.is_empty() {
             continue;
         }
-        let t = &tables[unit.table];
-        if t.delete(pool, delta_id, tenant, &deletes).await? {
-            counters
-                .deleted
-                .fetch_add(deletes.len() as u64, Ordering::Relaxed);
-        }
+        let deleted = t.delete(pool, delta_id, &units).await?;
+        counters.deleted.fetch_add(deleted, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// A batch's units of one table, with their tenants.
+fn of_table(tenants: &[TenantBlock], index: usize) -> Vec<(i64, &TenantUnit)> {
+    tenants
+        .iter()
+        .flat_map(|t| t.units.iter().map(move |u| (t.tenant, u)))
+        .filter(|(_, (unit, _))| unit.table == index)
+        .collect()
 }

@@ -13,11 +13,21 @@
 //! header with the shape of each table, tenant rows created since, then per (tenant, table)
 //! a unit line with the counts and the fingerprint the tenant schema had, followed by its
 //! rows; an end line closes it, so a truncated file is refused even without its checksum.
+//! A unit's rows carry their columns in PostgreSQL's `COPY` text format ([`RowText`]), as
+//! `COPY` wrote them and as `COPY` reads them back: no JSON between the two servers.
 //!
-//! Import applies each unit in one transaction, exactly once (a claim row in
-//! `rollback_engine.delta_units`), with new ids from the shared sequences recorded in
-//! `rollback_engine.delta_id_map`, links rewritten through that map or checked against the
-//! tenant's restored rows, and then proves every unit against the fingerprint in the file.
+//! Import works in batches of consecutive tenants: per batch and table, one transaction
+//! claims the batch's units (a claim row per unit in `rollback_engine.delta_units`, so every
+//! unit is applied exactly once whatever the batch sizes of an earlier, interrupted call),
+//! streams their rows into a staging table with `COPY`, and applies them with one statement
+//! per kind: new ids from the shared sequences recorded in `rollback_engine.delta_id_map`,
+//! the inserts, the updates, and (children before parents, after every table's upserts) the
+//! deletes; links are rewritten through that map or checked against the tenant's restored
+//! rows. Then every unit is proven against the fingerprint in the file.
+//!
+//! Both sides render values with the same settings ([`RENDER_SETTINGS`]), so the text `COPY`
+//! writes at export reads back as the same value at import, and the fingerprints of the
+//! export and of the proof are computed from the same text whatever the sessions' defaults.
 
 mod export;
 mod file;
@@ -30,15 +40,24 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use export::{ExportOptions, ExportReport, delta_path, export};
+pub use export::{
+    DEFAULT_EXPORT_CONCURRENCY, ExportOptions, ExportPhases, ExportReport, delta_path, export,
+};
 pub use file::{DeltaReader, DeltaWriter};
 pub use import::{check, import, units_imported};
-pub use report::{ImportOptions, ImportReport, UnitCheck};
+pub use report::{DEFAULT_BATCH_ROWS, ImportOptions, ImportReport, UnitCheck};
 
 /// The `format` field of every delta file's header.
 pub const FORMAT: &str = "rollback-delta";
-/// The version of the format this code writes and reads.
-pub const VERSION: u32 = 1;
+/// The version of the format this code writes and reads. Version 1 carried rows as JSON.
+pub const VERSION: u32 = 2;
+
+/// The session settings every delta transaction renders and reads values with (`SET LOCAL`,
+/// so they end with the transaction): dates and intervals in the one style every server reads
+/// back, times in UTC, floats exact, `bytea` in hex.
+pub(crate) const RENDER_SETTINGS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; \
+     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL TimeZone = 'UTC'; \
+     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'";
 
 /// One line of a delta file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +83,9 @@ pub enum Line {
         op: Op,
         /// Its primary key in the tenant schema.
         key: i64,
-        /// Its columns by name (absent for a delete).
+        /// Its columns (absent for a delete).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        row: Option<RowJson>,
+        row: Option<RowText>,
     },
     /// The last line.
     End {
@@ -83,6 +102,13 @@ pub enum Line {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RowJson(pub String);
+
+/// A unit's row in PostgreSQL's `COPY` text format: the table's carried columns in the
+/// header's order, each cast to its shared type, separated by tabs, `\N` for null, with
+/// `COPY`'s backslash escapes. It goes back into the server through `COPY` unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RowText(pub String);
 
 /// What happened to a row since the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

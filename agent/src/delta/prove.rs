@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use super::report::{ImportReport, UnitCheck};
-use super::{DeltaError, Header, TableShape, UnitHeader};
+use super::{DeltaError, Header, RENDER_SETTINGS, TableShape, UnitHeader};
 use crate::tenancy::bookkeeping::delta_id_map;
 use crate::tenancy::{fingerprint, sql};
 
@@ -32,6 +33,7 @@ pub(super) async fn prove(
     header: &Header,
     units: &[Vec<UnitHeader>],
     delta_id: &str,
+    concurrency: usize,
     report: &mut ImportReport,
 ) -> Result<(), DeltaError> {
     let has_map: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -39,18 +41,17 @@ pub(super) async fn prove(
         .fetch_one(pool)
         .await
         .map_err(DeltaError::db("looking for the delta's id map"))?;
-    for (t, expected) in header.tables.iter().zip(units) {
-        if expected.is_empty() {
-            continue;
-        }
-        let tenants: Vec<i64> = expected.iter().map(|u| u.tenant).collect();
-        let found: Vec<(i64, i64, String)> =
-            sqlx::query_as(AssertSqlSafe(check_sql(header, t, has_map)))
-                .bind(delta_id)
-                .bind(&tenants)
-                .fetch_all(pool)
-                .await
-                .map_err(DeltaError::db(format!("checking table {}", t.name)))?;
+    let queries: Vec<_> = header
+        .tables
+        .iter()
+        .zip(units)
+        .filter(|(_, e)| !e.is_empty())
+        .map(|(t, expected)| check_table(pool, header, t, expected, delta_id, has_map))
+        .collect();
+    // Tables in parallel: each query reads one shared table; results in the tables' order.
+    let mut checked = futures::stream::iter(queries).buffered(concurrency.max(1));
+    while let Some(result) = checked.next().await {
+        let (t, expected, found) = result?;
         let found: BTreeMap<i64, (i64, String)> = found
             .into_iter()
             .map(|(tenant, n, fp)| (tenant, (n, fp)))
@@ -75,6 +76,32 @@ pub(super) async fn prove(
         }
     }
     Ok(())
+}
+
+/// One table's units as the target holds them: (tenant, rows, fingerprint).
+async fn check_table<'a>(
+    pool: &PgPool,
+    header: &Header,
+    t: &'a TableShape,
+    expected: &'a [UnitHeader],
+    delta_id: &str,
+    has_map: bool,
+) -> Result<(&'a TableShape, &'a [UnitHeader], Vec<(i64, i64, String)>), DeltaError> {
+    let tenants: Vec<i64> = expected.iter().map(|u| u.tenant).collect();
+    let what = format!("checking table {}", t.name);
+    let mut tx = pool.begin().await.map_err(DeltaError::db(&what))?;
+    sqlx::raw_sql(RENDER_SETTINGS)
+        .execute(&mut *tx)
+        .await
+        .map_err(DeltaError::db(&what))?;
+    let found = sqlx::query_as(AssertSqlSafe(check_sql(header, t, has_map)))
+        .bind(delta_id)
+        .bind(&tenants)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(DeltaError::db(&what))?;
+    tx.rollback().await.map_err(DeltaError::db(&what))?;
+    Ok((t, expected, found))
 }
 
 /// Per tenant, the count and fingerprint of its rows in a shared table, keys and links mapped

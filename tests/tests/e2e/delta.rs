@@ -229,6 +229,7 @@ async fn emergency(pg: &Postgres, tenants: u32, rows: u32) -> Emergency {
             output: delta::delta_path(dir.path(), time::OffsetDateTime::now_utc()),
             baseline_label: baseline_name,
             source_database: db.name.clone(),
+            concurrency: 2,
         },
         &|_, _| {},
     )
@@ -283,7 +284,11 @@ async fn the_emergency_path_brings_back_every_row_written_since_the_migration() 
         &restored,
         &e.export.path,
         &e.export.sha256,
-        &ImportOptions { concurrency: 2 },
+        // Batches of a tenant or two: boundaries between tenants in the middle of the file.
+        &ImportOptions {
+            concurrency: 2,
+            batch_rows: 40,
+        },
         &|_, _| {},
     )
     .await
@@ -399,6 +404,115 @@ async fn a_corrupt_missing_or_unfitting_delta_is_refused_before_anything_changes
     assert_eq!(shared_content(&restored, &e.tenants).await, before);
 }
 
+/// A tenant's rows, each with its links followed, for "nothing of it changed".
+async fn content_of(pool: &PgPool, tenant: i64) -> DeepRows {
+    shared_content(pool, &[tenant]).await
+}
+
+#[tokio::test]
+async fn a_row_the_target_refuses_stops_its_transaction_whole_and_a_rerun_with_other_batches_is_exact()
+ {
+    let pg = Postgres::start().await.unwrap();
+    let e = emergency(&pg, 5, 12).await;
+    let restored = e.db.pool().await.unwrap();
+    // The third tenant's users written since the migration break a rule of the target (one
+    // it did not have when the backup was taken: existing rows are not checked).
+    let refused = e.tenants[2];
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER TABLE public.users ADD CONSTRAINT users_frozen CHECK (tenant_id <> {refused}) NOT VALID"
+    )))
+    .execute(&restored)
+    .await
+    .unwrap();
+    let before = content_of(&restored, refused).await;
+    let one_tenant_per_batch = ImportOptions {
+        concurrency: 1,
+        batch_rows: 1,
+    };
+    let err = delta::import(
+        &restored,
+        &e.export.path,
+        &e.export.sha256,
+        &one_tenant_per_batch,
+        &|_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DeltaError::DoesNotFit(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("table users")
+            && text.contains("users_frozen")
+            && text.contains(&format!("tenant {refused}"))
+            && text.contains("nothing of it was written"),
+        "{text}"
+    );
+    let users = |rows: DeepRows| {
+        rows.into_iter()
+            .filter(|((_, table), _)| table == "users")
+            .collect::<DeepRows>()
+    };
+    assert_eq!(
+        users(content_of(&restored, refused).await),
+        users(before),
+        "nothing of the refused transaction (the tenant's users) was written"
+    );
+    let claimed: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT tenant, tbl FROM rollback_engine.delta_units WHERE stage = 'upsert' ORDER BY 1, 2",
+    )
+    .fetch_all(&restored)
+    .await
+    .unwrap();
+    assert!(
+        claimed.iter().any(|(t, _)| *t < refused),
+        "the batches before it committed: {claimed:?}"
+    );
+    assert!(
+        !claimed
+            .iter()
+            .any(|(t, table)| *t > refused || (*t == refused && table == "users")),
+        "nothing from the refused transaction on: {claimed:?}"
+    );
+
+    // The rule lifted, a re-run in one batch (other cuts than the first call's) skips what
+    // was done and applies the rest once.
+    sqlx::raw_sql("ALTER TABLE public.users DROP CONSTRAINT users_frozen")
+        .execute(&restored)
+        .await
+        .unwrap();
+    let report = delta::import(
+        &restored,
+        &e.export.path,
+        &e.export.sha256,
+        &ImportOptions {
+            concurrency: 2,
+            batch_rows: 1_000_000,
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.is_ok(), "{:?}", report.mismatches);
+    let done_before = units_upserted(&restored).await as u64 - report.units_done;
+    assert!(done_before > 0, "{report:?}");
+    assert_eq!(report.units_skipped, done_before);
+    assert_eq!(report.units_done + report.units_skipped, report.units_total);
+    assert_eq!(
+        shared_content(&restored, &e.tenants).await,
+        e.truth,
+        "every row back exactly once, with its links"
+    );
+}
+
+async fn units_upserted(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM rollback_engine.delta_units WHERE stage = 'upsert'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 async fn units_claimed(pool: &PgPool) -> i64 {
     sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rollback_engine.delta_units")
         .fetch_one(pool)
@@ -413,12 +527,20 @@ async fn sigkill_in_the_middle_of_the_delta_import_then_a_rerun_is_exact() {
     let restored = e.db.pool().await.unwrap();
     let command = |path: &Path| {
         let mut cmd = tokio::process::Command::new(agent_binary().unwrap());
-        cmd.args(["import-delta", "--concurrency", "1", "--file"])
-            .arg(path)
-            .env("DATABASE_URL", &e.db.url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        // Batches of about one tenant: many commits for the kill to land between.
+        cmd.args([
+            "import-delta",
+            "--concurrency",
+            "1",
+            "--batch-rows",
+            "30",
+            "--file",
+        ])
+        .arg(path)
+        .env("DATABASE_URL", &e.db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
         cmd
     };
     let mut child = command(&e.export.path).spawn().unwrap();

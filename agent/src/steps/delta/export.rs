@@ -147,6 +147,7 @@ pub(in crate::steps) async fn export_delta(
         output: file,
         baseline_label: label,
         source_database: conn.database().to_owned(),
+        concurrency: delta::DEFAULT_EXPORT_CONCURRENCY,
     };
     let progress = progress_note(attempt);
     let exported = delta::export(&source, &baseline_pool, &opts, &progress).await;
@@ -258,7 +259,7 @@ async fn restore_baseline(
     .await
     .map_err(|e| StepOutcome::permanent(format!("the baseline could not be restored: {e}")))?;
     let pool = PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(delta::DEFAULT_EXPORT_CONCURRENCY as u32)
         .connect_with(conn.with_database(&name).connect_options())
         .await
         .map_err(|e| StepOutcome::transient(format!("connecting to the baseline `{name}`: {e}")))?;

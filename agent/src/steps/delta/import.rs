@@ -110,6 +110,7 @@ pub(in crate::steps) async fn import_delta(
     } else {
         let opts = ImportOptions {
             concurrency: step.concurrency.max(1) as usize,
+            ..ImportOptions::default()
         };
         let progress = progress_note(attempt);
         delta::import(&pool, &file, &sha256, &opts, &progress).await
