@@ -247,17 +247,27 @@ fn reference_table_sql(t: &TablePlan) -> String {
         ),
         "",
     );
+    // Every id map lookup is a scalar subquery on a whole index key, the tenant checked in
+    // the value when going by new id: otherwise the planner, whose statistics lag behind the
+    // entries just written, scans the (tbl, tenant) prefix and filters the tenant's whole map
+    // for every row.
+    let lookup = |tbl: &str, by: &str, value: &str| {
+        let tbl = sql::literal(tbl);
+        if by == "old_id" {
+            format!(
+                "(SELECT k.new_id FROM bench_ref.id_map k WHERE k.tbl = {tbl} AND k.tenant = $1 AND k.old_id = {value})"
+            )
+        } else {
+            format!(
+                "(SELECT CASE WHEN k.tenant = $1 THEN k.old_id END FROM bench_ref.id_map k WHERE k.tbl = {tbl} AND k.new_id = {value})"
+            )
+        }
+    };
     let mut cols = vec!["id".to_owned(), "tenant_id".to_owned()];
-    let mut vals = vec!["m.new_id".to_owned(), "$1".to_owned()];
+    let mut vals = vec![lookup(&t.name, "old_id", "s.id"), "$1".to_owned()];
     let mut src_row = vec!["s.id".to_owned()];
-    let mut dst_row = vec!["m.old_id".to_owned()];
-    let (mut joins, mut back) = (String::new(), String::new());
-    for (i, c) in t
-        .columns
-        .iter()
-        .filter(|c| c.name != t.id_column)
-        .enumerate()
-    {
+    let mut dst_row = vec!["CASE WHEN d.tenant_id = $1 THEN m.old_id END".to_owned()];
+    for c in t.columns.iter().filter(|c| c.name != t.id_column) {
         let col = sql::ident(&c.name);
         cols.push(col.clone());
         src_row.push(format!("s.{col}"));
@@ -275,14 +285,8 @@ fn reference_table_sql(t: &TablePlan) -> String {
                     "IF n > 0 THEN RAISE EXCEPTION 'tenant %, table %: % orphan(s) in %', ten, {lit}, n, {}; END IF;\n",
                     sql::literal(&c.name)
                 ));
-                joins.push_str(&format!(
-                    " LEFT JOIN bench_ref.id_map f{i} ON f{i}.tbl = {parent} AND f{i}.tenant = $1 AND f{i}.old_id = s.{col}"
-                ));
-                back.push_str(&format!(
-                    " LEFT JOIN bench_ref.id_map f{i} ON f{i}.tbl = {parent} AND f{i}.tenant = $1 AND f{i}.new_id = d.{col}"
-                ));
-                vals.push(format!("f{i}.new_id"));
-                dst_row.push(format!("f{i}.old_id"));
+                vals.push(lookup(&fk.parent, "old_id", &format!("s.{col}")));
+                dst_row.push(lookup(&fk.parent, "new_id", &format!("d.{col}")));
             }
             None => {
                 vals.push(format!("s.{col}"));
@@ -298,8 +302,7 @@ fn reference_table_sql(t: &TablePlan) -> String {
     };
     out.push_str(&run(
         format!(
-            "INSERT INTO public.{name} ({}) SELECT {} FROM %I.{name} s \
-             JOIN bench_ref.id_map m ON m.tbl = {lit} AND m.tenant = $1 AND m.old_id = s.id{joins}",
+            "INSERT INTO public.{name} ({}) SELECT {} FROM %I.{name} s",
             cols.join(", "),
             vals.join(", ")
         ),
@@ -312,8 +315,8 @@ fn reference_table_sql(t: &TablePlan) -> String {
     ));
     out.push_str(&run(
         format!(
-            "SELECT {} FROM public.{name} d JOIN bench_ref.id_map m ON m.tbl = {lit} AND m.tenant = $1 AND m.new_id = d.id{back} \
-             WHERE d.tenant_id = $1",
+            "SELECT {} FROM bench_ref.id_map m JOIN public.{name} d ON d.id = m.new_id \
+             WHERE m.tbl = {lit} AND m.tenant = $1",
             fp(&dst_row)
         ),
         " INTO b, fb",
@@ -347,6 +350,10 @@ fn reference_ddl(p: &Plan) -> String {
 /// The baseline: one call per tenant, `PROOF_WORKERS` at once, the id map analyzed as the
 /// engine analyzes its own. Returns the rows moved and the time.
 async fn reference(pool: &PgPool, p: &Plan, deferred: bool) -> (u64, Duration) {
+    // `BENCH_PROOF_DDL=<file>` keeps the baseline's SQL, to run it by hand.
+    if let Ok(path) = std::env::var("BENCH_PROOF_DDL") {
+        std::fs::write(path, reference_ddl(p)).expect("write the baseline's SQL");
+    }
     sqlx::raw_sql(AssertSqlSafe(reference_ddl(p)))
         .execute(pool)
         .await

@@ -29,6 +29,23 @@ pub struct OldIds {
     pub old_id: String,
 }
 
+/// The old ids of table `parent`'s new ids in the id map `map`, for tenant `ten`.
+///
+/// The join goes by the map's `(tbl, new_id)` index, and the tenant is checked in the old id
+/// (an entry of another tenant reads as no entry): with the tenant in the join condition the
+/// planner, whose statistics lag behind entries written moments ago, picks the primary key's
+/// `(tbl, tenant)` prefix and filters every entry of the tenant for every row, quadratic in the
+/// unit's size (28,981 entries filtered for 199 rows, 11 of a unit's 14 ms, measured).
+pub fn old_ids_in_map(map: &str, parent: &str, ten: &str, alias: &str, new_id: &str) -> OldIds {
+    OldIds {
+        join: format!(
+            "{map} {alias} ON {alias}.tbl = {} AND {alias}.new_id = {new_id}",
+            sql::literal(parent)
+        ),
+        old_id: format!("CASE WHEN {alias}.tenant = {ten} THEN {alias}.old_id END"),
+    }
+}
+
 /// One unit's rows as the fingerprints read them.
 pub struct UnitRows {
     /// The source row over alias `s` (the tenant table, or anything with its columns).

@@ -161,18 +161,15 @@ pub(crate) struct Reading {
     pub(crate) dest_from: String,
 }
 
-/// Reads a unit: the tenant table `src`, and the shared table's rows of tenant `ten` mapped
-/// back through the id map entries of table `tbl` (SQL expressions), both rendered by
+/// Reads a unit: the tenant table `src`, and the shared table's rows of tenant `ten` (SQL
+/// expressions) mapped back through the id map, both rendered by
 /// [`fingerprint::unit_rows`] as the in-unit proof renders them.
-pub(crate) fn reading(plan: &Plan, t: &TablePlan, src: &str, tbl: &str, ten: &str) -> Reading {
+pub(crate) fn reading(plan: &Plan, t: &TablePlan, src: &str, ten: &str) -> Reading {
     let id = sql::ident(&t.id_column);
-    let rows = fingerprint::unit_rows(t, "m.old_id", &|fk, alias, new_id| fingerprint::OldIds {
-        join: format!(
-            "{map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = {ten} AND {alias}.new_id = {new_id}",
-            map = id_map(),
-            parent = sql::literal(&fk.parent),
-        ),
-        old_id: format!("{alias}.old_id"),
+    // The row's own old id comes by the map's (tbl, new_id) index too, tenant checked in it.
+    let own = fingerprint::old_ids_in_map(&id_map(), &t.name, ten, "m", &format!("d.{id}"));
+    let rows = fingerprint::unit_rows(t, &own.old_id, &|fk, alias, new_id| {
+        fingerprint::old_ids_in_map(&id_map(), &fk.parent, ten, alias, new_id)
     });
     let (_, source_fp) = fingerprint::aggregate(&rows.source);
     let (_, dest_fp) = fingerprint::aggregate(&rows.dest);
@@ -181,19 +178,19 @@ pub(crate) fn reading(plan: &Plan, t: &TablePlan, src: &str, tbl: &str, ten: &st
         source_from: format!("FROM {src} s"),
         dest_fp,
         dest_from: format!(
-            "FROM {dest} d JOIN {map} m ON m.tbl = {tbl} AND m.tenant = {ten} AND m.new_id = d.{id}{joins} WHERE d.{tc} = {ten}",
+            "FROM {dest} d JOIN {own}{joins} WHERE d.{tc} = {ten}",
             dest = sql::table(&plan.shared_schema, &t.name),
-            map = id_map(),
+            own = own.join,
             joins = rows.dest_joins,
             tc = sql::ident(&plan.tenant_column),
         ),
     }
 }
 
-/// Verification's own reading of a unit; `$1` is the table's name, `$2` the tenant.
+/// Verification's own reading of a unit; `$1` is the tenant.
 fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
     let src = format!("{SCHEMA_SLOT}.{}", sql::ident(&t.name));
-    let r = reading(plan, t, &src, "$1", "$2");
+    let r = reading(plan, t, &src, "$1");
     let (count, _) = fingerprint::aggregate("");
     TableSql {
         source: format!("SELECT {count}, ({})::text {}", r.source_fp, r.source_from),
@@ -204,11 +201,9 @@ fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
 async fn fetch_row_set(
     pool: &PgPool,
     q: String,
-    table: &str,
     tenant: i64,
 ) -> Result<RowSet, sqlx::Error> {
     let (rows, sum): (i64, String) = sqlx::query_as(AssertSqlSafe(q))
-        .bind(table)
         .bind(tenant)
         .fetch_one(pool)
         .await?;
@@ -264,8 +259,8 @@ pub async fn verify(
                 let (t, s) = (&plan.tables[i], &sqls[i]);
                 async move {
                     let source = s.source.replace(SCHEMA_SLOT, &sql::ident(schema));
-                    let expected = fetch_row_set(pool, source, &t.name, tenant).await?;
-                    let actual = fetch_row_set(pool, s.dest.clone(), &t.name, tenant).await?;
+                    let expected = fetch_row_set(pool, source, tenant).await?;
+                    let actual = fetch_row_set(pool, s.dest.clone(), tenant).await?;
                     Ok::<_, sqlx::Error>((tenant, t.name.clone(), expected, actual))
                 }
             })

@@ -94,34 +94,24 @@ pub(super) fn unit_sql(plan: &Plan, t: &TablePlan, shape: UnitShape) -> UnitSql 
             (fk.column.clone(), fk.parent.clone(), q)
         })
         .collect();
-    // The id map of a link's parent, by the parent's old id or its new one. In one statement
-    // the unit's own entries are not in the id map table yet: a self-reference reads them from
-    // the source CTE, which is what the id map receives.
+    // A link's new id, from its parent's id map. In one statement the unit's own entries are
+    // not in the id map table yet: a self-reference reads them from the source CTE, which is
+    // what the id map receives (and so does the proof, mapping back).
     let one_statement = !shape.hooked;
-    let link_map = |parent: &str, self_ref: bool, alias: &str, by: &str, value: &str| {
+    let link_map = |parent: &str, self_ref: bool, alias: &str, old_id: &str| {
         if one_statement && self_ref {
-            let (key, other) = if by == "old" {
-                (id.clone(), nid.clone())
-            } else {
-                (nid.clone(), id.clone())
-            };
             (
-                format!("s {alias} ON {alias}.{key} = {value}"),
-                format!("{alias}.{other}"),
+                format!("s {alias} ON {alias}.{id} = {old_id}"),
+                format!("{alias}.{nid}"),
             )
         } else {
-            let (key, other) = if by == "old" {
-                ("old_id", "new_id")
-            } else {
-                ("new_id", "old_id")
-            };
             (
                 format!(
-                    "{map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = {ten} AND {alias}.{key} = {value}",
+                    "{map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = {ten} AND {alias}.old_id = {old_id}",
                     map = id_map(),
                     parent = sql::literal(parent),
                 ),
-                format!("{alias}.{other}"),
+                format!("{alias}.new_id"),
             )
         }
     };
@@ -142,13 +132,8 @@ pub(super) fn unit_sql(plan: &Plan, t: &TablePlan, shape: UnitShape) -> UnitSql 
         match link {
             Some(fk) => {
                 let alias = format!("f{i}");
-                let (join, new) = link_map(
-                    &fk.parent,
-                    fk.self_reference,
-                    &alias,
-                    "old",
-                    &format!("s.{col}"),
-                );
+                let (join, new) =
+                    link_map(&fk.parent, fk.self_reference, &alias, &format!("s.{col}"));
                 joins.push_str(&format!(" LEFT JOIN {join}"));
                 // A link with no parent in this tenant stops the whole unit, loudly.
                 vals.push(format!(
@@ -232,8 +217,14 @@ pub(super) fn unit_sql(plan: &Plan, t: &TablePlan, shape: UnitShape) -> UnitSql 
         );
         script.push(if shape.prove {
             let rows = fingerprint::unit_rows(t, &format!("m.{id}"), &|fk, alias, new_id| {
-                let (join, old_id) = link_map(&fk.parent, fk.self_reference, alias, "new", new_id);
-                OldIds { join, old_id }
+                if fk.self_reference {
+                    OldIds {
+                        join: format!("s {alias} ON {alias}.{nid} = {new_id}"),
+                        old_id: format!("{alias}.{id}"),
+                    }
+                } else {
+                    fingerprint::old_ids_in_map(&id_map(), &fk.parent, ten, alias, new_id)
+                }
             });
             let (_, src_fp) = fingerprint::aggregate(&rows.source);
             let (_, dst_fp) = fingerprint::aggregate(&rows.dest);
@@ -260,7 +251,7 @@ pub(super) fn unit_sql(plan: &Plan, t: &TablePlan, shape: UnitShape) -> UnitSql 
             map = id_map(),
         ));
         script.push(if shape.prove {
-            let reading = verify::reading(plan, t, &src, tbl, ten);
+            let reading = verify::reading(plan, t, &src, ten);
             prove(
                 &format!(
                     "SELECT {count} AS n, {} AS fp {}",
