@@ -198,11 +198,7 @@ fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
     }
 }
 
-async fn fetch_row_set(
-    pool: &PgPool,
-    q: String,
-    tenant: i64,
-) -> Result<RowSet, sqlx::Error> {
+async fn fetch_row_set(pool: &PgPool, q: String, tenant: i64) -> Result<RowSet, sqlx::Error> {
     let (rows, sum): (i64, String) = sqlx::query_as(AssertSqlSafe(q))
         .bind(tenant)
         .fetch_one(pool)
