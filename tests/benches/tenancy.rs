@@ -10,13 +10,23 @@
 //! tables have no foreign keys (with them, the naive copy fails: ids collide and links point
 //! at other tenants' rows) and whose ids come from the sequence. It moves the bytes and
 //! maintains the indexes, and nothing else.
+//!
+//! Moved and proven: the engine's `consolidate` with its in-unit proof against a move-and-prove
+//! SQL baseline of the bench's own (a PL/pgSQL function that moves one tenant in one
+//! transaction, table by table: id map, foreign-key remap, orphan checks, and the count and
+//! fingerprint of source and destination compared before the next table), 2 workers each, on
+//! identical copies (`CREATE DATABASE … TEMPLATE`) of one generated database, in alternating
+//! rounds, the median of the rounds' ratios reported; in both foreign-key modes. Sizes:
+//! `BENCH_PROOF_TENANTS` (default 300) tenants of `BENCH_PROOF_ROWS` (default 206) rows per table,
+//! `BENCH_ROUNDS` (default 3) rounds; `BENCH_PROOF_ONLY=1` runs this comparison alone.
 
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use rollback_agent::demo::{self, DemoSpec};
+use rollback_agent::tenancy::bookkeeping::MapStatistics;
 use rollback_agent::tenancy::consolidate::{ConsolidateOptions, consolidate};
-use rollback_agent::tenancy::plan::{Plan, PlanOptions, plan};
+use rollback_agent::tenancy::plan::{Plan, PlanOptions, TablePlan, plan};
 use rollback_agent::tenancy::sql;
 use rollback_agent::tenancy::verify::verify;
 use rollback_proto::runbook::FkChecks;
@@ -125,6 +135,7 @@ async fn engine(pool: &PgPool, fk_checks: FkChecks) -> EngineRun {
             concurrency: CONCURRENCY,
             dry_run: false,
             fk_checks,
+            prove: false,
         },
         &|_| {},
     )
@@ -214,6 +225,331 @@ fn rate(rows: u64, d: Duration) -> f64 {
     rows as f64 / d.as_secs_f64()
 }
 
+/// Workers on both sides of the moved-and-proven comparison.
+const PROOF_WORKERS: usize = 2;
+
+/// One table's part of the baseline's PL/pgSQL: id map, orphan checks, insert with links
+/// rewritten, then count and fingerprint of the tenant's rows on both sides, compared.
+fn reference_table_sql(t: &TablePlan) -> String {
+    let name = sql::ident(&t.name);
+    let lit = sql::literal(&t.name);
+    let seq = sql::literal(t.id_sequence.as_deref().expect("ids from a sequence"));
+    let run = |q: String, into: &str| {
+        format!(
+            "EXECUTE format({}, sch){into} USING ten;\n",
+            sql::literal(&q)
+        )
+    };
+    let mut out = run(
+        format!(
+            "INSERT INTO bench_ref.id_map (tbl, tenant, old_id, new_id) \
+             SELECT {lit}, $1, s.id, nextval({seq}::regclass) FROM %I.{name} s ORDER BY s.id"
+        ),
+        "",
+    );
+    // Every id map lookup is a scalar subquery on a whole index key, the tenant checked in
+    // the value when going by new id: otherwise the planner, whose statistics lag behind the
+    // entries just written, scans the (tbl, tenant) prefix and filters the tenant's whole map
+    // for every row.
+    let lookup = |tbl: &str, by: &str, value: &str| {
+        let tbl = sql::literal(tbl);
+        if by == "old_id" {
+            format!(
+                "(SELECT k.new_id FROM bench_ref.id_map k WHERE k.tbl = {tbl} AND k.tenant = $1 AND k.old_id = {value})"
+            )
+        } else {
+            format!(
+                "(SELECT CASE WHEN k.tenant = $1 THEN k.old_id END FROM bench_ref.id_map k WHERE k.tbl = {tbl} AND k.new_id = {value})"
+            )
+        }
+    };
+    let mut cols = vec!["id".to_owned(), "tenant_id".to_owned()];
+    let mut vals = vec![lookup(&t.name, "old_id", "s.id"), "$1".to_owned()];
+    let mut src_row = vec!["s.id".to_owned()];
+    let mut dst_row = vec!["CASE WHEN d.tenant_id = $1 THEN m.old_id END".to_owned()];
+    for c in t.columns.iter().filter(|c| c.name != t.id_column) {
+        let col = sql::ident(&c.name);
+        cols.push(col.clone());
+        src_row.push(format!("s.{col}"));
+        match t.foreign_keys.iter().find(|f| f.column == c.name) {
+            Some(fk) => {
+                let parent = sql::literal(&fk.parent);
+                out.push_str(&run(
+                    format!(
+                        "SELECT count(*) FROM %I.{name} s WHERE s.{col} IS NOT NULL AND NOT EXISTS \
+                         (SELECT 1 FROM bench_ref.id_map m WHERE m.tbl = {parent} AND m.tenant = $1 AND m.old_id = s.{col})"
+                    ),
+                    " INTO n",
+                ));
+                out.push_str(&format!(
+                    "IF n > 0 THEN RAISE EXCEPTION 'tenant %, table %: % orphan(s) in %', ten, {lit}, n, {}; END IF;\n",
+                    sql::literal(&c.name)
+                ));
+                vals.push(lookup(&fk.parent, "old_id", &format!("s.{col}")));
+                dst_row.push(lookup(&fk.parent, "new_id", &format!("d.{col}")));
+            }
+            None => {
+                vals.push(format!("s.{col}"));
+                dst_row.push(format!("d.{col}"));
+            }
+        }
+    }
+    let fp = |row: &[String]| {
+        format!(
+            "count(*), coalesce(sum(('x' || left(md5(ROW({})::text), 16))::bit(64)::int8::numeric), 0)",
+            row.join(", ")
+        )
+    };
+    out.push_str(&run(
+        format!(
+            "INSERT INTO public.{name} ({}) SELECT {} FROM %I.{name} s",
+            cols.join(", "),
+            vals.join(", ")
+        ),
+        "",
+    ));
+    out.push_str("GET DIAGNOSTICS n = ROW_COUNT;\ntotal := total + n;\n");
+    out.push_str(&run(
+        format!("SELECT {} FROM %I.{name} s", fp(&src_row)),
+        " INTO a, fa",
+    ));
+    out.push_str(&run(
+        format!(
+            "SELECT {} FROM bench_ref.id_map m JOIN public.{name} d ON d.id = m.new_id \
+             WHERE m.tbl = {lit} AND m.tenant = $1",
+            fp(&dst_row)
+        ),
+        " INTO b, fb",
+    ));
+    out.push_str(&format!(
+        "IF a <> b OR fa <> fb THEN RAISE EXCEPTION 'tenant %, table %: % source row(s), % moved, or fingerprints differ', ten, {lit}, a, b; END IF;\n"
+    ));
+    out
+}
+
+/// The baseline's bookkeeping and its one function, `bench_ref.move_tenant(tenant, schema,
+/// deferred)`: every table of one tenant moved and proven in the caller's one transaction.
+fn reference_ddl(p: &Plan) -> String {
+    let body: String = p.tables.iter().map(reference_table_sql).collect();
+    format!(
+        "CREATE SCHEMA bench_ref;
+         CREATE TABLE bench_ref.id_map (tbl text NOT NULL, tenant int8 NOT NULL, old_id int8 NOT NULL,
+             new_id int8 NOT NULL, PRIMARY KEY (tbl, tenant, old_id));
+         CREATE UNIQUE INDEX ON bench_ref.id_map (tbl, new_id);
+         CREATE FUNCTION bench_ref.move_tenant(ten int8, sch text, deferred bool) RETURNS int8
+         LANGUAGE plpgsql AS $body$
+         DECLARE n int8; total int8 := 0; a int8; b int8; fa numeric; fb numeric;
+         BEGIN
+           IF deferred THEN SET LOCAL session_replication_role = replica; END IF;
+           {body}
+           RETURN total;
+         END $body$;"
+    )
+}
+
+/// The baseline: one call per tenant, `PROOF_WORKERS` at once, the id map analyzed as the
+/// engine analyzes its own. Returns the rows moved and the time.
+async fn reference(pool: &PgPool, p: &Plan, deferred: bool) -> (u64, Duration) {
+    // `BENCH_PROOF_DDL=<file>` keeps the baseline's SQL, to run it by hand.
+    if let Ok(path) = std::env::var("BENCH_PROOF_DDL") {
+        std::fs::write(path, reference_ddl(p)).expect("write the baseline's SQL");
+    }
+    sqlx::raw_sql(AssertSqlSafe(reference_ddl(p)))
+        .execute(pool)
+        .await
+        .expect("create the baseline");
+    let stats = MapStatistics::new("bench_ref.id_map".to_owned());
+    let started = Instant::now();
+    let rows: Vec<i64> = futures::stream::iter(p.tenants.iter().map(Ok::<_, sqlx::Error>))
+        .map_ok(|tenant| {
+            let stats = &stats;
+            async move {
+                let n: i64 = sqlx::query_scalar("SELECT bench_ref.move_tenant($1, $2, $3)")
+                    .bind(tenant.id)
+                    .bind(&tenant.schema)
+                    .bind(deferred)
+                    .fetch_one(pool)
+                    .await?;
+                stats.note(pool, n as u64).await?;
+                Ok(n)
+            }
+        })
+        .try_buffer_unordered(PROOF_WORKERS)
+        .try_collect()
+        .await
+        .expect("baseline move");
+    (rows.iter().sum::<i64>() as u64, started.elapsed())
+}
+
+/// The engine's consolidate on its own copy; with `prove` false, followed by verify (timed
+/// apart). Returns the rows, consolidate's time and verify's.
+async fn engine_proof(
+    pool: &PgPool,
+    fk_checks: FkChecks,
+    prove: bool,
+) -> (u64, Duration, Option<Duration>) {
+    let p = plan(pool, &PlanOptions::default()).await.expect("plan");
+    let opts = ConsolidateOptions {
+        concurrency: PROOF_WORKERS,
+        dry_run: false,
+        fk_checks,
+        prove,
+    };
+    let started = Instant::now();
+    let report = consolidate(pool, &p, &opts, &|_| {})
+        .await
+        .expect("consolidate");
+    let moved = started.elapsed();
+    if prove {
+        assert_eq!(report.units_proven, report.units_done);
+        return (report.rows_total(), moved, None);
+    }
+    let started = Instant::now();
+    let v = verify(pool, &p, PROOF_WORKERS).await.expect("verify");
+    assert!(v.is_ok(), "{:?}", v.failures());
+    (report.rows_total(), moved, Some(started.elapsed()))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// One round's times: the baseline, consolidate with proof, consolidate alone, and verify.
+struct ProofRound {
+    reference: f64,
+    proven: f64,
+    alone: f64,
+    verify: f64,
+}
+
+/// Rounds of the three contenders on fresh copies of `template`, in a rotating order so that
+/// each sees the machine's load in every position.
+async fn proof_rounds(
+    pg: &Postgres,
+    admin: &PgPool,
+    template: &str,
+    fk_checks: FkChecks,
+    rounds: usize,
+    total_rows: u64,
+) -> Vec<ProofRound> {
+    let deferred = fk_checks != FkChecks::Enforced;
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let mut times = [0.0f64; 4];
+        for k in 0..3 {
+            let who = (round + k) % 3;
+            let name = format!("bench_proof_run_{who}");
+            create_from(admin, &name, template).await;
+            let db = pool(&url_of(pg, &name)).await;
+            match who {
+                0 => {
+                    let p = plan(&db, &PlanOptions::default()).await.expect("plan");
+                    let (rows, t) = reference(&db, &p, deferred).await;
+                    assert_eq!(rows, total_rows);
+                    times[0] = t.as_secs_f64();
+                }
+                1 => {
+                    let (rows, t, _) = engine_proof(&db, fk_checks, true).await;
+                    assert_eq!(rows, total_rows);
+                    times[1] = t.as_secs_f64();
+                }
+                _ => {
+                    let (rows, t, v) = engine_proof(&db, fk_checks, false).await;
+                    assert_eq!(rows, total_rows);
+                    times[2] = t.as_secs_f64();
+                    times[3] = v.expect("verified").as_secs_f64();
+                }
+            }
+            db.close().await;
+            sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE {}",
+                sql::ident(&name)
+            )))
+            .execute(admin)
+            .await
+            .expect("drop copy");
+        }
+        eprintln!(
+            "  {fk_checks:?} round {}: baseline {:.2} s, consolidate with proof {:.2} s ({:.2}×), consolidate {:.2} s + verify {:.2} s ({:.2}×)",
+            round + 1,
+            times[0],
+            times[1],
+            times[1] / times[0],
+            times[2],
+            times[3],
+            (times[2] + times[3]) / times[0]
+        );
+        out.push(ProofRound {
+            reference: times[0],
+            proven: times[1],
+            alone: times[2],
+            verify: times[3],
+        });
+    }
+    out
+}
+
+/// The moved-and-proven comparison, printed as a Markdown section.
+async fn moved_and_proven(pg: &Postgres, admin: &PgPool) {
+    let tenants = rollback_tests::bench_setting::<u32>("BENCH_PROOF_TENANTS", 300);
+    let rows = rollback_tests::bench_setting::<u32>("BENCH_PROOF_ROWS", 206);
+    let rounds = rollback_tests::bench_setting::<usize>("BENCH_ROUNDS", 3).max(1);
+    eprintln!("moved and proven: generating {tenants} tenants × 8 tables × ~{rows} rows ...");
+    let spec = DemoSpec {
+        tenants,
+        rows,
+        seed: 7,
+        shared_rows: 100,
+        concurrency: CONCURRENCY,
+        ..DemoSpec::default()
+    };
+    generate(pg, admin, "bench_proof_source", &spec).await;
+    let src = pool(&url_of(pg, "bench_proof_source")).await;
+    let mut counted = plan(&src, &PlanOptions::default()).await.expect("plan");
+    rollback_agent::tenancy::plan::count_exactly(&src, &mut counted)
+        .await
+        .expect("count");
+    src.close().await;
+    let total_rows = counted.rows;
+
+    println!(
+        "## Moved and proven (one PostgreSQL, {PROOF_WORKERS} workers on each side, {} cores)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "Data: {tenants} tenants × 8 tables, {total_rows} rows; {rounds} alternating rounds, each contender on a fresh copy of the same database.\n"
+    );
+    println!(
+        "| FK checks | baseline: move and prove per tenant (median) | consolidate with proof (median) | ratio (median of rounds) | consolidate alone | + verify | (consolidate + verify) / baseline |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for fk in [FkChecks::Deferred, FkChecks::Enforced] {
+        let r = proof_rounds(pg, admin, "bench_proof_source", fk, rounds, total_rows).await;
+        let med = |f: &dyn Fn(&ProofRound) -> f64| median(r.iter().map(f).collect());
+        println!(
+            "| {fk:?} | {:.2} s | {:.2} s | **{:.2}×** (rounds: {}) | {:.2} s ({:.2}×) | {:.2} s | {:.2}× |",
+            med(&|x| x.reference),
+            med(&|x| x.proven),
+            med(&|x| x.proven / x.reference),
+            r.iter()
+                .map(|x| format!("{:.2}", x.proven / x.reference))
+                .collect::<Vec<_>>()
+                .join(", "),
+            med(&|x| x.alone),
+            med(&|x| x.alone / x.reference),
+            med(&|x| x.verify),
+            med(&|x| (x.alone + x.verify) / x.reference),
+        );
+    }
+    println!();
+}
+
 #[tokio::main]
 async fn main() {
     let tenants = rollback_tests::bench_setting::<u32>("BENCH_TENANTS", 1000);
@@ -221,6 +557,10 @@ async fn main() {
     let plan_tenants = rollback_tests::bench_setting::<u32>("BENCH_PLAN_TENANTS", 10_000);
     let pg = Postgres::start().await.expect("start PostgreSQL");
     let admin = pool(&pg.admin_url()).await;
+    moved_and_proven(&pg, &admin).await;
+    if rollback_tests::bench_setting::<u8>("BENCH_PROOF_ONLY", 0) == 1 {
+        return;
+    }
 
     eprintln!("generating {tenants} tenants × 8 tables × ~{rows} rows ...");
     let spec = DemoSpec {

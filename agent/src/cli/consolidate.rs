@@ -26,6 +26,10 @@ pub struct ConsolidateArgs {
     /// default, unless the runbook's consolidate step says otherwise).
     #[arg(long, value_enum)]
     fk_checks: Option<FkChecks>,
+    /// Whether each unit proves, before it commits, that the rows it wrote match the rows it
+    /// read, count and fingerprint (default: the runbook's consolidate step's, else true).
+    #[arg(long)]
+    prove: Option<bool>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -39,6 +43,7 @@ impl ConsolidateArgs {
             concurrency: self.concurrency.unwrap_or(step.concurrency),
             dry_run: self.dry_run,
             fk_checks: self.fk_checks.unwrap_or(step.fk_checks),
+            prove: self.prove.unwrap_or(step.prove),
         };
         let (pool, p) = self
             .scope

@@ -68,9 +68,10 @@ impl Report for Consolidated<'_> {
             return r.would.iter().map(|w| format!("would {w}\n")).collect();
         }
         format!(
-            "consolidated {} unit(s) ({} already done), {} row(s) in {} ms\n",
+            "consolidated {} unit(s) ({} already done, {} proven), {} row(s) in {} ms\n",
             r.units_done,
             r.units_skipped,
+            r.units_proven,
             r.rows_total(),
             r.elapsed_ms
         )

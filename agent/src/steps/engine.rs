@@ -128,9 +128,10 @@ pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateSt
             }
             Ok(r) => StepOutcome::Succeeded {
                 summary: format!(
-                    "{} unit(s) consolidated ({} already done), {} row(s)",
+                    "{} unit(s) consolidated ({} already done, {} proven), {} row(s)",
                     r.units_done,
                     r.units_skipped,
+                    r.units_proven,
                     r.rows_total()
                 ),
             },

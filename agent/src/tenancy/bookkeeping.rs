@@ -58,6 +58,54 @@ pub fn is_orphan_error(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(ORPHAN_SQLSTATE))
 }
 
+/// `rollback_engine.unproven(tenant, tbl, source_rows, source_fp, dest_rows, dest_fp)`: raises
+/// the engine's "destination differs from source" error, the four figures in its detail.
+pub fn unproven_fn() -> String {
+    sql::table(ENGINE_SCHEMA, "unproven")
+}
+
+/// The SQLSTATE the unproven function raises.
+pub const UNPROVEN_SQLSTATE: &str = "RB003";
+
+/// The four figures of an unproven unit (source rows and fingerprint, destination rows and
+/// fingerprint, the fingerprints as the decimal text of their sums), when `e` is that error.
+pub fn unproven_figures(e: &sqlx::Error) -> Option<(i64, String, i64, String)> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    if db.code().as_deref() != Some(UNPROVEN_SQLSTATE) {
+        return None;
+    }
+    let detail = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?
+        .detail()?;
+    let mut it = detail.split(' ');
+    let figures = (
+        it.next()?.parse().ok()?,
+        it.next()?.to_owned(),
+        it.next()?.parse().ok()?,
+        it.next()?.to_owned(),
+    );
+    it.next().is_none().then_some(figures)
+}
+
+/// Creates (or replaces) the unproven function.
+fn unproven_fn_ddl() -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION {unproven}(tenant int8, tbl text, source_rows int8, source_fp numeric,
+                                               dest_rows int8, dest_fp numeric) RETURNS int8
+             LANGUAGE plpgsql AS $f$
+             BEGIN
+                 RAISE EXCEPTION USING ERRCODE = '{code}',
+                     MESSAGE = format('tenant %s, table %s: the rows written do not match the source: %s row(s) in the tenant schema, %s written, or their fingerprints differ',
+                                      tenant, tbl, source_rows, dest_rows),
+                     DETAIL = format('%s %s %s %s', source_rows, source_fp, dest_rows, dest_fp);
+             END $f$;",
+        unproven = unproven_fn(),
+        code = UNPROVEN_SQLSTATE,
+    )
+}
+
 /// `rollback_engine.delta_units`: the delta import's claims, one per (delta, stage, tenant, table).
 pub fn delta_units() -> String {
     sql::table(ENGINE_SCHEMA, "delta_units")
@@ -76,8 +124,8 @@ pub fn mismatch_fn() -> String {
     sql::table(ENGINE_SCHEMA, "delta_mismatch")
 }
 
-/// Creates the engine's schema, the id map, the units done, the baseline and the orphan
-/// function, if needed, in the caller's transaction after it took
+/// Creates the engine's schema, the id map, the units done, the baseline and the orphan and
+/// unproven functions, if needed, in the caller's transaction after it took
 /// the prepare lock.
 pub fn engine_ddl() -> String {
     format!(
@@ -90,11 +138,18 @@ pub fn engine_ddl() -> String {
              tenant int8 NOT NULL, tbl text NOT NULL, rows int8 NOT NULL,
              finished_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant, tbl));
          ALTER TABLE {units} ADD COLUMN IF NOT EXISTS fk_deferred bool NOT NULL DEFAULT false;
+         -- The in-unit proof, NULL when the unit was not proven (or done by an older engine).
+         ALTER TABLE {units} ADD COLUMN IF NOT EXISTS source_rows int8,
+             ADD COLUMN IF NOT EXISTS source_fingerprint numeric,
+             ADD COLUMN IF NOT EXISTS dest_rows int8,
+             ADD COLUMN IF NOT EXISTS dest_fingerprint numeric;
          CREATE TABLE IF NOT EXISTS {baseline} (
              tbl text PRIMARY KEY, rows int8 NOT NULL, fingerprint numeric NOT NULL,
              recorded_at timestamptz NOT NULL DEFAULT now());
-         {orphan}",
+         {orphan}
+         {unproven}",
         orphan = orphan_fn_ddl(),
+        unproven = unproven_fn_ddl(),
         schema = sql::ident(ENGINE_SCHEMA),
         id_map = id_map(),
         units = units(),

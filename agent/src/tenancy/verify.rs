@@ -131,7 +131,7 @@ pub enum VerifyError {
 }
 
 /// Reads a `(count, numeric sum)` pair into a `RowSet`, folding the sum to 64 bits.
-fn row_set(rows: i64, sum: String) -> RowSet {
+pub(crate) fn row_set(rows: i64, sum: String) -> RowSet {
     // The numeric sum can exceed 64 bits; its decimal text is folded with FNV-1a so the
     // comparison stays exact (equal sums fold equally) and the display stays short.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -152,58 +152,54 @@ struct TableSql {
 
 const SCHEMA_SLOT: &str = "\u{1}SCHEMA\u{1}";
 
-fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
+/// How a unit's two sides are read from the tables, each side a fingerprint expression and
+/// the `FROM` clause it aggregates over.
+pub(crate) struct Reading {
+    pub(crate) source_fp: String,
+    pub(crate) source_from: String,
+    pub(crate) dest_fp: String,
+    pub(crate) dest_from: String,
+}
+
+/// Reads a unit: the tenant table `src`, and the shared table's rows of tenant `ten` (SQL
+/// expressions) mapped back through the id map, both rendered by
+/// [`fingerprint::unit_rows`] as the in-unit proof renders them.
+pub(crate) fn reading(plan: &Plan, t: &TablePlan, src: &str, ten: &str) -> Reading {
     let id = sql::ident(&t.id_column);
-    let mut src_row = vec![format!("s.{id}::int8")];
-    let mut dst_row = vec!["m.old_id".to_owned()];
-    let mut joins = String::new();
-    for (i, c, link) in t.linked_columns() {
-        let col = sql::ident(&c.name);
-        match link {
-            Some(fk) => {
-                let alias = format!("f{i}");
-                // A link that maps to nothing in this tenant must not look like a NULL link.
-                src_row.push(format!("s.{col}::int8::text"));
-                dst_row.push(format!(
-                    "CASE WHEN d.{col} IS NULL THEN NULL ELSE coalesce({alias}.old_id::text, 'unmapped:' || d.{col}::text) END"
-                ));
-                joins.push_str(&format!(
-                    " LEFT JOIN {map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = $2 AND {alias}.new_id = d.{col}",
-                    map = id_map(),
-                    parent = sql::literal(&fk.parent),
-                ));
-            }
-            None => {
-                // Render both sides in the shared column's type, so text forms agree.
-                src_row.push(format!("CAST(s.{col} AS {})", c.dest_type));
-                dst_row.push(format!("d.{col}"));
-            }
-        }
-    }
-    let (count, src_fp) = fingerprint::aggregate(&format!("ROW({})", src_row.join(", ")));
-    let (_, dst_fp) = fingerprint::aggregate(&format!("ROW({})", dst_row.join(", ")));
-    TableSql {
-        source: format!(
-            "SELECT {count}, ({src_fp})::text FROM {SCHEMA_SLOT}.{} s",
-            sql::ident(&t.name)
-        ),
-        dest: format!(
-            "SELECT {count}, ({dst_fp})::text FROM {dest} d JOIN {map} m ON m.tbl = $1 AND m.tenant = $2 AND m.new_id = d.{id}{joins} WHERE d.{tc} = $2",
+    // The row's own old id comes by the map's (tbl, new_id) index too, tenant checked in it.
+    let own = fingerprint::old_ids_in_map(&id_map(), &t.name, ten, "m", &format!("d.{id}"));
+    let rows = fingerprint::unit_rows(t, &own.old_id, &|fk, alias, new_id| {
+        fingerprint::old_ids_in_map(&id_map(), &fk.parent, ten, alias, new_id)
+    });
+    let (_, source_fp) = fingerprint::aggregate(&rows.source);
+    let (_, dest_fp) = fingerprint::aggregate(&rows.dest);
+    Reading {
+        source_fp,
+        source_from: format!("FROM {src} s"),
+        dest_fp,
+        dest_from: format!(
+            "FROM {dest} d JOIN {own}{joins} WHERE d.{tc} = {ten}",
             dest = sql::table(&plan.shared_schema, &t.name),
-            map = id_map(),
+            own = own.join,
+            joins = rows.dest_joins,
             tc = sql::ident(&plan.tenant_column),
         ),
     }
 }
 
-async fn fetch_row_set(
-    pool: &PgPool,
-    q: String,
-    table: &str,
-    tenant: i64,
-) -> Result<RowSet, sqlx::Error> {
+/// Verification's own reading of a unit; `$1` is the tenant.
+fn table_sql(plan: &Plan, t: &TablePlan) -> TableSql {
+    let src = format!("{SCHEMA_SLOT}.{}", sql::ident(&t.name));
+    let r = reading(plan, t, &src, "$1");
+    let (count, _) = fingerprint::aggregate("");
+    TableSql {
+        source: format!("SELECT {count}, ({})::text {}", r.source_fp, r.source_from),
+        dest: format!("SELECT {count}, ({})::text {}", r.dest_fp, r.dest_from),
+    }
+}
+
+async fn fetch_row_set(pool: &PgPool, q: String, tenant: i64) -> Result<RowSet, sqlx::Error> {
     let (rows, sum): (i64, String) = sqlx::query_as(AssertSqlSafe(q))
-        .bind(table)
         .bind(tenant)
         .fetch_one(pool)
         .await?;
@@ -259,8 +255,8 @@ pub async fn verify(
                 let (t, s) = (&plan.tables[i], &sqls[i]);
                 async move {
                     let source = s.source.replace(SCHEMA_SLOT, &sql::ident(schema));
-                    let expected = fetch_row_set(pool, source, &t.name, tenant).await?;
-                    let actual = fetch_row_set(pool, s.dest.clone(), &t.name, tenant).await?;
+                    let expected = fetch_row_set(pool, source, tenant).await?;
+                    let actual = fetch_row_set(pool, s.dest.clone(), tenant).await?;
                     Ok::<_, sqlx::Error>((tenant, t.name.clone(), expected, actual))
                 }
             })

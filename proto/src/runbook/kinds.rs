@@ -333,6 +333,10 @@ pub struct ConsolidateStep {
     /// How the shared tables' foreign keys are checked while rows load, `auto` by default.
     #[serde(default)]
     pub fk_checks: FkChecks,
+    /// Whether each unit proves, before it commits, that the rows it wrote match the rows it
+    /// read (count and fingerprint, as `verify` compares them); `true` by default.
+    #[serde(default = "default_prove")]
+    pub prove: bool,
 }
 
 /// How `consolidate` has the shared tables' foreign keys checked.
@@ -353,6 +357,10 @@ pub enum FkChecks {
     /// Rows load with triggers off (`session_replication_role = replica`); every foreign key
     /// is validated in bulk at the end. Refused where it is not safe.
     Deferred,
+}
+
+fn default_prove() -> bool {
+    true
 }
 
 fn default_concurrency() -> u32 {

@@ -140,6 +140,7 @@ fn expected_every_kind() -> Runbook {
                             concurrency: 8,
                             ids: IdStrategy::Keep,
                             fk_checks: FkChecks::Auto,
+                            prove: true,
                         }),
                     ),
                     plain(

@@ -19,6 +19,7 @@ mod lease;
 mod local_demo;
 mod nats_faults;
 mod nats_permissions;
+mod proof;
 mod provisioning;
 mod quarantine;
 mod replay;

@@ -5,11 +5,15 @@
 //! The unit of work is one (tenant, table). Its transaction takes a SHARE lock on the
 //! source (no writer can change it under us, so every statement of the unit reads the same
 //! rows), claims the unit in `rollback_engine.units`, allocates the new ids into the id map,
-//! refuses orphans, inserts, and commits all of it at once. A re-run skips claimed units.
+//! refuses orphans, inserts, proves what it wrote against what it read (count and fingerprint,
+//! as verification renders them; see [`unit`]), and commits all of it at once. A re-run skips
+//! claimed units.
 //! Tenants run in parallel; within a tenant, tables go in foreign-key order so that a
 //! parent's id map exists before its children are rewritten.
 
-use std::collections::BTreeMap;
+mod unit;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -17,14 +21,16 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use rollback_proto::runbook::{ConsolidateStep, FkChecks, IdStrategy};
 use serde::Serialize;
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::Mutex;
 
+use self::unit::{UnitShape, UnitSql, run_unit, unit_sql};
 use super::bookkeeping::MapStatistics;
-use super::bookkeeping::{self, id_map, units};
-use super::plan::{Plan, Refusal, TablePlan};
+use super::bookkeeping::{id_map, units};
+use super::plan::{Plan, Refusal};
 use super::sql;
 use super::state;
+use super::verify::RowSet;
 
 /// How to consolidate.
 #[derive(Debug, Clone)]
@@ -35,6 +41,9 @@ pub struct ConsolidateOptions {
     pub dry_run: bool,
     /// Per-row foreign-key triggers, or a bulk validation at the end.
     pub fk_checks: FkChecks,
+    /// Each unit compares what it wrote with what it read (count and fingerprint) before it
+    /// commits, and rolls back when they differ.
+    pub prove: bool,
 }
 
 impl Default for ConsolidateOptions {
@@ -43,18 +52,20 @@ impl Default for ConsolidateOptions {
             concurrency: 4,
             dry_run: false,
             fk_checks: FkChecks::Auto,
+            prove: true,
         }
     }
 }
 
 impl ConsolidateOptions {
     /// What a runbook's `consolidate` step asks for: its concurrency (one at least) and its
-    /// foreign-key checks, writing for real.
+    /// foreign-key checks and whether units prove themselves, writing for real.
     pub fn of_step(step: &ConsolidateStep) -> Self {
         Self {
             concurrency: step.concurrency.max(1) as usize,
             dry_run: false,
             fk_checks: step.fk_checks,
+            prove: step.prove,
         }
     }
 }
@@ -85,6 +96,9 @@ pub struct ConsolidateReport {
     pub units_done: u64,
     /// Units found done by an earlier call.
     pub units_skipped: u64,
+    /// Units done by this call that proved, before committing, that the rows written match
+    /// the source rows (count and fingerprint).
+    pub units_proven: u64,
     /// Rows copied by this call, per table.
     pub rows: BTreeMap<String, u64>,
     /// Sequences moved past the largest id: (sequence, value).
@@ -108,6 +122,21 @@ pub enum ConsolidateError {
     /// The plan refuses; nothing was written.
     #[error("the plan refuses consolidation: {}", .0.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; "))]
     Refused(Vec<Refusal>),
+    /// The rows a unit wrote do not match the rows it read: the unit was rolled back.
+    #[error(
+        "tenant {tenant}, table {table}: the rows written do not match the source ({} row(s) with fingerprint {:016x} in the tenant schema, {} with fingerprint {:016x} written); nothing of this unit was written",
+        expected.rows, expected.fingerprint, actual.rows, actual.fingerprint
+    )]
+    Unproven {
+        /// The tenant.
+        tenant: i64,
+        /// The table.
+        table: String,
+        /// What the tenant schema holds.
+        expected: RowSet,
+        /// What the unit wrote.
+        actual: RowSet,
+    },
     /// A foreign key points at a parent row that does not exist in the tenant.
     #[error(
         "tenant {tenant}, table {table}: {count} row(s) have {column} pointing at no row of {parent} (e.g. {examples:?}); nothing of this unit was written"
@@ -169,209 +198,6 @@ impl ConsolidateError {
     }
 }
 
-/// The SQL of one table's units, built once from the plan and bound per tenant.
-///
-/// A unit is one script sent in one round trip; PostgreSQL runs a multi-statement query as
-/// one implicit transaction, so the lock, the claim, the id map, the rows and the progress
-/// row commit together or not at all (an error anywhere rolls all of it back).
-struct UnitSql {
-    table: String,
-    script: String,
-    /// Per foreign key: (column, parent, the query listing its dangling values); run only to
-    /// explain a unit that failed on one.
-    orphans: Vec<(String, String, String)>,
-}
-
-/// Where the tenant schema's name goes in the per-table SQL templates.
-const SCHEMA_SLOT: &str = "\u{1}SCHEMA\u{1}";
-/// Where the table's name (as a text value) goes.
-const TABLE_SLOT: &str = "\u{1}TABLE\u{1}";
-/// Where the tenant id goes.
-const TENANT_SLOT: &str = "\u{1}TENANT\u{1}";
-
-fn unit_sql(plan: &Plan, t: &TablePlan, deferred: bool) -> UnitSql {
-    let (tbl, ten) = (TABLE_SLOT, TENANT_SLOT);
-    let src = format!("{}.{}", SCHEMA_SLOT, sql::ident(&t.name));
-    let dest = sql::table(&plan.shared_schema, &t.name);
-    let id = sql::ident(&t.id_column);
-    let new_id = match (plan.ids, &t.id_sequence) {
-        (IdStrategy::Remap, Some(seq)) => format!("nextval({}::regclass)", sql::literal(seq)),
-        _ => format!("s.{id}"),
-    };
-    // The unit's own claim is the only `units` row with rows = -1: statements after the
-    // claim do nothing when the unit was done before (the claim then inserted nothing).
-    let claimed = format!(
-        "EXISTS (SELECT 1 FROM {} u WHERE u.tenant = {ten} AND u.tbl = {tbl} AND u.rows = -1)",
-        units()
-    );
-    let map_ids = format!(
-        "INSERT INTO {} (tbl, tenant, old_id, new_id) SELECT {tbl}, {ten}, s.{id}, {new_id} FROM {src} s WHERE {claimed} ORDER BY s.{id}",
-        id_map()
-    );
-    let orphans = t
-        .foreign_keys
-        .iter()
-        .map(|fk| {
-            let col = sql::ident(&fk.column);
-            let q = format!(
-                "SELECT s.{col}::int8 FROM {src} s WHERE s.{col} IS NOT NULL AND NOT EXISTS \
-                 (SELECT 1 FROM {} m WHERE m.tbl = {tbl} AND m.tenant = {ten} AND m.old_id = s.{col})",
-                id_map()
-            );
-            (fk.column.clone(), fk.parent.clone(), q)
-        })
-        .collect();
-
-    let mut cols = vec![id.clone(), sql::ident(&plan.tenant_column)];
-    let mut vals = vec!["m.new_id".to_owned(), ten.to_owned()];
-    let mut joins = String::new();
-    for (i, c, link) in t.linked_columns() {
-        cols.push(sql::ident(&c.name));
-        match link {
-            Some(fk) => {
-                let alias = format!("f{i}");
-                joins.push_str(&format!(
-                    " LEFT JOIN {map} {alias} ON {alias}.tbl = {parent} AND {alias}.tenant = {ten} AND {alias}.old_id = s.{col}",
-                    map = id_map(),
-                    parent = sql::literal(&fk.parent),
-                    col = sql::ident(&c.name),
-                ));
-                // A link with no parent in this tenant stops the whole unit, loudly.
-                vals.push(format!(
-                    "CASE WHEN s.{col} IS NOT NULL AND {alias}.new_id IS NULL \
-                     THEN {orphan}({tbl}, {column}, {ten}, s.{col}::int8) ELSE {alias}.new_id END",
-                    col = sql::ident(&c.name),
-                    orphan = bookkeeping::orphan_fn(),
-                    column = sql::literal(&c.name),
-                ));
-            }
-            // With the triggers off, a kept link to a global table is checked here instead.
-            None => match t.kept_references.iter().find(|k| k.columns == [c.name.clone()]) {
-                Some(k) if deferred => vals.push(format!(
-                    "CASE WHEN s.{col} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{pcol} = s.{col}) \
-                     THEN (CASE WHEN {orphan}({tbl}, {column}, {ten}, NULL) IS NULL THEN s.{col} END) ELSE s.{col} END",
-                    col = sql::ident(&c.name),
-                    parent = sql::table(&k.parent_schema, &k.parent),
-                    pcol = sql::ident(&k.parent_columns[0]),
-                    orphan = bookkeeping::orphan_fn(),
-                    column = sql::literal(&c.name),
-                )),
-                // Cast to the shared column's type, as verify renders it: tenants' types may
-                // differ from each other, and one that does not widen (text to numeric) has
-                // no implicit cast; the plan proved every such value casts unchanged. A cast
-                // to the same type costs nothing.
-                _ => vals.push(format!(
-                    "CAST(s.{} AS {})",
-                    sql::ident(&c.name),
-                    c.dest_type
-                )),
-            },
-        }
-    }
-    let overriding = if t.identity_always {
-        " OVERRIDING SYSTEM VALUE"
-    } else {
-        ""
-    };
-    let insert = format!(
-        "INSERT INTO {dest} ({}){overriding} SELECT {} FROM {src} s JOIN {map} m ON m.tbl = {tbl} AND m.tenant = {ten} AND m.old_id = s.{id}{joins} WHERE {claimed}",
-        cols.join(", "),
-        vals.join(", "),
-        map = id_map(),
-    );
-    // Triggers off for this unit's transaction only; the per-link checks in the insert and
-    // the bulk validation at the end stand in for the foreign-key triggers.
-    let triggers_off = deferred.then(|| "SET LOCAL session_replication_role = replica".to_owned());
-    let script = triggers_off
-        .into_iter()
-        .chain([
-        format!("LOCK TABLE {src} IN SHARE MODE"),
-        format!(
-            "INSERT INTO {} (tenant, tbl, rows, fk_deferred) VALUES ({ten}, {tbl}, -1, {deferred}) ON CONFLICT DO NOTHING",
-            units()
-        ),
-        map_ids,
-        insert,
-        format!(
-            "UPDATE {units} SET rows = (SELECT count(*) FROM {map} WHERE tbl = {tbl} AND tenant = {ten}), \
-             finished_at = now() WHERE tenant = {ten} AND tbl = {tbl} AND rows = -1 RETURNING rows",
-            units = units(),
-            map = id_map(),
-        ),
-    ])
-    .collect::<Vec<_>>()
-    .join(";\n");
-    UnitSql {
-        table: t.name.clone(),
-        script,
-        orphans,
-    }
-}
-
-/// Fills a template's slots with a unit's quoted schema, table name and tenant id.
-fn bind(tpl: &str, table: &str, tenant: i64, schema: &str) -> String {
-    tpl.replace(SCHEMA_SLOT, &sql::ident(schema))
-        .replace(TABLE_SLOT, &sql::literal(table))
-        .replace(TENANT_SLOT, &tenant.to_string())
-}
-
-/// Runs one unit. Returns the rows copied, or `None` when an earlier run had done it.
-async fn run_unit(
-    pool: &PgPool,
-    u: &UnitSql,
-    tenant: i64,
-    schema: &str,
-) -> Result<Option<u64>, ConsolidateError> {
-    let unit_err = |source| ConsolidateError::Unit {
-        tenant,
-        table: u.table.clone(),
-        source,
-    };
-    let script = bind(&u.script, &u.table, tenant, schema);
-    match sqlx::raw_sql(AssertSqlSafe(script)).fetch_all(pool).await {
-        // The closing UPDATE returns the unit's row count only when this call claimed it.
-        Ok(rows) => Ok(rows.first().map(|r| r.get::<i64, _>(0) as u64)),
-        // A rewritten link is counted for the message; a kept link to a global table (checked
-        // when foreign keys are deferred) is reported with the database's own words.
-        Err(e) if bookkeeping::is_orphan_error(&e) => {
-            Err(match explain_orphans(pool, u, tenant, schema).await {
-                Ok(orphans) => orphans,
-                Err(_) => unit_err(e),
-            })
-        }
-        Err(e) => Err(unit_err(e)),
-    }
-}
-
-/// Counts the dangling links of a unit that failed on one, for a message a person can act on.
-async fn explain_orphans(
-    pool: &PgPool,
-    u: &UnitSql,
-    tenant: i64,
-    schema: &str,
-) -> Result<ConsolidateError, sqlx::Error> {
-    for (column, parent, q) in &u.orphans {
-        let dangling: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(bind(q, parent, tenant, schema)))
-            .persistent(false)
-            .fetch_all(pool)
-            .await?;
-        if !dangling.is_empty() {
-            return Ok(ConsolidateError::Orphans {
-                tenant,
-                table: u.table.clone(),
-                column: column.clone(),
-                parent: parent.clone(),
-                count: dangling.len() as i64,
-                examples: dangling.into_iter().take(5).collect(),
-            });
-        }
-    }
-    Err(sqlx::Error::Protocol(format!(
-        "tenant {tenant}, table {}: the database reported a dangling link that cannot be found again",
-        u.table
-    )))
-}
-
 /// Consolidates every unit of the plan. `progress` is called after each unit.
 pub async fn consolidate(
     pool: &PgPool,
@@ -391,25 +217,35 @@ pub async fn consolidate(
     if opts.dry_run {
         return dry_run(pool, plan, units_total, started).await;
     }
-    let deferred = deferred_checks(pool, plan, opts.fk_checks).await?;
+    let hooked = hooked_tables(pool, plan).await?;
+    let deferred = deferred_checks(pool, plan, opts.fk_checks, &hooked).await?;
     state::prepare(pool, plan).await?;
 
     let sqls: Vec<UnitSql> = plan
         .tables
         .iter()
-        .map(|t| unit_sql(plan, t, deferred))
+        .map(|t| {
+            let shape = UnitShape {
+                deferred,
+                prove: opts.prove,
+                hooked: hooked.contains(&t.name),
+            };
+            unit_sql(plan, t, shape)
+        })
         .collect();
     let done = AtomicU64::new(0);
     let rows_done = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
+    let proven = AtomicU64::new(0);
     let per_table: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
     let stats = Arc::new(MapStatistics::new(id_map()));
 
     futures::stream::iter((0..plan.tenants.len()).map(Ok::<_, ConsolidateError>))
         .try_for_each_concurrent(opts.concurrency.max(1), |i| {
             let tenant = &plan.tenants[i];
-            let (sqls, done, rows_done, skipped, per_table, stats) =
-                (&sqls, &done, &rows_done, &skipped, &per_table, &stats);
+            let (sqls, done, rows_done, skipped, proven, per_table, stats) = (
+                &sqls, &done, &rows_done, &skipped, &proven, &per_table, &stats,
+            );
             async move {
                 for (t, u) in plan.tables.iter().zip(sqls) {
                     if t.unit_tenants.binary_search(&tenant.id).is_err() {
@@ -420,6 +256,9 @@ pub async fn consolidate(
                     if outcome.is_none() {
                         skipped.fetch_add(1, Ordering::Relaxed);
                     } else {
+                        if u.proves {
+                            proven.fetch_add(1, Ordering::Relaxed);
+                        }
                         *per_table.lock().await.entry(t.name.clone()).or_default() += rows;
                         stats.note(pool, rows).await?;
                     }
@@ -444,6 +283,7 @@ pub async fn consolidate(
         units_total,
         units_done: done.load(Ordering::Relaxed) - units_skipped,
         units_skipped,
+        units_proven: proven.load(Ordering::Relaxed),
         rows: per_table.into_inner(),
         sequences,
         would: Vec::new(),
@@ -482,6 +322,22 @@ pub async fn units_done(pool: &PgPool, plan: &Plan) -> Result<u64, sqlx::Error> 
     Ok(done as u64)
 }
 
+/// The shared tables (by name) that carry triggers or rules of the application's own.
+async fn hooked_tables(pool: &PgPool, plan: &Plan) -> Result<BTreeSet<String>, sqlx::Error> {
+    let names: Vec<String> = plan.tables.iter().map(|t| t.name.clone()).collect();
+    let hooked: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+           AND (EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
+             OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'))",
+    )
+    .bind(&plan.shared_schema)
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
+    Ok(hooked.into_iter().collect())
+}
+
 /// Whether rows may load with the foreign-key triggers off: the role must be a superuser,
 /// and no shared table may carry triggers or rules of the application's own (they would be
 /// skipped too), nor a composite link to a global table (not checked per row).
@@ -489,6 +345,7 @@ async fn deferred_checks(
     pool: &PgPool,
     plan: &Plan,
     asked: FkChecks,
+    hooked: &BTreeSet<String>,
 ) -> Result<bool, ConsolidateError> {
     if asked == FkChecks::Enforced {
         return Ok(false);
@@ -497,20 +354,10 @@ async fn deferred_checks(
         sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             .fetch_one(pool)
             .await?;
-    let tables: Vec<String> = plan
-        .tables
+    let hooked: Vec<String> = hooked
         .iter()
-        .map(|t| sql::table(&plan.shared_schema, &t.name))
+        .map(|t| format!("{}.{t}", plan.shared_schema))
         .collect();
-    let hooked: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid = ANY(SELECT to_regclass(x) FROM unnest($1::text[]) x)
-           AND (EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)
-             OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'))",
-    )
-    .bind(&tables)
-    .fetch_all(pool)
-    .await?;
     let composite: Vec<&str> = plan
         .tables
         .iter()
