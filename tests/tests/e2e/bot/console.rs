@@ -115,7 +115,10 @@ async fn a_console_script_waits_for_the_run_and_names_it_once() {
     assert_eq!(lines[0], "not understood: no run yet for `$run`", "{out}");
     let run = run_in(lines[1]).unwrap();
     assert!(lines[2].starts_with("accepted"), "{out}");
-    assert!(out.contains("Waiting for a person on `assess`"), "{out}");
+    assert!(
+        out.contains("Waiting for the checklist `assess` to be ticked (0 of 1 item ticked)"),
+        "{out}"
+    );
     assert!(
         out.contains("not understood: this console may act as nobody else"),
         "{out}"
