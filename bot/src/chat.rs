@@ -472,12 +472,15 @@ mod tests {
         assert!(!content.contains(" …"), "{content}");
         assert!(
             content.contains(
-                "Waiting for a person on `plan`: 2000 tenant(s) left untouched because they are \
-                 blocked (tenants 1, 2, 3 and 1997 more)"
+                "Waiting for a decision on 2000 blocked tenants left untouched by `plan` \
+                 (tenants 1, 2, 3 and 1997 more)"
             ),
             "{content}"
         );
-        assert!(content.ends_with("with a reason\n```"), "{content}");
+        assert!(
+            content.contains("with a reason\n```\nStarted <t:"),
+            "{content}"
+        );
         // And the buttons offer the decision.
         let ids: Vec<String> = status_buttons(&state)
             .iter()
