@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use crate::ids::StepId;
 use crate::runbook::{DryRunBehaviour, Step, StepKind};
 use crate::state::{RunState, RunStatus, StepStatus};
-use crate::times::count;
+use crate::words::count;
 
 /// Blocked tenants named in what a run waits for; the rest are counted.
 const BLOCKED_NAMED: usize = 3;

@@ -8,7 +8,8 @@ use std::fmt::Write;
 use crate::next::{NextAction, Waiting};
 use crate::runbook::StepKind;
 use crate::state::{PhaseStatus, RunState, RunStatus, StepStatus};
-use crate::times::{TimeStyle, count};
+use crate::times::TimeStyle;
+use crate::words::count;
 
 /// Unresolved blocked tenants listed in a status by id, schema and first reason; the rest are
 /// counted. Small enough that the status stays within a chat message however many there are.

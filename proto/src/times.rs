@@ -121,11 +121,6 @@ pub fn duration_words(d: time::Duration) -> String {
     }
 }
 
-/// `1 item`, `3 items`: a count with its noun.
-pub fn count(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
