@@ -2,8 +2,11 @@
 //! split to fit Discord's limits, the ids carried by buttons and modals, and nonces that make a
 //! repeated post the same message.
 
+use rollback_proto::render::{status_body, status_times};
 use rollback_proto::state::StepStatus;
-use rollback_proto::{NextAction, RunId, RunState, Waiting};
+use rollback_proto::{
+    Envelope, Event, NextAction, OutputStream, RunId, RunState, TimeStyle, Waiting,
+};
 use serenity::all::{ButtonStyle, CreateActionRow, CreateButton};
 use sha2::{Digest, Sha256};
 
@@ -52,13 +55,118 @@ pub fn truncate(text: &str, limit: usize) -> String {
     out
 }
 
-/// The status message's text: the run's state as `proto` renders it, within the limit.
+/// The status message's text: the run's state as `proto` renders it in a code block, within the
+/// limit, and its times below the block as Discord timestamps (a timestamp in a code block shows
+/// as its markup), each reader's client showing them in their own time zone.
 pub fn status_content(state: &RunState) -> String {
-    let text = rollback_proto::render::status_text(state);
-    truncate(
-        &format!("```\n{}\n```", fence_safe(text.trim_end())),
-        MESSAGE_LIMIT,
-    )
+    let times = status_times(state, TimeStyle::Discord).join("\n");
+    let fences = "```\n\n```\n".len();
+    let budget = MESSAGE_LIMIT.saturating_sub(times.chars().count() + fences);
+    let body = truncate(&fence_safe(status_body(state).trim_end()), budget);
+    format!("```\n{body}\n```\n{times}")
+}
+
+/// What an event posts besides the status edit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Announcement {
+    /// Step output, for the run's thread.
+    Output(OutputPost),
+    /// An escalation ping for the channel, with an Acknowledge button; exactly `mentions` ping.
+    Escalation {
+        /// The message's text.
+        content: String,
+        /// The role and user mentions that may ping.
+        mentions: Vec<String>,
+    },
+    /// An emergency restore request for the channel, with a Confirm button for a second person.
+    Emergency {
+        /// The message's text.
+        content: String,
+        /// The role and user mentions that may ping.
+        mentions: Vec<String>,
+    },
+}
+
+/// What `env` posts, given the run's state with `env` folded in: its output in the thread, an
+/// escalation ping, an emergency request; nothing for the other events, which the status shows.
+pub fn announcement(
+    state: &RunState,
+    env: &Envelope,
+    emergency_mentions: &[String],
+    attach_over: usize,
+) -> Option<Announcement> {
+    let run = env.run_id;
+    match &env.event {
+        Event::StepOutputRecorded {
+            step,
+            attempt,
+            stream,
+            chunk,
+            text,
+        } => {
+            let stream_name = match stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+                OutputStream::DryRun => "dry run",
+            };
+            let header = format!(
+                "`{step}` attempt {attempt}, {stream_name} #{chunk} — {}",
+                TimeStyle::Discord.time_of_day(env.at)
+            );
+            let filename = format!(
+                "{step}-attempt{attempt}-{}-{chunk}.txt",
+                stream_name.replace(' ', "-")
+            );
+            Some(Announcement::Output(output_post(
+                &header,
+                text,
+                attach_over,
+                filename,
+            )))
+        }
+        Event::EscalationRaised {
+            level,
+            reason,
+            notified,
+        } => {
+            let mentions = mentions_in(notified);
+            let content = format!(
+                "**Escalation, level {level}** — {reason}\nNothing has moved since {}.\n{}",
+                TimeStyle::Discord.at(state.last_activity_at),
+                mentions.join(" ")
+            );
+            Some(Announcement::Escalation {
+                content: truncate(content.trim_end(), MESSAGE_LIMIT),
+                mentions,
+            })
+        }
+        Event::EmergencyRequested {
+            database,
+            expires_at,
+        } => {
+            let content = format!(
+                "**Emergency restore requested** of `{database}` by {} — run `{run}`. A second \
+                 authorised person must confirm before {}.\n{}",
+                env.actor.person_name().unwrap_or("the agent"),
+                TimeStyle::Discord.at(*expires_at),
+                emergency_mentions.join(" ")
+            );
+            Some(Announcement::Emergency {
+                content: truncate(content.trim_end(), MESSAGE_LIMIT),
+                mentions: emergency_mentions.to_vec(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The chat mentions among what an escalation notified (webhooks are named, not mentioned).
+fn mentions_in(notified: &[String]) -> Vec<String> {
+    notified
+        .iter()
+        .filter(|n| n.starts_with("<@") && n.ends_with('>'))
+        .cloned()
+        .collect()
 }
 
 /// The buttons for what the run waits for: approve, retry, skip, rerun or accept blocked
@@ -364,12 +472,15 @@ mod tests {
         assert!(!content.contains(" …"), "{content}");
         assert!(
             content.contains(
-                "Waiting for a person on `plan`: 2000 tenant(s) left untouched because they are \
-                 blocked (tenants 1, 2, 3 and 1997 more)"
+                "Waiting for a decision on 2000 blocked tenants left untouched by `plan` \
+                 (tenants 1, 2, 3 and 1997 more)"
             ),
             "{content}"
         );
-        assert!(content.ends_with("with a reason\n```"), "{content}");
+        assert!(
+            content.contains("with a reason\n```\nStarted <t:"),
+            "{content}"
+        );
         // And the buttons offer the decision.
         let ids: Vec<String> = status_buttons(&state)
             .iter()

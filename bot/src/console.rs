@@ -14,6 +14,7 @@ use crate::agent_client::AgentClient;
 use crate::config::ConsoleSettings;
 use crate::feed;
 use crate::grammar;
+use crate::local_time::localise;
 
 /// How a console session went.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -270,18 +271,18 @@ impl Console {
             let header = text.lines().next().unwrap_or_default();
             // A quarantined run never moves again: waiting for it would only time out.
             if header.contains("— QUARANTINED —") {
-                return Step::Done(text.trim_end().to_owned(), false);
+                return Step::Done(localise(text.trim_end()), false);
             }
             let ended = header.contains("— COMPLETED —") || header.contains("— ABORTED");
             if ended || text.contains("\nWaiting for ") {
-                return Step::Done(text.trim_end().to_owned(), true);
+                return Step::Done(localise(text.trim_end()), true);
             }
             if tokio::time::Instant::now() > deadline {
                 return Step::Done(
                     format!(
                         "still running after {} s:\n{}",
                         WAIT_LIMIT.as_secs(),
-                        text.trim_end()
+                        localise(text.trim_end())
                     ),
                     false,
                 );
@@ -302,15 +303,18 @@ fn item_range(line: &str) -> Option<(&str, u32, u32)> {
     (a >= 1 && a <= b && b - a < 100).then_some((head, a, b))
 }
 
+/// The agent's answer for a terminal: its times (UTC) in local time.
 fn render(command: &Command, reply: CommandReply) -> Step {
     match reply {
         CommandReply::Accepted { message, .. } => match command {
             Command::Status { .. } | Command::Replay { .. } | Command::Plan { .. } => {
-                Step::Done(message.trim_end().to_owned(), true)
+                Step::Done(localise(message.trim_end()), true)
             }
-            _ => Step::Done(format!("accepted: {message}"), true),
+            _ => Step::Done(format!("accepted: {}", localise(&message)), true),
         },
-        CommandReply::Rejected { reason } => Step::Done(format!("refused: {reason}"), false),
+        CommandReply::Rejected { reason } => {
+            Step::Done(format!("refused: {}", localise(&reason)), false)
+        }
     }
 }
 

@@ -6,14 +6,22 @@
 
 use rollback_proto::envelope::Envelope;
 use rollback_proto::subjects::EVENTS_WILDCARD;
-use rollback_proto::{Event, event_words};
+use rollback_proto::{Event, TimeStyle, event_words};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::local_time;
+
 /// The line a person watching should see for an event, if any (output and progress are left
-/// to `status` and the replay): the run's first line names it in full, later ones by its last
-/// eight characters; events that wait for a person say what they can do.
+/// to `status` and the replay), with the event's time in the console's local time: the run's
+/// first line names it in full, later ones by its last eight characters; events that wait for a
+/// person say what they can do.
 pub fn event_line(env: &Envelope) -> Option<String> {
+    event_line_in(env, local_time::style_at(env.at))
+}
+
+/// [`event_line`] with its time in `style`.
+pub fn event_line_in(env: &Envelope, style: TimeStyle) -> Option<String> {
     let run = env.run_id.to_string();
     let label = match env.event {
         Event::RunStarted { .. } => run.as_str(),
@@ -39,7 +47,11 @@ pub fn event_line(env: &Envelope) -> Option<String> {
     };
     let words = event_words(&env.event, Some(&env.actor));
     let first_line = words.lines().next().unwrap_or_default();
-    Some(format!("[{label} #{}] {first_line}{next}", env.seq))
+    Some(format!(
+        "[{label} #{}, {}] {first_line}{next}",
+        env.seq,
+        style.time_of_day(env.at)
+    ))
 }
 
 /// Sends a line for every event appended until `stop`, on `lines`.
@@ -107,9 +119,9 @@ mod tests {
                 retry_in_ms: None,
             },
         );
-        let line = event_line(&failed).unwrap();
+        let line = event_line_in(&failed, TimeStyle::UTC).unwrap();
         assert!(
-            line.contains("#3] step `backup` failed on attempt 1 (needs a person: retry, skip or abort): pg_dump failed"),
+            line.contains("#3, 00:00:00 UTC] step `backup` failed on attempt 1 (needs a person: retry, skip or abort): pg_dump failed"),
             "{line}"
         );
         assert!(!line.contains("more"));
@@ -149,7 +161,7 @@ mod tests {
         );
         let line = event_line(&started).unwrap();
         assert!(
-            line.starts_with(&format!("[{} #3] ", started.run_id)),
+            line.starts_with(&format!("[{} #3, ", started.run_id)),
             "{line}"
         );
         assert!(

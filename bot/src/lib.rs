@@ -12,6 +12,7 @@ pub mod feed;
 pub mod gateway;
 pub mod grammar;
 pub mod interactions;
+pub mod local_time;
 pub mod progress;
 pub mod register;
 pub mod secret;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
-use rollback_proto::{Envelope, Event, OutputStream, RunId, RunState};
+use rollback_proto::{Envelope, Event, RunId, RunState};
 use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
     CreateThread, EditMessage, Http, MessageId, Nonce, RoleId, UserId,
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bot_state::{BotState, RunRecord, StateError};
-use crate::chat::{self, OutputPost};
+use crate::chat::{self, Announcement, OutputPost};
 use crate::config::ProgressSettings;
 
 /// The longest wait between attempts at an edit Discord refused (a 429, an outage).
@@ -242,84 +242,57 @@ impl Progress {
         Ok(record)
     }
 
-    /// What an event posts besides the status edit.
+    /// What an event posts besides the status edit ([`chat::announcement`]).
     async fn announce(&self, tracked: &mut Tracked, env: &Envelope) -> Result<(), ProgressError> {
         let run = env.run_id;
         let key = format!("event {}", env.event_id);
-        match &env.event {
-            Event::StepOutputRecorded {
-                step,
-                attempt,
-                stream,
-                chunk,
-                text,
-            } => {
+        let Some(announcement) = chat::announcement(
+            &tracked.state,
+            env,
+            &self.emergency_mentions,
+            self.settings.attach_over_chars,
+        ) else {
+            return Ok(());
+        };
+        match announcement {
+            Announcement::Output(OutputPost::Messages(parts)) => {
                 let thread = self.thread_of(tracked).await?;
-                let stream_name = match stream {
-                    OutputStream::Stdout => "stdout",
-                    OutputStream::Stderr => "stderr",
-                    OutputStream::DryRun => "dry run",
-                };
-                let header = format!("`{step}` attempt {attempt}, {stream_name} #{chunk}");
-                let filename = format!(
-                    "{step}-attempt{attempt}-{}-{chunk}.txt",
-                    stream_name.replace(' ', "-")
-                );
-                match chat::output_post(&header, text, self.settings.attach_over_chars, filename) {
-                    OutputPost::Messages(parts) => {
-                        for (i, part) in parts.into_iter().enumerate() {
-                            self.post(
-                                thread,
-                                CreateMessage::new().content(part),
-                                &format!("{key} {i}"),
-                            )
-                            .await?;
-                        }
-                    }
-                    OutputPost::Attachment { content, filename } => {
-                        let file = CreateAttachment::bytes(text.clone().into_bytes(), filename);
-                        self.post(
-                            thread,
-                            CreateMessage::new().content(content).add_file(file),
-                            &key,
-                        )
-                        .await?;
-                    }
+                for (i, part) in parts.into_iter().enumerate() {
+                    self.post(
+                        thread,
+                        CreateMessage::new().content(part),
+                        &format!("{key} {i}"),
+                    )
+                    .await?;
                 }
             }
-            Event::EscalationRaised {
-                level,
-                reason,
-                notified,
-            } => {
-                let content = format!(
-                    "**Escalation, level {level}** — run `{run}` ({}): {reason}\n{}",
-                    tracked.state.runbook_name,
-                    mentions_in(notified).join(" ")
-                );
+            Announcement::Output(OutputPost::Attachment { content, filename }) => {
+                let thread = self.thread_of(tracked).await?;
+                let Event::StepOutputRecorded { text, .. } = &env.event else {
+                    return Ok(());
+                };
+                let file = CreateAttachment::bytes(text.clone().into_bytes(), filename);
+                self.post(
+                    thread,
+                    CreateMessage::new().content(content).add_file(file),
+                    &key,
+                )
+                .await?;
+            }
+            Announcement::Escalation { content, mentions } => {
                 let message = CreateMessage::new()
-                    .content(chat::truncate(&content, chat::MESSAGE_LIMIT))
+                    .content(content)
                     .components(chat::ack_row(run))
-                    .allowed_mentions(allowed(notified));
+                    .allowed_mentions(allowed(&mentions));
                 self.post(self.channel, message, &key).await?;
             }
-            Event::EmergencyRequested {
-                database,
-                expires_at,
-            } => {
-                let content = format!(
-                    "**Emergency restore requested** of `{database}` by {} — run `{run}`. A second \
-                     authorised person must confirm before {expires_at}.\n{}",
-                    env.actor,
-                    self.emergency_mentions.join(" ")
-                );
+            Announcement::Emergency { content, mentions } => {
                 let message = CreateMessage::new()
-                    .content(chat::truncate(&content, chat::MESSAGE_LIMIT))
+                    .content(content)
                     .components(chat::confirm_row(run))
-                    .allowed_mentions(allowed(&self.emergency_mentions));
+                    .allowed_mentions(allowed(&mentions));
                 self.post(self.channel, message, &key).await?;
             }
-            _ => {}
         }
         Ok(())
     }
@@ -456,15 +429,6 @@ async fn load_until(
         seen = env.seq;
     }
     Ok(state)
-}
-
-/// The chat mentions among what an escalation notified (webhooks are named, not mentioned).
-fn mentions_in(notified: &[String]) -> Vec<String> {
-    notified
-        .iter()
-        .filter(|n| n.starts_with("<@") && n.ends_with('>'))
-        .cloned()
-        .collect()
 }
 
 /// Exactly the roles and users mentioned may be pinged; nothing else in the text pings.

@@ -16,6 +16,7 @@ pub mod secret;
 mod seen_ids;
 pub mod state;
 pub mod subjects;
+pub mod times;
 pub mod words;
 
 pub use actor::Actor;
@@ -30,4 +31,5 @@ pub use runbook::{Runbook, RunbookError};
 pub use state::{
     BlockedAcceptance, BlockedEntry, RunState, RunStatus, StepStatus, TransitionError, fold,
 };
+pub use times::TimeStyle;
 pub use words::event_words;

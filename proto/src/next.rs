@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use crate::ids::StepId;
 use crate::runbook::{DryRunBehaviour, Step, StepKind};
 use crate::state::{RunState, RunStatus, StepStatus};
+use crate::words::count;
 
 /// Blocked tenants named in what a run waits for; the rest are counted.
 const BLOCKED_NAMED: usize = 3;
@@ -28,9 +29,25 @@ pub enum Waiting {
     People {
         /// The step.
         step: StepId,
-        /// What is needed, in words.
+        /// What is needed, in words that follow "waiting for" (`an approval of `go-ahead` by
+        /// someone other than alice`); free text (an error) comes last.
         need: String,
     },
+}
+
+/// What the run waits for, in words that follow "waiting for".
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Finished => f.write_str("nothing: the run has ended"),
+            Waiting::Paused => f.write_str("a person to resume the run"),
+            Waiting::EmergencyConfirmation => {
+                f.write_str("a second person to confirm the emergency restore")
+            }
+            Waiting::NextPhase => f.write_str("a person to start the next phase with `next`"),
+            Waiting::People { need, .. } => f.write_str(need),
+        }
+    }
 }
 
 /// The executor's next move.
@@ -105,13 +122,18 @@ impl RunState {
                 reruns: self.reruns_by_itself(def),
             },
             _ if self.paused.is_some() => NextAction::Idle(Waiting::Paused),
-            StepStatus::Failed { error, .. } => NextAction::Idle(Waiting::People {
+            StepStatus::Failed { attempt, error } => NextAction::Idle(Waiting::People {
+                need: format!(
+                    "a person to retry, skip or abort `{step}` (attempt {attempt} failed): {error}"
+                ),
                 step,
-                need: format!("failed ({error}): retry, skip or abort"),
             }),
-            StepStatus::InDoubt { .. } => NextAction::Idle(Waiting::People {
+            StepStatus::InDoubt { attempt } => NextAction::Idle(Waiting::People {
+                need: format!(
+                    "a person to check `{step}` (attempt {attempt} had no outcome after a \
+                     restart), then retry it, mark it done, skip it or abort"
+                ),
                 step,
-                need: "in doubt after a restart: retry, mark done, skip or abort".into(),
             }),
             StepStatus::RetryWaiting { due, .. } => NextAction::RetryAt {
                 step,
@@ -120,31 +142,22 @@ impl RunState {
             },
             StepStatus::Pending => match &def.kind {
                 StepKind::Checklist(list) => NextAction::Idle(Waiting::People {
-                    step,
                     need: format!(
-                        "{} of {} item(s) ticked",
+                        "the checklist `{step}` to be ticked ({} of {} ticked)",
                         st.checked.len(),
-                        list.items.len()
+                        count(list.items.len(), "item", "items")
                     ),
+                    step,
                 }),
                 _ if (st.approvals.len() as u32) < def.approvals => {
                     NextAction::Idle(Waiting::People {
+                        need: self.approvals_needed(p, def, st.approvals.len() as u32),
                         step,
-                        need: format!(
-                            "{} of {} approval(s){}",
-                            st.approvals.len(),
-                            def.approvals,
-                            if def.destructive {
-                                ", not by the requester"
-                            } else {
-                                ""
-                            }
-                        ),
                     })
                 }
                 StepKind::Approval => NextAction::Idle(Waiting::People {
+                    need: format!("an approval of `{step}`"),
                     step,
-                    need: "approval".into(),
                 }),
                 _ => NextAction::Start {
                     step,
@@ -179,14 +192,41 @@ impl RunState {
             _ => format!("tenants {}", named.join(", ")),
         };
         Some(Waiting::People {
-            step,
             need: format!(
-                "{} tenant(s) left untouched because they are blocked ({}): fix them and \
+                "a decision on {} left untouched by `{step}` ({named}): fix them and \
                  `rerun-blocked`, or `accept-blocked` with a reason",
-                unresolved.len(),
-                named
+                count(unresolved.len(), "blocked tenant", "blocked tenants"),
             ),
+            step,
         })
+    }
+
+    /// The approvals `def` still needs in phase `p`, `given` so far: `an approval of `go-ahead`
+    /// by someone other than alice`, `2 more approvals of `drop` (1 of 3 given)`.
+    fn approvals_needed(&self, p: usize, def: &Step, given: u32) -> String {
+        let missing = def.approvals.saturating_sub(given);
+        let what = match missing {
+            1 => "an approval".to_owned(),
+            n if given == 0 => format!("{n} approvals"),
+            n => format!("{n} more approvals"),
+        };
+        let given = if given > 0 {
+            format!(" ({given} of {} given)", def.approvals)
+        } else {
+            String::new()
+        };
+        let by = if def.destructive {
+            let requester = self.requester(p);
+            let name = requester.person_name().unwrap_or("the requester");
+            if missing == 1 {
+                format!(" by someone other than {name}")
+            } else {
+                format!(" by people other than {name}")
+            }
+        } else {
+            String::new()
+        };
+        format!("{what} of `{}`{by}{given}", def.id)
     }
 
     /// Whether an attempt of `step` that ended without an outcome may run again without a

@@ -1,10 +1,15 @@
 //! A run's state as text for people: the status message in chat, the console, `status`.
+//!
+//! The body holds no times; its times come apart ([`status_times`]) in the style of where they
+//! are shown: Discord shows a timestamp only outside a code block, in each reader's time zone.
 
 use std::fmt::Write;
 
 use crate::next::{NextAction, Waiting};
 use crate::runbook::StepKind;
 use crate::state::{PhaseStatus, RunState, RunStatus, StepStatus};
+use crate::times::TimeStyle;
+use crate::words::count;
 
 /// Unresolved blocked tenants listed in a status by id, schema and first reason; the rest are
 /// counted. Small enough that the status stays within a chat message however many there are.
@@ -13,8 +18,69 @@ const BLOCKED_LISTED: usize = 5;
 /// (at most 63 bytes), quoted whole.
 const BLOCKED_TEXT: usize = 60;
 
-/// One line per phase and step, then the phase's blocked tenants, then what the run waits for.
+/// The status with its times in UTC, as the agent answers `status` and the postmortem keeps it.
 pub fn status_text(state: &RunState) -> String {
+    let mut out = status_body(state);
+    for line in status_times(state, TimeStyle::UTC) {
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// When the run started, since when it has waited for people, when an emergency restore's
+/// confirmation is due and when the open escalation was raised: one line each, in `style`.
+pub fn status_times(state: &RunState, style: TimeStyle) -> Vec<String> {
+    let mut lines = vec![format!("Started {}", style.at(state.started_at))];
+    if let Some(em) = state
+        .emergency
+        .as_ref()
+        .filter(|e| e.confirmed_by.is_none())
+    {
+        lines.push(format!(
+            "The emergency restore must be confirmed before {}",
+            style.at(em.expires_at)
+        ));
+    }
+    if let NextAction::RetryAt { step, attempt, due } = state.next_action() {
+        lines.push(format!(
+            "Attempt {attempt} of `{step}` is due {}",
+            style.at(due)
+        ));
+    }
+    if waits_for_people(state) {
+        lines.push(format!(
+            "Nothing has moved since {}",
+            style.at(state.last_activity_at)
+        ));
+    }
+    if state.escalation.open
+        && let Some(raised) = state.escalation.raised_at
+    {
+        lines.push(format!(
+            "Escalation level {} raised {}",
+            state.escalation.level,
+            style.at(raised)
+        ));
+    }
+    lines
+}
+
+/// Whether the run is stopped until a person acts.
+fn waits_for_people(state: &RunState) -> bool {
+    matches!(
+        state.next_action(),
+        NextAction::Idle(
+            Waiting::Paused
+                | Waiting::NextPhase
+                | Waiting::People { .. }
+                | Waiting::EmergencyConfirmation
+        )
+    )
+}
+
+/// One line per phase and step, then the phase's blocked tenants, then what the run waits for;
+/// no times (see [`status_times`]).
+pub fn status_body(state: &RunState) -> String {
     let mut out = String::new();
     let status = match &state.status {
         RunStatus::Active if state.paused.is_some() => "PAUSED".to_owned(),
@@ -43,8 +109,8 @@ pub fn status_text(state: &RunState) -> String {
             ),
             None => writeln!(
                 out,
-                "Emergency restore of `{}` requested by {}: waiting for a second person until {}",
-                em.database, em.requested_by, em.expires_at
+                "Emergency restore of `{}` requested by {}: waiting for a second person",
+                em.database, em.requested_by
             ),
         };
     }
@@ -70,14 +136,18 @@ pub fn status_text(state: &RunState) -> String {
                 StepStatus::Pending => {
                     let mut t = "pending".to_owned();
                     if let StepKind::Checklist(c) = &step.kind {
-                        t = format!("{} of {} item(s) ticked", st.checked.len(), c.items.len());
+                        t = format!(
+                            "{} of {} ticked",
+                            st.checked.len(),
+                            count(c.items.len(), "item", "items")
+                        );
                     }
                     if step.approvals > 0 {
                         let who: Vec<String> = st.approvals.iter().map(|a| a.to_string()).collect();
                         t.push_str(&format!(
-                            "; {} of {} approval(s){}",
+                            "; {} of {}{}",
                             st.approvals.len(),
-                            step.approvals,
+                            count(step.approvals as usize, "approval", "approvals"),
                             if who.is_empty() {
                                 String::new()
                             } else {
@@ -123,20 +193,14 @@ pub fn status_text(state: &RunState) -> String {
         }
     }
     blocked_text(&mut out, state);
-    let waiting = match state.next_action() {
-        NextAction::Idle(Waiting::Finished) => None,
-        NextAction::Idle(Waiting::Paused) => Some("a person to resume the run".to_owned()),
-        NextAction::Idle(Waiting::NextPhase) => Some("a person to say `next`".to_owned()),
-        NextAction::Idle(Waiting::EmergencyConfirmation) => {
-            Some("a second person to confirm the emergency restore".to_owned())
+    match state.next_action() {
+        NextAction::Idle(Waiting::Finished)
+        | NextAction::Start { .. }
+        | NextAction::RetryAt { .. }
+        | NextAction::Recover { .. } => {}
+        NextAction::Idle(waiting) => {
+            let _ = writeln!(out, "Waiting for {waiting}");
         }
-        NextAction::Idle(Waiting::People { step, need }) => {
-            Some(format!("a person on `{step}`: {need}"))
-        }
-        NextAction::Start { .. } | NextAction::RetryAt { .. } | NextAction::Recover { .. } => None,
-    };
-    if let Some(w) = waiting {
-        let _ = writeln!(out, "Waiting for {w}");
     }
     if state.escalation.open {
         let _ = writeln!(

@@ -129,6 +129,11 @@ pub fn event_words(event: &Event, by: Option<&Actor>) -> String {
     }
 }
 
+/// `1 item`, `3 items`: a count with its noun.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,7 +169,10 @@ fn blocked_tenants_hold_the_phase_and_the_run_waits_for_a_person() {
     match state.next_action() {
         NextAction::Idle(Waiting::People { step: s, need }) => {
             assert_eq!(s, step("plan"));
-            assert!(need.starts_with("2 tenant(s) left untouched"), "{need}");
+            assert!(
+                need.starts_with("a decision on 2 blocked tenants left untouched by `plan`"),
+                "{need}"
+            );
             assert!(need.contains("(tenants 7, 9)"), "{need}");
             assert!(need.contains("rerun-blocked") && need.contains("accept-blocked"));
         }
@@ -211,7 +214,9 @@ fn blocked_tenants_hold_the_phase_and_the_run_waits_for_a_person() {
         status.contains("tenant 9 `tenant_9` (plan): column `age`"),
         "{status}"
     );
-    assert!(status.contains("Waiting for a person on `plan`: 2 tenant(s)"));
+    assert!(
+        status.contains("Waiting for a decision on 2 blocked tenants left untouched by `plan`")
+    );
 }
 
 #[test]

@@ -23,7 +23,10 @@ fn the_executor_follows_the_runbook_and_waits_for_people_where_it_must() {
     sc.when(&alice(), Command::Next { run }).unwrap();
     assert_eq!(
         people(&sc),
-        ("assess".into(), "0 of 2 item(s) ticked".into())
+        (
+            "assess".into(),
+            "the checklist `assess` to be ticked (0 of 2 items ticked)".into()
+        )
     );
     sc.when(
         &alice(),
@@ -128,7 +131,7 @@ fn the_executor_follows_the_runbook_and_waits_for_people_where_it_must() {
     sc.when(&alice(), Command::Next { run }).unwrap();
     assert_eq!(
         people(&sc),
-        ("sign-off".into(), "0 of 2 approval(s)".into())
+        ("sign-off".into(), "2 approvals of `sign-off`".into())
     );
     sc.when(
         &bob(),
@@ -150,7 +153,7 @@ fn the_executor_follows_the_runbook_and_waits_for_people_where_it_must() {
         people(&sc),
         (
             "drop".into(),
-            "0 of 1 approval(s), not by the requester".into()
+            "an approval of `drop` by someone other than alice".into()
         )
     );
     sc.when(
@@ -352,11 +355,11 @@ fn the_status_text_says_where_the_run_stands_and_what_it_waits_for() {
         "{text}"
     );
     assert!(
-        text.contains("[ ] assess (checklist) — 1 of 2 item(s) ticked"),
+        text.contains("[ ] assess (checklist) — 1 of 2 items ticked"),
         "{text}"
     );
     assert!(
-        text.contains("Waiting for a person on `assess`: 1 of 2 item(s) ticked"),
+        text.contains("Waiting for the checklist `assess` to be ticked (1 of 2 items ticked)"),
         "{text}"
     );
 }

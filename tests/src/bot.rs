@@ -87,9 +87,24 @@ impl BotProcess {
 
 /// Runs `rollback-bot console` with `config` and `input` on stdin: exit code and stdout.
 pub async fn run_console(dir: &Path, config: &str, input: &str) -> anyhow::Result<(i32, String)> {
+    run_console_in_zone(dir, config, input, None).await
+}
+
+/// [`run_console`] with the time zone `TZ` (a POSIX rule such as `XST-5` needs no zone files),
+/// or the test's own when `None`.
+pub async fn run_console_in_zone(
+    dir: &Path,
+    config: &str,
+    input: &str,
+    tz: Option<&str>,
+) -> anyhow::Result<(i32, String)> {
     let path = dir.join("console.toml");
     std::fs::write(&path, config)?;
-    let mut child = command(&path)?
+    let mut cmd = command(&path)?;
+    if let Some(tz) = tz {
+        cmd.env("TZ", tz);
+    }
+    let mut child = cmd
         .arg("console")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -11,6 +11,7 @@
 mod feed;
 mod keeper;
 pub mod lease;
+mod reason;
 mod record;
 
 use std::panic::AssertUnwindSafe;
@@ -32,6 +33,7 @@ use crate::store::{AppendError, JetStreamEventStore, LoadError};
 use crate::telemetry::Metrics;
 use keeper::{LeaseHandle, LeaseKeeper};
 pub use lease::{Lease, LeaseError};
+use reason::escalation_reason;
 use record::Recorder;
 
 /// One level of the escalation path, as the executor uses it.
@@ -516,14 +518,7 @@ async fn raise_escalation(
         return Ok(());
     };
     let state = rec.state().expect("a loaded run").clone();
-    let waiting = match state.next_action() {
-        NextAction::Idle(w) => format!("{w:?}"),
-        other => format!("{other:?}"),
-    };
-    let reason = format!(
-        "run {} ({}) has been waiting since {} — {}: {}",
-        state.run_id, state.runbook_name, state.last_activity_at, path.name, waiting
-    );
+    let reason = escalation_reason(&state, OffsetDateTime::now_utc());
     let mut notified = path.mentions.clone();
     notified.extend((1..=path.webhooks.len()).map(|i| format!("webhook #{i} of {}", path.name)));
     if !rec

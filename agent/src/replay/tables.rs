@@ -133,7 +133,11 @@ pub(super) fn wait_target(w: &WaitSpan) -> String {
     }
 }
 
-/// A time as RFC 3339 (UTC, as stored).
+/// A time as RFC 3339 in UTC, to the second (`2026-11-25T22:02:15Z`): the stored fraction of a
+/// second only clutters a postmortem.
 pub(super) fn time(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let at = at.replace_nanosecond(0).unwrap_or(at);
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| rollback_proto::times::utc(at))
 }

@@ -714,6 +714,20 @@ mentions = ["<@333>"]
     assert_eq!(raised[0].2, ["<@&111>"]);
     assert_eq!(raised[1].2, ["<@222>", "webhook #1 of technical director"]);
     assert_eq!(raised[2].2, ["<@333>"]);
+    // The reason is words a person reads at once, with no time in it (the envelope has it).
+    let reason = envelopes
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::EscalationRaised { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let words = format!("run {run} (stall) has waited ");
+    assert!(reason.starts_with(&words), "{reason}");
+    assert!(
+        reason.ends_with(" for a person to start the next phase with `next`"),
+        "{reason}"
+    );
     let stalled_since = envelopes
         .iter()
         .rev()

@@ -335,6 +335,15 @@ mentions = ["<@700000000000000008>"]
         "{}",
         ping.content
     );
+    // Words and a Discord timestamp, no debug text.
+    assert!(
+        ping.content
+            .contains(&format!("run {run} (demo) has waited "))
+            && ping.content.contains("Nothing has moved since <t:"),
+        "{}",
+        ping.content
+    );
+    assert!(!ping.content.contains("{ ") && !ping.content.contains("+00:00:00"));
     assert_eq!(
         ping.allowed_mentions["roles"],
         json!(["900000000000000007"])

@@ -1,7 +1,7 @@
 //! The console front end, driven through stdin: the same grammar, the local user as actor.
 
 use rollback_proto::{Actor, Event};
-use rollback_tests::run_console;
+use rollback_tests::{run_console, run_console_in_zone};
 
 use super::{BotHarness, BotOptions, run_in};
 
@@ -115,7 +115,10 @@ async fn a_console_script_waits_for_the_run_and_names_it_once() {
     assert_eq!(lines[0], "not understood: no run yet for `$run`", "{out}");
     let run = run_in(lines[1]).unwrap();
     assert!(lines[2].starts_with("accepted"), "{out}");
-    assert!(out.contains("Waiting for a person on `assess`"), "{out}");
+    assert!(
+        out.contains("Waiting for the checklist `assess` to be ticked (0 of 1 item ticked)"),
+        "{out}"
+    );
     assert!(
         out.contains("not understood: this console may act as nobody else"),
         "{out}"
@@ -124,4 +127,32 @@ async fn a_console_script_waits_for_the_run_and_names_it_once() {
         out.contains(&format!("Run {run} — demo — COMPLETED")),
         "the last wait returned at the end: {out}"
     );
+}
+
+/// The console prints the machine's local time: the agent answers in UTC, and the console shows
+/// those times at the machine's offset, to the second.
+#[tokio::test]
+async fn the_console_shows_the_agents_times_in_local_time() {
+    let b = BotHarness::start(&[("demo", DEMO)], "", BotOptions::default()).await;
+    let config = std::fs::read_to_string(b.h.path("bot.toml")).unwrap();
+    let script = "start demo\nnext $run\nwait $run\n";
+    // Five hours ahead of UTC, from a POSIX rule: no zone files needed.
+    let (code, out) = run_console_in_zone(b.h.dir.path(), &config, script, Some("XST-5"))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let run = run_in(&out).unwrap();
+    let started = b.h.envelopes(run).await[0].at;
+    let local = started.to_offset(time::macros::offset!(+5));
+    let wanted = format!(
+        "Started {} +05:00",
+        local
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .unwrap()
+    );
+    assert!(out.contains(&wanted), "`{wanted}` in {out}");
+    assert!(out.contains("Nothing has moved since "), "{out}");
+    assert!(!out.contains(" UTC"), "every time local: {out}");
 }

@@ -79,6 +79,11 @@ async fn an_emergency_needs_the_typed_name_and_a_second_person() {
         "{}",
         ping.content
     );
+    assert!(
+        ping.content.contains("must confirm before <t:"),
+        "{}",
+        ping.content
+    );
     assert_eq!(
         ping.allowed_mentions["roles"],
         json!(["900000000000000009"])
