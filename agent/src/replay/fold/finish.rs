@@ -1,0 +1,207 @@
+//! The fold's end: the report built from the aggregates, with the verdict, the run's facts,
+//! its blocked tenants and the per-phase reports.
+
+use super::*;
+
+impl ReplayFold {
+    /// The report: the verdict, and the facts folded up to the cutoff or the break.
+    pub fn finish(self) -> Report {
+        let verdict = self.broken.clone().unwrap_or_else(|| {
+            let head = self.verifier.head();
+            Verdict::Intact {
+                last_seq: head.seq,
+                last_hash: head.hash.clone(),
+            }
+        });
+        let cutoff = match (&self.cutoff, &self.state) {
+            (Some((_, requested)), Some(state)) => Some(Cutoff {
+                requested: requested.clone(),
+                seq: state.seq,
+                at: state.updated_at,
+            }),
+            _ => None,
+        };
+        let run = self.state.as_ref().map(|state| self.facts(state));
+        Report {
+            run_id: self.run,
+            verdict,
+            stored_events: self.stored.max(self.read),
+            cutoff,
+            run,
+        }
+    }
+
+    fn facts(&self, state: &RunState) -> RunFacts {
+        let name = |wait: &Wait| {
+            (
+                wait.phase.map(|p| state.runbook.phases[p].id.to_string()),
+                wait.step
+                    .map(|(p, s)| state.runbook.phases[p].steps[s].id.to_string()),
+            )
+        };
+        let span = |open: &OpenSpan| {
+            let (phase, step) = name(&open.wait);
+            WaitSpan {
+                from: open.from,
+                to: open.to,
+                reason: open.wait.reason,
+                phase,
+                step,
+            }
+        };
+        let waits = self.spans.map(span);
+        let ms = |d: Duration| d.whole_milliseconds() as i64;
+        let [steps, next_phase, emergency, paused] = self.waited;
+        let mut waiting = WaitingTotals {
+            total_ms: ms(steps + next_phase + emergency + paused),
+            steps_ms: ms(steps),
+            next_phase_ms: ms(next_phase),
+            emergency_ms: ms(emergency),
+            paused_ms: ms(paused),
+            open: None,
+        };
+        waiting.open = self.wait.zip(self.last_at).map(|(wait, since)| {
+            span(&OpenSpan {
+                wait,
+                from: since,
+                to: state.updated_at,
+            })
+        });
+        let status = match &state.status {
+            RunStatus::Active if state.paused.is_some() => "paused".to_owned(),
+            RunStatus::Active => "active".to_owned(),
+            RunStatus::Completed => "completed".to_owned(),
+            RunStatus::Aborted { reason } => format!("aborted: {}", clip(reason)),
+        };
+        RunFacts {
+            runbook: state.runbook_name.clone(),
+            runbook_hash: state.runbook_hash.clone(),
+            dry_run: state.dry_run,
+            started_by: state.started_by.to_string(),
+            started_at: state.started_at,
+            last_seq: state.seq,
+            last_at: state.updated_at,
+            status,
+            duration_ms: millis(state.started_at, state.updated_at),
+            waiting,
+            totals: self.totals.clone(),
+            phases: self.phase_reports(state),
+            people: self
+                .people
+                .values()
+                .map(|p| PersonReport {
+                    who: p.who.clone(),
+                    actions: p.actions.clone(),
+                    first_at: p.first_at,
+                    last_at: p.last_at,
+                })
+                .collect(),
+            people_omitted_actions: self.people_omitted_actions,
+            events_by_type: self.events_by_type.clone(),
+            failures: self.failures.clone(),
+            escalations: self.escalations.clone(),
+            waits,
+            blocked: self.blocked_entries(state),
+            log: self.log.clone(),
+            state_text: rollback_proto::render::status_text(state),
+        }
+    }
+
+    /// Every tenant left blocked, by id, with its resolution at the last event reported.
+    fn blocked_entries(&self, state: &RunState) -> Capped<BlockedTenantEntry> {
+        let unresolved: BTreeSet<i64> = state
+            .unresolved_blocked()
+            .iter()
+            .map(|e| e.tenant.tenant)
+            .collect();
+        let mut entries = Capped::new(LOG_KEEP);
+        for (tenant, agg) in &self.blocked {
+            let resolution = match (state.accepted_blocked.get(tenant), &agg.last_rerun) {
+                (Some(accepted), _) => BlockedResolution::Accepted {
+                    by: accepted.by.to_string(),
+                    reason: clip(&accepted.reason),
+                    at: accepted.at,
+                },
+                _ if unresolved.contains(tenant) => BlockedResolution::Unresolved,
+                (None, Some((by, seq, at))) if *seq > agg.last_seq => {
+                    BlockedResolution::RerunRequested {
+                        by: by.clone(),
+                        seq: *seq,
+                        at: *at,
+                    }
+                }
+                (None, _) => BlockedResolution::NoLongerReported,
+            };
+            entries.push(BlockedTenantEntry {
+                tenant: *tenant,
+                schema: agg.schema.clone(),
+                phase: state.runbook.phases[agg.phase].id.to_string(),
+                step: agg.step.clone(),
+                reasons: agg.reasons.clone(),
+                first_seq: agg.first_seq,
+                last_seq: agg.last_seq,
+                reruns: agg.reruns,
+                resolution,
+            });
+        }
+        entries
+    }
+
+    fn phase_reports(&self, state: &RunState) -> Vec<PhaseReport> {
+        let phases = state.runbook.phases.iter().zip(&state.phases);
+        phases
+            .zip(&self.phases)
+            .map(|((def, ps), agg)| {
+                let end = agg
+                    .completed_at
+                    .or(agg.started_at.map(|_| state.updated_at));
+                let steps = def
+                    .steps
+                    .iter()
+                    .zip(&ps.steps)
+                    .zip(&agg.steps)
+                    .map(|((step, st), sa)| {
+                        let started_at = if step.kind.is_human() {
+                            agg.started_at
+                        } else {
+                            sa.first_started
+                        };
+                        StepReport {
+                            id: step.id.to_string(),
+                            kind: step.kind.name(),
+                            destructive: step.destructive,
+                            outcome: outcome(&st.status),
+                            started_at,
+                            finished_at: st.finished_at,
+                            duration_ms: started_at
+                                .zip(st.finished_at)
+                                .map(|(from, to)| millis(from, to)),
+                            running_ms: sa.running.whole_milliseconds() as i64,
+                            waiting_ms: sa.waiting.whole_milliseconds() as i64,
+                            attempts: st.attempts,
+                            failures: sa.failures,
+                            automatic_retries: sa.automatic_retries,
+                            retries_requested: sa.retries_requested,
+                            in_doubt: sa.in_doubt,
+                            approved_by: st.approvals.iter().map(|a| a.to_string()).collect(),
+                            people: sa.people.iter().cloned().collect(),
+                            output_chunks: sa.output_chunks,
+                            output_bytes: sa.output_bytes,
+                            last_error: sa.last_error.clone(),
+                        }
+                    })
+                    .collect();
+                PhaseReport {
+                    id: def.id.to_string(),
+                    title: def.title.clone(),
+                    started_at: agg.started_at,
+                    started_by: agg.started_by.clone(),
+                    completed_at: agg.completed_at,
+                    duration_ms: agg.started_at.zip(end).map(|(from, to)| millis(from, to)),
+                    waiting_ms: agg.waiting.whole_milliseconds() as i64,
+                    steps,
+                }
+            })
+            .collect()
+    }
+}
