@@ -313,28 +313,35 @@ pub async fn check_drop(
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    if !dependents.is_empty() && !skips {
-        return Err(DropError::Dependents { dependents });
-    }
-    for (schema, object, on) in dependents {
-        stays
-            .entry(schema)
-            .or_default()
-            .push(format!("{object} depends on {on}; drop or change it first"));
-    }
+    stays_or_refuses(
+        dependents,
+        skips,
+        |dependents| DropError::Dependents { dependents },
+        |(schema, object, on)| {
+            (
+                schema,
+                format!("{object} depends on {on}; drop or change it first"),
+            )
+        },
+        &mut stays,
+    )?;
     let leftovers: Vec<(String, String)> = about_schemas(pool, LEFTOVERS_SQL, &oids)
         .await?
         .into_iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    if !leftovers.is_empty() && !skips {
-        return Err(DropError::Leftovers { objects: leftovers });
-    }
-    for (schema, object) in leftovers {
-        stays.entry(schema).or_default().push(format!(
-            "holds {object}, which dropping its tables would not remove; move or drop it first"
-        ));
-    }
+    stays_or_refuses(
+        leftovers,
+        skips,
+        |objects| DropError::Leftovers { objects },
+        |(schema, object)| {
+            let why = format!(
+                "holds {object}, which dropping its tables would not remove; move or drop it first"
+            );
+            (schema, why)
+        },
+        &mut stays,
+    )?;
 
     // schema -> table oid -> name
     let mut tables: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
@@ -351,14 +358,18 @@ pub async fn check_drop(
         .filter(|(_, t)| !planned.contains(t.as_str()))
         .map(|(s, t)| (s.clone(), t.clone()))
         .collect();
-    if !unplanned.is_empty() && !skips {
-        return Err(DropError::Unplanned { tables: unplanned });
-    }
-    for (schema, table) in unplanned {
-        stays.entry(schema).or_default().push(format!(
-            "holds table {table}, which the plan does not cover: its rows were neither consolidated nor verified"
-        ));
-    }
+    stays_or_refuses(
+        unplanned,
+        skips,
+        |tables| DropError::Unplanned { tables },
+        |(schema, table)| {
+            let why = format!(
+                "holds table {table}, which the plan does not cover: its rows were neither consolidated nor verified"
+            );
+            (schema, why)
+        },
+        &mut stays,
+    )?;
     // child oid -> (parent oid, foreign key name or None for inheritance)
     let mut edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = BTreeMap::new();
     for r in about_schemas(pool, EDGES_SQL, &oids).await? {
@@ -393,6 +404,29 @@ pub async fn check_drop(
         })
         .collect();
     Ok(DropCheck { schemas, blocked })
+}
+
+/// What stands in the way of dropping some schemas (`found`): with `on_blocked = "stop"` the
+/// refusal of all of it, made by `refuse`; with `skip`, each item is noted in `stays` against
+/// the schema `why` names, and that schema is then left as it is.
+fn stays_or_refuses<T>(
+    found: Vec<T>,
+    skips: bool,
+    refuse: impl FnOnce(Vec<T>) -> DropError,
+    why: impl Fn(T) -> (String, String),
+    stays: &mut BTreeMap<String, Vec<String>>,
+) -> Result<(), DropError> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !skips {
+        return Err(refuse(found));
+    }
+    for item in found {
+        let (schema, reason) = why(item);
+        stays.entry(schema).or_default().push(reason);
+    }
+    Ok(())
 }
 
 /// Tables in an order where each comes before every table it references; tables caught in a
@@ -582,92 +616,4 @@ async fn drop_one(pool: &PgPool, schema: &SchemaDrop) -> Result<(), sqlx::Error>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(pairs: &[(i64, &str)]) -> BTreeMap<i64, String> {
-        pairs.iter().map(|(o, n)| (*o, (*n).to_owned())).collect()
-    }
-
-    #[test]
-    fn referencing_tables_go_first() {
-        // users <- courses <- graduates, users <- graduates, courses -> courses (self: ignored upstream)
-        let tables = names(&[(1, "users"), (2, "courses"), (3, "graduates")]);
-        let edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = [
-            (2, vec![(1, Some("c_u".into()))]),
-            (3, vec![(1, Some("g_u".into())), (2, Some("g_c".into()))]),
-        ]
-        .into_iter()
-        .collect();
-        let (order, cycles) = drop_order(&tables, &edges);
-        assert_eq!(order, ["graduates", "courses", "users"]);
-        assert!(cycles.is_empty());
-    }
-
-    #[test]
-    fn a_cycle_is_broken_by_its_own_constraints() {
-        let tables = names(&[(1, "a"), (2, "b"), (3, "c")]);
-        let edges: BTreeMap<i64, Vec<(i64, Option<String>)>> = [
-            (1, vec![(2, Some("a_b".into()))]),
-            (2, vec![(1, Some("b_a".into()))]),
-            (3, vec![(1, Some("c_a".into()))]),
-        ]
-        .into_iter()
-        .collect();
-        let (order, cycles) = drop_order(&tables, &edges);
-        assert_eq!(order, ["c", "a", "b"]);
-        assert_eq!(
-            cycles,
-            [
-                ("a".to_owned(), "a_b".to_owned()),
-                ("b".to_owned(), "b_a".to_owned())
-            ]
-        );
-        let drop = SchemaDrop {
-            tenant: 1,
-            schema: "tenant_1".into(),
-            cycle_constraints: cycles,
-            tables: order,
-        };
-        assert_eq!(
-            drop.statements(),
-            [
-                "ALTER TABLE \"tenant_1\".\"a\" DROP CONSTRAINT \"a_b\" RESTRICT",
-                "ALTER TABLE \"tenant_1\".\"b\" DROP CONSTRAINT \"b_a\" RESTRICT",
-                "DROP TABLE \"tenant_1\".\"c\" RESTRICT",
-                "DROP TABLE \"tenant_1\".\"a\" RESTRICT",
-                "DROP TABLE \"tenant_1\".\"b\" RESTRICT",
-                "DROP SCHEMA \"tenant_1\" RESTRICT",
-            ]
-        );
-    }
-
-    #[test]
-    fn refusals_name_what_stands_in_the_way() {
-        let e = DropError::Unverified {
-            tenants: vec![3, 5],
-        };
-        let text = e.to_string();
-        assert!(
-            text.contains("tenant 3 has not been verified in this run"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tenant 5 has not been verified in this run"),
-            "{text}"
-        );
-        let e = DropError::Dependents {
-            dependents: vec![(
-                "tenant_2".into(),
-                "view public.tenant_users".into(),
-                "table tenant_2.users".into(),
-            )],
-        };
-        assert!(
-            e.to_string().starts_with(
-                "view public.tenant_users depends on table tenant_2.users of schema tenant_2"
-            ),
-            "{e}"
-        );
-    }
-}
+mod tests;
