@@ -77,14 +77,11 @@ impl fmt::Display for Plan {
             writeln!(f, "warning: {w}")?;
         }
         if !self.blocked.is_empty() {
-            writeln!(
-                f,
+            let heading = format!(
                 "BLOCKED: {} tenant(s) cannot move and are left untouched (on_blocked = skip):",
                 self.blocked.len()
-            )?;
-            for b in &self.blocked {
-                writeln!(f, "  - {b}")?;
-            }
+            );
+            listed(f, &heading, &self.blocked)?;
         }
         if self.refusals.is_empty() && !self.blocked.is_empty() {
             writeln!(
@@ -95,15 +92,20 @@ impl fmt::Display for Plan {
         } else if self.refusals.is_empty() {
             writeln!(f, "Ready: nothing stands in the way.")
         } else {
-            writeln!(
-                f,
+            let heading = format!(
                 "REFUSED ({} problem(s)); nothing will be written:",
                 self.refusals.len()
-            )?;
-            for r in &self.refusals {
-                writeln!(f, "  - {r}")?;
-            }
-            Ok(())
+            );
+            listed(f, &heading, &self.refusals)
         }
     }
+}
+
+/// A heading, then one `  - item` line each.
+fn listed(f: &mut fmt::Formatter<'_>, heading: &str, items: &[impl fmt::Display]) -> fmt::Result {
+    writeln!(f, "{heading}")?;
+    for item in items {
+        writeln!(f, "  - {item}")?;
+    }
+    Ok(())
 }
