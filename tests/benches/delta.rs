@@ -16,7 +16,8 @@
 //!   PostgreSQL's buffers, the load average), to explain the spread;
 //! - **the emergency path end to end**: the engine's restore of the backup (`Replace`) + the
 //!   delta import with its proof, against by hand: `createdb` + `pg_restore -j 2` + the same
-//!   import. Every import is also an import-rate sample.
+//!   import. Every import is also an import-rate sample, at `BENCH_IMPORT_CONCURRENCY`
+//!   (default 4) batches at once.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -191,7 +192,7 @@ async fn import(url: &str, exported: &ExportReport) -> (Duration, ImportReport) 
         &exported.path,
         &exported.sha256,
         &ImportOptions {
-            concurrency: CONCURRENCY,
+            concurrency: rollback_tests::bench_setting("BENCH_IMPORT_CONCURRENCY", CONCURRENCY),
             ..ImportOptions::default()
         },
         &|_, _| {},

@@ -273,6 +273,14 @@ impl TableSql {
                 .await
                 .map_err(DeltaError::db(&what))?;
             self.copy(&mut tx, &data, &lines, &what).await?;
+            // A temporary table is never analyzed by autovacuum: without statistics the
+            // planner takes `o = 'u'` to keep 0.5 % of the staged rows, plans the update for
+            // a handful of rows, and rescans the id map once per staged row for each link
+            // (quadratic in the batch). With them it joins by the id map's primary key.
+            sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {STAGE}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(DeltaError::db(&what))?;
         }
         if applied.inserted > 0 {
             sqlx::query(AssertSqlSafe(self.map.clone()))
