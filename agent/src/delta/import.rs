@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::file::DeltaReader;
 use super::prove::{check_target_fits, prove};
 use super::report::{ImportOptions, ImportReport};
-use super::upsert::{RowChange, TableSql};
+use super::upsert::{RowChange, TableSql, TenantUnit};
 use super::{DeltaError, Header, Line, Op, RowJson, UnitHeader};
 use crate::archive;
 use crate::tenancy::bookkeeping::{self, MapStatistics, delta_id_map, delta_units};
@@ -225,9 +225,6 @@ impl TenantBlock {
         self.units.iter().map(|(u, _)| u.row_lines()).sum()
     }
 }
-
-/// A unit and its rows.
-pub(super) type TenantUnit = (UnitHeader, Vec<RowChange>);
 
 /// Reads the file into blocks, checking its framing as it goes.
 fn read_blocks(

@@ -12,10 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-use super::import::TenantUnit;
-use super::{DeltaError, Header, Op, RENDER_SETTINGS, RowText, TableShape};
+use super::{DeltaError, Header, Op, RENDER_SETTINGS, RowText, TableShape, UnitHeader};
 use crate::tenancy::bookkeeping::{self, delta_id_map, delta_units};
 use crate::tenancy::sql;
+
+/// A unit and its rows.
+pub(super) type TenantUnit = (UnitHeader, Vec<RowChange>);
 
 /// One row of a unit, as the file carries it: an insert or an update with its row, or a
 /// delete with its key alone.
