@@ -214,6 +214,18 @@ pub enum Value {
     Flag(bool),
 }
 
+impl std::fmt::Display for Value {
+    /// The value as a person would name it in a refusal: "the number 3", "yes", "the text `x`".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Text(t) => write!(f, "the text `{t}`"),
+            Value::Integer(n) => write!(f, "the number {n}"),
+            Value::Flag(true) => f.write_str("yes"),
+            Value::Flag(false) => f.write_str("no"),
+        }
+    }
+}
+
 /// Why a command could not be understood; nothing was sent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrammarError {
@@ -388,7 +400,7 @@ impl Args<'_> {
         let spec = self.spec(name);
         match self.get(name)? {
             Some(Value::Text(t)) => Ok(t.trim().to_owned()),
-            Some(other) => Err(invalid(spec, format!("expected text, got {other:?}"))),
+            Some(other) => Err(invalid(spec, format!("expected text, got {other}"))),
             None => Ok(String::new()),
         }
     }
@@ -417,7 +429,7 @@ impl Args<'_> {
                 .trim()
                 .parse()
                 .map_err(|_| invalid(spec, format!("`{t}` is not a number")))?,
-            Some(other) => return Err(invalid(spec, format!("expected a number, got {other:?}"))),
+            Some(other) => return Err(invalid(spec, format!("expected a number, got {other}"))),
             None => 0,
         };
         u32::try_from(n)
@@ -438,7 +450,7 @@ impl Args<'_> {
             },
             Some(other) => Err(invalid(
                 spec,
-                format!("expected true or false, got {other:?}"),
+                format!("expected true or false, got {other}"),
             )),
         }
     }
@@ -448,7 +460,7 @@ impl Args<'_> {
         let text = match self.get("params")? {
             None => return Ok(BTreeMap::new()),
             Some(Value::Text(t)) => t.clone(),
-            Some(other) => return Err(invalid(spec, format!("expected text, got {other:?}"))),
+            Some(other) => return Err(invalid(spec, format!("expected text, got {other}"))),
         };
         let mut params = BTreeMap::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -507,6 +519,28 @@ pub fn parse_line(line: &str) -> Result<Command, GrammarError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_named_in_words() {
+        let run = RunId::new();
+        let values: BTreeMap<String, Value> = [
+            ("run".to_owned(), Value::Integer(7)),
+            ("step".to_owned(), Value::Text("assess".into())),
+            ("item".to_owned(), Value::Flag(true)),
+        ]
+        .into();
+        let text = build("check", &values).unwrap_err().to_string();
+        assert!(text.contains("got the number 7"), "{text}");
+        assert!(!text.contains("Integer(") && !text.contains("{ "), "{text}");
+        let values: BTreeMap<String, Value> = [
+            ("run".to_owned(), Value::Text(run.to_string())),
+            ("step".to_owned(), Value::Text("assess".into())),
+            ("item".to_owned(), Value::Flag(true)),
+        ]
+        .into();
+        let text = build("check", &values).unwrap_err().to_string();
+        assert!(text.contains("expected a number, got yes"), "{text}");
+    }
 
     #[test]
     fn console_lines_become_commands() {

@@ -472,10 +472,20 @@ fn slash_values(
             CommandDataOptionValue::Integer(n) => Value::Integer(*n),
             CommandDataOptionValue::Boolean(b) => Value::Flag(*b),
             other => {
+                use serenity::all::CommandOptionType as Kind;
+                let kind = match other.kind() {
+                    Kind::Number => "a decimal number",
+                    Kind::User => "a user",
+                    Kind::Channel => "a channel",
+                    Kind::Role => "a role",
+                    Kind::Mentionable => "a mention",
+                    Kind::Attachment => "an attachment",
+                    Kind::SubCommand | Kind::SubCommandGroup => "a subcommand",
+                    _ => "a value of another kind",
+                };
                 return Err(format!(
-                    "option `{}` has a value of the wrong kind ({:?})",
-                    option.name,
-                    other.kind()
+                    "option `{}` takes text, a whole number or yes/no, not {kind}",
+                    option.name
                 ));
             }
         };
