@@ -63,20 +63,6 @@ fn blocked(tenant: i64, reason: &str) -> BlockedTenant {
     }
 }
 
-fn refused(
-    result: Result<Vec<Event>, rollback_proto::Rejection>,
-    kind: RejectionKind,
-    words: &str,
-) {
-    let rejection = result.expect_err("the command should be refused");
-    assert_eq!(rejection.kind, kind, "{}", rejection.reason);
-    assert!(
-        rejection.reason.contains(words),
-        "reason `{}` should mention `{words}`",
-        rejection.reason
-    );
-}
-
 /// Runs attempt `attempt` of a tenancy step, which leaves `tenants` blocked and succeeds.
 fn run_step(
     sc: &mut Scenario,

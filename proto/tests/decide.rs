@@ -12,20 +12,6 @@ fn phase(s: &str) -> PhaseId {
     PhaseId::new(s).unwrap()
 }
 
-fn refused(
-    result: Result<Vec<Event>, rollback_proto::Rejection>,
-    kind: RejectionKind,
-    words: &str,
-) {
-    let rejection = result.expect_err("the command should be refused");
-    assert_eq!(rejection.kind, kind, "{}", rejection.reason);
-    assert!(
-        rejection.reason.contains(words),
-        "reason `{}` should mention `{words}`",
-        rejection.reason
-    );
-}
-
 /// A fixture run in phase `prepare`, started and advanced by alice.
 fn in_prepare() -> Scenario {
     let mut sc = Scenario::start(FIXTURE, &alice(), false);

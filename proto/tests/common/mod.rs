@@ -221,3 +221,18 @@ impl Scenario {
         self.now += d;
     }
 }
+
+/// Asserts the command was refused, of `kind`, with `words` in its reason.
+pub fn refused(
+    result: Result<Vec<Event>, Rejection>,
+    kind: rollback_proto::RejectionKind,
+    words: &str,
+) {
+    let rejection = result.expect_err("the command should be refused");
+    assert_eq!(rejection.kind, kind, "{}", rejection.reason);
+    assert!(
+        rejection.reason.contains(words),
+        "reason `{}` should mention `{words}`",
+        rejection.reason
+    );
+}
