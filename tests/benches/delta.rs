@@ -20,7 +20,6 @@
 //!   (default 4) batches at once.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rollback_agent::archive::restore::{self, RestoreInto, RestoreRequest};
@@ -73,27 +72,6 @@ async fn execute(admin: &PgPool, statement: String) {
         .execute(admin)
         .await
         .unwrap_or_else(|err| panic!("{statement}: {err}"));
-}
-
-/// A client program of the server's own version, connected as the benchmark's superuser.
-fn client(pg: &Postgres, program: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(pg.bin_dir().join(program));
-    command
-        .args(["--host=127.0.0.1", &format!("--port={}", pg.port())])
-        .args(["--username=postgres", "--no-password"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-async fn run(mut command: tokio::process::Command) {
-    let output = command.output().await.expect("start a client program");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn load_average() -> String {
@@ -328,7 +306,7 @@ async fn main() {
             } else {
                 let out = dir.path().join(format!("pg_dump-{round}"));
                 let started = Instant::now();
-                let mut command = client(&pg, "pg_dump");
+                let mut command = pg.client("pg_dump");
                 command
                     .args([
                         "--format=directory",
@@ -337,7 +315,7 @@ async fn main() {
                         "--dbname=bench_delta",
                     ])
                     .arg(format!("--file={}", out.display()));
-                run(command).await;
+                Postgres::run_client(command).await;
                 let took = started.elapsed();
                 let server = ServerCounters::read(&admin, &db, &baseline)
                     .await
@@ -415,9 +393,9 @@ async fn main() {
             } else {
                 let database = format!("bench_by_hand_{round}");
                 let started = Instant::now();
-                let mut createdb = client(&pg, "createdb");
+                let mut createdb = pg.client("createdb");
                 createdb.args(["--template=template0", &database]);
-                run(createdb).await;
+                Postgres::run_client(createdb).await;
                 restore_by_hand(&pg, &backup.path, &database).await;
                 let restored = started.elapsed();
                 let (imported, report) = import(&url_of(&pg, &database), &exported).await;
@@ -459,7 +437,7 @@ async fn main() {
 }
 
 async fn restore_by_hand(pg: &Postgres, archive: &Path, database: &str) {
-    let mut pg_restore = client(pg, "pg_restore");
+    let mut pg_restore = pg.client("pg_restore");
     pg_restore
         .args([
             &format!("--jobs={JOBS}"),
@@ -467,7 +445,7 @@ async fn restore_by_hand(pg: &Postgres, archive: &Path, database: &str) {
             &format!("--dbname={database}"),
         ])
         .arg(archive);
-    run(pg_restore).await;
+    Postgres::run_client(pg_restore).await;
 }
 
 fn report(

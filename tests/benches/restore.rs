@@ -24,7 +24,6 @@
 //! comparison of the restored tables with it (`compare_rows`).
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rollback_agent::archive::restore::{self, RestoreInto, RestoreRequest};
@@ -73,34 +72,13 @@ async fn drop_database(admin: &PgPool, name: &str) {
     execute(admin, "CHECKPOINT".into()).await;
 }
 
-/// A client program of the server's own version, connected as the benchmark's superuser.
-fn client(pg: &Postgres, program: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(pg.bin_dir().join(program));
-    command
-        .args(["--host=127.0.0.1", &format!("--port={}", pg.port())])
-        .args(["--username=postgres", "--no-password"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-async fn run(mut command: tokio::process::Command) {
-    let output = command.output().await.expect("start a client program");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// `createdb` and `pg_restore -j 2`, as an operator runs them.
 async fn by_hand(pg: &Postgres, archive: &Path, database: &str) -> Duration {
     let started = Instant::now();
-    let mut createdb = client(pg, "createdb");
+    let mut createdb = pg.client("createdb");
     createdb.args(["--template=template0", database]);
-    run(createdb).await;
-    let mut pg_restore = client(pg, "pg_restore");
+    Postgres::run_client(createdb).await;
+    let mut pg_restore = pg.client("pg_restore");
     pg_restore
         .args([
             &format!("--jobs={JOBS}"),
@@ -108,7 +86,7 @@ async fn by_hand(pg: &Postgres, archive: &Path, database: &str) -> Duration {
             &format!("--dbname={database}"),
         ])
         .arg(archive);
-    run(pg_restore).await;
+    Postgres::run_client(pg_restore).await;
     started.elapsed()
 }
 

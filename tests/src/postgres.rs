@@ -45,6 +45,29 @@ impl TestDatabase {
 }
 
 impl Postgres {
+    /// A client program (`psql`, `pg_dump`, …) of the server's own version, connected as its
+    /// superuser, standard input closed.
+    pub fn client(&self, program: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(self.bin_dir().join(program));
+        command
+            .args(["--host=127.0.0.1", &format!("--port={}", self.port())])
+            .args(["--username=postgres", "--no-password"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a [`Self::client`] command to success; panics with its standard error otherwise.
+    pub async fn run_client(mut command: tokio::process::Command) {
+        let output = command.output().await.expect("start a client program");
+        assert!(
+            output.status.success(),
+            "{command:?}: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Runs initdb into a temporary folder, starts the server on a free loopback port, and waits
     /// until it accepts connections. Durability is off: the data dies with the test.
     pub async fn start() -> anyhow::Result<Self> {
