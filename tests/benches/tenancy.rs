@@ -18,7 +18,8 @@
 //! identical copies (`CREATE DATABASE … TEMPLATE`) of one generated database, in alternating
 //! rounds, the median of the rounds' ratios reported; in both foreign-key modes. Sizes:
 //! `BENCH_PROOF_TENANTS` (default 300) tenants of `BENCH_PROOF_ROWS` (default 206) rows per table,
-//! `BENCH_ROUNDS` (default 3) rounds; `BENCH_PROOF_ONLY=1` runs this comparison alone.
+//! `BENCH_ROUNDS` (default 3) rounds; `BENCH_PROOF_ONLY=1` runs this comparison alone,
+//! `BENCH_PROOF_FK=deferred` or `enforced` one mode of it.
 
 use std::time::{Duration, Instant};
 
@@ -420,12 +421,15 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// One round's times: the baseline, consolidate with proof, consolidate alone, and verify.
+/// One round's times: the baseline, consolidate with proof, consolidate alone, and verify;
+/// and the server's CPU seconds for the first two.
 struct ProofRound {
     reference: f64,
     proven: f64,
     alone: f64,
     verify: f64,
+    reference_cpu: f64,
+    proven_cpu: f64,
 }
 
 /// Rounds of the three contenders on fresh copies of `template`, in a rotating order so that
@@ -442,11 +446,13 @@ async fn proof_rounds(
     let mut out = Vec::new();
     for round in 0..rounds {
         let mut times = [0.0f64; 4];
+        let mut cpu = [0.0f64; 3];
         for k in 0..3 {
             let who = (round + k) % 3;
             let name = format!("bench_proof_run_{who}");
             create_from(admin, &name, template).await;
             let db = pool(&url_of(pg, &name)).await;
+            let cpu_before = pg.cpu_seconds().unwrap_or(f64::NAN);
             match who {
                 0 => {
                     let p = plan(&db, &PlanOptions::default()).await.expect("plan");
@@ -467,6 +473,9 @@ async fn proof_rounds(
                 }
             }
             db.close().await;
+            // The closed pool's backends exit; their time counts once the postmaster reaps them.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cpu[who] = pg.cpu_seconds().unwrap_or(f64::NAN) - cpu_before;
             sqlx::query(AssertSqlSafe(format!(
                 "DROP DATABASE {}",
                 sql::ident(&name)
@@ -476,20 +485,28 @@ async fn proof_rounds(
             .expect("drop copy");
         }
         eprintln!(
-            "  {fk_checks:?} round {}: baseline {:.2} s, consolidate with proof {:.2} s ({:.2}×), consolidate {:.2} s + verify {:.2} s ({:.2}×)",
+            "  {fk_checks:?} round {}: baseline {:.2} s, consolidate with proof {:.2} s ({:.2}×), consolidate {:.2} s + verify {:.2} s ({:.2}×); server CPU: baseline {:.2} s, with proof {:.2} s ({:.2}×); load {}",
             round + 1,
             times[0],
             times[1],
             times[1] / times[0],
             times[2],
             times[3],
-            (times[2] + times[3]) / times[0]
+            (times[2] + times[3]) / times[0],
+            cpu[0],
+            cpu[1],
+            cpu[1] / cpu[0],
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim(),
         );
         out.push(ProofRound {
             reference: times[0],
             proven: times[1],
             alone: times[2],
             verify: times[3],
+            reference_cpu: cpu[0],
+            proven_cpu: cpu[1],
         });
     }
     out
@@ -526,14 +543,19 @@ async fn moved_and_proven(pg: &Postgres, admin: &PgPool) {
         "Data: {tenants} tenants × 8 tables, {total_rows} rows; {rounds} alternating rounds, each contender on a fresh copy of the same database.\n"
     );
     println!(
-        "| FK checks | baseline: move and prove per tenant (median) | consolidate with proof (median) | ratio (median of rounds) | consolidate alone | + verify | (consolidate + verify) / baseline |"
+        "| FK checks | baseline: move and prove per tenant (median) | consolidate with proof (median) | ratio (median of rounds) | server CPU, with proof / baseline (median of rounds) | consolidate alone | + verify | (consolidate + verify) / baseline |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    // `BENCH_PROOF_FK=deferred` or `enforced` runs one mode only.
+    let only = std::env::var("BENCH_PROOF_FK").unwrap_or_default();
     for fk in [FkChecks::Deferred, FkChecks::Enforced] {
+        if !only.is_empty() && !format!("{fk:?}").eq_ignore_ascii_case(&only) {
+            continue;
+        }
         let r = proof_rounds(pg, admin, "bench_proof_source", fk, rounds, total_rows).await;
         let med = |f: &dyn Fn(&ProofRound) -> f64| median(r.iter().map(f).collect());
         println!(
-            "| {fk:?} | {:.2} s | {:.2} s | **{:.2}×** (rounds: {}) | {:.2} s ({:.2}×) | {:.2} s | {:.2}× |",
+            "| {fk:?} | {:.2} s | {:.2} s | **{:.2}×** (rounds: {}) | {:.2}× ({:.1} s / {:.1} s) | {:.2} s ({:.2}×) | {:.2} s | {:.2}× |",
             med(&|x| x.reference),
             med(&|x| x.proven),
             med(&|x| x.proven / x.reference),
@@ -541,6 +563,9 @@ async fn moved_and_proven(pg: &Postgres, admin: &PgPool) {
                 .map(|x| format!("{:.2}", x.proven / x.reference))
                 .collect::<Vec<_>>()
                 .join(", "),
+            med(&|x| x.proven_cpu / x.reference_cpu),
+            med(&|x| x.proven_cpu),
+            med(&|x| x.reference_cpu),
             med(&|x| x.alone),
             med(&|x| x.alone / x.reference),
             med(&|x| x.verify),

@@ -140,6 +140,41 @@ impl Postgres {
         self.child.as_ref().map(Child::id)
     }
 
+    /// CPU seconds the server has used so far (user and system): the postmaster's own, its
+    /// exited children's (backends, autovacuum workers) and its running children's. A
+    /// benchmark on a shared machine compares this as well as wall time: it does not grow
+    /// while the server waits for the CPU.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.pid()?;
+        // Fields after the command name (which is in parentheses and may hold spaces):
+        // state is field 3, ppid 4, utime 14, stime 15, cutime 16, cstime 17.
+        let fields = |stat: &str| -> Option<Vec<String>> {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            Some(rest.split_whitespace().map(str::to_owned).collect())
+        };
+        let ticks = |f: &[String], from: usize, to: usize| -> f64 {
+            f[from - 3..=to - 3]
+                .iter()
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum()
+        };
+        let own = fields(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+        let mut total = ticks(&own, 14, 17);
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if let Some(f) = fields(&stat)
+                && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+            {
+                total += ticks(&f, 14, 15);
+            }
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(total / hz)
+    }
+
     /// Creates an empty database with a unique name (`t_<uuid>`), so tests can share one server.
     pub async fn fresh_database(&self) -> anyhow::Result<TestDatabase> {
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());

@@ -2,22 +2,72 @@
 //! rendering of a unit's rows that consolidation's in-unit proof and verification both
 //! fingerprint, so that the two agree on what "equal" means.
 //!
-//! Each row is rendered as text, hashed (md5, first 64 bits), and the hashes are summed
-//! as `numeric`: the sum does not depend on order, and unlike XOR a duplicated row
-//! changes it. Together with the row count this proves content equality up to hash
-//! collisions.
+//! Each row is hashed to 64 bits and the hashes are summed as `numeric`: the sum does not
+//! depend on order, and unlike XOR a duplicated row changes it. Together with the row count
+//! this proves content equality up to hash collisions. Verification renders each row as
+//! text and hashes it with md5 (first 64 bits), which works for every column type; the
+//! in-unit proof hashes the row's typed values with PostgreSQL's own hash functions where
+//! every column type has one ([`RowHash::Typed`]), which skips rendering each value as text,
+//! the larger part of the proof's cost. So the two are also two different hashes of the
+//! same rendering.
+
+use sqlx::{AssertSqlSafe, PgPool};
 
 use super::plan::{ForeignKeyRewrite, TablePlan};
 use super::sql;
 
-/// The `(count, fingerprint)` SQL expressions over rows rendered by `row_expr`.
+/// How a row is hashed into a fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowHash {
+    /// md5 of the row's text form, first 64 bits: every type has a text form.
+    Md5Text,
+    /// `hash_record_extended` of the row (PostgreSQL 14 and later): each value hashed by its
+    /// type's hash function, equal values of one type hashing equally. Only where every
+    /// column's type has an extended hash function (`json`, `xml` and the geometric types
+    /// have none); see [`typed_hash_fits`].
+    Typed,
+}
+
+/// The `(count, fingerprint)` SQL expressions over rows rendered by `row_expr`, hashed as
+/// md5 of their text.
 pub fn aggregate(row_expr: &str) -> (String, String) {
+    aggregate_with(row_expr, RowHash::Md5Text)
+}
+
+/// The `(count, fingerprint)` SQL expressions over rows rendered by `row_expr`.
+pub fn aggregate_with(row_expr: &str, hash: RowHash) -> (String, String) {
+    let hash = match hash {
+        RowHash::Md5Text => format!("('x' || left(md5(({row_expr})::text), 16))::bit(64)::int8"),
+        RowHash::Typed => format!("hash_record_extended({row_expr}, 0)"),
+    };
     (
         "count(*)::int8".to_owned(),
-        format!(
-            "coalesce(sum(('x' || left(md5(({row_expr})::text), 16))::bit(64)::int8::numeric), 0)"
-        ),
+        format!("coalesce(sum(({hash})::numeric), 0)"),
     )
+}
+
+/// Whether the database can hash rows of `t` as [`unit_rows`] renders them with
+/// [`RowHash::Typed`]: asks it to hash a row of NULLs of those types, which looks up every
+/// column's hash function (an array, range or composite type's included) and fails on a type
+/// without one, or where the function does not exist.
+pub async fn typed_hash_fits(pool: &PgPool, t: &TablePlan) -> Result<bool, sqlx::Error> {
+    let types: Vec<String> = std::iter::once("NULL::int8".to_owned())
+        .chain(t.linked_columns().map(|(_, c, link)| match link {
+            Some(_) => "NULL::text".to_owned(),
+            None => format!("NULL::{}", c.dest_type),
+        }))
+        .collect();
+    let probe = format!("SELECT hash_record_extended(ROW({}), 0)", types.join(", "));
+    match sqlx::query(AssertSqlSafe(probe))
+        .persistent(false)
+        .execute(pool)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // 42883: no such function (an older server) or no hash function for a column's type.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42883") => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Where a destination id's old (source) id is found: a relation joined under an alias, and

@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 use self::unit::{UnitShape, UnitSql, run_unit, unit_sql};
 use super::bookkeeping::MapStatistics;
 use super::bookkeeping::{id_map, units};
+use super::fingerprint::{self, RowHash};
 use super::plan::{Plan, Refusal};
 use super::sql;
 use super::state;
@@ -221,18 +222,22 @@ pub async fn consolidate(
     let deferred = deferred_checks(pool, plan, opts.fk_checks, &hooked).await?;
     state::prepare(pool, plan).await?;
 
-    let sqls: Vec<UnitSql> = plan
-        .tables
-        .iter()
-        .map(|t| {
-            let shape = UnitShape {
-                deferred,
-                prove: opts.prove,
-                hooked: hooked.contains(&t.name),
-            };
-            unit_sql(plan, t, shape)
-        })
-        .collect();
+    let mut sqls: Vec<UnitSql> = Vec::with_capacity(plan.tables.len());
+    for t in &plan.tables {
+        let hooked = hooked.contains(&t.name);
+        let row_hash = if opts.prove && !hooked && fingerprint::typed_hash_fits(pool, t).await? {
+            RowHash::Typed
+        } else {
+            RowHash::Md5Text
+        };
+        let shape = UnitShape {
+            deferred,
+            prove: opts.prove,
+            hooked,
+            row_hash,
+        };
+        sqls.push(unit_sql(plan, t, shape));
+    }
     let done = AtomicU64::new(0);
     let rows_done = AtomicU64::new(0);
     let skipped = AtomicU64::new(0);
