@@ -1,6 +1,7 @@
 //! The REST side of the stand-in: the few endpoints the bot uses, recorded, with Discord's
 //! rules that matter to the bot: the 2,000-character content limit, `enforce_nonce` returning
-//! the first message, a thread per message (with the message's id), and 429s on request.
+//! the first message, a thread per message (with the message's id), posts only in the guild's
+//! channels and threads, and 429s on request.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,12 @@ pub(crate) async fn handle(
         Err(e) => return error(StatusCode::BAD_REQUEST, 50_109, &e),
     };
     let mut rec = shared.lock().expect("not poisoned");
+    if let ["channels", channel, ..] = parts.as_slice()
+        && !payloads::CHANNELS.contains(channel)
+        && !rec.threads.contains_key(*channel)
+    {
+        return error(StatusCode::NOT_FOUND, 10_003, "Unknown Channel");
+    }
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["gateway"]) | ("GET", ["gateway", "bot"]) => ok(json!({
             "url": rec.gateway_url,
