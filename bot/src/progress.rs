@@ -1,7 +1,8 @@
 //! Progress in chat: a durable JetStream consumer on the events. Per run, one status message
-//! edited in place (edits coalesced to one per run per interval), a thread for step output,
-//! escalation pings with an Acknowledge button, and emergency requests with a Confirm button
-//! for a second person.
+//! edited in place (edits coalesced to one per run per interval) and a thread for step output,
+//! in the run's channel; escalation pings with an Acknowledge button, emergency requests with a
+//! Confirm button for a second person and their confirmations, in the escalation channel with a
+//! link to the status message (see [`chat::Channels`]).
 //!
 //! Nothing is posted twice after a restart: posts carry a nonce derived from the event (Discord
 //! returns the first message for a repeated nonce), the status message and thread ids are kept
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bot_state::{BotState, RunRecord, StateError};
-use crate::chat::{self, Announcement, OutputPost};
+use crate::chat::{self, Alert, Announcement, Channels, OutputPost};
 use crate::config::ProgressSettings;
 
 /// The longest wait between attempts at an edit Discord refused (a 429, an outage).
@@ -75,8 +76,8 @@ pub struct Progress {
     pub http: Arc<Http>,
     /// Where runs are kept track of.
     pub state: BotState,
-    /// The channel for status messages and pings.
-    pub channel: ChannelId,
+    /// Where runs, escalations and emergencies are posted.
+    pub channels: Channels,
     /// Coalescing and attachments.
     pub settings: ProgressSettings,
     /// Pinged at once on an emergency request.
@@ -186,7 +187,22 @@ impl Progress {
                         message: e.to_string(),
                     })?,
                 };
-                let record = self.record_of(&state).await?;
+                let record = match self.record_of(&state).await {
+                    Ok(record) => record,
+                    Err(e) => {
+                        // On-call hears of an escalation even when the run's channel refuses
+                        // its status message; the event comes again for the rest, and its
+                        // ping's nonce makes the second post the first message.
+                        if let Some(Announcement::Alert(alert)) =
+                            self.announcement(&state, &env, None)
+                        {
+                            let run_channel = self.channels.of_runbook(&state.runbook_name);
+                            self.alert(run, alert, run_channel, &event_key(&env))
+                                .await?;
+                        }
+                        return Err(e);
+                    }
+                };
                 vacant.insert(Tracked {
                     state,
                     record,
@@ -219,8 +235,8 @@ impl Progress {
         if let Some(record) = self.state.get(run).await? {
             return Ok(record);
         }
-        let message = self
-            .channel
+        let channel = ChannelId::new(self.channels.of_runbook(&state.runbook_name));
+        let message = channel
             .send_message(
                 &*self.http,
                 CreateMessage::new()
@@ -233,7 +249,7 @@ impl Progress {
             .await?;
         let record = RunRecord {
             runbook: state.runbook_name.clone(),
-            channel_id: self.channel.get(),
+            channel_id: channel.get(),
             status_message_id: message.id.get(),
             thread_id: None,
             started_at: state.started_at.unix_timestamp(),
@@ -244,18 +260,10 @@ impl Progress {
 
     /// What an event posts besides the status edit ([`chat::announcement`]).
     async fn announce(&self, tracked: &mut Tracked, env: &Envelope) -> Result<(), ProgressError> {
-        let run = env.run_id;
-        let key = format!("event {}", env.event_id);
-        let Some(announcement) = chat::announcement(
-            &tracked.state,
-            env,
-            &self.emergency_mentions,
-            self.settings.attach_over_chars,
-        ) else {
-            return Ok(());
-        };
-        match announcement {
-            Announcement::Output(OutputPost::Messages(parts)) => {
+        let key = event_key(env);
+        match self.announcement(&tracked.state, env, Some(&tracked.record)) {
+            None => {}
+            Some(Announcement::Output(OutputPost::Messages(parts))) => {
                 let thread = self.thread_of(tracked).await?;
                 for (i, part) in parts.into_iter().enumerate() {
                     self.post(
@@ -266,7 +274,7 @@ impl Progress {
                     .await?;
                 }
             }
-            Announcement::Output(OutputPost::Attachment { content, filename }) => {
+            Some(Announcement::Output(OutputPost::Attachment { content, filename })) => {
                 let thread = self.thread_of(tracked).await?;
                 let Event::StepOutputRecorded { text, .. } = &env.event else {
                     return Ok(());
@@ -279,22 +287,56 @@ impl Progress {
                 )
                 .await?;
             }
-            Announcement::Escalation { content, mentions } => {
-                let message = CreateMessage::new()
-                    .content(content)
-                    .components(chat::ack_row(run))
-                    .allowed_mentions(allowed(&mentions));
-                self.post(self.channel, message, &key).await?;
-            }
-            Announcement::Emergency { content, mentions } => {
-                let message = CreateMessage::new()
-                    .content(content)
-                    .components(chat::confirm_row(run))
-                    .allowed_mentions(allowed(&mentions));
-                self.post(self.channel, message, &key).await?;
+            Some(Announcement::Alert(alert)) => {
+                self.alert(env.run_id, alert, tracked.record.channel_id, &key)
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// What `env` posts, referring to the status message of `record` (none: not posted yet).
+    fn announcement(
+        &self,
+        state: &RunState,
+        env: &Envelope,
+        record: Option<&RunRecord>,
+    ) -> Option<Announcement> {
+        let link = self
+            .channels
+            .status_link(record.map(|r| (r.channel_id, r.status_message_id)));
+        chat::announcement(
+            state,
+            env,
+            &self.emergency_mentions,
+            self.settings.attach_over_chars,
+            &link,
+        )
+    }
+
+    /// Posts an alert of a run whose channel is `run_channel` in the escalation channel.
+    async fn alert(
+        &self,
+        run: RunId,
+        alert: Alert,
+        run_channel: u64,
+        key: &str,
+    ) -> Result<(), ProgressError> {
+        let message = match alert {
+            Alert::Escalation { content, mentions } => CreateMessage::new()
+                .content(content)
+                .components(chat::ack_row(run))
+                .allowed_mentions(allowed(&mentions)),
+            Alert::Emergency { content, mentions } => CreateMessage::new()
+                .content(content)
+                .components(chat::confirm_row(run))
+                .allowed_mentions(allowed(&mentions)),
+            Alert::EmergencyConfirmed { content } => CreateMessage::new()
+                .content(content)
+                .allowed_mentions(CreateAllowedMentions::new()),
+        };
+        let channel = ChannelId::new(self.channels.of_escalations(run_channel));
+        self.post(channel, message, key).await
     }
 
     /// Posts with a nonce derived from `key`: a repeat returns the first message.
@@ -384,6 +426,11 @@ impl Progress {
         }
         runs.retain(|_, t| t.dirty || !t.state.is_finished());
     }
+}
+
+/// What an event's posts derive their nonces from.
+fn event_key(env: &Envelope) -> String {
+    format!("event {}", env.event_id)
 }
 
 fn apply(state: &mut RunState, env: &Envelope) -> Result<(), ProgressError> {
