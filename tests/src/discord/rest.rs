@@ -67,6 +67,8 @@ pub(crate) struct Recorded {
     pub(crate) original_edits: Vec<OriginalEdit>,
     pub(crate) commands: Vec<(String, Value)>,
     pub(crate) too_long: usize,
+    /// Message posts received per channel, a repeated nonce included.
+    pub(crate) posts: BTreeMap<String, usize>,
     pub(crate) refuse_edits: usize,
     pub(crate) refused_edits: usize,
     pub(crate) gateway_url: String,
@@ -101,6 +103,7 @@ pub(crate) async fn handle(
             "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
         })),
         ("POST", ["channels", channel, "messages"]) => {
+            *rec.posts.entry((*channel).to_owned()).or_default() += 1;
             let content = json_body["content"].as_str().unwrap_or_default().to_owned();
             if content.chars().count() > 2000 {
                 rec.too_long += 1;
