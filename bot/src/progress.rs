@@ -8,15 +8,15 @@
 //! returns the first message for a repeated nonce), the status message and thread ids are kept
 //! in `ROLLBACK_BOT_STATE`, and a thread started from a message has that message's id.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
-use rollback_proto::{Envelope, Event, RunId, RunState};
+use rollback_proto::{Envelope, Event, EventId, RunId, RunState};
 use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
     CreateThread, EditMessage, Http, MessageId, Nonce, RoleId, UserId,
@@ -84,6 +84,11 @@ pub struct Progress {
     pub emergency_mentions: Vec<String>,
 }
 
+/// The alerts posted for runs that have no status message yet, by run: Discord deduplicates a
+/// nonce for a few minutes only, and the event comes again every few seconds until the status
+/// message is posted. Emptied for a run once it has its status message.
+type EarlyAlerts = HashMap<RunId, HashSet<EventId>>;
+
 struct Tracked {
     state: RunState,
     record: RunRecord,
@@ -100,6 +105,7 @@ impl Progress {
         };
         let mut messages = consumer.messages().await.map_err(bus)?;
         let mut runs: HashMap<RunId, Tracked> = HashMap::new();
+        let mut early = EarlyAlerts::new();
         let mut tick = tokio::time::interval(self.settings.edit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -116,7 +122,7 @@ impl Progress {
                             continue;
                         }
                     };
-                    match self.handle(&mut runs, &stream, &message.payload).await {
+                    match self.handle(&mut runs, &mut early, &stream, &message.payload).await {
                         Ok(()) => {
                             if let Err(e) = message.ack().await {
                                 tracing::warn!(error = %e, "could not acknowledge an event");
@@ -168,6 +174,7 @@ impl Progress {
     async fn handle(
         &self,
         runs: &mut HashMap<RunId, Tracked>,
+        early: &mut EarlyAlerts,
         stream: &jetstream::stream::Stream,
         payload: &[u8],
     ) -> Result<(), ProgressError> {
@@ -188,18 +195,12 @@ impl Progress {
                     })?,
                 };
                 let record = match self.record_of(&state).await {
-                    Ok(record) => record,
+                    Ok(record) => {
+                        early.remove(&run);
+                        record
+                    }
                     Err(e) => {
-                        // On-call hears of an escalation even when the run's channel refuses
-                        // its status message; the event comes again for the rest, and its
-                        // ping's nonce makes the second post the first message.
-                        if let Some(Announcement::Alert(alert)) =
-                            self.announcement(&state, &env, None)
-                        {
-                            let run_channel = self.channels.of_runbook(&state.runbook_name);
-                            self.alert(run, alert, run_channel, &event_key(&env))
-                                .await?;
-                        }
+                        self.alert_early(early, &state, &env).await?;
                         return Err(e);
                     }
                 };
@@ -291,6 +292,30 @@ impl Progress {
                 self.alert(env.run_id, alert, tracked.record.channel_id, &key)
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Posts `env`'s alert, if it has one, while its run has no status message: on-call hears
+    /// of an escalation even when the run's channel refuses the status message. The event comes
+    /// again for the status message and the rest; its alert goes out once.
+    async fn alert_early(
+        &self,
+        early: &mut EarlyAlerts,
+        state: &RunState,
+        env: &Envelope,
+    ) -> Result<(), ProgressError> {
+        if early
+            .get(&env.run_id)
+            .is_some_and(|sent| sent.contains(&env.event_id))
+        {
+            return Ok(());
+        }
+        if let Some(Announcement::Alert(alert)) = self.announcement(state, env, None) {
+            let run_channel = self.channels.of_runbook(&state.runbook_name);
+            self.alert(env.run_id, alert, run_channel, &event_key(env))
+                .await?;
+            early.entry(env.run_id).or_default().insert(env.event_id);
         }
         Ok(())
     }
