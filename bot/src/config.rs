@@ -533,6 +533,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_files_channel_settings_load_when_uncommented() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/bot.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| {
+                let setting = line.trim_start_matches("# ");
+                let channel_setting = setting.starts_with("escalation_channel_id =")
+                    || setting.starts_with("[discord.runbook_channels]")
+                    || setting.starts_with("\"tenancy-rollback\" =");
+                if channel_setting { setting } else { line }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let channels = BotConfig::from_toml(path, &uncommented)
+            .unwrap()
+            .channels()
+            .unwrap();
+        assert_eq!(channels.escalation, Some(666_666_666_666_666_666));
+        assert_eq!(
+            channels.of_runbook("tenancy-rollback"),
+            777_777_777_777_777_777
+        );
+        assert_eq!(channels.of_runbook("restore"), 222_222_222_222_222_222);
+    }
+
+    #[test]
     fn the_environment_overrides_the_file() {
         let config = BotConfig::load_with(None, |var| match var {
             "DISCORD_TOKEN" => Some("tok".into()),
