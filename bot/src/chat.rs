@@ -1,6 +1,8 @@
 //! Events and answers as Discord messages: the status message with its buttons, step output
-//! split to fit Discord's limits, the ids carried by buttons and modals, and nonces that make a
-//! repeated post the same message.
+//! split to fit Discord's limits, the ids carried by buttons and modals, nonces that make a
+//! repeated post the same message, and which channel each message goes to.
+
+use std::collections::BTreeMap;
 
 use rollback_proto::render::{status_body, status_times};
 use rollback_proto::state::StepStatus;
@@ -66,34 +68,113 @@ pub fn status_content(state: &RunState) -> String {
     format!("```\n{body}\n```\n{times}")
 }
 
+/// Where the bot posts. A run's status message, thread and progress go to its runbook's
+/// channel, or the progress channel; escalations and emergencies go to the escalation channel,
+/// or the run's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channels {
+    /// The server, which a link to a message names; without it no link is made.
+    pub guild: Option<u64>,
+    /// The channel of runs whose runbook has none of its own.
+    pub progress: u64,
+    /// The channel of escalation pings, emergency requests and confirmations.
+    pub escalation: Option<u64>,
+    /// Runbooks with a channel of their own, by name.
+    pub runbooks: BTreeMap<String, u64>,
+}
+
+impl Channels {
+    /// The channel of a run of `runbook`: its status message, thread and progress.
+    pub fn of_runbook(&self, runbook: &str) -> u64 {
+        self.runbooks.get(runbook).copied().unwrap_or(self.progress)
+    }
+
+    /// The channel of the escalations and emergencies of a run posted in `run_channel`.
+    pub fn of_escalations(&self, run_channel: u64) -> u64 {
+        self.escalation.unwrap_or(run_channel)
+    }
+
+    /// Where a ping points at a run's status message, posted as `(channel, message)` or not
+    /// yet.
+    pub fn status_link(&self, status: Option<(u64, u64)>) -> StatusLink {
+        match (status, self.guild) {
+            (None, _) => StatusLink::NotPosted,
+            (Some((channel, message)), Some(guild)) => StatusLink::At(format!(
+                "https://discord.com/channels/{guild}/{channel}/{message}"
+            )),
+            (Some(_), None) => StatusLink::Unknown,
+        }
+    }
+}
+
+/// How a ping refers to the run's status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusLink {
+    /// The status message's address.
+    At(String),
+    /// There is no status message yet: Discord has not taken it.
+    NotPosted,
+    /// No guild to make a link with; the ping is in the status message's channel then.
+    Unknown,
+}
+
+impl StatusLink {
+    /// The line a ping carries for it (none for [`StatusLink::Unknown`]).
+    fn line(&self, run: RunId) -> Option<String> {
+        match self {
+            StatusLink::At(url) => Some(format!("Status message: {url}")),
+            StatusLink::NotPosted => Some(format!(
+                "No status message yet: Discord has not taken it so far. \
+                 `/rollback status run:{run}` shows where the run stands."
+            )),
+            StatusLink::Unknown => None,
+        }
+    }
+}
+
 /// What an event posts besides the status edit.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Announcement {
     /// Step output, for the run's thread.
     Output(OutputPost),
-    /// An escalation ping for the channel, with an Acknowledge button; exactly `mentions` ping.
+    /// A message for the escalation channel.
+    Alert(Alert),
+}
+
+/// What goes to the escalation channel: it refers to the run's status message and goes out
+/// even before the run has one.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Alert {
+    /// An escalation ping, with an Acknowledge button; exactly `mentions` ping.
     Escalation {
         /// The message's text.
         content: String,
         /// The role and user mentions that may ping.
         mentions: Vec<String>,
     },
-    /// An emergency restore request for the channel, with a Confirm button for a second person.
+    /// An emergency restore request, with a Confirm button for a second person.
     Emergency {
         /// The message's text.
         content: String,
         /// The role and user mentions that may ping.
         mentions: Vec<String>,
     },
+    /// An emergency restore confirmed; it pings no one.
+    EmergencyConfirmed {
+        /// The message's text.
+        content: String,
+    },
 }
 
 /// What `env` posts, given the run's state with `env` folded in: its output in the thread, an
-/// escalation ping, an emergency request; nothing for the other events, which the status shows.
+/// escalation ping, an emergency request or confirmation (these refer to the status message as
+/// `status` says); nothing for the other events, which the status shows.
 pub fn announcement(
     state: &RunState,
     env: &Envelope,
     emergency_mentions: &[String],
     attach_over: usize,
+    status: &StatusLink,
 ) -> Option<Announcement> {
     let run = env.run_id;
     match &env.event {
@@ -130,34 +211,69 @@ pub fn announcement(
             notified,
         } => {
             let mentions = mentions_in(notified);
-            let content = format!(
-                "**Escalation, level {level}** — {reason}\nNothing has moved since {}.\n{}",
-                TimeStyle::Discord.at(state.last_activity_at),
-                mentions.join(" ")
-            );
-            Some(Announcement::Escalation {
+            let content = lines(&[
+                Some(format!(
+                    "**Escalation, level {level}** — {reason}\nNothing has moved since {}.",
+                    TimeStyle::Discord.at(state.last_activity_at),
+                )),
+                status.line(run),
+                Some(mentions.join(" ")),
+            ]);
+            Some(Announcement::Alert(Alert::Escalation {
                 content: truncate(content.trim_end(), MESSAGE_LIMIT),
                 mentions,
-            })
+            }))
         }
         Event::EmergencyRequested {
             database,
             expires_at,
         } => {
-            let content = format!(
-                "**Emergency restore requested** of `{database}` by {} — run `{run}`. A second \
-                 authorised person must confirm before {}.\n{}",
-                env.actor.person_name().unwrap_or("the agent"),
-                TimeStyle::Discord.at(*expires_at),
-                emergency_mentions.join(" ")
-            );
-            Some(Announcement::Emergency {
+            let content = lines(&[
+                Some(format!(
+                    "**Emergency restore requested** of `{database}` by {} — run `{run}`. A \
+                     second authorised person must confirm before {}.",
+                    env.actor.person_name().unwrap_or("the agent"),
+                    TimeStyle::Discord.at(*expires_at),
+                )),
+                status.line(run),
+                Some(emergency_mentions.join(" ")),
+            ]);
+            Some(Announcement::Alert(Alert::Emergency {
                 content: truncate(content.trim_end(), MESSAGE_LIMIT),
                 mentions: emergency_mentions.to_vec(),
-            })
+            }))
+        }
+        Event::EmergencyConfirmed { database } => {
+            let requested_by = state
+                .emergency
+                .as_ref()
+                .and_then(|em| em.requested_by.person_name())
+                .unwrap_or("the agent");
+            let content = lines(&[
+                Some(format!(
+                    "**Emergency restore confirmed** of `{database}` by {}, requested by \
+                     {requested_by} — run `{run}`.",
+                    env.actor.person_name().unwrap_or("the agent"),
+                )),
+                status.line(run),
+            ]);
+            Some(Announcement::Alert(Alert::EmergencyConfirmed {
+                content: truncate(&content, MESSAGE_LIMIT),
+            }))
         }
         _ => None,
     }
+}
+
+/// The lines that are there, one under the other.
+fn lines(lines: &[Option<String>]) -> String {
+    lines
+        .iter()
+        .flatten()
+        .filter(|l| !l.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The chat mentions among what an escalation notified (webhooks are named, not mentioned).
@@ -501,6 +617,152 @@ mod tests {
                 ids.iter().any(|id| id.contains(&wanted)),
                 "{wanted} in {ids:?}"
             );
+        }
+    }
+
+    fn sealed(state: &RunState, actor: rollback_proto::Actor, event: Event) -> Envelope {
+        use rollback_proto::envelope::{Draft, GENESIS_HASH};
+        Envelope::seal(
+            state.run_id,
+            state.seq + 1,
+            GENESIS_HASH,
+            Draft {
+                actor,
+                causation_id: None,
+                at: time::OffsetDateTime::UNIX_EPOCH,
+                event,
+            },
+        )
+    }
+
+    fn channels() -> Channels {
+        Channels {
+            guild: Some(7),
+            progress: 1,
+            escalation: Some(2),
+            runbooks: BTreeMap::from([("restore".into(), 3)]),
+        }
+    }
+
+    #[test]
+    fn runs_go_to_their_runbook_channel_and_alerts_to_the_escalation_channel() {
+        let channels = channels();
+        assert_eq!(channels.of_runbook("restore"), 3);
+        assert_eq!(channels.of_runbook("demo"), 1);
+        assert_eq!(channels.of_escalations(3), 2);
+        let unset = Channels {
+            escalation: None,
+            ..channels.clone()
+        };
+        assert_eq!(unset.of_escalations(3), 3);
+        assert_eq!(
+            channels.status_link(Some((3, 99))),
+            StatusLink::At("https://discord.com/channels/7/3/99".into())
+        );
+        assert_eq!(channels.status_link(None), StatusLink::NotPosted);
+        let no_guild = Channels {
+            guild: None,
+            ..channels
+        };
+        assert_eq!(no_guild.status_link(Some((3, 99))), StatusLink::Unknown);
+        assert_eq!(no_guild.status_link(None), StatusLink::NotPosted);
+    }
+
+    #[test]
+    fn an_escalation_links_to_the_status_message_or_says_there_is_none_yet() {
+        let state = blocked_at_the_database_phase(0);
+        let raised = sealed(
+            &state,
+            rollback_proto::Actor::Agent,
+            Event::EscalationRaised {
+                level: 1,
+                reason: "stalled".into(),
+                notified: vec!["<@&5>".into(), "pager".into()],
+            },
+        );
+        let content = |link: StatusLink| match announcement(&state, &raised, &[], 6000, &link) {
+            Some(Announcement::Alert(Alert::Escalation { content, mentions })) => {
+                assert_eq!(mentions, vec!["<@&5>".to_owned()]);
+                content
+            }
+            other => panic!("{other:?}"),
+        };
+        let linked = content(channels().status_link(Some((3, 99))));
+        assert!(
+            linked.contains(".\nStatus message: https://discord.com/channels/7/3/99\n<@&5>"),
+            "{linked}"
+        );
+        let unlinked = content(StatusLink::NotPosted);
+        assert!(
+            unlinked.contains("No status message yet")
+                && unlinked.contains(&format!("`/rollback status run:{}`", state.run_id))
+                && !unlinked.contains("https://"),
+            "{unlinked}"
+        );
+        let beside_the_status = content(StatusLink::Unknown);
+        assert!(
+            !beside_the_status.contains("tatus message"),
+            "{beside_the_status}"
+        );
+        assert!(
+            beside_the_status.ends_with(".\n<@&5>"),
+            "{beside_the_status}"
+        );
+    }
+
+    #[test]
+    fn an_emergency_request_and_its_confirmation_link_to_the_status_message() {
+        use rollback_proto::Actor;
+        use rollback_proto::state::EmergencyState;
+        let alice = Actor::Console {
+            user: "alice".into(),
+        };
+        let bob = Actor::Console { user: "bob".into() };
+        let link = channels().status_link(Some((3, 99)));
+        let mut state = blocked_at_the_database_phase(0);
+        let requested = sealed(
+            &state,
+            alice.clone(),
+            Event::EmergencyRequested {
+                database: "appdb".into(),
+                expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            },
+        );
+        match announcement(&state, &requested, &["<@&9>".into()], 6000, &link) {
+            Some(Announcement::Alert(Alert::Emergency { content, mentions })) => {
+                assert!(
+                    content
+                        .ends_with("\nStatus message: https://discord.com/channels/7/3/99\n<@&9>"),
+                    "{content}"
+                );
+                assert_eq!(mentions, vec!["<@&9>".to_owned()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        state.emergency = Some(EmergencyState {
+            database: "appdb".into(),
+            requested_by: alice,
+            expires_at: time::OffsetDateTime::UNIX_EPOCH,
+            confirmed_by: Some(bob.clone()),
+        });
+        let confirmed = sealed(
+            &state,
+            bob,
+            Event::EmergencyConfirmed {
+                database: "appdb".into(),
+            },
+        );
+        match announcement(&state, &confirmed, &["<@&9>".into()], 6000, &link) {
+            Some(Announcement::Alert(Alert::EmergencyConfirmed { content })) => {
+                assert!(
+                    content.contains(
+                        "**Emergency restore confirmed** of `appdb` by bob, requested by alice"
+                    ) && content.ends_with("Status message: https://discord.com/channels/7/3/99"),
+                    "{content}"
+                );
+                assert!(!content.contains("<@"), "it pings no one: {content}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -6,15 +6,19 @@
 //! | `NATS_URL`, `NATS_USER`, `NATS_PASSWORD`, `NATS_TOKEN` | `nats.url`, `.user`, `.password`, `.token` |
 //! | `DISCORD_TOKEN`, `DISCORD_PUBLIC_KEY`, `DISCORD_APPLICATION_ID` | `discord.token`, `.public_key`, `.application_id` |
 //! | `DISCORD_GUILD_ID`, `DISCORD_CHANNEL_ID`, `DISCORD_API_URL` | `discord.guild_id`, `.channel_id`, `.api_url` |
+//! | `DISCORD_ESCALATION_CHANNEL_ID` | `discord.escalation_channel_id` |
+//! | `DISCORD_RUNBOOK_CHANNELS` (`name=id,name=id`, replaces the file's table) | `[discord.runbook_channels]` |
 //! | `ROLLBACK_BOT_LISTEN` | `interactions.listen` |
 //! | `ROLLBACK_CONSOLE_USER` | `console.user` |
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::chat::Channels;
 use crate::secret::Secret;
 
 /// Everything the bot reads at start.
@@ -81,8 +85,19 @@ pub struct DiscordSettings {
     pub public_key: Option<String>,
     /// The guild the commands are registered in; without it, globally.
     pub guild_id: Option<u64>,
-    /// The channel that receives status messages, threads and pings.
+    /// The channel of every run's status message, thread and progress, unless its runbook has
+    /// a channel in `runbook_channels`; and of escalations and emergencies, unless
+    /// `escalation_channel_id` is set.
     pub channel_id: Option<u64>,
+    /// Where escalation pings, emergency requests and their confirmations go, each with a link
+    /// to the run's status message, so that on-call notifications are not lost among progress.
+    /// Unset: the run's own channel.
+    pub escalation_channel_id: Option<u64>,
+    /// Runbooks whose runs post their status message, thread and progress in a channel of
+    /// their own, by runbook name. Kept here rather than in the runbook: a runbook is shared
+    /// between environments, and Discord ids belong to one deployment of the bot.
+    #[serde(default)]
+    pub runbook_channels: BTreeMap<String, u64>,
     /// The REST API's base URL (a proxy in front of Discord).
     #[serde(default = "default_api_url")]
     pub api_url: String,
@@ -102,6 +117,8 @@ impl Default for DiscordSettings {
             public_key: None,
             guild_id: None,
             channel_id: None,
+            escalation_channel_id: None,
+            runbook_channels: BTreeMap::new(),
             api_url: default_api_url(),
             gateway: true,
             emergency_mentions: Vec::new(),
@@ -220,6 +237,18 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A setting needs another one that is missing.
+    #[error("`{setting}` needs `{needs}` (set it in the file or with {var}): {why}")]
+    Needs {
+        /// The setting that is set.
+        setting: &'static str,
+        /// The setting it needs.
+        needs: &'static str,
+        /// The environment variable of the one needed.
+        var: &'static str,
+        /// Why it is needed.
+        why: &'static str,
+    },
     /// A setting a command needs is missing.
     #[error("`{setting}` is required for this command (set it in the file or with {var})")]
     Missing {
@@ -315,6 +344,12 @@ impl BotConfig {
         if let Some(v) = snowflake("DISCORD_CHANNEL_ID")? {
             self.discord.channel_id = Some(v);
         }
+        if let Some(v) = snowflake("DISCORD_ESCALATION_CHANNEL_ID")? {
+            self.discord.escalation_channel_id = Some(v);
+        }
+        if let Some(v) = get("DISCORD_RUNBOOK_CHANNELS") {
+            self.discord.runbook_channels = runbook_channels(&v)?;
+        }
         if let Some(v) = get("ROLLBACK_BOT_LISTEN") {
             self.interactions.listen = Some(v.trim().parse().map_err(|_| ConfigError::Env {
                 var: "ROLLBACK_BOT_LISTEN",
@@ -359,6 +394,26 @@ impl BotConfig {
         })
     }
 
+    /// Where runs, escalations and emergencies are posted, or the error naming what is missing.
+    pub fn channels(&self) -> Result<Channels, ConfigError> {
+        let progress = self.channel_id()?;
+        if self.discord.escalation_channel_id.is_some() && self.discord.guild_id.is_none() {
+            return Err(ConfigError::Needs {
+                setting: "discord.escalation_channel_id",
+                needs: "discord.guild_id",
+                var: "DISCORD_GUILD_ID",
+                why: "a ping in the escalation channel links to the run's status message, \
+                      and a message's link names its server",
+            });
+        }
+        Ok(Channels {
+            guild: self.discord.guild_id,
+            progress,
+            escalation: self.discord.escalation_channel_id,
+            runbooks: self.discord.runbook_channels.clone(),
+        })
+    }
+
     /// The public key, or the error naming it.
     pub fn public_key(&self) -> Result<&str, ConfigError> {
         self.discord
@@ -369,6 +424,32 @@ impl BotConfig {
                 var: "DISCORD_PUBLIC_KEY",
             })
     }
+}
+
+/// `DISCORD_RUNBOOK_CHANNELS`: `name=id` pairs separated by commas.
+fn runbook_channels(text: &str) -> Result<BTreeMap<String, u64>, ConfigError> {
+    let wrong = |message: String| ConfigError::Env {
+        var: "DISCORD_RUNBOOK_CHANNELS",
+        message,
+    };
+    let mut channels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, id) = pair.split_once('=').ok_or_else(|| {
+            wrong(format!(
+                "`{pair}` is not `runbook=channel id` (such as `tenancy-rollback=123456789012345678`)"
+            ))
+        })?;
+        let id = id.trim().parse().map_err(|_| {
+            wrong(format!(
+                "`{pair}`: expected a Discord id (digits) after `=`"
+            ))
+        })?;
+        if name.trim().is_empty() {
+            return Err(wrong(format!("`{pair}` names no runbook before `=`")));
+        }
+        channels.insert(name.trim().to_owned(), id);
+    }
+    Ok(channels)
 }
 
 fn default_nats_url() -> String {
@@ -452,6 +533,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_files_channel_settings_load_when_uncommented() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/bot.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| {
+                let setting = line.trim_start_matches("# ");
+                let channel_setting = setting.starts_with("escalation_channel_id =")
+                    || setting.starts_with("[discord.runbook_channels]")
+                    || setting.starts_with("\"tenancy-rollback\" =");
+                if channel_setting { setting } else { line }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let channels = BotConfig::from_toml(path, &uncommented)
+            .unwrap()
+            .channels()
+            .unwrap();
+        assert_eq!(channels.escalation, Some(666_666_666_666_666_666));
+        assert_eq!(
+            channels.of_runbook("tenancy-rollback"),
+            777_777_777_777_777_777
+        );
+        assert_eq!(channels.of_runbook("restore"), 222_222_222_222_222_222);
+    }
+
+    #[test]
     fn the_environment_overrides_the_file() {
         let config = BotConfig::load_with(None, |var| match var {
             "DISCORD_TOKEN" => Some("tok".into()),
@@ -463,6 +571,77 @@ mod tests {
         assert_eq!(config.token().unwrap().expose(), "tok");
         assert_eq!(config.channel_id().unwrap(), 42);
         assert_eq!(config.nats.url, "nats://elsewhere:4222");
+    }
+
+    #[test]
+    fn the_escalation_channel_and_runbook_channels_come_from_the_file_or_the_environment() {
+        let file = "[discord]\nguild_id = 7\nchannel_id = 1\nescalation_channel_id = 2\n\
+                    [discord.runbook_channels]\n\"tenancy-rollback\" = 3\nrestore = 4\n";
+        let config = BotConfig::from_toml("bot.toml", file).unwrap();
+        let channels = config.channels().unwrap();
+        assert_eq!(channels.escalation, Some(2));
+        assert_eq!(channels.of_runbook("tenancy-rollback"), 3);
+        assert_eq!(channels.of_runbook("restore"), 4);
+        assert_eq!(channels.of_runbook("anything-else"), 1);
+        assert_eq!(channels.of_escalations(3), 2);
+
+        // The environment replaces both.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bot.toml");
+        std::fs::write(&path, file).unwrap();
+        let config = BotConfig::load_with(Some(&path), |var| match var {
+            "DISCORD_ESCALATION_CHANNEL_ID" => Some("20".into()),
+            "DISCORD_RUNBOOK_CHANNELS" => Some(" restore = 40 , demo=50".into()),
+            _ => None,
+        })
+        .unwrap();
+        let channels = config.channels().unwrap();
+        assert_eq!(channels.escalation, Some(20));
+        assert_eq!(
+            channels.runbooks,
+            BTreeMap::from([("restore".into(), 40), ("demo".into(), 50)])
+        );
+        assert_eq!(channels.of_runbook("tenancy-rollback"), 1);
+
+        // Unset, escalations stay in the run's channel.
+        let config = BotConfig::from_toml("bot.toml", "[discord]\nchannel_id = 1\n").unwrap();
+        let channels = config.channels().unwrap();
+        assert_eq!(channels.of_escalations(channels.of_runbook("demo")), 1);
+    }
+
+    #[test]
+    fn an_escalation_channel_needs_the_guild_and_runbook_channels_need_ids() {
+        let config = BotConfig::from_toml(
+            "bot.toml",
+            "[discord]\nchannel_id = 1\nescalation_channel_id = 2\n",
+        )
+        .unwrap();
+        let e = config.channels().unwrap_err().to_string();
+        assert!(
+            e.contains("discord.escalation_channel_id") && e.contains("DISCORD_GUILD_ID"),
+            "{e}"
+        );
+        for wrong in ["restore", "restore=general", "=12"] {
+            let e = BotConfig::load_with(None, |var| {
+                (var == "DISCORD_RUNBOOK_CHANNELS").then(|| wrong.into())
+            })
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("DISCORD_RUNBOOK_CHANNELS"),
+                "{wrong}: {e}"
+            );
+        }
+        let e = BotConfig::load_with(None, |var| {
+            (var == "DISCORD_ESCALATION_CHANNEL_ID").then(|| "on-call".into())
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("DISCORD_ESCALATION_CHANNEL_ID"),
+            "{e}"
+        );
+        let e = BotConfig::from_toml("bot.toml", "[discord.runbook_channels]\nrestore = \"x\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("restore = \"x\""), "{e}");
     }
 
     #[test]

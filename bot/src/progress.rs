@@ -1,21 +1,22 @@
 //! Progress in chat: a durable JetStream consumer on the events. Per run, one status message
-//! edited in place (edits coalesced to one per run per interval), a thread for step output,
-//! escalation pings with an Acknowledge button, and emergency requests with a Confirm button
-//! for a second person.
+//! edited in place (edits coalesced to one per run per interval) and a thread for step output,
+//! in the run's channel; escalation pings with an Acknowledge button, emergency requests with a
+//! Confirm button for a second person and their confirmations, in the escalation channel with a
+//! link to the status message (see [`chat::Channels`]).
 //!
 //! Nothing is posted twice after a restart: posts carry a nonce derived from the event (Discord
 //! returns the first message for a repeated nonce), the status message and thread ids are kept
 //! in `ROLLBACK_BOT_STATE`, and a thread started from a message has that message's id.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
-use rollback_proto::{Envelope, Event, RunId, RunState};
+use rollback_proto::{Envelope, Event, EventId, RunId, RunState};
 use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
     CreateThread, EditMessage, Http, MessageId, Nonce, RoleId, UserId,
@@ -24,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bot_state::{BotState, RunRecord, StateError};
-use crate::chat::{self, Announcement, OutputPost};
+use crate::chat::{self, Alert, Announcement, Channels, OutputPost};
 use crate::config::ProgressSettings;
 
 /// The longest wait between attempts at an edit Discord refused (a 429, an outage).
@@ -75,13 +76,18 @@ pub struct Progress {
     pub http: Arc<Http>,
     /// Where runs are kept track of.
     pub state: BotState,
-    /// The channel for status messages and pings.
-    pub channel: ChannelId,
+    /// Where runs, escalations and emergencies are posted.
+    pub channels: Channels,
     /// Coalescing and attachments.
     pub settings: ProgressSettings,
     /// Pinged at once on an emergency request.
     pub emergency_mentions: Vec<String>,
 }
+
+/// The alerts posted for runs that have no status message yet, by run: Discord deduplicates a
+/// nonce for a few minutes only, and the event comes again every few seconds until the status
+/// message is posted. Emptied for a run once it has its status message.
+type EarlyAlerts = HashMap<RunId, HashSet<EventId>>;
 
 struct Tracked {
     state: RunState,
@@ -99,6 +105,7 @@ impl Progress {
         };
         let mut messages = consumer.messages().await.map_err(bus)?;
         let mut runs: HashMap<RunId, Tracked> = HashMap::new();
+        let mut early = EarlyAlerts::new();
         let mut tick = tokio::time::interval(self.settings.edit_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -115,7 +122,7 @@ impl Progress {
                             continue;
                         }
                     };
-                    match self.handle(&mut runs, &stream, &message.payload).await {
+                    match self.handle(&mut runs, &mut early, &stream, &message.payload).await {
                         Ok(()) => {
                             if let Err(e) = message.ack().await {
                                 tracing::warn!(error = %e, "could not acknowledge an event");
@@ -167,6 +174,7 @@ impl Progress {
     async fn handle(
         &self,
         runs: &mut HashMap<RunId, Tracked>,
+        early: &mut EarlyAlerts,
         stream: &jetstream::stream::Stream,
         payload: &[u8],
     ) -> Result<(), ProgressError> {
@@ -186,7 +194,16 @@ impl Progress {
                         message: e.to_string(),
                     })?,
                 };
-                let record = self.record_of(&state).await?;
+                let record = match self.record_of(&state).await {
+                    Ok(record) => {
+                        early.remove(&run);
+                        record
+                    }
+                    Err(e) => {
+                        self.alert_early(early, &state, &env).await?;
+                        return Err(e);
+                    }
+                };
                 vacant.insert(Tracked {
                     state,
                     record,
@@ -219,8 +236,8 @@ impl Progress {
         if let Some(record) = self.state.get(run).await? {
             return Ok(record);
         }
-        let message = self
-            .channel
+        let channel = ChannelId::new(self.channels.of_runbook(&state.runbook_name));
+        let message = channel
             .send_message(
                 &*self.http,
                 CreateMessage::new()
@@ -233,7 +250,7 @@ impl Progress {
             .await?;
         let record = RunRecord {
             runbook: state.runbook_name.clone(),
-            channel_id: self.channel.get(),
+            channel_id: channel.get(),
             status_message_id: message.id.get(),
             thread_id: None,
             started_at: state.started_at.unix_timestamp(),
@@ -244,18 +261,10 @@ impl Progress {
 
     /// What an event posts besides the status edit ([`chat::announcement`]).
     async fn announce(&self, tracked: &mut Tracked, env: &Envelope) -> Result<(), ProgressError> {
-        let run = env.run_id;
-        let key = format!("event {}", env.event_id);
-        let Some(announcement) = chat::announcement(
-            &tracked.state,
-            env,
-            &self.emergency_mentions,
-            self.settings.attach_over_chars,
-        ) else {
-            return Ok(());
-        };
-        match announcement {
-            Announcement::Output(OutputPost::Messages(parts)) => {
+        let key = event_key(env);
+        match self.announcement(&tracked.state, env, Some(&tracked.record)) {
+            None => {}
+            Some(Announcement::Output(OutputPost::Messages(parts))) => {
                 let thread = self.thread_of(tracked).await?;
                 for (i, part) in parts.into_iter().enumerate() {
                     self.post(
@@ -266,7 +275,7 @@ impl Progress {
                     .await?;
                 }
             }
-            Announcement::Output(OutputPost::Attachment { content, filename }) => {
+            Some(Announcement::Output(OutputPost::Attachment { content, filename })) => {
                 let thread = self.thread_of(tracked).await?;
                 let Event::StepOutputRecorded { text, .. } = &env.event else {
                     return Ok(());
@@ -279,22 +288,80 @@ impl Progress {
                 )
                 .await?;
             }
-            Announcement::Escalation { content, mentions } => {
-                let message = CreateMessage::new()
-                    .content(content)
-                    .components(chat::ack_row(run))
-                    .allowed_mentions(allowed(&mentions));
-                self.post(self.channel, message, &key).await?;
-            }
-            Announcement::Emergency { content, mentions } => {
-                let message = CreateMessage::new()
-                    .content(content)
-                    .components(chat::confirm_row(run))
-                    .allowed_mentions(allowed(&mentions));
-                self.post(self.channel, message, &key).await?;
+            Some(Announcement::Alert(alert)) => {
+                self.alert(env.run_id, alert, tracked.record.channel_id, &key)
+                    .await?;
             }
         }
         Ok(())
+    }
+
+    /// Posts `env`'s alert, if it has one, while its run has no status message: on-call hears
+    /// of an escalation even when the run's channel refuses the status message. The event comes
+    /// again for the status message and the rest; its alert goes out once.
+    async fn alert_early(
+        &self,
+        early: &mut EarlyAlerts,
+        state: &RunState,
+        env: &Envelope,
+    ) -> Result<(), ProgressError> {
+        if early
+            .get(&env.run_id)
+            .is_some_and(|sent| sent.contains(&env.event_id))
+        {
+            return Ok(());
+        }
+        if let Some(Announcement::Alert(alert)) = self.announcement(state, env, None) {
+            let run_channel = self.channels.of_runbook(&state.runbook_name);
+            self.alert(env.run_id, alert, run_channel, &event_key(env))
+                .await?;
+            early.entry(env.run_id).or_default().insert(env.event_id);
+        }
+        Ok(())
+    }
+
+    /// What `env` posts, referring to the status message of `record` (none: not posted yet).
+    fn announcement(
+        &self,
+        state: &RunState,
+        env: &Envelope,
+        record: Option<&RunRecord>,
+    ) -> Option<Announcement> {
+        let link = self
+            .channels
+            .status_link(record.map(|r| (r.channel_id, r.status_message_id)));
+        chat::announcement(
+            state,
+            env,
+            &self.emergency_mentions,
+            self.settings.attach_over_chars,
+            &link,
+        )
+    }
+
+    /// Posts an alert of a run whose channel is `run_channel` in the escalation channel.
+    async fn alert(
+        &self,
+        run: RunId,
+        alert: Alert,
+        run_channel: u64,
+        key: &str,
+    ) -> Result<(), ProgressError> {
+        let message = match alert {
+            Alert::Escalation { content, mentions } => CreateMessage::new()
+                .content(content)
+                .components(chat::ack_row(run))
+                .allowed_mentions(allowed(&mentions)),
+            Alert::Emergency { content, mentions } => CreateMessage::new()
+                .content(content)
+                .components(chat::confirm_row(run))
+                .allowed_mentions(allowed(&mentions)),
+            Alert::EmergencyConfirmed { content } => CreateMessage::new()
+                .content(content)
+                .allowed_mentions(CreateAllowedMentions::new()),
+        };
+        let channel = ChannelId::new(self.channels.of_escalations(run_channel));
+        self.post(channel, message, key).await
     }
 
     /// Posts with a nonce derived from `key`: a repeat returns the first message.
@@ -384,6 +451,11 @@ impl Progress {
         }
         runs.retain(|_, t| t.dirty || !t.state.is_finished());
     }
+}
+
+/// What an event's posts derive their nonces from.
+fn event_key(env: &Envelope) -> String {
+    format!("event {}", env.event_id)
 }
 
 fn apply(state: &mut RunState, env: &Envelope) -> Result<(), ProgressError> {

@@ -10,7 +10,6 @@ use rollback_bot::config::BotConfig;
 use rollback_bot::endpoint::Endpoint;
 use rollback_bot::interactions::Interactions;
 use rollback_bot::progress::Progress;
-use serenity::all::ChannelId;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,7 @@ pub async fn run(config: BotConfig) -> anyhow::Result<()> {
     // Chat waits minutes, not `nats.request_timeout`: a late answer is edited in.
     let agent = AgentClient::new(nats, config.interactions.wait_for_agent);
     let interactions = Interactions::new(agent, Some(state.clone()));
-    let channel = ChannelId::new(config.channel_id()?);
+    let channels = config.channels()?;
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
@@ -33,7 +32,7 @@ pub async fn run(config: BotConfig) -> anyhow::Result<()> {
         js,
         http: Arc::new(rollback_bot::discord_http(&config)?),
         state,
-        channel,
+        channels,
         settings: config.progress.clone(),
         emergency_mentions: config.discord.emergency_mentions.clone(),
     };

@@ -3,7 +3,7 @@
 //! the event in words), shows no Rust debug text, no fraction of a second and no `+00:00:00`,
 //! and what goes to Discord writes its times as Discord timestamps.
 
-use rollback_bot::chat::{self, Announcement, OutputPost};
+use rollback_bot::chat::{self, Alert, Announcement, OutputPost, StatusLink};
 use rollback_bot::feed;
 use rollback_proto::envelope::{Draft, Envelope, GENESIS_HASH};
 use rollback_proto::render::{status_body, status_text};
@@ -434,16 +434,28 @@ fn every_event_kind_reads_as_words_in_every_message() {
                 &chat::status_content(&after),
             );
             assert_readable(&format!("the status after {name}"), &status_text(&after));
-            // The thread's posts and the pings.
-            for attach_over in [10_000, 10] {
-                let Some(posted) = chat::announcement(&after, &env, &mentions, attach_over) else {
+            // The thread's posts and the pings, with or without a link to the status.
+            let links = [
+                StatusLink::At("https://discord.com/channels/1/2/3".into()),
+                StatusLink::NotPosted,
+                StatusLink::Unknown,
+            ];
+            for (attach_over, link) in [10_000, 10]
+                .into_iter()
+                .flat_map(|a| links.iter().map(move |l| (a, l)))
+            {
+                let Some(posted) = chat::announcement(&after, &env, &mentions, attach_over, link)
+                else {
                     continue;
                 };
                 let texts = match posted {
                     Announcement::Output(OutputPost::Messages(parts)) => parts,
                     Announcement::Output(OutputPost::Attachment { content, .. }) => vec![content],
-                    Announcement::Escalation { content, .. }
-                    | Announcement::Emergency { content, .. } => vec![content],
+                    Announcement::Alert(
+                        Alert::Escalation { content, .. }
+                        | Alert::Emergency { content, .. }
+                        | Alert::EmergencyConfirmed { content },
+                    ) => vec![content],
                 };
                 for text in texts {
                     assert_discord(&format!("the post for {name}"), &text);

@@ -77,6 +77,13 @@ impl DiscordStandIn {
             .collect()
     }
 
+    /// How many times the bot posted in `channel`, counting a post that a repeated nonce made
+    /// the first message again.
+    pub fn posts_in(&self, channel: &str) -> usize {
+        let rec = self.recorded.lock().expect("not poisoned");
+        rec.posts.get(channel).copied().unwrap_or(0)
+    }
+
     /// Threads created: (thread id, parent channel).
     pub fn threads(&self) -> Vec<(String, String)> {
         let rec = self.recorded.lock().expect("not poisoned");

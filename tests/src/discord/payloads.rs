@@ -13,6 +13,13 @@ pub const APPLICATION_ID: &str = "100000000000000001";
 pub const GUILD_ID: &str = "100000000000000002";
 /// The channel status messages go to.
 pub const CHANNEL_ID: &str = "100000000000000003";
+/// A second channel, for escalations and emergencies.
+pub const ESCALATION_CHANNEL_ID: &str = "100000000000000005";
+/// A third channel, for one runbook's runs.
+pub const RUNBOOK_CHANNEL_ID: &str = "100000000000000006";
+/// The guild's text channels; a post elsewhere (but in a thread) is refused as Discord
+/// refuses it (404, code 10003).
+pub const CHANNELS: [&str; 3] = [CHANNEL_ID, ESCALATION_CHANNEL_ID, RUNBOOK_CHANNEL_ID];
 /// The bot's own user id.
 pub const BOT_USER_ID: &str = "100000000000000004";
 
@@ -220,6 +227,16 @@ pub fn button(who: &ChatUser, custom_id: &str, message_id: &str) -> Value {
     v["data"] = json!({"custom_id": custom_id, "component_type": 2});
     v["message"] = message(message_id, CHANNEL_ID, "status", None);
     v
+}
+
+/// The same interaction made in `channel` (a button on a message there).
+pub fn in_channel(mut interaction: Value, channel: &str) -> Value {
+    interaction["channel_id"] = json!(channel);
+    interaction["channel"]["id"] = json!(channel);
+    if interaction["message"].is_object() {
+        interaction["message"]["channel_id"] = json!(channel);
+    }
+    interaction
 }
 
 /// A modal submission with text inputs (MODAL_SUBMIT, type 5).

@@ -1,6 +1,7 @@
 //! The REST side of the stand-in: the few endpoints the bot uses, recorded, with Discord's
 //! rules that matter to the bot: the 2,000-character content limit, `enforce_nonce` returning
-//! the first message, a thread per message (with the message's id), and 429s on request.
+//! the first message, a thread per message (with the message's id), posts only in the guild's
+//! channels and threads, and 429s on request.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,8 @@ pub(crate) struct Recorded {
     pub(crate) original_edits: Vec<OriginalEdit>,
     pub(crate) commands: Vec<(String, Value)>,
     pub(crate) too_long: usize,
+    /// Message posts received per channel, a repeated nonce included.
+    pub(crate) posts: BTreeMap<String, usize>,
     pub(crate) refuse_edits: usize,
     pub(crate) refused_edits: usize,
     pub(crate) gateway_url: String,
@@ -87,6 +90,12 @@ pub(crate) async fn handle(
         Err(e) => return error(StatusCode::BAD_REQUEST, 50_109, &e),
     };
     let mut rec = shared.lock().expect("not poisoned");
+    if let ["channels", channel, ..] = parts.as_slice()
+        && !payloads::CHANNELS.contains(channel)
+        && !rec.threads.contains_key(*channel)
+    {
+        return error(StatusCode::NOT_FOUND, 10_003, "Unknown Channel");
+    }
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["gateway"]) | ("GET", ["gateway", "bot"]) => ok(json!({
             "url": rec.gateway_url,
@@ -94,6 +103,7 @@ pub(crate) async fn handle(
             "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
         })),
         ("POST", ["channels", channel, "messages"]) => {
+            *rec.posts.entry((*channel).to_owned()).or_default() += 1;
             let content = json_body["content"].as_str().unwrap_or_default().to_owned();
             if content.chars().count() > 2000 {
                 rec.too_long += 1;

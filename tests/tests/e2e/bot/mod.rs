@@ -6,6 +6,7 @@ mod chat_run;
 mod console;
 mod emergency;
 mod endpoint;
+mod escalation_channel;
 mod gateway;
 mod slow_agent;
 
@@ -60,6 +61,8 @@ pub(crate) struct BotOptions {
     pub(crate) wait_for_agent: Option<&'static str>,
     /// Start no agent (the test plays one, or none runs).
     pub(crate) no_agent: bool,
+    /// More lines for the bot's `[discord]` table.
+    pub(crate) discord_extra: String,
 }
 
 impl BotHarness {
@@ -239,6 +242,7 @@ channel_id = {channel}
 api_url = "{api}"
 gateway = {gateway}
 emergency_mentions = ["<@&900000000000000009>", "<@700000000000000009>"]
+{discord_extra}
 
 [interactions]
 listen = "127.0.0.1:{port}"
@@ -265,6 +269,7 @@ roles = ["oncall"]
         answer_within = options.answer_within.unwrap_or("2000ms"),
         wait_for_agent = options.wait_for_agent.unwrap_or("14m"),
         attach = options.attach_over_chars.unwrap_or(6000),
+        discord_extra = options.discord_extra,
     )
 }
 
