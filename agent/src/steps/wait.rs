@@ -68,9 +68,9 @@ pub(super) async fn run(ctx: &StepContext<'_>, step: &WaitStep) -> StepOutcome {
     let mut polls = 0u32;
     let mut last = String::from("no poll finished");
     loop {
-        let poll_timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .min(MAX_POLL.max(interval));
+        let full = MAX_POLL.max(interval);
+        let poll_timeout = deadline.saturating_duration_since(Instant::now()).min(full);
+        let poll_started = Instant::now();
         polls += 1;
         let polled = async {
             // A server that does not answer (yet) says so with its reason, within the connect
@@ -97,6 +97,10 @@ pub(super) async fn run(ctx: &StepContext<'_>, step: &WaitStep) -> StepOutcome {
                     ),
                 };
             }
+            // A last poll cut short by the step's deadline that ran out of time says only
+            // that: the reason before it (a refused connection, a status) is the one to keep.
+            Err(_)
+                if poll_timeout < full && poll_started.elapsed() >= poll_timeout && polls > 1 => {}
             Err(reason) => {
                 if reason != last {
                     ctx.output
@@ -262,6 +266,33 @@ mod tests {
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
         // One line for the one reason, however many polls.
         assert_eq!(text(&chunks, OutputStream::Stdout).lines().count(), 1);
+    }
+
+    /// The poll that the step's deadline cuts short and that runs out of time says only that:
+    /// the failure names the last finished poll's reason. (Under load the last poll could start
+    /// with no time left at all, and the failure read "timed out after 0s".)
+    #[tokio::test]
+    async fn a_last_poll_cut_short_by_the_deadline_keeps_the_reason_before_it() {
+        install_crypto_provider();
+        let server = TestServer::start(|n| match n {
+            0 => Reply::Status(503, "starting".into()),
+            _ => Reply::Hang,
+        })
+        .await;
+        let step = wait_http(&server.url, "interval = \"20ms\"\ntimeout = \"300ms\"");
+        let (outcome, chunks) = step.run().await;
+        let StepOutcome::Failed { error, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            error.ends_with("last: HTTP 503 Service Unavailable"),
+            "{error}"
+        );
+        assert!(error.contains("(2 poll(s))"), "{error}");
+        assert_eq!(
+            text(&chunks, OutputStream::Stdout),
+            "not yet: HTTP 503 Service Unavailable\n"
+        );
     }
 
     #[tokio::test]
