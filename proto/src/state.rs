@@ -118,6 +118,24 @@ pub enum StepStatus {
     },
 }
 
+/// The status in a few words, for messages about it ("running (attempt 2)").
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepStatus::Pending => write!(f, "not started"),
+            StepStatus::Running { attempt, .. } => write!(f, "running (attempt {attempt})"),
+            StepStatus::RetryWaiting { attempt, .. } => {
+                write!(f, "waiting to retry after attempt {attempt} failed")
+            }
+            StepStatus::Failed { attempt, .. } => write!(f, "failed (attempt {attempt})"),
+            StepStatus::InDoubt { attempt } => write!(f, "in doubt (attempt {attempt})"),
+            StepStatus::Succeeded { .. } => write!(f, "succeeded"),
+            StepStatus::MarkedDone { .. } => write!(f, "marked done"),
+            StepStatus::Skipped { .. } => write!(f, "skipped"),
+        }
+    }
+}
+
 impl StepStatus {
     /// Whether the step has an outcome that lets the phase move on.
     pub fn is_terminal(&self) -> bool {

@@ -1055,3 +1055,26 @@ fn a_transient_failure_waits_for_the_agents_own_retry() {
         attempt: 2,
     });
 }
+
+#[test]
+fn an_illegal_step_outcome_is_refused_in_words() {
+    let sc = in_database();
+    // `drop` has not started (it waits for its approval): a success is illegal, in words.
+    let err = rollback_proto::settle(
+        &sc.state,
+        &rollback_proto::Actor::Agent,
+        sc.now,
+        vec![Event::StepSucceeded {
+            step: step("drop"),
+            attempt: 1,
+            summary: "dropped".into(),
+        }],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("step `drop` cannot succeed: it is not started"),
+        "{err}"
+    );
+    assert!(!err.contains("Pending"), "{err}");
+}

@@ -124,7 +124,7 @@ impl RunState {
                 if !ok {
                     return Err(self.illegal(
                         event,
-                        format!("step `{step}` cannot succeed from {:?}", st.status),
+                        format!("step `{step}` cannot succeed: it is {}", st.status),
                     ));
                 }
                 // A step people completed never started: its time is its outcome's.
