@@ -19,7 +19,8 @@
 //! rounds, the median of the rounds' ratios reported; in both foreign-key modes. Sizes:
 //! `BENCH_PROOF_TENANTS` (default 300) tenants of `BENCH_PROOF_ROWS` (default 206) rows per table,
 //! `BENCH_ROUNDS` (default 3) rounds; `BENCH_PROOF_ONLY=1` runs this comparison alone,
-//! `BENCH_PROOF_FK=deferred` or `enforced` one mode of it.
+//! `BENCH_PROOF_FK=deferred` or `enforced` one mode of it, `BENCH_PROOF_SKIP=1` everything
+//! but it.
 
 use std::time::{Duration, Instant};
 
@@ -122,7 +123,7 @@ struct EngineRun {
     heap_peak: usize,
 }
 
-async fn engine(pool: &PgPool, fk_checks: FkChecks) -> EngineRun {
+async fn engine(pool: &PgPool, fk_checks: FkChecks, prove: bool) -> EngineRun {
     let started = Instant::now();
     let p = plan(pool, &PlanOptions::default()).await.expect("plan");
     let plan_time = started.elapsed();
@@ -136,7 +137,7 @@ async fn engine(pool: &PgPool, fk_checks: FkChecks) -> EngineRun {
             concurrency: CONCURRENCY,
             dry_run: false,
             fk_checks,
-            prove: false,
+            prove,
         },
         &|_| {},
     )
@@ -582,7 +583,10 @@ async fn main() {
     let plan_tenants = rollback_tests::bench_setting::<u32>("BENCH_PLAN_TENANTS", 10_000);
     let pg = Postgres::start().await.expect("start PostgreSQL");
     let admin = pool(&pg.admin_url()).await;
-    moved_and_proven(&pg, &admin).await;
+    // `BENCH_PROOF_SKIP=1` leaves the moved-and-proven comparison out.
+    if rollback_tests::bench_setting::<u8>("BENCH_PROOF_SKIP", 0) != 1 {
+        moved_and_proven(&pg, &admin).await;
+    }
     if rollback_tests::bench_setting::<u8>("BENCH_PROOF_ONLY", 0) == 1 {
         return;
     }
@@ -619,7 +623,7 @@ async fn main() {
     eprintln!("engine ...");
     create_from(&admin, "bench_engine", "bench_source").await;
     let engine_pool = pool(&url_of(&pg, "bench_engine")).await;
-    let big = engine(&engine_pool, FkChecks::Deferred).await;
+    let big = engine(&engine_pool, FkChecks::Deferred, false).await;
     assert_eq!(big.rows, total_rows);
     eprintln!(
         "  engine: consolidate {:.2} s, verify {:.2} s, plan {:.3} s",
@@ -632,11 +636,21 @@ async fn main() {
     eprintln!("engine with foreign keys checked row by row ...");
     create_from(&admin, "bench_engine_enforced", "bench_source").await;
     let enforced_pool = pool(&url_of(&pg, "bench_engine_enforced")).await;
-    let enforced = engine(&enforced_pool, FkChecks::Enforced).await;
+    let enforced = engine(&enforced_pool, FkChecks::Enforced, false).await;
     enforced_pool.close().await;
     eprintln!(
         "  engine, checks enforced: consolidate {:.2} s",
         enforced.consolidate.as_secs_f64()
+    );
+
+    eprintln!("engine with its in-unit proof (the default) ...");
+    create_from(&admin, "bench_engine_proven", "bench_source").await;
+    let proven_pool = pool(&url_of(&pg, "bench_engine_proven")).await;
+    let proven = engine(&proven_pool, FkChecks::Deferred, true).await;
+    proven_pool.close().await;
+    eprintln!(
+        "  engine with proof: consolidate {:.2} s",
+        proven.consolidate.as_secs_f64()
     );
 
     eprintln!("engine at 100 tenants (memory) ...");
@@ -646,7 +660,7 @@ async fn main() {
     };
     generate(&pg, &admin, "bench_small", &small_spec).await;
     let small_pool = pool(&url_of(&pg, "bench_small")).await;
-    let small = engine(&small_pool, FkChecks::Deferred).await;
+    let small = engine(&small_pool, FkChecks::Deferred, false).await;
     small_pool.close().await;
 
     eprintln!("plan over {plan_tenants} tenant schemas ...");
@@ -682,6 +696,12 @@ async fn main() {
         enforced.consolidate.as_secs_f64(),
         rate(total_rows, enforced.consolidate),
         enforced.consolidate.as_secs_f64() / floor_time.as_secs_f64()
+    );
+    println!(
+        "| engine consolidate with its in-unit proof (the default), deferred FK checks | {:.2} s | {:.0} | {:.2}× the floor's time |",
+        proven.consolidate.as_secs_f64(),
+        rate(total_rows, proven.consolidate),
+        proven.consolidate.as_secs_f64() / floor_time.as_secs_f64()
     );
     println!(
         "| engine verify (per-unit fingerprints + global checks) | {:.2} s | {:.0} | {:.2}× the floor's time ({:.2}× consolidate) |",
