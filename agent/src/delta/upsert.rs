@@ -50,6 +50,8 @@ pub(super) struct TableSql {
     claim_delete: String,
     /// The render settings and the staging table, `t` tenant, `o` op, `c<i>` the columns.
     stage: String,
+    /// `ANALYZE` of the staging table's columns that the statements join or filter on.
+    analyze: String,
     /// `$1` delta: id map entries for the staged inserts.
     map: String,
     /// `$1` delta: the staged inserts.
@@ -124,6 +126,19 @@ impl TableSql {
              ON COMMIT DROP",
             staged.join(", ")
         );
+        // Statistics only where the planner needs them (the tenant, the op, the key, the
+        // links): analyzing the payload columns (text, jsonb) cost 6 to 7 times as much
+        // (43,406 `leads` rows: 333-375 ms against 54 ms).
+        let analyzed: Vec<String> = ["t".to_owned(), "o".to_owned(), key.replace("s.", "")]
+            .into_iter()
+            .chain(t.columns.iter().enumerate().filter_map(|(i, c)| {
+                t.links
+                    .iter()
+                    .any(|l| l.column == c.name)
+                    .then(|| format!("c{i}"))
+            }))
+            .collect();
+        let analyze = format!("ANALYZE {STAGE} ({})", analyzed.join(", "));
         let mut joins = String::new();
         let mut cols = Vec::new();
         let mut vals = Vec::new();
@@ -213,6 +228,7 @@ impl TableSql {
             claim_upsert: claim("upsert"),
             claim_delete: claim("delete"),
             stage,
+            analyze,
             map: map_sql,
             insert,
             update,
@@ -278,8 +294,9 @@ impl TableSql {
             // A temporary table is never analyzed by autovacuum: without statistics the
             // planner takes `o = 'u'` to keep 0.5 % of the staged rows, plans the update for
             // a handful of rows, and rescans the id map once per staged row for each link
-            // (quadratic in the batch). With them it joins by the id map's primary key.
-            sqlx::raw_sql(AssertSqlSafe(format!("ANALYZE {STAGE}")))
+            // (quadratic in the batch). With them it joins by the id map's primary key. Only
+            // the columns joined or filtered on are analyzed.
+            sqlx::raw_sql(AssertSqlSafe(self.analyze.clone()))
                 .execute(&mut *tx)
                 .await
                 .map_err(DeltaError::db(&what))?;
