@@ -27,7 +27,7 @@ use rollback_agent::archive::{self, Archive, ClientIo, ConnectionParams, DumpReq
 use rollback_agent::delta::{self, ExportOptions, ExportReport, ImportOptions, ImportReport};
 use rollback_agent::demo::{self, DemoSpec, history};
 use rollback_agent::tenancy::consolidate::{ConsolidateOptions, consolidate};
-use rollback_agent::tenancy::plan::{PlanOptions, plan};
+use rollback_agent::tenancy::plan::{Plan, PlanOptions, plan};
 use rollback_agent::tenancy::sql;
 use rollback_proto::runbook::{DumpFormat, TenancyScope};
 use rollback_tests::Postgres;
@@ -182,10 +182,23 @@ async fn consolidate_copy(
     )
     .await;
     let db = pool(&url_of(pg, name)).await;
-    let p = plan(&db, &PlanOptions::default()).await.expect("plan");
+    let (_, rows, took) = consolidate_timed(&db).await;
+    db.close().await;
+    execute(
+        admin,
+        format!("DROP DATABASE {} WITH (FORCE)", sql::ident(name)),
+    )
+    .await;
+    (rows, took)
+}
+
+/// Plans and consolidates `db` as the engine does by default, the plan outside the time.
+/// Returns the plan, the rows moved and the time.
+async fn consolidate_timed(db: &PgPool) -> (Plan, u64, Duration) {
+    let p = plan(db, &PlanOptions::default()).await.expect("plan");
     let started = Instant::now();
     let report = consolidate(
-        &db,
+        db,
         &p,
         &ConsolidateOptions {
             concurrency: CONCURRENCY,
@@ -195,14 +208,7 @@ async fn consolidate_copy(
     )
     .await
     .expect("consolidate");
-    let took = started.elapsed();
-    db.close().await;
-    execute(
-        admin,
-        format!("DROP DATABASE {} WITH (FORCE)", sql::ident(name)),
-    )
-    .await;
-    (report.rows_total(), took)
+    (p, report.rows_total(), started.elapsed())
 }
 
 async fn import(url: &str, exported: &ExportReport) -> (Duration, ImportReport) {
@@ -256,21 +262,7 @@ async fn main() {
     let db = pool(&url).await;
 
     // Consolidation, timed: the baseline rate.
-    let p = plan(&db, &PlanOptions::default()).await.expect("plan");
-    let started = Instant::now();
-    let consolidated = consolidate(
-        &db,
-        &p,
-        &ConsolidateOptions {
-            concurrency: CONCURRENCY,
-            ..ConsolidateOptions::default()
-        },
-        &|_| {},
-    )
-    .await
-    .expect("consolidate");
-    let consolidate_time = started.elapsed();
-    let consolidated_rows = consolidated.rows_total();
+    let (p, consolidated_rows, consolidate_time) = consolidate_timed(&db).await;
     eprintln!(
         "consolidated {consolidated_rows} rows in {:.2} s",
         consolidate_time.as_secs_f64()
