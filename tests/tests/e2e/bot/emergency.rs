@@ -5,21 +5,8 @@ use rollback_proto::Event;
 use rollback_tests::discord::payloads::{self, CHANNEL_ID};
 use serde_json::json;
 
-use super::{BotHarness, BotOptions, alice, bob, button_ids, run_in, visitor};
+use super::{BotHarness, BotOptions, RESTORE, alice, bob, button_ids, run_in, visitor};
 use crate::harness::{DEADLINE, until};
-
-const RESTORE: &str = r#"
-name = "restore"
-[emergency]
-database = "appdb"
-confirm_within = "10m"
-[[phases]]
-id = "restore"
-[[phases.steps]]
-id = "note"
-kind = "shell"
-command = "echo restoring"
-"#;
 
 #[tokio::test]
 async fn an_emergency_needs_the_typed_name_and_a_second_person() {

@@ -9,7 +9,7 @@ use rollback_tests::discord::payloads::{
 };
 use serde_json::json;
 
-use super::{BotHarness, BotOptions, alice, bob, button_ids, run_in};
+use super::{BotHarness, BotOptions, RESTORE, alice, bob, button_ids, run_in};
 use crate::harness::{DEADLINE, until};
 
 /// Writes a line of output, then waits at a checklist nobody ticks.
@@ -25,19 +25,6 @@ command = "echo hello from the run"
 id = "assess"
 kind = "checklist"
 items = ["Stakeholders told"]
-"#;
-
-const RESTORE: &str = r#"
-name = "restore"
-[emergency]
-database = "appdb"
-confirm_within = "10m"
-[[phases]]
-id = "restore"
-[[phases.steps]]
-id = "note"
-kind = "shell"
-command = "echo restoring"
 "#;
 
 /// The agent escalates a run that has not moved for a second.
@@ -82,6 +69,18 @@ fn link(channel: &str, message: &str) -> String {
 
 fn status_text(run: RunId) -> String {
     format!("Run {run}")
+}
+
+/// Asserts that no message in `channel` contains `text`.
+fn nothing_in(b: &BotHarness, channel: &str, text: &str, why: &str) {
+    let found: Vec<String> = b
+        .discord
+        .messages_in(channel)
+        .into_iter()
+        .map(|m| m.content)
+        .filter(|c| c.contains(text))
+        .collect();
+    assert!(found.is_empty(), "{why}: {found:#?}");
 }
 
 #[tokio::test]
@@ -155,12 +154,11 @@ async fn a_stalled_run_pings_the_escalation_channel_with_a_link_to_its_status_me
                 && m.edits == 0),
         "{escalations:#?}"
     );
-    assert!(
-        !b.discord
-            .messages_in(CHANNEL_ID)
-            .iter()
-            .any(|m| m.content.contains("**Escalation")),
-        "no ping in the progress channel"
+    nothing_in(
+        &b,
+        CHANNEL_ID,
+        "**Escalation",
+        "no ping in the progress channel",
     );
 }
 
@@ -229,12 +227,11 @@ async fn an_emergency_request_and_its_confirmation_land_in_the_escalation_channe
     b.status_shows(run, "confirmed by bob").await;
 
     assert_eq!(b.discord.messages_in(ESCALATION_CHANNEL_ID).len(), 2);
-    assert!(
-        !b.discord
-            .messages_in(CHANNEL_ID)
-            .iter()
-            .any(|m| m.content.contains("**Emergency")),
-        "no request or confirmation in the progress channel"
+    nothing_in(
+        &b,
+        CHANNEL_ID,
+        "**Emergency",
+        "no request or confirmation in the progress channel",
     );
 }
 
@@ -295,19 +292,17 @@ async fn a_runbook_with_its_own_channel_gets_its_status_message_there() {
     let other = run_in(&text).unwrap_or_else(|| panic!("{text}"));
     b.status_message(other).await;
 
-    assert!(
-        !b.discord
-            .messages_in(CHANNEL_ID)
-            .iter()
-            .any(|m| m.content.contains(&status_text(run))),
-        "the mapped run's status message is not in the progress channel"
+    nothing_in(
+        &b,
+        CHANNEL_ID,
+        &status_text(run),
+        "the mapped run's status message is not in the progress channel",
     );
-    assert!(
-        !b.discord
-            .messages_in(RUNBOOK_CHANNEL_ID)
-            .iter()
-            .any(|m| m.content.contains(&status_text(other))),
-        "the other run's status message is not in the runbook's channel"
+    nothing_in(
+        &b,
+        RUNBOOK_CHANNEL_ID,
+        &status_text(other),
+        "the other run's status message is not in the runbook's channel",
     );
 }
 

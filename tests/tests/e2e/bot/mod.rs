@@ -290,3 +290,17 @@ pub(crate) fn button_ids(message: &Posted) -> Vec<String> {
         .filter_map(|b| b["custom_id"].as_str().map(str::to_owned))
         .collect()
 }
+
+/// An emergency-only runbook: restore `appdb`, confirmed within 10 minutes.
+pub(crate) const RESTORE: &str = r#"
+name = "restore"
+[emergency]
+database = "appdb"
+confirm_within = "10m"
+[[phases]]
+id = "restore"
+[[phases.steps]]
+id = "note"
+kind = "shell"
+command = "echo restoring"
+"#;
