@@ -7,6 +7,7 @@ mod console;
 mod emergency;
 mod endpoint;
 mod gateway;
+mod rate_limits;
 mod slow_agent;
 
 use std::time::Duration;
