@@ -396,7 +396,7 @@ async fn lag(n: usize) -> anyhow::Result<String> {
     std::fs::create_dir(dir.path().join("runbooks"))?;
     std::fs::write(dir.path().join("runbooks/busy.toml"), BUSY)?;
     let agent_config = format!(
-        "[agent]\nname = \"bench\"\nrunbooks_dir = \"{}\"\n[nats]\nurl = \"{}\"\n[policy.roles]\noncall = [\"run\"]\n",
+        "[agent]\nname = \"bench\"\nrunbooks_dir = \"{}\"\nmax_concurrent_runs = 32\n[nats]\nurl = \"{}\"\n[policy.roles]\noncall = [\"run\"]\n",
         dir.path().join("runbooks").display(),
         nats.url()
     );
