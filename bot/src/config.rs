@@ -173,6 +173,13 @@ pub struct ProgressSettings {
     /// Step output longer than this many characters goes to the thread as an attachment.
     #[serde(default = "default_attach_over")]
     pub attach_over_chars: usize,
+    /// Status edits per channel per `channel_edit_window`, shared by every run in the channel
+    /// (Discord's message-edit bucket is per channel).
+    #[serde(default = "default_channel_edits")]
+    pub channel_edits: u32,
+    /// The window `channel_edits` counts in.
+    #[serde(default = "default_channel_edit_window", with = "duration")]
+    pub channel_edit_window: Duration,
 }
 
 impl Default for ProgressSettings {
@@ -180,6 +187,8 @@ impl Default for ProgressSettings {
         Self {
             edit_interval: default_edit_interval(),
             attach_over_chars: default_attach_over(),
+            channel_edits: default_channel_edits(),
+            channel_edit_window: default_channel_edit_window(),
         }
     }
 }
@@ -481,6 +490,13 @@ fn default_edit_interval() -> Duration {
 }
 fn default_attach_over() -> usize {
     6000
+}
+/// Discord's message-edit bucket: 5 per 5 s in a channel.
+fn default_channel_edits() -> u32 {
+    5
+}
+fn default_channel_edit_window() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_console_user() -> String {
     std::env::var("USER").unwrap_or_else(|_| "console".into())

@@ -1,8 +1,9 @@
 //! Progress in chat: a durable JetStream consumer on the events. Per run, one status message
-//! edited in place (edits coalesced to one per run per interval) and a thread for step output,
-//! in the run's channel; escalation pings with an Acknowledge button, emergency requests with a
-//! Confirm button for a second person and their confirmations, in the escalation channel with a
-//! link to the status message (see [`chat::Channels`]).
+//! edited in place (edits paced per channel and coalesced by [`crate::status_edits`]) and a
+//! thread for step output, in the run's channel; escalation pings with an Acknowledge button,
+//! emergency requests with a Confirm button for a second person and their confirmations, in
+//! the escalation channel with a link to the status message (see [`chat::Channels`]). Every
+//! request honours Discord's rate limits ([`crate::discord_rest`]).
 //!
 //! Nothing is posted twice after a restart: posts carry a nonce derived from the event (Discord
 //! returns the first message for a repeated nonce), the status message and thread ids are kept
@@ -10,7 +11,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -19,17 +19,15 @@ use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
 use rollback_proto::{Envelope, Event, EventId, RunId, RunState};
 use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
-    CreateThread, EditMessage, Http, MessageId, Nonce, RoleId, UserId,
+    CreateThread, MessageId, Nonce, RoleId, UserId,
 };
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bot_state::{BotState, RunRecord, StateError};
 use crate::chat::{self, Alert, Announcement, Channels, OutputPost};
 use crate::config::ProgressSettings;
-
-/// The longest wait between attempts at an edit Discord refused (a 429, an outage).
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+use crate::discord_rest::DiscordRest;
+use crate::status_edits::{StatusEditor, StatusEdits};
 /// Discord's error code for "a thread has already been created for this message".
 const THREAD_ALREADY_CREATED: isize = 160_004;
 
@@ -72,8 +70,8 @@ fn bus(e: impl std::fmt::Display) -> ProgressError {
 pub struct Progress {
     /// JetStream.
     pub js: jetstream::Context,
-    /// Discord's REST API.
-    pub http: Arc<Http>,
+    /// Discord's REST API, its rate limits honoured.
+    pub discord: DiscordRest,
     /// Where runs are kept track of.
     pub state: BotState,
     /// Where runs, escalations and emergencies are posted.
@@ -92,9 +90,9 @@ type EarlyAlerts = HashMap<RunId, HashSet<EventId>>;
 struct Tracked {
     state: RunState,
     record: RunRecord,
-    dirty: bool,
-    next_edit: Instant,
-    backoff: Duration,
+    /// The status content last queued or posted, and its buttons: an event that changes
+    /// neither queues no edit.
+    shown: (String, String),
 }
 
 impl Progress {
@@ -106,12 +104,12 @@ impl Progress {
         let mut messages = consumer.messages().await.map_err(bus)?;
         let mut runs: HashMap<RunId, Tracked> = HashMap::new();
         let mut early = EarlyAlerts::new();
-        let mut tick = tokio::time::interval(self.settings.edit_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (editor, edits) = StatusEditor::new(self.discord.clone(), self.settings.clone());
+        let drain = CancellationToken::new();
+        let editor = tokio::spawn(editor.run(drain.clone()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => self.flush(&mut runs, false).await,
                 next = messages.next() => {
                     let Some(message) = next else { break };
                     let message = match message {
@@ -122,7 +120,7 @@ impl Progress {
                             continue;
                         }
                     };
-                    match self.handle(&mut runs, &mut early, &stream, &message.payload).await {
+                    match self.handle(&mut runs, &mut early, &edits, &stream, &message.payload).await {
                         Ok(()) => {
                             if let Err(e) = message.ack().await {
                                 tracing::warn!(error = %e, "could not acknowledge an event");
@@ -136,7 +134,11 @@ impl Progress {
                 }
             }
         }
-        self.flush(&mut runs, true).await;
+        // The editor sends what is queued (within the budget, for a while), then ends.
+        drain.cancel();
+        if let Err(e) = editor.await {
+            tracing::error!(error = %e, "the status editor panicked");
+        }
         Ok(())
     }
 
@@ -175,6 +177,7 @@ impl Progress {
         &self,
         runs: &mut HashMap<RunId, Tracked>,
         early: &mut EarlyAlerts,
+        edits: &StatusEdits,
         stream: &jetstream::stream::Stream,
         payload: &[u8],
     ) -> Result<(), ProgressError> {
@@ -194,10 +197,10 @@ impl Progress {
                         message: e.to_string(),
                     })?,
                 };
-                let record = match self.record_of(&state).await {
-                    Ok(record) => {
+                let (record, shown) = match self.record_of(&state).await {
+                    Ok(found) => {
                         early.remove(&run);
-                        record
+                        found
                     }
                     Err(e) => {
                         self.alert_early(early, &state, &env).await?;
@@ -207,9 +210,7 @@ impl Progress {
                 vacant.insert(Tracked {
                     state,
                     record,
-                    dirty: true,
-                    next_edit: Instant::now(),
-                    backoff: self.settings.edit_interval,
+                    shown,
                 })
             }
             Entry::Occupied(occupied) => {
@@ -223,29 +224,43 @@ impl Progress {
                 if env.seq == tracked.state.seq + 1 {
                     apply(&mut tracked.state, &env)?;
                 }
-                tracked.dirty = true;
                 tracked
             }
         };
-        self.announce(tracked, &env).await
+        queue_status(edits, tracked);
+        let announced = self.announce(tracked, &env).await;
+        // A finished run's last edit is queued; its entry goes (a late event reloads it).
+        if tracked.state.is_finished() {
+            runs.remove(&run);
+        }
+        announced
     }
 
-    /// The run's record: from the bucket, or by posting its status message now.
-    async fn record_of(&self, state: &RunState) -> Result<RunRecord, ProgressError> {
+    /// The run's record, and what its status message shows: from the bucket (what it shows is
+    /// then unknown), or by posting its status message now.
+    async fn record_of(
+        &self,
+        state: &RunState,
+    ) -> Result<(RunRecord, (String, String)), ProgressError> {
         let run = state.run_id;
         if let Some(record) = self.state.get(run).await? {
-            return Ok(record);
+            return Ok((record, Default::default()));
         }
+        let content = chat::status_content(state);
+        let buttons = chat::status_buttons(state);
+        let shown = (content.clone(), buttons_key(&buttons));
         let channel = ChannelId::new(self.channels.of_runbook(&state.runbook_name));
-        let message = channel
+        let message = self
+            .discord
             .send_message(
-                &*self.http,
+                channel,
                 CreateMessage::new()
-                    .content(chat::status_content(state))
-                    .components(chat::status_buttons(state))
+                    .content(content)
+                    .components(buttons)
                     .allowed_mentions(CreateAllowedMentions::new())
                     .nonce(Nonce::String(chat::nonce(&format!("status {run}"))))
                     .enforce_nonce(true),
+                Vec::new(),
             )
             .await?;
         let record = RunRecord {
@@ -256,7 +271,7 @@ impl Progress {
             started_at: state.started_at.unix_timestamp(),
         };
         self.state.put(run, &record).await?;
-        Ok(record)
+        Ok((record, shown))
     }
 
     /// What an event posts besides the status edit ([`chat::announcement`]).
@@ -281,9 +296,10 @@ impl Progress {
                     return Ok(());
                 };
                 let file = CreateAttachment::bytes(text.clone().into_bytes(), filename);
-                self.post(
+                self.post_with_files(
                     thread,
-                    CreateMessage::new().content(content).add_file(file),
+                    CreateMessage::new().content(content),
+                    vec![file],
                     &key,
                 )
                 .await?;
@@ -371,12 +387,25 @@ impl Progress {
         message: CreateMessage,
         key: &str,
     ) -> Result<(), ProgressError> {
-        channel
+        self.post_with_files(channel, message, Vec::new(), key)
+            .await
+    }
+
+    /// [`Progress::post`] with attachments.
+    async fn post_with_files(
+        &self,
+        channel: ChannelId,
+        message: CreateMessage,
+        files: Vec<CreateAttachment>,
+        key: &str,
+    ) -> Result<(), ProgressError> {
+        self.discord
             .send_message(
-                &*self.http,
+                channel,
                 message
                     .nonce(Nonce::String(chat::nonce(key)))
                     .enforce_nonce(true),
+                files,
             )
             .await?;
         Ok(())
@@ -393,9 +422,10 @@ impl Progress {
             tracked.state.runbook_name,
             &tracked.state.run_id.to_string()[..8]
         );
-        let thread = match ChannelId::new(tracked.record.channel_id)
+        let thread = match self
+            .discord
             .create_thread_from_message(
-                &*self.http,
+                ChannelId::new(tracked.record.channel_id),
                 message,
                 CreateThread::new(chat::truncate(&name, 100))
                     .auto_archive_duration(AutoArchiveDuration::OneWeek),
@@ -417,40 +447,31 @@ impl Progress {
             .await?;
         Ok(thread)
     }
+}
 
-    /// Edits the status messages that changed, each at most once per interval (all of them
-    /// when `all`); a refused edit waits longer each time.
-    async fn flush(&self, runs: &mut HashMap<RunId, Tracked>, all: bool) {
-        let now = Instant::now();
-        for tracked in runs.values_mut() {
-            if !tracked.dirty || (!all && tracked.next_edit > now) {
-                continue;
-            }
-            let edit = EditMessage::new()
-                .content(chat::status_content(&tracked.state))
-                .components(chat::status_buttons(&tracked.state));
-            match ChannelId::new(tracked.record.channel_id)
-                .edit_message(
-                    &*self.http,
-                    MessageId::new(tracked.record.status_message_id),
-                    edit,
-                )
-                .await
-            {
-                Ok(_) => {
-                    tracked.dirty = false;
-                    tracked.backoff = self.settings.edit_interval;
-                    tracked.next_edit = now + self.settings.edit_interval;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, run = %tracked.state.run_id, "status edit refused; backing off");
-                    tracked.next_edit = now + tracked.backoff;
-                    tracked.backoff = (tracked.backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-        runs.retain(|_, t| t.dirty || !t.state.is_finished());
+/// Queues the run's status for an edit when it shows something new; a final state or new
+/// buttons (someone is waited for) go before mere progress.
+fn queue_status(edits: &StatusEdits, tracked: &mut Tracked) {
+    let content = chat::status_content(&tracked.state);
+    let buttons = chat::status_buttons(&tracked.state);
+    let key = buttons_key(&buttons);
+    if tracked.shown.0 == content && tracked.shown.1 == key {
+        return;
     }
+    let urgent = tracked.state.is_finished() || tracked.shown.1 != key;
+    tracked.shown = (content.clone(), key);
+    edits.queue(
+        ChannelId::new(tracked.record.channel_id),
+        MessageId::new(tracked.record.status_message_id),
+        content,
+        buttons,
+        urgent,
+    );
+}
+
+/// The buttons, comparable.
+fn buttons_key(buttons: &[serenity::all::CreateActionRow]) -> String {
+    serde_json::to_string(buttons).unwrap_or_default()
 }
 
 /// What an event's posts derive their nonces from.

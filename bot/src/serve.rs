@@ -30,7 +30,7 @@ pub async fn run(config: BotConfig) -> anyhow::Result<()> {
 
     let progress = Progress {
         js,
-        http: Arc::new(rollback_bot::discord_http(&config)?),
+        discord: rollback_bot::discord_rest(&config)?,
         state,
         channels,
         settings: config.progress.clone(),

@@ -14,6 +14,14 @@
 //! outcome claimed and stored, the run loaded and rendered). The baseline sends the same
 //! `CommandRequest`s straight to the agent over NATS. A PING row measures the endpoint alone
 //! (signature check, no agent). Target: p99 under 250 ms for the signed interaction.
+//!
+//! A second section measures how far status messages lag behind their runs when many runs
+//! share one channel under Discord's limits (5 message edits per 5 s per channel, enforced by
+//! the stand-in, which the bot reaches as a proxy): 1, 6 and 20 runs (`BENCH_LAG_RUNS`, comma
+//! separated) of a runbook of six one-second steps, started at once. For each run it reports
+//! the lag from its last event to the edit that shows its end, and for every event the time to
+//! the next edit of its status message (a lower bound on when that event was shown). Set
+//! `BENCH_SECTIONS=lag` or `=interactions` to run one section.
 
 use std::time::{Duration, Instant};
 
@@ -21,8 +29,8 @@ use anyhow::Context as _;
 use futures::future::join_all;
 use rollback_proto::subjects::COMMANDS_SUBJECT;
 use rollback_proto::{Actor, Command, CommandRequest, RunId};
-use rollback_tests::discord::DiscordStandIn;
 use rollback_tests::discord::payloads::{self, ChatUser};
+use rollback_tests::discord::{DiscordStandIn, Limits, StandInOptions};
 use rollback_tests::{AgentProcess, BotProcess, NatsServer, free_port};
 use serde_json::Value;
 
@@ -350,9 +358,204 @@ async fn measure_nats(
     results.into_iter().collect()
 }
 
+const BUSY: &str = r#"
+name = "busy"
+[[phases]]
+id = "work"
+[[phases.steps]]
+id = "s1"
+kind = "shell"
+command = "sleep 1"
+[[phases.steps]]
+id = "s2"
+kind = "shell"
+command = "sleep 1"
+[[phases.steps]]
+id = "s3"
+kind = "shell"
+command = "sleep 1"
+[[phases.steps]]
+id = "s4"
+kind = "shell"
+command = "sleep 1"
+[[phases.steps]]
+id = "s5"
+kind = "shell"
+command = "sleep 1"
+[[phases.steps]]
+id = "s6"
+kind = "shell"
+command = "sleep 1"
+"#;
+
+/// Status-message lag with `n` runs at once in one channel; fresh servers for each `n`.
+async fn lag(n: usize) -> anyhow::Result<String> {
+    use rollback_agent::store::{JetStreamEventStore, StoreConfig};
+    let dir = tempfile::tempdir()?;
+    let nats = NatsServer::start().await?;
+    std::fs::create_dir(dir.path().join("runbooks"))?;
+    std::fs::write(dir.path().join("runbooks/busy.toml"), BUSY)?;
+    let agent_config = format!(
+        "[agent]\nname = \"bench\"\nrunbooks_dir = \"{}\"\nmax_concurrent_runs = 32\n[nats]\nurl = \"{}\"\n[policy.roles]\noncall = [\"run\"]\n",
+        dir.path().join("runbooks").display(),
+        nats.url()
+    );
+    let config_path = dir.path().join("provision.toml");
+    std::fs::write(&config_path, &agent_config)?;
+    rollback_tests::provision(&config_path, None).await?;
+    let _agent = AgentProcess::start(dir.path(), "agent", &agent_config).await?;
+    let discord = DiscordStandIn::start_with(StandInOptions {
+        limits: Limits::discord(),
+        tls: false,
+    })
+    .await?;
+    let bot_config = format!(
+        "[nats]\nurl = \"{}\"\n[discord]\ntoken = \"bench-token\"\napplication_id = {}\nchannel_id = {}\napi_url = \"{}\"\ngateway = false\n",
+        nats.url(),
+        payloads::APPLICATION_ID,
+        payloads::CHANNEL_ID,
+        discord.api_url(),
+    );
+    let mut bot = BotProcess::start(dir.path(), "bot", &bot_config).await?;
+    let client = rollback_tests::CommandClient::connect(&nats.url()).await?;
+    let store = JetStreamEventStore::connect(
+        async_nats::jetstream::new(client.nats().clone()),
+        StoreConfig::default(),
+    )
+    .await?;
+    let alice = rollback_tests::chat_user("alice");
+    let mut runs = Vec::new();
+    for _ in 0..n {
+        let reply = client
+            .send(
+                &alice,
+                &["oncall"],
+                Command::Start {
+                    runbook: "busy".into(),
+                    dry_run: false,
+                    params: Default::default(),
+                },
+            )
+            .await?;
+        let rollback_proto::CommandReply::Accepted { run: Some(run), .. } = reply else {
+            anyhow::bail!("start refused: {reply:?}");
+        };
+        runs.push(run);
+    }
+    for run in &runs {
+        client
+            .send(&alice, &["oncall"], Command::Next { run: *run })
+            .await?;
+    }
+    // Every run shown completed (or a deadline).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let ids = loop {
+        let messages = discord.messages_in(payloads::CHANNEL_ID);
+        let ids: Vec<Option<(String, bool)>> = runs
+            .iter()
+            .map(|run| {
+                messages
+                    .iter()
+                    .find(|m| m.content.contains(&format!("Run {run}")))
+                    .map(|m| (m.id.clone(), m.content.contains("COMPLETED")))
+            })
+            .collect();
+        if ids
+            .iter()
+            .all(|m| m.as_ref().is_some_and(|(_, done)| *done))
+        {
+            break ids
+                .into_iter()
+                .map(|m| m.expect("posted").0)
+                .collect::<Vec<_>>();
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "runs not shown completed:\n{}",
+            bot.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let requests = discord.requests();
+    let mut final_lags = Vec::new();
+    let mut event_lags = Vec::new();
+    for (run, id) in runs.iter().zip(&ids) {
+        let path = format!("/channels/{}/messages/{id}", payloads::CHANNEL_ID);
+        let edits: Vec<&rollback_tests::discord::Request> = requests
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path == path && r.status == 200)
+            .collect();
+        let envelopes = store.load_envelopes(*run).await?;
+        let last = std::time::SystemTime::from(envelopes.last().expect("events").at);
+        let shown = edits
+            .iter()
+            .find(|r| {
+                r.content
+                    .as_deref()
+                    .is_some_and(|c| c.contains("COMPLETED"))
+            })
+            .expect("shown completed");
+        final_lags.push((shown.wall.duration_since(last).unwrap_or_default(), true));
+        for env in &envelopes {
+            let at = std::time::SystemTime::from(env.at);
+            if let Some(next) = edits.iter().find(|r| r.wall >= at) {
+                event_lags.push((next.wall.duration_since(at).unwrap_or_default(), true));
+            }
+        }
+    }
+    let edits = requests
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.status == 200)
+        .count();
+    let refused = requests.iter().filter(|r| r.status == 429).count();
+    let early = requests.iter().filter(|r| r.early).count();
+    bot.stop().await?;
+    let f = stats(final_lags, Duration::ZERO);
+    let e = stats(event_lags, Duration::ZERO);
+    Ok(format!(
+        "| {n} | {} | {} | {} | {} | {} | {} | {edits} | {refused} | {early} |",
+        ms(f.p50),
+        ms(f.max),
+        ms(e.p50),
+        ms(e.p99),
+        ms(e.max),
+        e.count,
+    ))
+}
+
+async fn lag_section() -> anyhow::Result<()> {
+    let counts: Vec<usize> = std::env::var("BENCH_LAG_RUNS")
+        .unwrap_or_else(|_| "1,6,20".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for n in counts {
+        eprintln!("lag: {n} concurrent runs in one channel");
+        rows.push(lag(n).await?);
+    }
+    println!(
+        "| runs | end shown after last event, p50 | max | event to next edit, p50 | p99 | max | events | edits | 429s | early |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async { tokio::spawn(bench()).await? })
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_else(|_| "interactions,lag".into());
+    runtime.block_on(async {
+        if sections.contains("interactions") {
+            tokio::spawn(bench()).await??;
+        }
+        if sections.contains("lag") {
+            tokio::spawn(lag_section()).await??;
+        }
+        Ok(())
+    })
 }

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::limits::{Admission, RateLimits, RouteKind};
 use super::payloads::{self, snowflake};
 
 /// A message as the channel shows it now (after edits).
@@ -69,8 +70,7 @@ pub(crate) struct Recorded {
     pub(crate) too_long: usize,
     /// Message posts received per channel, a repeated nonce included.
     pub(crate) posts: BTreeMap<String, usize>,
-    pub(crate) refuse_edits: usize,
-    pub(crate) refused_edits: usize,
+    pub(crate) limits: RateLimits,
     pub(crate) gateway_url: String,
 }
 
@@ -96,7 +96,38 @@ pub(crate) async fn handle(
     {
         return error(StatusCode::NOT_FOUND, 10_003, "Unknown Channel");
     }
-    match (method.as_str(), parts.as_slice()) {
+    let route = RouteKind::of(method.as_str(), &parts);
+    let mut limit_headers = HeaderMap::new();
+    if let Some(route) = &route {
+        match rec.limits.admit(method.as_str(), &path, route) {
+            Admission::Taken(headers) => limit_headers = headers,
+            Admission::Refused(response) => return response,
+        }
+    }
+    let mut response = answer(&mut rec, &method, &path, &parts, json_body.clone(), files);
+    let status = response.status();
+    let content = match route {
+        Some((RouteKind::MessageEdit, _)) if status.is_success() => {
+            json_body["content"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    };
+    rec.limits
+        .record(method.as_str(), &path, route, status, content);
+    response.headers_mut().extend(limit_headers);
+    response
+}
+
+/// The answer to a request the limits let through.
+fn answer(
+    rec: &mut Recorded,
+    method: &Method,
+    path: &str,
+    parts: &[&str],
+    json_body: Value,
+    files: Files,
+) -> Response {
+    match (method.as_str(), parts) {
         ("GET", ["gateway"]) | ("GET", ["gateway", "bot"]) => ok(json!({
             "url": rec.gateway_url,
             "shards": 1,
@@ -142,12 +173,6 @@ pub(crate) async fn handle(
             ok(payloads::message(&id, channel, &content, nonce.as_deref()))
         }
         ("PATCH", ["channels", channel, "messages", id]) => {
-            if rec.refuse_edits > 0 {
-                rec.refuse_edits -= 1;
-                rec.refused_edits += 1;
-                let body = json!({"message": "You are being rate limited.", "retry_after": 0.5, "global": false});
-                return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-            }
             let Some(m) = rec
                 .messages
                 .iter_mut()
@@ -212,7 +237,7 @@ pub(crate) async fn handle(
         }
         ("PUT", ["applications", app, "guilds", _, "commands"])
         | ("PUT", ["applications", app, "commands"]) => {
-            rec.commands.push((path.clone(), json_body.clone()));
+            rec.commands.push((path.to_owned(), json_body.clone()));
             let installed: Vec<Value> = json_body
                 .as_array()
                 .cloned()

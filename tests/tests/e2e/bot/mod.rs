@@ -8,6 +8,7 @@ mod emergency;
 mod endpoint;
 mod escalation_channel;
 mod gateway;
+mod rate_limits;
 mod slow_agent;
 
 use std::time::Duration;
