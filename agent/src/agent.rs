@@ -104,6 +104,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         "no event signing key: set events.signing_key_id and events.signing_key_file (or \
          ROLLBACK_EVENTS_SIGNING_KEY_ID and ROLLBACK_EVENTS_SIGNING_KEY)"
     );
+    let signing = config.events.signing();
+    tracing::info!(
+        key_id = signing.signer().key_id(),
+        public_key = %signing.signer().public_key_hex(),
+        "signing events"
+    );
     let metrics = Metrics::new();
     let connected = Arc::new(Notify::new());
     let client = connect_nats(&config, &metrics, connected.clone()).await?;
@@ -130,7 +136,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let store_config = StoreConfig {
         replicas: config.store.replicas,
         duplicate_window: config.store.duplicate_window,
-        signing: config.events.signing(),
+        signing,
         ..Default::default()
     };
     // A stream that exists but was weakened is opened all the same: runs can be read and

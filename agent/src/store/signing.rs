@@ -44,7 +44,10 @@ impl EventSigning {
     ) -> Self {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system provides random bytes");
-        let signer = EventSigner::from_seed("ephemeral", seed).expect("a non-empty key id");
+        let key = EventSigner::from_seed("ephemeral", seed).expect("a non-empty key id");
+        // A key id of its own, so that another throwaway key is reported as not trusted.
+        let key_id = format!("ephemeral-{}", &key.public_key_hex()[..16]);
+        let signer = EventSigner::from_seed(key_id, seed).expect("a non-empty key id");
         Self::new(signer, keys, policy)
     }
 
