@@ -97,6 +97,19 @@ impl Readiness {
 /// Runs the agent until `shutdown` fires, then drains: running steps are stopped without an
 /// outcome (whoever resumes the run decides), leases are released, the service stops.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Every event the agent appends is signed; an agent without a key would write history
+    // that nobody can attribute.
+    anyhow::ensure!(
+        config.events.has_signing_key(),
+        "no event signing key: set events.signing_key_id and events.signing_key_file (or \
+         ROLLBACK_EVENTS_SIGNING_KEY_ID and ROLLBACK_EVENTS_SIGNING_KEY)"
+    );
+    let signing = config.events.signing();
+    tracing::info!(
+        key_id = signing.signer().key_id(),
+        public_key = %signing.signer().public_key_hex(),
+        "signing events"
+    );
     let metrics = Metrics::new();
     let connected = Arc::new(Notify::new());
     let client = connect_nats(&config, &metrics, connected.clone()).await?;
@@ -123,6 +136,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let store_config = StoreConfig {
         replicas: config.store.replicas,
         duplicate_window: config.store.duplicate_window,
+        signing,
         ..Default::default()
     };
     // A stream that exists but was weakened is opened all the same: runs can be read and

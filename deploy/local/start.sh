@@ -217,6 +217,11 @@ done
 # --- agent -------------------------------------------------------------------------------
 user=$(id -un)
 config=$local_dir/agent.toml
+# The key the agent signs its events with: made once, kept with the local stream.
+signing_key=$local_dir/event-signing.key
+if [ ! -s "$signing_key" ]; then
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$signing_key")
+fi
 # Written each time (it follows this script); deploy/agent.example.toml explains every setting.
 cat >"$config" <<EOF
 # Written by deploy/local/start.sh for the local demo (see deploy/agent.example.toml).
@@ -226,6 +231,10 @@ runbooks_dir = "$runbooks"
 lease_ttl = "5s"
 
 [databases.app]
+
+[events]
+signing_key_id = "local-agent"
+signing_key_file = "$signing_key"
 
 [policy.users]
 "$user" = ["admin"]

@@ -7,6 +7,11 @@
 //! re-encoding, and fields a newer writer added are covered by the hash too. Any change to
 //! the stored bytes, even whitespace, is a change to the record and is reported.
 //! Events carry no floating-point numbers, so every writer encodes them alike.
+//!
+//! A signed envelope names its signer in `key_id` (covered by the hash) and stores its
+//! Ed25519 signature over the hash after it: `…,"hash":"…","signature":"…"}` (see
+//! [`signing`](crate::signing)). The signature is not part of the canonical bytes; an unsigned
+//! envelope (history from before signing) has neither field and ends with the hash.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,6 +22,7 @@ use crate::events::Event;
 use crate::ids::{EventId, RunId};
 use crate::seen_ids::SeenIds;
 pub use crate::seen_ids::UnsettledIds;
+use crate::signing::{EventSigner, SignatureCheck, SignaturePolicy};
 
 /// The version of the envelope and event schema this code writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -45,10 +51,16 @@ pub struct Envelope {
     pub schema_version: u32,
     /// Hash of the previous event of the run, or [`GENESIS_HASH`].
     pub prev_hash: String,
+    /// Id of the key that signed this event; `None` for history from before signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// What happened.
     pub event: Event,
-    /// Hash of this event, chained to `prev_hash`; always the last field stored.
+    /// Hash of this event, chained to `prev_hash`; the last field stored but the signature.
     pub hash: String,
+    /// Ed25519 signature by `key_id` over the hash (128 hex digits), stored after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The envelope without its hash: what the hash covers, in the same field order.
@@ -64,6 +76,8 @@ struct Unhashed<'a> {
     causation_id: &'a Option<String>,
     schema_version: u32,
     prev_hash: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: &'a Option<String>,
     event: &'a Event,
 }
 
@@ -101,12 +115,30 @@ impl ChainHead {
         }
     }
 
-    /// Seals drafts into envelopes that continue this chain, advancing the head.
+    /// Seals drafts into unsigned envelopes that continue this chain, advancing the head
+    /// (history as written before signing; tests).
     pub fn seal(&mut self, drafts: impl IntoIterator<Item = Draft>) -> Vec<Envelope> {
+        self.seal_with(drafts, None)
+    }
+
+    /// Seals drafts into envelopes signed by `signer` that continue this chain.
+    pub fn seal_signed(
+        &mut self,
+        drafts: impl IntoIterator<Item = Draft>,
+        signer: &EventSigner,
+    ) -> Vec<Envelope> {
+        self.seal_with(drafts, Some(signer))
+    }
+
+    fn seal_with(
+        &mut self,
+        drafts: impl IntoIterator<Item = Draft>,
+        signer: Option<&EventSigner>,
+    ) -> Vec<Envelope> {
         drafts
             .into_iter()
             .map(|d| {
-                let env = Envelope::seal(self.run_id, self.seq + 1, &self.hash, d);
+                let env = Envelope::seal_with(self.run_id, self.seq + 1, &self.hash, d, signer);
                 self.seq = env.seq;
                 self.hash.clone_from(&env.hash);
                 env
@@ -116,8 +148,29 @@ impl ChainHead {
 }
 
 impl Envelope {
-    /// Builds the envelope at `seq` after `prev_hash` and computes its hash.
+    /// Builds the unsigned envelope at `seq` after `prev_hash` and computes its hash.
     pub fn seal(run_id: RunId, seq: u64, prev_hash: &str, draft: Draft) -> Envelope {
+        Self::seal_with(run_id, seq, prev_hash, draft, None)
+    }
+
+    /// Builds the envelope at `seq` after `prev_hash`, computes its hash and signs it.
+    pub fn seal_signed(
+        run_id: RunId,
+        seq: u64,
+        prev_hash: &str,
+        draft: Draft,
+        signer: &EventSigner,
+    ) -> Envelope {
+        Self::seal_with(run_id, seq, prev_hash, draft, Some(signer))
+    }
+
+    fn seal_with(
+        run_id: RunId,
+        seq: u64,
+        prev_hash: &str,
+        draft: Draft,
+        signer: Option<&EventSigner>,
+    ) -> Envelope {
         let mut env = Envelope {
             event_id: EventId::new(),
             run_id,
@@ -127,16 +180,31 @@ impl Envelope {
             causation_id: draft.causation_id,
             schema_version: SCHEMA_VERSION,
             prev_hash: prev_hash.to_owned(),
+            key_id: signer.map(|s| s.key_id().to_owned()),
             event: draft.event,
             hash: String::new(),
+            signature: None,
         };
         env.rehash();
+        if let Some(signer) = signer {
+            env.sign(signer);
+        }
         env
     }
 
-    /// Recomputes `hash` from the other fields (sealing; forging one in a test).
+    /// Recomputes `hash` from the other fields (sealing; forging one in a test). A signature
+    /// it had no longer matches: [`sign`](Self::sign) again.
     pub fn rehash(&mut self) {
         self.hash = chain_hash(&self.prev_hash, &self.unhashed_bytes());
+    }
+
+    /// Names `signer` in `key_id`, rehashes, and signs the hash.
+    pub fn sign(&mut self, signer: &EventSigner) {
+        if self.key_id.as_deref() != Some(signer.key_id()) {
+            self.key_id = Some(signer.key_id().to_owned());
+            self.rehash();
+        }
+        self.signature = Some(signer.sign_hash(&self.hash));
     }
 
     fn unhashed_bytes(&self) -> Vec<u8> {
@@ -149,17 +217,23 @@ impl Envelope {
             causation_id: &self.causation_id,
             schema_version: self.schema_version,
             prev_hash: &self.prev_hash,
+            key_id: &self.key_id,
             event: &self.event,
         })
         .expect("envelopes always serialize")
     }
 
-    /// The bytes stored in the stream: the canonical bytes with the hash as the last field.
+    /// The bytes stored in the stream: the canonical bytes with the hash, then the signature
+    /// if any, as the last fields.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = self.unhashed_bytes();
         bytes.pop(); // the closing brace
         bytes.extend_from_slice(HASH_FIELD);
         bytes.extend_from_slice(self.hash.as_bytes());
+        if let Some(signature) = &self.signature {
+            bytes.extend_from_slice(SIGNATURE_FIELD);
+            bytes.extend_from_slice(signature.as_bytes());
+        }
         bytes.extend_from_slice(b"\"}");
         bytes
     }
@@ -167,6 +241,10 @@ impl Envelope {
 
 /// How the hash field begins in stored bytes.
 const HASH_FIELD: &[u8] = b",\"hash\":\"";
+/// How the signature field begins in stored bytes, right after the hash's closing quote.
+const SIGNATURE_FIELD: &[u8] = b"\",\"signature\":\"";
+/// Hex digits of an Ed25519 signature.
+const SIGNATURE_HEX: usize = 128;
 
 /// sha256 over the previous hash and the canonical bytes, as lowercase hex.
 pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
@@ -176,25 +254,30 @@ pub fn chain_hash(prev_hash: &str, canonical: &[u8]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Splits stored bytes into the canonical bytes (hash field removed) and the stored hash.
+/// Splits stored bytes into the canonical bytes (hash and signature fields removed) and the
+/// stored hash.
 fn split_hash(bytes: &[u8]) -> Option<(Vec<u8>, &str)> {
-    // `,"hash":"<64 hex>"}` must close the object.
-    let tail = HASH_FIELD.len() + 64 + 2;
-    if bytes.len() < tail + 2 || !bytes.ends_with(b"\"}") {
-        return None;
-    }
-    let start = bytes.len() - tail;
-    if &bytes[start..start + HASH_FIELD.len()] != HASH_FIELD {
-        return None;
-    }
-    let hex = std::str::from_utf8(&bytes[start + HASH_FIELD.len()..bytes.len() - 2]).ok()?;
-    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // `,"hash":"<64 hex>"}` or `,"hash":"<64 hex>","signature":"<128 hex>"}` closes the
+    // object; `body` is all but the closing quote and brace.
+    let body = bytes.strip_suffix(b"\"}")?;
+    let is_hex = |b: &[u8]| b.iter().all(u8::is_ascii_hexdigit);
+    let signed = body
+        .len()
+        .checked_sub(SIGNATURE_FIELD.len() + SIGNATURE_HEX)
+        .filter(|&start| {
+            body[start..].starts_with(SIGNATURE_FIELD)
+                && is_hex(&body[body.len() - SIGNATURE_HEX..])
+        });
+    let body = signed.map_or(body, |start| &body[..start]);
+    let start = body.len().checked_sub(HASH_FIELD.len() + 64)?;
+    let hex = body[start..].strip_prefix(HASH_FIELD)?;
+    if start == 0 || !is_hex(hex) {
         return None;
     }
     let mut canonical = Vec::with_capacity(start + 1);
-    canonical.extend_from_slice(&bytes[..start]);
+    canonical.extend_from_slice(&body[..start]);
     canonical.push(b'}');
-    Some((canonical, hex))
+    Some((canonical, std::str::from_utf8(hex).ok()?))
 }
 
 /// What is wrong with a stored run history.
@@ -258,6 +341,35 @@ pub enum ChainError {
         /// The id.
         event_id: EventId,
     },
+    /// An intact link of the chain carries no signature where signatures are required.
+    #[error("run {run}: event seq {seq} is not signed, and signatures are required")]
+    Unsigned {
+        /// The run being read.
+        run: RunId,
+        /// The seq of the unsigned event.
+        seq: u64,
+    },
+    /// An intact link of the chain is signed with a key id that is not trusted.
+    #[error("run {run}: event seq {seq} is signed with key {key_id:?}, which is not trusted")]
+    UntrustedKey {
+        /// The run being read.
+        run: RunId,
+        /// The seq of the event.
+        seq: u64,
+        /// The key id it names.
+        key_id: String,
+    },
+    /// An intact link of the chain has a signature that does not verify with the trusted key
+    /// it names (or names a key and has no signature).
+    #[error("run {run}: event seq {seq} has a signature that does not verify with key {key_id:?}")]
+    BadSignature {
+        /// The run being read.
+        run: RunId,
+        /// The seq of the event.
+        seq: u64,
+        /// The key id it names (empty when it names none).
+        key_id: String,
+    },
 }
 
 impl ChainError {
@@ -269,7 +381,10 @@ impl ChainError {
             | ChainError::Gap { run, .. }
             | ChainError::BrokenLink { run, .. }
             | ChainError::Tampered { run, .. }
-            | ChainError::RepeatedEventId { run, .. } => *run,
+            | ChainError::RepeatedEventId { run, .. }
+            | ChainError::Unsigned { run, .. }
+            | ChainError::UntrustedKey { run, .. }
+            | ChainError::BadSignature { run, .. } => *run,
         }
     }
 
@@ -284,13 +399,17 @@ impl ChainError {
             ChainError::Gap { expected, .. } => *expected,
             ChainError::BrokenLink { seq, .. }
             | ChainError::Tampered { seq, .. }
-            | ChainError::RepeatedEventId { seq, .. } => *seq,
+            | ChainError::RepeatedEventId { seq, .. }
+            | ChainError::Unsigned { seq, .. }
+            | ChainError::UntrustedKey { seq, .. }
+            | ChainError::BadSignature { seq, .. } => *seq,
         }
     }
 }
 
-/// Checks a run's events one by one as they are read, in bounded memory: the chain, and that
-/// no event reuses the id of an earlier one.
+/// Checks a run's events one by one as they are read, in bounded memory: the chain, that
+/// no event reuses the id of an earlier one, and each event's signature under a
+/// [`SignaturePolicy`].
 ///
 /// Ids are checked against the newest ids seen (see `seen_ids`); an id older than those is
 /// left *unsettled*. A reader that reads a run to its end asks [`unsettled`](Self::unsettled)
@@ -302,34 +421,43 @@ pub struct ChainVerifier {
     head: ChainHead,
     position: u64,
     ids: SeenIds,
+    signatures: SignaturePolicy,
 }
 
 impl ChainVerifier {
-    /// A verifier expecting the first event of `run`.
-    pub fn new(run: RunId) -> Self {
+    /// A verifier expecting the first event of `run`, accepting signatures as `signatures`
+    /// says.
+    pub fn new(run: RunId, signatures: &SignaturePolicy) -> Self {
         Self {
             head: ChainHead::genesis(run),
             position: 0,
             ids: SeenIds::new(),
+            signatures: signatures.clone(),
         }
     }
 
     /// A verifier for a second read of `run` from its first event, with the ids the first read
     /// left unsettled: it finds any repeat among them at the repeat's seq.
-    pub fn rechecking(run: RunId, unsettled: UnsettledIds) -> Self {
+    pub fn rechecking(run: RunId, unsettled: UnsettledIds, signatures: &SignaturePolicy) -> Self {
         Self {
             ids: SeenIds::rechecking(unsettled),
-            ..Self::new(run)
+            ..Self::new(run, signatures)
         }
     }
 
     /// A verifier that continues after an already verified head (a reload, a live follow).
-    pub fn resume(head: ChainHead) -> Self {
+    pub fn resume(head: ChainHead, signatures: &SignaturePolicy) -> Self {
         Self {
             position: head.seq,
             head,
             ids: SeenIds::new(),
+            signatures: signatures.clone(),
         }
+    }
+
+    /// The signatures this verifier accepts.
+    pub fn signatures(&self) -> &SignaturePolicy {
+        &self.signatures
     }
 
     /// The ids this read could not check against every earlier event, if any: read the same
@@ -343,8 +471,19 @@ impl ChainVerifier {
         &self.head
     }
 
-    /// Verifies the next stored message and returns its envelope.
+    /// Verifies the next stored message, whose place in the stream is unknown, and returns its
+    /// envelope: an unsigned event is accepted only when signatures are not required.
     pub fn push(&mut self, bytes: &[u8]) -> Result<Envelope, ChainError> {
+        self.push_stored(bytes, || None)
+    }
+
+    /// Verifies the next stored message and returns its envelope. `stream_seq` tells where
+    /// the message is stored, asked only of an unsigned event (see [`SignaturePolicy`]).
+    pub fn push_stored(
+        &mut self,
+        bytes: &[u8],
+        stream_seq: impl FnOnce() -> Option<u64>,
+    ) -> Result<Envelope, ChainError> {
         self.position += 1;
         let run = self.head.run_id;
         let malformed = |reason: String| ChainError::Malformed {
@@ -393,6 +532,25 @@ impl ChainVerifier {
                 event_id: envelope.event_id,
             });
         }
+        let seq = envelope.seq;
+        let key_id = |k: &str| k.to_owned();
+        match self.signatures.check(
+            stored_hash,
+            envelope.key_id.as_deref(),
+            envelope.signature.as_deref(),
+            stream_seq,
+        ) {
+            SignatureCheck::Signed(_) | SignatureCheck::UnsignedAccepted => {}
+            SignatureCheck::Unsigned => return Err(ChainError::Unsigned { run, seq }),
+            SignatureCheck::UntrustedKey(k) => {
+                let key_id = key_id(k);
+                return Err(ChainError::UntrustedKey { run, seq, key_id });
+            }
+            SignatureCheck::BadSignature(k) => {
+                let key_id = key_id(k);
+                return Err(ChainError::BadSignature { run, seq, key_id });
+            }
+        }
         self.head.seq = envelope.seq;
         self.head.hash = stored_hash.to_owned();
         Ok(envelope)
@@ -403,6 +561,12 @@ impl ChainVerifier {
 mod tests {
     use super::*;
     use crate::events::Event;
+    use crate::signing::TrustedKeys;
+
+    /// Chain checks only: unsigned events accepted anywhere.
+    fn legacy() -> SignaturePolicy {
+        SignaturePolicy::optional(TrustedKeys::new())
+    }
 
     fn draft(reason: &str) -> Draft {
         Draft {
@@ -424,7 +588,7 @@ mod tests {
     #[test]
     fn a_sealed_chain_verifies() {
         let (run, envs) = chain(5);
-        let mut v = ChainVerifier::new(run);
+        let mut v = ChainVerifier::new(run, &legacy());
         for env in &envs {
             assert_eq!(&v.push(&env.to_bytes()).unwrap(), env);
         }
@@ -441,18 +605,18 @@ mod tests {
         );
         // Re-encoded (pretty-printed) bytes are a different record.
         let pretty = serde_json::to_vec_pretty(&envs[0]).unwrap();
-        assert!(ChainVerifier::new(run).push(&pretty).is_err());
+        assert!(ChainVerifier::new(run, &legacy()).push(&pretty).is_err());
         // A resumed verifier continues where a first one stopped.
-        let mut first = ChainVerifier::new(run);
+        let mut first = ChainVerifier::new(run, &legacy());
         first.push(&envs[0].to_bytes()).unwrap();
-        let mut resumed = ChainVerifier::resume(first.head().clone());
+        let mut resumed = ChainVerifier::resume(first.head().clone(), &legacy());
         assert_eq!(resumed.push(&envs[1].to_bytes()).unwrap(), envs[1]);
     }
 
     #[test]
     fn an_altered_event_is_reported() {
         let (run, envs) = chain(2);
-        let mut v = ChainVerifier::new(run);
+        let mut v = ChainVerifier::new(run, &legacy());
         v.push(&envs[0].to_bytes()).unwrap();
         let mut altered = envs[1].clone();
         altered.event = Event::RunPaused {
@@ -465,7 +629,7 @@ mod tests {
     #[test]
     fn gaps_and_broken_links_are_reported() {
         let (run, envs) = chain(3);
-        let mut v = ChainVerifier::new(run);
+        let mut v = ChainVerifier::new(run, &legacy());
         v.push(&envs[0].to_bytes()).unwrap();
         assert!(matches!(
             v.push(&envs[2].to_bytes()),
@@ -480,7 +644,7 @@ mod tests {
         let mut forged = envs[1].clone();
         forged.prev_hash = GENESIS_HASH.into();
         forged.rehash();
-        let mut v = ChainVerifier::new(run);
+        let mut v = ChainVerifier::new(run, &legacy());
         v.push(&envs[0].to_bytes()).unwrap();
         assert!(matches!(
             v.push(&forged.to_bytes()),
@@ -494,7 +658,7 @@ mod tests {
         let mut repeat = envs[2].clone();
         repeat.event_id = envs[0].event_id;
         repeat.rehash();
-        let mut v = ChainVerifier::new(run);
+        let mut v = ChainVerifier::new(run, &legacy());
         v.push(&envs[0].to_bytes()).unwrap();
         v.push(&envs[1].to_bytes()).unwrap();
         let err = v.push(&repeat.to_bytes()).unwrap_err();
@@ -538,9 +702,9 @@ mod tests {
                 .map(|()| v.head().seq);
             (verdict, v.unsettled())
         };
-        match read(ChainVerifier::new(run)) {
+        match read(ChainVerifier::new(run, &legacy())) {
             (verdict, None) => (verdict, false),
-            (_, Some(ids)) => (read(ChainVerifier::rechecking(run, ids)).0, true),
+            (_, Some(ids)) => (read(ChainVerifier::rechecking(run, ids, &legacy())).0, true),
         }
     }
 
@@ -584,15 +748,161 @@ mod tests {
     #[test]
     fn another_runs_event_and_garbage_are_reported() {
         let (_, envs) = chain(1);
-        let mut v = ChainVerifier::new(RunId::new());
+        let mut v = ChainVerifier::new(RunId::new(), &legacy());
         assert!(matches!(
             v.push(&envs[0].to_bytes()),
             Err(ChainError::WrongRun { .. })
         ));
-        let mut v = ChainVerifier::new(RunId::new());
+        let mut v = ChainVerifier::new(RunId::new(), &legacy());
         assert!(matches!(
             v.push(b"{not json"),
             Err(ChainError::Malformed { .. })
         ));
+    }
+
+    fn key(id: &str, byte: u8) -> EventSigner {
+        EventSigner::from_seed(id, [byte; 32]).unwrap()
+    }
+
+    fn trusting(signers: &[&EventSigner]) -> SignaturePolicy {
+        let mut keys = TrustedKeys::new();
+        for s in signers {
+            keys.trust(s.key_id(), s.public_key());
+        }
+        SignaturePolicy::required(keys)
+    }
+
+    #[test]
+    fn a_signed_chain_verifies_across_a_key_rotation() {
+        let (a, b) = (key("agent-a", 1), key("agent-b", 2));
+        let run = RunId::new();
+        let mut head = ChainHead::genesis(run);
+        let mut envs = head.seal_signed((0..3).map(|i| draft(&format!("a{i}"))), &a);
+        envs.extend(head.seal_signed((0..3).map(|i| draft(&format!("b{i}"))), &b));
+        let mut v = ChainVerifier::new(run, &trusting(&[&a, &b]));
+        for env in &envs {
+            let bytes = env.to_bytes();
+            assert_eq!(bytes, serde_json::to_vec(env).unwrap(), "serde agrees");
+            assert_eq!(&v.push(&bytes).unwrap(), env);
+        }
+        assert_eq!(envs[0].key_id.as_deref(), Some("agent-a"));
+        assert_eq!(envs[5].key_id.as_deref(), Some("agent-b"));
+        // Without the old key, the history before the rotation no longer verifies.
+        let err = ChainVerifier::new(run, &trusting(&[&b]))
+            .push(&envs[0].to_bytes())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ChainError::UntrustedKey {
+                run,
+                seq: 1,
+                key_id: "agent-a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unsigned_and_wrongly_signed_events_are_refused() {
+        let (a, mallory) = (key("agent-a", 1), key("agent-a", 9));
+        let run = RunId::new();
+        let mut head = ChainHead::genesis(run);
+        let first = head.seal_signed([draft("first")], &a);
+        let policy = trusting(&[&a]);
+        let verified = |bytes: &[u8]| {
+            let mut v = ChainVerifier::new(run, &policy);
+            v.push(&first[0].to_bytes()).unwrap();
+            v.push(bytes)
+        };
+
+        // Correctly chained, unsigned.
+        let unsigned = head.clone().seal([draft("approved by bob")]).remove(0);
+        assert_eq!(
+            verified(&unsigned.to_bytes()),
+            Err(ChainError::Unsigned { run, seq: 2 })
+        );
+        // Correctly chained, signed by another key under the trusted key id.
+        let forged = head
+            .clone()
+            .seal_signed([draft("approved by bob")], &mallory)
+            .remove(0);
+        assert_eq!(
+            verified(&forged.to_bytes()),
+            Err(ChainError::BadSignature {
+                run,
+                seq: 2,
+                key_id: "agent-a".into()
+            })
+        );
+        // A signed event with its signature stripped, and one with another event's signature.
+        let honest = head.clone().seal_signed([draft("honest")], &a).remove(0);
+        let mut stripped = honest.clone();
+        stripped.signature = None;
+        assert!(matches!(
+            verified(&stripped.to_bytes()),
+            Err(ChainError::BadSignature { seq: 2, .. })
+        ));
+        let mut swapped = honest.clone();
+        swapped.signature.clone_from(&first[0].signature);
+        assert!(matches!(
+            verified(&swapped.to_bytes()),
+            Err(ChainError::BadSignature { seq: 2, .. })
+        ));
+        // The signer's name is covered by the hash: renaming it breaks the chain.
+        let mut renamed = honest.clone();
+        renamed.key_id = Some("agent-b".into());
+        assert_eq!(
+            verified(&renamed.to_bytes()),
+            Err(ChainError::Tampered { run, seq: 2 })
+        );
+        assert_eq!(verified(&honest.to_bytes()), Ok(honest));
+    }
+
+    #[test]
+    fn history_from_before_signing_keeps_its_bytes_and_verifies_where_allowed() {
+        let a = key("agent-a", 1);
+        let (run, old) = chain(2);
+        // An unsigned envelope is stored exactly as before signing existed.
+        let bytes = old[0].to_bytes();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(!text.contains("key_id") && !text.contains("signature"));
+        assert!(text.ends_with(&format!(",\"hash\":\"{}\"}}", old[0].hash)));
+
+        let mut head = ChainHead {
+            run_id: run,
+            seq: 2,
+            hash: old[1].hash.clone(),
+        };
+        let new = head.seal_signed([draft("after the upgrade")], &a);
+        let stored: Vec<Vec<u8>> = old.iter().chain(&new).map(Envelope::to_bytes).collect();
+        let policy = trusting(&[&a]).unsigned_through(2);
+        // Stream sequences 1 and 2 are before signing started; 3 is after.
+        let mut v = ChainVerifier::new(run, &policy);
+        for (i, bytes) in stored.iter().enumerate() {
+            v.push_stored(bytes, || Some(i as u64 + 1)).unwrap();
+        }
+        // An unsigned event stored after that point is refused.
+        let late = head.seal([draft("late")]).remove(0);
+        assert_eq!(
+            v.push_stored(&late.to_bytes(), || Some(4)),
+            Err(ChainError::Unsigned { run, seq: 4 })
+        );
+    }
+
+    #[test]
+    fn a_signature_anywhere_but_after_the_hash_is_part_of_the_hashed_bytes() {
+        let a = key("agent-a", 1);
+        let run = RunId::new();
+        let env = ChainHead::genesis(run)
+            .seal_signed([draft("x")], &a)
+            .remove(0);
+        let text = String::from_utf8(env.to_bytes()).unwrap();
+        let signature = env.signature.clone().unwrap();
+        let moved = text
+            .replace(&format!(",\"signature\":\"{signature}\""), "")
+            .replacen("{", &format!("{{\"signature\":\"{signature}\","), 1);
+        assert_eq!(
+            ChainVerifier::new(run, &trusting(&[&a])).push(moved.as_bytes()),
+            Err(ChainError::Tampered { run, seq: 1 })
+        );
     }
 }

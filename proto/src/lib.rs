@@ -14,6 +14,7 @@ pub mod render;
 pub mod runbook;
 pub mod secret;
 mod seen_ids;
+pub mod signing;
 pub mod state;
 pub mod subjects;
 pub mod times;
@@ -28,6 +29,7 @@ pub use ids::{EventId, PhaseId, RunId, StepId};
 pub use next::{NextAction, Waiting};
 pub use policy::{Caller, Permission, Policy};
 pub use runbook::{Runbook, RunbookError};
+pub use signing::{EventSigner, SignaturePolicy, TrustedKeys};
 pub use state::{
     BlockedAcceptance, BlockedEntry, RunState, RunStatus, StepStatus, TransitionError, fold,
 };

@@ -314,7 +314,10 @@ fn proto_costs() -> anyhow::Result<(Duration, Duration, Duration)> {
     let seal = per_event(started.elapsed());
     let bytes: Vec<Vec<u8>> = envelopes.iter().map(|e| e.to_bytes()).collect();
 
-    let mut verifier = ChainVerifier::new(head.run_id);
+    let mut verifier = ChainVerifier::new(
+        head.run_id,
+        &rollback_proto::SignaturePolicy::optional(Default::default()),
+    );
     let started = Instant::now();
     for b in &bytes {
         std::hint::black_box(verifier.push(b)?);

@@ -444,7 +444,10 @@ async fn write_run(
     let mut written = 0;
     let started = Instant::now();
     for draft in drafts(total) {
-        let envelope = head.seal([draft]).pop().expect("one envelope");
+        let envelope = head
+            .seal_signed([draft], &rollback_tests::signing::test_signer())
+            .pop()
+            .expect("one envelope");
         if in_flight.len() == WINDOW {
             in_flight.pop_front().expect("window is full").await?;
         }
@@ -464,18 +467,25 @@ async fn write_run(
 /// the chain verification alone on the same events. Per event.
 fn fold_cpu(total: usize) -> (Duration, Duration) {
     let run = RunId::new();
+    let signer = rollback_tests::signing::test_signer();
     let mut head = ChainHead::genesis(run);
     let stored: Vec<Vec<u8>> = drafts(total)
-        .map(|d| head.seal([d]).pop().expect("one envelope").to_bytes())
+        .map(|d| {
+            head.seal_signed([d], &signer)
+                .pop()
+                .expect("one envelope")
+                .to_bytes()
+        })
         .collect();
+    let signing = rollback_tests::signing::test_signing();
     let started = Instant::now();
-    let mut verifier = ChainVerifier::new(run);
+    let mut verifier = ChainVerifier::new(run, signing.signatures());
     for bytes in &stored {
         std::hint::black_box(verifier.push(bytes).expect("a valid chain"));
     }
     let verify = started.elapsed() / stored.len() as u32;
     let started = Instant::now();
-    let mut fold = ReplayFold::new(run, stored.len() as u64, None);
+    let mut fold = ReplayFold::new(run, stored.len() as u64, None, signing.signatures());
     stored.iter().for_each(|bytes| fold.push(bytes));
     let report = fold.finish();
     std::hint::black_box(replay::render(&report, Format::Markdown));
@@ -580,7 +590,11 @@ async fn bench() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
-    let store = JetStreamEventStore::connect(js.clone(), StoreConfig::default()).await?;
+    let config = StoreConfig {
+        signing: rollback_tests::signing::test_signing(),
+        ..Default::default()
+    };
+    let store = JetStreamEventStore::connect(js.clone(), config).await?;
     eprintln!("nats-server at {}", nats.url());
     let size = |name: &str, default: usize| -> anyhow::Result<usize> {
         std::env::var(name).map_or(Ok(default), |v| {

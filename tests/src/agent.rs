@@ -38,6 +38,9 @@ const CLEARED_ENV: &[&str] = &[
     "NATS_ADMIN_CREDS",
     "ROLLBACK_CONFIG",
     "ROLLBACK_LOG_FORMAT",
+    "ROLLBACK_EVENTS_SIGNING_KEY",
+    "ROLLBACK_EVENTS_SIGNING_KEY_ID",
+    "ROLLBACK_EVENTS_SIGNING_KEY_FILE",
 ];
 
 /// Runs `rollback-agent provision --config <config>`, as the shipped `admin` user when `admin`
@@ -138,6 +141,8 @@ impl AgentProcess {
         for var in CLEARED_ENV {
             command.env_remove(var);
         }
+        // The tests' signing key, unless the test's own environment says otherwise.
+        command.envs(crate::signing::signing_env());
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.process.spawn(command, "rollback-agent")
     }

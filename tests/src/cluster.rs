@@ -517,6 +517,7 @@ impl RunDriver {
             async_nats::jetstream::new(reader),
             StoreConfig {
                 replicas,
+                signing: crate::signing::test_signing(),
                 ..Default::default()
             },
         )

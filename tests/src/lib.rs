@@ -14,6 +14,7 @@ pub mod heap;
 mod nats;
 mod postgres;
 mod process;
+pub mod signing;
 
 pub use agent::{AgentProcess, CommandClient, Provision, chat_user, provision};
 pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, workspace_root};

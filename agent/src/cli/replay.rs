@@ -62,7 +62,13 @@ impl ReplayArgs {
             .context("--at")?;
         let config = AgentConfig::load_from_env(self.config.as_deref())?;
         let client = connect_nats_once(&config.nats, "rollback-agent replay", None).await?;
-        let report = replay::replay_from(&async_nats::jetstream::new(client), run, at).await?;
+        let report = replay::replay_from(
+            &async_nats::jetstream::new(client),
+            run,
+            at,
+            &config.events.signature_policy(),
+        )
+        .await?;
         let text = replay::render(&report, self.format.into());
         match &self.out {
             Some(path) => std::fs::write(path, text)

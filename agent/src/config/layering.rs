@@ -10,7 +10,8 @@ use super::databases::{self, DatabaseTargetFile};
 use super::env::Layering;
 use super::error::{ConfigError, ConfigErrorKind};
 use super::{
-    AgentConfig, AgentSection, EscalationPolicy, MetricsSection, NatsSection, StoreSection,
+    AgentConfig, AgentSection, EscalationPolicy, EventsSection, MetricsSection, NatsSection,
+    StoreSection,
 };
 use crate::secret::Secret;
 
@@ -21,6 +22,7 @@ struct ConfigFile {
     agent: AgentSection,
     nats: NatsSection,
     store: StoreSection,
+    events: EventsSection,
     databases: BTreeMap<String, DatabaseTargetFile>,
     policy: PolicyFile,
     escalation: Option<EscalationPolicy>,
@@ -113,6 +115,18 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
         if let Some(creds) = self.take("NATS_CREDS", "nats.creds_file") {
             file.nats.creds_file = Some(creds.into());
         }
+        if let Some(key) = self.take("ROLLBACK_EVENTS_SIGNING_KEY", "events.signing_key") {
+            file.events.signing_key = Some(Secret::new(key));
+        }
+        if let Some(id) = self.take("ROLLBACK_EVENTS_SIGNING_KEY_ID", "events.signing_key_id") {
+            file.events.signing_key_id = Some(id);
+        }
+        if let Some(path) = self.take(
+            "ROLLBACK_EVENTS_SIGNING_KEY_FILE",
+            "events.signing_key_file",
+        ) {
+            file.events.signing_key_file = Some(path.into());
+        }
         if let Some(listen) = self.take("ROLLBACK_METRICS_LISTEN", "metrics.listen") {
             file.metrics = MetricsSection::from_variable(&listen).map_err(|message| {
                 self.provenance.error(
@@ -126,11 +140,12 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
     }
 
     /// Checks each section, in the order of the file's tables, and assembles the result.
-    fn finish(self, file: ConfigFile) -> Result<AgentConfig, ConfigError> {
+    fn finish(self, mut file: ConfigFile) -> Result<AgentConfig, ConfigError> {
         let at = &self.provenance;
         file.agent.check(at)?;
         file.nats.check(at)?;
         file.store.check(at)?;
+        file.events.check(at)?;
         let databases = databases::checked(file.databases, at)?;
         let escalation = match file.escalation {
             None => EscalationPolicy::default(),
@@ -143,6 +158,7 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
             agent: file.agent,
             nats: file.nats,
             store: file.store,
+            events: file.events,
             databases,
             policy: Policy {
                 roles: file.policy.roles,

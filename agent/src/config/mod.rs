@@ -13,6 +13,8 @@
 //! | `DATABASE_URL` | the URL of *the* database target; see [`DATABASE_URL`] |
 //! | `ROLLBACK_DATABASE_<NAME>_URL` | `databases.<name>.url` (`<name>` lower-cased; a `-` in the name is written `_`) |
 //! | `ROLLBACK_METRICS_LISTEN` | `metrics.listen`; `off` turns the endpoint off |
+//! | `ROLLBACK_EVENTS_SIGNING_KEY` | the agent's event signing key (64 hex digits); see [`EventsSection`] |
+//! | `ROLLBACK_EVENTS_SIGNING_KEY_ID`, `ROLLBACK_EVENTS_SIGNING_KEY_FILE` | `events.signing_key_id`, `.signing_key_file` |
 //!
 //! An empty variable counts as unset.
 //!
@@ -26,6 +28,7 @@ mod databases;
 mod env;
 mod error;
 mod escalation;
+mod events;
 mod layering;
 mod metrics;
 mod nats;
@@ -44,6 +47,7 @@ pub use self::databases::{
 use self::env::Layering;
 pub use self::error::{ConfigError, ConfigErrorKind};
 pub use self::escalation::{EscalationLevel, EscalationPolicy};
+pub use self::events::EventsSection;
 pub use self::metrics::MetricsSection;
 pub use self::nats::{NatsAuth, NatsConnectError, NatsSection};
 pub use self::store::StoreSection;
@@ -57,6 +61,8 @@ pub struct AgentConfig {
     pub nats: NatsSection,
     /// The JetStream event stream.
     pub store: StoreSection,
+    /// Event signatures: the agent's signing key and the keys it trusts.
+    pub events: EventsSection,
     /// Database targets by the name runbook steps use (`target = "app"`).
     pub databases: BTreeMap<String, DatabaseTarget>,
     /// Who may do what, by chat role and by user.

@@ -606,3 +606,75 @@ fn inline_text_loads_without_a_file() {
         "{error}"
     );
 }
+
+#[test]
+fn the_signing_key_comes_from_the_environment_or_a_file_and_its_own_key_is_trusted() {
+    let seed = "11".repeat(32);
+    let config = load_text(
+        "",
+        &[
+            ("ROLLBACK_EVENTS_SIGNING_KEY_ID", "agent-b"),
+            ("ROLLBACK_EVENTS_SIGNING_KEY", &seed),
+        ],
+    )
+    .unwrap();
+    assert!(config.events.has_signing_key());
+    let signing = config.events.signing();
+    assert_eq!(signing.signer().key_id(), "agent-b");
+    assert!(signing.signatures().keys().get("agent-b").is_some());
+    assert!(signing.signatures().requires_signatures());
+    assert!(
+        !format!("{config:?}").contains(&seed),
+        "the key never prints"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key");
+    std::fs::write(&file, format!("{seed}\n")).unwrap();
+    let old = rollback_proto::EventSigner::from_seed("agent-a", [2; 32]).unwrap();
+    let text = format!(
+        "[events]\nsigning_key_id = \"agent-b\"\nsigning_key_file = \"{}\"\n\
+         unsigned_through_stream_seq = 40\n[events.trusted_keys]\n\"agent-a\" = \"{}\"\n",
+        file.display(),
+        old.public_key_hex()
+    );
+    let config = load_text(&text, &[]).unwrap();
+    let policy = config.events.signature_policy();
+    assert_eq!(
+        policy.keys().key_ids().collect::<Vec<_>>(),
+        ["agent-a", "agent-b"]
+    );
+    assert_eq!(policy.unsigned_through_seq(), 40);
+    // Replay needs no secret key: the trusted keys alone.
+    assert!(!load_text("", &[]).unwrap().events.has_signing_key());
+}
+
+#[test]
+fn bad_signing_settings_are_refused_without_quoting_the_key() {
+    let seed = "11".repeat(32);
+    let err = load_err("", &[("ROLLBACK_EVENTS_SIGNING_KEY", &seed)]);
+    assert_eq!(err.setting(), Some("events.signing_key_id"));
+    let err = load_err(
+        "",
+        &[
+            ("ROLLBACK_EVENTS_SIGNING_KEY_ID", "a"),
+            ("ROLLBACK_EVENTS_SIGNING_KEY", "not-hex-secret"),
+        ],
+    );
+    assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
+    assert!(!err.to_string().contains("not-hex-secret"), "{err}");
+    let err = load_err("[events.trusted_keys]\n\"a\" = \"00\"\n", &[]);
+    assert_eq!(err.setting(), Some("events.trusted_keys.a"));
+    let other = rollback_proto::EventSigner::from_seed("a", [3; 32]).unwrap();
+    let err = load_err(
+        &format!(
+            "[events.trusted_keys]\n\"a\" = \"{}\"\n",
+            other.public_key_hex()
+        ),
+        &[
+            ("ROLLBACK_EVENTS_SIGNING_KEY_ID", "a"),
+            ("ROLLBACK_EVENTS_SIGNING_KEY", &seed),
+        ],
+    );
+    assert_eq!(err.kind(), ConfigErrorKind::Conflict);
+}

@@ -118,7 +118,7 @@ impl RunFeed {
             }
         };
         self.pause = FIRST_PAUSE;
-        let reason = match self.verifier.push(&message.payload) {
+        let reason = match message.verify(&mut self.verifier) {
             Ok(_) if self.verifier.unsettled().is_some() => {
                 "an event id older than the newest ones seen, which only a read from the first event can check".to_owned()
             }
@@ -152,7 +152,10 @@ mod tests {
         LoadedRun {
             state: None,
             cursor: RunCursor::genesis(run),
-            verifier: ChainVerifier::new(run),
+            verifier: ChainVerifier::new(
+                run,
+                &rollback_proto::SignaturePolicy::optional(Default::default()),
+            ),
         }
     }
 
@@ -233,7 +236,10 @@ mod tests {
     fn run_of(n: usize, loaded: usize) -> (Vec<Envelope>, LoadedRun) {
         let run = RunId::new();
         let envelopes = ChainHead::genesis(run).seal(paused(n));
-        let mut verifier = ChainVerifier::new(run);
+        let mut verifier = ChainVerifier::new(
+            run,
+            &rollback_proto::SignaturePolicy::optional(Default::default()),
+        );
         for env in &envelopes[..loaded] {
             verifier.push(&env.to_bytes()).unwrap();
         }

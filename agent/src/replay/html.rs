@@ -37,6 +37,11 @@ pub fn render(report: &Report) -> String {
         "<div class=\"verdict {class}\" id=\"verdict\">{}</div>",
         escape(&report.verdict.headline())
     );
+    let _ = writeln!(
+        out,
+        "<p class=\"signatures\" id=\"signatures\">{}</p>",
+        escape(&report.signatures.headline())
+    );
     if let Some(c) = &report.cutoff {
         let _ = writeln!(
             out,

@@ -21,6 +21,7 @@ pub fn render(report: &Report) -> String {
         "❌"
     };
     let _ = writeln!(out, "{mark} **{}**\n", report.verdict.headline());
+    let _ = writeln!(out, "{}\n", report.signatures.headline());
     if let Some(cutoff) = &report.cutoff {
         let _ = writeln!(
             out,

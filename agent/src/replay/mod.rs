@@ -28,8 +28,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use async_nats::jetstream;
-use rollback_proto::RunId;
 use rollback_proto::subjects::EVENTS_STREAM;
+use rollback_proto::{RunId, SignaturePolicy};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -38,7 +38,7 @@ pub use describe::describe;
 pub use fold::ReplayFold;
 pub use model::*;
 
-use crate::store::{Folder, JetStreamEventStore, ReadFailure, RunRead};
+use crate::store::{Folder, JetStreamEventStore, ReadFailure, ReadMessage, RunRead};
 
 /// A point in a run: the state after an event (`--at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub async fn replay(
     run: RunId,
     at: Option<At>,
 ) -> Result<Report, ReplayError> {
-    replay_from(store.jetstream(), run, at).await
+    replay_from(store.jetstream(), run, at, store.signatures()).await
 }
 
 /// [`replay`] with only a JetStream context: reads, and never creates or changes the stream
@@ -165,6 +165,7 @@ pub async fn replay_from(
     js: &jetstream::Context,
     run: RunId,
     at: Option<At>,
+    signatures: &SignaturePolicy,
 ) -> Result<Report, ReplayError> {
     let cutoff = at.map(|at| (at, at.to_string()));
     let (fold, stored) = fold_run(js, run, None, |stored| {
@@ -177,7 +178,7 @@ pub async fn replay_from(
                 stored,
             });
         }
-        Ok(ReplayFold::new(run, stored, cutoff.clone()))
+        Ok(ReplayFold::new(run, stored, cutoff.clone(), signatures))
     })
     .await?;
     let fold = match fold.unsettled() {
@@ -187,7 +188,15 @@ pub async fn replay_from(
                 unsettled = ids.len(),
                 "event ids older than the newest ones read; folding the run again to check them"
             );
-            let again = |stored| Ok(ReplayFold::rechecking(run, stored, cutoff.clone(), ids));
+            let again = |stored| {
+                Ok(ReplayFold::rechecking(
+                    run,
+                    stored,
+                    cutoff.clone(),
+                    ids,
+                    signatures,
+                ))
+            };
             fold_run(js, run, Some(stored), again).await?.0
         }
     };
@@ -236,8 +245,8 @@ async fn fold_run(
 
 /// The postmortem's fold reads every stored message: a break is part of the report.
 impl Folder for ReplayFold {
-    fn push(&mut self, payload: &[u8]) -> bool {
-        ReplayFold::push(self, payload);
+    fn push(&mut self, message: &ReadMessage) -> bool {
+        self.push_stored(message.payload(), || message.stream_seq());
         true
     }
 }

@@ -26,6 +26,8 @@ pub struct Report {
     pub run_id: RunId,
     /// Whether the stored history is intact; always the first thing a reader sees.
     pub verdict: Verdict,
+    /// Who signed the events the verdict covers (up to the break, if any).
+    pub signatures: Signatures,
     /// Messages stored on the run's subject when the replay began.
     pub stored_events: u64,
     /// Where the report stops when `--at` was given.
@@ -114,6 +116,12 @@ pub enum Problem {
     RepeatedEventId,
     /// The chain is intact but the event cannot follow the run's state (or starts no run).
     IllegalEvent,
+    /// The event carries no signature where signatures are required.
+    Unsigned,
+    /// The event is signed with a key that is not trusted.
+    UntrustedKey,
+    /// The event's signature does not verify with the key it names.
+    BadSignature,
 }
 
 impl Problem {
@@ -129,6 +137,13 @@ impl Problem {
                 "repeated event id (an event reuses the id of an earlier one)"
             }
             Problem::IllegalEvent => "illegal event (it cannot follow the run's state)",
+            Problem::Unsigned => {
+                "unsigned (the event carries no signature; signatures are required)"
+            }
+            Problem::UntrustedKey => "untrusted key (the event is signed with a key nobody trusts)",
+            Problem::BadSignature => {
+                "bad signature (the signature does not verify with the key the event names)"
+            }
         }
     }
 
@@ -142,6 +157,9 @@ impl Problem {
             ChainError::WrongRun { .. } => (Problem::WrongRun, next_seq),
             ChainError::Malformed { .. } => (Problem::Malformed, next_seq),
             ChainError::RepeatedEventId { seq, .. } => (Problem::RepeatedEventId, *seq),
+            ChainError::Unsigned { seq, .. } => (Problem::Unsigned, *seq),
+            ChainError::UntrustedKey { seq, .. } => (Problem::UntrustedKey, *seq),
+            ChainError::BadSignature { seq, .. } => (Problem::BadSignature, *seq),
         }
     }
 
@@ -153,6 +171,85 @@ impl Problem {
             | TransitionError::Illegal { seq, .. } => *seq,
             TransitionError::OutOfOrder { .. } | TransitionError::Runbook { .. } => next_seq,
         }
+    }
+}
+
+/// Who signed a run's events, as verified: every event of an intact history is counted under
+/// its signer's key id, or as unsigned history from before signing started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Signatures {
+    /// The events each trusted key signed, by key id.
+    pub signed_by: BTreeMap<String, SeqSpan>,
+    /// Unsigned events accepted as history from before signing started, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsigned_before_signing: Option<SeqSpan>,
+}
+
+/// Some events of a run: how many, and the first and last seq among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SeqSpan {
+    /// How many.
+    pub events: u64,
+    /// The first seq.
+    pub first_seq: u64,
+    /// The last seq.
+    pub last_seq: u64,
+}
+
+impl SeqSpan {
+    fn add(span: &mut Option<SeqSpan>, seq: u64) {
+        let span = span.get_or_insert(SeqSpan {
+            events: 0,
+            first_seq: seq,
+            last_seq: seq,
+        });
+        span.events += 1;
+        span.last_seq = seq;
+    }
+
+    fn words(&self) -> String {
+        if self.first_seq == self.last_seq {
+            format!("{} event (seq {})", self.events, self.first_seq)
+        } else {
+            format!(
+                "{} events (seq {} to {})",
+                self.events, self.first_seq, self.last_seq
+            )
+        }
+    }
+}
+
+impl Signatures {
+    /// Counts a verified event: signed by `key_id`, or unsigned from before signing.
+    pub fn record(&mut self, seq: u64, key_id: Option<&str>) {
+        match key_id {
+            Some(key_id) => {
+                let mut span = self.signed_by.get(key_id).copied();
+                SeqSpan::add(&mut span, seq);
+                self.signed_by
+                    .insert(key_id.to_owned(), span.expect("added"));
+            }
+            None => SeqSpan::add(&mut self.unsigned_before_signing, seq),
+        }
+    }
+
+    /// One sentence for under the verdict.
+    pub fn headline(&self) -> String {
+        let mut parts: Vec<String> = self
+            .signed_by
+            .iter()
+            .map(|(key, span)| format!("key `{key}` signed {}", span.words()))
+            .collect();
+        if let Some(span) = &self.unsigned_before_signing {
+            parts.push(format!(
+                "{} unsigned, written before signing started",
+                span.words()
+            ));
+        }
+        if parts.is_empty() {
+            return "Signatures: no verified event.".into();
+        }
+        format!("Signatures: {}.", parts.join("; "))
     }
 }
 
@@ -475,6 +572,8 @@ pub struct LogEntry {
     pub at: OffsetDateTime,
     /// Who.
     pub actor: String,
+    /// The key id that signed the event; `None` for history from before signing.
+    pub signed_by: Option<String>,
     /// The event's type.
     pub event: &'static str,
     /// What happened, in words.

@@ -110,7 +110,7 @@ pub(super) fn waits(run: &RunFacts) -> ListTable<'_, WaitSpan> {
 pub(super) fn log(run: &RunFacts) -> ListTable<'_, LogEntry> {
     ListTable {
         title: "Event log",
-        columns: &["seq", "time", "who", "what"],
+        columns: &["seq", "time", "who", "what", "signed by"],
         list: &run.log,
         cells: |l| {
             vec![
@@ -118,6 +118,9 @@ pub(super) fn log(run: &RunFacts) -> ListTable<'_, LogEntry> {
                 time(l.at),
                 l.actor.clone(),
                 l.detail.clone(),
+                l.signed_by
+                    .clone()
+                    .unwrap_or_else(|| "unsigned (before signing)".into()),
             ]
         },
         empty: "No events.",

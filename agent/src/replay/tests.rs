@@ -3,6 +3,7 @@
 
 use rollback_proto::envelope::{ChainHead, Draft, Envelope, GENESIS_HASH};
 use rollback_proto::runbook::source_hash;
+use rollback_proto::signing::{EventSigner, SignaturePolicy, TrustedKeys};
 use rollback_proto::{Actor, Event, PhaseId, RunId, StepId};
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -160,20 +161,134 @@ fn history() -> Vec<(i64, Actor, Event)> {
     ]
 }
 
-fn seal(run: RunId, events: Vec<(i64, Actor, Event)>) -> Vec<Envelope> {
-    let mut head = ChainHead::genesis(run);
-    head.seal(events.into_iter().map(|(s, actor, event)| Draft {
+/// The agent's key before and after a rotation.
+fn key(id: &str) -> EventSigner {
+    EventSigner::from_seed(id, [id.len() as u8; 32]).unwrap()
+}
+
+/// Both keys trusted, signatures required.
+fn trusted() -> SignaturePolicy {
+    let mut keys = TrustedKeys::new();
+    for id in ["agent-a", "agent-bb"] {
+        keys.trust(id, key(id).public_key());
+    }
+    SignaturePolicy::required(keys)
+}
+
+fn drafts(events: Vec<(i64, Actor, Event)>) -> impl Iterator<Item = Draft> {
+    events.into_iter().map(|(s, actor, event)| Draft {
         actor,
         causation_id: None,
         at: T0 + time::Duration::seconds(s),
         event,
-    }))
+    })
+}
+
+fn seal(run: RunId, events: Vec<(i64, Actor, Event)>) -> Vec<Envelope> {
+    ChainHead::genesis(run).seal_signed(drafts(events), &key("agent-a"))
 }
 
 fn replay_bytes(run: RunId, stored: &[Vec<u8>], at: Option<At>) -> Report {
-    let mut fold = ReplayFold::new(run, stored.len() as u64, at.map(|a| (a, a.to_string())));
+    let cutoff = at.map(|a| (a, a.to_string()));
+    let mut fold = ReplayFold::new(run, stored.len() as u64, cutoff, &trusted());
     stored.iter().for_each(|b| fold.push(b));
     fold.finish()
+}
+
+#[test]
+fn replay_names_each_events_signer_across_a_rotation() {
+    let run = RunId::new();
+    let mut events = history();
+    let after = events.split_off(5);
+    let mut head = ChainHead::genesis(run);
+    let mut envelopes = head.seal_signed(drafts(events), &key("agent-a"));
+    envelopes.extend(head.seal_signed(drafts(after), &key("agent-bb")));
+    let report = replay_envelopes(run, &envelopes, None);
+    assert!(report.verdict.is_intact(), "{:?}", report.verdict);
+    let signed = &report.signatures.signed_by;
+    assert_eq!(
+        (signed["agent-a"].first_seq, signed["agent-a"].last_seq),
+        (1, 5)
+    );
+    let last = envelopes.len() as u64;
+    assert_eq!(
+        (signed["agent-bb"].first_seq, signed["agent-bb"].last_seq),
+        (6, last)
+    );
+    assert_eq!(report.signatures.unsigned_before_signing, None);
+    let log = &report.run.as_ref().unwrap().log;
+    assert!(
+        log.kept().all(
+            |l| l.signed_by.as_deref() == Some(if l.seq <= 5 { "agent-a" } else { "agent-bb" })
+        )
+    );
+    let text = super::render(&report, super::Format::Markdown);
+    assert!(
+        text.contains("key `agent-a` signed 5 events (seq 1 to 5)"),
+        "{text}"
+    );
+    assert!(text.contains("| signed by |"), "{text}");
+}
+
+#[test]
+fn replay_fails_its_verdict_on_an_unsigned_or_wrongly_signed_event() {
+    let run = RunId::new();
+    let envelopes = seal(run, history());
+    let verdict_with = |forged: Envelope| {
+        let mut stored: Vec<_> = envelopes.iter().map(Envelope::to_bytes).collect();
+        stored[4] = forged.to_bytes();
+        stored.truncate(5);
+        replay_bytes(run, &stored, None)
+    };
+    let mut head = ChainHead {
+        run_id: run,
+        seq: 4,
+        hash: envelopes[3].hash.clone(),
+    };
+    let draft = drafts(history()).nth(4).unwrap();
+
+    let unsigned = head.clone().seal([draft.clone()]).remove(0);
+    let report = verdict_with(unsigned);
+    let Verdict::Broken {
+        seq,
+        problem,
+        detail,
+        verified,
+        ..
+    } = &report.verdict
+    else {
+        panic!("{:?}", report.verdict)
+    };
+    assert_eq!((*seq, *problem, *verified), (5, Problem::Unsigned, 4));
+    assert!(detail.contains("seq 5 is not signed"), "{detail}");
+    assert!(report.verdict.headline().contains("BROKEN at seq 5"));
+    assert_eq!(report.signatures.signed_by["agent-a"].events, 4);
+
+    // Signed with a key of its own under the trusted key id.
+    let mallory = EventSigner::from_seed("agent-a", [9; 32]).unwrap();
+    let forged = head
+        .clone()
+        .seal_signed([draft.clone()], &mallory)
+        .remove(0);
+    let report = verdict_with(forged);
+    assert!(matches!(
+        report.verdict,
+        Verdict::Broken {
+            seq: 5,
+            problem: Problem::BadSignature,
+            ..
+        }
+    ));
+    let stranger = EventSigner::from_seed("mallory", [9; 32]).unwrap();
+    let report = verdict_with(head.seal_signed([draft], &stranger).remove(0));
+    assert!(matches!(
+        report.verdict,
+        Verdict::Broken {
+            seq: 5,
+            problem: Problem::UntrustedKey,
+            ..
+        }
+    ));
 }
 
 fn replay_envelopes(run: RunId, envelopes: &[Envelope], at: Option<At>) -> Report {

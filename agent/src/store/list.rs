@@ -71,7 +71,9 @@ impl JetStreamEventStore {
             .direct_get_first_for_subject(events_subject(run))
             .await
             .map_err(|e| ListError::Unavailable(e.into()))?;
-        let envelope = match ChainVerifier::new(run).push(&first.payload) {
+        let envelope = match ChainVerifier::new(run, self.signatures())
+            .push_stored(&first.payload, || Some(first.sequence))
+        {
             Ok(envelope) => envelope,
             Err(err) => return Ok(Listed::Quarantined(Quarantine::of_chain(&err))),
         };

@@ -23,6 +23,7 @@ mod patient;
 mod quarantine;
 mod read;
 mod setup;
+mod signing;
 
 use std::time::Duration;
 
@@ -41,8 +42,9 @@ pub use list::RunList;
 pub use patient::Patience;
 pub use quarantine::Quarantine;
 pub use read::StoredMessage;
-pub(crate) use read::{Folder, ReadFailure, RunRead};
+pub(crate) use read::{Folder, ReadFailure, ReadMessage, RunRead};
 pub use setup::{Change, StreamSetupError, provision_stream, stream_config};
+pub use signing::EventSigning;
 
 /// Where a run stands in the store: its chain head and the stream position of its last event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,9 @@ pub struct StoreConfig {
     /// Append a multi-event decision as one atomic batch (when the server allows it); when
     /// false, events are appended one by one (see [`JetStreamEventStore::append_sealed`]).
     pub atomic_batches: bool,
+    /// The key appends are signed with and the signatures reads accept. Default: a fresh
+    /// random key, trusted alone (a store that reads only what it wrote).
+    pub signing: EventSigning,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +123,7 @@ impl Default for StoreConfig {
             duplicate_window: Duration::from_secs(10 * 60),
             ack_timeout: Duration::from_secs(5),
             atomic_batches: true,
+            signing: EventSigning::default(),
         }
     }
 }
@@ -205,5 +211,10 @@ impl JetStreamEventStore {
     /// The JetStream context the store uses.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// The signatures the store's reads accept.
+    pub fn signatures(&self) -> &rollback_proto::SignaturePolicy {
+        self.config.signing.signatures()
     }
 }

@@ -62,7 +62,10 @@ impl JetStreamEventStore {
         cursor: &RunCursor,
         drafts: Vec<Draft>,
     ) -> Result<(RunCursor, Vec<Envelope>), AppendError> {
-        let envelopes = cursor.head.clone().seal(drafts);
+        let envelopes = cursor
+            .head
+            .clone()
+            .seal_signed(drafts, self.config.signing.signer());
         self.append_sealed(cursor, envelopes).await
     }
 
@@ -76,7 +79,10 @@ impl JetStreamEventStore {
         drafts: Vec<Draft>,
         patience: Patience,
     ) -> Result<(RunCursor, Vec<Envelope>), AppendError> {
-        let mut envelopes = cursor.head.clone().seal(drafts);
+        let mut envelopes = cursor
+            .head
+            .clone()
+            .seal_signed(drafts, self.config.signing.signer());
         let started = Instant::now();
         let mut pauses = patience.pauses();
         loop {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use rollback_proto::envelope::{ChainError, ChainVerifier, Envelope, UnsettledIds};
 use rollback_proto::subjects::events_subject;
-use rollback_proto::{RunId, RunState};
+use rollback_proto::{RunId, RunState, SignaturePolicy};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -181,8 +181,8 @@ impl RunMessages {
         })
     }
 
-    /// The next payload, or `None` once the last message is read.
-    async fn next(&mut self) -> Option<Result<Bytes, ReadFailure>> {
+    /// The next message, or `None` once the last message is read.
+    async fn next(&mut self) -> Option<Result<ReadMessage, ReadFailure>> {
         match &mut self.remaining {
             Some(0) => {
                 self.messages = None;
@@ -212,7 +212,28 @@ impl RunMessages {
                 Err(err) => return Some(Err(ReadFailure::Transport(err))),
             }
         }
-        Some(Ok(message.message.payload))
+        Some(Ok(ReadMessage(message)))
+    }
+}
+
+/// One stored message as a read delivers it: its payload, and its stream sequence on demand
+/// (parsed from the reply subject only when asked: for an unsigned event).
+pub(crate) struct ReadMessage(async_nats::jetstream::Message);
+
+impl ReadMessage {
+    /// The envelope's bytes as stored.
+    pub(crate) fn payload(&self) -> &Bytes {
+        &self.0.message.payload
+    }
+
+    /// Where the message is stored in the stream, if the server said.
+    pub(crate) fn stream_seq(&self) -> Option<u64> {
+        self.0.info().ok().map(|info| info.stream_sequence)
+    }
+
+    /// Verifies the message as the next link of `verifier`'s chain.
+    pub(crate) fn verify(&self, verifier: &mut ChainVerifier) -> Result<Envelope, ChainError> {
+        verifier.push_stored(self.payload(), || self.stream_seq())
     }
 }
 
@@ -231,17 +252,19 @@ struct RunReader {
 }
 
 impl RunReader {
-    fn new(messages: RunMessages, run: RunId) -> Self {
+    fn new(messages: RunMessages, run: RunId, signatures: &SignaturePolicy) -> Self {
         Self {
             messages,
-            verifier: ChainVerifier::new(run),
+            verifier: ChainVerifier::new(run, signatures),
         }
     }
 
     /// The next verified envelope, or `None` once the last message is read.
     async fn next(&mut self) -> Option<Result<Envelope, ReadFailure>> {
         Some(match self.messages.next().await? {
-            Ok(payload) => self.verifier.push(&payload).map_err(ReadFailure::Chain),
+            Ok(message) => message
+                .verify(&mut self.verifier)
+                .map_err(ReadFailure::Chain),
             Err(err) => Err(err),
         })
     }
@@ -250,8 +273,8 @@ impl RunReader {
 /// What a read of a run from its first event hands the stored payloads to, in order: the
 /// load's state fold, or the postmortem's.
 pub(crate) trait Folder: Send + 'static {
-    /// Takes the next stored payload; `false` stops the read (nothing after a break counts).
-    fn push(&mut self, payload: &[u8]) -> bool;
+    /// Takes the next stored message; `false` stops the read (nothing after a break counts).
+    fn push(&mut self, message: &ReadMessage) -> bool;
 }
 
 /// How far one read of a run went.
@@ -298,7 +321,7 @@ impl RunRead {
         let read = if self.messages.stored < PIPELINE_FROM {
             loop {
                 match self.messages.next().await {
-                    Some(Ok(payload)) if folder.push(&payload) => {}
+                    Some(Ok(message)) if folder.push(&message) => {}
                     Some(Ok(_)) | None => break Ok(()),
                     Some(Err(err)) => break Err(err),
                 }
@@ -319,12 +342,12 @@ impl RunRead {
         &mut self,
         mut folder: F,
     ) -> Result<(F, Result<(), ReadFailure>), ReadFailure> {
-        let (chunks, mut receiver) = mpsc::channel::<Vec<Bytes>>(CHUNKS_IN_FLIGHT);
+        let (chunks, mut receiver) = mpsc::channel::<Vec<ReadMessage>>(CHUNKS_IN_FLIGHT);
         // Stops at a break, which closes the channel and so stops the reader too.
         let folding = tokio::task::spawn_blocking(move || {
             'chunks: while let Some(chunk) = receiver.blocking_recv() {
-                for payload in chunk {
-                    if !folder.push(&payload) {
+                for message in chunk {
+                    if !folder.push(&message) {
                         break 'chunks;
                     }
                 }
@@ -334,8 +357,8 @@ impl RunRead {
         let mut chunk = Vec::with_capacity(CHUNK);
         let read = loop {
             match self.messages.next().await {
-                Some(Ok(payload)) => {
-                    chunk.push(payload);
+                Some(Ok(message)) => {
+                    chunk.push(message);
                     if chunk.len() == CHUNK {
                         let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                         if chunks.send(full).await.is_err() {
@@ -377,8 +400,8 @@ impl Fold {
         }
     }
 
-    fn try_push(&mut self, payload: &[u8]) -> Result<(), LoadError> {
-        let envelope = self.verifier.push(payload)?;
+    fn try_push(&mut self, message: &ReadMessage) -> Result<(), LoadError> {
+        let envelope = message.verify(&mut self.verifier)?;
         match &mut self.state {
             None => self.state = Some(RunState::new(&envelope)?),
             Some(state) => state.apply(&envelope)?,
@@ -388,9 +411,9 @@ impl Fold {
 }
 
 impl Folder for Fold {
-    fn push(&mut self, payload: &[u8]) -> bool {
+    fn push(&mut self, message: &ReadMessage) -> bool {
         if self.broken.is_none()
-            && let Err(err) = self.try_push(payload)
+            && let Err(err) = self.try_push(message)
         {
             self.broken = Some(err);
         }
@@ -416,6 +439,13 @@ pub struct StoredMessage {
     pub stream_seq: u64,
 }
 
+impl StoredMessage {
+    /// Verifies the message as the next link of `verifier`'s chain, signature included.
+    pub fn verify(&self, verifier: &mut ChainVerifier) -> Result<Envelope, ChainError> {
+        verifier.push_stored(&self.payload, || Some(self.stream_seq))
+    }
+}
+
 impl JetStreamEventStore {
     /// Reads a run from its first event, verifying the hash chain and folding the state.
     ///
@@ -424,7 +454,9 @@ impl JetStreamEventStore {
     /// same messages are read a second time to check them.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        let (fold, read) = self.fold_run(ChainVerifier::new(run), None).await?;
+        let (fold, read) = self
+            .fold_run(ChainVerifier::new(run, self.signatures()), None)
+            .await?;
         let (fold, read) = match fold.verifier.unsettled() {
             None => (fold, read),
             Some(ids) => {
@@ -432,8 +464,11 @@ impl JetStreamEventStore {
                     unsettled = ids.len(),
                     "event ids older than the newest ones read; reading the run again to check them"
                 );
-                self.fold_run(ChainVerifier::rechecking(run, ids), Some(read.stored))
-                    .await?
+                self.fold_run(
+                    ChainVerifier::rechecking(run, ids, self.signatures()),
+                    Some(read.stored),
+                )
+                .await?
             }
         };
         if let Some(broken) = fold.broken {
@@ -479,7 +514,7 @@ impl JetStreamEventStore {
         };
         let mut reader = RunReader {
             messages,
-            verifier: ChainVerifier::rechecking(run, ids),
+            verifier: ChainVerifier::rechecking(run, ids, self.signatures()),
         };
         while let Some(envelope) = reader.next().await {
             envelope?;
@@ -502,7 +537,10 @@ impl JetStreamEventStore {
                 let (store, mut reader) = match step {
                     Step::Open(store) => {
                         match RunMessages::to_end(&store.stream, run, None).await {
-                            Ok(Some(messages)) => (store, Box::new(RunReader::new(messages, run))),
+                            Ok(Some(messages)) => {
+                                let reader = RunReader::new(messages, run, store.signatures());
+                                (store, Box::new(reader))
+                            }
                             Ok(None) => return None,
                             Err(err) => return Some((Err(err.into_load(run)), Step::Done)),
                         }
@@ -565,7 +603,7 @@ impl JetStreamEventStore {
             async move {
                 let mut reader = match step {
                     Step::Open(store) => match RunMessages::live(&store.stream, run).await {
-                        Ok(messages) => Box::new(RunReader::new(messages, run)),
+                        Ok(messages) => Box::new(RunReader::new(messages, run, store.signatures())),
                         Err(err) => return Some((Err(err.into_follow(run)), Step::Done)),
                     },
                     Step::Reading(reader) => reader,
@@ -592,12 +630,12 @@ impl JetStreamEventStore {
         cursor: &RunCursor,
     ) -> impl Stream<Item = Result<Envelope, FollowError>> + Send + 'static {
         let run = cursor.run();
-        let verifier = ChainVerifier::resume(cursor.head.clone());
+        let verifier = ChainVerifier::resume(cursor.head.clone(), self.signatures());
         let messages = Box::pin(self.messages_after(run, cursor.stream_seq));
         futures::stream::unfold(Some((messages, verifier)), move |reading| async move {
             let (mut messages, mut verifier) = reading?;
             match messages.next().await? {
-                Ok(message) => match verifier.push(&message.payload) {
+                Ok(message) => match message.verify(&mut verifier) {
                     Ok(envelope) => Some((Ok(envelope), Some((messages, verifier)))),
                     Err(err) => Some((Err(FollowError::Chain(err)), None)),
                 },
@@ -634,10 +672,10 @@ impl JetStreamEventStore {
                         Live::Reading(messages) => messages,
                     };
                     match messages.next().await? {
-                        Ok(payload) => {
+                        Ok(message) => {
                             let stream_seq = messages.reached;
                             let message = StoredMessage {
-                                payload,
+                                payload: message.payload().clone(),
                                 stream_seq,
                             };
                             Some((Ok(message), Some(Live::Reading(messages))))

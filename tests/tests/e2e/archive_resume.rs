@@ -235,25 +235,29 @@ async fn a_restore_found_swapped_in_is_the_steps_result_and_is_not_done_again() 
     let started = OffsetDateTime::now_utc();
     let loaded = h.store.load(run).await.unwrap();
     let mut head = loaded.cursor.head.clone();
-    let envelopes = head.seal([
-        Draft {
-            actor: chat_user("bob"),
-            causation_id: None,
-            at: started,
-            event: Event::ApprovalGranted {
-                step: step("restore"),
+    // Sealed and signed as the agent seals them.
+    let envelopes = head.seal_signed(
+        [
+            Draft {
+                actor: chat_user("bob"),
+                causation_id: None,
+                at: started,
+                event: Event::ApprovalGranted {
+                    step: step("restore"),
+                },
             },
-        },
-        Draft {
-            actor: Actor::Agent,
-            causation_id: None,
-            at: started,
-            event: Event::StepStarted {
-                step: step("restore"),
-                attempt: 1,
+            Draft {
+                actor: Actor::Agent,
+                causation_id: None,
+                at: started,
+                event: Event::StepStarted {
+                    step: step("restore"),
+                    attempt: 1,
+                },
             },
-        },
-    ]);
+        ],
+        &rollback_tests::signing::test_signer(),
+    );
     h.store
         .append_sealed(&loaded.cursor, envelopes)
         .await
@@ -482,7 +486,8 @@ async fn a_dump_recorded_before_the_agent_died_is_the_steps_result() {
     let now = OffsetDateTime::now_utc();
     let loaded = h.store.load(run).await.unwrap();
     let mut head = loaded.cursor.head.clone();
-    let envelopes = head.seal(
+    // Sealed and signed as the agent seals them.
+    let envelopes = head.seal_signed(
         [
             Event::PhaseStarted {
                 phase: rollback_proto::PhaseId::new("p").unwrap(),
@@ -505,6 +510,7 @@ async fn a_dump_recorded_before_the_agent_died_is_the_steps_result() {
             at: now,
             event,
         }),
+        &rollback_tests::signing::test_signer(),
     );
     h.store
         .append_sealed(&loaded.cursor, envelopes)

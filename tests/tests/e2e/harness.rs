@@ -39,7 +39,10 @@ impl Harness {
         let js = async_nats::jetstream::new(client.nats().clone());
         // As an administrator would, before any agent or bot starts (the server has no users).
         let settings = ProvisionSettings {
-            store: StoreConfig::default(),
+            store: StoreConfig {
+                signing: rollback_tests::signing::test_signing(),
+                ..Default::default()
+            },
             lease_ttl: LEASE_TTL,
         };
         provision(&js, &settings).await.unwrap();

@@ -25,6 +25,7 @@ mod quarantine;
 mod replay;
 mod request_timeout;
 mod runbooks;
+mod signed;
 mod steps;
 mod store;
 mod support;

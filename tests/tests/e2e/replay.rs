@@ -121,12 +121,24 @@ mentions = ["<@&111>"]
 }
 
 /// `rollback-agent replay <args>` against the harness's NATS server.
+/// With a configuration that trusts the agents' public key: replay needs no secret key.
 async fn replay_cli(h: &Harness, args: &[&str]) -> Output {
+    let config = h.path("replay.toml");
+    let signer = rollback_tests::signing::test_signer();
+    std::fs::write(
+        &config,
+        format!(
+            "[events.trusted_keys]\n\"{}\" = \"{}\"\n",
+            signer.key_id(),
+            signer.public_key_hex()
+        ),
+    )
+    .unwrap();
     let child = tokio::process::Command::new(agent_binary().unwrap())
         .arg("replay")
         .args(args)
         .env("NATS_URL", h.nats.url())
-        .env_remove("ROLLBACK_CONFIG")
+        .env("ROLLBACK_CONFIG", &config)
         .env("RUST_LOG", "warn")
         .current_dir(h.dir.path())
         .kill_on_drop(true)
@@ -518,12 +530,15 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
     agent.kill().await;
     let other = RunId::new();
     let mut head = ChainHead::genesis(other);
-    let mut sealed = head.seal(envelopes.iter().map(|e| Draft {
-        actor: e.actor.clone(),
-        causation_id: e.causation_id.clone(),
-        at: e.at,
-        event: e.event.clone(),
-    }));
+    let mut sealed = head.seal_signed(
+        envelopes.iter().map(|e| Draft {
+            actor: e.actor.clone(),
+            causation_id: e.causation_id.clone(),
+            at: e.at,
+            event: e.event.clone(),
+        }),
+        &rollback_tests::signing::test_signer(),
+    );
     sealed[3].actor = Actor::Chat {
         user_id: "666".into(),
         name: "mallory".into(),
@@ -545,12 +560,15 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
 
     let third = RunId::new();
     let mut head = ChainHead::genesis(third);
-    let sealed = head.seal(envelopes.iter().map(|e| Draft {
-        actor: e.actor.clone(),
-        causation_id: None,
-        at: e.at,
-        event: e.event.clone(),
-    }));
+    let sealed = head.seal_signed(
+        envelopes.iter().map(|e| Draft {
+            actor: e.actor.clone(),
+            causation_id: None,
+            at: e.at,
+            event: e.event.clone(),
+        }),
+        &rollback_tests::signing::test_signer(),
+    );
     for envelope in sealed.iter().take(3).chain(sealed.iter().skip(2)) {
         publish_raw(&h, third, envelope.to_bytes()).await;
     }
@@ -636,6 +654,7 @@ async fn the_command_line_takes_the_agents_settings_and_refuses_bad_input() {
     let output = tokio::process::Command::new(agent_binary().unwrap())
         .args(["replay", &run, "--config"])
         .arg(h.path("agent-a.toml"))
+        .envs(rollback_tests::signing::signing_env())
         .env_remove("NATS_URL")
         .env_remove("ROLLBACK_CONFIG")
         .output();

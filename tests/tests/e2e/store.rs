@@ -80,7 +80,16 @@ fn progress(note: impl Into<String>) -> Draft {
 }
 
 async fn connect(nats: &NatsServer) -> anyhow::Result<JetStreamEventStore> {
-    connect_with(nats, StoreConfig::default()).await
+    connect_with(nats, test_config()).await
+}
+
+/// The store's default configuration, with the tests' signing key: stores opened in one test
+/// read each other's events.
+fn test_config() -> StoreConfig {
+    StoreConfig {
+        signing: rollback_tests::signing::test_signing(),
+        ..Default::default()
+    }
 }
 
 async fn connect_with(
@@ -245,7 +254,7 @@ async fn an_unconfirmed_append_is_retried_safely_after_an_outage() -> TestResult
         .build(client);
     let config = StoreConfig {
         ack_timeout: ACK_TIMEOUT,
-        ..Default::default()
+        ..test_config()
     };
     provision_stream(&js, &config).await?;
     let store = JetStreamEventStore::connect(js, config).await?;
@@ -478,7 +487,7 @@ async fn a_decision_is_stored_whole_or_not_at_all() -> TestResult {
         &nats,
         StoreConfig {
             atomic_batches: false,
-            ..Default::default()
+            ..test_config()
         },
     )
     .await?;

@@ -25,6 +25,7 @@ impl ReplayFold {
         Report {
             run_id: self.run,
             verdict,
+            signatures: self.signatures.clone(),
             stored_events: self.stored.max(self.read),
             cutoff,
             run,

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rollback_proto::next::{NextAction, Waiting};
 use rollback_proto::state::PhaseStatus;
 use rollback_proto::{
-    Actor, ChainVerifier, Envelope, Event, RunId, RunState, RunStatus, UnsettledIds,
+    Actor, ChainVerifier, Envelope, Event, RunId, RunState, RunStatus, SignaturePolicy,
+    UnsettledIds,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -88,6 +89,7 @@ struct PersonAgg {
 pub struct ReplayFold {
     run: RunId,
     verifier: ChainVerifier,
+    signatures: Signatures,
     cutoff: Option<(At, String)>,
     stored: u64,
     read: u64,
@@ -113,11 +115,18 @@ pub struct ReplayFold {
 }
 
 impl ReplayFold {
-    /// A fold of `run`, whose subject held `stored` messages, up to `cutoff` (as typed) if any.
-    pub fn new(run: RunId, stored: u64, cutoff: Option<(At, String)>) -> Self {
+    /// A fold of `run`, whose subject held `stored` messages, up to `cutoff` (as typed) if
+    /// any, accepting the signatures `signatures` accepts.
+    pub fn new(
+        run: RunId,
+        stored: u64,
+        cutoff: Option<(At, String)>,
+        signatures: &SignaturePolicy,
+    ) -> Self {
         Self {
             run,
-            verifier: ChainVerifier::new(run),
+            verifier: ChainVerifier::new(run, signatures),
+            signatures: Signatures::default(),
             cutoff,
             stored,
             read: 0,
@@ -147,10 +156,11 @@ impl ReplayFold {
         stored: u64,
         cutoff: Option<(At, String)>,
         unsettled: UnsettledIds,
+        signatures: &SignaturePolicy,
     ) -> Self {
         Self {
-            verifier: ChainVerifier::rechecking(run, unsettled),
-            ..Self::new(run, stored, cutoff)
+            verifier: ChainVerifier::rechecking(run, unsettled, signatures),
+            ..Self::new(run, stored, cutoff, signatures)
         }
     }
 
@@ -160,14 +170,20 @@ impl ReplayFold {
         self.verifier.unsettled()
     }
 
-    /// Verifies and folds the next stored message. After a break, messages are only counted.
+    /// Verifies and folds the next stored message, whose place in the stream is unknown.
     pub fn push(&mut self, bytes: &[u8]) {
+        self.push_stored(bytes, || None);
+    }
+
+    /// Verifies and folds the next stored message; `stream_seq` tells where it is stored
+    /// (asked only of an unsigned event). After a break, messages are only counted.
+    pub fn push_stored(&mut self, bytes: &[u8], stream_seq: impl FnOnce() -> Option<u64>) {
         self.read += 1;
         if self.broken.is_some() {
             return;
         }
         let next_seq = self.verifier.head().seq + 1;
-        let envelope = match self.verifier.push(bytes) {
+        let envelope = match self.verifier.push_stored(bytes, stream_seq) {
             Ok(envelope) => envelope,
             Err(err) => {
                 let (problem, seq) = Problem::of_chain(&err, next_seq);
@@ -175,6 +191,8 @@ impl ReplayFold {
                 return;
             }
         };
+        self.signatures
+            .record(envelope.seq, envelope.key_id.as_deref());
         if self.past_cutoff || self.beyond_cutoff(&envelope) {
             // The chain is still verified to its end: the verdict covers the whole log.
             self.past_cutoff = true;
@@ -404,6 +422,7 @@ impl ReplayFold {
                 seq: env.seq,
                 at,
                 actor: env.actor.to_string(),
+                signed_by: env.key_id.clone(),
                 event: env.event.name(),
                 detail: describe(&env.event),
             });
