@@ -678,3 +678,41 @@ fn bad_signing_settings_are_refused_without_quoting_the_key() {
     );
     assert_eq!(err.kind(), ConfigErrorKind::Conflict);
 }
+
+/// The shipped deployments give the agent a signing key: compose's and Kubernetes' agent.toml
+/// with the environment they set (the key from .env or the Secret) load with one.
+#[test]
+fn the_shipped_deployments_configure_a_signing_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let compose = std::fs::read_to_string(root.join("compose/agent.toml")).unwrap();
+    let configmap = std::fs::read_to_string(root.join("k8s/agent-configmap.yaml")).unwrap();
+    // The ConfigMap's agent.toml is the block under `agent.toml: |`, indented by four.
+    let k8s: String = configmap
+        .split_once("agent.toml: |\n")
+        .unwrap()
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let key = "11".repeat(32);
+    // What each deployment sets in the environment (compose.yaml; the Secret and the pod).
+    let compose_env = [
+        ("NATS_USER", "agent"),
+        ("NATS_PASSWORD", "p"),
+        ("DATABASE_URL", "postgres://u@h/app"),
+    ];
+    let k8s_env = [
+        ("NATS_PASSWORD", "p"),
+        ("ROLLBACK_DATABASE_APP_URL", "postgres://u@h/app"),
+    ];
+    for (name, text, vars) in [
+        ("compose", compose, &compose_env[..]),
+        ("k8s", k8s, &k8s_env[..]),
+    ] {
+        let mut vars = vars.to_vec();
+        vars.push(("ROLLBACK_EVENTS_SIGNING_KEY", &key));
+        let config = load_text(&text, &vars).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(config.events.has_signing_key(), "{name}");
+    }
+}
