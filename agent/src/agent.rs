@@ -115,6 +115,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let client = connect_nats(&config, &metrics, connected.clone()).await?;
     let js = async_nats::jetstream::new(client.clone());
     let readiness = Readiness::default();
+    readiness.waiting_for(Some("starting: not yet answering commands".to_owned()));
 
     // The endpoint first: an agent waiting for provisioning says so on /readyz.
     let mut tasks = JoinSet::new();
@@ -178,7 +179,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     else {
         return Ok(());
     };
-    readiness.waiting_for(None);
     {
         let watched = stream_watch::watch(
             store.clone(),
@@ -213,12 +213,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     });
     {
         let stop = shutdown.clone();
+        let (subscribed, listening) = tokio::sync::oneshot::channel();
         tasks.spawn(async move {
             service
-                .serve(stop)
+                .serve(stop, subscribed)
                 .await
                 .map_err(|e| anyhow::anyhow!("command service: {e}"))
         });
+        // Ready once commands reach the agent: a first command right after /readyz says ready
+        // (the local start, a deployment's probe) must not find nobody listening.
+        if listening.await.is_ok() {
+            readiness.waiting_for(None);
+        }
     }
 
     let deps = Arc::new(ExecutorDeps {

@@ -118,9 +118,13 @@ fn rejected(reason: impl Into<String>) -> CommandReply {
 
 impl CommandService {
     /// Answers commands until `shutdown`; several agents share the load through a queue group.
+    ///
+    /// `subscribed` is told once the server has both subscriptions, so that readiness is not
+    /// reported before a command can find the agent.
     pub async fn serve(
         self: Arc<Self>,
         shutdown: CancellationToken,
+        subscribed: tokio::sync::oneshot::Sender<()>,
     ) -> Result<(), async_nats::Error> {
         let mut sub = self
             .client
@@ -130,6 +134,9 @@ impl CommandService {
             .client
             .queue_subscribe(QUERY_SUBJECT, COMMANDS_QUEUE.to_owned())
             .await?;
+        // The server has the subscriptions once it answered a ping sent after them.
+        self.client.flush().await?;
+        let _ = subscribed.send(());
         // Bounded: at most this many commands are decided at once; the rest wait in NATS.
         let (tx, rx) = tokio::sync::mpsc::channel::<async_nats::Message>(64);
         let worker = {
