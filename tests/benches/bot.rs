@@ -418,9 +418,13 @@ async fn lag(n: usize) -> anyhow::Result<String> {
     );
     let mut bot = BotProcess::start(dir.path(), "bot", &bot_config).await?;
     let client = rollback_tests::CommandClient::connect(&nats.url()).await?;
+    // The agent signs with the tests' key (AgentProcess gives it); this reader trusts it.
     let store = JetStreamEventStore::connect(
         async_nats::jetstream::new(client.nats().clone()),
-        StoreConfig::default(),
+        StoreConfig {
+            signing: rollback_tests::signing::test_signing(),
+            ..Default::default()
+        },
     )
     .await?;
     let alice = rollback_tests::chat_user("alice");

@@ -80,7 +80,15 @@ impl Bench {
         let client = CommandClient::connect(&nats.url()).await?;
         let js = async_nats::jetstream::new(client.nats().clone());
         rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
-        let store = JetStreamEventStore::connect(js, StoreConfig::default()).await?;
+        // The agents sign with the tests' key (AgentProcess gives it); this reader trusts it.
+        let store = JetStreamEventStore::connect(
+            js,
+            StoreConfig {
+                signing: rollback_tests::signing::test_signing(),
+                ..Default::default()
+            },
+        )
+        .await?;
         Ok(Bench {
             dir,
             nats,
