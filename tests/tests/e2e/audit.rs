@@ -1,15 +1,16 @@
 //! The audit copy on a real nats-server started from the shipped `deploy/nats/single.conf`: the
 //! auditor provisions `ROLLBACK_AUDIT` in the account AUDIT, sourcing the event stream across
-//! the account boundary; a run is recorded by the agent; no credential of the application's
-//! account (the agent's, the administrator's) can delete or purge the copy; the administrator
-//! deletes the event stream itself; the copy still holds every event of the run, byte for
-//! byte, and `rollback-agent replay --stream ROLLBACK_AUDIT` reads it with the auditor's
-//! credentials and gives the verdict intact.
+//! the account boundary; the agent records one run before the copy exists and one after; no
+//! credential of the application's account (the agent's, the administrator's) can delete,
+//! purge or re-limit the copy; the administrator deletes the event stream itself; the copy
+//! still holds every event of both runs, envelope for envelope, and `rollback-agent replay
+//! --stream ROLLBACK_AUDIT` reads each with the auditor's credentials: verdict intact.
 
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use rollback_agent::provision::{AUDIT_API_PREFIX, AUDIT_STREAM};
@@ -136,8 +137,9 @@ idempotent = true
     )
     .unwrap();
 
-    // `admin` provisions the application's stream and buckets; the auditor, in its own
-    // account, the copy that sources the event stream.
+    // `admin` provisions the application's stream and buckets, and a first run is recorded;
+    // then the auditor, in its own account, provisions the copy that sources the event
+    // stream, and a second run is recorded. The copy must hold both.
     let agent = AgentProcess::start_with(
         dir.path(),
         "agent-a",
@@ -146,6 +148,21 @@ idempotent = true
     )
     .await
     .unwrap();
+    let as_agent = users.agent().connect(nats.url()).await.unwrap();
+    let bot = users.bot().connect(nats.url()).await.unwrap();
+    let driver = RunDriver::new(bot, as_agent.clone(), 1).await.unwrap();
+    let record = || async {
+        let run = driver.start("ordinary").await.unwrap();
+        let state = driver
+            .wait_for(run, "completion", |s| s.is_finished())
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+        assert_eq!(state.status, RunStatus::Completed);
+        let envelopes = driver.envelopes(run).await.unwrap();
+        assert!(envelopes.len() >= 6, "{} events", envelopes.len());
+        (run, envelopes)
+    };
+    let before_copy = record().await;
     let provisioned = as_auditor(
         &nats.url(),
         &users,
@@ -160,19 +177,7 @@ idempotent = true
         "{}",
         printed(&provisioned)
     );
-
-    // A run, recorded by the agent.
-    let as_agent = users.agent().connect(nats.url()).await.unwrap();
-    let bot = users.bot().connect(nats.url()).await.unwrap();
-    let driver = RunDriver::new(bot, as_agent.clone(), 1).await.unwrap();
-    let run = driver.start("ordinary").await.unwrap();
-    let state = driver
-        .wait_for(run, "completion", |s| s.is_finished())
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
-    assert_eq!(state.status, RunStatus::Completed);
-    let envelopes = driver.envelopes(run).await.unwrap();
-    assert!(envelopes.len() >= 6, "{} events", envelopes.len());
+    let after_copy = record().await;
     drop(agent);
 
     // The server copies on its own: wait until the copy holds as many messages as the stream.
@@ -195,6 +200,13 @@ idempotent = true
     }
     let copied = audit_messages(&auditor).await;
     assert_eq!(copied, in_main);
+    let copy_config = auditor
+        .get_stream(AUDIT_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
 
     // No credential of the application's account can delete, purge or re-limit the copy: it
     // is in another account, which they cannot address, neither by name nor through the
@@ -225,6 +237,29 @@ idempotent = true
         through_prefix.delete_stream(EVENTS_STREAM).await.is_err(),
         "admin reached an API through the imported prefix"
     );
+    // Purging, re-limiting or deleting by the raw API request: unanswered, or refused.
+    for (who, js) in [
+        ("agent", &agent_js),
+        ("admin", &admin),
+        ("admin through the prefix", &through_prefix),
+    ] {
+        for (verb, body) in [
+            ("PURGE", serde_json::json!({})),
+            ("DELETE", serde_json::json!({})),
+            (
+                "UPDATE",
+                serde_json::json!({ "name": AUDIT_STREAM, "max_msgs": 1 }),
+            ),
+        ] {
+            let answer: Result<Response<serde_json::Value>, _> = js
+                .request(format!("STREAM.{verb}.{AUDIT_STREAM}"), &body)
+                .await;
+            assert!(
+                !matches!(answer, Ok(Response::Ok(_))),
+                "{who} was allowed to {verb} the audit stream: {answer:?}"
+            );
+        }
+    }
     let auditor_stream = auditor.get_stream(AUDIT_STREAM).await.unwrap();
     assert!(
         auditor_stream.cached_info().config.deny_delete
@@ -232,10 +267,16 @@ idempotent = true
         "the copy refuses deletes and purges of its messages"
     );
     assert_eq!(audit_messages(&auditor).await, copied, "nothing removed");
+    assert_eq!(
+        auditor_stream.cached_info().config,
+        copy_config,
+        "nothing re-limited"
+    );
 
     // The administrator of the application's account deletes the event stream.
     admin.delete_stream(EVENTS_STREAM).await.unwrap();
     assert!(admin.get_stream(EVENTS_STREAM).await.is_err());
+    let (run, _) = &after_copy;
     let gone = as_auditor(
         &nats.url(),
         &users,
@@ -250,33 +291,34 @@ idempotent = true
         printed(&gone)
     );
 
-    // The copy still holds every event, byte for byte the run the agent recorded...
+    // The copy still holds every event, the very envelopes the agent recorded, and the
+    // replay reads each run from it, chain and signatures verified: intact.
     assert_eq!(audit_messages(&auditor).await, copied);
-    assert_eq!(
-        stored_payloads(&auditor, AUDIT_STREAM, run).await,
-        envelopes
-    );
-
-    // ... and the replay reads the run from it, chain and signatures verified: intact.
-    let replayed = as_auditor(
-        &nats.url(),
-        &users,
-        dir.path(),
-        ("NATS_USER", "NATS_PASSWORD"),
-        &[
-            "replay",
-            &run.to_string(),
-            "--stream",
-            AUDIT_STREAM,
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(replayed.status.success(), "{}", printed(&replayed));
-    let report: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
-    let last = envelopes.last().unwrap();
-    assert_eq!(report["verdict"]["chain"], "intact", "{report:#}");
-    assert_eq!(report["verdict"]["last_seq"], last.seq);
-    assert_eq!(report["verdict"]["last_hash"], last.hash.as_str());
+    for (run, envelopes) in [&before_copy, &after_copy] {
+        assert_eq!(
+            &stored_payloads(&auditor, AUDIT_STREAM, *run).await,
+            envelopes
+        );
+        let replayed = as_auditor(
+            &nats.url(),
+            &users,
+            dir.path(),
+            ("NATS_USER", "NATS_PASSWORD"),
+            &[
+                "replay",
+                &run.to_string(),
+                "--stream",
+                AUDIT_STREAM,
+                "--format",
+                "json",
+            ],
+        )
+        .await;
+        assert!(replayed.status.success(), "{}", printed(&replayed));
+        let report: serde_json::Value = serde_json::from_slice(&replayed.stdout).unwrap();
+        let last = envelopes.last().unwrap();
+        assert_eq!(report["verdict"]["chain"], "intact", "{report:#}");
+        assert_eq!(report["verdict"]["last_seq"], last.seq);
+        assert_eq!(report["verdict"]["last_hash"], last.hash.as_str());
+    }
 }
