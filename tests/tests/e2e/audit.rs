@@ -260,6 +260,26 @@ idempotent = true
             );
         }
     }
+    // The other way round, the auditor reads through the copy only: the prefix under which
+    // AUDIT imports ROLLBACK's consumer creation is the server's, for sourcing. A durable
+    // consumer of the auditor's on the event stream would be refused.
+    let auditor_through_prefix = jetstream::ContextBuilder::new()
+        .timeout(UNANSWERED_WITHIN)
+        .api_prefix(AUDIT_API_PREFIX)
+        .build(users.auditor().connect(nats.url()).await.unwrap());
+    let hijack: Result<Response<serde_json::Value>, _> = auditor_through_prefix
+        .request(
+            format!("CONSUMER.CREATE.{EVENTS_STREAM}.audit-probe"),
+            &serde_json::json!({
+                "stream_name": EVENTS_STREAM,
+                "config": { "durable_name": "audit-probe", "ack_policy": "none" },
+            }),
+        )
+        .await;
+    assert!(
+        !matches!(hijack, Ok(Response::Ok(_))),
+        "the auditor created a consumer on the event stream: {hijack:?}"
+    );
     let auditor_stream = auditor.get_stream(AUDIT_STREAM).await.unwrap();
     assert!(
         auditor_stream.cached_info().config.deny_delete
