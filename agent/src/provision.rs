@@ -100,6 +100,12 @@ pub enum ProvisionError {
         "the server refused to create or update the consumer {BOT_CONSUMER} on {EVENTS_STREAM}"
     )]
     Consumer(#[source] async_nats::Error),
+    /// The credentials given for the audit copy are of the account that holds the event
+    /// stream: a copy there would be within reach of everyone it should be kept from.
+    #[error(
+        "these credentials see the event stream {EVENTS_STREAM}: they are of the application's account, not the auditor's; provision the audit copy as the auditor"
+    )]
+    AuditInApplicationAccount,
     /// The audit copy's stream.
     #[error("the server refused to create or update the audit stream {AUDIT_STREAM}")]
     AuditStream(#[source] async_nats::jetstream::context::CreateStreamError),
@@ -129,7 +135,9 @@ impl ProvisionError {
             ProvisionError::Stream(StreamSetupError::Refused(e)) => {
                 !matches!(e.kind(), Kind::JetStream(_))
             }
-            ProvisionError::StillWeakened(_) | ProvisionError::NotPermitted(_) => false,
+            ProvisionError::StillWeakened(_)
+            | ProvisionError::NotPermitted(_)
+            | ProvisionError::AuditInApplicationAccount => false,
             _ => true,
         }
     }
@@ -251,6 +259,12 @@ pub async fn provision_audit(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<Provisioned, ProvisionError> {
+    let application = store::stream_config(js, EVENTS_STREAM)
+        .await
+        .map_err(ProvisionError::Unavailable)?;
+    if application.is_some() {
+        return Err(ProvisionError::AuditInApplicationAccount);
+    }
     let before = store::stream_config(js, AUDIT_STREAM)
         .await
         .map_err(ProvisionError::Unavailable)?;

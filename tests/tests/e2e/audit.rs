@@ -163,6 +163,25 @@ idempotent = true
         (run, envelopes)
     };
     let before_copy = record().await;
+    // The copy is refused where it would be in reach: in the application's account.
+    let mut in_reach = tokio::process::Command::new(agent_binary().unwrap());
+    for var in CLEARED_ENV {
+        in_reach.env_remove(var);
+    }
+    let in_reach = in_reach
+        .args(["provision", "--audit"])
+        .env("NATS_URL", nats.url())
+        .env("NATS_ADMIN_USER", "admin")
+        .env("NATS_ADMIN_PASSWORD", &users.admin_password)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !in_reach.status.success() && printed(&in_reach).contains("not the auditor's"),
+        "{}",
+        printed(&in_reach)
+    );
     let provisioned = as_auditor(
         &nats.url(),
         &users,
