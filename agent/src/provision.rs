@@ -12,6 +12,11 @@
 //! user needs no right to create or change a stream or a consumer either). Every step is
 //! idempotent and safe to run from several places at once: a stream or bucket created by
 //! someone else in between is updated instead, with the same settings.
+//!
+//! The audit copy ([`provision_audit`], `provision --audit`) is provisioned apart, with the
+//! auditor's credentials in the account AUDIT of the shipped NATS configuration
+//! (`deploy/nats/accounts.conf`): a stream there that sources the event stream across the
+//! account boundary, out of reach of every credential of the application's account.
 
 use std::time::Duration;
 
@@ -95,6 +100,15 @@ pub enum ProvisionError {
         "the server refused to create or update the consumer {BOT_CONSUMER} on {EVENTS_STREAM}"
     )]
     Consumer(#[source] async_nats::Error),
+    /// The credentials given for the audit copy are of the account that holds the event
+    /// stream: a copy there would be within reach of everyone it should be kept from.
+    #[error(
+        "these credentials see the event stream {EVENTS_STREAM}: they are of the application's account, not the auditor's; provision the audit copy as the auditor"
+    )]
+    AuditInApplicationAccount,
+    /// The audit copy's stream.
+    #[error("the server refused to create or update the audit stream {AUDIT_STREAM}")]
+    AuditStream(#[source] async_nats::jetstream::context::CreateStreamError),
     /// The server could not be reached.
     #[error("could not reach JetStream")]
     Unavailable(#[source] async_nats::Error),
@@ -121,7 +135,9 @@ impl ProvisionError {
             ProvisionError::Stream(StreamSetupError::Refused(e)) => {
                 !matches!(e.kind(), Kind::JetStream(_))
             }
-            ProvisionError::StillWeakened(_) | ProvisionError::NotPermitted(_) => false,
+            ProvisionError::StillWeakened(_)
+            | ProvisionError::NotPermitted(_)
+            | ProvisionError::AuditInApplicationAccount => false,
             _ => true,
         }
     }
@@ -222,6 +238,66 @@ pub async fn provision(
         change: Change::between(before.as_ref(), &bot.cached_info().config),
     });
     Ok(done)
+}
+
+/// The audit copy of the event stream, in the auditor's account.
+pub const AUDIT_STREAM: &str = "ROLLBACK_AUDIT";
+/// The prefix under which the auditor's account imports the application account's
+/// JetStream API (consumer creation on the event stream only).
+pub const AUDIT_API_PREFIX: &str = "$JS.ROLLBACK.API";
+/// The subjects on which the application's account delivers the copied events to the
+/// auditor's account.
+pub const AUDIT_DELIVER_PREFIX: &str = "rollback.audit.deliver";
+
+/// Creates the audit stream, or brings it back to its settings, in the account of `js` (the
+/// auditor's): it sources every event of [`EVENTS_STREAM`] from the application's account
+/// through [`AUDIT_API_PREFIX`] and keeps them with their subjects, refusing deletes and
+/// purges, without limits. The server copies on its own from then on, events appended
+/// before included; nothing of the application's account can change or remove the copy.
+#[tracing::instrument(skip_all, fields(replicas))]
+pub async fn provision_audit(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<Provisioned, ProvisionError> {
+    let application = store::stream_config(js, EVENTS_STREAM)
+        .await
+        .map_err(ProvisionError::Unavailable)?;
+    if application.is_some() {
+        return Err(ProvisionError::AuditInApplicationAccount);
+    }
+    let before = store::stream_config(js, AUDIT_STREAM)
+        .await
+        .map_err(ProvisionError::Unavailable)?;
+    let written = js
+        .create_or_update_stream(audit_stream_config(replicas))
+        .await
+        .map_err(ProvisionError::AuditStream)?;
+    Ok(Provisioned {
+        object: format!("stream {AUDIT_STREAM}"),
+        change: Change::between(before.as_ref(), &written.config),
+    })
+}
+
+fn audit_stream_config(replicas: usize) -> jetstream::stream::Config {
+    use jetstream::stream::{Config, External, Source, StorageType};
+    Config {
+        name: AUDIT_STREAM.to_owned(),
+        description: Some("the audit copy of the rollback agents' events".into()),
+        sources: Some(vec![Source {
+            name: EVENTS_STREAM.to_owned(),
+            external: Some(External {
+                api_prefix: AUDIT_API_PREFIX.to_owned(),
+                delivery_prefix: Some(AUDIT_DELIVER_PREFIX.to_owned()),
+            }),
+            ..Default::default()
+        }]),
+        storage: StorageType::File,
+        num_replicas: replicas,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        ..Default::default()
+    }
 }
 
 /// Creates the bucket or brings it to `config`.

@@ -33,6 +33,8 @@ pub const ADMIN_PASSWORD_VAR: &str = "ROLLBACK_ADMIN_NATS_PASSWORD";
 pub const AGENT_PASSWORD_VAR: &str = "ROLLBACK_AGENT_NATS_PASSWORD";
 /// The environment variable `accounts.conf` reads the bot's password from.
 pub const BOT_PASSWORD_VAR: &str = "ROLLBACK_BOT_NATS_PASSWORD";
+/// The environment variable `accounts.conf` reads the auditor's password (account AUDIT) from.
+pub const AUDITOR_PASSWORD_VAR: &str = "ROLLBACK_AUDITOR_NATS_PASSWORD";
 
 /// The folder of the shipped NATS configuration.
 pub fn shipped_nats_dir() -> PathBuf {
@@ -48,6 +50,8 @@ pub struct NatsUsers {
     pub agent_password: String,
     /// Password of the user `bot`.
     pub bot_password: String,
+    /// Password of the user `auditor`, the only user of the account AUDIT.
+    pub auditor_password: String,
 }
 
 impl NatsUsers {
@@ -56,6 +60,7 @@ impl NatsUsers {
             admin_password: format!("admin-{}", uuid::Uuid::now_v7().simple()),
             agent_password: format!("agent-{}", uuid::Uuid::now_v7().simple()),
             bot_password: format!("bot-{}", uuid::Uuid::now_v7().simple()),
+            auditor_password: format!("auditor-{}", uuid::Uuid::now_v7().simple()),
         }
     }
 
@@ -78,6 +83,14 @@ impl NatsUsers {
     /// Connection options for the user `bot`.
     pub fn bot(&self) -> async_nats::ConnectOptions {
         async_nats::ConnectOptions::with_user_and_password("bot".into(), self.bot_password.clone())
+    }
+
+    /// Connection options for the user `auditor` (account AUDIT).
+    pub fn auditor(&self) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(
+            "auditor".into(),
+            self.auditor_password.clone(),
+        )
     }
 }
 
@@ -156,7 +169,8 @@ impl ConfiguredNats {
             .arg(&self.config)
             .env(ADMIN_PASSWORD_VAR, &self.users.admin_password)
             .env(AGENT_PASSWORD_VAR, &self.users.agent_password)
-            .env(BOT_PASSWORD_VAR, &self.users.bot_password);
+            .env(BOT_PASSWORD_VAR, &self.users.bot_password)
+            .env(AUDITOR_PASSWORD_VAR, &self.users.auditor_password);
         if let Some(dir) = self.config.parent() {
             command.current_dir(dir);
         }

@@ -24,6 +24,11 @@ pub struct ProvisionArgs {
     /// The administrator's NATS credentials file.
     #[arg(long, env = "NATS_ADMIN_CREDS")]
     creds: Option<PathBuf>,
+    /// Provision the audit copy instead (the stream ROLLBACK_AUDIT, sourcing the event stream
+    /// across accounts), with the auditor's credentials: `--user auditor` and its password in
+    /// NATS_ADMIN_PASSWORD, or its credentials file in --creds.
+    #[arg(long)]
+    audit: bool,
 }
 
 impl ProvisionArgs {
@@ -34,6 +39,13 @@ impl ProvisionArgs {
         let (refused, mut refusals) = tokio::sync::mpsc::channel(16);
         let client = connect_nats_once(&nats, "rollback-agent provision", Some(refused)).await?;
         let js = async_nats::jetstream::new(client);
+        if self.audit {
+            let done = provision::provision_audit(&js, config.store.replicas)
+                .await
+                .context("provisioning the audit copy")?;
+            println!("{done}");
+            return Ok(ExitCode::SUCCESS);
+        }
         let settings = provision::ProvisionSettings::of(&config);
         let done = provision::provision_patiently(&js, &settings, &mut refusals)
             .await

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use rollback_agent::config::{AgentConfig, NatsConnectError, NatsSection};
 use rollback_agent::replay::{self, At};
 use rollback_proto::RunId;
+use rollback_proto::subjects::EVENTS_STREAM;
 
 use super::exit;
 
@@ -30,6 +31,10 @@ pub struct ReplayArgs {
     /// (NATS_URL, NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS) override it.
     #[arg(long, env = "ROLLBACK_CONFIG")]
     config: Option<PathBuf>,
+    /// The stream to read the run from: the event stream, or the audit copy ROLLBACK_AUDIT
+    /// (with the auditor's NATS credentials, in NATS_USER/NATS_PASSWORD or NATS_CREDS).
+    #[arg(long, default_value = EVENTS_STREAM)]
+    stream: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +69,7 @@ impl ReplayArgs {
         let client = connect_nats_once(&config.nats, "rollback-agent replay", None).await?;
         let report = replay::replay_from(
             &async_nats::jetstream::new(client),
+            &self.stream,
             run,
             at,
             &config.events.signature_policy(),

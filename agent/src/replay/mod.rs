@@ -151,11 +151,20 @@ pub async fn replay(
     run: RunId,
     at: Option<At>,
 ) -> Result<Report, ReplayError> {
-    replay_from(store.jetstream(), run, at, store.signatures()).await
+    replay_from(
+        store.jetstream(),
+        EVENTS_STREAM,
+        run,
+        at,
+        store.signatures(),
+    )
+    .await
 }
 
 /// [`replay`] with only a JetStream context: reads, and never creates or changes the stream
-/// (for the command line, which may run with read-only credentials).
+/// (for the command line, which may run with read-only credentials). `stream` is the event
+/// stream, or a copy holding the same subjects (the audit copy): the chain and the signatures
+/// are verified the same way whichever stream holds them.
 ///
 /// When event ids older than the newest ones read were found (never in a healthy store: see
 /// [`ChainVerifier`](rollback_proto::ChainVerifier)), the same messages are folded a second
@@ -163,12 +172,13 @@ pub async fn replay(
 #[tracing::instrument(skip_all, fields(run_id = %run))]
 pub async fn replay_from(
     js: &jetstream::Context,
+    stream: &str,
     run: RunId,
     at: Option<At>,
     signatures: &SignaturePolicy,
 ) -> Result<Report, ReplayError> {
     let cutoff = at.map(|at| (at, at.to_string()));
-    let (fold, stored) = fold_run(js, run, None, |stored| {
+    let (fold, stored) = fold_run(js, stream, run, None, |stored| {
         if let Some(At::Seq(seq)) = at
             && seq > stored
         {
@@ -197,7 +207,7 @@ pub async fn replay_from(
                     signatures,
                 ))
             };
-            fold_run(js, run, Some(stored), again).await?.0
+            fold_run(js, stream, run, Some(stored), again).await?.0
         }
     };
     let report = fold.finish();
@@ -217,6 +227,7 @@ pub async fn replay_from(
 /// through the store's one reader; returns the fold and that number.
 async fn fold_run(
     js: &jetstream::Context,
+    stream: &str,
     run: RunId,
     limit: Option<u64>,
     start: impl FnOnce(u64) -> Result<ReplayFold, ReplayError>,
@@ -229,7 +240,7 @@ async fn fold_run(
         ReadFailure::Chain(err) => unavailable(err.into()),
     };
     let stream = js
-        .get_stream_no_info(EVENTS_STREAM)
+        .get_stream_no_info(stream)
         .await
         .map_err(|e| unavailable(e.into()))?;
     // The read covers the run exactly as it was when it began, even while an agent appends.

@@ -5,6 +5,7 @@ mod agent;
 mod agent_recovery;
 mod archive;
 mod archive_resume;
+mod audit;
 mod blocked;
 mod bot;
 mod cluster;
