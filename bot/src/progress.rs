@@ -11,7 +11,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -22,8 +21,6 @@ use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
     CreateThread, MessageId, Nonce, RoleId, UserId,
 };
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bot_state::{BotState, RunRecord, StateError};
@@ -31,9 +28,6 @@ use crate::chat::{self, Alert, Announcement, Channels, OutputPost};
 use crate::config::ProgressSettings;
 use crate::discord_rest::DiscordRest;
 use crate::status_edits::{StatusEditor, StatusEdits};
-/// How long a shutdown waits for the runs' tasks to post what they were given.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Discord's error code for "a thread has already been created for this message".
 const THREAD_ALREADY_CREATED: isize = 160_004;
 
@@ -103,21 +97,16 @@ struct Tracked {
 
 impl Progress {
     /// Follows the events until `shutdown`, then makes the last edits.
-    ///
-    /// Each run's events are handled in order by a task of its own, so that a post waiting for
-    /// Discord (a spent bucket, a 429's wait) holds up only its own run: another run's status
-    /// edits, pings and emergency requests go on meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProgressError> {
         let Some((stream, consumer)) = self.wait_for_consumer(&shutdown).await else {
             return Ok(());
         };
         let mut messages = consumer.messages().await.map_err(bus)?;
+        let mut runs: HashMap<RunId, Tracked> = HashMap::new();
+        let mut early = EarlyAlerts::new();
         let (editor, edits) = StatusEditor::new(self.discord.clone(), self.settings.clone());
         let drain = CancellationToken::new();
         let editor = tokio::spawn(editor.run(drain.clone()));
-        let this = Arc::new(self);
-        let mut runs: HashMap<RunId, mpsc::UnboundedSender<jetstream::Message>> = HashMap::new();
-        let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -131,70 +120,26 @@ impl Progress {
                             continue;
                         }
                     };
-                    let run = match serde_json::from_slice::<Envelope>(&message.payload) {
-                        Ok(env) => env.run_id,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "unreadable event; it comes again later");
-                            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-                            continue;
+                    match self.handle(&mut runs, &mut early, &edits, &stream, &message.payload).await {
+                        Ok(()) => {
+                            if let Err(e) = message.ack().await {
+                                tracing::warn!(error = %e, "could not acknowledge an event");
+                            }
                         }
-                    };
-                    let worker = runs.entry(run).or_insert_with(|| {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        tasks.spawn(this.clone().follow(rx, edits.clone(), stream.clone()));
-                        tx
-                    });
-                    // The worker ends only when its sender is dropped, below.
-                    let _ = worker.send(message);
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not post an event; it comes again later");
+                            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                        }
+                    }
                 }
             }
         }
-        // Each run's task handles what it was given (a post may wait for Discord for a while),
-        // then the editor sends what is queued (within the budget, for a while), then ends.
-        drop(runs);
-        if tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            tracing::warn!("events still being posted at shutdown come again after the restart");
-            tasks.shutdown().await;
-        }
+        // The editor sends what is queued (within the budget, for a while), then ends.
         drain.cancel();
         if let Err(e) = editor.await {
             tracing::error!(error = %e, "the status editor panicked");
         }
         Ok(())
-    }
-
-    /// One run's events in order, acknowledged once posted (or given back for a later try).
-    async fn follow(
-        self: Arc<Self>,
-        mut events: mpsc::UnboundedReceiver<jetstream::Message>,
-        edits: StatusEdits,
-        stream: jetstream::stream::Stream,
-    ) {
-        let mut runs: HashMap<RunId, Tracked> = HashMap::new();
-        let mut early = EarlyAlerts::new();
-        while let Some(message) = events.recv().await {
-            match self
-                .handle(&mut runs, &mut early, &edits, &stream, &message.payload)
-                .await
-            {
-                Ok(()) => {
-                    if let Err(e) = message.ack().await {
-                        tracing::warn!(error = %e, "could not acknowledge an event");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not post an event; it comes again later");
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                        .await;
-                }
-            }
-        }
     }
 
     /// The event stream and the bot's durable consumer, once they exist: `rollback-agent

@@ -2,13 +2,11 @@
 //! message, while the status message, its thread and progress stay in the run's channel (the
 //! progress channel, or the runbook's own).
 
-use std::time::{Duration, Instant};
-
 use rollback_proto::RunId;
+use rollback_tests::discord::Posted;
 use rollback_tests::discord::payloads::{
     self, CHANNEL_ID, ESCALATION_CHANNEL_ID, GUILD_ID, RUNBOOK_CHANNEL_ID,
 };
-use rollback_tests::discord::{Posted, RouteKind};
 use serde_json::json;
 
 use super::{BotHarness, BotOptions, RESTORE, alice, bob, button_ids, run_in};
@@ -354,46 +352,4 @@ async fn a_ping_goes_out_without_a_link_while_the_run_has_no_status_message() {
     .await;
     assert_eq!(b.discord.messages_in(ESCALATION_CHANNEL_ID).len(), 1);
     assert_eq!(b.discord.posts_in(ESCALATION_CHANNEL_ID), 1);
-}
-
-/// A post waiting out a 429 holds up only its own run: while the first run's status message
-/// waits for its channel's bucket, a second run in another channel gets its status message,
-/// and the first one's comes once the wait is over, nothing lost.
-#[tokio::test]
-async fn a_run_waiting_out_a_429_does_not_hold_up_a_run_in_another_channel() {
-    const HELD: Duration = Duration::from_secs(20);
-    let b = BotHarness::start(
-        &[
-            ("stalls", STALLS),
-            ("other", &STALLS.replace("stalls", "other")),
-        ],
-        "",
-        options(format!(
-            "[discord.runbook_channels]\nstalls = {RUNBOOK_CHANNEL_ID}\n"
-        )),
-    )
-    .await;
-    // The next post (the first run's status message, in the runbook's channel) is refused with
-    // a long wait; that channel's post bucket is held meanwhile.
-    b.discord.inject_429(RouteKind::MessagePost, HELD);
-    let held = Instant::now();
-    let first = b.start_run("stalls").await;
-    until("the 429", DEADLINE, async || {
-        b.discord.requests().iter().any(|r| r.status == 429)
-    })
-    .await;
-    let second = b.start_run("other").await;
-    message_in(&b, CHANNEL_ID, &status_text(second)).await;
-    assert!(
-        held.elapsed() < HELD,
-        "the second run's status message waited for the first run's 429"
-    );
-    nothing_in(
-        &b,
-        RUNBOOK_CHANNEL_ID,
-        &status_text(first),
-        "the first run's status message is still held",
-    );
-    message_in(&b, RUNBOOK_CHANNEL_ID, &status_text(first)).await;
-    assert!(held.elapsed() >= HELD, "the 429's wait was not waited out");
 }
