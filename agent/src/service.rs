@@ -134,7 +134,9 @@ impl CommandService {
             .client
             .queue_subscribe(QUERY_SUBJECT, COMMANDS_QUEUE.to_owned())
             .await?;
-        // The server has the subscriptions once it answered a ping sent after them.
+        // Written out before readiness is reported. (`flush` does not wait for the server to
+        // read them; a round trip would need a subject the agent may publish on, and its
+        // permissions allow only replies.)
         self.client.flush().await?;
         let _ = subscribed.send(());
         // Bounded: at most this many commands are decided at once; the rest wait in NATS.

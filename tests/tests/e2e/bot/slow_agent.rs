@@ -162,7 +162,12 @@ const STAND_IN_ANSWER: &str = "the stand-in agent's answer";
 async fn stand_in_agent(b: &BotHarness, after: Option<Duration>) -> tokio::task::JoinHandle<()> {
     let client = async_nats::connect(b.h.nats.url()).await.unwrap();
     let mut commands = client.subscribe(COMMANDS_SUBJECT).await.unwrap();
-    client.flush().await.unwrap();
+    // `flush` only writes the subscription out: wait until the server has it, by a message to
+    // an inbox of this client's own coming back (one connection's operations go in order).
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, Default::default()).await.unwrap();
+    echo.next().await.unwrap();
     tokio::spawn(async move {
         while let Some(message) = commands.next().await {
             let Some(after) = after else { continue };
