@@ -644,3 +644,50 @@ impl RunDriver {
         Ok(self.store.load_envelopes(run).await?)
     }
 }
+
+/// One agent (`agent-a`, one replica, a 5 s lease) on a single server from the shipped files,
+/// provisioned as `admin`, its runbooks written into a folder of its own by `runbooks` (given
+/// that folder's parent, for files a runbook writes); a driver that commands as the bot and
+/// reads as the agent, and the agent's own connection for what a holder of its credentials
+/// does by hand.
+pub struct ShippedAgent {
+    pub nats: SingleNats,
+    pub users: NatsUsers,
+    pub dir: TempDir,
+    pub agent: crate::AgentProcess,
+    pub as_agent: async_nats::Client,
+    pub driver: RunDriver,
+}
+
+impl ShippedAgent {
+    pub async fn start(
+        runbooks: impl FnOnce(&Path) -> Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let nats = SingleNats::start().await?;
+        let users = nats.users().clone();
+        let dir = tempfile::tempdir()?;
+        let folder = dir.path().join("runbooks");
+        std::fs::create_dir(&folder)?;
+        for (name, text) in runbooks(dir.path()) {
+            std::fs::write(folder.join(format!("{name}.toml")), text)?;
+        }
+        let agent = crate::AgentProcess::start_with(
+            dir.path(),
+            "agent-a",
+            &agent_config("agent-a", &folder, &nats.url(), &users, 1, "5s"),
+            crate::Provision::AsAdmin(&users),
+        )
+        .await?;
+        let bot = users.bot().connect(nats.url()).await?;
+        let as_agent = users.agent().connect(nats.url()).await?;
+        let driver = RunDriver::new(bot, as_agent.clone(), 1).await?;
+        Ok(ShippedAgent {
+            nats,
+            users,
+            dir,
+            agent,
+            as_agent,
+            driver,
+        })
+    }
+}

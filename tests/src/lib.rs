@@ -21,7 +21,8 @@ pub use binaries::{agent_binary, find_binary, postgres_bin_dir, project_binary, 
 pub use bot::{BotProcess, ConsoleSession, bot_binary, run_console, run_console_in_zone};
 pub use cluster::{
     ADMIN_PASSWORD_VAR, AGENT_PASSWORD_VAR, AUDITOR_PASSWORD_VAR, BOT_PASSWORD_VAR, ConfiguredNats,
-    NatsCluster, NatsUsers, RUN_DEADLINE, RunDriver, SingleNats, agent_config, shipped_nats_dir,
+    NatsCluster, NatsUsers, RUN_DEADLINE, RunDriver, ShippedAgent, SingleNats, agent_config,
+    shipped_nats_dir,
 };
 pub use nats::NatsServer;
 pub use postgres::{Postgres, TestDatabase};

@@ -16,9 +16,7 @@ use futures::StreamExt;
 use rollback_agent::provision::{AUDIT_API_PREFIX, AUDIT_STREAM};
 use rollback_proto::subjects::{EVENTS_STREAM, events_subject};
 use rollback_proto::{Envelope, RunId, RunStatus};
-use rollback_tests::{
-    AgentProcess, NatsUsers, Provision, RunDriver, SingleNats, agent_binary, agent_config,
-};
+use rollback_tests::{NatsUsers, ShippedAgent, agent_binary};
 
 use crate::harness::DEADLINE;
 
@@ -110,16 +108,7 @@ async fn audit_messages(auditor: &jetstream::Context) -> u64 {
     stream.info().await.unwrap().state.messages
 }
 
-#[tokio::test]
-async fn the_audit_copy_outlives_the_event_stream_and_replays_intact() {
-    let nats = SingleNats::start().await.unwrap();
-    let users = nats.users().clone();
-    let dir = tempfile::tempdir().unwrap();
-    let runbooks = dir.path().join("runbooks");
-    std::fs::create_dir(&runbooks).unwrap();
-    std::fs::write(
-        runbooks.join("ordinary.toml"),
-        r#"
+const ORDINARY: &str = r#"
 name = "ordinary"
 [[phases]]
 id = "p"
@@ -133,24 +122,23 @@ id = "two"
 kind = "shell"
 command = "true"
 idempotent = true
-"#,
-    )
-    .unwrap();
+"#;
 
+#[tokio::test]
+async fn the_audit_copy_outlives_the_event_stream_and_replays_intact() {
     // `admin` provisions the application's stream and buckets, and a first run is recorded;
     // then the auditor, in its own account, provisions the copy that sources the event
     // stream, and a second run is recorded. The copy must hold both.
-    let agent = AgentProcess::start_with(
-        dir.path(),
-        "agent-a",
-        &agent_config("agent-a", &runbooks, &nats.url(), &users, 1, "5s"),
-        Provision::AsAdmin(&users),
-    )
-    .await
-    .unwrap();
-    let as_agent = users.agent().connect(nats.url()).await.unwrap();
-    let bot = users.bot().connect(nats.url()).await.unwrap();
-    let driver = RunDriver::new(bot, as_agent.clone(), 1).await.unwrap();
+    let ShippedAgent {
+        nats,
+        users,
+        dir,
+        agent,
+        as_agent,
+        driver,
+    } = ShippedAgent::start(|_| vec![("ordinary".into(), ORDINARY.into())])
+        .await
+        .unwrap();
     let record = || async {
         let run = driver.start("ordinary").await.unwrap();
         let state = driver

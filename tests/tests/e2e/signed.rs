@@ -12,7 +12,7 @@ use rollback_proto::next::NextAction;
 use rollback_proto::signing::{EventSigner, SignaturePolicy, TrustedKeys};
 use rollback_proto::subjects::events_subject;
 use rollback_proto::{Actor, Command, CommandReply, Event, RunId, RunState, StepId};
-use rollback_tests::{AgentProcess, Provision, RunDriver, SingleNats, agent_config};
+use rollback_tests::{AgentProcess, Provision, RunDriver, ShippedAgent, SingleNats, agent_config};
 use time::OffsetDateTime;
 
 use crate::harness::{DEADLINE, until};
@@ -105,24 +105,18 @@ async fn until_quarantined(driver: &RunDriver, run: RunId, agent: &AgentProcess)
 
 #[tokio::test]
 async fn forged_events_published_with_the_agents_credentials_are_not_acted_on() {
-    let nats = SingleNats::start().await.unwrap();
-    let users = nats.users().clone();
-    let dir = tempfile::tempdir().unwrap();
-    let runbooks = dir.path().join("runbooks");
-    std::fs::create_dir(&runbooks).unwrap();
+    // The server stays up as long as `_nats`.
+    let ShippedAgent {
+        nats: _nats,
+        dir,
+        agent,
+        as_agent,
+        driver,
+        ..
+    } = ShippedAgent::start(|dir| vec![("gated".into(), gated(&dir.join("out.txt")))])
+        .await
+        .unwrap();
     let out = dir.path().join("out.txt");
-    std::fs::write(runbooks.join("gated.toml"), gated(&out)).unwrap();
-    let agent = AgentProcess::start_with(
-        dir.path(),
-        "agent-a",
-        &agent_config("agent-a", &runbooks, &nats.url(), &users, 1, "5s"),
-        Provision::AsAdmin(&users),
-    )
-    .await
-    .unwrap();
-    let bot = users.bot().connect(nats.url()).await.unwrap();
-    let as_agent = users.agent().connect(nats.url()).await.unwrap();
-    let driver = RunDriver::new(bot, as_agent.clone(), 1).await.unwrap();
     let js = async_nats::jetstream::new(as_agent);
 
     // The agent's key id, another key: what someone without the agent's key can make.
