@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serenity::all::{
     ChannelId, CreateAttachment, CreateMessage, CreateThread, EditMessage, GuildChannel, Http,
@@ -101,6 +101,21 @@ impl DiscordRest {
             message_id: message,
         };
         proxied.gate.ready_at(route.ratelimiting_bucket())
+    }
+
+    /// When a post in `channel` could leave, if it would have to wait: its bucket is spent or
+    /// held after a 429. In both deployments: serenity's limiter is asked what it knows when no
+    /// request is waiting on the bucket (one waiting holds the bucket's lock; then `None`, and
+    /// the post queues behind it).
+    pub fn posts_ready_at(&self, channel: ChannelId) -> Option<Instant> {
+        let bucket = Route::ChannelMessages {
+            channel_id: channel,
+        }
+        .ratelimiting_bucket();
+        match &self.proxied {
+            Some(proxied) => proxied.gate.ready_at(bucket),
+            None => limiter_ready_at(&self.http, bucket),
+        }
     }
 
     /// Posts `message` with `files` in `channel`.
@@ -237,6 +252,21 @@ impl DiscordRest {
             ErrorResponse::from_response(response, method).await,
         )))
     }
+}
+
+/// When serenity's limiter lets the next request on `bucket` go, if it would wait: nothing is
+/// left in the bucket and its reset is ahead.
+fn limiter_ready_at(http: &Http, bucket: RatelimitingBucket) -> Option<Instant> {
+    let routes = http.ratelimiter.as_ref()?.routes();
+    let routes = routes.try_read().ok()?;
+    let limit = routes.get(&bucket)?.clone();
+    drop(routes);
+    let limit = limit.try_lock().ok()?;
+    if limit.remaining() > 0 {
+        return None;
+    }
+    let wait = limit.reset()?.duration_since(SystemTime::now()).ok()?;
+    Some(Instant::now() + wait)
 }
 
 enum Fired {

@@ -3,14 +3,16 @@
 //! thread for step output, in the run's channel; escalation pings with an Acknowledge button,
 //! emergency requests with a Confirm button for a second person and their confirmations, in
 //! the escalation channel with a link to the status message (see [`chat::Channels`]). Every
-//! request honours Discord's rate limits ([`crate::discord_rest`]).
+//! request honours Discord's rate limits ([`crate::discord_rest`]). A run whose next post would
+//! wait for its channel's bucket waits aside, its events held in order and unacknowledged, while
+//! the other runs' events go on.
 //!
 //! Nothing is posted twice after a restart: posts carry a nonce derived from the event (Discord
 //! returns the first message for a repeated nonce), the status message and thread ids are kept
 //! in `ROLLBACK_BOT_STATE`, and a thread started from a message has that message's id.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -21,6 +23,7 @@ use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
     CreateThread, MessageId, Nonce, RoleId, UserId,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bot_state::{BotState, RunRecord, StateError};
@@ -93,6 +96,65 @@ struct Tracked {
     /// The status content last queued or posted, and its buttons: an event that changes
     /// neither queues no edit.
     shown: (String, String),
+    /// The nonce keys of the posts made for the run since it was tracked: an event handled
+    /// again (its post had to wait) does not post them again.
+    posted: HashSet<String>,
+}
+
+/// A post is awaited in line when its channel is ready within this; beyond it, its run's events
+/// wait aside while other runs go on.
+const WAIT_INLINE: Duration = Duration::from_millis(100);
+/// How often the server hears that held events are still being worked on (well within the
+/// consumer's acknowledgement wait).
+const HELD_PROGRESS: Duration = Duration::from_secs(4);
+
+/// What the event loop keeps.
+struct Follow {
+    runs: HashMap<RunId, Tracked>,
+    early: EarlyAlerts,
+    /// The events of runs whose next post waits for its channel's rate limit, by run, in order.
+    held: HashMap<RunId, Held>,
+    edits: StatusEdits,
+    stream: jetstream::stream::Stream,
+}
+
+/// A run's events held back, unacknowledged, until its channel takes posts again: one run's
+/// spent bucket does not hold up the others.
+struct Held {
+    until: Instant,
+    touched: Instant,
+    messages: VecDeque<jetstream::Message>,
+}
+
+impl Held {
+    fn new(until: Instant, first: jetstream::Message) -> Self {
+        Held {
+            until,
+            touched: Instant::now(),
+            messages: VecDeque::from([first]),
+        }
+    }
+
+    /// When to look at it again: when it is due, or to tell the server it is still held.
+    fn wake_at(&self) -> Instant {
+        self.until.min(self.touched + HELD_PROGRESS)
+    }
+}
+
+/// What became of an event.
+enum Handled {
+    /// Posted and queued: acknowledge it.
+    Done,
+    /// Its run's next post would wait for its channel until then: hold it.
+    WaitsFor(Instant),
+}
+
+/// A run's record, or when its status message can be posted.
+enum Record {
+    /// Found or just posted, with what the status message shows (unknown when found).
+    Found(RunRecord, (String, String)),
+    /// The status message's channel takes no posts until then.
+    ChannelBusy(Instant),
 }
 
 impl Progress {
@@ -102,14 +164,23 @@ impl Progress {
             return Ok(());
         };
         let mut messages = consumer.messages().await.map_err(bus)?;
-        let mut runs: HashMap<RunId, Tracked> = HashMap::new();
-        let mut early = EarlyAlerts::new();
         let (editor, edits) = StatusEditor::new(self.discord.clone(), self.settings.clone());
+        let mut follow = Follow {
+            runs: HashMap::new(),
+            early: EarlyAlerts::new(),
+            held: HashMap::new(),
+            edits,
+            stream,
+        };
         let drain = CancellationToken::new();
         let editor = tokio::spawn(editor.run(drain.clone()));
         loop {
+            let wake = follow.held.values().map(Held::wake_at).min();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+                    self.release(&mut follow).await;
+                }
                 next = messages.next() => {
                     let Some(message) = next else { break };
                     let message = match message {
@@ -120,26 +191,81 @@ impl Progress {
                             continue;
                         }
                     };
-                    match self.handle(&mut runs, &mut early, &edits, &stream, &message.payload).await {
-                        Ok(()) => {
-                            if let Err(e) = message.ack().await {
-                                tracing::warn!(error = %e, "could not acknowledge an event");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not post an event; it comes again later");
-                            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-                        }
+                    let run = serde_json::from_slice::<Envelope>(&message.payload)
+                        .map(|env| env.run_id)
+                        .ok();
+                    if let Some(held) = run.and_then(|run| follow.held.get_mut(&run)) {
+                        // Behind its run's held events, in order.
+                        held.messages.push_back(message);
+                        continue;
+                    }
+                    if let (Some(run), Some(until)) = (run, self.process(&mut follow, &message).await) {
+                        follow.held.insert(run, Held::new(until, message));
                     }
                 }
             }
         }
-        // The editor sends what is queued (within the budget, for a while), then ends.
+        // Held events are not acknowledged: the next bot gets them again. The editor sends what
+        // is queued (within the budget, for a while), then ends.
         drain.cancel();
         if let Err(e) = editor.await {
             tracing::error!(error = %e, "the status editor panicked");
         }
         Ok(())
+    }
+
+    /// Handles `message` and acknowledges it, or asks for it again later; returns when to try
+    /// again instead if its run's next post would wait for its channel's rate limit.
+    async fn process(&self, follow: &mut Follow, message: &jetstream::Message) -> Option<Instant> {
+        match self.handle(follow, &message.payload).await {
+            Ok(Handled::Done) => {
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(error = %e, "could not acknowledge an event");
+                }
+                None
+            }
+            Ok(Handled::WaitsFor(until)) => Some(until),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not post an event; it comes again later");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Handles the held events whose channel is ready, in order, and tells the server that
+    /// the others are still being worked on.
+    async fn release(&self, follow: &mut Follow) {
+        let now = Instant::now();
+        let due: Vec<RunId> = follow
+            .held
+            .iter()
+            .filter(|(_, held)| held.until <= now)
+            .map(|(run, _)| *run)
+            .collect();
+        for run in due {
+            let Some(mut held) = follow.held.remove(&run) else {
+                continue;
+            };
+            while let Some(message) = held.messages.pop_front() {
+                if let Some(until) = self.process(follow, &message).await {
+                    held.messages.push_front(message);
+                    held.until = until;
+                    follow.held.insert(run, held);
+                    break;
+                }
+            }
+        }
+        for held in follow.held.values_mut() {
+            if held.touched + HELD_PROGRESS <= now {
+                for message in &held.messages {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+                held.touched = now;
+            }
+        }
     }
 
     /// The event stream and the bot's durable consumer, once they exist: `rollback-agent
@@ -173,17 +299,17 @@ impl Progress {
         }
     }
 
-    async fn handle(
-        &self,
-        runs: &mut HashMap<RunId, Tracked>,
-        early: &mut EarlyAlerts,
-        edits: &StatusEdits,
-        stream: &jetstream::stream::Stream,
-        payload: &[u8],
-    ) -> Result<(), ProgressError> {
+    async fn handle(&self, follow: &mut Follow, payload: &[u8]) -> Result<Handled, ProgressError> {
         let env: Envelope = serde_json::from_slice(payload)
             .map_err(|e| ProgressError::Unreadable(e.to_string()))?;
         let run = env.run_id;
+        let Follow {
+            runs,
+            early,
+            edits,
+            stream,
+            ..
+        } = follow;
         let tracked = match runs.entry(run) {
             Entry::Vacant(vacant) => {
                 let before = load_until(stream, run, env.seq).await?;
@@ -198,9 +324,13 @@ impl Progress {
                     })?,
                 };
                 let (record, shown) = match self.record_of(&state).await {
-                    Ok(found) => {
+                    Ok(Record::Found(record, shown)) => {
                         early.remove(&run);
-                        found
+                        (record, shown)
+                    }
+                    Ok(Record::ChannelBusy(until)) => {
+                        self.alert_early(early, &state, &env).await?;
+                        return Ok(Handled::WaitsFor(until));
                     }
                     Err(e) => {
                         self.alert_early(early, &state, &env).await?;
@@ -211,6 +341,7 @@ impl Progress {
                     state,
                     record,
                     shown,
+                    posted: HashSet::new(),
                 })
             }
             Entry::Occupied(occupied) => {
@@ -230,7 +361,7 @@ impl Progress {
         queue_status(edits, tracked);
         let announced = self.announce(tracked, &env).await;
         // A finished run's last edit is queued; its entry goes (a late event reloads it).
-        if tracked.state.is_finished() {
+        if tracked.state.is_finished() && !matches!(announced, Ok(Handled::WaitsFor(_))) {
             runs.remove(&run);
         }
         announced
@@ -238,18 +369,18 @@ impl Progress {
 
     /// The run's record, and what its status message shows: from the bucket (what it shows is
     /// then unknown), or by posting its status message now.
-    async fn record_of(
-        &self,
-        state: &RunState,
-    ) -> Result<(RunRecord, (String, String)), ProgressError> {
+    async fn record_of(&self, state: &RunState) -> Result<Record, ProgressError> {
         let run = state.run_id;
         if let Some(record) = self.state.get(run).await? {
-            return Ok((record, Default::default()));
+            return Ok(Record::Found(record, Default::default()));
+        }
+        let channel = ChannelId::new(self.channels.of_runbook(&state.runbook_name));
+        if let Some(until) = self.busy_until(channel) {
+            return Ok(Record::ChannelBusy(until));
         }
         let content = chat::status_content(state);
         let buttons = chat::status_buttons(state);
         let shown = (content.clone(), buttons_key(&buttons));
-        let channel = ChannelId::new(self.channels.of_runbook(&state.runbook_name));
         let message = self
             .discord
             .send_message(
@@ -271,30 +402,53 @@ impl Progress {
             started_at: state.started_at.unix_timestamp(),
         };
         self.state.put(run, &record).await?;
-        Ok((record, shown))
+        Ok(Record::Found(record, shown))
     }
 
-    /// What an event posts besides the status edit ([`chat::announcement`]).
-    async fn announce(&self, tracked: &mut Tracked, env: &Envelope) -> Result<(), ProgressError> {
+    /// When a post in `channel` could leave, if that is more than a moment away.
+    fn busy_until(&self, channel: ChannelId) -> Option<Instant> {
+        self.discord
+            .posts_ready_at(channel)
+            .filter(|until| *until > Instant::now() + WAIT_INLINE)
+    }
+
+    /// What an event posts besides the status edit ([`chat::announcement`]). Each post is
+    /// made once per run even when the event is handled again; a post whose channel is busy
+    /// waits, and the event with it.
+    async fn announce(
+        &self,
+        tracked: &mut Tracked,
+        env: &Envelope,
+    ) -> Result<Handled, ProgressError> {
         let key = event_key(env);
         match self.announcement(&tracked.state, env, Some(&tracked.record)) {
             None => {}
             Some(Announcement::Output(OutputPost::Messages(parts))) => {
                 let thread = self.thread_of(tracked).await?;
                 for (i, part) in parts.into_iter().enumerate() {
-                    self.post(
-                        thread,
-                        CreateMessage::new().content(part),
-                        &format!("{key} {i}"),
-                    )
-                    .await?;
+                    let key = format!("{key} {i}");
+                    if tracked.posted.contains(&key) {
+                        continue;
+                    }
+                    if let Some(until) = self.busy_until(thread) {
+                        return Ok(Handled::WaitsFor(until));
+                    }
+                    self.post(thread, CreateMessage::new().content(part), &key)
+                        .await?;
+                    tracked.posted.insert(key);
                 }
             }
             Some(Announcement::Output(OutputPost::Attachment { content, filename })) => {
                 let thread = self.thread_of(tracked).await?;
                 let Event::StepOutputRecorded { text, .. } = &env.event else {
-                    return Ok(());
+                    return Ok(Handled::Done);
                 };
+                if tracked.posted.contains(&key) {
+                    return Ok(Handled::Done);
+                }
+                if let Some(until) = self.busy_until(thread) {
+                    return Ok(Handled::WaitsFor(until));
+                }
                 let file = CreateAttachment::bytes(text.clone().into_bytes(), filename);
                 self.post_with_files(
                     thread,
@@ -303,13 +457,23 @@ impl Progress {
                     &key,
                 )
                 .await?;
+                tracked.posted.insert(key);
             }
             Some(Announcement::Alert(alert)) => {
+                if tracked.posted.contains(&key) {
+                    return Ok(Handled::Done);
+                }
+                let channel =
+                    ChannelId::new(self.channels.of_escalations(tracked.record.channel_id));
+                if let Some(until) = self.busy_until(channel) {
+                    return Ok(Handled::WaitsFor(until));
+                }
                 self.alert(env.run_id, alert, tracked.record.channel_id, &key)
                     .await?;
+                tracked.posted.insert(key);
             }
         }
-        Ok(())
+        Ok(Handled::Done)
     }
 
     /// Posts `env`'s alert, if it has one, while its run has no status message: on-call hears
