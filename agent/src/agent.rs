@@ -322,6 +322,10 @@ where
     }
 }
 
+/// How often a run whose events were seen is read again when a read finds none (250 ms more
+/// each time: about 30 s in all), before its executor stops.
+const NOT_FOUND_READS: u32 = 15;
+
 /// The longest pause before a failed executor is started again.
 const MAX_FAILURE_PAUSE: Duration = Duration::from_secs(300);
 
@@ -363,6 +367,7 @@ async fn supervise(
             };
             let _active = deps.metrics.run_started();
             let mut pause = first_pause(deps.lease_ttl);
+            let mut unseen = 0;
             loop {
                 // A panic anywhere in the executor is caught here too, so the run is tried
                 // again instead of being left tracked and driven by nobody.
@@ -383,6 +388,21 @@ async fn supervise(
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(deps.lease_ttl) => continue,
+                        }
+                    }
+                    // The run was seen (its first event, or the listing): a read that finds
+                    // none came from a server not caught up yet, as just after a cluster node
+                    // restarted. Left there, the run would wait for nobody.
+                    Ok(RunEnd::NotFound) if unseen < NOT_FOUND_READS => {
+                        unseen += 1;
+                        tracing::warn!(
+                            run_id = %run,
+                            reads = unseen,
+                            "the run's events were seen but a read found none; reading again"
+                        );
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(250) * unseen) => continue,
                         }
                     }
                     Ok(end) => {

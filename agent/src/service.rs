@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rollback_proto::envelope::Draft;
 use rollback_proto::subjects::{COMMANDS_QUEUE, COMMANDS_SUBJECT, QUERY_RUNBOOKS, QUERY_SUBJECT};
+use rollback_proto::times::TimeStyle;
 use rollback_proto::{
     Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rejection, RejectionKind,
     RunId, Runbook, authorize, decide, decide_start,
@@ -362,6 +363,7 @@ impl CommandService {
                     });
                 }
                 CommandReply::Accepted {
+                    status: None,
                     run: Some(run),
                     events: Vec::new(),
                     message: replay::render(&report, replay::Format::Markdown),
@@ -434,6 +436,7 @@ impl CommandService {
             .await
         {
             Ok(()) => CommandReply::Accepted {
+                status: None,
                 run: Some(run_id),
                 events,
                 message: format!(
@@ -477,6 +480,7 @@ impl CommandService {
         };
         match plan::plan(&pool, &opts).await {
             Ok(p) => CommandReply::Accepted {
+                status: None,
                 run: None,
                 events: Vec::new(),
                 message: p.to_string(),
@@ -511,10 +515,12 @@ impl CommandService {
                 return rejected(format!("there is no run {run}"));
             };
             if let Command::Status { .. } = &req.command {
+                let view = rollback_proto::render::StatusView::of(&state);
                 return CommandReply::Accepted {
                     run: Some(run),
                     events: Vec::new(),
-                    message: rollback_proto::render::status_text(&state),
+                    message: view.render(TimeStyle::UTC),
+                    status: Some(view),
                 };
             }
             let events = match decide(&state, &req.command, caller, &self.policy, now) {
@@ -537,6 +543,7 @@ impl CommandService {
             {
                 Ok(()) => {
                     return CommandReply::Accepted {
+                        status: None,
                         run: Some(run),
                         events,
                         message: format!("`{}` accepted", req.command.describe()),
@@ -556,6 +563,7 @@ impl CommandService {
     fn quarantined(&self, req: &CommandRequest, quarantine: Quarantine) -> CommandReply {
         match &req.command {
             Command::Status { run } => CommandReply::Accepted {
+                status: None,
                 run: Some(*run),
                 events: Vec::new(),
                 message: format!(

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rollback_proto::render::{status_body, status_times};
+use rollback_proto::render::StatusView;
 use rollback_proto::state::StepStatus;
 use rollback_proto::{
     Envelope, Event, NextAction, OutputStream, RunId, RunState, TimeStyle, Waiting,
@@ -61,10 +61,20 @@ pub fn truncate(text: &str, limit: usize) -> String {
 /// limit, and its times below the block as Discord timestamps (a timestamp in a code block shows
 /// as its markup), each reader's client showing them in their own time zone.
 pub fn status_content(state: &RunState) -> String {
-    let times = status_times(state, TimeStyle::Discord).join("\n");
+    view_content(&StatusView::of(state))
+}
+
+/// [`status_content`] of a status as the agent answers it.
+pub fn view_content(view: &StatusView) -> String {
+    let times = view
+        .times
+        .iter()
+        .map(|line| line.render(TimeStyle::Discord))
+        .collect::<Vec<_>>()
+        .join("\n");
     let fences = "```\n\n```\n".len();
     let budget = MESSAGE_LIMIT.saturating_sub(times.chars().count() + fences);
-    let body = truncate(&fence_safe(status_body(state).trim_end()), budget);
+    let body = truncate(&fence_safe(view.body.trim_end()), budget);
     format!("```\n{body}\n```\n{times}")
 }
 

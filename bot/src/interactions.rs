@@ -362,10 +362,14 @@ fn unanswered(e: &AgentError) -> String {
     }
 }
 
-/// The agent's reply in words; a postmortem or an over-long answer as a file.
-fn reply_answer(command: &Command, reply: CommandReply) -> Answer {
+/// The agent's reply in words; a postmortem or an over-long answer as a file; a status with its
+/// times as Discord timestamps.
+pub fn reply_answer(command: &Command, reply: CommandReply) -> Answer {
     match reply {
         CommandReply::Rejected { reason } => Answer::private(format!("Refused: {reason}")),
+        CommandReply::Accepted {
+            status: Some(view), ..
+        } => Answer::private(chat::view_content(&view)),
         CommandReply::Accepted { message, run, .. } => {
             if let Command::Replay { run } = command {
                 return Answer::Private {

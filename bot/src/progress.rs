@@ -12,7 +12,7 @@
 //! in `ROLLBACK_BOT_STATE`, and a thread started from a message has that message's id.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -95,7 +95,7 @@ struct Tracked {
     record: RunRecord,
     /// The status content last queued or posted, and its buttons: an event that changes
     /// neither queues no edit.
-    shown: (String, String),
+    shown: (String, BTreeSet<String>),
     /// The nonce keys of the posts made for the run since it was tracked: an event handled
     /// again (its post had to wait) does not post them again.
     posted: HashSet<String>,
@@ -152,7 +152,7 @@ enum Handled {
 /// A run's record, or when its status message can be posted.
 enum Record {
     /// Found or just posted, with what the status message shows (unknown when found).
-    Found(RunRecord, (String, String)),
+    Found(RunRecord, (String, BTreeSet<String>)),
     /// The status message's channel takes no posts until then.
     ChannelBusy(Instant),
 }
@@ -380,7 +380,7 @@ impl Progress {
         }
         let content = chat::status_content(state);
         let buttons = chat::status_buttons(state);
-        let shown = (content.clone(), buttons_key(&buttons));
+        let shown = (content.clone(), button_ids(&buttons));
         let message = self
             .discord
             .send_message(
@@ -613,17 +613,18 @@ impl Progress {
     }
 }
 
-/// Queues the run's status for an edit when it shows something new; a final state or new
-/// buttons (someone is waited for) go before mere progress.
+/// Queues the run's status for an edit when it shows something new; a final state or a new
+/// button (someone is waited for) goes before mere progress. A button that goes away is not
+/// urgent: the agent refuses a press that no longer applies.
 fn queue_status(edits: &StatusEdits, tracked: &mut Tracked) {
     let content = chat::status_content(&tracked.state);
     let buttons = chat::status_buttons(&tracked.state);
-    let key = buttons_key(&buttons);
-    if tracked.shown.0 == content && tracked.shown.1 == key {
+    let ids = button_ids(&buttons);
+    if tracked.shown.0 == content && tracked.shown.1 == ids {
         return;
     }
-    let urgent = tracked.state.is_finished() || tracked.shown.1 != key;
-    tracked.shown = (content.clone(), key);
+    let urgent = tracked.state.is_finished() || !ids.is_subset(&tracked.shown.1);
+    tracked.shown = (content.clone(), ids);
     edits.queue(
         ChannelId::new(tracked.record.channel_id),
         MessageId::new(tracked.record.status_message_id),
@@ -633,9 +634,25 @@ fn queue_status(edits: &StatusEdits, tracked: &mut Tracked) {
     );
 }
 
-/// The buttons, comparable.
-fn buttons_key(buttons: &[serenity::all::CreateActionRow]) -> String {
-    serde_json::to_string(buttons).unwrap_or_default()
+/// The buttons' custom ids (a button's label follows from its id).
+fn button_ids(buttons: &[serenity::all::CreateActionRow]) -> BTreeSet<String> {
+    fn collect(value: &serde_json::Value, ids: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(id)) = map.get("custom_id") {
+                    ids.insert(id.clone());
+                }
+                map.values().for_each(|v| collect(v, ids));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, ids)),
+            _ => {}
+        }
+    }
+    let mut ids = BTreeSet::new();
+    if let Ok(value) = serde_json::to_value(buttons) {
+        collect(&value, &mut ids);
+    }
+    ids
 }
 
 /// What an event's posts derive their nonces from.

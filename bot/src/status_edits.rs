@@ -123,9 +123,11 @@ impl StatusEdits {
     ) {
         let now = Instant::now();
         let mut pending = self.queue.pending.lock().expect("not poisoned");
-        let (since, not_before, failures) = pending
-            .get(&message)
-            .map_or((now, now, 0), |p| (p.since, p.not_before, p.failures));
+        // An urgent change not sent yet stays urgent under newer content.
+        let (since, not_before, failures, urgent) =
+            pending.get(&message).map_or((now, now, 0, urgent), |p| {
+                (p.since, p.not_before, p.failures, urgent || p.urgent)
+            });
         pending.insert(
             message,
             Pending {
@@ -351,6 +353,21 @@ mod tests {
         // A shorter hold does not shorten a longer one.
         budget.hold_until(t0 + Duration::from_secs(2));
         assert_eq!(budget.ready_at(t0, true), t0 + Duration::from_secs(7));
+    }
+
+    #[test]
+    fn newer_content_replaces_a_queued_edit_and_keeps_its_urgency() {
+        let queue = StatusEdits {
+            queue: Arc::new(Queue::default()),
+        };
+        let (channel, message) = (ChannelId::new(1), MessageId::new(2));
+        queue.queue(channel, message, "approve?".into(), Vec::new(), true);
+        queue.queue(channel, message, "progress".into(), Vec::new(), false);
+        assert_eq!(queue.pending(), 1);
+        let pending = queue.queue.pending.lock().unwrap();
+        let edit = &pending[&message];
+        assert_eq!(edit.content, "progress");
+        assert!(edit.urgent, "the urgent change is not shown yet");
     }
 
     #[test]

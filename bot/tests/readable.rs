@@ -5,12 +5,13 @@
 
 use rollback_bot::chat::{self, Alert, Announcement, OutputPost, StatusLink};
 use rollback_bot::feed;
+use rollback_bot::interactions::{self, Answer};
 use rollback_proto::envelope::{Draft, Envelope, GENESIS_HASH};
-use rollback_proto::render::{status_body, status_text};
+use rollback_proto::render::{StatusView, status_body, status_text};
 use rollback_proto::state::{EmergencyState, PhaseStatus, StepStatus};
 use rollback_proto::{
-    Actor, BlockedTenant, Event, OutputStream, PhaseId, RunId, RunState, RunStatus, StepId,
-    TimeStyle, event_words,
+    Actor, BlockedTenant, Command, CommandReply, Event, OutputStream, PhaseId, RunId, RunState,
+    RunStatus, StepId, TimeStyle, event_words,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -478,6 +479,30 @@ fn every_status_reads_as_words_with_its_times_where_each_reader_sees_them() {
         let plain = status_text(&state);
         assert_readable("the status", &plain);
         assert!(plain.contains("Started 2026-12-06 03:12:07 UTC"), "{plain}");
+    }
+}
+
+/// The answer to `/rollback status`: the agent's reply as it crosses NATS, shown with Discord
+/// timestamps (the agent's own text has UTC, for the console and the record).
+#[test]
+fn the_status_answer_shows_discord_timestamps() {
+    for state in states() {
+        let view = StatusView::of(&state);
+        let reply = CommandReply::Accepted {
+            run: Some(state.run_id),
+            events: Vec::new(),
+            message: view.render(TimeStyle::UTC),
+            status: Some(view),
+        };
+        let wire = serde_json::to_vec(&reply).unwrap();
+        let reply: CommandReply = serde_json::from_slice(&wire).unwrap();
+        let answer = interactions::reply_answer(&Command::Status { run: state.run_id }, reply);
+        let Answer::Private { content, file } = answer else {
+            panic!("a status is a private answer");
+        };
+        assert!(file.is_none());
+        assert_eq!(content, chat::status_content(&state));
+        assert_discord("the status answer", &content);
     }
 }
 

@@ -215,6 +215,10 @@ pub enum CommandReply {
         events: Vec<Event>,
         /// A message for the person.
         message: String,
+        /// For `status`: the status with its times apart, for front ends that write times
+        /// their own way (`message` has them in UTC).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<crate::render::StatusView>,
     },
     /// The command was refused; nothing was appended except an audit record.
     Rejected {

@@ -5,6 +5,9 @@
 
 use std::fmt::Write;
 
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
 use crate::next::{NextAction, Waiting};
 use crate::runbook::StepKind;
 use crate::state::{PhaseStatus, RunState, RunStatus, StepStatus};
@@ -20,46 +23,103 @@ const BLOCKED_TEXT: usize = 60;
 
 /// The status with its times in UTC, as the agent answers `status` and the postmortem keeps it.
 pub fn status_text(state: &RunState) -> String {
-    let mut out = status_body(state);
-    for line in status_times(state, TimeStyle::UTC) {
-        let _ = writeln!(out, "{line}");
+    StatusView::of(state).render(TimeStyle::UTC)
+}
+
+/// A run's status with its times apart, so that each front end writes them its own way: the
+/// agent's answer to `status` carries it (Discord shows timestamps in each reader's time zone,
+/// the console in local time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// [`status_body`]: no times.
+    pub body: String,
+    /// [`status_time_lines`].
+    pub times: Vec<TimeLine>,
+}
+
+impl StatusView {
+    /// The view of `state`.
+    pub fn of(state: &RunState) -> Self {
+        StatusView {
+            body: status_body(state),
+            times: status_time_lines(state),
+        }
     }
-    out
+
+    /// The body, then one line per time in `style`.
+    pub fn render(&self, style: TimeStyle) -> String {
+        let mut out = self.body.clone();
+        for line in &self.times {
+            let _ = writeln!(out, "{}", line.render(style));
+        }
+        out
+    }
+}
+
+/// A status line that ends with a time, kept apart from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeLine {
+    /// The words before the time.
+    pub text: String,
+    /// The time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl TimeLine {
+    fn new(text: impl Into<String>, at: OffsetDateTime) -> Self {
+        TimeLine {
+            text: text.into(),
+            at,
+        }
+    }
+
+    /// The line with its time in `style`.
+    pub fn render(&self, style: TimeStyle) -> String {
+        format!("{} {}", self.text, style.at(self.at))
+    }
 }
 
 /// When the run started, since when it has waited for people, when an emergency restore's
 /// confirmation is due and when the open escalation was raised: one line each, in `style`.
 pub fn status_times(state: &RunState, style: TimeStyle) -> Vec<String> {
-    let mut lines = vec![format!("Started {}", style.at(state.started_at))];
+    status_time_lines(state)
+        .iter()
+        .map(|line| line.render(style))
+        .collect()
+}
+
+/// [`status_times`], the times apart.
+pub fn status_time_lines(state: &RunState) -> Vec<TimeLine> {
+    let mut lines = vec![TimeLine::new("Started", state.started_at)];
     if let Some(em) = state
         .emergency
         .as_ref()
         .filter(|e| e.confirmed_by.is_none())
     {
-        lines.push(format!(
-            "The emergency restore must be confirmed before {}",
-            style.at(em.expires_at)
+        lines.push(TimeLine::new(
+            "The emergency restore must be confirmed before",
+            em.expires_at,
         ));
     }
     if let NextAction::RetryAt { step, attempt, due } = state.next_action() {
-        lines.push(format!(
-            "Attempt {attempt} of `{step}` is due {}",
-            style.at(due)
+        lines.push(TimeLine::new(
+            format!("Attempt {attempt} of `{step}` is due"),
+            due,
         ));
     }
     if waits_for_people(state) {
-        lines.push(format!(
-            "Nothing has moved since {}",
-            style.at(state.last_activity_at)
+        lines.push(TimeLine::new(
+            "Nothing has moved since",
+            state.last_activity_at,
         ));
     }
     if state.escalation.open
         && let Some(raised) = state.escalation.raised_at
     {
-        lines.push(format!(
-            "Escalation level {} raised {}",
-            state.escalation.level,
-            style.at(raised)
+        lines.push(TimeLine::new(
+            format!("Escalation level {} raised", state.escalation.level),
+            raised,
         ));
     }
     lines
