@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use rollback_proto::render::StatusView;
-use rollback_proto::state::StepStatus;
+use rollback_proto::state::{PhaseStatus, StepStatus};
 use rollback_proto::{
     Envelope, Event, NextAction, OutputStream, RunId, RunState, TimeStyle, Waiting,
 };
@@ -362,7 +362,15 @@ pub fn status_buttons(state: &RunState) -> Vec<CreateActionRow> {
             ButtonStyle::Secondary,
         ));
     }
-    if matches!(state.next_action(), NextAction::Idle(Waiting::NextPhase)) {
+    // Only when a phase is left to start: between a phase's last step and the phase's (or
+    // the run's) completion, which follows by itself, nobody is waited for.
+    if matches!(state.next_action(), NextAction::Idle(Waiting::NextPhase))
+        && state.active_phase.is_none()
+        && state
+            .phases
+            .iter()
+            .any(|p| matches!(p.status, PhaseStatus::Pending))
+    {
         buttons.push(button("next", &[&run], "Next phase", ButtonStyle::Primary));
     }
     buttons.push(button("abort", &[&run], "Abort", ButtonStyle::Danger));
@@ -628,6 +636,42 @@ mod tests {
                 "{wanted} in {ids:?}"
             );
         }
+    }
+
+    fn button_ids(state: &RunState) -> Vec<String> {
+        status_buttons(state)
+            .iter()
+            .flat_map(|row| match row {
+                CreateActionRow::Buttons(buttons) => buttons
+                    .iter()
+                    .map(|b| serde_json::to_value(b).unwrap()["custom_id"].to_string())
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn next_phase_is_offered_only_when_a_phase_is_left_to_start() {
+        use rollback_proto::state::PhaseStatus;
+        let mut state = blocked_at_the_database_phase(0);
+        let next = custom_id("next", &[&state.run_id.to_string()]);
+        // Every step of the phase done: the phase completes by itself, nobody is waited for.
+        assert!(!button_ids(&state).iter().any(|id| id.contains(&next)));
+        let p = state.active_phase.take().unwrap();
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        state.phases[p].status = PhaseStatus::Completed { started: at, at };
+        let pending = state
+            .phases
+            .iter()
+            .any(|p| matches!(p.status, PhaseStatus::Pending));
+        assert!(pending, "the tenancy runbook has phases after the database");
+        assert!(button_ids(&state).iter().any(|id| id.contains(&next)));
+        // The last phase done: the run completes by itself.
+        for phase in &mut state.phases {
+            phase.status = PhaseStatus::Completed { started: at, at };
+        }
+        assert!(!button_ids(&state).iter().any(|id| id.contains(&next)));
     }
 
     fn sealed(state: &RunState, actor: rollback_proto::Actor, event: Event) -> Envelope {
