@@ -315,17 +315,26 @@ impl CommandService {
             Command::Start {
                 runbook,
                 dry_run,
+                rehearsal,
                 params,
             } => {
-                self.start(req, &caller, runbook, *dry_run, params.clone(), None, now)
-                    .await
+                self.start(
+                    req,
+                    &caller,
+                    runbook,
+                    (*dry_run, *rehearsal),
+                    params.clone(),
+                    None,
+                    now,
+                )
+                .await
             }
             Command::Emergency { runbook, database } => {
                 self.start(
                     req,
                     &caller,
                     runbook,
-                    false,
+                    (false, false),
                     Default::default(),
                     Some(database),
                     now,
@@ -399,7 +408,7 @@ impl CommandService {
         req: &CommandRequest,
         caller: &Caller,
         name: &str,
-        dry_run: bool,
+        (dry_run, rehearsal): (bool, bool),
         params: std::collections::BTreeMap<String, String>,
         typed_database: Option<&String>,
         now: OffsetDateTime,
@@ -419,6 +428,7 @@ impl CommandService {
             runbook: &runbook,
             params: &params,
             dry_run,
+            rehearsal,
             typed_database: typed_database.map(String::as_str),
         };
         let events = match decide_start(&new, caller, &self.policy, now) {
@@ -441,7 +451,13 @@ impl CommandService {
                 events,
                 message: format!(
                     "run {run_id} of `{name}` started{}",
-                    if dry_run { " (dry run)" } else { "" }
+                    if rehearsal {
+                        " (rehearsal on scratch copies)"
+                    } else if dry_run {
+                        " (dry run)"
+                    } else {
+                        ""
+                    }
                 ),
             },
             Err(e) => rejected(format!("the run could not be recorded: {e}")),

@@ -152,6 +152,7 @@ mod tests {
         let started = envelope(
             carol,
             Event::RunStarted {
+                rehearsal: false,
                 runbook: "demo".into(),
                 runbook_hash: String::new(),
                 runbook_source: String::new(),

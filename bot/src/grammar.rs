@@ -97,6 +97,19 @@ pub const SUBCOMMANDS: &[Subcommand] = &[
         ],
     },
     Subcommand {
+        name: "rehearse",
+        description: "Rehearse a runbook for real on scratch copies of its databases",
+        options: &[
+            RUNBOOK,
+            opt(
+                "params",
+                OptionKind::Params,
+                false,
+                "Parameter overrides: name=value,name=value",
+            ),
+        ],
+    },
+    Subcommand {
         name: "status",
         description: "Show a run's state",
         options: &[RUN],
@@ -309,6 +322,13 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
         "start" => Command::Start {
             runbook: args.runbook()?,
             dry_run: args.flag("dry_run")?,
+            rehearsal: false,
+            params: args.params()?,
+        },
+        "rehearse" => Command::Start {
+            runbook: args.runbook()?,
+            dry_run: false,
+            rehearsal: true,
             params: args.params()?,
         },
         "status" => Command::Status { run: args.run()? },
@@ -556,6 +576,7 @@ mod tests {
         assert_eq!(
             parse_line("start demo --dry-run params=a=1,b=two").unwrap(),
             Command::Start {
+                rehearsal: false,
                 runbook: "demo".into(),
                 dry_run: true,
                 params: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "two".into())]),
@@ -677,6 +698,7 @@ mod tests {
         for name in [
             "plan",
             "start",
+            "rehearse",
             "status",
             "next",
             "approve",

@@ -67,6 +67,7 @@ fn phase(id: &str) -> PhaseId {
 fn one_of_each() -> Vec<Event> {
     vec![
         Event::RunStarted {
+            rehearsal: false,
             runbook: "release".into(),
             runbook_hash: "abc".into(),
             runbook_source: RUNBOOK.into(),
@@ -186,6 +187,21 @@ fn one_of_each() -> Vec<Event> {
             command: "approve".into(),
             reason: "you requested it: someone else must approve it".into(),
         },
+        Event::ScratchCopyMade {
+            target: "app".into(),
+            database: "rehearsal_0123456789ab_app".into(),
+            source: "a pg_dump of `app` (one read-only snapshot)".into(),
+            bytes: 12_345_678,
+            rows: 495_941,
+            millis: 18_250,
+        },
+        Event::ScratchCopyDropped {
+            target: "app".into(),
+            database: "rehearsal_0123456789ab_app".into(),
+        },
+        Event::StepRehearsed {
+            step: step("assess"),
+        },
     ]
 }
 
@@ -221,9 +237,12 @@ fn kind(event: &Event) -> usize {
         Event::BlockedTenantsRerun { .. } => 25,
         Event::ArchiveWritten { .. } => 26,
         Event::CommandRefused { .. } => 27,
+        Event::ScratchCopyMade { .. } => 28,
+        Event::ScratchCopyDropped { .. } => 29,
+        Event::StepRehearsed { .. } => 30,
     }
 }
-const KINDS: usize = 28;
+const KINDS: usize = 31;
 
 /// The run started by alice at [`AT`], its first phase under way by her.
 fn base() -> RunState {

@@ -24,6 +24,9 @@ pub enum Command {
         /// Only describe what each step would do.
         #[serde(default)]
         dry_run: bool,
+        /// A rehearsal: every database step for real, on scratch copies of its targets.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rehearsal: bool,
         /// Parameter overrides.
         #[serde(default)]
         params: BTreeMap<String, String>,
@@ -162,13 +165,15 @@ impl Command {
         match self {
             Command::Plan { runbook } => format!("plan {runbook}"),
             Command::Start {
-                runbook, dry_run, ..
-            } => {
-                format!(
-                    "start {runbook}{}",
-                    if *dry_run { " --dry-run" } else { "" }
-                )
-            }
+                runbook,
+                dry_run,
+                rehearsal,
+                ..
+            } => match (*dry_run, *rehearsal) {
+                (_, true) => format!("rehearse {runbook}"),
+                (true, false) => format!("start {runbook} --dry-run"),
+                (false, false) => format!("start {runbook}"),
+            },
             Command::Status { run } => format!("status {run}"),
             Command::Next { run } => format!("next {run}"),
             Command::Approve { run, step } => format!("approve {run} {step}"),

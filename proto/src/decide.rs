@@ -124,6 +124,8 @@ pub struct NewRun<'a> {
     pub params: &'a BTreeMap<String, String>,
     /// Whether steps only describe what they would do.
     pub dry_run: bool,
+    /// Whether it is a rehearsal on scratch copies.
+    pub rehearsal: bool,
     /// For an emergency runbook: the database name the person typed.
     pub typed_database: Option<&'a str>,
 }
@@ -144,10 +146,18 @@ pub fn decide_start(
         None => Command::Start {
             runbook: new.name.to_owned(),
             dry_run: new.dry_run,
+            rehearsal: new.rehearsal,
             params: new.params.clone(),
         },
     };
     authorize(&command, caller, policy)?;
+    if new.rehearsal && (new.dry_run || new.typed_database.is_some()) {
+        return Err(reject(
+            RejectionKind::Invalid,
+            "a rehearsal runs every step for real on scratch copies: it is neither a dry run \
+             nor an emergency",
+        ));
+    }
     for key in new.params.keys() {
         if !new.runbook.params.contains_key(key) {
             return Err(reject(
@@ -162,6 +172,7 @@ pub fn decide_start(
         runbook_source: new.source.to_owned(),
         params: new.params.clone(),
         dry_run: new.dry_run,
+        rehearsal: new.rehearsal,
     }];
     match (emergency, new.typed_database) {
         (Some(spec), Some(typed)) => {
@@ -182,7 +193,7 @@ pub fn decide_start(
         }
         // A dry run of an emergency runbook is a rehearsal: it changes nothing, so it needs
         // neither the typed name nor a second person.
-        (Some(_), None) if new.dry_run => {}
+        (Some(_), None) if new.dry_run || new.rehearsal => {}
         (Some(_), None) => {
             return Err(reject(
                 RejectionKind::Invalid,

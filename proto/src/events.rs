@@ -66,6 +66,10 @@ pub enum Event {
         params: BTreeMap<String, String>,
         /// Whether steps only describe what they would do.
         dry_run: bool,
+        /// Whether this is a rehearsal: every database step runs for real against scratch
+        /// copies of its targets, never against the targets themselves.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rehearsal: bool,
     },
     /// A phase began (by a person's `next`, or automatically).
     PhaseStarted {
@@ -184,6 +188,35 @@ pub enum Event {
     },
     /// Every phase completed.
     RunCompleted,
+    /// A rehearsal's scratch copy of a database target is ready: from here on the run's steps
+    /// that name the target work on the copy.
+    ScratchCopyMade {
+        /// The database target copied.
+        target: String,
+        /// The copy's database name.
+        database: String,
+        /// What it was made from, in words.
+        source: String,
+        /// Bytes of the dump it was restored from.
+        bytes: u64,
+        /// Rows restored.
+        rows: u64,
+        /// How long making it took, in milliseconds.
+        millis: u64,
+    },
+    /// A rehearsal's scratch copy was dropped (at its end, or after it was aborted).
+    ScratchCopyDropped {
+        /// The database target it copied.
+        target: String,
+        /// The copy's database name.
+        database: String,
+    },
+    /// In a rehearsal without people in the loop: a checklist or an approval the rehearsal
+    /// completed itself. Nobody was asked; the real run asks.
+    StepRehearsed {
+        /// The step.
+        step: StepId,
+    },
     /// The agent pinged a level of the escalation path.
     EscalationRaised {
         /// The level, from 1 (team lead) upwards.
@@ -312,6 +345,9 @@ impl Event {
             Event::RunResumed => "RunResumed",
             Event::RunAborted { .. } => "RunAborted",
             Event::RunCompleted => "RunCompleted",
+            Event::ScratchCopyMade { .. } => "ScratchCopyMade",
+            Event::ScratchCopyDropped { .. } => "ScratchCopyDropped",
+            Event::StepRehearsed { .. } => "StepRehearsed",
             Event::EscalationRaised { .. } => "EscalationRaised",
             Event::EscalationAcknowledged { .. } => "EscalationAcknowledged",
             Event::EmergencyRequested { .. } => "EmergencyRequested",

@@ -71,6 +71,17 @@ pub enum NextAction {
         /// When.
         due: OffsetDateTime,
     },
+    /// A rehearsal's first move: copy these database targets (each into a scratch database
+    /// named after the run) before any step starts.
+    MakeScratchCopies {
+        /// The targets not copied yet.
+        targets: Vec<String>,
+    },
+    /// A rehearsal's last move, once every phase is done: drop its scratch copies.
+    DropScratchCopies {
+        /// (target, database) of each copy left.
+        copies: Vec<(String, String)>,
+    },
     /// A step started by an executor that is gone, with no outcome: start its next attempt if
     /// that is safe, otherwise mark it in doubt for a person.
     Recover {
@@ -94,6 +105,15 @@ impl RunState {
         }
         if self.awaiting_emergency_confirmation() {
             return NextAction::Idle(Waiting::EmergencyConfirmation);
+        }
+        let targets = self.scratch_copies_due();
+        if !targets.is_empty() {
+            return NextAction::MakeScratchCopies { targets };
+        }
+        if self.rehearsal && self.active_phase.is_none() && self.next_phase().is_none() {
+            return NextAction::DropScratchCopies {
+                copies: self.scratch_copies_left(),
+            };
         }
         let Some(p) = self.active_phase else {
             return NextAction::Idle(if self.paused.is_some() {

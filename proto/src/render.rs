@@ -153,7 +153,13 @@ pub fn status_body(state: &RunState) -> String {
         "Run {} — {}{} — {} — started by {}",
         state.run_id,
         state.runbook_name,
-        if state.dry_run { " (dry run)" } else { "" },
+        if state.rehearsal {
+            " (REHEARSAL on scratch copies)"
+        } else if state.dry_run {
+            " (dry run)"
+        } else {
+            ""
+        },
         status,
         state.started_by
     );
@@ -253,11 +259,26 @@ pub fn status_body(state: &RunState) -> String {
         }
     }
     blocked_text(&mut out, state);
+    scratch_text(&mut out, state);
     match state.next_action() {
         NextAction::Idle(Waiting::Finished)
         | NextAction::Start { .. }
         | NextAction::RetryAt { .. }
         | NextAction::Recover { .. } => {}
+        NextAction::MakeScratchCopies { targets } => {
+            let _ = writeln!(
+                out,
+                "Making scratch copies of {} for the rehearsal",
+                targets
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        NextAction::DropScratchCopies { .. } => {
+            let _ = writeln!(out, "Dropping the rehearsal's scratch copies");
+        }
         NextAction::Idle(waiting) => {
             let _ = writeln!(out, "Waiting for {waiting}");
         }
@@ -270,6 +291,18 @@ pub fn status_body(state: &RunState) -> String {
         );
     }
     out
+}
+
+/// A rehearsal's scratch copies: which database each target's steps work on.
+fn scratch_text(out: &mut String, state: &RunState) {
+    for (target, copy) in &state.scratch {
+        let _ = writeln!(
+            out,
+            "Scratch copy of `{target}`: `{}`{}",
+            copy.database,
+            if copy.dropped { " (dropped)" } else { "" }
+        );
+    }
 }
 
 /// The blocked tenants of the phase under way: the first few unresolved ones, how many more,

@@ -4,7 +4,7 @@
 //! parsing is a pure function of the text, and everything that can be wrong with a runbook
 //! is refused here, with the file, phase and step named, rather than found at 3 a.m.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -188,6 +188,28 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// The database target the step works on, if it works on one.
+    pub fn database_target(&self) -> Option<&str> {
+        match self {
+            StepKind::Sql(s) => Some(&s.target),
+            StepKind::Wait(w) => match &w.condition {
+                WaitCondition::Sql(sql) => Some(&sql.target),
+                WaitCondition::Http(_) => None,
+            },
+            StepKind::PgDump(s) => Some(&s.target),
+            StepKind::PgRestore(s) => Some(&s.target),
+            StepKind::Plan(s) | StepKind::Verify(s) => Some(&s.target),
+            StepKind::Consolidate(s) => Some(&s.target),
+            StepKind::DropSchemas(s) => Some(&s.target),
+            StepKind::ExportDelta(s) => Some(&s.target),
+            StepKind::ImportDelta(s) => Some(&s.target),
+            StepKind::Checklist(_)
+            | StepKind::Approval
+            | StepKind::Shell(_)
+            | StepKind::Http(_) => None,
+        }
+    }
+
     /// Every kind's name, as written in `kind = "…"`.
     pub const NAMES: [&'static str; 14] = [
         "checklist",
@@ -299,6 +321,16 @@ impl Runbook {
     )]
     pub fn parse(file: &str, source: &str) -> Result<Runbook, RunbookError> {
         parse::parse(file, source)
+    }
+
+    /// The database targets its steps name, sorted: what a rehearsal copies.
+    pub fn database_targets(&self) -> BTreeSet<String> {
+        self.phases
+            .iter()
+            .flat_map(|phase| &phase.steps)
+            .filter_map(|step| step.kind.database_target())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The step with this id: its phase index, its index in the phase, and the step.

@@ -30,8 +30,11 @@ pub(crate) struct Applied<'a> {
 mod blocked;
 mod escalation;
 mod phase;
+mod rehearsal;
 mod run;
 mod step;
+
+pub use rehearsal::{REHEARSED, ScratchCopy};
 
 /// Whether a run can still move.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +253,10 @@ pub struct RunState {
     pub params: BTreeMap<String, String>,
     /// Whether this is a dry run.
     pub dry_run: bool,
+    /// Whether this is a rehearsal ([`rehearsal`](self::rehearsal)).
+    pub rehearsal: bool,
+    /// A rehearsal's scratch copies, by database target.
+    pub scratch: BTreeMap<String, ScratchCopy>,
     /// Who started it.
     pub started_by: Actor,
     /// When.
@@ -401,6 +408,7 @@ impl RunState {
             runbook_source,
             params,
             dry_run,
+            rehearsal,
         } = &env.event
         else {
             return Err(TransitionError::NotAStart {
@@ -421,7 +429,7 @@ impl RunState {
                 run: env.run_id,
                 source: Box::new(e),
             })?;
-        Ok(Self::from_runbook(
+        let mut state = Self::from_runbook(
             env.run_id,
             parsed,
             runbook,
@@ -430,7 +438,9 @@ impl RunState {
             *dry_run,
             &env.actor,
             env.at,
-        ))
+        );
+        state.rehearsal = *rehearsal;
+        Ok(state)
     }
 
     /// The state right after `RunStarted`, from an already parsed runbook.
@@ -461,6 +471,8 @@ impl RunState {
             runbook_hash: hash.to_owned(),
             params: params.clone(),
             dry_run,
+            rehearsal: false,
+            scratch: BTreeMap::new(),
             started_by: by.clone(),
             started_at: at,
             updated_at: at,
@@ -536,6 +548,9 @@ impl RunState {
         if self.is_finished() {
             return None;
         }
+        if let Some(step) = self.rehearsed_step() {
+            return Some(Event::StepRehearsed { step: step.clone() });
+        }
         if let Some(p) = self.active_phase {
             if self.phases[p].steps.iter().all(|s| s.status.is_terminal()) && !self.holds_blocked(p)
             {
@@ -546,9 +561,13 @@ impl RunState {
             return None;
         }
         match self.next_phase() {
+            // A rehearsal completes once its scratch copies are gone.
+            None if !self.scratch_copies_left().is_empty() => None,
             None => Some(Event::RunCompleted),
+            // Nor does a rehearsal start before its copies exist.
+            Some(_) if !self.scratch_copies_due().is_empty() => None,
             Some(p)
-                if self.runbook.phases[p].auto_advance
+                if (self.runbook.phases[p].auto_advance || self.rehearsal)
                     && self.paused.is_none()
                     && !self.awaiting_emergency_confirmation() =>
             {
@@ -593,7 +612,12 @@ impl RunState {
         match event {
             E::CommandRefused { .. } => {}
             E::EscalationAcknowledged { .. } => self.apply_escalation_event(applied)?,
+            // A rehearsal's copies are dropped after an abort too.
+            E::ScratchCopyDropped { .. } => self.apply_rehearsal_event(applied)?,
             _ if self.is_finished() => return Err(self.illegal(event, "the run is finished")),
+            E::ScratchCopyMade { .. } | E::StepRehearsed { .. } => {
+                self.apply_rehearsal_event(applied)?
+            }
             E::RunStarted { .. } => {
                 return Err(TransitionError::NotAStart {
                     run: self.run_id,

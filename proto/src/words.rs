@@ -69,6 +69,25 @@ pub fn event_words(event: &Event, by: Option<&Actor>) -> String {
         E::RunResumed => format!("run resumed{who}"),
         E::RunAborted { reason } => format!("run aborted{who}: {reason}"),
         E::RunCompleted => "run completed".to_owned(),
+        E::ScratchCopyMade {
+            target,
+            database,
+            source,
+            bytes,
+            rows,
+            millis,
+        } => format!(
+            "scratch copy `{database}` of `{target}` made from {source}: {rows} rows, {} MB \
+             dumped, in {:.1} s",
+            bytes.div_ceil(1_000_000),
+            *millis as f64 / 1000.0
+        ),
+        E::ScratchCopyDropped { target, database } => {
+            format!("scratch copy `{database}` of `{target}` dropped")
+        }
+        E::StepRehearsed { step } => {
+            format!("step `{step}` completed by the rehearsal: nobody was asked")
+        }
         E::EscalationRaised {
             level,
             reason,

@@ -319,7 +319,20 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             runbook_hash: String::new(),
             runbook_source: src,
             params: BTreeMap::new(),
-            dry_run: false
+            dry_run: false,
+            rehearsal: false
+        }),
+        Just(Event::ScratchCopyMade {
+            target: "app".into(),
+            database: "rehearsal_app".into(),
+            source: String::new(),
+            bytes: 0,
+            rows: 0,
+            millis: 0
+        }),
+        Just(Event::ScratchCopyDropped {
+            target: "app".into(),
+            database: "rehearsal_app".into()
         }),
     ]
 }
@@ -331,6 +344,7 @@ proptest! {
     #[test]
     fn apply_never_panics_and_refusals_change_nothing(
         first_is_fixture in any::<bool>(),
+        first_is_rehearsal in any::<bool>(),
         events in proptest::collection::vec((arbitrary_event(), 0..4usize, -5i64..5), 0..120),
     ) {
         let actors = [alice().actor, bob().actor, Actor::Agent, erin().actor];
@@ -343,6 +357,7 @@ proptest! {
                 runbook_source: FIXTURE.into(),
                 params: BTreeMap::new(),
                 dry_run: false,
+                rehearsal: first_is_rehearsal,
             }
         } else {
             events.first().map(|e| e.0.clone()).unwrap_or(Event::RunResumed)

@@ -435,6 +435,7 @@ async fn lag(n: usize) -> anyhow::Result<String> {
                 &alice,
                 &["oncall"],
                 Command::Start {
+                    rehearsal: false,
                     runbook: "busy".into(),
                     dry_run: false,
                     params: Default::default(),

@@ -77,6 +77,7 @@ fn draft(event: Event) -> Draft {
 fn start_drafts() -> Vec<Draft> {
     vec![
         draft(Event::RunStarted {
+            rehearsal: false,
             runbook: "bench".into(),
             runbook_hash: source_hash(RUNBOOK),
             runbook_source: RUNBOOK.into(),

@@ -599,6 +599,7 @@ impl RunDriver {
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    rehearsal: false,
                     runbook: runbook.into(),
                     dry_run: false,
                     params: Default::default(),

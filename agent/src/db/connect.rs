@@ -337,6 +337,31 @@ impl DatabaseTargets {
         self.url_of(name)
     }
 
+    /// Only the targets in `copies` (target name, database), each pointing at that database on
+    /// its own server with its own login: a rehearsal's steps reach its scratch copies and
+    /// nothing else, so a step naming a target that was not copied fails as unknown.
+    pub fn scratch(
+        &self,
+        copies: &BTreeMap<String, String>,
+    ) -> Result<DatabaseTargets, DatabaseTargetError> {
+        let mut urls = BTreeMap::new();
+        for (name, database) in copies {
+            let mut url = url::Url::parse(self.url_of(name)?).map_err(|err| {
+                DatabaseTargetError::InvalidUrl {
+                    name: name.clone(),
+                    reason: err.to_string(),
+                }
+            })?;
+            url.set_path(&format!("/{database}"));
+            urls.insert(name.clone(), url.to_string());
+        }
+        Ok(DatabaseTargets {
+            urls,
+            settings: self.settings.clone(),
+            pools: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// Closes every pool created so far, waiting for connections in use to come back.
     pub async fn close(&self) {
         let pools: Vec<PgPool> = self

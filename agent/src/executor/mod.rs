@@ -13,6 +13,7 @@ mod keeper;
 pub mod lease;
 mod reason;
 mod record;
+pub mod scratch;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -100,6 +101,14 @@ pub enum ExecError {
         /// What `apply` refused.
         #[source]
         source: TransitionError,
+    },
+    /// A rehearsal's scratch copy could not be dropped (tried again after a pause).
+    #[error("run {run}: {reason}")]
+    Scratch {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
     },
     /// The executor panicked (a bug): the run is given back, its lease released.
     #[error("the executor of run {run} panicked: {message}")]
@@ -235,6 +244,11 @@ async fn run_loop(
             return Ok(RunEnd::NotFound);
         };
         if state.is_finished() {
+            // An aborted rehearsal's copies go too.
+            let left = state.scratch_copies_left();
+            if !left.is_empty() {
+                scratch::drop_copies(deps, &mut rec, &left).await?;
+            }
             return Ok(RunEnd::Finished);
         }
         // Nothing starts while the event stream could lose what it would record.
@@ -282,6 +296,14 @@ async fn run_loop(
             }
             NextAction::RetryAt { step, attempt, due } if due <= now => {
                 run_attempt(deps, &mut rec, &step, attempt, &mut lease, work).await?;
+                continue;
+            }
+            NextAction::MakeScratchCopies { targets } => {
+                scratch::make_copies(deps, &mut rec, &targets).await?;
+                continue;
+            }
+            NextAction::DropScratchCopies { copies } => {
+                scratch::drop_copies(deps, &mut rec, &copies).await?;
                 continue;
             }
             NextAction::RetryAt { due, .. } => wake_at = Some(wake_at.map_or(due, |w| w.min(due))),
@@ -496,16 +518,26 @@ async fn execute(
     notes: Notes,
     cancel: CancellationToken,
 ) -> StepOutcome {
+    // A rehearsal's steps reach its scratch copies, never the targets.
+    let scratch = match scratch::step_targets(deps, state) {
+        None => None,
+        Some(Ok(targets)) => Some(targets),
+        Some(Err(err)) => return StepOutcome::permanent(format!("rehearsal: {err}")),
+    };
     let ctx = StepContext {
         state,
         step,
         attempt,
-        databases: &deps.databases,
+        databases: scratch.as_ref().unwrap_or(&deps.databases),
         output,
         notes,
         cancel,
     };
-    Box::pin(steps::run_step(ctx)).await
+    let outcome = Box::pin(steps::run_step(ctx)).await;
+    if let Some(targets) = scratch {
+        targets.close().await;
+    }
+    outcome
 }
 
 /// Raises one level of the escalation path: the event first, then the webhooks.

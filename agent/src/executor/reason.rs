@@ -75,6 +75,7 @@ approvals = 1
                 alice.clone(),
                 started,
                 Event::RunStarted {
+                    rehearsal: false,
                     runbook: "release".into(),
                     runbook_hash: String::new(),
                     runbook_source: RUNBOOK.into(),

@@ -49,6 +49,10 @@ impl<'a> Recorder<'a> {
         Ok(())
     }
 
+    pub(super) fn run_id(&self) -> RunId {
+        self.run
+    }
+
     pub(super) fn state(&self) -> Option<&RunState> {
         self.state.as_ref()
     }

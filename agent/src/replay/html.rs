@@ -69,7 +69,13 @@ pub fn render(report: &Report) -> String {
                     "{} (sha256 {}){}",
                     run.runbook,
                     run.runbook_hash,
-                    if run.dry_run { ", dry run" } else { "" }
+                    if run.rehearsal {
+                        ", REHEARSAL on scratch copies"
+                    } else if run.dry_run {
+                        ", dry run"
+                    } else {
+                        ""
+                    }
                 ),
             ],
             [

@@ -82,7 +82,13 @@ fn summary(out: &mut String, report: &Report, run: &RunFacts) {
                 "`{}` (sha256 `{}…`){}",
                 run.runbook,
                 &run.runbook_hash[..run.runbook_hash.len().min(12)],
-                if run.dry_run { ", **dry run**" } else { "" }
+                if run.rehearsal {
+                    ", **REHEARSAL on scratch copies**"
+                } else if run.dry_run {
+                    ", **dry run**"
+                } else {
+                    ""
+                }
             ),
         ),
         (

@@ -274,6 +274,9 @@ pub struct RunFacts {
     pub runbook_hash: String,
     /// Whether it was a dry run.
     pub dry_run: bool,
+    /// Whether it was a rehearsal on scratch copies.
+    #[serde(default)]
+    pub rehearsal: bool,
     /// Who started it.
     pub started_by: String,
     /// When.

@@ -48,6 +48,7 @@ fn history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                rehearsal: false,
                 runbook: "postmortem".into(),
                 runbook_hash: source_hash(RUNBOOK),
                 runbook_source: RUNBOOK.into(),
@@ -703,6 +704,7 @@ fn blocked_history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                rehearsal: false,
                 runbook: "blocked".into(),
                 runbook_hash: source_hash(TENANCY),
                 runbook_source: TENANCY.into(),

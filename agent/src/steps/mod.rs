@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use rollback_proto::runbook::{DryRunBehaviour, Step, StepKind};
+use rollback_proto::runbook::{DryRunBehaviour, Step, StepKind, WaitCondition, WaitStep};
 use rollback_proto::{OutputStream, RunId, RunState, Runbook};
 use tokio_util::sync::CancellationToken;
 
@@ -100,9 +100,22 @@ impl StepContext<'_> {
             .map_err(|err| StepOutcome::permanent(format!("cannot expand `{field}`: {err}")))
     }
 
-    /// Only describe what would be done.
+    /// Only describe what would be done: in a dry run, and in a rehearsal for a step that
+    /// acts outside the database (a shell command, an HTTP request or wait), unless the step
+    /// is marked read-only (`dry_run = "execute"`). A rehearsal's database steps run for real,
+    /// on its scratch copies.
     fn describes_only(&self) -> bool {
-        self.dry_run() && self.step.dry_run == DryRunBehaviour::Describe
+        let outside = matches!(
+            &self.step.kind,
+            StepKind::Shell(_)
+                | StepKind::Http(_)
+                | StepKind::Wait(WaitStep {
+                    condition: WaitCondition::Http(_),
+                    ..
+                })
+        );
+        (self.dry_run() || (self.state.rehearsal && outside))
+            && self.step.dry_run == DryRunBehaviour::Describe
     }
 
     /// Writes the dry-run description and returns the dry run's outcome.

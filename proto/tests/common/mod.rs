@@ -147,10 +147,27 @@ impl Scenario {
         Self::try_start(source, caller, dry_run, BTreeMap::new(), None).expect("start accepted")
     }
 
+    /// A rehearsal of `source` started by `caller`.
+    #[allow(dead_code, reason = "not every test file rehearses")]
+    pub fn rehearse(source: &str, caller: &Caller) -> Result<Scenario, Rejection> {
+        Self::try_start_in(source, caller, false, true, BTreeMap::new(), None)
+    }
+
     pub fn try_start(
         source: &str,
         caller: &Caller,
         dry_run: bool,
+        params: BTreeMap<String, String>,
+        typed_database: Option<&str>,
+    ) -> Result<Scenario, Rejection> {
+        Self::try_start_in(source, caller, dry_run, false, params, typed_database)
+    }
+
+    fn try_start_in(
+        source: &str,
+        caller: &Caller,
+        dry_run: bool,
+        rehearsal: bool,
         params: BTreeMap<String, String>,
         typed_database: Option<&str>,
     ) -> Result<Scenario, Rejection> {
@@ -164,6 +181,7 @@ impl Scenario {
             runbook: &runbook,
             params: &params,
             dry_run,
+            rehearsal,
             typed_database,
         };
         let events = decide_start(&new, caller, &policy(), t0())?;

@@ -186,6 +186,7 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
             "alice",
             &["oncall"],
             Command::Start {
+                rehearsal: false,
                 runbook: "../etc/passwd".into(),
                 dry_run: false,
                 params: Default::default(),
@@ -201,6 +202,7 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
             "alice",
             &["oncall"],
             Command::Start {
+                rehearsal: false,
                 runbook: "nope".into(),
                 dry_run: false,
                 params: Default::default(),

@@ -188,6 +188,7 @@ impl Chaos {
                     "alice",
                     &["oncall"],
                     Command::Start {
+                        rehearsal: false,
                         runbook: "chaos".into(),
                         dry_run: false,
                         params: [("tag".to_owned(), tag.to_owned())].into(),

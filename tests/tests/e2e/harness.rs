@@ -124,6 +124,7 @@ approvers = ["approve"]
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    rehearsal: false,
                     runbook: runbook.into(),
                     dry_run,
                     params,
@@ -133,6 +134,26 @@ approvers = ["approve"]
         {
             CommandReply::Accepted { run: Some(run), .. } => run,
             other => panic!("start refused: {other:?}"),
+        }
+    }
+
+    /// `rehearse`, as alice (oncall).
+    pub(crate) async fn rehearse(&self, runbook: &str) -> RunId {
+        match self
+            .send(
+                "alice",
+                &["oncall"],
+                Command::Start {
+                    runbook: runbook.into(),
+                    dry_run: false,
+                    rehearsal: true,
+                    params: BTreeMap::new(),
+                },
+            )
+            .await
+        {
+            CommandReply::Accepted { run: Some(run), .. } => run,
+            other => panic!("rehearsal refused: {other:?}"),
         }
     }
 

@@ -23,6 +23,7 @@ mod nats_permissions;
 mod proof;
 mod provisioning;
 mod quarantine;
+mod rehearsal;
 mod replay;
 mod request_timeout;
 mod runbooks;

@@ -36,6 +36,7 @@ fn run_started() -> Vec<Draft> {
         causation_id: None,
         at: OffsetDateTime::now_utc(),
         event: Event::RunStarted {
+            rehearsal: false,
             runbook: "x".into(),
             runbook_hash: source_hash(RUNBOOK),
             runbook_source: RUNBOOK.into(),
@@ -429,6 +430,7 @@ command = "echo after >> {out}"
             "alice",
             &["oncall"],
             Command::Start {
+                rehearsal: false,
                 runbook: "gated".into(),
                 dry_run: false,
                 params: Default::default(),

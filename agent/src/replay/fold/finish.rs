@@ -78,6 +78,7 @@ impl ReplayFold {
             runbook: state.runbook_name.clone(),
             runbook_hash: state.runbook_hash.clone(),
             dry_run: state.dry_run,
+            rehearsal: state.rehearsal,
             started_by: state.started_by.to_string(),
             started_at: state.started_at,
             last_seq: state.seq,

@@ -511,6 +511,8 @@ fn waiting_for(state: &RunState) -> Option<Wait> {
         NextAction::Idle(Waiting::Finished)
         | NextAction::Start { .. }
         | NextAction::RetryAt { .. }
+        | NextAction::MakeScratchCopies { .. }
+        | NextAction::DropScratchCopies { .. }
         | NextAction::Recover { .. } => None,
     }
 }
@@ -528,6 +530,7 @@ fn step_of(event: &Event) -> Option<&rollback_proto::StepId> {
         | Event::StepSkipped { step, .. }
         | Event::ChecklistItemChecked { step, .. }
         | Event::ApprovalGranted { step }
+        | Event::StepRehearsed { step }
         | Event::TenantsVerified { step, .. }
         | Event::TenantsBlocked { step, .. }
         | Event::BlockedTenantsRerun { from: step, .. }

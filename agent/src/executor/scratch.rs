@@ -1,0 +1,196 @@
+//! A rehearsal's scratch copies: each database target its runbook names is copied, before any
+//! step starts, into a database named after the run on the target's own server (a `pg_dump` of
+//! the target, which reads it in one read-only snapshot, restored with `pg_restore` and its
+//! rows counted against the dump); the steps then reach the copies and nothing else
+//! ([`DatabaseTargets::scratch`]). At the end, or after an abort, the copies are dropped. Each
+//! copy and each drop is an event, so an agent that takes the run over knows what exists; a copy
+//! cut short by a crash has the same name and is dropped before it is made again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rollback_proto::{Event, RunId, RunState};
+
+use super::{ExecError, ExecutorDeps, Recorder};
+use crate::archive::restore::{RestoreInto, RestoreRequest, drop_database, restore_marked};
+use crate::archive::{self, ClientIo, ConnectionParams, DumpRequest, PgPrograms};
+use crate::db::{DatabaseTargetError, DatabaseTargets};
+use rollback_proto::runbook::DumpFormat;
+
+/// Parallel jobs of the dump and the restore.
+const JOBS: u32 = 2;
+
+/// The scratch copy's name: `rehearsal_<the run id's random tail>_<target>`, within
+/// PostgreSQL's 63 bytes, in characters that need no quoting.
+pub fn scratch_name(run: RunId, target: &str) -> String {
+    let id = run.to_string().replace('-', "");
+    let tail = &id[id.len() - 12..];
+    let target: String = target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = format!("rehearsal_{tail}_{target}");
+    name.truncate(63);
+    name
+}
+
+/// The targets a rehearsal's steps reach: its live scratch copies only. `None` outside a
+/// rehearsal.
+pub(super) fn step_targets(
+    deps: &ExecutorDeps,
+    state: &RunState,
+) -> Option<Result<DatabaseTargets, DatabaseTargetError>> {
+    if !state.rehearsal {
+        return None;
+    }
+    let copies: BTreeMap<String, String> = state.scratch_copies_left().into_iter().collect();
+    Some(deps.databases.scratch(&copies))
+}
+
+/// Copies each of `targets`, recording each copy; a target that cannot be copied aborts the
+/// rehearsal (with the reason), whose copies are then dropped.
+pub(super) async fn make_copies(
+    deps: &ExecutorDeps,
+    rec: &mut Recorder<'_>,
+    targets: &[String],
+) -> Result<(), ExecError> {
+    let run = rec.run_id();
+    for target in targets {
+        let started = Instant::now();
+        match make_copy(deps, run, target).await {
+            Ok((database, bytes, rows)) => {
+                let recorded = rec
+                    .record(vec![Event::ScratchCopyMade {
+                        target: target.clone(),
+                        database: database.clone(),
+                        source: format!("a pg_dump of `{target}` (one read-only snapshot)"),
+                        bytes,
+                        rows,
+                        millis: started.elapsed().as_millis() as u64,
+                    }])
+                    .await?;
+                if !recorded {
+                    // The run moved on (aborted meanwhile): the copy is not the run's.
+                    drop_copy(deps, target, &database).await.ok();
+                    return Ok(());
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(target_name = %target, %reason, "the scratch copy failed");
+                rec.record(vec![Event::RunAborted {
+                    reason: format!(
+                        "the rehearsal could not copy database target `{target}`: {reason}"
+                    ),
+                }])
+                .await?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops each of `copies` (target, database), recording each drop.
+pub(super) async fn drop_copies(
+    deps: &ExecutorDeps,
+    rec: &mut Recorder<'_>,
+    copies: &[(String, String)],
+) -> Result<(), ExecError> {
+    for (target, database) in copies {
+        if let Err(reason) = drop_copy(deps, target, database).await {
+            // Kept for the next try; the run says what is left.
+            tracing::warn!(%database, %reason, "the scratch copy could not be dropped; trying again later");
+            return Err(ExecError::Scratch {
+                run: rec.run_id(),
+                reason,
+            });
+        }
+        rec.record(vec![Event::ScratchCopyDropped {
+            target: target.clone(),
+            database: database.clone(),
+        }])
+        .await?;
+    }
+    Ok(())
+}
+
+/// The target's server, as the client programs reach it.
+fn server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
+    let url = deps.databases.url(target).map_err(|e| e.to_string())?;
+    ConnectionParams::from_url(url).map_err(|e| format!("database target `{target}`: {e}"))
+}
+
+/// Dumps `target` and restores the dump into its scratch database (dropping one left by an
+/// attempt cut short first): the database, the dump's bytes and the rows restored.
+async fn make_copy(
+    deps: &ExecutorDeps,
+    run: RunId,
+    target: &str,
+) -> Result<(String, u64, u64), String> {
+    let source = server_of(deps, target)?;
+    let name = scratch_name(run, target);
+    drop_database(&source, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let programs = PgPrograms::locate().map_err(|e| e.to_string())?;
+    let dir = work_dir(run);
+    let io = ClientIo::discard();
+    let dumped = archive::dump(
+        &programs,
+        &source,
+        &DumpRequest {
+            output_dir: &dir,
+            label: target,
+            schemas: &[],
+            format: DumpFormat::Directory,
+            jobs: JOBS,
+        },
+        &io,
+    )
+    .await
+    .map_err(|e| format!("dumping it: {e}"));
+    let restored = match &dumped {
+        Ok(dump) => restore_marked(
+            &programs,
+            &source,
+            &RestoreRequest {
+                archive: &dump.path,
+                sha256: &dump.sha256,
+                max_age: None,
+                jobs: JOBS,
+                into: RestoreInto::NewDatabase(name.clone()),
+            },
+            Some(&format!("scratch copy of `{target}` for rehearsal {run}")),
+            &io,
+        )
+        .await
+        .map_err(|e| format!("restoring it into `{name}`: {e}")),
+        Err(e) => Err(e.clone()),
+    };
+    // The dump only carried the data across.
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    let dump = dumped?;
+    let report = restored?;
+    Ok((name, dump.bytes, report.rows))
+}
+
+async fn drop_copy(deps: &ExecutorDeps, target: &str, database: &str) -> Result<(), String> {
+    let server = server_of(deps, target)?;
+    drop_database(&server, database)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Where a rehearsal's dumps are written on their way into the copies.
+fn work_dir(run: RunId) -> PathBuf {
+    std::env::temp_dir()
+        .join("rollback-rehearsals")
+        .join(run.to_string())
+}

@@ -1,0 +1,162 @@
+//! Rehearsals: the scratch copies of the database targets that a rehearsal's steps work on, and
+//! the checklists and approvals a rehearsal completes itself.
+//!
+//! A rehearsal runs every step of its runbook, the database steps for real, against copies of
+//! the targets made for the run; the targets themselves are only read (to copy them). Its
+//! order: the copies are made before the first step starts, every phase starts by itself,
+//! people's steps are completed by the rehearsal ([`Event::StepRehearsed`]), and the run
+//! completes only once every copy is dropped. A copy made and not dropped when the run is
+//! aborted is dropped afterwards: [`Event::ScratchCopyDropped`] is the one event a finished run
+//! still takes.
+//!
+//! Part of [`RunState::apply_event`](super::RunState): every arm checks before it mutates, so
+//! an illegal event leaves the state unchanged.
+
+use super::{Applied, RunState, StepStatus, TransitionError};
+use crate::actor::Actor;
+use crate::events::Event as E;
+use crate::ids::StepId;
+use crate::runbook::StepKind;
+
+/// A rehearsal's scratch copy of one database target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchCopy {
+    /// The copy's database name.
+    pub database: String,
+    /// What it was made from, in words.
+    pub source: String,
+    /// Bytes of the dump it was restored from.
+    pub bytes: u64,
+    /// Rows restored.
+    pub rows: u64,
+    /// How long making it took, in milliseconds.
+    pub millis: u64,
+    /// Whether it was dropped.
+    pub dropped: bool,
+}
+
+/// What the summary of a checklist or an approval says when a rehearsal completed it; a step
+/// that only needs approvals gets them from the rehearsal (as the agent's) and then runs.
+pub const REHEARSED: &str = "completed by the rehearsal: nobody was asked";
+
+impl RunState {
+    pub(super) fn apply_rehearsal_event(
+        &mut self,
+        applied: Applied<'_>,
+    ) -> Result<(), TransitionError> {
+        let Applied { event, .. } = applied;
+        if !self.rehearsal {
+            return Err(self.illegal(event, "the run is not a rehearsal"));
+        }
+        match event {
+            E::ScratchCopyMade {
+                target,
+                database,
+                source,
+                bytes,
+                rows,
+                millis,
+            } => {
+                if self.is_finished() {
+                    return Err(self.illegal(event, "the run is finished"));
+                }
+                if !self.runbook.database_targets().contains(target) {
+                    return Err(self.illegal(
+                        event,
+                        format!("the runbook names no database target `{target}`"),
+                    ));
+                }
+                if self.scratch.get(target).is_some_and(|c| !c.dropped) {
+                    return Err(self.illegal(event, format!("`{target}` is already copied")));
+                }
+                self.scratch.insert(
+                    target.clone(),
+                    ScratchCopy {
+                        database: database.clone(),
+                        source: source.clone(),
+                        bytes: *bytes,
+                        rows: *rows,
+                        millis: *millis,
+                        dropped: false,
+                    },
+                );
+            }
+            E::ScratchCopyDropped { target, database } => match self.scratch.get_mut(target) {
+                Some(copy) if !copy.dropped && copy.database == *database => {
+                    copy.dropped = true;
+                }
+                _ => {
+                    return Err(self.illegal(
+                        event,
+                        format!("no scratch copy `{database}` of `{target}` is left"),
+                    ));
+                }
+            },
+            E::StepRehearsed { step } => {
+                let (p, s) = self.active_step(event, step)?;
+                if self.rehearsed_step() != Some(step) {
+                    return Err(self.illegal(
+                        event,
+                        "only the next checklist or approval of a rehearsal completes by itself",
+                    ));
+                }
+                let def = &self.runbook.phases[p].steps[s];
+                let people_only = matches!(def.kind, StepKind::Checklist(_) | StepKind::Approval);
+                let needed = def.approvals as usize;
+                let st = &mut self.phases[p].steps[s];
+                if people_only {
+                    st.status = StepStatus::Succeeded {
+                        summary: REHEARSED.to_owned(),
+                    };
+                } else {
+                    // The approvals it needs, given by the rehearsal; the step itself runs.
+                    while st.approvals.len() < needed {
+                        st.approvals.push(Actor::Agent);
+                    }
+                }
+            }
+            other => return Err(self.illegal(other, "not a rehearsal event")),
+        }
+        Ok(())
+    }
+
+    /// The database targets a rehearsal still has to copy before its steps may start: none
+    /// once each has a copy (dropped or not: a copy is made once).
+    pub fn scratch_copies_due(&self) -> Vec<String> {
+        if !self.rehearsal || self.is_finished() {
+            return Vec::new();
+        }
+        self.runbook
+            .database_targets()
+            .into_iter()
+            .filter(|target| !self.scratch.contains_key(target))
+            .collect()
+    }
+
+    /// The scratch copies not dropped yet, as (target, database).
+    pub fn scratch_copies_left(&self) -> Vec<(String, String)> {
+        self.scratch
+            .iter()
+            .filter(|(_, copy)| !copy.dropped)
+            .map(|(target, copy)| (target.clone(), copy.database.clone()))
+            .collect()
+    }
+
+    /// In a rehearsal: the active phase's next step, when it is a checklist or an approval
+    /// that a person would complete.
+    pub(super) fn rehearsed_step(&self) -> Option<&StepId> {
+        if !self.rehearsal || self.paused.is_some() {
+            return None;
+        }
+        let p = self.active_phase?;
+        let (s, state) = self.phases[p]
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, st)| !st.status.is_terminal())?;
+        let step = &self.runbook.phases[p].steps[s];
+        let people = matches!(step.kind, StepKind::Checklist(_) | StepKind::Approval)
+            || step.approvals as usize > state.approvals.len();
+        (people && state.status == StepStatus::Pending).then_some(&step.id)
+    }
+}

@@ -1,0 +1,237 @@
+//! Rehearsals, given/when/then: scratch copies first, every phase by itself, people's steps
+//! completed by the rehearsal (and recorded as such), the run complete only once its copies
+//! are dropped; a copy left by an abort is dropped afterwards.
+
+mod common;
+
+use common::*;
+use rollback_proto::render::status_text;
+use rollback_proto::state::{REHEARSED, StepStatus};
+use rollback_proto::{Command, Event, NextAction, RejectionKind, RunStatus, Waiting};
+
+const RUNBOOK: &str = r#"
+name = "rehearsed"
+
+[[phases]]
+id = "prepare"
+
+[[phases.steps]]
+id = "assess"
+kind = "checklist"
+items = ["Issues documented"]
+
+[[phases.steps]]
+id = "notify"
+kind = "shell"
+command = "true"
+
+[[phases]]
+id = "database"
+
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+destructive = true
+approvals = 1
+
+[[phases.steps]]
+id = "go-ahead"
+kind = "approval"
+approvals = 1
+"#;
+
+fn made(target: &str) -> Event {
+    Event::ScratchCopyMade {
+        target: target.into(),
+        database: format!("rehearsal_x_{target}"),
+        source: "a pg_dump of the target".into(),
+        bytes: 1_000,
+        rows: 10,
+        millis: 20,
+    }
+}
+
+fn succeed(sc: &mut Scenario, name: &str) {
+    sc.agent(Event::StepStarted {
+        step: step(name),
+        attempt: 1,
+    });
+    sc.agent(Event::StepSucceeded {
+        step: step(name),
+        attempt: 1,
+        summary: "done".into(),
+    });
+}
+
+#[test]
+fn a_rehearsal_copies_its_targets_before_anything_and_starts_no_phase_until_then() {
+    let sc = Scenario::rehearse(RUNBOOK, &alice()).unwrap();
+    assert!(sc.state.rehearsal);
+    assert_eq!(sc.state.active_phase, None);
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::MakeScratchCopies {
+            targets: vec!["app".into()]
+        }
+    );
+    assert!(status_text(&sc.state).contains("(REHEARSAL on scratch copies)"));
+}
+
+#[test]
+fn once_copied_it_runs_by_itself_and_completes_only_when_the_copies_are_dropped() {
+    let mut sc = Scenario::rehearse(RUNBOOK, &alice()).unwrap();
+    // The copy starts the first phase, whose checklist the rehearsal completes itself.
+    let events = sc.agent(made("app"));
+    assert!(events.contains(&Event::StepRehearsed {
+        step: step("assess")
+    }));
+    let (_, _, _, assess) = sc.state.step(&step("assess")).unwrap();
+    assert_eq!(
+        assess.status,
+        StepStatus::Succeeded {
+            summary: REHEARSED.into()
+        }
+    );
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Start {
+            step: step("notify"),
+            attempt: 1
+        }
+    );
+    // The next phase starts by itself; the destructive step's approval is the rehearsal's,
+    // and the step itself runs.
+    succeed(&mut sc, "notify");
+    succeed(&mut sc, "plan");
+    let (_, _, _, consolidate) = sc.state.step(&step("consolidate")).unwrap();
+    assert_eq!(consolidate.approvals.len(), 1);
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::Start {
+            step: step("consolidate"),
+            attempt: 1
+        }
+    );
+    let events = sc.agent(Event::StepStarted {
+        step: step("consolidate"),
+        attempt: 1,
+    });
+    assert_eq!(events.len(), 1);
+    let events = sc.agent(Event::StepSucceeded {
+        step: step("consolidate"),
+        attempt: 1,
+        summary: "moved".into(),
+    });
+    // The approval step completes by itself, then the phase; the run waits for its copies.
+    assert!(events.contains(&Event::StepRehearsed {
+        step: step("go-ahead")
+    }));
+    assert_eq!(sc.state.status, RunStatus::Active);
+    assert_eq!(
+        sc.state.next_action(),
+        NextAction::DropScratchCopies {
+            copies: vec![("app".into(), "rehearsal_x_app".into())]
+        }
+    );
+    let events = sc.agent(Event::ScratchCopyDropped {
+        target: "app".into(),
+        database: "rehearsal_x_app".into(),
+    });
+    assert_eq!(events.last(), Some(&Event::RunCompleted));
+    assert_eq!(sc.state.status, RunStatus::Completed);
+}
+
+#[test]
+fn an_aborted_rehearsal_still_takes_the_drop_of_its_copies_and_nothing_else() {
+    let mut sc = Scenario::rehearse(RUNBOOK, &alice()).unwrap();
+    sc.agent(made("app"));
+    sc.when(
+        &alice(),
+        Command::Abort {
+            run: sc.run(),
+            reason: "enough".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(sc.state.next_action(), NextAction::Idle(Waiting::Finished));
+    assert_eq!(
+        sc.state.scratch_copies_left(),
+        vec![("app".to_owned(), "rehearsal_x_app".to_owned())]
+    );
+    sc.agent(Event::ScratchCopyDropped {
+        target: "app".into(),
+        database: "rehearsal_x_app".into(),
+    });
+    assert!(sc.state.scratch_copies_left().is_empty());
+    // A copy is made once, and never for a finished run.
+    let again = rollback_proto::settle(
+        &sc.state,
+        &rollback_proto::Actor::Agent,
+        sc.now,
+        vec![made("app")],
+    );
+    assert!(again.is_err());
+}
+
+#[test]
+fn copies_and_rehearsed_steps_belong_to_rehearsals_only() {
+    let sc = Scenario::start(RUNBOOK, &alice(), false);
+    assert!(
+        rollback_proto::settle(
+            &sc.state,
+            &rollback_proto::Actor::Agent,
+            sc.now,
+            vec![made("app")]
+        )
+        .is_err()
+    );
+    let mut sc = Scenario::rehearse(RUNBOOK, &alice()).unwrap();
+    // Only the targets the runbook names.
+    assert!(
+        rollback_proto::settle(
+            &sc.state,
+            &rollback_proto::Actor::Agent,
+            sc.now,
+            vec![made("billing")]
+        )
+        .is_err()
+    );
+    sc.agent(made("app"));
+    assert!(
+        rollback_proto::settle(
+            &sc.state,
+            &rollback_proto::Actor::Agent,
+            sc.now,
+            vec![made("app")]
+        )
+        .is_err(),
+        "a target is copied once"
+    );
+}
+
+#[test]
+fn a_rehearsal_is_neither_a_dry_run_nor_an_emergency() {
+    let runbook = rollback_proto::Runbook::parse("r.toml", RUNBOOK).unwrap();
+    let params = Default::default();
+    let new = rollback_proto::NewRun {
+        run_id: rollback_proto::RunId::new(),
+        name: "rehearsed",
+        source: RUNBOOK,
+        runbook: &runbook,
+        params: &params,
+        dry_run: true,
+        rehearsal: true,
+        typed_database: None,
+    };
+    refused(
+        rollback_proto::decide_start(&new, &alice(), &policy(), t0()),
+        RejectionKind::Invalid,
+        "neither a dry run",
+    );
+}

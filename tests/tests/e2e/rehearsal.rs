@@ -1,0 +1,255 @@
+//! Rehearsals on scratch copies (issue: rehearsal): the whole runbook for real, its database
+//! steps on a copy of each target made for the run; the production database only read, the
+//! copy gone afterwards, people's steps completed by the rehearsal and recorded as such.
+
+use std::collections::BTreeMap;
+
+use rollback_agent::demo::{self, DemoSpec};
+use rollback_proto::render::status_text;
+use rollback_proto::state::REHEARSED;
+use rollback_proto::{Command, Event, RunStatus};
+use rollback_tests::Postgres;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::agent_recovery::database_target;
+use crate::harness::Harness;
+
+/// Every table outside PostgreSQL's own schemas: its row count and an md5 of its rows in
+/// order, by `schema.table`.
+async fn fingerprints(pool: &PgPool) -> BTreeMap<String, (i64, String)> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema::text, table_name::text FROM information_schema.tables
+         WHERE table_type = 'BASE TABLE'
+           AND table_schema NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for (schema, table) in tables {
+        let name = format!(
+            "\"{}\".\"{}\"",
+            schema.replace('"', "\"\""),
+            table.replace('"', "\"\"")
+        );
+        let row: (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*), coalesce(md5(string_agg(r::text, '|' ORDER BY r::text)), '')
+             FROM {name} r"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.insert(format!("{schema}.{table}"), row);
+    }
+    out
+}
+
+async fn scratch_databases(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE 'rehearsal\\_%'")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn runbook(marker: &std::path::Path, archives: &std::path::Path) -> String {
+    format!(
+        r#"
+name = "tenancy"
+
+[[phases]]
+id = "prepare"
+
+[[phases.steps]]
+id = "assess"
+kind = "checklist"
+items = ["Issues documented"]
+
+[[phases.steps]]
+id = "maintenance-on"
+kind = "shell"
+command = "touch {marker}"
+
+[[phases]]
+id = "database"
+
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+destructive = true
+approvals = 1
+
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+
+[[phases.steps]]
+id = "drop"
+kind = "drop_schemas"
+target = "app"
+archive_dir = "{archives}"
+destructive = true
+approvals = 1
+"#,
+        marker = marker.display(),
+        archives = archives.display(),
+    )
+}
+
+#[tokio::test]
+async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was() {
+    let pg = Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 4,
+            rows: 25,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let h = Harness::new().await;
+    let marker = h.dir.path().join("maintenance-was-switched-on");
+    let archives = h.dir.path().join("archives");
+    h.runbook("tenancy", &runbook(&marker, &archives));
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+
+    let before = fingerprints(&pool).await;
+    let run = h.rehearse("tenancy").await;
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    assert!(state.rehearsal);
+    assert!(status_text(&state).contains("(REHEARSAL on scratch copies)"));
+
+    // Production: every table as it was, and no copy left on the server.
+    assert_eq!(fingerprints(&pool).await, before);
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+    // The shell step acts outside the database: it described itself.
+    assert!(!marker.exists(), "a rehearsal runs no shell command");
+
+    let events = h.events(run).await;
+    let made: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::ScratchCopyMade { .. }))
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let Event::ScratchCopyMade {
+        target,
+        database,
+        rows,
+        bytes,
+        ..
+    } = made[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(target, "app");
+    assert!(*rows > 0 && *bytes > 0);
+    assert!(events.contains(&Event::ScratchCopyDropped {
+        target: "app".into(),
+        database: database.clone(),
+    }));
+    // The checklist by the rehearsal, recorded as such; the engine's steps for real, on the
+    // copy: every tenant moved, proven and its schema dropped (there).
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::StepRehearsed { step } if step.as_str() == "assess"))
+    );
+    let (_, _, _, assess) = state.step(&"assess".parse().unwrap()).unwrap();
+    assert_eq!(
+        assess.status,
+        rollback_proto::state::StepStatus::Succeeded {
+            summary: REHEARSED.into()
+        }
+    );
+    let verified = events.iter().find_map(|e| match e {
+        Event::TenantsVerified { tenants, .. } => Some(tenants.len()),
+        _ => None,
+    });
+    assert_eq!(verified, Some(4));
+    let archived: usize = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ArchiveWritten { step, schemas, .. } if step.as_str() == "drop" => {
+                Some(schemas.len())
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(archived, 4, "each tenant schema archived before its drop");
+}
+
+#[tokio::test]
+async fn an_aborted_rehearsal_drops_its_copy() {
+    let pg = Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 2,
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let h = Harness::new().await;
+    h.runbook(
+        "held",
+        r#"
+name = "held"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "hold"
+kind = "wait"
+sql = { target = "app", query = "SELECT false" }
+interval = "1s"
+timeout = "10m"
+"#,
+    );
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+    let run = h.rehearse("held").await;
+    h.wait_for(run, "the wait on the copy", |s| {
+        s.step(&"hold".parse().unwrap())
+            .is_some_and(|(_, _, _, st)| st.attempts > 0)
+    })
+    .await;
+    assert_eq!(scratch_databases(&pool).await.len(), 1);
+    h.accepted(
+        "alice",
+        &["oncall"],
+        Command::Abort {
+            run,
+            reason: "seen enough".into(),
+        },
+    )
+    .await;
+    h.wait_for(run, "the copy dropped", |s| {
+        s.is_finished() && s.scratch_copies_left().is_empty()
+    })
+    .await;
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+}
