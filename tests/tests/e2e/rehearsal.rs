@@ -253,3 +253,81 @@ timeout = "10m"
     .await;
     assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
 }
+
+/// SIGKILL of the agent twice in a rehearsal: while its copy is being made (or just after), and
+/// in the middle of consolidating the copy. The restarted agent resumes: the copy is made once
+/// (a half-made one is dropped first), consolidation picks up where it stopped, the copy is
+/// dropped at the end, and production is as it was.
+#[tokio::test]
+async fn a_rehearsal_killed_twice_resumes_and_leaves_no_copy_behind() {
+    let pg = Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 30,
+            rows: 120,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let h = Harness::new().await;
+    h.runbook(
+        "moves",
+        r#"
+name = "moves"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+"#,
+    );
+    let mut agent = h.agent("agent-a", &database_target("app", &app)).await;
+    let before = fingerprints(&pool).await;
+    let run = h.rehearse("moves").await;
+    // While the copy is made (a small database copies in about a second).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    agent.kill().await;
+    agent.restart().await.unwrap();
+    h.wait_for(run, "consolidate running on the copy", |s| {
+        s.step(&"consolidate".parse().unwrap())
+            .is_some_and(|(_, _, _, st)| st.attempts > 0)
+    })
+    .await;
+    agent.kill().await;
+    agent.restart().await.unwrap();
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    let events = h.events(run).await;
+    let made = events
+        .iter()
+        .filter(|e| matches!(e, Event::ScratchCopyMade { .. }))
+        .count();
+    assert_eq!(made, 1, "the copy is recorded once");
+    let verified = events.iter().find_map(|e| match e {
+        Event::TenantsVerified { tenants, .. } => Some(tenants.len()),
+        _ => None,
+    });
+    assert_eq!(verified, Some(30), "every tenant proven on the copy");
+    assert_eq!(fingerprints(&pool).await, before);
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+}
