@@ -12,6 +12,7 @@ pub mod output;
 mod process;
 pub mod provision;
 pub mod quarantine;
+pub mod rehearsal_gate;
 pub mod replay;
 pub mod secret;
 pub mod service;

@@ -13,6 +13,8 @@ use futures::StreamExt;
 use rollback_proto::envelope::Draft;
 use rollback_proto::subjects::{COMMANDS_QUEUE, COMMANDS_SUBJECT, QUERY_RUNBOOKS, QUERY_SUBJECT};
 use rollback_proto::times::TimeStyle;
+
+use crate::rehearsal_gate;
 use rollback_proto::{
     Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rejection, RejectionKind,
     RunId, Runbook, authorize, decide, decide_start,
@@ -420,8 +422,26 @@ impl CommandService {
             Ok(x) => x,
             Err(e) => return rejected(e.to_string()),
         };
+        let rehearsed_in = if dry_run || rehearsal || typed_database.is_some() {
+            None
+        } else {
+            match rehearsal_gate::rehearsal_for(
+                &self.store,
+                &self.databases,
+                name,
+                &source,
+                &runbook,
+                now,
+            )
+            .await
+            {
+                Ok(found) => found,
+                Err(reason) => return rejected(reason),
+            }
+        };
         let run_id = RunId::new();
         let new = NewRun {
+            rehearsed_in,
             run_id,
             name,
             source: &source,

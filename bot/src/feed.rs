@@ -152,6 +152,7 @@ mod tests {
         let started = envelope(
             carol,
             Event::RunStarted {
+                rehearsed_in: None,
                 rehearsal: false,
                 runbook: "demo".into(),
                 runbook_hash: String::new(),

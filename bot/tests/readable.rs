@@ -67,6 +67,7 @@ fn phase(id: &str) -> PhaseId {
 fn one_of_each() -> Vec<Event> {
     vec![
         Event::RunStarted {
+            rehearsed_in: None,
             rehearsal: false,
             runbook: "release".into(),
             runbook_hash: "abc".into(),
@@ -188,6 +189,7 @@ fn one_of_each() -> Vec<Event> {
             reason: "you requested it: someone else must approve it".into(),
         },
         Event::ScratchCopyMade {
+            origin: String::new(),
             target: "app".into(),
             database: "rehearsal_0123456789ab_app".into(),
             source: "a pg_dump of `app` (one read-only snapshot)".into(),

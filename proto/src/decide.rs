@@ -126,6 +126,8 @@ pub struct NewRun<'a> {
     pub dry_run: bool,
     /// Whether it is a rehearsal on scratch copies.
     pub rehearsal: bool,
+    /// The rehearsal a real run relies on (found by the agent when the runbook requires one).
+    pub rehearsed_in: Option<crate::events::RehearsalEvidence>,
     /// For an emergency runbook: the database name the person typed.
     pub typed_database: Option<&'a str>,
 }
@@ -151,6 +153,28 @@ pub fn decide_start(
         },
     };
     authorize(&command, caller, policy)?;
+    if let Some(within) = new.runbook.require_rehearsal_within
+        && !new.dry_run
+        && !new.rehearsal
+        && new.typed_database.is_none()
+    {
+        let window = time::Duration::try_from(within).unwrap_or(time::Duration::MAX);
+        match &new.rehearsed_in {
+            Some(evidence) if now - evidence.completed_at <= window => {}
+            _ => {
+                return Err(reject(
+                    RejectionKind::Invalid,
+                    format!(
+                        "`{}` requires a rehearsal of this runbook against the same databases \
+                         within {}; rehearse it first (`rehearse {}`)",
+                        new.name,
+                        crate::runbook::format_duration(within),
+                        new.name
+                    ),
+                ));
+            }
+        }
+    }
     if new.rehearsal && (new.dry_run || new.typed_database.is_some()) {
         return Err(reject(
             RejectionKind::Invalid,
@@ -173,6 +197,7 @@ pub fn decide_start(
         params: new.params.clone(),
         dry_run: new.dry_run,
         rehearsal: new.rehearsal,
+        rehearsed_in: new.rehearsed_in.clone(),
     }];
     match (emergency, new.typed_database) {
         (Some(spec), Some(typed)) => {

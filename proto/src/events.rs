@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::{PhaseId, StepId};
+use crate::ids::{PhaseId, RunId, StepId};
 
 /// Which output stream of a step a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -49,6 +49,19 @@ impl std::fmt::Display for BlockedTenant {
     }
 }
 
+/// The rehearsal a real run relies on: which, when it completed, and each step's wall time in
+/// it (what the status shows beside the real times).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RehearsalEvidence {
+    /// The rehearsal run.
+    pub run: RunId,
+    /// When it completed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub completed_at: OffsetDateTime,
+    /// Each step's wall time in the rehearsal, in milliseconds, by step id.
+    pub step_millis: BTreeMap<StepId, u64>,
+}
+
 /// One fact in the history of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -70,6 +83,9 @@ pub enum Event {
         /// copies of its targets, never against the targets themselves.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rehearsal: bool,
+        /// For a runbook that requires a rehearsal: the rehearsal this real run relies on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rehearsed_in: Option<RehearsalEvidence>,
     },
     /// A phase began (by a person's `next`, or automatically).
     PhaseStarted {
@@ -197,6 +213,10 @@ pub enum Event {
         database: String,
         /// What it was made from, in words.
         source: String,
+        /// The target as it was copied: database, server and login, without the password (what
+        /// a real run's rehearsal gate compares).
+        #[serde(default)]
+        origin: String,
         /// Bytes of the dump it was restored from.
         bytes: u64,
         /// Rows restored.

@@ -24,7 +24,7 @@ pub use actor::Actor;
 pub use command::{Command, CommandReply, CommandRequest};
 pub use decide::{NewRun, Rejection, RejectionKind, authorize, decide, decide_start, settle};
 pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope, UnsettledIds};
-pub use events::{BlockedTenant, Event, OutputStream};
+pub use events::{BlockedTenant, Event, OutputStream, RehearsalEvidence};
 pub use ids::{EventId, PhaseId, RunId, StepId};
 pub use next::{NextAction, Waiting};
 pub use policy::{Caller, Permission, Policy};

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::next::{NextAction, Waiting};
 use crate::runbook::StepKind;
 use crate::state::{PhaseStatus, RunState, RunStatus, StepStatus};
-use crate::times::TimeStyle;
+use crate::times::{TimeStyle, duration_words};
 use crate::words::count;
 
 /// Unresolved blocked tenants listed in a status by id, schema and first reason; the rest are
@@ -92,6 +92,12 @@ pub fn status_times(state: &RunState, style: TimeStyle) -> Vec<String> {
 /// [`status_times`], the times apart.
 pub fn status_time_lines(state: &RunState) -> Vec<TimeLine> {
     let mut lines = vec![TimeLine::new("Started", state.started_at)];
+    if let Some(rehearsal) = &state.rehearsed_in {
+        lines.push(TimeLine::new(
+            format!("Relies on rehearsal {}, completed", rehearsal.run),
+            rehearsal.completed_at,
+        ));
+    }
     if let Some(em) = state
         .emergency
         .as_ref()
@@ -247,14 +253,15 @@ pub fn status_body(state: &RunState) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {mark} {} ({}{}) — {text}",
+                "  {mark} {} ({}{}) — {text}{}",
                 step.id,
                 step.kind.name(),
                 if step.destructive {
                     ", destructive"
                 } else {
                     ""
-                }
+                },
+                rehearsed_time(state, step, st)
             );
         }
     }
@@ -291,6 +298,32 @@ pub fn status_body(state: &RunState) -> String {
         );
     }
     out
+}
+
+/// For a run that relies on a rehearsal: the step's time then, beside its time now once it has
+/// an outcome (` — 1 min 4 s, rehearsed: 58 s`).
+fn rehearsed_time(
+    state: &RunState,
+    step: &crate::runbook::Step,
+    st: &crate::state::StepState,
+) -> String {
+    let Some(then) = state
+        .rehearsed_in
+        .as_ref()
+        .and_then(|r| r.step_millis.get(&step.id))
+    else {
+        return String::new();
+    };
+    let then = duration_words(time::Duration::milliseconds(*then as i64));
+    match (st.started_at, st.finished_at) {
+        (Some(started), Some(finished)) => {
+            format!(
+                " — {}, rehearsed: {then}",
+                duration_words(finished - started)
+            )
+        }
+        _ => format!(" — rehearsed: {then}"),
+    }
 }
 
 /// A rehearsal's scratch copies: which database each target's steps work on.

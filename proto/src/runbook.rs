@@ -39,6 +39,14 @@ pub struct Runbook {
     /// Present on emergency runbooks: what a person must type, and how long a second has to confirm.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emergency: Option<EmergencySpec>,
+    /// A real run is started only when a rehearsal of the same runbook text against the same
+    /// database targets completed within this long (`require_rehearsal_within = "7d"`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration::option_text"
+    )]
+    pub require_rehearsal_within: Option<Duration>,
     /// The phases, in order.
     pub phases: Vec<Phase>,
 }

@@ -257,6 +257,8 @@ pub struct RunState {
     pub rehearsal: bool,
     /// A rehearsal's scratch copies, by database target.
     pub scratch: BTreeMap<String, ScratchCopy>,
+    /// The rehearsal a real run relies on.
+    pub rehearsed_in: Option<crate::events::RehearsalEvidence>,
     /// Who started it.
     pub started_by: Actor,
     /// When.
@@ -409,6 +411,7 @@ impl RunState {
             params,
             dry_run,
             rehearsal,
+            rehearsed_in,
         } = &env.event
         else {
             return Err(TransitionError::NotAStart {
@@ -440,6 +443,7 @@ impl RunState {
             env.at,
         );
         state.rehearsal = *rehearsal;
+        state.rehearsed_in.clone_from(rehearsed_in);
         Ok(state)
     }
 
@@ -473,6 +477,7 @@ impl RunState {
             dry_run,
             rehearsal: false,
             scratch: BTreeMap::new(),
+            rehearsed_in: None,
             started_by: by.clone(),
             started_at: at,
             updated_at: at,

@@ -73,6 +73,7 @@ pub fn event_words(event: &Event, by: Option<&Actor>) -> String {
             target,
             database,
             source,
+            origin: _,
             bytes,
             rows,
             millis,

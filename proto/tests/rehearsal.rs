@@ -48,6 +48,7 @@ approvals = 1
 
 fn made(target: &str) -> Event {
     Event::ScratchCopyMade {
+        origin: String::new(),
         target: target.into(),
         database: format!("rehearsal_x_{target}"),
         source: "a pg_dump of the target".into(),
@@ -220,6 +221,7 @@ fn a_rehearsal_is_neither_a_dry_run_nor_an_emergency() {
     let runbook = rollback_proto::Runbook::parse("r.toml", RUNBOOK).unwrap();
     let params = Default::default();
     let new = rollback_proto::NewRun {
+        rehearsed_in: None,
         run_id: rollback_proto::RunId::new(),
         name: "rehearsed",
         source: RUNBOOK,
@@ -234,4 +236,49 @@ fn a_rehearsal_is_neither_a_dry_run_nor_an_emergency() {
         RejectionKind::Invalid,
         "neither a dry run",
     );
+}
+
+#[test]
+fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_with_a_fresh_one() {
+    let source = RUNBOOK.replace(
+        "name = \"rehearsed\"",
+        "name = \"rehearsed\"\nrequire_rehearsal_within = \"7d\"",
+    );
+    let runbook = rollback_proto::Runbook::parse("r.toml", &source).unwrap();
+    let params = Default::default();
+    let start = |rehearsed_in: Option<rollback_proto::RehearsalEvidence>, dry_run: bool| {
+        let new = rollback_proto::NewRun {
+            run_id: rollback_proto::RunId::new(),
+            name: "rehearsed",
+            source: &source,
+            runbook: &runbook,
+            params: &params,
+            dry_run,
+            rehearsal: false,
+            rehearsed_in,
+            typed_database: None,
+        };
+        rollback_proto::decide_start(&new, &alice(), &policy(), t0())
+    };
+    let evidence = |days: i64| rollback_proto::RehearsalEvidence {
+        run: rollback_proto::RunId::new(),
+        completed_at: t0() - time::Duration::days(days),
+        step_millis: Default::default(),
+    };
+    refused(start(None, false), RejectionKind::Invalid, "requires a rehearsal");
+    refused(
+        start(Some(evidence(8)), false),
+        RejectionKind::Invalid,
+        "within 7d",
+    );
+    let events = start(Some(evidence(6)), false).unwrap();
+    assert!(matches!(
+        &events[0],
+        Event::RunStarted {
+            rehearsed_in: Some(_),
+            ..
+        }
+    ));
+    // A dry run needs none.
+    assert!(start(None, true).is_ok());
 }

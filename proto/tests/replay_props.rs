@@ -315,6 +315,7 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             reason: String::new()
         }),
         "[ -~\n]{0,40}".prop_map(|src| Event::RunStarted {
+            rehearsed_in: None,
             runbook: "x".into(),
             runbook_hash: String::new(),
             runbook_source: src,
@@ -323,6 +324,7 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             rehearsal: false
         }),
         Just(Event::ScratchCopyMade {
+            origin: String::new(),
             target: "app".into(),
             database: "rehearsal_app".into(),
             source: String::new(),
@@ -351,7 +353,7 @@ proptest! {
         let run = RunId::new();
         let mut head = ChainHead::genesis(run);
         let first = if first_is_fixture {
-            Event::RunStarted {
+            Event::RunStarted { rehearsed_in: None,
                 runbook: "fixture".into(),
                 runbook_hash: String::new(),
                 runbook_source: FIXTURE.into(),

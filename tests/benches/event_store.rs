@@ -77,6 +77,7 @@ fn draft(event: Event) -> Draft {
 fn start_drafts() -> Vec<Draft> {
     vec![
         draft(Event::RunStarted {
+            rehearsed_in: None,
             rehearsal: false,
             runbook: "bench".into(),
             runbook_hash: source_hash(RUNBOOK),

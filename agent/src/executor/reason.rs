@@ -75,6 +75,7 @@ approvals = 1
                 alice.clone(),
                 started,
                 Event::RunStarted {
+                    rehearsed_in: None,
                     rehearsal: false,
                     runbook: "release".into(),
                     runbook_hash: String::new(),

@@ -65,9 +65,10 @@ pub(super) async fn make_copies(
     for target in targets {
         let started = Instant::now();
         match make_copy(deps, run, target).await {
-            Ok((database, bytes, rows)) => {
+            Ok((database, origin, bytes, rows)) => {
                 let recorded = rec
                     .record(vec![Event::ScratchCopyMade {
+                        origin,
                         target: target.clone(),
                         database: database.clone(),
                         source: format!("a pg_dump of `{target}` (one read-only snapshot)"),
@@ -128,12 +129,13 @@ fn server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, Stri
 }
 
 /// Dumps `target` and restores the dump into its scratch database (dropping one left by an
-/// attempt cut short first): the database, the dump's bytes and the rows restored.
+/// attempt cut short first): the database, where it was copied from, the dump's bytes and the
+/// rows restored.
 async fn make_copy(
     deps: &ExecutorDeps,
     run: RunId,
     target: &str,
-) -> Result<(String, u64, u64), String> {
+) -> Result<(String, String, u64, u64), String> {
     let source = server_of(deps, target)?;
     let name = scratch_name(run, target);
     drop_database(&source, &name)
@@ -178,7 +180,7 @@ async fn make_copy(
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let dump = dumped?;
     let report = restored?;
-    Ok((name, dump.bytes, report.rows))
+    Ok((name, source.describe(), dump.bytes, report.rows))
 }
 
 async fn drop_copy(deps: &ExecutorDeps, target: &str, database: &str) -> Result<(), String> {

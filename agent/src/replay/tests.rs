@@ -48,6 +48,7 @@ fn history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                rehearsed_in: None,
                 rehearsal: false,
                 runbook: "postmortem".into(),
                 runbook_hash: source_hash(RUNBOOK),
@@ -704,6 +705,7 @@ fn blocked_history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                rehearsed_in: None,
                 rehearsal: false,
                 runbook: "blocked".into(),
                 runbook_hash: source_hash(TENANCY),

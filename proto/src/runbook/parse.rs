@@ -43,6 +43,8 @@ struct Header {
     #[serde(default)]
     params: BTreeMap<String, String>,
     emergency: Option<EmergencySpec>,
+    #[serde(default, with = "super::duration::option_text")]
+    require_rehearsal_within: Option<std::time::Duration>,
     /// Walked separately, so that each phase's errors know their place.
     #[serde(default, rename = "phases")]
     _phases: IgnoredAny,
@@ -175,6 +177,7 @@ impl Parser<'_> {
             description: header.description,
             params: header.params,
             emergency: header.emergency,
+            require_rehearsal_within: header.require_rehearsal_within,
             phases: Vec::with_capacity(phases.len()),
         };
         let mut step_phases: BTreeMap<StepId, PhaseId> = BTreeMap::new();

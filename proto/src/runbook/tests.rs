@@ -53,6 +53,7 @@ fn expected_every_kind() -> Runbook {
             ("backup_dir", "/var/backups/rollback"),
         ]),
         emergency: Some(EmergencySpec { database: "app".into(), confirm_within: Duration::from_secs(600) }),
+        require_rehearsal_within: Some(Duration::from_secs(7 * 24 * 3600)),
         phases: vec![
             phase(
                 "pre-rollback",

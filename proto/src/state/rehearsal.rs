@@ -25,6 +25,8 @@ pub struct ScratchCopy {
     pub database: String,
     /// What it was made from, in words.
     pub source: String,
+    /// The target as it was copied (database, server, login).
+    pub origin: String,
     /// Bytes of the dump it was restored from.
     pub bytes: u64,
     /// Rows restored.
@@ -53,6 +55,7 @@ impl RunState {
                 target,
                 database,
                 source,
+                origin,
                 bytes,
                 rows,
                 millis,
@@ -74,6 +77,7 @@ impl RunState {
                     ScratchCopy {
                         database: database.clone(),
                         source: source.clone(),
+                        origin: origin.clone(),
                         bytes: *bytes,
                         rows: *rows,
                         millis: *millis,
@@ -131,6 +135,29 @@ impl RunState {
             .into_iter()
             .filter(|target| !self.scratch.contains_key(target))
             .collect()
+    }
+
+    /// What a real run relying on this completed rehearsal records: each step's wall time.
+    pub fn rehearsal_evidence(&self) -> Option<crate::events::RehearsalEvidence> {
+        if !self.rehearsal || self.status != super::RunStatus::Completed {
+            return None;
+        }
+        let step_millis = self
+            .runbook
+            .phases
+            .iter()
+            .zip(&self.phases)
+            .flat_map(|(phase, ps)| phase.steps.iter().zip(&ps.steps))
+            .filter_map(|(step, st)| {
+                let took = st.finished_at? - st.started_at?;
+                Some((step.id.clone(), took.whole_milliseconds().max(0) as u64))
+            })
+            .collect();
+        Some(crate::events::RehearsalEvidence {
+            run: self.run_id,
+            completed_at: self.updated_at,
+            step_millis,
+        })
     }
 
     /// The scratch copies not dropped yet, as (target, database).

@@ -175,6 +175,7 @@ impl Scenario {
         let run_id = RunId::new();
         let name = runbook.name.clone();
         let new = NewRun {
+            rehearsed_in: None,
             run_id,
             name: &name,
             source,

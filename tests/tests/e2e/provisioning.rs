@@ -36,6 +36,7 @@ fn run_started() -> Vec<Draft> {
         causation_id: None,
         at: OffsetDateTime::now_utc(),
         event: Event::RunStarted {
+            rehearsed_in: None,
             rehearsal: false,
             runbook: "x".into(),
             runbook_hash: source_hash(RUNBOOK),

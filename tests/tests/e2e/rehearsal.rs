@@ -331,3 +331,84 @@ target = "app"
     assert_eq!(fingerprints(&pool).await, before);
     assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
 }
+
+fn real_start(runbook: &str) -> Command {
+    Command::Start {
+        runbook: runbook.into(),
+        dry_run: false,
+        rehearsal: false,
+        params: BTreeMap::new(),
+    }
+}
+
+/// `require_rehearsal_within`: a real start is refused without a rehearsal, accepted after one
+/// (the run records it and shows it), and refused again once the runbook's text changed.
+#[tokio::test]
+async fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_after_one_of_the_same_text() {
+    let pg = Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 2,
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let h = Harness::new().await;
+    let text = r#"
+name = "gated"
+require_rehearsal_within = "1h"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+"#;
+    h.runbook("gated", text);
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+
+    let refused = h.send("alice", &["oncall"], real_start("gated")).await;
+    let rollback_proto::CommandReply::Rejected { reason } = refused else {
+        panic!("a real start without a rehearsal: {refused:?}");
+    };
+    assert!(
+        reason.contains("no rehearsal of it completed in the last 1h"),
+        "{reason}"
+    );
+
+    let rehearsal = h.rehearse("gated").await;
+    let done = h
+        .wait_for(rehearsal, "the rehearsal", |s| s.is_finished())
+        .await;
+    assert_eq!(done.status, RunStatus::Completed, "{}", status_text(&done));
+    let real = match h.send("alice", &["oncall"], real_start("gated")).await {
+        rollback_proto::CommandReply::Accepted { run: Some(run), .. } => run,
+        other => panic!("a real start after a rehearsal: {other:?}"),
+    };
+    let state = h.wait_for(real, "the real run recorded", |_| true).await;
+    let relied = state
+        .rehearsed_in
+        .as_ref()
+        .expect("the run records its rehearsal");
+    assert_eq!(relied.run, rehearsal);
+    assert!(relied.step_millis.contains_key(&"plan".parse().unwrap()));
+    assert!(
+        status_text(&state).contains(&format!("Relies on rehearsal {rehearsal}")),
+        "{}",
+        status_text(&state)
+    );
+
+    // The runbook changed: the rehearsal no longer counts, and the refusal says why.
+    h.runbook("gated", &format!("{text}\n# one more line\n"));
+    let refused = h.send("alice", &["oncall"], real_start("gated")).await;
+    let rollback_proto::CommandReply::Rejected { reason } = refused else {
+        panic!("a real start after the runbook changed: {refused:?}");
+    };
+    assert!(reason.contains(&rehearsal.to_string()), "{reason}");
+    assert!(reason.contains("the runbook changed since"), "{reason}");
+}

@@ -50,6 +50,7 @@ fn draft(event: Event) -> Draft {
 fn start_drafts() -> Vec<Draft> {
     vec![
         draft(Event::RunStarted {
+            rehearsed_in: None,
             rehearsal: false,
             runbook: "store-test".into(),
             runbook_hash: source_hash(RUNBOOK),
