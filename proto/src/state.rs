@@ -553,8 +553,8 @@ impl RunState {
         if self.is_finished() {
             return None;
         }
-        if let Some(step) = self.rehearsed_step() {
-            return Some(Event::StepRehearsed { step: step.clone() });
+        if let Some(event) = self.rehearsal_follow_up() {
+            return Some(event);
         }
         if let Some(p) = self.active_phase {
             if self.phases[p].steps.iter().all(|s| s.status.is_terminal()) && !self.holds_blocked(p)

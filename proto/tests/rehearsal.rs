@@ -265,7 +265,11 @@ fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_with_a_fresh_one() {
         completed_at: t0() - time::Duration::days(days),
         step_millis: Default::default(),
     };
-    refused(start(None, false), RejectionKind::Invalid, "requires a rehearsal");
+    refused(
+        start(None, false),
+        RejectionKind::Invalid,
+        "requires a rehearsal",
+    );
     refused(
         start(Some(evidence(8)), false),
         RejectionKind::Invalid,
@@ -281,4 +285,75 @@ fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_with_a_fresh_one() {
     ));
     // A dry run needs none.
     assert!(start(None, true).is_ok());
+}
+
+#[test]
+fn a_failed_step_ends_a_rehearsal_with_the_reason_and_its_copy_is_dropped_after() {
+    let mut sc = Scenario::rehearse(RUNBOOK, &alice()).unwrap();
+    sc.agent(made("app"));
+    sc.agent(Event::StepStarted {
+        step: step("notify"),
+        attempt: 1,
+    });
+    let events = sc.agent(Event::StepFailed {
+        step: step("notify"),
+        attempt: 1,
+        error: "exit 3".into(),
+        retryable: false,
+        retry_in_ms: None,
+    });
+    assert!(
+        matches!(events.last(), Some(Event::RunAborted { reason }) if reason.contains("`notify`") && reason.contains("exit 3")),
+        "{events:?}"
+    );
+    assert_eq!(
+        sc.state.scratch_copies_left(),
+        vec![("app".to_owned(), "rehearsal_x_app".to_owned())]
+    );
+}
+
+#[test]
+fn a_rehearsal_accepts_blocked_tenants_as_its_blockers_and_goes_on() {
+    let mut sc = Scenario::rehearse(RUNBOOK, &alice()).unwrap();
+    sc.agent(made("app"));
+    succeed(&mut sc, "notify");
+    sc.agent(Event::StepStarted {
+        step: step("plan"),
+        attempt: 1,
+    });
+    let events = sc.agent(Event::TenantsBlocked {
+        step: step("plan"),
+        tenants: vec![rollback_proto::BlockedTenant {
+            tenant: 2,
+            schema: "tenant_2".into(),
+            reasons: vec!["table `notes` has no shared counterpart".into()],
+        }],
+    });
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::BlockedTenantsAccepted { tenants, .. } if tenants == &[2])),
+        "{events:?}"
+    );
+    assert!(sc.state.unresolved_blocked().is_empty());
+    assert!(sc.state.accepted_blocked.contains_key(&2));
+    // Outside a rehearsal only a person may accept them.
+    let mut real = Scenario::start(RUNBOOK, &alice(), false);
+    real.when(&alice(), Command::Next { run: real.run() })
+        .unwrap();
+    let refused = rollback_proto::settle(
+        &real.state,
+        &rollback_proto::Actor::Agent,
+        real.now,
+        vec![Event::BlockedTenantsAccepted {
+            phase: rollback_proto::PhaseId::new("prepare").unwrap(),
+            tenants: vec![2],
+            reason: "x".into(),
+        }],
+    )
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("only a person accepts"),
+        "{refused}"
+    );
 }

@@ -126,6 +126,13 @@ pub fn render(report: &Report) -> String {
         .into_iter()
         .map(Vec::from),
     );
+    if let Some(facts) = &run.rehearsal_facts {
+        let _ = write!(out, "<h2>Rehearsal</h2>\n<ul>");
+        for line in tables::rehearsal_lines(facts) {
+            let _ = write!(out, "<li>{}</li>", escape(&line));
+        }
+        let _ = writeln!(out, "</ul>");
+    }
     let _ = writeln!(
         out,
         "<h2>Timeline</h2>\n<figure>{}</figure>",

@@ -40,6 +40,13 @@ pub fn render(report: &Report) -> String {
         return out;
     };
     summary(&mut out, report, run);
+    if let Some(facts) = &run.rehearsal_facts {
+        let _ = writeln!(out, "## Rehearsal\n");
+        for line in tables::rehearsal_lines(facts) {
+            let _ = writeln!(out, "- {line}");
+        }
+        out.push('\n');
+    }
     phases(&mut out, run);
     steps(&mut out, run);
     people(&mut out, run);

@@ -316,6 +316,65 @@ pub struct RunFacts {
     pub log: Capped<LogEntry>,
     /// The run's status text at the last event reported (what `status` would have said).
     pub state_text: String,
+    /// What a rehearsal measured; `None` for other runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rehearsal_facts: Option<RehearsalFacts>,
+}
+
+/// What a rehearsal measured, for the night it rehearses.
+#[derive(Debug, Clone, Serialize)]
+pub struct RehearsalFacts {
+    /// Its scratch copies, by target.
+    pub copies: Vec<CopyReport>,
+    /// Time the agent's steps ran, in milliseconds (people's steps took none: the rehearsal
+    /// completed them).
+    pub running_ms: i64,
+    /// Checklists and approvals the rehearsal completed itself, by step id: on the night,
+    /// people's time comes on top.
+    pub people_steps: Vec<String>,
+    /// The steps that ran longest, longest first (at most [`BOTTLENECKS`]).
+    pub bottlenecks: Vec<Bottleneck>,
+    /// Steps whose attempt ran longer than the step's timeout allows, by step id.
+    pub over_timeout: Vec<String>,
+    /// Bytes of the archives its steps wrote (what the night's archives need on disk).
+    pub archive_bytes: u64,
+    /// What would stop the night: failed steps, blocked tenants, an abort.
+    pub blockers: Vec<String>,
+}
+
+/// How many bottlenecks a rehearsal's report names.
+pub const BOTTLENECKS: usize = 3;
+
+/// One scratch copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    /// The database target.
+    pub target: String,
+    /// The copy's database.
+    pub database: String,
+    /// What it was copied from.
+    pub origin: String,
+    /// Bytes of the dump it was restored from.
+    pub bytes: u64,
+    /// Rows restored.
+    pub rows: u64,
+    /// How long making it took, in milliseconds.
+    pub ms: u64,
+    /// Whether it was dropped.
+    pub dropped: bool,
+}
+
+/// A step that took long.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bottleneck {
+    /// The step's id.
+    pub step: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Time its attempts ran, in milliseconds.
+    pub running_ms: i64,
+    /// Its share of the rehearsal's running time, 0 to 1.
+    pub share: f64,
 }
 
 /// Time waiting for people, in milliseconds, by what they were needed for.

@@ -144,3 +144,58 @@ pub(super) fn time(at: OffsetDateTime) -> String {
     at.format(&Rfc3339)
         .unwrap_or_else(|_| rollback_proto::times::utc(at))
 }
+
+/// A rehearsal's measurements in lines of text, each a sentence (Markdown and HTML list them).
+pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
+    let mut lines = Vec::new();
+    for copy in &facts.copies {
+        lines.push(format!(
+            "Scratch copy `{}` of `{}` ({}): {} rows, {} MB dumped, made in {:.1} s{}",
+            copy.database,
+            copy.target,
+            copy.origin,
+            copy.rows,
+            copy.bytes.div_ceil(1_000_000),
+            copy.ms as f64 / 1000.0,
+            if copy.dropped {
+                ", dropped"
+            } else {
+                ", NOT dropped"
+            }
+        ));
+    }
+    lines.push(format!(
+        "The agent's steps ran for {:.1} s in all; people's steps come on top on the night \
+         ({} completed by the rehearsal: {})",
+        facts.running_ms as f64 / 1000.0,
+        facts.people_steps.len(),
+        if facts.people_steps.is_empty() {
+            "none".to_owned()
+        } else {
+            facts.people_steps.join(", ")
+        }
+    ));
+    for b in &facts.bottlenecks {
+        lines.push(format!(
+            "Bottleneck: `{}` ({}) ran {:.1} s, {:.0} % of the steps' time",
+            b.step,
+            b.kind,
+            b.running_ms as f64 / 1000.0,
+            b.share * 100.0
+        ));
+    }
+    for step in &facts.over_timeout {
+        lines.push(format!("Over its timeout: `{step}`"));
+    }
+    lines.push(format!(
+        "Archives written: {} MB (what the night's archives need on disk)",
+        facts.archive_bytes.div_ceil(1_000_000)
+    ));
+    if facts.blockers.is_empty() {
+        lines.push("Blockers: none".to_owned());
+    }
+    for blocker in &facts.blockers {
+        lines.push(format!("Blocker: {blocker}"));
+    }
+    lines
+}

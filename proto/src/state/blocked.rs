@@ -51,7 +51,7 @@ impl RunState {
                 reason,
             } => {
                 let p = self.phase_under_way(event, phase)?;
-                if *actor == Actor::Agent {
+                if *actor == Actor::Agent && !self.rehearsal {
                     return Err(self.illegal(event, "only a person accepts blocked tenants"));
                 }
                 let unresolved: BTreeSet<i64> = self
@@ -160,7 +160,7 @@ impl RunState {
         by_tenant.into_values().collect()
     }
 
-    fn unresolved_blocked_in(&self, p: usize) -> Vec<BlockedEntry<'_>> {
+    pub(super) fn unresolved_blocked_in(&self, p: usize) -> Vec<BlockedEntry<'_>> {
         let mut entries = self.blocked_in_phase(p);
         entries.retain(|e| e.accepted.is_none());
         entries

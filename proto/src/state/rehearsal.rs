@@ -169,6 +169,52 @@ impl RunState {
             .collect()
     }
 
+    /// What a rehearsal without people does by itself where a run would wait for them: a step
+    /// that failed or is in doubt ends the rehearsal (aborted, with the reason: the blocker to
+    /// report; its copies are dropped after), blocked tenants are accepted as left behind (and
+    /// reported), and checklists and approvals are completed ([`Event::StepRehearsed`]).
+    pub(super) fn rehearsal_follow_up(&self) -> Option<E> {
+        if !self.rehearsal || self.paused.is_some() || self.is_finished() {
+            return None;
+        }
+        let p = self.active_phase?;
+        let stuck = self.runbook.phases[p]
+            .steps
+            .iter()
+            .zip(&self.phases[p].steps)
+            .find(|(_, st)| !st.status.is_terminal());
+        if let Some((step, st)) = stuck {
+            let why = match &st.status {
+                StepStatus::Failed { attempt, error } => {
+                    Some(format!("attempt {attempt} failed: {error}"))
+                }
+                StepStatus::InDoubt { attempt } => {
+                    Some(format!("attempt {attempt} has no outcome"))
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Some(E::RunAborted {
+                    reason: format!("the rehearsal stopped at `{}`: {why}", step.id),
+                });
+            }
+        }
+        let blocked: Vec<i64> = self
+            .unresolved_blocked_in(p)
+            .iter()
+            .map(|e| e.tenant.tenant)
+            .collect();
+        if !blocked.is_empty() {
+            return Some(E::BlockedTenantsAccepted {
+                phase: self.runbook.phases[p].id.clone(),
+                tenants: blocked,
+                reason: "the rehearsal goes on without them: they are its blockers".to_owned(),
+            });
+        }
+        self.rehearsed_step()
+            .map(|step| E::StepRehearsed { step: step.clone() })
+    }
+
     /// In a rehearsal: the active phase's next step, when it is a checklist or an approval
     /// that a person would complete.
     pub(super) fn rehearsed_step(&self) -> Option<&StepId> {

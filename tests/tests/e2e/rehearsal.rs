@@ -194,6 +194,27 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
         })
         .sum();
     assert_eq!(archived, 4, "each tenant schema archived before its drop");
+
+    // The postmortem of a rehearsal says what it measured.
+    let report = match h.send("alice", &["oncall"], Command::Replay { run }).await {
+        rollback_proto::CommandReply::Accepted { message, .. } => message,
+        other => panic!("replay: {other:?}"),
+    };
+    assert!(
+        report.contains("**REHEARSAL on scratch copies**"),
+        "{report}"
+    );
+    assert!(report.contains("## Rehearsal"), "{report}");
+    assert!(
+        report.contains(&format!("Scratch copy `{database}` of `app`")),
+        "{report}"
+    );
+    assert!(report.contains("Bottleneck: `"), "{report}");
+    assert!(
+        report.contains("completed by the rehearsal: assess"),
+        "{report}"
+    );
+    assert!(report.contains("Blockers: none"), "{report}");
 }
 
 #[tokio::test]
@@ -411,4 +432,93 @@ target = "app"
     };
     assert!(reason.contains(&rehearsal.to_string()), "{reason}");
     assert!(reason.contains("the runbook changed since"), "{reason}");
+}
+
+/// A tenant that cannot move (an extra table): the rehearsal goes on without it, reports it as
+/// its blocker, and a plan of the real database names the same tenant.
+#[tokio::test]
+async fn a_rehearsal_reports_a_blocked_tenant_and_the_real_plan_agrees() {
+    let pg = Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 3,
+            rows: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::raw_sql("CREATE TABLE tenant_2.notes (id bigserial PRIMARY KEY, body text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let h = Harness::new().await;
+    h.runbook(
+        "skipping",
+        r#"
+name = "skipping"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+on_blocked = "skip"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+on_blocked = "skip"
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+on_blocked = "skip"
+"#,
+    );
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+    let before = fingerprints(&pool).await;
+    let run = h.rehearse("skipping").await;
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    assert!(
+        state.accepted_blocked.contains_key(&2),
+        "{}",
+        status_text(&state)
+    );
+    let report = match h.send("alice", &["oncall"], Command::Replay { run }).await {
+        rollback_proto::CommandReply::Accepted { message, .. } => message,
+        other => panic!("replay: {other:?}"),
+    };
+    assert!(report.contains("Blocker: 1 tenant(s) blocked"), "{report}");
+    assert!(report.contains("tenant_2"), "{report}");
+    assert_eq!(fingerprints(&pool).await, before);
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+
+    // The real database's plan names the same tenant.
+    let plan = match h
+        .send(
+            "alice",
+            &["oncall"],
+            Command::Plan {
+                runbook: "skipping".into(),
+            },
+        )
+        .await
+    {
+        rollback_proto::CommandReply::Accepted { message, .. } => message,
+        other => panic!("plan: {other:?}"),
+    };
+    assert!(plan.contains("tenant_2"), "{plan}");
+    assert!(plan.contains("notes"), "{plan}");
 }

@@ -74,6 +74,7 @@ impl ReplayFold {
             RunStatus::Completed => "completed".to_owned(),
             RunStatus::Aborted { reason } => format!("aborted: {}", clip(reason)),
         };
+        let phases = self.phase_reports(state);
         RunFacts {
             runbook: state.runbook_name.clone(),
             runbook_hash: state.runbook_hash.clone(),
@@ -87,7 +88,7 @@ impl ReplayFold {
             duration_ms: millis(state.started_at, state.updated_at),
             waiting,
             totals: self.totals.clone(),
-            phases: self.phase_reports(state),
+            phases: phases.clone(),
             people: self
                 .people
                 .values()
@@ -106,6 +107,86 @@ impl ReplayFold {
             blocked: self.blocked_entries(state),
             log: self.log.clone(),
             state_text: rollback_proto::render::status_text(state),
+            rehearsal_facts: state
+                .rehearsal
+                .then(|| self.rehearsal_facts(state, &phases)),
+        }
+    }
+
+    /// What a rehearsal measured: its copies, where its time went, what would stop the night.
+    fn rehearsal_facts(&self, state: &RunState, phases: &[PhaseReport]) -> RehearsalFacts {
+        let steps: Vec<&StepReport> = phases.iter().flat_map(|p| &p.steps).collect();
+        let running_ms: i64 = steps.iter().map(|s| s.running_ms).sum();
+        let mut by_time: Vec<&&StepReport> = steps.iter().filter(|s| s.running_ms > 0).collect();
+        by_time.sort_by_key(|s| std::cmp::Reverse(s.running_ms));
+        let bottlenecks = by_time
+            .iter()
+            .take(BOTTLENECKS)
+            .map(|s| Bottleneck {
+                step: s.id.clone(),
+                kind: s.kind,
+                running_ms: s.running_ms,
+                share: s.running_ms as f64 / running_ms.max(1) as f64,
+            })
+            .collect();
+        let timeout_of = |id: &str| {
+            state
+                .runbook
+                .phases
+                .iter()
+                .flat_map(|p| &p.steps)
+                .find(|s| s.id.as_str() == id)
+                .map(|s| s.timeout.unwrap_or(crate::steps::DEFAULT_TIMEOUT))
+        };
+        let over_timeout = steps
+            .iter()
+            .filter(|s| {
+                timeout_of(&s.id).is_some_and(|t| {
+                    s.attempts > 0
+                        && s.running_ms / i64::from(s.attempts.max(1)) > t.as_millis() as i64
+                })
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        let people_steps = steps
+            .iter()
+            .filter(|s| s.outcome.contains(rollback_proto::state::REHEARSED))
+            .map(|s| s.id.clone())
+            .collect();
+        let mut blockers: Vec<String> = steps
+            .iter()
+            .filter(|s| s.outcome.starts_with("failed") || s.outcome.starts_with("in doubt"))
+            .map(|s| format!("`{}` {}", s.id, s.outcome))
+            .collect();
+        let blocked = state.unresolved_blocked().len() + state.accepted_blocked.len();
+        if blocked > 0 {
+            blockers.push(format!(
+                "{blocked} tenant(s) blocked (see the blocked tenants)"
+            ));
+        }
+        if let RunStatus::Aborted { reason } = &state.status {
+            blockers.push(format!("aborted: {}", clip(reason)));
+        }
+        RehearsalFacts {
+            copies: state
+                .scratch
+                .iter()
+                .map(|(target, copy)| CopyReport {
+                    target: target.clone(),
+                    database: copy.database.clone(),
+                    origin: copy.origin.clone(),
+                    bytes: copy.bytes,
+                    rows: copy.rows,
+                    ms: copy.millis,
+                    dropped: copy.dropped,
+                })
+                .collect(),
+            running_ms,
+            people_steps,
+            bottlenecks,
+            over_timeout,
+            archive_bytes: state.archives.iter().map(|a| a.bytes).sum(),
+            blockers,
         }
     }
 
