@@ -190,11 +190,18 @@ pub fn decide_start(
             ));
         }
     }
+    // A rehearsal's parameters: the runbook's `[rehearsal]` values, under the run's own.
+    let mut params = new.params.clone();
+    if new.rehearsal {
+        for (name, value) in &new.runbook.rehearsal.params {
+            params.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
     let mut events = vec![Event::RunStarted {
         runbook: new.name.to_owned(),
         runbook_hash: source_hash(new.source),
         runbook_source: new.source.to_owned(),
-        params: new.params.clone(),
+        params,
         dry_run: new.dry_run,
         rehearsal: new.rehearsal,
         rehearsed_in: new.rehearsed_in.clone(),

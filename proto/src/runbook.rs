@@ -47,8 +47,28 @@ pub struct Runbook {
         with = "duration::option_text"
     )]
     pub require_rehearsal_within: Option<Duration>,
+    /// `[rehearsal]`: what changes in a rehearsal.
+    #[serde(default, skip_serializing_if = "RehearsalSpec::is_empty")]
+    pub rehearsal: RehearsalSpec,
     /// The phases, in order.
     pub phases: Vec<Phase>,
+}
+
+/// `[rehearsal]`: parameter values for rehearsals (`app_dir`, `health_url` pointing at a
+/// staging application configured against the scratch copy), under the run's own overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RehearsalSpec {
+    /// Declared parameters and their values in a rehearsal.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+impl RehearsalSpec {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
 }
 
 /// The guard on an emergency runbook.
@@ -102,6 +122,11 @@ pub struct Step {
     pub approvals: u32,
     /// What a dry run does with it.
     pub dry_run: DryRunBehaviour,
+    /// A step that acts outside the database (shell, http, wait on HTTP) runs in rehearsals
+    /// too (against the staging application the `[rehearsal]` parameters point at), instead of
+    /// describing itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rehearse: bool,
     /// What it does.
     #[serde(flatten)]
     pub kind: StepKind,

@@ -357,3 +357,64 @@ fn a_rehearsal_accepts_blocked_tenants_as_its_blockers_and_goes_on() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_rehearsal_takes_the_rehearsal_parameters_under_its_own_overrides() {
+    let source = r#"
+name = "staged"
+[params]
+app_dir = "/srv/app"
+health_url = "http://app/up"
+[rehearsal]
+params = { app_dir = "/srv/staging", health_url = "http://staging/up" }
+[[phases]]
+id = "app"
+[[phases.steps]]
+id = "tests"
+kind = "shell"
+command = "php artisan test"
+workdir = "${app_dir}"
+rehearse = true
+"#;
+    let runbook = rollback_proto::Runbook::parse("s.toml", source).unwrap();
+    let start = |rehearsal: bool, params: &std::collections::BTreeMap<String, String>| {
+        let new = rollback_proto::NewRun {
+            run_id: rollback_proto::RunId::new(),
+            name: "staged",
+            source,
+            runbook: &runbook,
+            params,
+            dry_run: false,
+            rehearsal,
+            rehearsed_in: None,
+            typed_database: None,
+        };
+        match rollback_proto::decide_start(&new, &alice(), &policy(), t0())
+            .unwrap()
+            .remove(0)
+        {
+            Event::RunStarted { params, .. } => params,
+            other => panic!("{other:?}"),
+        }
+    };
+    let none = Default::default();
+    let rehearsed = start(true, &none);
+    assert_eq!(rehearsed["app_dir"], "/srv/staging");
+    assert_eq!(rehearsed["health_url"], "http://staging/up");
+    let mine = [("health_url".to_owned(), "http://mine/up".to_owned())].into();
+    assert_eq!(start(true, &mine)["health_url"], "http://mine/up");
+    assert!(
+        start(false, &none).is_empty(),
+        "a real run keeps the runbook's values"
+    );
+    // Only declared parameters get rehearsal values.
+    let undeclared = source.replace(
+        "health_url = \"http://staging/up\"",
+        "db_url = \"postgres://staging\"",
+    );
+    let err = rollback_proto::Runbook::parse("s.toml", &undeclared).unwrap_err();
+    assert!(
+        err.to_string().contains("`db_url` is not a parameter"),
+        "{err}"
+    );
+}

@@ -102,7 +102,7 @@ impl StepContext<'_> {
 
     /// Only describe what would be done: in a dry run, and in a rehearsal for a step that
     /// acts outside the database (a shell command, an HTTP request or wait), unless the step
-    /// is marked read-only (`dry_run = "execute"`). A rehearsal's database steps run for real,
+    /// is marked read-only (`dry_run = "execute"`) or to run in rehearsals (`rehearse = true`). A rehearsal's database steps run for real,
     /// on its scratch copies.
     fn describes_only(&self) -> bool {
         let outside = matches!(
@@ -114,7 +114,7 @@ impl StepContext<'_> {
                     ..
                 })
         );
-        (self.dry_run() || (self.state.rehearsal && outside))
+        (self.dry_run() || (self.state.rehearsal && outside && !self.step.rehearse))
             && self.step.dry_run == DryRunBehaviour::Describe
     }
 

@@ -45,6 +45,8 @@ struct Header {
     emergency: Option<EmergencySpec>,
     #[serde(default, with = "super::duration::option_text")]
     require_rehearsal_within: Option<std::time::Duration>,
+    #[serde(default)]
+    rehearsal: super::RehearsalSpec,
     /// Walked separately, so that each phase's errors know their place.
     #[serde(default, rename = "phases")]
     _phases: IgnoredAny,
@@ -84,10 +86,12 @@ struct CommonFields {
     approvals: u32,
     #[serde(default)]
     dry_run: DryRunBehaviour,
+    #[serde(default)]
+    rehearse: bool,
 }
 
 /// The keys of [`CommonFields`]: everything else in a step's table goes to its kind.
-const COMMON_FIELDS: [&str; 9] = [
+const COMMON_FIELDS: [&str; 10] = [
     "id",
     "title",
     "kind",
@@ -97,6 +101,7 @@ const COMMON_FIELDS: [&str; 9] = [
     "retry",
     "approvals",
     "dry_run",
+    "rehearse",
 ];
 
 /// Where in the runbook an error applies.
@@ -144,6 +149,17 @@ impl Parser<'_> {
             );
             return Err(self.field_error(table, "params", &top, message));
         }
+        if let Some(name) = header
+            .rehearsal
+            .params
+            .keys()
+            .find(|name| !header.params.contains_key(*name))
+        {
+            let message = format!(
+                "`{name}` is not a parameter of this runbook: declare it in [params] to give it a value for rehearsals"
+            );
+            return Err(self.field_error(table, "rehearsal", &top, message));
+        }
         if let Some(emergency) = &header.emergency {
             let at = self.span_of(table, "emergency").unwrap_or(doc.span());
             if emergency.database.trim().is_empty() {
@@ -178,6 +194,7 @@ impl Parser<'_> {
             params: header.params,
             emergency: header.emergency,
             require_rehearsal_within: header.require_rehearsal_within,
+            rehearsal: header.rehearsal,
             phases: Vec::with_capacity(phases.len()),
         };
         let mut step_phases: BTreeMap<StepId, PhaseId> = BTreeMap::new();
@@ -302,6 +319,7 @@ impl Parser<'_> {
             retry: common.retry,
             approvals: common.approvals,
             dry_run: common.dry_run,
+            rehearse: common.rehearse,
             kind,
         };
         if let StepKind::PgDump(dump) = &mut step.kind

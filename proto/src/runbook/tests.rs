@@ -20,6 +20,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// A step with every common field at its default.
 fn plain(id: &str, kind: StepKind) -> Step {
     Step {
+        rehearse: false,
         id: step_id(id),
         title: id.to_owned(),
         idempotent: false,
@@ -44,7 +45,7 @@ fn phase(id: &str, title: &str, auto_advance: bool, steps: Vec<Step>) -> Phase {
 fn expected_every_kind() -> Runbook {
     let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let scope = TenancyScope::default();
-    Runbook {
+    Runbook { rehearsal: RehearsalSpec { params: map(&[("app_dir", "/srv/staging")]) },
         name: "every-kind".into(),
         description: "One step of every kind".into(),
         params: map(&[
@@ -72,6 +73,7 @@ fn expected_every_kind() -> Runbook {
                     Step { approvals: 2, ..plain("go-ahead", StepKind::Approval) },
                     Step {
                         idempotent: true,
+                        rehearse: true,
                         timeout: Some(Duration::from_secs(120)),
                         retry: RetryPolicy {
                             max_attempts: 3,

@@ -52,9 +52,19 @@ async fn scratch_databases(pool: &PgPool) -> Vec<String> {
 }
 
 fn runbook(marker: &std::path::Path, archives: &std::path::Path) -> String {
+    let production = marker.with_file_name("production-app");
+    let staging = marker.with_file_name("staging-app");
+    std::fs::create_dir_all(&production).unwrap();
+    std::fs::create_dir_all(&staging).unwrap();
     format!(
         r#"
 name = "tenancy"
+
+[params]
+app_dir = "{production}"
+
+[rehearsal]
+params = {{ app_dir = "{staging}" }}
 
 [[phases]]
 id = "prepare"
@@ -68,6 +78,12 @@ items = ["Issues documented"]
 id = "maintenance-on"
 kind = "shell"
 command = "touch {marker}"
+
+[[phases.steps]]
+id = "app-tests"
+kind = "shell"
+command = "touch ${{app_dir}}/tests-ran"
+rehearse = true
 
 [[phases]]
 id = "database"
@@ -99,6 +115,8 @@ approvals = 1
 "#,
         marker = marker.display(),
         archives = archives.display(),
+        production = production.display(),
+        staging = staging.display(),
     )
 }
 
@@ -140,8 +158,15 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
     // Production: every table as it was, and no copy left on the server.
     assert_eq!(fingerprints(&pool).await, before);
     assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
-    // The shell step acts outside the database: it described itself.
-    assert!(!marker.exists(), "a rehearsal runs no shell command");
+    // The shell step acts outside the database: it described itself; the one marked to run in
+    // rehearsals ran, against the staging application the `[rehearsal]` parameters name.
+    assert!(
+        !marker.exists(),
+        "a rehearsal runs no shell command unmarked"
+    );
+    let dir = marker.parent().unwrap();
+    assert!(dir.join("staging-app/tests-ran").exists());
+    assert!(!dir.join("production-app/tests-ran").exists());
 
     let events = h.events(run).await;
     let made: Vec<&Event> = events
