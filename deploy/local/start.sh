@@ -201,7 +201,7 @@ if [ ! -d "$app_dir/.git" ]; then
   say "demo application in $app_dir"
 fi
 metrics_port=${METRICS_PORT:-9464}
-# The shipped runbooks, with their parameters pointed at the demo.
+# The shipped runbooks, with their parameters (and their rehearsal's) pointed at the demo.
 runbooks=$local_dir/runbooks
 mkdir -p "$runbooks"
 for book in "$root"/deploy/runbooks/*.toml; do
@@ -211,6 +211,7 @@ for book in "$root"/deploy/runbooks/*.toml; do
       -e "s|^backup_dir = .*|backup_dir = \"$local_dir/backups/$name\"|" \
       -e "s|^env_backup = .*|env_backup = \"$local_dir/env.original\"|" \
       -e "s|^health_url = .*|health_url = \"http://127.0.0.1:$metrics_port/healthz\"|" \
+      -e "s|^params = { app_dir = .*|params = { app_dir = \"$app_dir\", health_url = \"http://127.0.0.1:$metrics_port/healthz\", backup_dir = \"$local_dir/backups/$name/rehearsals\" }|" \
       "$book" >"$runbooks/$name.toml"
 done
 

@@ -183,11 +183,29 @@ async fn make_copy(
     Ok((name, source.describe(), dump.bytes, report.rows))
 }
 
+/// Drops the copy and every database named after it (`<copy>_…`: what a rehearsed `pg_restore`
+/// that replaces its target leaves, such as `<copy>_before_restore_<time>`). Only this run
+/// makes names that start with its copy's.
 async fn drop_copy(deps: &ExecutorDeps, target: &str, database: &str) -> Result<(), String> {
     let server = server_of(deps, target)?;
-    drop_database(&server, database)
+    let pool = deps
+        .databases
+        .connect(target)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let derived: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+    )
+    .bind(format!("{database}_"))
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| format!("listing the databases named after `{database}`: {e}"))?;
+    for name in derived.iter().map(String::as_str).chain([database]) {
+        drop_database(&server, name)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Where a rehearsal's dumps are written on their way into the copies.

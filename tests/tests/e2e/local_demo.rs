@@ -58,6 +58,11 @@ async fn the_start_command_runs_the_demo_rollback_from_the_console_and_stops_eve
         stdout.contains("Tenancy rollback plan: 3 tenant schema(s)"),
         "{stdout}"
     );
+    // The rehearsal first, on a scratch copy, by itself; then the real run.
+    assert!(
+        stdout.contains("— tenancy-rollback (REHEARSAL on scratch copies) — COMPLETED —"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("— tenancy-rollback — COMPLETED —"),
         "{stdout}"

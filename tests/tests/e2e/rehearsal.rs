@@ -284,6 +284,16 @@ timeout = "10m"
     })
     .await;
     assert_eq!(scratch_databases(&pool).await.len(), 1);
+    // What a rehearsed pg_restore that replaces its target would leave: a database named after
+    // the copy. It goes with the copy.
+    let copy = scratch_databases(&pool).await.remove(0);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE DATABASE \"{copy}_before_restore_20261206\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(scratch_databases(&pool).await.len(), 2);
     h.accepted(
         "alice",
         &["oncall"],
