@@ -20,6 +20,7 @@ pub async fn rehearsal_for(
     name: &str,
     source: &str,
     runbook: &Runbook,
+    params: &std::collections::BTreeMap<String, String>,
     now: OffsetDateTime,
 ) -> Result<Option<RehearsalEvidence>, String> {
     let Some(within) = runbook.require_rehearsal_within else {
@@ -54,7 +55,7 @@ pub async fn rehearsal_for(
                 &hash[..12]
             ));
         }
-        for target in runbook.database_targets() {
+        for target in runbook.database_targets(params) {
             let now_is = databases
                 .url(&target)
                 .ok()

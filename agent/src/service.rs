@@ -431,6 +431,7 @@ impl CommandService {
                 name,
                 &source,
                 &runbook,
+                &params,
                 now,
             )
             .await

@@ -356,13 +356,18 @@ impl Runbook {
         parse::parse(file, source)
     }
 
-    /// The database targets its steps name, sorted: what a rehearsal copies.
-    pub fn database_targets(&self) -> BTreeSet<String> {
+    /// The database targets its steps name with these parameter overrides (`target =
+    /// "${db}"` names the target the parameter says), sorted: what a rehearsal copies. A name
+    /// that does not expand stays as written (the step fails on it as an unknown target).
+    pub fn database_targets(&self, overrides: &BTreeMap<String, String>) -> BTreeSet<String> {
         self.phases
             .iter()
             .flat_map(|phase| &phase.steps)
             .filter_map(|step| step.kind.database_target())
-            .map(str::to_owned)
+            .map(|target| {
+                self.expand(target, overrides)
+                    .unwrap_or_else(|_| target.to_owned())
+            })
             .collect()
     }
 

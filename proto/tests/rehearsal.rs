@@ -418,3 +418,46 @@ rehearse = true
         "{err}"
     );
 }
+
+#[test]
+fn a_rehearsal_copies_the_targets_its_parameters_name() {
+    let source = r#"
+name = "by-param"
+[params]
+db = "app"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "${db}"
+"#;
+    let runbook = rollback_proto::Runbook::parse("p.toml", source).unwrap();
+    let params = [("db".to_owned(), "spare".to_owned())].into();
+    let new = rollback_proto::NewRun {
+        run_id: rollback_proto::RunId::new(),
+        name: "by-param",
+        source,
+        runbook: &runbook,
+        params: &params,
+        dry_run: false,
+        rehearsal: true,
+        rehearsed_in: None,
+        typed_database: None,
+    };
+    let events = rollback_proto::decide_start(&new, &alice(), &policy(), t0()).unwrap();
+    let mut head = rollback_proto::ChainHead::genesis(new.run_id);
+    let envelopes = head.seal(events.into_iter().map(|event| rollback_proto::Draft {
+        actor: alice().actor,
+        causation_id: None,
+        at: t0(),
+        event,
+    }));
+    let state = rollback_proto::fold(&envelopes).unwrap().unwrap();
+    assert_eq!(
+        state.next_action(),
+        NextAction::MakeScratchCopies {
+            targets: vec!["spare".into()]
+        }
+    );
+}

@@ -63,7 +63,7 @@ impl RunState {
                 if self.is_finished() {
                     return Err(self.illegal(event, "the run is finished"));
                 }
-                if !self.runbook.database_targets().contains(target) {
+                if !self.runbook.database_targets(&self.params).contains(target) {
                     return Err(self.illegal(
                         event,
                         format!("the runbook names no database target `{target}`"),
@@ -131,7 +131,7 @@ impl RunState {
             return Vec::new();
         }
         self.runbook
-            .database_targets()
+            .database_targets(&self.params)
             .into_iter()
             .filter(|target| !self.scratch.contains_key(target))
             .collect()
