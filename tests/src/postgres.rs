@@ -192,7 +192,8 @@ impl Postgres {
         })
     }
 
-    fn url_for(&self, database: &str) -> String {
+    /// `postgres://postgres@127.0.0.1:<port>/<database>`.
+    pub fn url_for(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
