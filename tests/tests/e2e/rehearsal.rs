@@ -8,7 +8,7 @@ use rollback_agent::demo::{self, DemoSpec};
 use rollback_proto::render::status_text;
 use rollback_proto::state::REHEARSED;
 use rollback_proto::{Command, Event, RunStatus};
-use rollback_tests::Postgres;
+use rollback_tests::{Postgres, TestDatabase};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::agent_recovery::database_target;
@@ -42,6 +42,33 @@ async fn fingerprints(pool: &PgPool) -> BTreeMap<String, (i64, String)> {
         out.insert(format!("{schema}.{table}"), row);
     }
     out
+}
+
+/// A server with a demo multi-tenant database of `tenants` × `rows`: the server (kept while the
+/// test runs), the database and a pool on it.
+async fn demo_app(tenants: u32, rows: u32) -> (Postgres, TestDatabase, PgPool) {
+    let pg = Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants,
+            rows,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    (pg, app, pool)
+}
+
+/// The run's postmortem, in Markdown.
+async fn postmortem(h: &Harness, run: rollback_proto::RunId) -> String {
+    match h.send("alice", &["oncall"], Command::Replay { run }).await {
+        rollback_proto::CommandReply::Accepted { message, .. } => message,
+        other => panic!("replay: {other:?}"),
+    }
 }
 
 async fn scratch_databases(pool: &PgPool) -> Vec<String> {
@@ -122,19 +149,7 @@ approvals = 1
 
 #[tokio::test]
 async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was() {
-    let pg = Postgres::start().await.unwrap();
-    let app = pg.fresh_database().await.unwrap();
-    let pool = app.pool().await.unwrap();
-    demo::generate(
-        &pool,
-        &DemoSpec {
-            tenants: 4,
-            rows: 25,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_pg, app, pool) = demo_app(4, 25).await;
     let h = Harness::new().await;
     let marker = h.dir.path().join("maintenance-was-switched-on");
     let archives = h.dir.path().join("archives");
@@ -221,10 +236,7 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
     assert_eq!(archived, 4, "each tenant schema archived before its drop");
 
     // The postmortem of a rehearsal says what it measured.
-    let report = match h.send("alice", &["oncall"], Command::Replay { run }).await {
-        rollback_proto::CommandReply::Accepted { message, .. } => message,
-        other => panic!("replay: {other:?}"),
-    };
+    let report = postmortem(&h, run).await;
     assert!(
         report.contains("**REHEARSAL on scratch copies**"),
         "{report}"
@@ -244,19 +256,7 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
 
 #[tokio::test]
 async fn an_aborted_rehearsal_drops_its_copy() {
-    let pg = Postgres::start().await.unwrap();
-    let app = pg.fresh_database().await.unwrap();
-    let pool = app.pool().await.unwrap();
-    demo::generate(
-        &pool,
-        &DemoSpec {
-            tenants: 2,
-            rows: 10,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_pg, app, pool) = demo_app(2, 10).await;
     let h = Harness::new().await;
     h.runbook(
         "held",
@@ -316,19 +316,7 @@ timeout = "10m"
 /// dropped at the end, and production is as it was.
 #[tokio::test]
 async fn a_rehearsal_killed_twice_resumes_and_leaves_no_copy_behind() {
-    let pg = Postgres::start().await.unwrap();
-    let app = pg.fresh_database().await.unwrap();
-    let pool = app.pool().await.unwrap();
-    demo::generate(
-        &pool,
-        &DemoSpec {
-            tenants: 30,
-            rows: 120,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_pg, app, pool) = demo_app(30, 120).await;
     let h = Harness::new().await;
     h.runbook(
         "moves",
@@ -401,19 +389,7 @@ fn real_start(runbook: &str) -> Command {
 /// (the run records it and shows it), and refused again once the runbook's text changed.
 #[tokio::test]
 async fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_after_one_of_the_same_text() {
-    let pg = Postgres::start().await.unwrap();
-    let app = pg.fresh_database().await.unwrap();
-    let pool = app.pool().await.unwrap();
-    demo::generate(
-        &pool,
-        &DemoSpec {
-            tenants: 2,
-            rows: 10,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_pg, app, _pool) = demo_app(2, 10).await;
     let h = Harness::new().await;
     let text = r#"
 name = "gated"
@@ -473,19 +449,7 @@ target = "app"
 /// its blocker, and a plan of the real database names the same tenant.
 #[tokio::test]
 async fn a_rehearsal_reports_a_blocked_tenant_and_the_real_plan_agrees() {
-    let pg = Postgres::start().await.unwrap();
-    let app = pg.fresh_database().await.unwrap();
-    let pool = app.pool().await.unwrap();
-    demo::generate(
-        &pool,
-        &DemoSpec {
-            tenants: 3,
-            rows: 10,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_pg, app, pool) = demo_app(3, 10).await;
     sqlx::raw_sql("CREATE TABLE tenant_2.notes (id bigserial PRIMARY KEY, body text)")
         .execute(&pool)
         .await
@@ -531,10 +495,7 @@ on_blocked = "skip"
         "{}",
         status_text(&state)
     );
-    let report = match h.send("alice", &["oncall"], Command::Replay { run }).await {
-        rollback_proto::CommandReply::Accepted { message, .. } => message,
-        other => panic!("replay: {other:?}"),
-    };
+    let report = postmortem(&h, run).await;
     assert!(report.contains("Blocker: 1 tenant(s) blocked"), "{report}");
     assert!(report.contains("tenant_2"), "{report}");
     assert_eq!(fingerprints(&pool).await, before);
