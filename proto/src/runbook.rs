@@ -127,6 +127,9 @@ pub struct Step {
     /// describing itself.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rehearse: bool,
+    /// `maintenance = "on"` / `"off"`: it opens or closes the maintenance window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
     /// What it does.
     #[serde(flatten)]
     pub kind: StepKind,
@@ -173,6 +176,18 @@ impl RetryPolicy {
         let delay = Duration::try_from_secs_f64(secs).unwrap_or(self.max_delay);
         Some(delay.min(self.max_delay))
     }
+}
+
+/// Where a step stands in the application's maintenance window: the step that switches
+/// maintenance mode on, or the one that switches it off. A rehearsal's report predicts the
+/// window from the first's start to the second's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Maintenance {
+    /// Maintenance mode goes on: the application stops serving.
+    On,
+    /// Maintenance mode goes off: the application serves again.
+    Off,
 }
 
 /// What a dry run does with a step.

@@ -340,6 +340,25 @@ pub struct RehearsalFacts {
     pub archive_bytes: u64,
     /// What would stop the night: failed steps, blocked tenants, an abort.
     pub blockers: Vec<String>,
+    /// The predicted maintenance window: from the start of the step marked `maintenance =
+    /// "on"` to the end of the one marked `"off"`; `None` without both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<MaintenanceWindow>,
+}
+
+/// How long the application would be in maintenance mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintenanceWindow {
+    /// The step that switches it on.
+    pub from_step: String,
+    /// The step that switches it off.
+    pub to_step: String,
+    /// From the first's start to the second's end in the rehearsal, in milliseconds: the
+    /// agent's part of the window.
+    pub agent_ms: i64,
+    /// The checklists and approvals in between, which the rehearsal completed itself: on the
+    /// night their people's time comes on top.
+    pub people_steps: Vec<String>,
 }
 
 /// How many bottlenecks a rehearsal's report names.

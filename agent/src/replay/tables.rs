@@ -175,6 +175,27 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
             facts.people_steps.join(", ")
         }
     ));
+    if let Some(window) = &facts.maintenance_window {
+        lines.push(format!(
+            "Predicted maintenance window, `{}` to `{}`: {:.1} s of the agent's work{}",
+            window.from_step,
+            window.to_step,
+            window.agent_ms as f64 / 1000.0,
+            if window.people_steps.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", plus the time people take for {}",
+                    window
+                        .people_steps
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ));
+    }
     for b in &facts.bottlenecks {
         lines.push(format!(
             "Bottleneck: `{}` ({}) ran {:.1} s, {:.0} % of the steps' time",

@@ -88,10 +88,12 @@ struct CommonFields {
     dry_run: DryRunBehaviour,
     #[serde(default)]
     rehearse: bool,
+    #[serde(default)]
+    maintenance: Option<super::Maintenance>,
 }
 
 /// The keys of [`CommonFields`]: everything else in a step's table goes to its kind.
-const COMMON_FIELDS: [&str; 10] = [
+const COMMON_FIELDS: [&str; 11] = [
     "id",
     "title",
     "kind",
@@ -102,6 +104,7 @@ const COMMON_FIELDS: [&str; 10] = [
     "approvals",
     "dry_run",
     "rehearse",
+    "maintenance",
 ];
 
 /// Where in the runbook an error applies.
@@ -320,6 +323,7 @@ impl Parser<'_> {
             approvals: common.approvals,
             dry_run: common.dry_run,
             rehearse: common.rehearse,
+            maintenance: common.maintenance,
             kind,
         };
         if let StepKind::PgDump(dump) = &mut step.kind

@@ -20,6 +20,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// A step with every common field at its default.
 fn plain(id: &str, kind: StepKind) -> Step {
     Step {
+        maintenance: None,
         rehearse: false,
         id: step_id(id),
         title: id.to_owned(),
@@ -74,6 +75,7 @@ fn expected_every_kind() -> Runbook {
                     Step {
                         idempotent: true,
                         rehearse: true,
+                        maintenance: Some(Maintenance::On),
                         timeout: Some(Duration::from_secs(120)),
                         retry: RetryPolicy {
                             max_attempts: 3,

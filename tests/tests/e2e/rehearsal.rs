@@ -105,6 +105,7 @@ items = ["Issues documented"]
 id = "maintenance-on"
 kind = "shell"
 command = "touch {marker}"
+maintenance = "on"
 
 [[phases.steps]]
 id = "app-tests"
@@ -139,6 +140,12 @@ target = "app"
 archive_dir = "{archives}"
 destructive = true
 approvals = 1
+
+[[phases.steps]]
+id = "maintenance-off"
+kind = "shell"
+command = "true"
+maintenance = "off"
 "#,
         marker = marker.display(),
         archives = archives.display(),
@@ -252,6 +259,10 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
         "{report}"
     );
     assert!(report.contains("Blockers: none"), "{report}");
+    assert!(
+        report.contains("Predicted maintenance window, `maintenance-on` to `maintenance-off`: "),
+        "{report}"
+    );
 }
 
 #[tokio::test]

@@ -148,7 +148,7 @@ impl ReplayFold {
             })
             .map(|s| s.id.clone())
             .collect();
-        let people_steps = steps
+        let people_steps: Vec<String> = steps
             .iter()
             .filter(|s| s.outcome.contains(rollback_proto::state::REHEARSED))
             .map(|s| s.id.clone())
@@ -167,7 +167,9 @@ impl ReplayFold {
         if let RunStatus::Aborted { reason } = &state.status {
             blockers.push(format!("aborted: {}", clip(reason)));
         }
+        let maintenance_window = maintenance_window(state, &steps, &people_steps);
         RehearsalFacts {
+            maintenance_window,
             copies: state
                 .scratch
                 .iter()
@@ -182,7 +184,7 @@ impl ReplayFold {
                 })
                 .collect(),
             running_ms,
-            people_steps,
+            people_steps: people_steps.clone(),
             bottlenecks,
             over_timeout,
             archive_bytes: state.archives.iter().map(|a| a.bytes).sum(),
@@ -287,4 +289,39 @@ impl ReplayFold {
             })
             .collect()
     }
+}
+
+/// The window between the steps marked `maintenance = "on"` and `"off"` (in runbook order), as
+/// the rehearsal ran it.
+fn maintenance_window(
+    state: &RunState,
+    steps: &[&StepReport],
+    people_steps: &[String],
+) -> Option<MaintenanceWindow> {
+    use rollback_proto::runbook::Maintenance;
+    let marked = |mark: Maintenance| {
+        state
+            .runbook
+            .phases
+            .iter()
+            .flat_map(|p| &p.steps)
+            .position(|s| s.maintenance == Some(mark))
+    };
+    let (on, off) = (marked(Maintenance::On)?, marked(Maintenance::Off)?);
+    if off < on {
+        return None;
+    }
+    let (from, to) = (steps.get(on)?, steps.get(off)?);
+    let agent_ms = millis(from.started_at?, to.finished_at?);
+    let inside = steps[on..=off]
+        .iter()
+        .filter(|s| people_steps.contains(&s.id))
+        .map(|s| s.id.clone())
+        .collect();
+    Some(MaintenanceWindow {
+        from_step: from.id.clone(),
+        to_step: to.id.clone(),
+        agent_ms,
+        people_steps: inside,
+    })
 }
