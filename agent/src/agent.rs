@@ -248,6 +248,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         metrics: metrics.clone(),
         http,
         output_chunk_bytes: config.agent.output_chunk_bytes,
+        scratch_server: config.rehearsal.server.clone(),
     });
     tracing::info!(agent = %config.agent.name, "agent running");
     let supervised = supervise(

@@ -11,7 +11,7 @@ use super::env::Layering;
 use super::error::{ConfigError, ConfigErrorKind};
 use super::{
     AgentConfig, AgentSection, EscalationPolicy, EventsSection, MetricsSection, NatsSection,
-    StoreSection,
+    RehearsalSection, StoreSection,
 };
 use crate::secret::Secret;
 
@@ -27,6 +27,7 @@ struct ConfigFile {
     policy: PolicyFile,
     escalation: Option<EscalationPolicy>,
     metrics: Option<MetricsSection>,
+    rehearsal: RehearsalSection,
 }
 
 /// [`Policy`] with unknown keys refused.
@@ -136,6 +137,9 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
                 )
             })?;
         }
+        if let Some(url) = self.take("ROLLBACK_REHEARSAL_SERVER_URL", "rehearsal.server") {
+            file.rehearsal.server = Some(Secret::new(url));
+        }
         databases::apply_env(self, &mut file.databases, env_names)
     }
 
@@ -146,6 +150,7 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
         file.nats.check(at)?;
         file.store.check(at)?;
         file.events.check(at)?;
+        file.rehearsal.check(at)?;
         let databases = databases::checked(file.databases, at)?;
         let escalation = match file.escalation {
             None => EscalationPolicy::default(),
@@ -166,6 +171,7 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
             },
             escalation,
             metrics: file.metrics,
+            rehearsal: file.rehearsal,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! | `DATABASE_URL` | the URL of *the* database target; see [`DATABASE_URL`] |
 //! | `ROLLBACK_DATABASE_<NAME>_URL` | `databases.<name>.url` (`<name>` lower-cased; a `-` in the name is written `_`) |
 //! | `ROLLBACK_METRICS_LISTEN` | `metrics.listen`; `off` turns the endpoint off |
+//! | `ROLLBACK_REHEARSAL_SERVER_URL` | `rehearsal.server` |
 //! | `ROLLBACK_EVENTS_SIGNING_KEY` | the agent's event signing key (64 hex digits); see [`EventsSection`] |
 //! | `ROLLBACK_EVENTS_SIGNING_KEY_ID`, `ROLLBACK_EVENTS_SIGNING_KEY_FILE` | `events.signing_key_id`, `.signing_key_file` |
 //!
@@ -32,6 +33,7 @@ mod events;
 mod layering;
 mod metrics;
 mod nats;
+mod rehearsal;
 mod store;
 mod url;
 
@@ -50,6 +52,7 @@ pub use self::escalation::{EscalationLevel, EscalationPolicy};
 pub use self::events::EventsSection;
 pub use self::metrics::MetricsSection;
 pub use self::nats::{NatsAuth, NatsConnectError, NatsSection};
+pub use self::rehearsal::RehearsalSection;
 pub use self::store::StoreSection;
 
 /// The whole configuration of one agent process.
@@ -71,6 +74,8 @@ pub struct AgentConfig {
     pub escalation: EscalationPolicy,
     /// The `/metrics`, `/healthz` and `/readyz` endpoint; `None` when off.
     pub metrics: Option<MetricsSection>,
+    /// Where rehearsals restore their scratch copies.
+    pub rehearsal: RehearsalSection,
 }
 
 impl AgentConfig {

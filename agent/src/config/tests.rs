@@ -535,6 +535,32 @@ fn bad_metrics_address_from_the_environment() {
 }
 
 #[test]
+fn the_scratch_server_comes_from_the_file_or_the_environment_and_must_be_postgres() {
+    let config = load_text(
+        "[rehearsal]\nserver = \"postgres://scratch@db-scratch:5432/postgres\"",
+        &[],
+    )
+    .unwrap();
+    assert!(config.rehearsal.server.is_some());
+    let config = load_text(
+        "",
+        &[(
+            "ROLLBACK_REHEARSAL_SERVER_URL",
+            "postgres://scratch:secret-pass@db-scratch/postgres",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        config.rehearsal.server.unwrap().expose(),
+        "postgres://scratch:secret-pass@db-scratch/postgres"
+    );
+    let error = load_err("[rehearsal]\nserver = \"mysql://root:hunter2@db/x\"", &[]);
+    assert_eq!(error.setting(), Some("rehearsal.server"));
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    assert_eq!(load_text("", &[]).unwrap().rehearsal.server, None);
+}
+
+#[test]
 fn limits_are_checked() {
     for (text, setting) in [
         (

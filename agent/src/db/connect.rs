@@ -340,17 +340,22 @@ impl DatabaseTargets {
     /// Only the targets in `copies` (target name, database), each pointing at that database on
     /// its own server with its own login: a rehearsal's steps reach its scratch copies and
     /// nothing else, so a step naming a target that was not copied fails as unknown.
+    ///
+    /// `server`: the URL of the server the copies are on, when not on each target's own.
     pub fn scratch(
         &self,
         copies: &BTreeMap<String, String>,
+        server: Option<&str>,
     ) -> Result<DatabaseTargets, DatabaseTargetError> {
         let mut urls = BTreeMap::new();
         for (name, database) in copies {
-            let mut url = url::Url::parse(self.url_of(name)?).map_err(|err| {
-                DatabaseTargetError::InvalidUrl {
-                    name: name.clone(),
-                    reason: err.to_string(),
-                }
+            let base = match server {
+                Some(server) => server,
+                None => self.url_of(name)?,
+            };
+            let mut url = url::Url::parse(base).map_err(|err| DatabaseTargetError::InvalidUrl {
+                name: name.clone(),
+                reason: err.to_string(),
             })?;
             url.set_path(&format!("/{database}"));
             urls.insert(name.clone(), url.to_string());

@@ -72,6 +72,9 @@ pub struct ExecutorDeps {
     pub http: reqwest::Client,
     /// Largest piece of step output recorded in one event.
     pub output_chunk_bytes: usize,
+    /// Where rehearsals restore their scratch copies (`rehearsal.server`); `None`: on each
+    /// target's own server.
+    pub scratch_server: Option<crate::secret::Secret<String>>,
 }
 
 /// Why a run's executor stopped.

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use sqlx::Connection;
+
 use rollback_proto::{Event, RunId, RunState};
 
 use super::{ExecError, ExecutorDeps, Recorder};
@@ -51,7 +53,8 @@ pub(super) fn step_targets(
         return None;
     }
     let copies: BTreeMap<String, String> = state.scratch_copies_left().into_iter().collect();
-    Some(deps.databases.scratch(&copies))
+    let server = deps.scratch_server.as_ref().map(|s| s.expose().as_str());
+    Some(deps.databases.scratch(&copies, server))
 }
 
 /// Copies each of `targets`, recording each copy; a target that cannot be copied aborts the
@@ -65,13 +68,15 @@ pub(super) async fn make_copies(
     for target in targets {
         let started = Instant::now();
         match make_copy(deps, run, target).await {
-            Ok((database, origin, bytes, rows)) => {
+            Ok((database, origin, place, bytes, rows)) => {
                 let recorded = rec
                     .record(vec![Event::ScratchCopyMade {
                         origin,
                         target: target.clone(),
                         database: database.clone(),
-                        source: format!("a pg_dump of `{target}` (one read-only snapshot)"),
+                        source: format!(
+                            "a pg_dump of `{target}` (one read-only snapshot), restored as {place}"
+                        ),
                         bytes,
                         rows,
                         millis: started.elapsed().as_millis() as u64,
@@ -128,6 +133,16 @@ fn server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, Stri
     ConnectionParams::from_url(url).map_err(|e| format!("database target `{target}`: {e}"))
 }
 
+/// The server the copy of `target` is restored on: `rehearsal.server`, or the target's own.
+fn scratch_server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
+    match &deps.scratch_server {
+        Some(url) => {
+            ConnectionParams::from_url(url.expose()).map_err(|e| format!("rehearsal.server: {e}"))
+        }
+        None => server_of(deps, target),
+    }
+}
+
 /// Dumps `target` and restores the dump into its scratch database (dropping one left by an
 /// attempt cut short first): the database, where it was copied from, the dump's bytes and the
 /// rows restored.
@@ -135,10 +150,11 @@ async fn make_copy(
     deps: &ExecutorDeps,
     run: RunId,
     target: &str,
-) -> Result<(String, String, u64, u64), String> {
+) -> Result<(String, String, String, u64, u64), String> {
     let source = server_of(deps, target)?;
+    let scratch = scratch_server_of(deps, target)?;
     let name = scratch_name(run, target);
-    drop_database(&source, &name)
+    drop_database(&scratch, &name)
         .await
         .map_err(|e| e.to_string())?;
     let programs = PgPrograms::locate().map_err(|e| e.to_string())?;
@@ -161,7 +177,7 @@ async fn make_copy(
     let restored = match &dumped {
         Ok(dump) => restore_marked(
             &programs,
-            &source,
+            &scratch,
             &RestoreRequest {
                 archive: &dump.path,
                 sha256: &dump.sha256,
@@ -180,26 +196,31 @@ async fn make_copy(
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let dump = dumped?;
     let report = restored?;
-    Ok((name, source.describe(), dump.bytes, report.rows))
+    Ok((
+        name,
+        source.describe(),
+        scratch.describe(),
+        dump.bytes,
+        report.rows,
+    ))
 }
 
 /// Drops the copy and every database named after it (`<copy>_…`: what a rehearsed `pg_restore`
 /// that replaces its target leaves, such as `<copy>_before_restore_<time>`). Only this run
 /// makes names that start with its copy's.
 async fn drop_copy(deps: &ExecutorDeps, target: &str, database: &str) -> Result<(), String> {
-    let server = server_of(deps, target)?;
-    let pool = deps
-        .databases
-        .connect(target)
+    let server = scratch_server_of(deps, target)?;
+    let mut conn = sqlx::PgConnection::connect_with(&server.connect_options())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("connecting to {}: {e}", server.describe()))?;
     let derived: Vec<String> = sqlx::query_scalar(
         "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
     )
     .bind(format!("{database}_"))
-    .fetch_all(&pool)
+    .fetch_all(&mut conn)
     .await
     .map_err(|e| format!("listing the databases named after `{database}`: {e}"))?;
+    conn.close().await.ok();
     for name in derived.iter().map(String::as_str).chain([database]) {
         drop_database(&server, name)
             .await

@@ -529,3 +529,68 @@ on_blocked = "skip"
     assert!(plan.contains("tenant_2"), "{plan}");
     assert!(plan.contains("notes"), "{plan}");
 }
+
+/// `rehearsal.server`: the copy is restored on another server, the steps work there, and the
+/// production server only has its database read.
+#[tokio::test]
+async fn a_rehearsal_restores_its_copy_on_the_configured_scratch_server() {
+    let (pg, app, pool) = demo_app(3, 10).await;
+    let scratch = Postgres::start().await.unwrap();
+    let scratch_pool = sqlx::PgPool::connect(&scratch.admin_url()).await.unwrap();
+    let h = Harness::new().await;
+    h.runbook(
+        "moves",
+        r#"
+name = "moves"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+"#,
+    );
+    let _agent = h
+        .agent(
+            "agent-a",
+            &format!(
+                "{}[rehearsal]\nserver = \"{}\"\n",
+                database_target("app", &app),
+                scratch.admin_url()
+            ),
+        )
+        .await;
+    let before = fingerprints(&pool).await;
+    let run = h.rehearse("moves").await;
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    let copy = state.scratch.get("app").expect("a copy of app");
+    assert!(
+        copy.source.contains(&format!(":{}", scratch.port())),
+        "restored on the scratch server: {}",
+        copy.source
+    );
+    assert!(
+        copy.origin.contains(&format!(":{}", pg.port())),
+        "copied from production: {}",
+        copy.origin
+    );
+    assert_eq!(fingerprints(&pool).await, before);
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+    assert_eq!(scratch_databases(&scratch_pool).await, Vec::<String>::new());
+}
