@@ -318,13 +318,14 @@ impl CommandService {
                 runbook,
                 dry_run,
                 rehearsal,
+                keep,
                 params,
             } => {
                 self.start(
                     req,
                     &caller,
                     runbook,
-                    (*dry_run, *rehearsal),
+                    (*dry_run, *rehearsal, *keep),
                     params.clone(),
                     None,
                     now,
@@ -336,7 +337,7 @@ impl CommandService {
                     req,
                     &caller,
                     runbook,
-                    (false, false),
+                    (false, false, false),
                     Default::default(),
                     Some(database),
                     now,
@@ -410,7 +411,7 @@ impl CommandService {
         req: &CommandRequest,
         caller: &Caller,
         name: &str,
-        (dry_run, rehearsal): (bool, bool),
+        (dry_run, rehearsal, keep_copies): (bool, bool, bool),
         params: std::collections::BTreeMap<String, String>,
         typed_database: Option<&String>,
         now: OffsetDateTime,
@@ -450,6 +451,7 @@ impl CommandService {
             params: &params,
             dry_run,
             rehearsal,
+            keep_copies,
             typed_database: typed_database.map(String::as_str),
         };
         let events = match decide_start(&new, caller, &self.policy, now) {

@@ -152,6 +152,7 @@ mod tests {
         let started = envelope(
             carol,
             Event::RunStarted {
+                keep_copies: false,
                 rehearsed_in: None,
                 rehearsal: false,
                 runbook: "demo".into(),

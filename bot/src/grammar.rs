@@ -102,6 +102,12 @@ pub const SUBCOMMANDS: &[Subcommand] = &[
         options: &[
             RUNBOOK,
             opt(
+                "keep",
+                OptionKind::Flag,
+                false,
+                "Keep the scratch copies afterwards instead of dropping them",
+            ),
+            opt(
                 "params",
                 OptionKind::Params,
                 false,
@@ -320,6 +326,7 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
             runbook: args.runbook()?,
         },
         "start" => Command::Start {
+            keep: false,
             runbook: args.runbook()?,
             dry_run: args.flag("dry_run")?,
             rehearsal: false,
@@ -329,6 +336,7 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
             runbook: args.runbook()?,
             dry_run: false,
             rehearsal: true,
+            keep: args.flag("keep")?,
             params: args.params()?,
         },
         "status" => Command::Status { run: args.run()? },
@@ -576,6 +584,7 @@ mod tests {
         assert_eq!(
             parse_line("start demo --dry-run params=a=1,b=two").unwrap(),
             Command::Start {
+                keep: false,
                 rehearsal: false,
                 runbook: "demo".into(),
                 dry_run: true,

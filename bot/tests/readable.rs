@@ -67,6 +67,7 @@ fn phase(id: &str) -> PhaseId {
 fn one_of_each() -> Vec<Event> {
     vec![
         Event::RunStarted {
+            keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,
             runbook: "release".into(),

@@ -27,6 +27,9 @@ pub enum Command {
         /// A rehearsal: every database step for real, on scratch copies of its targets.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rehearsal: bool,
+        /// A rehearsal's scratch copies are kept afterwards (for a look at them), not dropped.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep: bool,
         /// Parameter overrides.
         #[serde(default)]
         params: BTreeMap<String, String>,

@@ -126,6 +126,8 @@ pub struct NewRun<'a> {
     pub dry_run: bool,
     /// Whether it is a rehearsal on scratch copies.
     pub rehearsal: bool,
+    /// A rehearsal's copies are kept afterwards.
+    pub keep_copies: bool,
     /// The rehearsal a real run relies on (found by the agent when the runbook requires one).
     pub rehearsed_in: Option<crate::events::RehearsalEvidence>,
     /// For an emergency runbook: the database name the person typed.
@@ -149,6 +151,7 @@ pub fn decide_start(
             runbook: new.name.to_owned(),
             dry_run: new.dry_run,
             rehearsal: new.rehearsal,
+            keep: new.keep_copies,
             params: new.params.clone(),
         },
     };
@@ -204,6 +207,7 @@ pub fn decide_start(
         params,
         dry_run: new.dry_run,
         rehearsal: new.rehearsal,
+        keep_copies: new.rehearsal && new.keep_copies,
         rehearsed_in: new.rehearsed_in.clone(),
     }];
     match (emergency, new.typed_database) {

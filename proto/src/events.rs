@@ -83,6 +83,9 @@ pub enum Event {
         /// copies of its targets, never against the targets themselves.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rehearsal: bool,
+        /// A rehearsal whose scratch copies are kept afterwards.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_copies: bool,
         /// For a runbook that requires a rehearsal: the rehearsal this real run relies on.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rehearsed_in: Option<RehearsalEvidence>,

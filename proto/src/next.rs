@@ -110,7 +110,11 @@ impl RunState {
         if !targets.is_empty() {
             return NextAction::MakeScratchCopies { targets };
         }
-        if self.rehearsal && self.active_phase.is_none() && self.next_phase().is_none() {
+        if self.rehearsal
+            && !self.keep_copies
+            && self.active_phase.is_none()
+            && self.next_phase().is_none()
+        {
             return NextAction::DropScratchCopies {
                 copies: self.scratch_copies_left(),
             };

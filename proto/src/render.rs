@@ -333,7 +333,11 @@ fn scratch_text(out: &mut String, state: &RunState) {
             out,
             "Scratch copy of `{target}`: `{}`{}",
             copy.database,
-            if copy.dropped { " (dropped)" } else { "" }
+            match (copy.dropped, state.keep_copies) {
+                (true, _) => " (dropped)",
+                (false, true) => " (kept: drop it when done)",
+                (false, false) => "",
+            }
         );
     }
 }

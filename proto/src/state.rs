@@ -257,6 +257,8 @@ pub struct RunState {
     pub rehearsal: bool,
     /// A rehearsal's scratch copies, by database target.
     pub scratch: BTreeMap<String, ScratchCopy>,
+    /// Whether a rehearsal keeps its copies afterwards.
+    pub keep_copies: bool,
     /// The rehearsal a real run relies on.
     pub rehearsed_in: Option<crate::events::RehearsalEvidence>,
     /// Who started it.
@@ -411,6 +413,7 @@ impl RunState {
             params,
             dry_run,
             rehearsal,
+            keep_copies,
             rehearsed_in,
         } = &env.event
         else {
@@ -443,6 +446,7 @@ impl RunState {
             env.at,
         );
         state.rehearsal = *rehearsal;
+        state.keep_copies = *keep_copies;
         state.rehearsed_in.clone_from(rehearsed_in);
         Ok(state)
     }
@@ -477,6 +481,7 @@ impl RunState {
             dry_run,
             rehearsal: false,
             scratch: BTreeMap::new(),
+            keep_copies: false,
             rehearsed_in: None,
             started_by: by.clone(),
             started_at: at,
@@ -566,8 +571,8 @@ impl RunState {
             return None;
         }
         match self.next_phase() {
-            // A rehearsal completes once its scratch copies are gone.
-            None if !self.scratch_copies_left().is_empty() => None,
+            // A rehearsal completes once its scratch copies are gone (unless kept).
+            None if !self.keep_copies && !self.scratch_copies_left().is_empty() => None,
             None => Some(Event::RunCompleted),
             // Nor does a rehearsal start before its copies exist.
             Some(_) if !self.scratch_copies_due().is_empty() => None,

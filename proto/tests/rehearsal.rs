@@ -221,6 +221,7 @@ fn a_rehearsal_is_neither_a_dry_run_nor_an_emergency() {
     let runbook = rollback_proto::Runbook::parse("r.toml", RUNBOOK).unwrap();
     let params = Default::default();
     let new = rollback_proto::NewRun {
+        keep_copies: false,
         rehearsed_in: None,
         run_id: rollback_proto::RunId::new(),
         name: "rehearsed",
@@ -248,6 +249,7 @@ fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_with_a_fresh_one() {
     let params = Default::default();
     let start = |rehearsed_in: Option<rollback_proto::RehearsalEvidence>, dry_run: bool| {
         let new = rollback_proto::NewRun {
+            keep_copies: false,
             run_id: rollback_proto::RunId::new(),
             name: "rehearsed",
             source: &source,
@@ -379,6 +381,7 @@ rehearse = true
     let runbook = rollback_proto::Runbook::parse("s.toml", source).unwrap();
     let start = |rehearsal: bool, params: &std::collections::BTreeMap<String, String>| {
         let new = rollback_proto::NewRun {
+            keep_copies: false,
             run_id: rollback_proto::RunId::new(),
             name: "staged",
             source,
@@ -435,6 +438,7 @@ target = "${db}"
     let runbook = rollback_proto::Runbook::parse("p.toml", source).unwrap();
     let params = [("db".to_owned(), "spare".to_owned())].into();
     let new = rollback_proto::NewRun {
+        keep_copies: false,
         run_id: rollback_proto::RunId::new(),
         name: "by-param",
         source,
@@ -460,4 +464,50 @@ target = "${db}"
             targets: vec!["spare".into()]
         }
     );
+}
+
+#[test]
+fn a_rehearsal_asked_to_keep_its_copies_completes_with_them() {
+    let runbook = rollback_proto::Runbook::parse("r.toml", RUNBOOK).unwrap();
+    let params = Default::default();
+    let new = rollback_proto::NewRun {
+        run_id: rollback_proto::RunId::new(),
+        name: "rehearsed",
+        source: RUNBOOK,
+        runbook: &runbook,
+        params: &params,
+        dry_run: false,
+        rehearsal: true,
+        keep_copies: true,
+        rehearsed_in: None,
+        typed_database: None,
+    };
+    let events = rollback_proto::decide_start(&new, &alice(), &policy(), t0()).unwrap();
+    let mut head = rollback_proto::ChainHead::genesis(new.run_id);
+    let envelopes = head.seal(events.into_iter().map(|event| rollback_proto::Draft {
+        actor: alice().actor,
+        causation_id: None,
+        at: t0(),
+        event,
+    }));
+    let state = rollback_proto::fold(&envelopes).unwrap().unwrap();
+    assert!(state.keep_copies);
+    let mut sc = Scenario {
+        state,
+        envelopes,
+        head,
+        now: t0(),
+        policy: policy(),
+    };
+    sc.agent(made("app"));
+    succeed(&mut sc, "notify");
+    succeed(&mut sc, "plan");
+    let events = {
+        succeed(&mut sc, "consolidate");
+        sc.envelopes.last().map(|e| e.event.clone())
+    };
+    assert_eq!(events, Some(Event::RunCompleted));
+    assert_eq!(sc.state.status, RunStatus::Completed);
+    assert_eq!(sc.state.scratch_copies_left().len(), 1);
+    assert!(status_text(&sc.state).contains("(kept: drop it when done)"));
 }

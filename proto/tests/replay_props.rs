@@ -315,6 +315,7 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             reason: String::new()
         }),
         "[ -~\n]{0,40}".prop_map(|src| Event::RunStarted {
+            keep_copies: false,
             rehearsed_in: None,
             runbook: "x".into(),
             runbook_hash: String::new(),
@@ -353,7 +354,7 @@ proptest! {
         let run = RunId::new();
         let mut head = ChainHead::genesis(run);
         let first = if first_is_fixture {
-            Event::RunStarted { rehearsed_in: None,
+            Event::RunStarted { keep_copies: false, rehearsed_in: None,
                 runbook: "fixture".into(),
                 runbook_hash: String::new(),
                 runbook_source: FIXTURE.into(),

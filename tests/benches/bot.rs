@@ -435,6 +435,7 @@ async fn lag(n: usize) -> anyhow::Result<String> {
                 &alice,
                 &["oncall"],
                 Command::Start {
+                    keep: false,
                     rehearsal: false,
                     runbook: "busy".into(),
                     dry_run: false,

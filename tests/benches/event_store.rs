@@ -77,6 +77,7 @@ fn draft(event: Event) -> Draft {
 fn start_drafts() -> Vec<Draft> {
     vec![
         draft(Event::RunStarted {
+            keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,
             runbook: "bench".into(),

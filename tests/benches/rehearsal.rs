@@ -122,6 +122,7 @@ impl Bench {
                 &chat_user("alice"),
                 &["oncall"],
                 Command::Start {
+                    keep: false,
                     runbook: "moves".into(),
                     dry_run: false,
                     rehearsal,

@@ -142,6 +142,7 @@ fn script(total: usize) -> (Vec<Draft>, u32, usize, Vec<Draft>) {
         0,
         alice.clone(),
         Event::RunStarted {
+            keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,
             runbook: "bench-rollback".into(),

@@ -213,6 +213,7 @@ impl CommandClient {
         runbook: &str,
     ) -> anyhow::Result<rollback_proto::RunId> {
         let start = Command::Start {
+            keep: false,
             rehearsal: false,
             runbook: runbook.into(),
             dry_run: false,

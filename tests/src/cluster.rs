@@ -599,6 +599,7 @@ impl RunDriver {
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    keep: false,
                     rehearsal: false,
                     runbook: runbook.into(),
                     dry_run: false,

@@ -249,7 +249,7 @@ async fn run_loop(
         if state.is_finished() {
             // An aborted rehearsal's copies go too.
             let left = state.scratch_copies_left();
-            if !left.is_empty() {
+            if !left.is_empty() && !state.keep_copies {
                 scratch::drop_copies(deps, &mut rec, &left).await?;
             }
             return Ok(RunEnd::Finished);

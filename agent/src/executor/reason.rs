@@ -75,6 +75,7 @@ approvals = 1
                 alice.clone(),
                 started,
                 Event::RunStarted {
+                    keep_copies: false,
                     rehearsed_in: None,
                     rehearsal: false,
                     runbook: "release".into(),

@@ -381,6 +381,8 @@ pub struct CopyReport {
     pub ms: u64,
     /// Whether it was dropped.
     pub dropped: bool,
+    /// Whether the rehearsal was asked to keep it.
+    pub kept: bool,
 }
 
 /// A step that took long.

@@ -157,10 +157,10 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
             copy.rows,
             copy.bytes.div_ceil(1_000_000),
             copy.ms as f64 / 1000.0,
-            if copy.dropped {
-                ", dropped"
-            } else {
-                ", NOT dropped"
+            match (copy.dropped, copy.kept) {
+                (true, _) => ", dropped",
+                (false, true) => ", kept as asked (drop it when done)",
+                (false, false) => ", NOT dropped",
             }
         ));
     }

@@ -48,6 +48,7 @@ fn history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                keep_copies: false,
                 rehearsed_in: None,
                 rehearsal: false,
                 runbook: "postmortem".into(),
@@ -705,6 +706,7 @@ fn blocked_history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                keep_copies: false,
                 rehearsed_in: None,
                 rehearsal: false,
                 runbook: "blocked".into(),

@@ -175,6 +175,7 @@ impl Scenario {
         let run_id = RunId::new();
         let name = runbook.name.clone();
         let new = NewRun {
+            keep_copies: false,
             rehearsed_in: None,
             run_id,
             name: &name,

@@ -186,6 +186,7 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
             "alice",
             &["oncall"],
             Command::Start {
+                keep: false,
                 rehearsal: false,
                 runbook: "../etc/passwd".into(),
                 dry_run: false,
@@ -202,6 +203,7 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
             "alice",
             &["oncall"],
             Command::Start {
+                keep: false,
                 rehearsal: false,
                 runbook: "nope".into(),
                 dry_run: false,

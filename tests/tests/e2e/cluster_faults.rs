@@ -188,6 +188,7 @@ impl Chaos {
                     "alice",
                     &["oncall"],
                     Command::Start {
+                        keep: false,
                         rehearsal: false,
                         runbook: "chaos".into(),
                         dry_run: false,

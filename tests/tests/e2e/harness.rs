@@ -124,6 +124,7 @@ approvers = ["approve"]
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    keep: false,
                     rehearsal: false,
                     runbook: runbook.into(),
                     dry_run,
@@ -144,6 +145,7 @@ approvers = ["approve"]
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    keep: false,
                     runbook: runbook.into(),
                     dry_run: false,
                     rehearsal: true,

@@ -36,6 +36,7 @@ fn run_started() -> Vec<Draft> {
         causation_id: None,
         at: OffsetDateTime::now_utc(),
         event: Event::RunStarted {
+            keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,
             runbook: "x".into(),
@@ -431,6 +432,7 @@ command = "echo after >> {out}"
             "alice",
             &["oncall"],
             Command::Start {
+                keep: false,
                 rehearsal: false,
                 runbook: "gated".into(),
                 dry_run: false,

@@ -352,6 +352,7 @@ async fn long_run(h: &Harness, events: usize) -> Vec<Envelope> {
         event,
     };
     let start = vec![draft(Event::RunStarted {
+        keep_copies: false,
         rehearsed_in: None,
         rehearsal: false,
         runbook: "wait".into(),

@@ -389,6 +389,7 @@ target = "app"
 
 fn real_start(runbook: &str) -> Command {
     Command::Start {
+        keep: false,
         runbook: runbook.into(),
         dry_run: false,
         rehearsal: false,
@@ -593,4 +594,46 @@ target = "app"
     assert_eq!(fingerprints(&pool).await, before);
     assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
     assert_eq!(scratch_databases(&scratch_pool).await, Vec::<String>::new());
+}
+
+/// `rehearse … keep`: the rehearsal completes with its copy still there, and says so.
+#[tokio::test]
+async fn a_rehearsal_asked_to_keep_its_copy_leaves_it_and_says_so() {
+    let (_pg, app, pool) = demo_app(2, 10).await;
+    let h = Harness::new().await;
+    h.runbook(
+        "plan-only",
+        "name = \"plan-only\"\n[[phases]]\nid = \"database\"\n[[phases.steps]]\nid = \"plan\"\nkind = \"plan\"\ntarget = \"app\"\n",
+    );
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+    let reply = h
+        .send(
+            "alice",
+            &["oncall"],
+            Command::Start {
+                runbook: "plan-only".into(),
+                dry_run: false,
+                rehearsal: true,
+                keep: true,
+                params: BTreeMap::new(),
+            },
+        )
+        .await;
+    let rollback_proto::CommandReply::Accepted { run: Some(run), .. } = reply else {
+        panic!("rehearsal refused: {reply:?}");
+    };
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    let kept = scratch_databases(&pool).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(status_text(&state).contains("(kept: drop it when done)"));
+    let report = postmortem(&h, run).await;
+    assert!(report.contains("kept as asked"), "{report}");
 }

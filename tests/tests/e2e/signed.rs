@@ -240,6 +240,7 @@ async fn a_run_that_spans_a_key_rotation_verifies_end_to_end() {
     };
     let started = send(
         Command::Start {
+            keep: false,
             rehearsal: false,
             runbook: "tick".into(),
             params: Default::default(),

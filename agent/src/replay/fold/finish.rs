@@ -181,6 +181,7 @@ impl ReplayFold {
                     rows: copy.rows,
                     ms: copy.millis,
                     dropped: copy.dropped,
+                    kept: state.keep_copies,
                 })
                 .collect(),
             running_ms,
