@@ -126,18 +126,11 @@ impl RunState {
                 Waiting::NextPhase
             });
         };
-        let phase = &self.runbook.phases[p];
-        let Some((s, st)) = self.phases[p]
-            .steps
-            .iter()
-            .enumerate()
-            .find(|(_, st)| !st.status.is_terminal())
-        else {
+        let Some((def, st)) = self.open_step_in(p) else {
             // Every step has an outcome: the phase completes as a follow-up of the last one,
             // unless it left tenants blocked that nobody decided about yet.
             return NextAction::Idle(self.blocked_waiting().unwrap_or(Waiting::NextPhase));
         };
-        let def = &phase.steps[s];
         let step = def.id.clone();
         match &st.status {
             StepStatus::Running { attempt, .. } => NextAction::Recover {

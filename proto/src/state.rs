@@ -545,6 +545,15 @@ impl RunState {
             .position(|p| !matches!(p.status, PhaseStatus::Completed { .. }))
     }
 
+    /// Phase `p`'s first step without an outcome, with its state: the step the phase is at.
+    pub(crate) fn open_step_in(&self, p: usize) -> Option<(&Step, &StepState)> {
+        self.runbook.phases[p]
+            .steps
+            .iter()
+            .zip(&self.phases[p].steps)
+            .find(|(_, st)| !st.status.is_terminal())
+    }
+
     /// Whether an emergency run still waits for its second person.
     pub fn awaiting_emergency_confirmation(&self) -> bool {
         self.emergency

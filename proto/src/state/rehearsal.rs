@@ -16,7 +16,6 @@ use super::{Applied, RunState, StepStatus, TransitionError};
 use crate::actor::Actor;
 use crate::events::Event as E;
 use crate::ids::StepId;
-use crate::runbook::StepKind;
 
 /// A rehearsal's scratch copy of one database target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +104,7 @@ impl RunState {
                     ));
                 }
                 let def = &self.runbook.phases[p].steps[s];
-                let people_only = matches!(def.kind, StepKind::Checklist(_) | StepKind::Approval);
+                let people_only = def.kind.is_human();
                 let needed = def.approvals as usize;
                 let st = &mut self.phases[p].steps[s];
                 if people_only {
@@ -178,12 +177,7 @@ impl RunState {
             return None;
         }
         let p = self.active_phase?;
-        let stuck = self.runbook.phases[p]
-            .steps
-            .iter()
-            .zip(&self.phases[p].steps)
-            .find(|(_, st)| !st.status.is_terminal());
-        if let Some((step, st)) = stuck {
+        if let Some((step, st)) = self.open_step_in(p) {
             let why = match &st.status {
                 StepStatus::Failed { attempt, error } => {
                     Some(format!("attempt {attempt} failed: {error}"))
@@ -221,15 +215,8 @@ impl RunState {
         if !self.rehearsal || self.paused.is_some() {
             return None;
         }
-        let p = self.active_phase?;
-        let (s, state) = self.phases[p]
-            .steps
-            .iter()
-            .enumerate()
-            .find(|(_, st)| !st.status.is_terminal())?;
-        let step = &self.runbook.phases[p].steps[s];
-        let people = matches!(step.kind, StepKind::Checklist(_) | StepKind::Approval)
-            || step.approvals as usize > state.approvals.len();
+        let (step, state) = self.open_step_in(self.active_phase?)?;
+        let people = step.kind.is_human() || step.approvals as usize > state.approvals.len();
         (people && state.status == StepStatus::Pending).then_some(&step.id)
     }
 }
