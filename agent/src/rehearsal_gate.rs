@@ -56,11 +56,9 @@ pub async fn rehearsal_for(
             ));
         }
         for target in runbook.database_targets(params) {
-            let now_is = databases
-                .url(&target)
-                .ok()
-                .and_then(|url| ConnectionParams::from_url(url).ok())
+            let now_is = ConnectionParams::of_target(databases, &target)
                 .map(|c| c.describe())
+                .ok()
                 .unwrap_or_else(|| "not configured".to_owned());
             match state.scratch.get(&target) {
                 Some(copy) if copy.origin == now_is => {}

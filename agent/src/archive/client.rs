@@ -17,6 +17,8 @@ use percent_encoding::percent_decode_str;
 use rollback_proto::OutputStream;
 use sqlx::postgres::PgConnectOptions;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use crate::db::DatabaseTargets;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -142,6 +144,13 @@ pub struct ConnectionParams {
 }
 
 impl ConnectionParams {
+    /// How the client programs reach database target `name`; the error names the target and
+    /// never the URL.
+    pub fn of_target(targets: &DatabaseTargets, name: &str) -> Result<Self, String> {
+        let url = targets.url(name).map_err(|err| err.to_string())?;
+        Self::from_url(url).map_err(|err| format!("database target `{name}`: {err}"))
+    }
+
     /// Reads a `postgres://user:password@host:port/database?sslmode=…` URL (percent-encoded
     /// parts decoded, a socket folder as the host or in `?host=`). Errors never quote the URL.
     pub fn from_url(raw: &str) -> Result<Self, ArchiveError> {

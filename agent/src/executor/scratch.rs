@@ -68,7 +68,13 @@ pub(super) async fn make_copies(
     for target in targets {
         let started = Instant::now();
         match make_copy(deps, run, target).await {
-            Ok((database, origin, place, bytes, rows)) => {
+            Ok(Made {
+                database,
+                origin,
+                place,
+                bytes,
+                rows,
+            }) => {
                 let recorded = rec
                     .record(vec![Event::ScratchCopyMade {
                         origin,
@@ -127,31 +133,34 @@ pub(super) async fn drop_copies(
     Ok(())
 }
 
-/// The target's server, as the client programs reach it.
-fn server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
-    let url = deps.databases.url(target).map_err(|e| e.to_string())?;
-    ConnectionParams::from_url(url).map_err(|e| format!("database target `{target}`: {e}"))
-}
-
 /// The server the copy of `target` is restored on: `rehearsal.server`, or the target's own.
 fn scratch_server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
     match &deps.scratch_server {
         Some(url) => {
             ConnectionParams::from_url(url.expose()).map_err(|e| format!("rehearsal.server: {e}"))
         }
-        None => server_of(deps, target),
+        None => ConnectionParams::of_target(&deps.databases, target),
     }
 }
 
+/// A scratch copy just made.
+struct Made {
+    /// Its database.
+    database: String,
+    /// The target as it was copied (database, server, login).
+    origin: String,
+    /// Where the copy is.
+    place: String,
+    /// Bytes of the dump.
+    bytes: u64,
+    /// Rows restored.
+    rows: u64,
+}
+
 /// Dumps `target` and restores the dump into its scratch database (dropping one left by an
-/// attempt cut short first): the database, where it was copied from, the dump's bytes and the
-/// rows restored.
-async fn make_copy(
-    deps: &ExecutorDeps,
-    run: RunId,
-    target: &str,
-) -> Result<(String, String, String, u64, u64), String> {
-    let source = server_of(deps, target)?;
+/// attempt cut short first).
+async fn make_copy(deps: &ExecutorDeps, run: RunId, target: &str) -> Result<Made, String> {
+    let source = ConnectionParams::of_target(&deps.databases, target)?;
     let scratch = scratch_server_of(deps, target)?;
     let name = scratch_name(run, target);
     drop_database(&scratch, &name)
@@ -196,13 +205,13 @@ async fn make_copy(
     let _ = tokio::fs::remove_dir_all(&dir).await;
     let dump = dumped?;
     let report = restored?;
-    Ok((
-        name,
-        source.describe(),
-        scratch.describe(),
-        dump.bytes,
-        report.rows,
-    ))
+    Ok(Made {
+        database: name,
+        origin: source.describe(),
+        place: scratch.describe(),
+        bytes: dump.bytes,
+        rows: report.rows,
+    })
 }
 
 /// Drops the copy and every database named after it (`<copy>_…`: what a rehearsed `pg_restore`

@@ -39,12 +39,7 @@ impl StepContext<'_> {
     }
 
     pub(super) fn connection(&self, target: &str) -> Result<ConnectionParams, StepOutcome> {
-        let url = self
-            .databases
-            .url(target)
-            .map_err(|err| StepOutcome::permanent(err.to_string()))?;
-        ConnectionParams::from_url(url)
-            .map_err(|err| StepOutcome::permanent(format!("database target `{target}`: {err}")))
+        ConnectionParams::of_target(self.databases, target).map_err(StepOutcome::permanent)
     }
 
     /// The event that records `archive` in the run.
