@@ -1,6 +1,9 @@
 //! The fold's end: the report built from the aggregates, with the verdict, the run's facts,
 //! its blocked tenants and the per-phase reports.
 
+use rollback_proto::runbook::Step;
+use rollback_proto::state::{REHEARSED, StepState, StepStatus};
+
 use super::*;
 
 impl ReplayFold {
@@ -115,10 +118,23 @@ impl ReplayFold {
 
     /// What a rehearsal measured: its copies, where its time went, what would stop the night.
     fn rehearsal_facts(&self, state: &RunState, phases: &[PhaseReport]) -> RehearsalFacts {
-        let steps: Vec<&StepReport> = phases.iter().flat_map(|p| &p.steps).collect();
-        let running_ms: i64 = steps.iter().map(|s| s.running_ms).sum();
-        let mut by_time: Vec<&&StepReport> = steps.iter().filter(|s| s.running_ms > 0).collect();
-        by_time.sort_by_key(|s| std::cmp::Reverse(s.running_ms));
+        // Each step's definition, state and report, in runbook order.
+        let rows: Vec<StepRow<'_>> = state
+            .runbook
+            .phases
+            .iter()
+            .zip(&state.phases)
+            .flat_map(|(def, ps)| def.steps.iter().zip(&ps.steps))
+            .zip(phases.iter().flat_map(|p| &p.steps))
+            .map(|((def, st), report)| (def, st, report))
+            .collect();
+        let running_ms: i64 = rows.iter().map(|(_, _, r)| r.running_ms).sum();
+        let mut by_time: Vec<&StepReport> = rows
+            .iter()
+            .map(|(_, _, r)| *r)
+            .filter(|r| r.running_ms > 0)
+            .collect();
+        by_time.sort_by_key(|r| std::cmp::Reverse(r.running_ms));
         let bottlenecks = by_time
             .iter()
             .take(BOTTLENECKS)
@@ -129,34 +145,30 @@ impl ReplayFold {
                 share: s.running_ms as f64 / running_ms.max(1) as f64,
             })
             .collect();
-        let timeout_of = |id: &str| {
-            state
-                .runbook
-                .phases
-                .iter()
-                .flat_map(|p| &p.steps)
-                .find(|s| s.id.as_str() == id)
-                .map(|s| s.timeout.unwrap_or(crate::steps::DEFAULT_TIMEOUT))
-        };
-        let over_timeout = steps
+        let over_timeout = rows
             .iter()
-            .filter(|s| {
-                timeout_of(&s.id).is_some_and(|t| {
-                    s.attempts > 0
-                        && s.running_ms / i64::from(s.attempts.max(1)) > t.as_millis() as i64
-                })
+            .filter(|(def, _, r)| {
+                let timeout = def.timeout.unwrap_or(crate::steps::DEFAULT_TIMEOUT);
+                r.attempts > 0 && r.running_ms / i64::from(r.attempts) > timeout.as_millis() as i64
             })
-            .map(|s| s.id.clone())
+            .map(|(_, _, r)| r.id.clone())
             .collect();
-        let people_steps: Vec<String> = steps
+        let people_steps: Vec<String> = rows
             .iter()
-            .filter(|s| s.outcome.contains(rollback_proto::state::REHEARSED))
-            .map(|s| s.id.clone())
+            .filter(|(_, st, _)| {
+                matches!(&st.status, StepStatus::Succeeded { summary } if summary == REHEARSED)
+            })
+            .map(|(_, _, r)| r.id.clone())
             .collect();
-        let mut blockers: Vec<String> = steps
+        let mut blockers: Vec<String> = rows
             .iter()
-            .filter(|s| s.outcome.starts_with("failed") || s.outcome.starts_with("in doubt"))
-            .map(|s| format!("`{}` {}", s.id, s.outcome))
+            .filter(|(_, st, _)| {
+                matches!(
+                    st.status,
+                    StepStatus::Failed { .. } | StepStatus::InDoubt { .. }
+                )
+            })
+            .map(|(_, _, r)| format!("`{}` {}", r.id, r.outcome))
             .collect();
         let blocked = state.unresolved_blocked().len() + state.accepted_blocked.len();
         if blocked > 0 {
@@ -167,7 +179,7 @@ impl ReplayFold {
         if let RunStatus::Aborted { reason } = &state.status {
             blockers.push(format!("aborted: {}", clip(reason)));
         }
-        let maintenance_window = maintenance_window(state, &steps, &people_steps);
+        let maintenance_window = maintenance_window(&rows, &people_steps);
         RehearsalFacts {
             maintenance_window,
             copies: state
@@ -294,30 +306,22 @@ impl ReplayFold {
 
 /// The window between the steps marked `maintenance = "on"` and `"off"` (in runbook order), as
 /// the rehearsal ran it.
-fn maintenance_window(
-    state: &RunState,
-    steps: &[&StepReport],
-    people_steps: &[String],
-) -> Option<MaintenanceWindow> {
+fn maintenance_window(rows: &[StepRow<'_>], people_steps: &[String]) -> Option<MaintenanceWindow> {
     use rollback_proto::runbook::Maintenance;
     let marked = |mark: Maintenance| {
-        state
-            .runbook
-            .phases
-            .iter()
-            .flat_map(|p| &p.steps)
-            .position(|s| s.maintenance == Some(mark))
+        rows.iter()
+            .position(|(def, _, _)| def.maintenance == Some(mark))
     };
     let (on, off) = (marked(Maintenance::On)?, marked(Maintenance::Off)?);
     if off < on {
         return None;
     }
-    let (from, to) = (steps.get(on)?, steps.get(off)?);
+    let (from, to) = (rows[on].2, rows[off].2);
     let agent_ms = millis(from.started_at?, to.finished_at?);
-    let inside = steps[on..=off]
+    let inside = rows[on..=off]
         .iter()
-        .filter(|s| people_steps.contains(&s.id))
-        .map(|s| s.id.clone())
+        .filter(|(_, _, r)| people_steps.contains(&r.id))
+        .map(|(_, _, r)| r.id.clone())
         .collect();
     Some(MaintenanceWindow {
         from_step: from.id.clone(),
@@ -326,3 +330,6 @@ fn maintenance_window(
         people_steps: inside,
     })
 }
+
+/// A step's definition, its state, and its line in the report.
+type StepRow<'a> = (&'a Step, &'a StepState, &'a StepReport);
