@@ -123,11 +123,11 @@ struct Follow {
 struct Held {
     until: Instant,
     touched: Instant,
-    messages: VecDeque<jetstream::Message>,
+    messages: VecDeque<(jetstream::Message, Envelope)>,
 }
 
 impl Held {
-    fn new(until: Instant, first: jetstream::Message) -> Self {
+    fn new(until: Instant, first: (jetstream::Message, Envelope)) -> Self {
         Held {
             until,
             touched: Instant::now(),
@@ -191,16 +191,20 @@ impl Progress {
                             continue;
                         }
                     };
-                    let run = serde_json::from_slice::<Envelope>(&message.payload)
-                        .map(|env| env.run_id)
-                        .ok();
-                    if let Some(held) = run.and_then(|run| follow.held.get_mut(&run)) {
+                    let env: Envelope = match serde_json::from_slice(&message.payload) {
+                        Ok(env) => env,
+                        Err(e) => {
+                            come_again(&message, &ProgressError::Unreadable(e.to_string())).await;
+                            continue;
+                        }
+                    };
+                    if let Some(held) = follow.held.get_mut(&env.run_id) {
                         // Behind its run's held events, in order.
-                        held.messages.push_back(message);
+                        held.messages.push_back((message, env));
                         continue;
                     }
-                    if let (Some(run), Some(until)) = (run, self.process(&mut follow, &message).await) {
-                        follow.held.insert(run, Held::new(until, message));
+                    if let Some(until) = self.process(&mut follow, &message, &env).await {
+                        follow.held.insert(env.run_id, Held::new(until, (message, env)));
                     }
                 }
             }
@@ -216,8 +220,13 @@ impl Progress {
 
     /// Handles `message` and acknowledges it, or asks for it again later; returns when to try
     /// again instead if its run's next post would wait for its channel's rate limit.
-    async fn process(&self, follow: &mut Follow, message: &jetstream::Message) -> Option<Instant> {
-        match self.handle(follow, &message.payload).await {
+    async fn process(
+        &self,
+        follow: &mut Follow,
+        message: &jetstream::Message,
+        env: &Envelope,
+    ) -> Option<Instant> {
+        match self.handle(follow, env).await {
             Ok(Handled::Done) => {
                 if let Err(e) = message.ack().await {
                     tracing::warn!(error = %e, "could not acknowledge an event");
@@ -226,10 +235,7 @@ impl Progress {
             }
             Ok(Handled::WaitsFor(until)) => Some(until),
             Err(e) => {
-                tracing::warn!(error = %e, "could not post an event; it comes again later");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
-                    .await;
+                come_again(message, &e).await;
                 None
             }
         }
@@ -249,9 +255,9 @@ impl Progress {
             let Some(mut held) = follow.held.remove(&run) else {
                 continue;
             };
-            while let Some(message) = held.messages.pop_front() {
-                if let Some(until) = self.process(follow, &message).await {
-                    held.messages.push_front(message);
+            while let Some((message, env)) = held.messages.pop_front() {
+                if let Some(until) = self.process(follow, &message, &env).await {
+                    held.messages.push_front((message, env));
                     held.until = until;
                     follow.held.insert(run, held);
                     break;
@@ -260,7 +266,7 @@ impl Progress {
         }
         for held in follow.held.values_mut() {
             if held.touched + HELD_PROGRESS <= now {
-                for message in &held.messages {
+                for (message, _) in &held.messages {
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
                 held.touched = now;
@@ -299,9 +305,7 @@ impl Progress {
         }
     }
 
-    async fn handle(&self, follow: &mut Follow, payload: &[u8]) -> Result<Handled, ProgressError> {
-        let env: Envelope = serde_json::from_slice(payload)
-            .map_err(|e| ProgressError::Unreadable(e.to_string()))?;
+    async fn handle(&self, follow: &mut Follow, env: &Envelope) -> Result<Handled, ProgressError> {
         let run = env.run_id;
         let Follow {
             runs,
@@ -315,10 +319,10 @@ impl Progress {
                 let before = load_until(stream, run, env.seq).await?;
                 let state = match before {
                     Some(mut state) => {
-                        apply(&mut state, &env)?;
+                        apply(&mut state, env)?;
                         state
                     }
-                    None => RunState::new(&env).map_err(|e| ProgressError::Event {
+                    None => RunState::new(env).map_err(|e| ProgressError::Event {
                         run,
                         message: e.to_string(),
                     })?,
@@ -329,11 +333,11 @@ impl Progress {
                         (record, shown)
                     }
                     Ok(Record::ChannelBusy(until)) => {
-                        self.alert_early(early, &state, &env).await?;
+                        self.alert_early(early, &state, env).await?;
                         return Ok(Handled::WaitsFor(until));
                     }
                     Err(e) => {
-                        self.alert_early(early, &state, &env).await?;
+                        self.alert_early(early, &state, env).await?;
                         return Err(e);
                     }
                 };
@@ -353,13 +357,13 @@ impl Progress {
                     }
                 }
                 if env.seq == tracked.state.seq + 1 {
-                    apply(&mut tracked.state, &env)?;
+                    apply(&mut tracked.state, env)?;
                 }
                 tracked
             }
         };
         queue_status(edits, tracked);
-        let announced = self.announce(tracked, &env).await;
+        let announced = self.announce(tracked, env).await;
         // A finished run's last edit is queued; its entry goes (a late event reloads it).
         if tracked.state.is_finished() && !matches!(announced, Ok(Handled::WaitsFor(_))) {
             runs.remove(&run);
@@ -611,6 +615,14 @@ impl Progress {
             .await?;
         Ok(thread)
     }
+}
+
+/// An event that could not be posted (or read) comes again in a moment.
+async fn come_again(message: &jetstream::Message, why: &ProgressError) {
+    tracing::warn!(error = %why, "could not post an event; it comes again later");
+    let _ = message
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+        .await;
 }
 
 /// Queues the run's status for an edit when it shows something new; a final state or a new
