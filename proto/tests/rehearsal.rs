@@ -218,22 +218,13 @@ fn copies_and_rehearsed_steps_belong_to_rehearsals_only() {
 
 #[test]
 fn a_rehearsal_is_neither_a_dry_run_nor_an_emergency() {
-    let runbook = rollback_proto::Runbook::parse("r.toml", RUNBOOK).unwrap();
-    let params = Default::default();
-    let new = rollback_proto::NewRun {
-        keep_copies: false,
-        rehearsed_in: None,
-        run_id: rollback_proto::RunId::new(),
-        name: "rehearsed",
-        source: RUNBOOK,
-        runbook: &runbook,
-        params: &params,
+    let start = Start {
         dry_run: true,
         rehearsal: true,
-        typed_database: None,
+        ..Start::default()
     };
     refused(
-        rollback_proto::decide_start(&new, &alice(), &policy(), t0()),
+        start.decide(rollback_proto::RunId::new(), RUNBOOK, &alice()),
         RejectionKind::Invalid,
         "neither a dry run",
     );
@@ -245,22 +236,13 @@ fn a_runbook_that_requires_a_rehearsal_starts_for_real_only_with_a_fresh_one() {
         "name = \"rehearsed\"",
         "name = \"rehearsed\"\nrequire_rehearsal_within = \"7d\"",
     );
-    let runbook = rollback_proto::Runbook::parse("r.toml", &source).unwrap();
-    let params = Default::default();
     let start = |rehearsed_in: Option<rollback_proto::RehearsalEvidence>, dry_run: bool| {
-        let new = rollback_proto::NewRun {
-            keep_copies: false,
-            run_id: rollback_proto::RunId::new(),
-            name: "rehearsed",
-            source: &source,
-            runbook: &runbook,
-            params: &params,
+        let start = Start {
             dry_run,
-            rehearsal: false,
             rehearsed_in,
-            typed_database: None,
+            ..Start::default()
         };
-        rollback_proto::decide_start(&new, &alice(), &policy(), t0())
+        start.decide(rollback_proto::RunId::new(), &source, &alice())
     };
     let evidence = |days: i64| rollback_proto::RehearsalEvidence {
         run: rollback_proto::RunId::new(),
@@ -378,21 +360,14 @@ command = "php artisan test"
 workdir = "${app_dir}"
 rehearse = true
 "#;
-    let runbook = rollback_proto::Runbook::parse("s.toml", source).unwrap();
     let start = |rehearsal: bool, params: &std::collections::BTreeMap<String, String>| {
-        let new = rollback_proto::NewRun {
-            keep_copies: false,
-            run_id: rollback_proto::RunId::new(),
-            name: "staged",
-            source,
-            runbook: &runbook,
-            params,
-            dry_run: false,
+        let start = Start {
             rehearsal,
-            rehearsed_in: None,
-            typed_database: None,
+            params: params.clone(),
+            ..Start::default()
         };
-        match rollback_proto::decide_start(&new, &alice(), &policy(), t0())
+        match start
+            .decide(rollback_proto::RunId::new(), source, &alice())
             .unwrap()
             .remove(0)
         {
@@ -435,31 +410,14 @@ id = "plan"
 kind = "plan"
 target = "${db}"
 "#;
-    let runbook = rollback_proto::Runbook::parse("p.toml", source).unwrap();
-    let params = [("db".to_owned(), "spare".to_owned())].into();
-    let new = rollback_proto::NewRun {
-        keep_copies: false,
-        run_id: rollback_proto::RunId::new(),
-        name: "by-param",
-        source,
-        runbook: &runbook,
-        params: &params,
-        dry_run: false,
+    let start = Start {
         rehearsal: true,
-        rehearsed_in: None,
-        typed_database: None,
+        params: [("db".to_owned(), "spare".to_owned())].into(),
+        ..Start::default()
     };
-    let events = rollback_proto::decide_start(&new, &alice(), &policy(), t0()).unwrap();
-    let mut head = rollback_proto::ChainHead::genesis(new.run_id);
-    let envelopes = head.seal(events.into_iter().map(|event| rollback_proto::Draft {
-        actor: alice().actor,
-        causation_id: None,
-        at: t0(),
-        event,
-    }));
-    let state = rollback_proto::fold(&envelopes).unwrap().unwrap();
+    let sc = Scenario::start_as(source, &alice(), &start).unwrap();
     assert_eq!(
-        state.next_action(),
+        sc.state.next_action(),
         NextAction::MakeScratchCopies {
             targets: vec!["spare".into()]
         }
@@ -468,37 +426,13 @@ target = "${db}"
 
 #[test]
 fn a_rehearsal_asked_to_keep_its_copies_completes_with_them() {
-    let runbook = rollback_proto::Runbook::parse("r.toml", RUNBOOK).unwrap();
-    let params = Default::default();
-    let new = rollback_proto::NewRun {
-        run_id: rollback_proto::RunId::new(),
-        name: "rehearsed",
-        source: RUNBOOK,
-        runbook: &runbook,
-        params: &params,
-        dry_run: false,
+    let start = Start {
         rehearsal: true,
         keep_copies: true,
-        rehearsed_in: None,
-        typed_database: None,
+        ..Start::default()
     };
-    let events = rollback_proto::decide_start(&new, &alice(), &policy(), t0()).unwrap();
-    let mut head = rollback_proto::ChainHead::genesis(new.run_id);
-    let envelopes = head.seal(events.into_iter().map(|event| rollback_proto::Draft {
-        actor: alice().actor,
-        causation_id: None,
-        at: t0(),
-        event,
-    }));
-    let state = rollback_proto::fold(&envelopes).unwrap().unwrap();
-    assert!(state.keep_copies);
-    let mut sc = Scenario {
-        state,
-        envelopes,
-        head,
-        now: t0(),
-        policy: policy(),
-    };
+    let mut sc = Scenario::start_as(RUNBOOK, &alice(), &start).unwrap();
+    assert!(sc.state.keep_copies);
     sc.agent(made("app"));
     succeed(&mut sc, "notify");
     succeed(&mut sc, "plan");

@@ -150,7 +150,14 @@ impl Scenario {
     /// A rehearsal of `source` started by `caller`.
     #[allow(dead_code, reason = "not every test file rehearses")]
     pub fn rehearse(source: &str, caller: &Caller) -> Result<Scenario, Rejection> {
-        Self::try_start_in(source, caller, false, true, BTreeMap::new(), None)
+        Self::start_as(
+            source,
+            caller,
+            &Start {
+                rehearsal: true,
+                ..Start::default()
+            },
+        )
     }
 
     pub fn try_start(
@@ -160,33 +167,19 @@ impl Scenario {
         params: BTreeMap<String, String>,
         typed_database: Option<&str>,
     ) -> Result<Scenario, Rejection> {
-        Self::try_start_in(source, caller, dry_run, false, params, typed_database)
+        let start = Start {
+            dry_run,
+            params,
+            typed_database: typed_database.map(str::to_owned),
+            ..Start::default()
+        };
+        Self::start_as(source, caller, &start)
     }
 
-    fn try_start_in(
-        source: &str,
-        caller: &Caller,
-        dry_run: bool,
-        rehearsal: bool,
-        params: BTreeMap<String, String>,
-        typed_database: Option<&str>,
-    ) -> Result<Scenario, Rejection> {
-        let runbook = Runbook::parse("fixture.toml", source).expect("fixture parses");
+    /// A run of `source` started by `caller` as `start` says.
+    pub fn start_as(source: &str, caller: &Caller, start: &Start) -> Result<Scenario, Rejection> {
         let run_id = RunId::new();
-        let name = runbook.name.clone();
-        let new = NewRun {
-            keep_copies: false,
-            rehearsed_in: None,
-            run_id,
-            name: &name,
-            source,
-            runbook: &runbook,
-            params: &params,
-            dry_run,
-            rehearsal,
-            typed_database,
-        };
-        let events = decide_start(&new, caller, &policy(), t0())?;
+        let events = start.decide(run_id, source, caller)?;
         let mut head = ChainHead::genesis(run_id);
         let envelopes = head.seal(events.into_iter().map(|event| Draft {
             actor: caller.actor.clone(),
@@ -239,6 +232,44 @@ impl Scenario {
     /// Advances the clock.
     pub fn wait(&mut self, d: time::Duration) {
         self.now += d;
+    }
+}
+
+/// How a run is started: `start` (dry run or not), `rehearse` (keeping its copies or not), or
+/// `emergency`, with the evidence of a rehearsal when the runbook requires one.
+#[derive(Default)]
+pub struct Start {
+    pub dry_run: bool,
+    pub rehearsal: bool,
+    pub keep_copies: bool,
+    pub params: BTreeMap<String, String>,
+    pub typed_database: Option<String>,
+    pub rehearsed_in: Option<rollback_proto::RehearsalEvidence>,
+}
+
+impl Start {
+    /// The events that open run `run_id` of `source`, or the refusal.
+    pub fn decide(
+        &self,
+        run_id: RunId,
+        source: &str,
+        caller: &Caller,
+    ) -> Result<Vec<rollback_proto::Event>, Rejection> {
+        let runbook = Runbook::parse("fixture.toml", source).expect("fixture parses");
+        let name = runbook.name.clone();
+        let new = NewRun {
+            run_id,
+            name: &name,
+            source,
+            runbook: &runbook,
+            params: &self.params,
+            dry_run: self.dry_run,
+            rehearsal: self.rehearsal,
+            keep_copies: self.keep_copies,
+            rehearsed_in: self.rehearsed_in.clone(),
+            typed_database: self.typed_database.as_deref(),
+        };
+        decide_start(&new, caller, &policy(), t0())
     }
 }
 
