@@ -44,6 +44,25 @@ async fn fingerprints(pool: &PgPool) -> BTreeMap<String, (i64, String)> {
     out
 }
 
+/// Plan, consolidate and verify `app`: the engine's steps, and nothing else.
+const MOVES: &str = r#"
+name = "moves"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+"#;
+
 /// A server with a demo multi-tenant database of `tenants` × `rows`: the server (kept while the
 /// test runs), the database and a pool on it.
 async fn demo_app(tenants: u32, rows: u32) -> (Postgres, TestDatabase, PgPool) {
@@ -329,26 +348,7 @@ timeout = "10m"
 async fn a_rehearsal_killed_twice_resumes_and_leaves_no_copy_behind() {
     let (_pg, app, pool) = demo_app(30, 120).await;
     let h = Harness::new().await;
-    h.runbook(
-        "moves",
-        r#"
-name = "moves"
-[[phases]]
-id = "database"
-[[phases.steps]]
-id = "plan"
-kind = "plan"
-target = "app"
-[[phases.steps]]
-id = "consolidate"
-kind = "consolidate"
-target = "app"
-[[phases.steps]]
-id = "verify"
-kind = "verify"
-target = "app"
-"#,
-    );
+    h.runbook("moves", MOVES);
     let mut agent = h.agent("agent-a", &database_target("app", &app)).await;
     let before = fingerprints(&pool).await;
     let run = h.rehearse("moves").await;
@@ -539,26 +539,7 @@ async fn a_rehearsal_restores_its_copy_on_the_configured_scratch_server() {
     let scratch = Postgres::start().await.unwrap();
     let scratch_pool = sqlx::PgPool::connect(&scratch.admin_url()).await.unwrap();
     let h = Harness::new().await;
-    h.runbook(
-        "moves",
-        r#"
-name = "moves"
-[[phases]]
-id = "database"
-[[phases.steps]]
-id = "plan"
-kind = "plan"
-target = "app"
-[[phases.steps]]
-id = "consolidate"
-kind = "consolidate"
-target = "app"
-[[phases.steps]]
-id = "verify"
-kind = "verify"
-target = "app"
-"#,
-    );
+    h.runbook("moves", MOVES);
     let _agent = h
         .agent(
             "agent-a",
