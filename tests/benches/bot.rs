@@ -390,7 +390,6 @@ command = "sleep 1"
 
 /// Status-message lag with `n` runs at once in one channel; fresh servers for each `n`.
 async fn lag(n: usize) -> anyhow::Result<String> {
-    use rollback_agent::store::{JetStreamEventStore, StoreConfig};
     let dir = tempfile::tempdir()?;
     let nats = NatsServer::start().await?;
     std::fs::create_dir(dir.path().join("runbooks"))?;
@@ -419,14 +418,9 @@ async fn lag(n: usize) -> anyhow::Result<String> {
     let mut bot = BotProcess::start(dir.path(), "bot", &bot_config).await?;
     let client = rollback_tests::CommandClient::connect(&nats.url()).await?;
     // The agent signs with the tests' key (AgentProcess gives it); this reader trusts it.
-    let store = JetStreamEventStore::connect(
-        async_nats::jetstream::new(client.nats().clone()),
-        StoreConfig {
-            signing: rollback_tests::signing::test_signing(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let store =
+        rollback_tests::signing::test_store(async_nats::jetstream::new(client.nats().clone()))
+            .await?;
     let alice = rollback_tests::chat_user("alice");
     let mut runs = Vec::new();
     for _ in 0..n {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rollback_agent::demo::{self, DemoSpec};
-use rollback_agent::store::{JetStreamEventStore, StoreConfig};
+use rollback_agent::store::JetStreamEventStore;
 use rollback_proto::{Command, Envelope, Event, RunId};
 use rollback_tests::{AgentProcess, CommandClient, NatsServer, Postgres, chat_user};
 use time::OffsetDateTime;
@@ -79,16 +79,8 @@ impl Bench {
         let pg = Postgres::start().await?;
         let client = CommandClient::connect(&nats.url()).await?;
         let js = async_nats::jetstream::new(client.nats().clone());
-        rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
         // The agents sign with the tests' key (AgentProcess gives it); this reader trusts it.
-        let store = JetStreamEventStore::connect(
-            js,
-            StoreConfig {
-                signing: rollback_tests::signing::test_signing(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let store = rollback_tests::signing::provisioned_test_store(js).await?;
         Ok(Bench {
             dir,
             nats,

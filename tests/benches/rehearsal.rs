@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rollback_agent::demo::{self, DemoSpec};
-use rollback_agent::store::{JetStreamEventStore, StoreConfig};
+use rollback_agent::store::JetStreamEventStore;
 use rollback_proto::{Command, CommandReply, RunId, RunState, RunStatus};
 use rollback_tests::{AgentProcess, CommandClient, NatsServer, Postgres, agent_binary, chat_user};
 
@@ -65,15 +65,7 @@ impl Bench {
         let pg = Postgres::start().await?;
         let client = CommandClient::connect(&nats.url()).await?;
         let js = async_nats::jetstream::new(client.nats().clone());
-        rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
-        let store = JetStreamEventStore::connect(
-            js,
-            StoreConfig {
-                signing: rollback_tests::signing::test_signing(),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let store = rollback_tests::signing::provisioned_test_store(js).await?;
         Ok(Bench {
             dir,
             nats,

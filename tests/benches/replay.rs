@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use rollback_agent::replay::{self, Format, ReplayFold, Verdict};
-use rollback_agent::store::{JetStreamEventStore, StoreConfig};
+use rollback_agent::store::JetStreamEventStore;
 use rollback_proto::envelope::{ChainHead, ChainVerifier, Draft};
 use rollback_proto::runbook::source_hash;
 use rollback_proto::subjects::events_subject;
@@ -592,12 +592,7 @@ fn verdict(ok: bool) -> &'static str {
 async fn bench() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
-    rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
-    let config = StoreConfig {
-        signing: rollback_tests::signing::test_signing(),
-        ..Default::default()
-    };
-    let store = JetStreamEventStore::connect(js.clone(), config).await?;
+    let store = rollback_tests::signing::provisioned_test_store(js.clone()).await?;
     eprintln!("nats-server at {}", nats.url());
     let size = |name: &str, default: usize| -> anyhow::Result<usize> {
         std::env::var(name).map_or(Ok(default), |v| {

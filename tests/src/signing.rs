@@ -2,7 +2,7 @@
 //! it (through the environment), and every store a test opens in-process signs and verifies
 //! with it, so both read each other's events.
 
-use rollback_agent::store::EventSigning;
+use rollback_agent::store::{EventSigning, JetStreamEventStore, StoreConfig};
 use rollback_proto::signing::{EventSigner, SignaturePolicy, TrustedKeys};
 
 /// The key id the tests' agents sign with.
@@ -18,6 +18,24 @@ pub fn test_signer() -> EventSigner {
 /// Signing with the tests' key, signatures required.
 pub fn test_signing() -> EventSigning {
     EventSigning::new(test_signer(), TrustedKeys::new(), SignaturePolicy::required)
+}
+
+/// The event store through `js`, signing and verifying with the tests' key: it reads what the
+/// tests' agent processes write.
+pub async fn test_store(js: async_nats::jetstream::Context) -> anyhow::Result<JetStreamEventStore> {
+    let config = StoreConfig {
+        signing: test_signing(),
+        ..Default::default()
+    };
+    Ok(JetStreamEventStore::connect(js, config).await?)
+}
+
+/// [`test_store`], the stream created first (as an administrator does with `provision`).
+pub async fn provisioned_test_store(
+    js: async_nats::jetstream::Context,
+) -> anyhow::Result<JetStreamEventStore> {
+    rollback_agent::store::provision_stream(&js, &StoreConfig::default()).await?;
+    test_store(js).await
 }
 
 /// The environment that gives an agent process the tests' key.
