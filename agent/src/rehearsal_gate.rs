@@ -28,6 +28,16 @@ pub async fn rehearsal_for(
     };
     let window = time::Duration::try_from(within).unwrap_or(time::Duration::MAX);
     let hash = source_hash(source);
+    // Each target the run would work on, as it is configured now.
+    let targets: Vec<(String, String)> = runbook
+        .database_targets(params)
+        .into_iter()
+        .map(|target| {
+            let now_is = ConnectionParams::of_target(databases, &target)
+                .map_or_else(|_| "not configured".to_owned(), |c| c.describe());
+            (target, now_is)
+        })
+        .collect();
     let list = store
         .list_runs()
         .await
@@ -55,13 +65,9 @@ pub async fn rehearsal_for(
                 &hash[..12]
             ));
         }
-        for target in runbook.database_targets(params) {
-            let now_is = ConnectionParams::of_target(databases, &target)
-                .map(|c| c.describe())
-                .ok()
-                .unwrap_or_else(|| "not configured".to_owned());
-            match state.scratch.get(&target) {
-                Some(copy) if copy.origin == now_is => {}
+        for (target, now_is) in &targets {
+            match state.scratch.get(target) {
+                Some(copy) if copy.origin == *now_is => {}
                 Some(copy) => differs.push(format!(
                     "it copied `{target}` from {}; `{target}` is now {now_is}",
                     copy.origin
