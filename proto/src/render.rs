@@ -1,6 +1,6 @@
 //! A run's state as text for people: the status message in chat, the console, `status`.
 //!
-//! The body holds no times; its times come apart ([`status_times`]) in the style of where they
+//! The body holds no times; its times come apart ([`status_time_lines`]) in the style of where they
 //! are shown: Discord shows a timestamp only outside a code block, in each reader's time zone.
 
 use std::fmt::Write;
@@ -80,16 +80,9 @@ impl TimeLine {
     }
 }
 
-/// When the run started, since when it has waited for people, when an emergency restore's
-/// confirmation is due and when the open escalation was raised: one line each, in `style`.
-pub fn status_times(state: &RunState, style: TimeStyle) -> Vec<String> {
-    status_time_lines(state)
-        .iter()
-        .map(|line| line.render(style))
-        .collect()
-}
-
-/// [`status_times`], the times apart.
+/// When the run started (and the rehearsal it relies on completed), since when it has waited
+/// for people, when an emergency restore's confirmation is due and when the open escalation
+/// was raised: one line each, its time apart ([`TimeLine::render`] writes it).
 pub fn status_time_lines(state: &RunState) -> Vec<TimeLine> {
     let mut lines = vec![TimeLine::new("Started", state.started_at)];
     if let Some(rehearsal) = &state.rehearsed_in {
@@ -145,7 +138,7 @@ fn waits_for_people(state: &RunState) -> bool {
 }
 
 /// One line per phase and step, then the phase's blocked tenants, then what the run waits for;
-/// no times (see [`status_times`]).
+/// no times (see [`status_time_lines`]).
 pub fn status_body(state: &RunState) -> String {
     let mut out = String::new();
     let status = match &state.status {

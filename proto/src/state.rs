@@ -253,7 +253,7 @@ pub struct RunState {
     pub params: BTreeMap<String, String>,
     /// Whether this is a dry run.
     pub dry_run: bool,
-    /// Whether this is a rehearsal ([`rehearsal`](self::rehearsal)).
+    /// Whether this is a rehearsal: its database steps work on scratch copies of the targets.
     pub rehearsal: bool,
     /// A rehearsal's scratch copies, by database target.
     pub scratch: BTreeMap<String, ScratchCopy>,
