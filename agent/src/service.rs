@@ -16,8 +16,8 @@ use rollback_proto::times::TimeStyle;
 
 use crate::rehearsal_gate;
 use rollback_proto::{
-    Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rejection, RejectionKind,
-    RunId, Runbook, authorize, decide, decide_start,
+    Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rehearsal, Rejection,
+    RejectionKind, RunId, Runbook, authorize, decide, decide_start,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -319,13 +319,28 @@ impl CommandService {
                 dry_run,
                 rehearsal,
                 keep,
+                people,
+                fresh,
+                sample,
                 params,
             } => {
+                if !rehearsal && (*keep || *people || *fresh || sample.is_some()) {
+                    return rejected(
+                        "keep, people, fresh and sample are options of a rehearsal (`rehearse`), \
+                         not of a run",
+                    );
+                }
+                let rehearsal = rehearsal.then_some(Rehearsal {
+                    keep: *keep,
+                    with_people: *people,
+                    fresh_copy: *fresh,
+                    sample: *sample,
+                });
                 self.start(
                     req,
                     &caller,
                     runbook,
-                    (*dry_run, *rehearsal, *keep),
+                    (*dry_run, rehearsal),
                     params.clone(),
                     None,
                     now,
@@ -337,7 +352,7 @@ impl CommandService {
                     req,
                     &caller,
                     runbook,
-                    (false, false, false),
+                    (false, None),
                     Default::default(),
                     Some(database),
                     now,
@@ -411,7 +426,7 @@ impl CommandService {
         req: &CommandRequest,
         caller: &Caller,
         name: &str,
-        (dry_run, rehearsal, keep_copies): (bool, bool, bool),
+        (dry_run, rehearsal): (bool, Option<Rehearsal>),
         params: std::collections::BTreeMap<String, String>,
         typed_database: Option<&String>,
         now: OffsetDateTime,
@@ -423,7 +438,7 @@ impl CommandService {
             Ok(x) => x,
             Err(e) => return rejected(e.to_string()),
         };
-        let rehearsed_in = if dry_run || rehearsal || typed_database.is_some() {
+        let rehearsed_in = if dry_run || rehearsal.is_some() || typed_database.is_some() {
             None
         } else {
             match rehearsal_gate::rehearsal_for(
@@ -451,7 +466,6 @@ impl CommandService {
             params: &params,
             dry_run,
             rehearsal,
-            keep_copies,
             typed_database: typed_database.map(String::as_str),
         };
         let events = match decide_start(&new, caller, &self.policy, now) {
@@ -474,7 +488,7 @@ impl CommandService {
                 events,
                 message: format!(
                     "run {run_id} of `{name}` started{}",
-                    if rehearsal {
+                    if rehearsal.is_some() {
                         " (rehearsal on scratch copies)"
                     } else if dry_run {
                         " (dry run)"

@@ -152,6 +152,9 @@ mod tests {
         let started = envelope(
             carol,
             Event::RunStarted {
+                fresh_copy: false,
+                sample: None,
+                with_people: false,
                 keep_copies: false,
                 rehearsed_in: None,
                 rehearsal: false,

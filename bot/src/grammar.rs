@@ -108,6 +108,24 @@ pub const SUBCOMMANDS: &[Subcommand] = &[
                 "Keep the scratch copies afterwards instead of dropping them",
             ),
             opt(
+                "people",
+                OptionKind::Flag,
+                false,
+                "People start phases, tick checklists and approve, as on the night",
+            ),
+            opt(
+                "fresh",
+                OptionKind::Flag,
+                false,
+                "Copy from a fresh pg_dump even where a verified backup exists",
+            ),
+            opt(
+                "sample",
+                OptionKind::Item,
+                false,
+                "Rehearse on this many tenants (the largest among them); times extrapolated",
+            ),
+            opt(
                 "params",
                 OptionKind::Params,
                 false,
@@ -326,6 +344,9 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
             runbook: args.runbook()?,
         },
         "start" => Command::Start {
+            fresh: false,
+            people: false,
+            sample: None,
             keep: false,
             runbook: args.runbook()?,
             dry_run: args.flag("dry_run")?,
@@ -333,6 +354,9 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
             params: args.params()?,
         },
         "rehearse" => Command::Start {
+            fresh: args.flag("fresh")?,
+            people: args.flag("people")?,
+            sample: args.number("sample")?,
             runbook: args.runbook()?,
             dry_run: false,
             rehearsal: true,
@@ -450,20 +474,26 @@ impl Args<'_> {
     }
 
     fn item(&self) -> Result<u32, GrammarError> {
-        let spec = self.spec("item");
-        let n = match self.get("item")? {
+        Ok(self.number("item")?.unwrap_or(0))
+    }
+
+    /// A whole number from 1 (an item's, a count of tenants), if given.
+    fn number(&self, name: &str) -> Result<Option<u32>, GrammarError> {
+        let spec = self.spec(name);
+        let n = match self.get(name)? {
             Some(Value::Integer(n)) => *n,
             Some(Value::Text(t)) => t
                 .trim()
                 .parse()
                 .map_err(|_| invalid(spec, format!("`{t}` is not a number")))?,
             Some(other) => return Err(invalid(spec, format!("expected a number, got {other}"))),
-            None => 0,
+            None => return Ok(None),
         };
         u32::try_from(n)
             .ok()
             .filter(|n| *n >= 1)
-            .ok_or_else(|| invalid(spec, format!("{n} is not an item number (from 1)")))
+            .map(Some)
+            .ok_or_else(|| invalid(spec, format!("{n} is not a whole number from 1")))
     }
 
     fn flag(&self, name: &str) -> Result<bool, GrammarError> {
@@ -584,6 +614,9 @@ mod tests {
         assert_eq!(
             parse_line("start demo --dry-run params=a=1,b=two").unwrap(),
             Command::Start {
+                fresh: false,
+                people: false,
+                sample: None,
                 keep: false,
                 rehearsal: false,
                 runbook: "demo".into(),
@@ -591,6 +624,21 @@ mod tests {
                 params: BTreeMap::from([("a".into(), "1".into()), ("b".into(), "two".into())]),
             }
         );
+        assert_eq!(
+            parse_line("rehearse demo --people sample=3 --fresh").unwrap(),
+            Command::Start {
+                fresh: true,
+                people: true,
+                sample: Some(3),
+                keep: false,
+                rehearsal: true,
+                runbook: "demo".into(),
+                dry_run: false,
+                params: BTreeMap::new(),
+            }
+        );
+        let e = parse_line("rehearse demo sample=0").unwrap_err();
+        assert!(e.to_string().contains("0 is not a whole number from 1"), "{e}");
         assert_eq!(
             parse_line(&format!("check {run} assess 2")).unwrap(),
             Command::Check {

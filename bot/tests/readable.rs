@@ -67,6 +67,9 @@ fn phase(id: &str) -> PhaseId {
 fn one_of_each() -> Vec<Event> {
     vec![
         Event::RunStarted {
+            fresh_copy: false,
+            sample: None,
+            with_people: false,
             keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,

@@ -30,6 +30,18 @@ pub enum Command {
         /// A rehearsal's scratch copies are kept afterwards (for a look at them), not dropped.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep: bool,
+        /// A rehearsal with people in the loop: they start phases, tick checklists, approve
+        /// and decide on failures as on the night, instead of the rehearsal doing it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        people: bool,
+        /// A rehearsal copies from a fresh `pg_dump` of each target even when a verified full
+        /// backup of it exists.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fresh: bool,
+        /// A rehearsal on this many tenants of each tenancy target (the largest always among
+        /// them), its engine times extrapolated by rows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sample: Option<u32>,
         /// Parameter overrides.
         #[serde(default)]
         params: BTreeMap<String, String>,
@@ -171,9 +183,28 @@ impl Command {
                 runbook,
                 dry_run,
                 rehearsal,
+                people,
+                fresh,
+                sample,
+                keep,
                 ..
             } => match (*dry_run, *rehearsal) {
-                (_, true) => format!("rehearse {runbook}"),
+                (_, true) => {
+                    let mut line = format!("rehearse {runbook}");
+                    for (on, flag) in [
+                        (*keep, " --keep"),
+                        (*people, " --people"),
+                        (*fresh, " --fresh"),
+                    ] {
+                        if on {
+                            line.push_str(flag);
+                        }
+                    }
+                    if let Some(n) = sample {
+                        line.push_str(&format!(" --sample {n}"));
+                    }
+                    line
+                }
                 (true, false) => format!("start {runbook} --dry-run"),
                 (false, false) => format!("start {runbook}"),
             },

@@ -124,14 +124,25 @@ pub struct NewRun<'a> {
     pub params: &'a BTreeMap<String, String>,
     /// Whether steps only describe what they would do.
     pub dry_run: bool,
-    /// Whether it is a rehearsal on scratch copies.
-    pub rehearsal: bool,
-    /// A rehearsal's copies are kept afterwards.
-    pub keep_copies: bool,
+    /// For a rehearsal on scratch copies: how it is rehearsed.
+    pub rehearsal: Option<Rehearsal>,
     /// The rehearsal a real run relies on (found by the agent when the runbook requires one).
     pub rehearsed_in: Option<crate::events::RehearsalEvidence>,
     /// For an emergency runbook: the database name the person typed.
     pub typed_database: Option<&'a str>,
+}
+
+/// How a rehearsal is run (`rehearse` and its options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rehearsal {
+    /// Its scratch copies are kept afterwards.
+    pub keep: bool,
+    /// People start phases, tick checklists, approve and decide on failures.
+    pub with_people: bool,
+    /// Copies from a fresh `pg_dump` even where a verified full backup exists.
+    pub fresh_copy: bool,
+    /// A sample of this many tenants per tenancy target.
+    pub sample: Option<u32>,
 }
 
 /// Decides `start` and `emergency`: the events that open a run.
@@ -142,6 +153,7 @@ pub fn decide_start(
     now: OffsetDateTime,
 ) -> Result<Vec<Event>, Rejection> {
     let emergency = new.runbook.emergency.as_ref();
+    let rehearsing = new.rehearsal.unwrap_or_default();
     let command = match new.typed_database {
         Some(db) => Command::Emergency {
             runbook: new.name.to_owned(),
@@ -150,15 +162,18 @@ pub fn decide_start(
         None => Command::Start {
             runbook: new.name.to_owned(),
             dry_run: new.dry_run,
-            rehearsal: new.rehearsal,
-            keep: new.keep_copies,
+            rehearsal: new.rehearsal.is_some(),
+            keep: rehearsing.keep,
+            people: rehearsing.with_people,
+            fresh: rehearsing.fresh_copy,
+            sample: rehearsing.sample,
             params: new.params.clone(),
         },
     };
     authorize(&command, caller, policy)?;
     if let Some(within) = new.runbook.require_rehearsal_within
         && !new.dry_run
-        && !new.rehearsal
+        && new.rehearsal.is_none()
         && new.typed_database.is_none()
     {
         let window = time::Duration::try_from(within).unwrap_or(time::Duration::MAX);
@@ -178,11 +193,17 @@ pub fn decide_start(
             }
         }
     }
-    if new.rehearsal && (new.dry_run || new.typed_database.is_some()) {
+    if new.rehearsal.is_some() && (new.dry_run || new.typed_database.is_some()) {
         return Err(reject(
             RejectionKind::Invalid,
             "a rehearsal runs every step for real on scratch copies: it is neither a dry run \
              nor an emergency",
+        ));
+    }
+    if rehearsing.sample == Some(0) {
+        return Err(reject(
+            RejectionKind::Invalid,
+            "a sampled rehearsal needs at least one tenant (`sample` from 1)",
         ));
     }
     for key in new.params.keys() {
@@ -195,7 +216,7 @@ pub fn decide_start(
     }
     // A rehearsal's parameters: the runbook's `[rehearsal]` values, under the run's own.
     let mut params = new.params.clone();
-    if new.rehearsal {
+    if new.rehearsal.is_some() {
         for (name, value) in &new.runbook.rehearsal.params {
             params.entry(name.clone()).or_insert_with(|| value.clone());
         }
@@ -206,8 +227,11 @@ pub fn decide_start(
         runbook_source: new.source.to_owned(),
         params,
         dry_run: new.dry_run,
-        rehearsal: new.rehearsal,
-        keep_copies: new.rehearsal && new.keep_copies,
+        rehearsal: new.rehearsal.is_some(),
+        keep_copies: rehearsing.keep,
+        with_people: rehearsing.with_people,
+        fresh_copy: rehearsing.fresh_copy,
+        sample: rehearsing.sample,
         rehearsed_in: new.rehearsed_in.clone(),
     }];
     match (emergency, new.typed_database) {
@@ -229,7 +253,7 @@ pub fn decide_start(
         }
         // A dry run of an emergency runbook is a rehearsal: it changes nothing, so it needs
         // neither the typed name nor a second person.
-        (Some(_), None) if new.dry_run || new.rehearsal => {}
+        (Some(_), None) if new.dry_run || new.rehearsal.is_some() => {}
         (Some(_), None) => {
             return Err(reject(
                 RejectionKind::Invalid,

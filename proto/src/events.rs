@@ -86,6 +86,17 @@ pub enum Event {
         /// A rehearsal whose scratch copies are kept afterwards.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_copies: bool,
+        /// A rehearsal with people in the loop: phases, checklists, approvals and failures
+        /// wait for them as on the night.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        with_people: bool,
+        /// A rehearsal whose copies come from a fresh `pg_dump` even where a verified full
+        /// backup exists.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fresh_copy: bool,
+        /// A rehearsal on a sample of this many tenants per tenancy target.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sample: Option<u32>,
         /// For a runbook that requires a rehearsal: the rehearsal this real run relies on.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rehearsed_in: Option<RehearsalEvidence>,

@@ -22,7 +22,9 @@ pub mod words;
 
 pub use actor::Actor;
 pub use command::{Command, CommandReply, CommandRequest};
-pub use decide::{NewRun, Rejection, RejectionKind, authorize, decide, decide_start, settle};
+pub use decide::{
+    NewRun, Rehearsal, Rejection, RejectionKind, authorize, decide, decide_start, settle,
+};
 pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope, UnsettledIds};
 pub use events::{BlockedTenant, Event, OutputStream, RehearsalEvidence};
 pub use ids::{EventId, PhaseId, RunId, StepId};

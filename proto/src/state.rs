@@ -259,6 +259,12 @@ pub struct RunState {
     pub scratch: BTreeMap<String, ScratchCopy>,
     /// Whether a rehearsal keeps its copies afterwards.
     pub keep_copies: bool,
+    /// A rehearsal with people in the loop: nothing is completed or decided by itself.
+    pub with_people: bool,
+    /// A rehearsal copying from fresh dumps even where verified backups exist.
+    pub fresh_copy: bool,
+    /// A rehearsal on a sample of this many tenants per tenancy target.
+    pub sample: Option<u32>,
     /// The rehearsal a real run relies on.
     pub rehearsed_in: Option<crate::events::RehearsalEvidence>,
     /// Who started it.
@@ -414,6 +420,9 @@ impl RunState {
             dry_run,
             rehearsal,
             keep_copies,
+            with_people,
+            fresh_copy,
+            sample,
             rehearsed_in,
         } = &env.event
         else {
@@ -447,6 +456,9 @@ impl RunState {
         );
         state.rehearsal = *rehearsal;
         state.keep_copies = *keep_copies;
+        state.with_people = *with_people;
+        state.fresh_copy = *fresh_copy;
+        state.sample = *sample;
         state.rehearsed_in.clone_from(rehearsed_in);
         Ok(state)
     }
@@ -482,6 +494,9 @@ impl RunState {
             rehearsal: false,
             scratch: BTreeMap::new(),
             keep_copies: false,
+            with_people: false,
+            fresh_copy: false,
+            sample: None,
             rehearsed_in: None,
             started_by: by.clone(),
             started_at: at,
@@ -561,6 +576,12 @@ impl RunState {
             .is_some_and(|e| e.confirmed_by.is_none())
     }
 
+    /// A rehearsal without people in the loop: it starts phases, completes people's steps
+    /// and decides on failures and blocked tenants by itself.
+    pub fn rehearses_alone(&self) -> bool {
+        self.rehearsal && !self.with_people
+    }
+
     /// The event that must follow the current state by itself (phase or run completion,
     /// an automatic phase start), if any.
     pub fn follow_up(&self) -> Option<Event> {
@@ -586,7 +607,7 @@ impl RunState {
             // Nor does a rehearsal start before its copies exist.
             Some(_) if !self.scratch_copies_due().is_empty() => None,
             Some(p)
-                if (self.runbook.phases[p].auto_advance || self.rehearsal)
+                if (self.runbook.phases[p].auto_advance || self.rehearses_alone())
                     && self.paused.is_none()
                     && !self.awaiting_emergency_confirmation() =>
             {

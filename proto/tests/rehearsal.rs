@@ -220,7 +220,7 @@ fn copies_and_rehearsed_steps_belong_to_rehearsals_only() {
 fn a_rehearsal_is_neither_a_dry_run_nor_an_emergency() {
     let start = Start {
         dry_run: true,
-        rehearsal: true,
+        rehearsal: Some(rollback_proto::Rehearsal::default()),
         ..Start::default()
     };
     refused(
@@ -362,7 +362,7 @@ rehearse = true
 "#;
     let start = |rehearsal: bool, params: &std::collections::BTreeMap<String, String>| {
         let start = Start {
-            rehearsal,
+            rehearsal: rehearsal.then(rollback_proto::Rehearsal::default),
             params: params.clone(),
             ..Start::default()
         };
@@ -411,7 +411,7 @@ kind = "plan"
 target = "${db}"
 "#;
     let start = Start {
-        rehearsal: true,
+        rehearsal: Some(rollback_proto::Rehearsal::default()),
         params: [("db".to_owned(), "spare".to_owned())].into(),
         ..Start::default()
     };
@@ -427,8 +427,10 @@ target = "${db}"
 #[test]
 fn a_rehearsal_asked_to_keep_its_copies_completes_with_them() {
     let start = Start {
-        rehearsal: true,
-        keep_copies: true,
+        rehearsal: Some(rollback_proto::Rehearsal {
+            keep: true,
+            ..rollback_proto::Rehearsal::default()
+        }),
         ..Start::default()
     };
     let mut sc = Scenario::start_as(RUNBOOK, &alice(), &start).unwrap();

@@ -315,6 +315,9 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             reason: String::new()
         }),
         "[ -~\n]{0,40}".prop_map(|src| Event::RunStarted {
+            fresh_copy: false,
+            sample: None,
+            with_people: false,
             keep_copies: false,
             rehearsed_in: None,
             runbook: "x".into(),
@@ -354,7 +357,7 @@ proptest! {
         let run = RunId::new();
         let mut head = ChainHead::genesis(run);
         let first = if first_is_fixture {
-            Event::RunStarted { keep_copies: false, rehearsed_in: None,
+            Event::RunStarted { fresh_copy: false, sample: None, with_people: false, keep_copies: false, rehearsed_in: None,
                 runbook: "fixture".into(),
                 runbook_hash: String::new(),
                 runbook_source: FIXTURE.into(),

@@ -429,6 +429,9 @@ async fn lag(n: usize) -> anyhow::Result<String> {
                 &alice,
                 &["oncall"],
                 Command::Start {
+                    fresh: false,
+                    people: false,
+                    sample: None,
                     keep: false,
                     rehearsal: false,
                     runbook: "busy".into(),

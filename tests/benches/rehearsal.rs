@@ -114,6 +114,9 @@ impl Bench {
                 &chat_user("alice"),
                 &["oncall"],
                 Command::Start {
+                    fresh: false,
+                    people: false,
+                    sample: None,
                     keep: false,
                     runbook: "moves".into(),
                     dry_run: false,

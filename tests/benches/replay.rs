@@ -142,6 +142,9 @@ fn script(total: usize) -> (Vec<Draft>, u32, usize, Vec<Draft>) {
         0,
         alice.clone(),
         Event::RunStarted {
+            fresh_copy: false,
+            sample: None,
+            with_people: false,
             keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,

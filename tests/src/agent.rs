@@ -213,6 +213,9 @@ impl CommandClient {
         runbook: &str,
     ) -> anyhow::Result<rollback_proto::RunId> {
         let start = Command::Start {
+            fresh: false,
+            people: false,
+            sample: None,
             keep: false,
             rehearsal: false,
             runbook: runbook.into(),

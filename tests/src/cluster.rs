@@ -599,6 +599,9 @@ impl RunDriver {
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    fresh: false,
+                    people: false,
+                    sample: None,
                     keep: false,
                     rehearsal: false,
                     runbook: runbook.into(),

@@ -75,6 +75,9 @@ approvals = 1
                 alice.clone(),
                 started,
                 Event::RunStarted {
+                    fresh_copy: false,
+                    sample: None,
+                    with_people: false,
                     keep_copies: false,
                     rehearsed_in: None,
                     rehearsal: false,

@@ -48,6 +48,9 @@ fn history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                fresh_copy: false,
+                sample: None,
+                with_people: false,
                 keep_copies: false,
                 rehearsed_in: None,
                 rehearsal: false,
@@ -706,6 +709,9 @@ fn blocked_history() -> Vec<(i64, Actor, Event)> {
             0,
             person("alice"),
             Event::RunStarted {
+                fresh_copy: false,
+                sample: None,
+                with_people: false,
                 keep_copies: false,
                 rehearsed_in: None,
                 rehearsal: false,

@@ -51,7 +51,7 @@ impl RunState {
                 reason,
             } => {
                 let p = self.phase_under_way(event, phase)?;
-                if *actor == Actor::Agent && !self.rehearsal {
+                if *actor == Actor::Agent && !self.rehearses_alone() {
                     return Err(self.illegal(event, "only a person accepts blocked tenants"));
                 }
                 let unresolved: BTreeSet<i64> = self

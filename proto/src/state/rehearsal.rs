@@ -173,7 +173,7 @@ impl RunState {
     /// report; its copies are dropped after), blocked tenants are accepted as left behind (and
     /// reported), and checklists and approvals are completed ([`Event::StepRehearsed`]).
     pub(super) fn rehearsal_follow_up(&self) -> Option<E> {
-        if !self.rehearsal || self.paused.is_some() || self.is_finished() {
+        if !self.rehearses_alone() || self.paused.is_some() || self.is_finished() {
             return None;
         }
         let p = self.active_phase?;
@@ -212,7 +212,7 @@ impl RunState {
     /// In a rehearsal: the active phase's next step, when it is a checklist or an approval
     /// that a person would complete.
     pub(super) fn rehearsed_step(&self) -> Option<&StepId> {
-        if !self.rehearsal || self.paused.is_some() {
+        if !self.rehearses_alone() || self.paused.is_some() {
             return None;
         }
         let (step, state) = self.open_step_in(self.active_phase?)?;

@@ -154,7 +154,7 @@ impl Scenario {
             source,
             caller,
             &Start {
-                rehearsal: true,
+                rehearsal: Some(rollback_proto::Rehearsal::default()),
                 ..Start::default()
             },
         )
@@ -240,8 +240,7 @@ impl Scenario {
 #[derive(Default)]
 pub struct Start {
     pub dry_run: bool,
-    pub rehearsal: bool,
-    pub keep_copies: bool,
+    pub rehearsal: Option<rollback_proto::Rehearsal>,
     pub params: BTreeMap<String, String>,
     pub typed_database: Option<String>,
     pub rehearsed_in: Option<rollback_proto::RehearsalEvidence>,
@@ -265,7 +264,6 @@ impl Start {
             params: &self.params,
             dry_run: self.dry_run,
             rehearsal: self.rehearsal,
-            keep_copies: self.keep_copies,
             rehearsed_in: self.rehearsed_in.clone(),
             typed_database: self.typed_database.as_deref(),
         };

@@ -186,6 +186,9 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
             "alice",
             &["oncall"],
             Command::Start {
+                fresh: false,
+                people: false,
+                sample: None,
                 keep: false,
                 rehearsal: false,
                 runbook: "../etc/passwd".into(),
@@ -203,6 +206,9 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
             "alice",
             &["oncall"],
             Command::Start {
+                fresh: false,
+                people: false,
+                sample: None,
                 keep: false,
                 rehearsal: false,
                 runbook: "nope".into(),

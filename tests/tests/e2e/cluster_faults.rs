@@ -188,6 +188,9 @@ impl Chaos {
                     "alice",
                     &["oncall"],
                     Command::Start {
+                        fresh: false,
+                        people: false,
+                        sample: None,
                         keep: false,
                         rehearsal: false,
                         runbook: "chaos".into(),

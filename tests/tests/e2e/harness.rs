@@ -124,6 +124,9 @@ approvers = ["approve"]
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    fresh: false,
+                    people: false,
+                    sample: None,
                     keep: false,
                     rehearsal: false,
                     runbook: runbook.into(),
@@ -145,6 +148,9 @@ approvers = ["approve"]
                 "alice",
                 &["oncall"],
                 Command::Start {
+                    fresh: false,
+                    people: false,
+                    sample: None,
                     keep: false,
                     runbook: runbook.into(),
                     dry_run: false,

@@ -36,6 +36,9 @@ fn run_started() -> Vec<Draft> {
         causation_id: None,
         at: OffsetDateTime::now_utc(),
         event: Event::RunStarted {
+            fresh_copy: false,
+            sample: None,
+            with_people: false,
             keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,
@@ -432,6 +435,9 @@ command = "echo after >> {out}"
             "alice",
             &["oncall"],
             Command::Start {
+                fresh: false,
+                people: false,
+                sample: None,
                 keep: false,
                 rehearsal: false,
                 runbook: "gated".into(),

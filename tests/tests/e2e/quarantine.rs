@@ -352,6 +352,9 @@ async fn long_run(h: &Harness, events: usize) -> Vec<Envelope> {
         event,
     };
     let start = vec![draft(Event::RunStarted {
+        fresh_copy: false,
+        sample: None,
+        with_people: false,
         keep_copies: false,
         rehearsed_in: None,
         rehearsal: false,

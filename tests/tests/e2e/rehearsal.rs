@@ -389,6 +389,9 @@ async fn a_rehearsal_killed_twice_resumes_and_leaves_no_copy_behind() {
 
 fn real_start(runbook: &str) -> Command {
     Command::Start {
+        fresh: false,
+        people: false,
+        sample: None,
         keep: false,
         runbook: runbook.into(),
         dry_run: false,
@@ -592,6 +595,9 @@ async fn a_rehearsal_asked_to_keep_its_copy_leaves_it_and_says_so() {
             "alice",
             &["oncall"],
             Command::Start {
+                fresh: false,
+                people: false,
+                sample: None,
                 runbook: "plan-only".into(),
                 dry_run: false,
                 rehearsal: true,

@@ -240,6 +240,9 @@ async fn a_run_that_spans_a_key_rotation_verifies_end_to_end() {
     };
     let started = send(
         Command::Start {
+            fresh: false,
+            people: false,
+            sample: None,
             keep: false,
             rehearsal: false,
             runbook: "tick".into(),

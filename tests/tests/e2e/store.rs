@@ -50,6 +50,9 @@ fn draft(event: Event) -> Draft {
 fn start_drafts() -> Vec<Draft> {
     vec![
         draft(Event::RunStarted {
+            fresh_copy: false,
+            sample: None,
+            with_people: false,
             keep_copies: false,
             rehearsed_in: None,
             rehearsal: false,
