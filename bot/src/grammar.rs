@@ -638,7 +638,10 @@ mod tests {
             }
         );
         let e = parse_line("rehearse demo sample=0").unwrap_err();
-        assert!(e.to_string().contains("0 is not a whole number from 1"), "{e}");
+        assert!(
+            e.to_string().contains("0 is not a whole number from 1"),
+            "{e}"
+        );
         assert_eq!(
             parse_line(&format!("check {run} assess 2")).unwrap(),
             Command::Check {

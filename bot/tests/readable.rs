@@ -193,6 +193,12 @@ fn one_of_each() -> Vec<Event> {
             reason: "you requested it: someone else must approve it".into(),
         },
         Event::ScratchCopyMade {
+            sample: Some(rollback_proto::TenantSample {
+                schemas: vec!["tenant_7".into(), "tenant_12".into()],
+                schemas_total: 300,
+                rows: 3_310,
+                rows_total: 495_941,
+            }),
             origin: String::new(),
             target: "app".into(),
             database: "rehearsal_0123456789ab_app".into(),
@@ -200,6 +206,25 @@ fn one_of_each() -> Vec<Event> {
             bytes: 12_345_678,
             rows: 495_941,
             millis: 18_250,
+        },
+        Event::StepMeasured {
+            step: step("load"),
+            attempt: 1,
+            measured: rollback_proto::StepMeasurement {
+                rows: Some(495_941),
+                wal_bytes: 123_456_789,
+                growth_bytes: -4_000_000,
+                free_space: Some(rollback_proto::FreeSpace {
+                    path: "/var/backups/rollback".into(),
+                    bytes: 52_000_000_000,
+                }),
+                lock_waits: 2,
+                lock_wait_millis: 1_500,
+                longest_statement: Some(rollback_proto::LongStatement {
+                    millis: 12_250,
+                    text: "INSERT INTO public.orders SELECT …".into(),
+                }),
+            },
         },
         Event::ScratchCopyDropped {
             target: "app".into(),
@@ -246,9 +271,10 @@ fn kind(event: &Event) -> usize {
         Event::ScratchCopyMade { .. } => 28,
         Event::ScratchCopyDropped { .. } => 29,
         Event::StepRehearsed { .. } => 30,
+        Event::StepMeasured { .. } => 31,
     }
 }
-const KINDS: usize = 31;
+const KINDS: usize = 32;
 
 /// The run started by alice at [`AT`], its first phase under way by her.
 fn base() -> RunState {

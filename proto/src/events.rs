@@ -62,6 +62,72 @@ pub struct RehearsalEvidence {
     pub step_millis: BTreeMap<StepId, u64>,
 }
 
+/// The tenants a sampled rehearsal copied of one target, out of all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSample {
+    /// The tenant schemas copied (the largest by rows always among them).
+    pub schemas: Vec<String>,
+    /// Tenant schemas in the target.
+    pub schemas_total: u32,
+    /// Rows of the copied tenant schemas.
+    pub rows: u64,
+    /// Rows of every tenant schema.
+    pub rows_total: u64,
+}
+
+impl TenantSample {
+    /// How much larger the whole is than the sample, by rows (1 when the sample is empty).
+    pub fn scale(&self) -> f64 {
+        if self.rows == 0 {
+            1.0
+        } else {
+            self.rows_total as f64 / self.rows as f64
+        }
+    }
+}
+
+/// What a rehearsal measured on its scratch copies while one attempt at a step ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMeasurement {
+    /// Rows the step moved, checked, restored, exported or imported, by the engine's own
+    /// count; `None` for a step that counts none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// WAL the copies' server wrote meanwhile, in bytes (the whole server's: a rehearsal on a
+    /// busy shared server counts its neighbours too).
+    pub wal_bytes: u64,
+    /// How much the copies' databases grew, in bytes (negative: they shrank).
+    pub growth_bytes: i64,
+    /// Where the step writes its archives and the bytes free there before it began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_space: Option<FreeSpace>,
+    /// Sessions seen waiting for a lock on the copies (sampled every quarter second).
+    pub lock_waits: u32,
+    /// Time those sessions were seen waiting, in milliseconds (sampled).
+    pub lock_wait_millis: u64,
+    /// The longest statement seen running on the copies (sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_statement: Option<LongStatement>,
+}
+
+/// Free space where a step writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreeSpace {
+    /// The folder.
+    pub path: String,
+    /// Bytes free there.
+    pub bytes: u64,
+}
+
+/// A statement seen running, and for how long at least.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongStatement {
+    /// How long it had run when last seen, in milliseconds.
+    pub millis: u64,
+    /// Its first 200 characters.
+    pub text: String,
+}
+
 /// One fact in the history of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -237,6 +303,19 @@ pub enum Event {
         rows: u64,
         /// How long making it took, in milliseconds.
         millis: u64,
+        /// For a sampled rehearsal: the tenants copied, out of all of them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sample: Option<TenantSample>,
+    },
+    /// What a rehearsal measured while an attempt at a step ran; recorded just before the
+    /// attempt's outcome.
+    StepMeasured {
+        /// The step.
+        step: StepId,
+        /// The attempt.
+        attempt: u32,
+        /// What was measured.
+        measured: StepMeasurement,
     },
     /// A rehearsal's scratch copy was dropped (at its end, or after it was aborted).
     ScratchCopyDropped {
@@ -381,6 +460,7 @@ impl Event {
             Event::RunCompleted => "RunCompleted",
             Event::ScratchCopyMade { .. } => "ScratchCopyMade",
             Event::ScratchCopyDropped { .. } => "ScratchCopyDropped",
+            Event::StepMeasured { .. } => "StepMeasured",
             Event::StepRehearsed { .. } => "StepRehearsed",
             Event::EscalationRaised { .. } => "EscalationRaised",
             Event::EscalationAcknowledged { .. } => "EscalationAcknowledged",

@@ -26,7 +26,10 @@ pub use decide::{
     NewRun, Rehearsal, Rejection, RejectionKind, authorize, decide, decide_start, settle,
 };
 pub use envelope::{ChainError, ChainHead, ChainVerifier, Draft, Envelope, UnsettledIds};
-pub use events::{BlockedTenant, Event, OutputStream, RehearsalEvidence};
+pub use events::{
+    BlockedTenant, Event, FreeSpace, LongStatement, OutputStream, RehearsalEvidence,
+    StepMeasurement, TenantSample,
+};
 pub use ids::{EventId, PhaseId, RunId, StepId};
 pub use next::{NextAction, Waiting};
 pub use policy::{Caller, Permission, Policy};

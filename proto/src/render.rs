@@ -376,3 +376,47 @@ fn clip(text: &str) -> String {
         None => text.to_owned(),
     }
 }
+
+/// A rehearsal's measurement of a step in words: rows, WAL, growth, lock waits, the longest
+/// statement, the free space where it writes.
+pub fn measurement_words(m: &crate::events::StepMeasurement) -> String {
+    let mut parts = Vec::new();
+    if let Some(rows) = m.rows {
+        parts.push(format!("{rows} rows"));
+    }
+    parts.push(format!("{} WAL", bytes_words(m.wal_bytes)));
+    let growth = bytes_words(m.growth_bytes.unsigned_abs());
+    parts.push(if m.growth_bytes < 0 {
+        format!("the copies shrank by {growth}")
+    } else {
+        format!("the copies grew by {growth}")
+    });
+    parts.push(match m.lock_waits {
+        0 => "no lock waits seen".to_owned(),
+        n => format!(
+            "{n} lock wait(s) seen, {} in all",
+            crate::runbook::format_duration(std::time::Duration::from_millis(m.lock_wait_millis))
+        ),
+    });
+    if let Some(long) = &m.longest_statement {
+        parts.push(format!(
+            "longest statement seen {}: {}",
+            crate::runbook::format_duration(std::time::Duration::from_millis(long.millis)),
+            clip(&long.text)
+        ));
+    }
+    if let Some(free) = &m.free_space {
+        parts.push(format!("{} free in {}", bytes_words(free.bytes), free.path));
+    }
+    parts.join("; ")
+}
+
+/// Bytes for people: B, kB, MB or GB (powers of 1000), whole numbers.
+pub fn bytes_words(bytes: u64) -> String {
+    match bytes {
+        b if b < 1_000 => format!("{b} B"),
+        b if b < 1_000_000 => format!("{} kB", b.div_ceil(1_000)),
+        b if b < 10_000_000_000 => format!("{} MB", b.div_ceil(1_000_000)),
+        b => format!("{} GB", b.div_ceil(1_000_000_000)),
+    }
+}

@@ -116,6 +116,15 @@ pub struct Step {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
+    /// How long it may take on the night (the maintenance window's share of it, say): a
+    /// rehearsal names a step that took longer as a bottleneck. Unlike the timeout, nothing
+    /// stops a step over its budget.
+    #[serde(
+        default,
+        with = "duration::option_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub budget: Option<Duration>,
     /// How failed attempts are retried.
     pub retry: RetryPolicy,
     /// Distinct approvals needed before it runs (or, for `approval`, to complete it).

@@ -175,6 +175,8 @@ pub struct StepState {
     pub finished_at: Option<OffsetDateTime>,
     /// The tenants its latest attempt left untouched because they are blocked.
     pub blocked: Vec<BlockedTenant>,
+    /// In a rehearsal: what was measured while its latest measured attempt ran.
+    pub measured: Option<crate::events::StepMeasurement>,
 }
 
 impl StepState {
@@ -188,6 +190,7 @@ impl StepState {
             started_at: None,
             finished_at: None,
             blocked: Vec::new(),
+            measured: None,
         }
     }
 }
@@ -655,7 +658,7 @@ impl RunState {
             // A rehearsal's copies are dropped after an abort too.
             E::ScratchCopyDropped { .. } => self.apply_rehearsal_event(applied)?,
             _ if self.is_finished() => return Err(self.illegal(event, "the run is finished")),
-            E::ScratchCopyMade { .. } | E::StepRehearsed { .. } => {
+            E::ScratchCopyMade { .. } | E::StepRehearsed { .. } | E::StepMeasured { .. } => {
                 self.apply_rehearsal_event(applied)?
             }
             E::RunStarted { .. } => {

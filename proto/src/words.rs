@@ -77,11 +77,31 @@ pub fn event_words(event: &Event, by: Option<&Actor>) -> String {
             bytes,
             rows,
             millis,
+            sample,
+        } => {
+            let sampled = sample.as_ref().map_or_else(String::new, |s| {
+                format!(
+                    " (a sample: {} of {} tenants, {} of {} tenant rows)",
+                    s.schemas.len(),
+                    s.schemas_total,
+                    s.rows,
+                    s.rows_total
+                )
+            });
+            format!(
+                "scratch copy `{database}` of `{target}` made from {source}: {rows} rows, {} MB \
+                 dumped, in {:.1} s{sampled}",
+                bytes.div_ceil(1_000_000),
+                *millis as f64 / 1000.0
+            )
+        }
+        E::StepMeasured {
+            step,
+            attempt,
+            measured,
         } => format!(
-            "scratch copy `{database}` of `{target}` made from {source}: {rows} rows, {} MB \
-             dumped, in {:.1} s",
-            bytes.div_ceil(1_000_000),
-            *millis as f64 / 1000.0
+            "attempt {attempt} at `{step}` measured: {}",
+            crate::render::measurement_words(measured)
         ),
         E::ScratchCopyDropped { target, database } => {
             format!("scratch copy `{database}` of `{target}` dropped")

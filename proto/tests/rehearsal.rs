@@ -48,6 +48,7 @@ approvals = 1
 
 fn made(target: &str) -> Event {
     Event::ScratchCopyMade {
+        sample: None,
         origin: String::new(),
         target: target.into(),
         database: format!("rehearsal_x_{target}"),

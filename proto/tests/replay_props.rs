@@ -328,6 +328,7 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
             rehearsal: false
         }),
         Just(Event::ScratchCopyMade {
+            sample: None,
             origin: String::new(),
             target: "app".into(),
             database: "rehearsal_app".into(),
@@ -339,6 +340,11 @@ fn arbitrary_event() -> impl Strategy<Value = Event> {
         Just(Event::ScratchCopyDropped {
             target: "app".into(),
             database: "rehearsal_app".into()
+        }),
+        Just(Event::StepMeasured {
+            step: StepId::new("consolidate").unwrap(),
+            attempt: 1,
+            measured: rollback_proto::StepMeasurement::default(),
         }),
     ]
 }

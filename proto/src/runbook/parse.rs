@@ -80,6 +80,8 @@ struct CommonFields {
     destructive: bool,
     #[serde(default, with = "duration::option_text")]
     timeout: Option<Duration>,
+    #[serde(default, with = "duration::option_text")]
+    budget: Option<Duration>,
     #[serde(default)]
     retry: RetryPolicy,
     #[serde(default)]
@@ -93,13 +95,14 @@ struct CommonFields {
 }
 
 /// The keys of [`CommonFields`]: everything else in a step's table goes to its kind.
-const COMMON_FIELDS: [&str; 11] = [
+const COMMON_FIELDS: [&str; 12] = [
     "id",
     "title",
     "kind",
     "idempotent",
     "destructive",
     "timeout",
+    "budget",
     "retry",
     "approvals",
     "dry_run",
@@ -319,6 +322,7 @@ impl Parser<'_> {
             idempotent: common.idempotent,
             destructive: common.destructive,
             timeout: common.timeout,
+            budget: common.budget,
             retry: common.retry,
             approvals: common.approvals,
             dry_run: common.dry_run,

@@ -20,6 +20,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// A step with every common field at its default.
 fn plain(id: &str, kind: StepKind) -> Step {
     Step {
+        budget: None,
         maintenance: None,
         rehearse: false,
         id: step_id(id),

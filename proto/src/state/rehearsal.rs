@@ -32,6 +32,8 @@ pub struct ScratchCopy {
     pub rows: u64,
     /// How long making it took, in milliseconds.
     pub millis: u64,
+    /// For a sampled rehearsal: the tenants copied, out of all of them.
+    pub sample: Option<crate::events::TenantSample>,
     /// Whether it was dropped.
     pub dropped: bool,
 }
@@ -58,6 +60,7 @@ impl RunState {
                 bytes,
                 rows,
                 millis,
+                sample,
             } => {
                 if self.is_finished() {
                     return Err(self.illegal(event, "the run is finished"));
@@ -80,6 +83,7 @@ impl RunState {
                         bytes: *bytes,
                         rows: *rows,
                         millis: *millis,
+                        sample: sample.clone(),
                         dropped: false,
                     },
                 );
@@ -95,6 +99,25 @@ impl RunState {
                     ));
                 }
             },
+            E::StepMeasured {
+                step,
+                attempt,
+                measured,
+            } => {
+                let (p, s) = self.active_step(event, step)?;
+                match self.phases[p].steps[s].status {
+                    StepStatus::Running {
+                        attempt: running, ..
+                    } if running == *attempt => {}
+                    _ => {
+                        return Err(self.illegal(
+                            event,
+                            format!("attempt {attempt} at `{step}` is not running"),
+                        ));
+                    }
+                }
+                self.phases[p].steps[s].measured = Some(measured.clone());
+            }
             E::StepRehearsed { step } => {
                 let (p, s) = self.active_step(event, step)?;
                 if self.rehearsed_step() != Some(step) {

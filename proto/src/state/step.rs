@@ -50,6 +50,7 @@ impl RunState {
                 st.attempts = *attempt;
                 st.started_at.get_or_insert(at);
                 st.blocked.clear();
+                st.measured = None;
             }
             E::StepOutputRecorded { step, attempt, .. } => {
                 let (p, s) = self.active_step(event, step)?;
