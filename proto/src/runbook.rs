@@ -245,6 +245,16 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// The folder the step writes its archives into (unexpanded), if it writes any.
+    pub fn written_dir(&self) -> Option<&str> {
+        match self {
+            StepKind::PgDump(s) => Some(&s.output_dir),
+            StepKind::DropSchemas(s) => Some(&s.archive_dir),
+            StepKind::ExportDelta(s) => Some(&s.output_dir),
+            _ => None,
+        }
+    }
+
     /// The database target the step works on, if it works on one.
     pub fn database_target(&self) -> Option<&str> {
         match self {

@@ -284,7 +284,7 @@ async fn main() {
     let backup: Archive = archive::dump(
         &programs,
         &conn,
-        &DumpRequest {
+        &DumpRequest { exclude_schemas: &[],
             output_dir: dir.path(),
             label: "pre-migration",
             schemas: &[],

@@ -154,6 +154,8 @@ pub struct DumpRequest<'a> {
     pub label: &'a str,
     /// Exactly these schemas, by exact name; the whole database when empty.
     pub schemas: &'a [String],
+    /// Schemas left out, by exact name (a sampled rehearsal's other tenants).
+    pub exclude_schemas: &'a [String],
     /// Directory (parallel) or custom.
     pub format: DumpFormat,
     /// Parallel jobs; only the directory format uses more than one.
@@ -244,6 +246,9 @@ pub fn dump_args(req: &DumpRequest<'_>, file: &Path) -> Vec<OsString> {
         for schema in req.schemas {
             args.push(format!("--schema={}", schema_pattern(schema)).into());
         }
+    }
+    for schema in req.exclude_schemas {
+        args.push(format!("--exclude-schema={}", schema_pattern(schema)).into());
     }
     let mut file_arg = OsString::from("--file=");
     file_arg.push(file);
@@ -546,7 +551,7 @@ mod tests {
     #[test]
     fn dump_arguments_select_schemas_and_carry_no_connection() {
         let schemas = vec!["tenant_1".to_owned(), "we?ird".to_owned()];
-        let req = DumpRequest {
+        let req = DumpRequest { exclude_schemas: &[],
             output_dir: Path::new("/backups"),
             label: "run",
             schemas: &schemas,
@@ -605,7 +610,7 @@ mod tests {
         let text = describe_dump(
             &programs,
             &conn,
-            &DumpRequest {
+            &DumpRequest { exclude_schemas: &[],
                 output_dir: Path::new("/backups"),
                 label: "run",
                 schemas: &schemas,

@@ -11,6 +11,7 @@
 mod feed;
 mod keeper;
 pub mod lease;
+mod measure;
 mod reason;
 mod record;
 pub mod scratch;
@@ -31,7 +32,7 @@ use crate::steps::{
 };
 pub use crate::steps::{Progress, StepNote};
 use crate::store::{AppendError, JetStreamEventStore, LoadError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RunMode};
 use keeper::{LeaseHandle, LeaseKeeper};
 pub use lease::{Lease, LeaseError};
 use reason::escalation_reason;
@@ -238,6 +239,10 @@ async fn run_loop(
     work: &CancellationToken,
 ) -> Result<RunEnd, ExecError> {
     let mut rec = Recorder::load(deps, run).await?;
+    // Counted while this agent holds the run's lease, under the run's mode.
+    let _active = rec
+        .state()
+        .map(|s| deps.metrics.run_active(RunMode::of_run(s)));
     let delays: Vec<Duration> = deps.escalation.iter().map(|l| l.after).collect();
     loop {
         if work.is_cancelled() {
@@ -360,8 +365,9 @@ async fn run_attempt(
         // outcome and decides.
         return Ok(());
     }
-    deps.metrics.record_step_attempt();
     let state = rec.state().expect("a run with a started step").clone();
+    let mode = RunMode::of_run(&state);
+    deps.metrics.record_step_attempt(mode);
     let (_, _, def, _) = state.step(step).expect("the step exists");
     let def = def.clone();
     let cancel = work.child_token();
@@ -373,6 +379,8 @@ async fn run_attempt(
     );
     let (notes, mut notes_rx) = Notes::channel();
     let mut taken = NotesTaken::default();
+    // A rehearsal measures each attempt on its copies.
+    let probe = measure::Probe::start(deps, &state, &def).await;
 
     let step_future = execute(deps, &state, &def, attempt, sink, notes, cancel.clone());
     tokio::pin!(step_future);
@@ -429,8 +437,11 @@ async fn run_attempt(
     }
     let outcome_event = match outcome {
         StepOutcome::Succeeded { summary } => {
-            deps.metrics
-                .record_step(def.kind.name(), crate::telemetry::StepOutcome::Succeeded);
+            deps.metrics.record_step(
+                def.kind.name(),
+                crate::telemetry::StepOutcome::Succeeded,
+                mode,
+            );
             Event::StepSucceeded {
                 step: step.clone(),
                 attempt,
@@ -439,7 +450,7 @@ async fn run_attempt(
         }
         StepOutcome::Failed { error, retryable } => {
             deps.metrics
-                .record_step(def.kind.name(), crate::telemetry::StepOutcome::Failed);
+                .record_step(def.kind.name(), crate::telemetry::StepOutcome::Failed, mode);
             let retry_in_ms = (retryable && attempt < def.retry.max_attempts)
                 .then(|| retry_delay(&def, attempt).as_millis() as u64);
             Event::StepFailed {
@@ -451,7 +462,16 @@ async fn run_attempt(
             }
         }
     };
-    rec.record(vec![outcome_event]).await?;
+    let mut events = Vec::with_capacity(2);
+    if let Some(probe) = probe {
+        events.push(Event::StepMeasured {
+            step: step.clone(),
+            attempt,
+            measured: probe.finish(taken.rows).await,
+        });
+    }
+    events.push(outcome_event);
+    rec.record(events).await?;
     Ok(())
 }
 
@@ -566,7 +586,8 @@ async fn raise_escalation(
     {
         return Ok(());
     }
-    deps.metrics.record_escalation(&level.to_string());
+    deps.metrics
+        .record_escalation(&level.to_string(), RunMode::of_run(&state));
     for hook in &path.webhooks {
         let body = serde_json::json!({ "run": state.run_id.to_string(), "level": level, "name": path.name, "reason": reason });
         let sent = deps
@@ -591,6 +612,8 @@ async fn raise_escalation(
 struct NotesTaken {
     progress: Option<Progress>,
     facts: Vec<Event>,
+    /// Rows the step counted, added up (`None` when it counted none).
+    rows: Option<u64>,
     acks: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -603,6 +626,7 @@ impl NotesTaken {
                 self.facts.push(event);
                 self.acks.push(ack);
             }
+            StepNote::Rows(rows) => *self.rows.get_or_insert(0) += rows,
         }
     }
 

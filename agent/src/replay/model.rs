@@ -344,6 +344,88 @@ pub struct RehearsalFacts {
     /// "on"` to the end of the one marked `"off"`; `None` without both.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,
+    /// What was measured on the copies while each step ran, in runbook order.
+    pub measured: Vec<MeasuredStep>,
+    /// Steps that ran (or, sampled, would run) longer than the budget their runbook gives.
+    pub over_budget: Vec<OverBudget>,
+    /// Each folder archives were written to: what they took, and the room there.
+    pub disk: Vec<DiskNeed>,
+    /// WAL the copies' servers wrote while the steps ran, in bytes.
+    pub wal_bytes: u64,
+    /// Sessions seen waiting for a lock on the copies.
+    pub lock_waits: u32,
+    /// The longest statement seen on the copies: its step, time and text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longest_statement: Option<(String, rollback_proto::LongStatement)>,
+    /// For a sampled rehearsal: the tenants copied of each target, and how the times were
+    /// extrapolated; empty otherwise.
+    pub samples: Vec<SampleReport>,
+    /// For a sampled rehearsal: the agent's running time extrapolated to every tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extrapolated_running_ms: Option<i64>,
+}
+
+/// One step as the rehearsal measured it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeasuredStep {
+    /// The step's id.
+    pub step: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Time its attempts ran, in milliseconds.
+    pub running_ms: i64,
+    /// What was measured while its last measured attempt ran.
+    pub measured: rollback_proto::StepMeasurement,
+    /// Rows per second, when the step counts rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_per_s: Option<f64>,
+    /// For a sampled rehearsal: its time extrapolated to every tenant (engine and archive
+    /// steps only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extrapolated_ms: Option<i64>,
+}
+
+/// A step over the budget its runbook gives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverBudget {
+    /// The step's id.
+    pub step: String,
+    /// Its budget, in milliseconds.
+    pub budget_ms: i64,
+    /// What it took (or, sampled, would take), in milliseconds.
+    pub took_ms: i64,
+}
+
+/// The archives written to one folder, against the room there.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskNeed {
+    /// The folder.
+    pub path: String,
+    /// Bytes the rehearsal's archives took there.
+    pub written_bytes: u64,
+    /// For a sampled rehearsal: the bytes every tenant's archives would take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extrapolated_bytes: Option<u64>,
+    /// Bytes free there before the first step writing there began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+}
+
+/// The tenants a sampled rehearsal copied of one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleReport {
+    /// The database target.
+    pub target: String,
+    /// The tenant schemas copied.
+    pub schemas: Vec<String>,
+    /// Tenant schemas in the target.
+    pub schemas_total: u32,
+    /// Rows of the copied tenant schemas.
+    pub rows: u64,
+    /// Rows of all tenant schemas.
+    pub rows_total: u64,
+    /// rows_total / rows: the factor the engine's times are multiplied by.
+    pub scale: f64,
 }
 
 /// How long the application would be in maintenance mode.
@@ -359,6 +441,9 @@ pub struct MaintenanceWindow {
     /// The checklists and approvals in between, which the rehearsal completed itself: on the
     /// night their people's time comes on top.
     pub people_steps: Vec<String>,
+    /// For a sampled rehearsal: the agent's part extrapolated to every tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extrapolated_ms: Option<i64>,
 }
 
 /// How many bottlenecks a rehearsal's report names.

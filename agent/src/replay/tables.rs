@@ -2,6 +2,7 @@
 //! and every entry's cells as plain text. The Markdown and the HTML report only lay them out and
 //! escape the cells their own way.
 
+use rollback_proto::render::bytes_words;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -175,12 +176,37 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
             facts.people_steps.join(", ")
         }
     ));
+    for sample in &facts.samples {
+        lines.push(format!(
+            "Sampled: `{}` was copied with {} of its {} tenant schemas ({} of {} tenant rows; \
+             the largest and every blocked tenant among them: {}). The engine's and the \
+             archive steps' times and the archives' sizes are extrapolated linearly by rows, \
+             × {:.1}; other steps are as measured",
+            sample.target,
+            sample.schemas.len(),
+            sample.schemas_total,
+            sample.rows,
+            sample.rows_total,
+            sample.schemas.join(", "),
+            sample.scale
+        ));
+    }
+    if let Some(ms) = facts.extrapolated_running_ms {
+        lines.push(format!(
+            "Extrapolated to every tenant, the agent's steps would run for {:.1} s",
+            ms as f64 / 1000.0
+        ));
+    }
     if let Some(window) = &facts.maintenance_window {
         lines.push(format!(
-            "Predicted maintenance window, `{}` to `{}`: {:.1} s of the agent's work{}",
+            "Predicted maintenance window, `{}` to `{}`: {:.1} s of the agent's work{}{}",
             window.from_step,
             window.to_step,
             window.agent_ms as f64 / 1000.0,
+            window
+                .extrapolated_ms
+                .map(|ms| format!(" ({:.1} s extrapolated to every tenant)", ms as f64 / 1000.0))
+                .unwrap_or_default(),
             if window.people_steps.is_empty() {
                 String::new()
             } else {
@@ -208,10 +234,68 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
     for step in &facts.over_timeout {
         lines.push(format!("Over its timeout: `{step}`"));
     }
+    for over in &facts.over_budget {
+        lines.push(format!(
+            "Over its budget: `{}` took {:.1} s against a budget of {}",
+            over.step,
+            over.took_ms as f64 / 1000.0,
+            rollback_proto::runbook::format_duration(std::time::Duration::from_millis(
+                over.budget_ms as u64
+            ))
+        ));
+    }
+    for m in &facts.measured {
+        lines.push(format!(
+            "Measured `{}` ({}), {:.1} s: {}{}{}",
+            m.step,
+            m.kind,
+            m.running_ms as f64 / 1000.0,
+            rollback_proto::render::measurement_words(&m.measured),
+            m.rows_per_s
+                .map(|r| format!("; {r:.0} rows/s"))
+                .unwrap_or_default(),
+            m.extrapolated_ms
+                .map(|ms| format!("; {:.1} s extrapolated to every tenant", ms as f64 / 1000.0))
+                .unwrap_or_default()
+        ));
+    }
+    lines.push(format!(
+        "WAL written on the copies' servers: {}; lock waits seen: {}{}",
+        bytes_words(facts.wal_bytes),
+        facts.lock_waits,
+        facts
+            .longest_statement
+            .as_ref()
+            .map(|(step, long)| format!(
+                "; longest statement seen: {:.1} s in `{step}`: {}",
+                long.millis as f64 / 1000.0,
+                long.text
+            ))
+            .unwrap_or_default()
+    ));
     lines.push(format!(
         "Archives written: {} MB (what the night's archives need on disk)",
         facts.archive_bytes.div_ceil(1_000_000)
     ));
+    for need in &facts.disk {
+        let need_bytes = need.extrapolated_bytes.unwrap_or(need.written_bytes);
+        lines.push(format!(
+            "Disk for archives in {}: {} written{}; {}",
+            need.path,
+            bytes_words(need.written_bytes),
+            need.extrapolated_bytes
+                .map(|b| format!(" ({} for every tenant)", bytes_words(b)))
+                .unwrap_or_default(),
+            match need.free_bytes {
+                Some(free) if free >= need_bytes => format!("{} free there before: fits", bytes_words(free)),
+                Some(free) => format!(
+                    "only {} free there before: DOES NOT FIT on the night",
+                    bytes_words(free)
+                ),
+                None => "free space not measured".to_owned(),
+            }
+        ));
+    }
     if facts.blockers.is_empty() {
         lines.push("Blockers: none".to_owned());
     }

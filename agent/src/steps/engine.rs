@@ -126,7 +126,9 @@ pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateSt
                     ),
                 }
             }
-            Ok(r) => StepOutcome::Succeeded {
+            Ok(r) => {
+                ctx.notes.rows(r.rows_total()).await;
+                StepOutcome::Succeeded {
                 summary: format!(
                     "{} unit(s) consolidated ({} already done, {} proven), {} row(s)",
                     r.units_done,
@@ -134,7 +136,7 @@ pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateSt
                     r.units_proven,
                     r.rows_total()
                 ),
-            },
+            }}
             Err(e) => {
                 let transient = e.is_transient();
                 transient_or_not(e.to_string(), transient)
@@ -173,6 +175,7 @@ pub(super) async fn verify_tenants(ctx: &StepContext<'_>, t: &TenancyStep) -> St
         }
         match verify::verify(&pool, &plan, 4).await {
             Ok(v) if v.is_ok() => {
+                ctx.notes.rows(v.rows_checked).await;
                 ctx.notes
                     .record(rollback_proto::Event::TenantsVerified {
                         step: step.id.clone(),

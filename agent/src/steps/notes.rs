@@ -20,6 +20,9 @@ pub enum StepNote {
     /// An event the step waits on: the executor answers once it is stored, and drops the
     /// answer when it could not be stored (the run moved on meanwhile).
     RecordAcknowledged(Event, oneshot::Sender<()>),
+    /// Rows the attempt moved, checked, restored, exported or imported, by the engine's own
+    /// count (added up): what a rehearsal's rows per second are computed from.
+    Rows(u64),
 }
 
 /// How far a long step got, as the executor records it.
@@ -64,6 +67,12 @@ impl Notes {
     /// Hands `event` to the executor, which records it at its next flush.
     pub async fn record(&self, event: Event) {
         let _ = self.0.send(StepNote::Record(event)).await;
+    }
+
+    /// Counts `rows` the attempt worked through (moved, checked, restored, exported,
+    /// imported).
+    pub async fn rows(&self, rows: u64) {
+        let _ = self.0.send(StepNote::Rows(rows)).await;
     }
 
     /// Hands `event` to the executor and waits until it says the event is stored.

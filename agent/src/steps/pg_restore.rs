@@ -122,7 +122,9 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgRestoreStep) -> Step
     };
     let mark = (!step.in_place).then_some(mark.as_str());
     match restore::restore_marked(&programs, &conn, &req, mark, &attempt.client_io()).await {
-        Ok(report) => StepOutcome::Succeeded {
+        Ok(report) => {
+            attempt.notes.rows(report.rows).await;
+            StepOutcome::Succeeded {
             summary: format!(
                 "restored {} into `{}` and verified {} table(s), {} row(s){}",
                 archive.display(),
@@ -134,7 +136,7 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgRestoreStep) -> Step
                     .map(|kept| format!("; the previous `{target}` is kept as `{kept}`"))
                     .unwrap_or_default()
             ),
-        },
+        }}
         Err(err) => StepOutcome::permanent(err.to_string()),
     }
 }

@@ -183,7 +183,7 @@ async fn emergency(pg: &Postgres, tenants: u32, rows: u32) -> Emergency {
     let backup = archive::dump(
         &programs(pg),
         &conn,
-        &DumpRequest {
+        &DumpRequest { exclude_schemas: &[],
             output_dir: dir.path(),
             label: "pre-migration",
             schemas: &[],

@@ -146,6 +146,7 @@ kind = "consolidate"
 target = "app"
 destructive = true
 approvals = 1
+budget = "1ms"
 
 [[phases.steps]]
 id = "verify"
@@ -280,6 +281,52 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
     assert!(report.contains("Blockers: none"), "{report}");
     assert!(
         report.contains("Predicted maintenance window, `maintenance-on` to `maintenance-off`: "),
+        "{report}"
+    );
+    // Measured on the copy while each step ran: the rows the engine moved (every row of the
+    // tenant schemas), their rate, the WAL, the room the archives need against the free space.
+    let moved: i64 = sqlx::query_scalar(
+        "SELECT sum((xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint)::bigint \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname LIKE 'tenant\\_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let moved = moved as u64;
+    let measured = events.iter().find_map(|e| match e {
+        Event::StepMeasured { step, measured, .. } if step.as_str() == "consolidate" => {
+            Some(measured.clone())
+        }
+        _ => None,
+    });
+    let measured = measured.expect("consolidate measured");
+    assert_eq!(measured.rows, Some(moved));
+    assert!(measured.wal_bytes > 0, "{measured:?}");
+    assert!(measured.growth_bytes > 0, "{measured:?}");
+    let dropped = events.iter().find_map(|e| match e {
+        Event::StepMeasured { step, measured, .. } if step.as_str() == "drop" => {
+            Some(measured.clone())
+        }
+        _ => None,
+    });
+    let free = dropped.and_then(|m| m.free_space).expect("the archives' room measured");
+    assert_eq!(free.path, archives.display().to_string());
+    assert!(free.bytes > 0);
+    assert!(
+        report.contains("Measured `consolidate` (consolidate), "),
+        "{report}"
+    );
+    assert!(report.contains(&format!("{moved} rows")), "{report}");
+    assert!(report.contains(" rows/s"), "{report}");
+    assert!(report.contains("WAL written on the copies' servers: "), "{report}");
+    assert!(
+        report.contains(&format!("Disk for archives in {}: ", archives.display())),
+        "{report}"
+    );
+    assert!(report.contains("free there before: fits"), "{report}");
+    assert!(
+        report.contains("Over its budget: `consolidate` took "),
         "{report}"
     );
 }

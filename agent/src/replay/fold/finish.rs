@@ -179,8 +179,46 @@ impl ReplayFold {
         if let RunStatus::Aborted { reason } = &state.status {
             blockers.push(format!("aborted: {}", clip(reason)));
         }
-        let maintenance_window = maintenance_window(&rows, &people_steps);
+        let measured = super::measured::measured(state, &rows);
+        let sampled = !measured.samples.is_empty();
+        let mut maintenance_window = maintenance_window(&rows, &people_steps);
+        if let Some(window) = maintenance_window.as_mut().filter(|_| sampled) {
+            // The window's steps as they would run on every tenant.
+            let on = rows.iter().position(|r| r.2.id == window.from_step);
+            let off = rows.iter().position(|r| r.2.id == window.to_step);
+            if let (Some(on), Some(off)) = (on, off) {
+                let grown: i64 = rows[on..=off]
+                    .iter()
+                    .map(|(_, _, r)| measured.predicted_ms[&r.id] - r.running_ms)
+                    .sum();
+                window.extrapolated_ms = Some(window.agent_ms + grown);
+            }
+        }
+        for need in &measured.disk {
+            let need_bytes = need.extrapolated_bytes.unwrap_or(need.written_bytes);
+            if let Some(free) = need.free_bytes.filter(|free| *free < need_bytes) {
+                blockers.push(format!(
+                    "the archives in {} need {}, and only {} was free there",
+                    need.path,
+                    rollback_proto::render::bytes_words(need_bytes),
+                    rollback_proto::render::bytes_words(free)
+                ));
+            }
+        }
+        let longest_statement = measured
+            .steps
+            .iter()
+            .filter_map(|m| Some((m.step.clone(), m.measured.longest_statement.clone()?)))
+            .max_by_key(|(_, long)| long.millis);
         RehearsalFacts {
+            wal_bytes: measured.steps.iter().map(|m| m.measured.wal_bytes).sum(),
+            lock_waits: measured.steps.iter().map(|m| m.measured.lock_waits).sum(),
+            longest_statement,
+            extrapolated_running_ms: sampled.then(|| measured.predicted_ms.values().sum()),
+            over_budget: measured.over_budget,
+            disk: measured.disk,
+            samples: measured.samples,
+            measured: measured.steps,
             maintenance_window,
             copies: state
                 .scratch
@@ -328,8 +366,9 @@ fn maintenance_window(rows: &[StepRow<'_>], people_steps: &[String]) -> Option<M
         to_step: to.id.clone(),
         agent_ms,
         people_steps: inside,
+        extrapolated_ms: None,
     })
 }
 
 /// A step's definition, its state, and its line in the report.
-type StepRow<'a> = (&'a Step, &'a StepState, &'a StepReport);
+pub(super) type StepRow<'a> = (&'a Step, &'a StepState, &'a StepReport);

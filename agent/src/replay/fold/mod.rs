@@ -19,6 +19,7 @@ use super::describe::{describe, outcome};
 use super::model::*;
 
 mod finish;
+mod measured;
 
 /// People listed per step at most.
 const STEP_PEOPLE_KEEP: usize = 16;

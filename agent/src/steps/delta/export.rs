@@ -177,6 +177,10 @@ pub(in crate::steps) async fn export_delta(
             schemas: Vec::new(),
         })
         .await;
+    attempt
+        .notes
+        .rows(report.inserted + report.updated + report.deleted)
+        .await;
     for warning in &report.warnings {
         attempt
             .output

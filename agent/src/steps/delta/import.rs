@@ -136,6 +136,10 @@ pub(in crate::steps) async fn import_delta(
             lines.join("; ")
         ));
     }
+    attempt
+        .notes
+        .rows(report.inserted + report.updated + report.deleted)
+        .await;
     StepOutcome::Succeeded {
         summary: if step.check_only {
             format!(

@@ -1,7 +1,9 @@
 //! A rehearsal's scratch copies: each database target its runbook names is copied, before any
-//! step starts, into a database named after the run on the target's own server (a `pg_dump` of
-//! the target, which reads it in one read-only snapshot, restored with `pg_restore` and its
-//! rows counted against the dump); the steps then reach the copies and nothing else
+//! step starts, into a database named after the run on the target's own server or on
+//! `rehearsal.server`: restored with `pg_restore` from the newest verified full backup of the
+//! target that a real run recorded ([`backup`]), or, with `fresh`, for a sample ([`sample`]) or
+//! when there is none, from a `pg_dump` of the target (one read-only snapshot); its rows are
+//! counted against the archive. The steps then reach the copies and nothing else
 //! ([`DatabaseTargets::scratch`]). At the end, or after an abort, the copies are dropped. Each
 //! copy and each drop is an event, so an agent that takes the run over knows what exists; a copy
 //! cut short by a crash has the same name and is dropped before it is made again.
@@ -13,6 +15,9 @@ use std::time::Instant;
 use sqlx::Connection;
 
 use rollback_proto::{Event, RunId, RunState};
+
+mod backup;
+mod sample;
 
 use super::{ExecError, ExecutorDeps, Recorder};
 use crate::archive::restore::{RestoreInto, RestoreRequest, drop_database, restore_marked};
@@ -64,28 +69,30 @@ pub(super) async fn make_copies(
     rec: &mut Recorder<'_>,
     targets: &[String],
 ) -> Result<(), ExecError> {
-    let run = rec.run_id();
+    let Some(state) = rec.state().cloned() else {
+        return Ok(());
+    };
     for target in targets {
         let started = Instant::now();
-        match make_copy(deps, run, target).await {
+        match make_copy(deps, &state, target).await {
             Ok(Made {
                 database,
                 origin,
-                place,
+                source,
                 bytes,
                 rows,
+                sample,
             }) => {
                 let recorded = rec
                     .record(vec![Event::ScratchCopyMade {
                         origin,
                         target: target.clone(),
                         database: database.clone(),
-                        source: format!(
-                            "a pg_dump of `{target}` (one read-only snapshot), restored as {place}"
-                        ),
+                        source,
                         bytes,
                         rows,
                         millis: started.elapsed().as_millis() as u64,
+                        sample,
                     }])
                     .await?;
                 if !recorded {
@@ -134,7 +141,7 @@ pub(super) async fn drop_copies(
 }
 
 /// The server the copy of `target` is restored on: `rehearsal.server`, or the target's own.
-fn scratch_server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
+pub(super) fn scratch_server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
     match &deps.scratch_server {
         Some(url) => {
             ConnectionParams::from_url(url.expose()).map_err(|e| format!("rehearsal.server: {e}"))
@@ -149,17 +156,20 @@ struct Made {
     database: String,
     /// The target as it was copied (database, server, login).
     origin: String,
-    /// Where the copy is.
-    place: String,
-    /// Bytes of the dump.
+    /// What it was made from and where it is, in words.
+    source: String,
+    /// Bytes of the archive restored.
     bytes: u64,
     /// Rows restored.
     rows: u64,
+    /// For a sampled rehearsal: the tenants copied.
+    sample: Option<rollback_proto::TenantSample>,
 }
 
-/// Dumps `target` and restores the dump into its scratch database (dropping one left by an
-/// attempt cut short first).
-async fn make_copy(deps: &ExecutorDeps, run: RunId, target: &str) -> Result<Made, String> {
+/// Restores the newest verified backup of `target`, or a fresh dump of it, into its scratch
+/// database (dropping one left by an attempt cut short first).
+async fn make_copy(deps: &ExecutorDeps, state: &RunState, target: &str) -> Result<Made, String> {
+    let run = state.run_id;
     let source = ConnectionParams::of_target(&deps.databases, target)?;
     let scratch = scratch_server_of(deps, target)?;
     let name = scratch_name(run, target);
@@ -167,29 +177,64 @@ async fn make_copy(deps: &ExecutorDeps, run: RunId, target: &str) -> Result<Made
         .await
         .map_err(|e| e.to_string())?;
     let programs = PgPrograms::locate().map_err(|e| e.to_string())?;
-    let dir = work_dir(run);
+    let chosen = match state.sample {
+        Some(n) => sample::choose(&deps.databases, state, target, n).await?,
+        None => None,
+    };
+    let backup = if state.fresh_copy || chosen.is_some() {
+        None
+    } else {
+        backup::newest_verified(&deps.store, target).await
+    };
     let io = ClientIo::discard();
-    let dumped = archive::dump(
-        &programs,
-        &source,
-        &DumpRequest {
-            output_dir: &dir,
-            label: target,
-            schemas: &[],
-            format: DumpFormat::Directory,
-            jobs: JOBS,
-        },
-        &io,
-    )
-    .await
-    .map_err(|e| format!("dumping it: {e}"));
-    let restored = match &dumped {
-        Ok(dump) => restore_marked(
+    let dir = work_dir(run);
+    let archive = match &backup {
+        Some(backup) => Ok(Archived {
+            path: backup.path.clone(),
+            sha256: backup.sha256.clone(),
+            bytes: archive::checksum(&backup.path)
+                .await
+                .map(|(_, bytes)| bytes)
+                .unwrap_or(0),
+            words: backup.describe(),
+        }),
+        None => archive::dump(
+            &programs,
+            &source,
+            &DumpRequest {
+                output_dir: &dir,
+                label: target,
+                schemas: &[],
+                exclude_schemas: chosen.as_ref().map_or(&[], |c| &c.left_out),
+                format: DumpFormat::Directory,
+                jobs: JOBS,
+            },
+            &io,
+        )
+        .await
+        .map(|dump| Archived {
+            path: dump.path,
+            sha256: dump.sha256,
+            bytes: dump.bytes,
+            words: match &chosen {
+                Some(c) => format!(
+                    "a pg_dump of `{target}` (one read-only snapshot) with {} of its {} tenant \
+                     schemas",
+                    c.sample.schemas.len(),
+                    c.sample.schemas_total
+                ),
+                None => format!("a pg_dump of `{target}` (one read-only snapshot)"),
+            },
+        })
+        .map_err(|e| format!("dumping it: {e}")),
+    };
+    let restored = match &archive {
+        Ok(archived) => restore_marked(
             &programs,
             &scratch,
             &RestoreRequest {
-                archive: &dump.path,
-                sha256: &dump.sha256,
+                archive: &archived.path,
+                sha256: &archived.sha256,
                 max_age: None,
                 jobs: JOBS,
                 into: RestoreInto::NewDatabase(name.clone()),
@@ -201,17 +246,27 @@ async fn make_copy(deps: &ExecutorDeps, run: RunId, target: &str) -> Result<Made
         .map_err(|e| format!("restoring it into `{name}`: {e}")),
         Err(e) => Err(e.clone()),
     };
-    // The dump only carried the data across.
+    // A fresh dump only carried the data across; a backup stays where it is.
     let _ = tokio::fs::remove_dir_all(&dir).await;
-    let dump = dumped?;
+    let archived = archive?;
     let report = restored?;
     Ok(Made {
         database: name,
         origin: source.describe(),
-        place: scratch.describe(),
-        bytes: dump.bytes,
+        source: format!("{}, restored as {}", archived.words, scratch.describe()),
+        bytes: archived.bytes,
         rows: report.rows,
+        sample: chosen.map(|c| c.sample),
     })
+}
+
+/// The archive a copy is restored from.
+struct Archived {
+    path: PathBuf,
+    sha256: String,
+    bytes: u64,
+    /// Where it came from, in words.
+    words: String,
 }
 
 /// Drops the copy and every database named after it (`<copy>_…`: what a rehearsed `pg_restore`
