@@ -551,7 +551,8 @@ mod tests {
     #[test]
     fn dump_arguments_select_schemas_and_carry_no_connection() {
         let schemas = vec!["tenant_1".to_owned(), "we?ird".to_owned()];
-        let req = DumpRequest { exclude_schemas: &[],
+        let req = DumpRequest {
+            exclude_schemas: &[],
             output_dir: Path::new("/backups"),
             label: "run",
             schemas: &schemas,
@@ -610,7 +611,8 @@ mod tests {
         let text = describe_dump(
             &programs,
             &conn,
-            &DumpRequest { exclude_schemas: &[],
+            &DumpRequest {
+                exclude_schemas: &[],
                 output_dir: Path::new("/backups"),
                 label: "run",
                 schemas: &schemas,

@@ -70,7 +70,9 @@ impl Probe {
                     .or_insert_with(|| (params, Vec::new()))
                     .1
                     .push(database),
-                Err(reason) => tracing::warn!(%target, %reason, "a copy's server is not known; not measured"),
+                Err(reason) => {
+                    tracing::warn!(%target, %reason, "a copy's server is not known; not measured")
+                }
             }
         }
         let mut servers = Vec::new();
@@ -236,20 +238,28 @@ async fn sample(servers: Vec<(ConnectionParams, Vec<String>)>, stop: Cancellatio
         let mut someone_waited = false;
         for (server, (conn, copies)) in conns.iter_mut().enumerate() {
             let Some(c) = conn else { continue };
-            let rows: Result<Vec<(i32, Option<OffsetDateTime>, bool, Option<i64>, Option<String>)>, _> =
-                sqlx::query_as(
-                    "SELECT pid, query_start, coalesce(wait_event_type = 'Lock', false), \
+            let rows: Result<
+                Vec<(
+                    i32,
+                    Option<OffsetDateTime>,
+                    bool,
+                    Option<i64>,
+                    Option<String>,
+                )>,
+                _,
+            > = sqlx::query_as(
+                "SELECT pid, query_start, coalesce(wait_event_type = 'Lock', false), \
                             (extract(epoch FROM clock_timestamp() - query_start) * 1000)::bigint, \
                             left(query, $2) \
                      FROM pg_stat_activity \
                      WHERE state = 'active' AND pid <> pg_backend_pid() \
                        AND EXISTS (SELECT 1 FROM unnest($1::text[]) c \
                                    WHERE datname = c OR starts_with(datname, c || '_'))",
-                )
-                .bind(*copies)
-                .bind(STATEMENT_CHARS)
-                .fetch_all(&mut *c)
-                .await;
+            )
+            .bind(*copies)
+            .bind(STATEMENT_CHARS)
+            .fetch_all(&mut *c)
+            .await;
             let Ok(rows) = rows else {
                 // The server went away: its share is left out from here on.
                 *conn = None;
@@ -264,7 +274,11 @@ async fn sample(servers: Vec<(ConnectionParams, Vec<String>)>, stop: Cancellatio
                 if sampled.longest.as_ref().is_none_or(|l| millis > l.millis) {
                     sampled.longest = Some(LongStatement {
                         millis,
-                        text: text.unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" "),
+                        text: text
+                            .unwrap_or_default()
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" "),
                     });
                 }
             }

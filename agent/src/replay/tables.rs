@@ -205,7 +205,10 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
             window.agent_ms as f64 / 1000.0,
             window
                 .extrapolated_ms
-                .map(|ms| format!(" ({:.1} s extrapolated to every tenant)", ms as f64 / 1000.0))
+                .map(|ms| format!(
+                    " ({:.1} s extrapolated to every tenant)",
+                    ms as f64 / 1000.0
+                ))
                 .unwrap_or_default(),
             if window.people_steps.is_empty() {
                 String::new()
@@ -287,7 +290,8 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
                 .map(|b| format!(" ({} for every tenant)", bytes_words(b)))
                 .unwrap_or_default(),
             match need.free_bytes {
-                Some(free) if free >= need_bytes => format!("{} free there before: fits", bytes_words(free)),
+                Some(free) if free >= need_bytes =>
+                    format!("{} free there before: fits", bytes_words(free)),
                 Some(free) => format!(
                     "only {} free there before: DOES NOT FIT on the night",
                     bytes_words(free)

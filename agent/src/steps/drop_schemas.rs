@@ -108,7 +108,8 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &DropSchemasStep) -> St
         }
         let schemas = check.schema_names();
         let label = format!("{}-tenants-{}", conn.database(), attempt.run_id());
-        let req = DumpRequest { exclude_schemas: &[],
+        let req = DumpRequest {
+            exclude_schemas: &[],
             output_dir: &archive_dir,
             label: &label,
             schemas: &schemas,

@@ -129,14 +129,15 @@ pub(super) async fn consolidate_tenants(ctx: &StepContext<'_>, c: &ConsolidateSt
             Ok(r) => {
                 ctx.notes.rows(r.rows_total()).await;
                 StepOutcome::Succeeded {
-                summary: format!(
-                    "{} unit(s) consolidated ({} already done, {} proven), {} row(s)",
-                    r.units_done,
-                    r.units_skipped,
-                    r.units_proven,
-                    r.rows_total()
-                ),
-            }}
+                    summary: format!(
+                        "{} unit(s) consolidated ({} already done, {} proven), {} row(s)",
+                        r.units_done,
+                        r.units_skipped,
+                        r.units_proven,
+                        r.rows_total()
+                    ),
+                }
+            }
             Err(e) => {
                 let transient = e.is_transient();
                 transient_or_not(e.to_string(), transient)

@@ -35,7 +35,8 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgDumpStep) -> StepOut
         Err(outcome) => return outcome,
     };
     let label = format!("{}-{}", conn.database(), attempt.run_id());
-    let req = DumpRequest { exclude_schemas: &[],
+    let req = DumpRequest {
+        exclude_schemas: &[],
         output_dir: &output_dir,
         label: &label,
         schemas: &schemas,

@@ -125,18 +125,19 @@ pub(super) async fn run(attempt: &StepContext<'_>, step: &PgRestoreStep) -> Step
         Ok(report) => {
             attempt.notes.rows(report.rows).await;
             StepOutcome::Succeeded {
-            summary: format!(
-                "restored {} into `{}` and verified {} table(s), {} row(s){}",
-                archive.display(),
-                report.database,
-                report.tables,
-                report.rows,
-                report
-                    .kept_as
-                    .map(|kept| format!("; the previous `{target}` is kept as `{kept}`"))
-                    .unwrap_or_default()
-            ),
-        }}
+                summary: format!(
+                    "restored {} into `{}` and verified {} table(s), {} row(s){}",
+                    archive.display(),
+                    report.database,
+                    report.tables,
+                    report.rows,
+                    report
+                        .kept_as
+                        .map(|kept| format!("; the previous `{target}` is kept as `{kept}`"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
         Err(err) => StepOutcome::permanent(err.to_string()),
     }
 }

@@ -310,7 +310,9 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
         }
         _ => None,
     });
-    let free = dropped.and_then(|m| m.free_space).expect("the archives' room measured");
+    let free = dropped
+        .and_then(|m| m.free_space)
+        .expect("the archives' room measured");
     assert_eq!(free.path, archives.display().to_string());
     assert!(free.bytes > 0);
     assert!(
@@ -319,7 +321,10 @@ async fn a_rehearsal_runs_everything_on_a_copy_and_leaves_production_as_it_was()
     );
     assert!(report.contains(&format!("{moved} rows")), "{report}");
     assert!(report.contains(" rows/s"), "{report}");
-    assert!(report.contains("WAL written on the copies' servers: "), "{report}");
+    assert!(
+        report.contains("WAL written on the copies' servers: "),
+        "{report}"
+    );
     assert!(
         report.contains(&format!("Disk for archives in {}: ", archives.display())),
         "{report}"

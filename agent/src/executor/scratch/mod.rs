@@ -141,7 +141,10 @@ pub(super) async fn drop_copies(
 }
 
 /// The server the copy of `target` is restored on: `rehearsal.server`, or the target's own.
-pub(super) fn scratch_server_of(deps: &ExecutorDeps, target: &str) -> Result<ConnectionParams, String> {
+pub(super) fn scratch_server_of(
+    deps: &ExecutorDeps,
+    target: &str,
+) -> Result<ConnectionParams, String> {
     match &deps.scratch_server {
         Some(url) => {
             ConnectionParams::from_url(url.expose()).map_err(|e| format!("rehearsal.server: {e}"))

@@ -48,10 +48,7 @@ pub async fn choose(
         return Ok(None);
     };
     let opts = opts.map_err(|e| format!("the tenancy scope of `{target}`: {e}"))?;
-    let pool = databases
-        .connect(target)
-        .await
-        .map_err(|e| e.to_string())?;
+    let pool = databases.connect(target).await.map_err(|e| e.to_string())?;
     let plan = plan::plan(&pool, &opts)
         .await
         .map_err(|e| format!("planning `{target}` to choose the sample: {e}"))?;
@@ -89,7 +86,10 @@ fn pick(rows: &BTreeMap<String, u64>, must: &BTreeSet<String>, n: u32) -> Chosen
         // Evenly over the size order, from the larger end.
         chosen.insert(rest[i * rest.len() / wanted].clone());
     }
-    let sample_rows = chosen.iter().map(|s| rows.get(s).copied().unwrap_or(0)).sum();
+    let sample_rows = chosen
+        .iter()
+        .map(|s| rows.get(s).copied().unwrap_or(0))
+        .sum();
     Chosen {
         left_out: rows
             .keys()
