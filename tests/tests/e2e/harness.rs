@@ -119,49 +119,49 @@ approvers = ["approve"]
         dry_run: bool,
         params: BTreeMap<String, String>,
     ) -> RunId {
-        match self
-            .send(
-                "alice",
-                &["oncall"],
-                Command::Start {
-                    fresh: false,
-                    people: false,
-                    sample: None,
-                    keep: false,
-                    rehearsal: false,
-                    runbook: runbook.into(),
-                    dry_run,
-                    params,
-                },
-            )
-            .await
-        {
-            CommandReply::Accepted { run: Some(run), .. } => run,
-            other => panic!("start refused: {other:?}"),
-        }
+        self.opened(Command::Start {
+            fresh: false,
+            people: false,
+            sample: None,
+            keep: false,
+            rehearsal: false,
+            runbook: runbook.into(),
+            dry_run,
+            params,
+        })
+        .await
     }
 
     /// `rehearse`, as alice (oncall).
     pub(crate) async fn rehearse(&self, runbook: &str) -> RunId {
-        match self
-            .send(
-                "alice",
-                &["oncall"],
-                Command::Start {
-                    fresh: false,
-                    people: false,
-                    sample: None,
-                    keep: false,
-                    runbook: runbook.into(),
-                    dry_run: false,
-                    rehearsal: true,
-                    params: BTreeMap::new(),
-                },
-            )
+        self.rehearse_with(runbook, rollback_proto::Rehearsal::default())
             .await
-        {
+    }
+
+    /// `rehearse` with its options, as alice (oncall).
+    pub(crate) async fn rehearse_with(
+        &self,
+        runbook: &str,
+        options: rollback_proto::Rehearsal,
+    ) -> RunId {
+        self.opened(Command::Start {
+            fresh: options.fresh_copy,
+            people: options.with_people,
+            sample: options.sample,
+            keep: options.keep,
+            runbook: runbook.into(),
+            dry_run: false,
+            rehearsal: true,
+            params: BTreeMap::new(),
+        })
+        .await
+    }
+
+    /// The run `command` (a start) opened, as alice (oncall); panics on a refusal.
+    async fn opened(&self, command: Command) -> RunId {
+        match self.send("alice", &["oncall"], command.clone()).await {
             CommandReply::Accepted { run: Some(run), .. } => run,
-            other => panic!("rehearsal refused: {other:?}"),
+            other => panic!("`{}` refused: {other:?}", command.describe()),
         }
     }
 

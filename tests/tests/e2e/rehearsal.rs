@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rollback_agent::demo::{self, DemoSpec};
 use rollback_proto::render::status_text;
 use rollback_proto::state::REHEARSED;
-use rollback_proto::{Command, Event, RunStatus};
+use rollback_proto::{Command, Event, Rehearsal, RunStatus};
 use rollback_tests::{Postgres, TestDatabase};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -642,25 +642,15 @@ async fn a_rehearsal_asked_to_keep_its_copy_leaves_it_and_says_so() {
         "name = \"plan-only\"\n[[phases]]\nid = \"database\"\n[[phases.steps]]\nid = \"plan\"\nkind = \"plan\"\ntarget = \"app\"\n",
     );
     let _agent = h.agent("agent-a", &database_target("app", &app)).await;
-    let reply = h
-        .send(
-            "alice",
-            &["oncall"],
-            Command::Start {
-                fresh: false,
-                people: false,
-                sample: None,
-                runbook: "plan-only".into(),
-                dry_run: false,
-                rehearsal: true,
+    let run = h
+        .rehearse_with(
+            "plan-only",
+            Rehearsal {
                 keep: true,
-                params: BTreeMap::new(),
+                ..Rehearsal::default()
             },
         )
         .await;
-    let rollback_proto::CommandReply::Accepted { run: Some(run), .. } = reply else {
-        panic!("rehearsal refused: {reply:?}");
-    };
     let state = h
         .wait_for(run, "the rehearsal's end", |s| s.is_finished())
         .await;
@@ -675,4 +665,241 @@ async fn a_rehearsal_asked_to_keep_its_copy_leaves_it_and_says_so() {
     assert!(status_text(&state).contains("(kept: drop it when done)"));
     let report = postmortem(&h, run).await;
     assert!(report.contains("kept as asked"), "{report}");
+}
+
+/// The tenancy runbook's database phase alone, for the tests below.
+const TENANCY: &str = r#"
+name = "tenancy"
+[[phases]]
+id = "database"
+[[phases.steps]]
+id = "plan"
+kind = "plan"
+target = "app"
+[[phases.steps]]
+id = "consolidate"
+kind = "consolidate"
+target = "app"
+[[phases.steps]]
+id = "verify"
+kind = "verify"
+target = "app"
+"#;
+
+/// `rehearse … sample=2`: the copy holds two tenants, the largest among them; the report
+/// says so and extrapolates the engine's times by rows.
+#[tokio::test]
+async fn a_sampled_rehearsal_copies_the_largest_tenant_and_extrapolates_by_rows() {
+    let (_pg, app, pool) = demo_app(6, 20).await;
+    // Tenant 4 becomes the largest by far.
+    sqlx::query(
+        "INSERT INTO tenant_4.users (name, email) \
+         SELECT 'bulk ' || g, 'bulk' || g || '@example.com' FROM generate_series(1, 400) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
+    let h = Harness::new().await;
+    h.runbook("tenancy", TENANCY);
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+    let before = fingerprints(&pool).await;
+    let run = h
+        .rehearse_with(
+            "tenancy",
+            Rehearsal {
+                sample: Some(2),
+                ..Rehearsal::default()
+            },
+        )
+        .await;
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    let copy = &state.scratch["app"];
+    let sample = copy.sample.as_ref().expect("a sampled copy");
+    assert_eq!(sample.schemas.len(), 2, "{sample:?}");
+    assert!(
+        sample.schemas.contains(&"tenant_4".to_owned()),
+        "{sample:?}"
+    );
+    assert_eq!(sample.schemas_total, 6);
+    assert!(
+        sample.rows_total > sample.rows && sample.rows > 0,
+        "{sample:?}"
+    );
+    // Only the sample was moved and proven on the copy.
+    let events = h.events(run).await;
+    let verified = events.iter().find_map(|e| match e {
+        Event::TenantsVerified { tenants, .. } => Some(tenants.len()),
+        _ => None,
+    });
+    assert_eq!(verified, Some(2));
+    let report = postmortem(&h, run).await;
+    assert!(
+        report.contains("Sampled: `app` was copied with 2 of its 6 tenant schemas"),
+        "{report}"
+    );
+    assert!(report.contains("extrapolated to every tenant"), "{report}");
+    assert_eq!(fingerprints(&pool).await, before);
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+}
+
+/// A real run's full backup is where the next rehearsal's copy comes from (it rehearses the
+/// restore and reads nothing of production); `fresh` dumps production instead, and so does a
+/// rehearsal once the backup no longer has its recorded sha256.
+#[tokio::test]
+async fn a_rehearsal_restores_the_newest_verified_backup_unless_asked_for_a_fresh_dump() {
+    let (_pg, app, pool) = demo_app(3, 10).await;
+    let h = Harness::new().await;
+    let backups = h.dir.path().join("backups");
+    h.runbook(
+        "backup",
+        &format!(
+            "name = \"backup\"\n[[phases]]\nid = \"backup\"\nauto_advance = true\n\
+             [[phases.steps]]\nid = \"dump\"\nkind = \"pg_dump\"\ntarget = \"app\"\n\
+             output_dir = \"{}\"\n",
+            backups.display()
+        ),
+    );
+    h.runbook("tenancy", TENANCY);
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+
+    // The phase starts by itself.
+    let backup_run = h.start("backup").await;
+    let state = h
+        .wait_for(backup_run, "the backup", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    let archive = state.archives[0].path.clone();
+
+    let source_of = |state: &rollback_proto::RunState| state.scratch["app"].source.clone();
+    let rehearsed = h.rehearse("tenancy").await;
+    let state = h
+        .wait_for(rehearsed, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    let source = source_of(&state);
+    assert!(source.contains("the verified full backup"), "{source}");
+    assert!(source.contains(&archive), "{source}");
+    assert!(source.contains(&backup_run.to_string()), "{source}");
+
+    let fresh = h
+        .rehearse_with(
+            "tenancy",
+            Rehearsal {
+                fresh_copy: true,
+                ..Rehearsal::default()
+            },
+        )
+        .await;
+    let state = h
+        .wait_for(fresh, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert!(
+        source_of(&state).starts_with("a pg_dump of `app`"),
+        "{}",
+        source_of(&state)
+    );
+
+    // A backup whose bytes changed since is not restored.
+    let toc = std::path::Path::new(&archive).join("toc.dat");
+    let mut bytes = std::fs::read(&toc).unwrap();
+    bytes.push(0);
+    std::fs::write(&toc, bytes).unwrap();
+    let after = h.rehearse("tenancy").await;
+    let state = h
+        .wait_for(after, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    assert!(
+        source_of(&state).starts_with("a pg_dump of `app`"),
+        "{}",
+        source_of(&state)
+    );
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
+}
+
+/// `rehearse … people`: the rehearsal waits for people as the night would (the next phase, a
+/// checklist), and the copy is still dropped when they abort it.
+#[tokio::test]
+async fn a_rehearsal_with_people_in_the_loop_waits_for_them() {
+    let (_pg, app, pool) = demo_app(2, 10).await;
+    let h = Harness::new().await;
+    h.runbook(
+        "people",
+        "name = \"people\"\n[[phases]]\nid = \"prepare\"\n[[phases.steps]]\nid = \"assess\"\n\
+         kind = \"checklist\"\nitems = [\"Issues documented\"]\n[[phases.steps]]\nid = \"plan\"\n\
+         kind = \"plan\"\ntarget = \"app\"\n",
+    );
+    let _agent = h.agent("agent-a", &database_target("app", &app)).await;
+    let run = h
+        .rehearse_with(
+            "people",
+            Rehearsal {
+                with_people: true,
+                ..Rehearsal::default()
+            },
+        )
+        .await;
+    let state = h.wait_for(run, "the copy", |s| !s.scratch.is_empty()).await;
+    assert!(state.with_people);
+    // Nobody started the phase: it waits.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let state = h.wait_for(run, "the state", |_| true).await;
+    assert_eq!(state.active_phase, None, "{}", status_text(&state));
+    h.accepted("alice", &["oncall"], Command::Next { run })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let state = h.wait_for(run, "the state", |_| true).await;
+    let (_, _, _, assess) = state.step(&"assess".parse().unwrap()).unwrap();
+    assert_eq!(assess.status, rollback_proto::state::StepStatus::Pending);
+    h.accepted(
+        "bob",
+        &["oncall"],
+        Command::Check {
+            run,
+            step: "assess".parse().unwrap(),
+            item: 1,
+        },
+    )
+    .await;
+    let state = h
+        .wait_for(run, "the rehearsal's end", |s| s.is_finished())
+        .await;
+    assert_eq!(
+        state.status,
+        RunStatus::Completed,
+        "{}",
+        status_text(&state)
+    );
+    assert!(
+        !h.events(run)
+            .await
+            .iter()
+            .any(|e| matches!(e, Event::StepRehearsed { .. })),
+        "nothing completed by the rehearsal itself"
+    );
+    assert_eq!(scratch_databases(&pool).await, Vec::<String>::new());
 }
