@@ -366,7 +366,6 @@ async fn supervise(
             let Ok(_slot) = slots.acquire_owned().await else {
                 return;
             };
-            let _active = deps.metrics.run_started();
             let mut pause = first_pause(deps.lease_ttl);
             let mut unseen = 0;
             loop {

@@ -17,7 +17,7 @@ use cli::Cmd;
                   work (a server, a file or a setting in the way: the error says which); 2 the \
                   command line was not understood; 3 ran and said no (a plan refused, a \
                   verification or delta proof that failed, a history that is not intact, a \
-                  runbook with problems)."
+                  runbook with problems, a rehearsal refused or aborted)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +50,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::CheckRunbook(args) => args.run(),
         Cmd::Run(args) => args.run().await,
         Cmd::Provision(args) => args.run().await,
+        Cmd::Rehearse(args) => args.run().await,
         Cmd::Replay(args) => args.run().await,
         Cmd::Plan(args) => args.run().await,
         Cmd::Consolidate(args) => args.run().await,

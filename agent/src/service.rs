@@ -17,7 +17,7 @@ use rollback_proto::times::TimeStyle;
 use crate::rehearsal_gate;
 use rollback_proto::{
     Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rehearsal, Rejection,
-    RejectionKind, RunId, Runbook, authorize, decide, decide_start,
+    RejectionKind, ReplyFile, RunId, Runbook, authorize, decide, decide_start,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -28,7 +28,7 @@ use crate::quarantine::Quarantine;
 use crate::replay;
 use crate::steps::DatabaseTargets;
 use crate::store::{AppendError, JetStreamEventStore, Patience, RunCursor};
-use crate::telemetry::{CommandOutcome, Metrics};
+use crate::telemetry::{CommandOutcome, Metrics, RunMode};
 use crate::tenancy::plan::{self, PlanOptions};
 
 /// The key-value bucket remembering each command's outcome by idempotency key.
@@ -153,7 +153,8 @@ impl CommandService {
                         async move {
                             let reply = this.handle(&msg.payload).await;
                             if let Some(to) = msg.reply {
-                                let body = serde_json::to_vec(&reply).expect("replies serialize");
+                                let max = this.client.server_info().max_payload;
+                                let body = fit_reply(reply, max);
                                 if let Err(e) = this.client.publish(to, Bytes::from(body)).await {
                                     tracing::warn!(error = %e, "could not send a command reply");
                                 }
@@ -390,6 +391,17 @@ impl CommandService {
                     });
                 }
                 CommandReply::Accepted {
+                    // The other formats, for chat to attach beside the Markdown.
+                    files: [
+                        ("html", replay::Format::Html),
+                        ("json", replay::Format::Json),
+                    ]
+                    .into_iter()
+                    .map(|(ext, format)| ReplyFile {
+                        name: format!("postmortem-{run}.{ext}"),
+                        content: replay::render(&report, format),
+                    })
+                    .collect(),
                     status: None,
                     run: Some(run),
                     events: Vec::new(),
@@ -482,21 +494,26 @@ impl CommandService {
             )
             .await
         {
-            Ok(()) => CommandReply::Accepted {
-                status: None,
-                run: Some(run_id),
-                events,
-                message: format!(
-                    "run {run_id} of `{name}` started{}",
-                    if rehearsal.is_some() {
-                        " (rehearsal on scratch copies)"
-                    } else if dry_run {
-                        " (dry run)"
-                    } else {
-                        ""
-                    }
-                ),
-            },
+            Ok(()) => {
+                self.metrics
+                    .record_run_started(RunMode::of(dry_run, rehearsal.is_some()));
+                CommandReply::Accepted {
+                    files: Vec::new(),
+                    status: None,
+                    run: Some(run_id),
+                    events,
+                    message: format!(
+                        "run {run_id} of `{name}` started{}",
+                        if rehearsal.is_some() {
+                            " (rehearsal on scratch copies)"
+                        } else if dry_run {
+                            " (dry run)"
+                        } else {
+                            ""
+                        }
+                    ),
+                }
+            }
             Err(e) => rejected(format!("the run could not be recorded: {e}")),
         }
     }
@@ -533,6 +550,7 @@ impl CommandService {
         };
         match plan::plan(&pool, &opts).await {
             Ok(p) => CommandReply::Accepted {
+                files: Vec::new(),
                 status: None,
                 run: None,
                 events: Vec::new(),
@@ -570,6 +588,7 @@ impl CommandService {
             if let Command::Status { .. } = &req.command {
                 let view = rollback_proto::render::StatusView::of(&state);
                 return CommandReply::Accepted {
+                    files: Vec::new(),
                     run: Some(run),
                     events: Vec::new(),
                     message: view.render(TimeStyle::UTC),
@@ -596,6 +615,7 @@ impl CommandService {
             {
                 Ok(()) => {
                     return CommandReply::Accepted {
+                        files: Vec::new(),
                         status: None,
                         run: Some(run),
                         events,
@@ -616,6 +636,7 @@ impl CommandService {
     fn quarantined(&self, req: &CommandRequest, quarantine: Quarantine) -> CommandReply {
         match &req.command {
             Command::Status { run } => CommandReply::Accepted {
+                files: Vec::new(),
                 status: None,
                 run: Some(*run),
                 events: Vec::new(),
@@ -726,4 +747,75 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The reply as bytes within the bus's largest message (`max` bytes): a reply too large loses
+/// its extra files first (the message says so), then becomes a refusal that says where to
+/// read the answer instead.
+fn fit_reply(mut reply: CommandReply, max: usize) -> Vec<u8> {
+    let body = serde_json::to_vec(&reply).expect("replies serialize");
+    if body.len() <= max {
+        return body;
+    }
+    if let CommandReply::Accepted { files, message, .. } = &mut reply
+        && !files.is_empty()
+    {
+        let names: Vec<String> = files.drain(..).map(|f| f.name).collect();
+        message.push_str(&format!(
+            "\n\n({} left out: too large for the message bus; `rollback-agent replay` writes them)\n",
+            names.join(", ")
+        ));
+        let body = serde_json::to_vec(&reply).expect("replies serialize");
+        if body.len() <= max {
+            return body;
+        }
+    }
+    serde_json::to_vec(&CommandReply::Rejected {
+        reason: format!(
+            "the answer ({} bytes) is larger than the message bus carries ({max} bytes); \
+             run `rollback-agent replay` where the agent runs to read it",
+            body.len()
+        ),
+    })
+    .expect("replies serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn postmortem(markdown: usize, html: usize) -> CommandReply {
+        CommandReply::Accepted {
+            run: None,
+            events: Vec::new(),
+            message: "m".repeat(markdown),
+            status: None,
+            files: vec![ReplyFile {
+                name: "postmortem.html".into(),
+                content: "h".repeat(html),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_reply_too_large_for_the_bus_loses_its_files_then_says_where_to_read_it() {
+        let fits = fit_reply(postmortem(10, 10), 1_000);
+        assert_eq!(
+            serde_json::from_slice::<CommandReply>(&fits).unwrap(),
+            postmortem(10, 10)
+        );
+        let trimmed: CommandReply =
+            serde_json::from_slice(&fit_reply(postmortem(100, 2_000), 1_000)).unwrap();
+        let CommandReply::Accepted { files, message, .. } = trimmed else {
+            panic!("{trimmed:?}");
+        };
+        assert!(files.is_empty());
+        assert!(message.contains("postmortem.html left out"), "{message}");
+        let refused: CommandReply =
+            serde_json::from_slice(&fit_reply(postmortem(5_000, 10), 1_000)).unwrap();
+        assert!(
+            matches!(&refused, CommandReply::Rejected { reason } if reason.contains("rollback-agent replay")),
+            "{refused:?}"
+        );
+    }
 }

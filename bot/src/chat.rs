@@ -491,6 +491,35 @@ fn fence_safe(text: &str) -> String {
     text.replace("```", "`\u{200b}``")
 }
 
+/// Whether `event` ends a rehearsal: the run is finished and its copies are gone (or kept as
+/// asked). Its report is posted then.
+pub fn ends_rehearsal(state: &RunState, event: &Event) -> bool {
+    state.rehearsal
+        && state.is_finished()
+        && (state.keep_copies || state.scratch_copies_left().is_empty())
+        && matches!(
+            event,
+            Event::RunCompleted | Event::RunAborted { .. } | Event::ScratchCopyDropped { .. }
+        )
+}
+
+/// The message that goes with a rehearsal's report: the report's "Rehearsal" section from its
+/// postmortem in Markdown, within Discord's limit; the whole postmortem is attached.
+pub fn rehearsal_report_content(run: RunId, postmortem: &str) -> String {
+    let section: String = postmortem
+        .split("\n## ")
+        .find(|s| s.starts_with("Rehearsal\n"))
+        .map(|s| s.trim_start_matches("Rehearsal\n").trim().to_owned())
+        .unwrap_or_default();
+    truncate(
+        &format!(
+            "**Rehearsal report of run {run}** (the postmortem is attached as Markdown, HTML and \
+             JSON)\n{section}"
+        ),
+        MESSAGE_LIMIT,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,12 +40,12 @@ const MAX_CHOICES: usize = 25;
 pub enum Answer {
     /// To Discord's PING.
     Pong,
-    /// A message only the person sees, with an optional file.
+    /// A message only the person sees, with files.
     Private {
         /// The text.
         content: String,
-        /// A file: its name and bytes.
-        file: Option<(String, Vec<u8>)>,
+        /// Files: each one's name and bytes.
+        files: Vec<(String, Vec<u8>)>,
     },
     /// A form to fill in.
     Modal(CreateModal),
@@ -57,25 +57,25 @@ impl Answer {
     fn private(content: impl Into<String>) -> Self {
         Answer::Private {
             content: chat::truncate(&content.into(), MESSAGE_LIMIT),
-            file: None,
+            files: Vec::new(),
         }
     }
 
     /// Whether the answer carries a file (which an HTTP response body cannot).
     pub fn has_file(&self) -> bool {
-        matches!(self, Answer::Private { file: Some(_), .. })
+        matches!(self, Answer::Private { files, .. } if !files.is_empty())
     }
 
     /// The interaction response (files included, for the REST API).
     pub fn into_response(self) -> CreateInteractionResponse {
         match self {
             Answer::Pong => CreateInteractionResponse::Pong,
-            Answer::Private { content, file } => {
+            Answer::Private { content, files } => {
                 let mut msg = CreateInteractionResponseMessage::new()
                     .content(content)
                     .ephemeral(true)
                     .allowed_mentions(CreateAllowedMentions::new());
-                if let Some((name, bytes)) = file {
+                for (name, bytes) in files {
                     msg = msg.add_file(CreateAttachment::bytes(bytes, name));
                 }
                 CreateInteractionResponse::Message(msg)
@@ -95,11 +95,11 @@ impl Answer {
     /// The edit of a deferred response that delivers this answer.
     pub fn into_edit(self) -> EditInteractionResponse {
         match self {
-            Answer::Private { content, file } => {
+            Answer::Private { content, files } => {
                 let mut edit = EditInteractionResponse::new()
                     .content(content)
                     .allowed_mentions(CreateAllowedMentions::new());
-                if let Some((name, bytes)) = file {
+                for (name, bytes) in files {
                     edit = edit.new_attachment(CreateAttachment::bytes(bytes, name));
                 }
                 edit
@@ -370,11 +370,16 @@ pub fn reply_answer(command: &Command, reply: CommandReply) -> Answer {
         CommandReply::Accepted {
             status: Some(view), ..
         } => Answer::private(chat::view_content(&view)),
-        CommandReply::Accepted { message, run, .. } => {
+        CommandReply::Accepted {
+            message,
+            run,
+            files,
+            ..
+        } => {
             if let Command::Replay { run } = command {
                 return Answer::Private {
                     content: format!("The postmortem of run {run} is attached."),
-                    file: Some((format!("postmortem-{run}.md"), message.into_bytes())),
+                    files: postmortem_files(*run, message, files),
                 };
             }
             let block = match command {
@@ -394,10 +399,21 @@ pub fn reply_answer(command: &Command, reply: CommandReply) -> Answer {
             };
             Answer::Private {
                 content: "The answer is too long for a message; it is attached.".into(),
-                file: Some((file, message.into_bytes())),
+                files: vec![(file, message.into_bytes())],
             }
         }
     }
+}
+
+/// A postmortem's files: the Markdown, then the other formats the agent sent.
+pub fn postmortem_files(
+    run: rollback_proto::RunId,
+    markdown: String,
+    others: Vec<rollback_proto::ReplyFile>,
+) -> Vec<(String, Vec<u8>)> {
+    std::iter::once((format!("postmortem-{run}.md"), markdown.into_bytes()))
+        .chain(others.into_iter().map(|f| (f.name, f.content.into_bytes())))
+        .collect()
 }
 
 /// A form asking for the options `ask` selects, carrying the leading values in its id.

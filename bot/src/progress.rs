@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
-use rollback_proto::{Envelope, Event, EventId, RunId, RunState};
+use rollback_proto::{
+    Actor, Command, CommandReply, CommandRequest, Envelope, Event, EventId, RunId, RunState,
+};
 use serenity::all::{
     AutoArchiveDuration, ChannelId, CreateAllowedMentions, CreateAttachment, CreateMessage,
     CreateThread, MessageId, Nonce, RoleId, UserId,
@@ -83,7 +85,12 @@ pub struct Progress {
     pub settings: ProgressSettings,
     /// Pinged at once on an emergency request.
     pub emergency_mentions: Vec<String>,
+    /// The agent, asked for a rehearsal's report when the rehearsal ends.
+    pub agent: crate::agent_client::AgentClient,
 }
+
+/// How long the poster waits for a rehearsal's report before it posts where to get it instead.
+const REPORT_WAIT: Duration = Duration::from_secs(10);
 
 /// The alerts posted for runs that have no status message yet, by run: Discord deduplicates a
 /// nonce for a few minutes only, and the event comes again every few seconds until the status
@@ -477,6 +484,19 @@ impl Progress {
                 tracked.posted.insert(key);
             }
         }
+        if chat::ends_rehearsal(&tracked.state, &env.event) {
+            let key = format!("{} rehearsal report", env.run_id);
+            if !tracked.posted.contains(&key) {
+                let thread = self.thread_of(tracked).await?;
+                if let Some(until) = self.busy_until(thread) {
+                    return Ok(Handled::WaitsFor(until));
+                }
+                let (content, files) = self.rehearsal_report(env.run_id).await;
+                self.post_with_files(thread, CreateMessage::new().content(content), files, &key)
+                    .await?;
+                tracked.posted.insert(key);
+            }
+        }
         Ok(Handled::Done)
     }
 
@@ -577,6 +597,44 @@ impl Progress {
             )
             .await?;
         Ok(())
+    }
+
+    /// A rehearsal's report, from the agent (the postmortem `/rollback replay` attaches): the
+    /// message and its files; if the agent does not give it within [`REPORT_WAIT`], a message
+    /// that says why and how to get it.
+    async fn rehearsal_report(&self, run: RunId) -> (String, Vec<CreateAttachment>) {
+        let request = CommandRequest {
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            actor: Actor::Console {
+                user: "rollback-bot".into(),
+            },
+            roles: Vec::new(),
+            command: Command::Replay { run },
+        };
+        let why = match tokio::time::timeout(REPORT_WAIT, self.agent.send(&request)).await {
+            Ok(Ok(CommandReply::Accepted { message, files, .. })) => {
+                let content = chat::rehearsal_report_content(run, &message);
+                let files = crate::interactions::postmortem_files(run, message, files)
+                    .into_iter()
+                    .map(|(name, bytes)| CreateAttachment::bytes(bytes, name))
+                    .collect();
+                return (content, files);
+            }
+            Ok(Ok(CommandReply::Rejected { reason })) => reason,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "the agent did not answer within {} s",
+                REPORT_WAIT.as_secs()
+            ),
+        };
+        tracing::warn!(%run, %why, "a rehearsal's report could not be fetched");
+        (
+            format!(
+                "The rehearsal ended, but its report could not be fetched ({why}); \
+                 `/rollback replay {run}` attaches it."
+            ),
+            Vec::new(),
+        )
     }
 
     /// The run's thread, started from its status message the first time.

@@ -23,12 +23,13 @@ pub async fn run(config: BotConfig) -> anyhow::Result<()> {
         .context("opening the bot's bucket")?;
     // Chat waits minutes, not `nats.request_timeout`: a late answer is edited in.
     let agent = AgentClient::new(nats, config.interactions.wait_for_agent);
-    let interactions = Interactions::new(agent, Some(state.clone()));
+    let interactions = Interactions::new(agent.clone(), Some(state.clone()));
     let channels = config.channels()?;
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
     let progress = Progress {
+        agent: agent.clone(),
         js,
         discord: rollback_bot::discord_rest(&config)?,
         state,

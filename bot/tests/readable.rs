@@ -540,6 +540,7 @@ fn the_status_answer_shows_discord_timestamps() {
     for state in states() {
         let view = StatusView::of(&state);
         let reply = CommandReply::Accepted {
+            files: Vec::new(),
             run: Some(state.run_id),
             events: Vec::new(),
             message: view.render(TimeStyle::UTC),
@@ -548,10 +549,10 @@ fn the_status_answer_shows_discord_timestamps() {
         let wire = serde_json::to_vec(&reply).unwrap();
         let reply: CommandReply = serde_json::from_slice(&wire).unwrap();
         let answer = interactions::reply_answer(&Command::Status { run: state.run_id }, reply);
-        let Answer::Private { content, file } = answer else {
+        let Answer::Private { content, files } = answer else {
             panic!("a status is a private answer");
         };
-        assert!(file.is_none());
+        assert!(files.is_empty());
         assert_eq!(content, chat::status_content(&state));
         assert_discord("the status answer", &content);
     }

@@ -228,6 +228,15 @@ impl Command {
     }
 }
 
+/// A file that goes with an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFile {
+    /// Its name.
+    pub name: String,
+    /// Its text.
+    pub content: String,
+}
+
 /// A command with who sent it and its idempotency key, as carried over NATS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandRequest {
@@ -258,6 +267,9 @@ pub enum CommandReply {
         /// their own way (`message` has them in UTC).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         status: Option<crate::render::StatusView>,
+        /// Files that go with the answer (a postmortem's other formats).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<ReplyFile>,
     },
     /// The command was refused; nothing was appended except an audit record.
     Rejected {

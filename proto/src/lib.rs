@@ -21,7 +21,7 @@ pub mod times;
 pub mod words;
 
 pub use actor::Actor;
-pub use command::{Command, CommandReply, CommandRequest};
+pub use command::{Command, CommandReply, CommandRequest, ReplyFile};
 pub use decide::{
     NewRun, Rehearsal, Rejection, RejectionKind, authorize, decide, decide_start, settle,
 };

@@ -284,7 +284,8 @@ async fn main() {
     let backup: Archive = archive::dump(
         &programs,
         &conn,
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: dir.path(),
             label: "pre-migration",
             schemas: &[],

@@ -180,7 +180,8 @@ async fn main() {
     let archive = archive::dump(
         &programs,
         &ConnectionParams::from_url(&source_url).expect("url"),
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: dir.path(),
             label: "bench_source",
             schemas: &[],

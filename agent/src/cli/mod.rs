@@ -7,6 +7,7 @@ pub mod delta;
 pub mod demo_db;
 pub mod plan;
 pub mod provision;
+pub mod rehearse;
 pub mod replay;
 mod report;
 pub mod run;
@@ -18,8 +19,8 @@ use std::process::ExitCode;
 use clap::{Subcommand, ValueEnum};
 
 /// Exit status for "ran, and said no" (a refused plan, a failed verification, a history that is
-/// not intact, a runbook with problems): apart from 1, the tool could not do its work, and 2, the
-/// command line was not understood (clap's).
+/// not intact, a runbook with problems, a rehearsal the agent refused or that was aborted): apart
+/// from 1, the tool could not do its work, and 2, the command line was not understood (clap's).
 pub const REFUSED: u8 = 3;
 
 #[derive(Subcommand)]
@@ -32,6 +33,11 @@ pub enum Cmd {
     /// places at once. Run it before the first start and whenever the agent reports the stream
     /// weakened.
     Provision(provision::ProvisionArgs),
+    /// Rehearse a runbook for real on scratch copies of its databases, through the running
+    /// agent (as `/rollback rehearse` does). Prints the run; with --wait, stays until the
+    /// rehearsal has ended and prints its report, exiting 3 when it was aborted. Exits 3 when
+    /// the agent refuses it.
+    Rehearse(rehearse::RehearseArgs),
     /// Replay a run for the postmortem: verify its hash chain, fold its events, write a report
     /// (the verdict first). Exits 3 when the history is not intact.
     Replay(replay::ReplayArgs),

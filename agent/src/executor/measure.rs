@@ -45,6 +45,16 @@ struct Server {
     size_at_start: Option<i64>,
 }
 
+/// A session on the copies: its pid, its statement's start, whether it waits for a lock, how
+/// long its statement has run (ms) and the statement's first characters.
+type Session = (
+    i32,
+    Option<OffsetDateTime>,
+    bool,
+    Option<i64>,
+    Option<String>,
+);
+
 /// What sampling saw.
 #[derive(Default)]
 struct Sampled {
@@ -238,16 +248,7 @@ async fn sample(servers: Vec<(ConnectionParams, Vec<String>)>, stop: Cancellatio
         let mut someone_waited = false;
         for (server, (conn, copies)) in conns.iter_mut().enumerate() {
             let Some(c) = conn else { continue };
-            let rows: Result<
-                Vec<(
-                    i32,
-                    Option<OffsetDateTime>,
-                    bool,
-                    Option<i64>,
-                    Option<String>,
-                )>,
-                _,
-            > = sqlx::query_as(
+            let rows: Result<Vec<Session>, _> = sqlx::query_as(
                 "SELECT pid, query_start, coalesce(wait_event_type = 'Lock', false), \
                             (extract(epoch FROM clock_timestamp() - query_start) * 1000)::bigint, \
                             left(query, $2) \

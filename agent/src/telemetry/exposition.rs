@@ -46,29 +46,55 @@ impl MetricsSnapshot {
         );
         family(
             &mut out,
-            "steps_total",
-            "Steps that finished, by step kind and outcome.",
+            "runs_started_total",
+            "Runs started by commands this agent accepted, by mode (real, dry_run, rehearsal).",
             "counter",
         );
-        for ((kind, outcome), count) in &self.steps {
-            let labels = [("kind", kind.as_str()), ("outcome", outcome.name())];
+        for (mode, count) in &self.runs_started {
+            sample(
+                &mut out,
+                "runs_started_total",
+                &[("mode", mode.name())],
+                *count,
+            );
+        }
+        family(
+            &mut out,
+            "steps_total",
+            "Steps that finished, by step kind, outcome and the run's mode.",
+            "counter",
+        );
+        for ((kind, outcome, mode), count) in &self.steps {
+            let labels = [
+                ("kind", kind.as_str()),
+                ("outcome", outcome.name()),
+                ("mode", mode.name()),
+            ];
             sample(&mut out, "steps_total", &labels, *count);
         }
         family(
             &mut out,
             "step_attempts_total",
-            "Step attempts started, retries included.",
+            "Step attempts started, retries included, by the run's mode.",
             "counter",
         );
-        sample(&mut out, "step_attempts_total", &[], self.step_attempts);
+        for (mode, count) in &self.step_attempts {
+            sample(
+                &mut out,
+                "step_attempts_total",
+                &[("mode", mode.name())],
+                *count,
+            );
+        }
         family(
             &mut out,
             "escalations_total",
-            "Escalation pings sent, by level.",
+            "Escalation pings sent, by level and the run's mode.",
             "counter",
         );
-        for (level, count) in &self.escalations {
-            sample(&mut out, "escalations_total", &[("level", level)], *count);
+        for ((level, mode), count) in &self.escalations {
+            let labels = [("level", level.as_str()), ("mode", mode.name())];
+            sample(&mut out, "escalations_total", &labels, *count);
         }
         family(
             &mut out,
@@ -85,10 +111,12 @@ impl MetricsSnapshot {
         family(
             &mut out,
             "runs_active",
-            "Runs this agent is executing now.",
+            "Runs this agent is executing now (holding their lease), by mode.",
             "gauge",
         );
-        sample(&mut out, "runs_active", &[], self.runs_active);
+        for (mode, count) in &self.runs_active {
+            sample(&mut out, "runs_active", &[("mode", mode.name())], *count);
+        }
         family(
             &mut out,
             "nats_connected",

@@ -39,7 +39,47 @@ impl CommandOutcome {
     }
 }
 
-/// How a step ended, for `steps_total{kind,outcome}`.
+/// What kind of run a series counts, for the `mode` label: dashboards and alerts about the
+/// night's runs leave out the dry runs and rehearsals, which do the same things on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RunMode {
+    /// A run for real.
+    Real,
+    /// A dry run: steps only describe what they would do.
+    DryRun,
+    /// A rehearsal: every database step for real, on scratch copies.
+    Rehearsal,
+}
+
+impl RunMode {
+    /// Every mode, in the order they are rendered.
+    pub const ALL: [RunMode; 3] = [RunMode::Real, RunMode::DryRun, RunMode::Rehearsal];
+
+    /// The mode of a run with these flags (of `RunStarted`, or its state).
+    pub fn of(dry_run: bool, rehearsal: bool) -> Self {
+        match (dry_run, rehearsal) {
+            (_, true) => RunMode::Rehearsal,
+            (true, false) => RunMode::DryRun,
+            (false, false) => RunMode::Real,
+        }
+    }
+
+    /// The mode of the run in `state`.
+    pub fn of_run(state: &rollback_proto::RunState) -> Self {
+        Self::of(state.dry_run, state.rehearsal)
+    }
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunMode::Real => "real",
+            RunMode::DryRun => "dry_run",
+            RunMode::Rehearsal => "rehearsal",
+        }
+    }
+}
+
+/// How a step ended, for `steps_total{kind,outcome,mode}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StepOutcome {
     /// Succeeded.
@@ -72,11 +112,12 @@ struct Registry {
     commands: [AtomicU64; 4],
     events_appended: AtomicU64,
     append_conflicts: AtomicU64,
-    steps: LabelledCounter<(String, StepOutcome)>,
-    step_attempts: AtomicU64,
-    escalations: LabelledCounter<String>,
+    runs_started: ByMode,
+    steps: LabelledCounter<(String, StepOutcome, RunMode)>,
+    step_attempts: ByMode,
+    escalations: LabelledCounter<(String, RunMode)>,
     executor_failures: AtomicU64,
-    runs_active: AtomicU64,
+    runs_active: ByMode,
     nats_connected: AtomicBool,
     quarantined: QuarantineList,
     event_stream_safe: AtomicBool,
@@ -111,6 +152,36 @@ impl<K: Ord + Clone> LabelledCounter<K> {
     }
 }
 
+/// A count for each [`RunMode`], every mode present (at 0 until counted), so that a query by
+/// mode finds its series from the start.
+#[derive(Default)]
+struct ByMode([AtomicU64; RunMode::ALL.len()]);
+
+impl ByMode {
+    fn cell(&self, mode: RunMode) -> &AtomicU64 {
+        let index = RunMode::ALL
+            .iter()
+            .position(|m| *m == mode)
+            .expect("every mode is in ALL");
+        &self.0[index]
+    }
+
+    fn add(&self, mode: RunMode) {
+        self.cell(mode).fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sub(&self, mode: RunMode) {
+        self.cell(mode).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn values(&self) -> BTreeMap<RunMode, u64> {
+        RunMode::ALL
+            .iter()
+            .map(|mode| (*mode, self.cell(*mode).load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// The values at one moment, for tests and for rendering.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
@@ -120,16 +191,18 @@ pub struct MetricsSnapshot {
     pub events_appended: u64,
     /// `append_conflicts_total`.
     pub append_conflicts: u64,
-    /// `steps_total` by (kind, outcome), only those seen.
-    pub steps: BTreeMap<(String, StepOutcome), u64>,
-    /// `step_attempts_total`.
-    pub step_attempts: u64,
-    /// `escalations_total` by level name, only those seen.
-    pub escalations: BTreeMap<String, u64>,
+    /// `runs_started_total` by mode (every mode present).
+    pub runs_started: BTreeMap<RunMode, u64>,
+    /// `steps_total` by (kind, outcome, mode), only those seen.
+    pub steps: BTreeMap<(String, StepOutcome, RunMode), u64>,
+    /// `step_attempts_total` by mode (every mode present).
+    pub step_attempts: BTreeMap<RunMode, u64>,
+    /// `escalations_total` by (level name, mode), only those seen.
+    pub escalations: BTreeMap<(String, RunMode), u64>,
     /// `executor_failures_total`.
     pub executor_failures: u64,
-    /// `runs_active`.
-    pub runs_active: u64,
+    /// `runs_active` by mode (every mode present).
+    pub runs_active: BTreeMap<RunMode, u64>,
     /// `nats_connected`.
     pub nats_connected: bool,
     /// `runs_quarantined`.
@@ -165,19 +238,25 @@ impl Metrics {
         self.inner.append_conflicts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a finished step by its kind (`sql`, `shell`, `consolidate`, …) and outcome.
-    pub fn record_step(&self, kind: &str, outcome: StepOutcome) {
-        self.inner.steps.increment((kind.to_owned(), outcome));
+    /// Counts a run started by a command this agent accepted.
+    pub fn record_run_started(&self, mode: RunMode) {
+        self.inner.runs_started.add(mode);
+    }
+
+    /// Counts a finished step by its kind (`sql`, `shell`, `consolidate`, …), outcome and
+    /// its run's mode.
+    pub fn record_step(&self, kind: &str, outcome: StepOutcome, mode: RunMode) {
+        self.inner.steps.increment((kind.to_owned(), outcome, mode));
     }
 
     /// Counts a step attempt started, the first one and every retry.
-    pub fn record_step_attempt(&self) {
-        self.inner.step_attempts.fetch_add(1, Ordering::Relaxed);
+    pub fn record_step_attempt(&self, mode: RunMode) {
+        self.inner.step_attempts.add(mode);
     }
 
     /// Counts an escalation ping of the level named `level`.
-    pub fn record_escalation(&self, level: &str) {
-        self.inner.escalations.increment(level.to_owned());
+    pub fn record_escalation(&self, level: &str, mode: RunMode) {
+        self.inner.escalations.increment((level.to_owned(), mode));
     }
 
     /// Counts a run's executor that failed or panicked (and gave the run back).
@@ -185,11 +264,13 @@ impl Metrics {
         self.inner.executor_failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a run as active until the returned guard is dropped, however the run ends.
-    pub fn run_started(&self) -> ActiveRun {
-        self.inner.runs_active.fetch_add(1, Ordering::Relaxed);
+    /// Counts a run of `mode` as active until the returned guard is dropped, however the
+    /// run ends.
+    pub fn run_active(&self, mode: RunMode) -> ActiveRun {
+        self.inner.runs_active.add(mode);
         ActiveRun {
             metrics: self.clone(),
+            mode,
         }
     }
 
@@ -227,11 +308,12 @@ impl Metrics {
                 .collect(),
             events_appended: inner.events_appended.load(Ordering::Relaxed),
             append_conflicts: inner.append_conflicts.load(Ordering::Relaxed),
+            runs_started: inner.runs_started.values(),
             steps: inner.steps.values(),
-            step_attempts: inner.step_attempts.load(Ordering::Relaxed),
+            step_attempts: inner.step_attempts.values(),
             escalations: inner.escalations.values(),
             executor_failures: inner.executor_failures.load(Ordering::Relaxed),
-            runs_active: inner.runs_active.load(Ordering::Relaxed),
+            runs_active: inner.runs_active.values(),
             nats_connected: inner.nats_connected.load(Ordering::Relaxed),
             runs_quarantined: inner.quarantined.len() as u64,
             event_stream_safe: inner.event_stream_safe.load(Ordering::Relaxed),
@@ -250,18 +332,16 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Keeps `runs_active` counting one run; dropping it stops counting.
+/// Keeps `runs_active` counting one run of its mode; dropping it stops counting.
 #[must_use = "the run counts as active only while this guard lives"]
 #[derive(Debug)]
 pub struct ActiveRun {
     metrics: Metrics,
+    mode: RunMode,
 }
 
 impl Drop for ActiveRun {
     fn drop(&mut self) {
-        self.metrics
-            .inner
-            .runs_active
-            .fetch_sub(1, Ordering::Relaxed);
+        self.metrics.inner.runs_active.sub(self.mode);
     }
 }

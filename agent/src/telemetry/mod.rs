@@ -15,7 +15,9 @@ mod metrics;
 pub use self::endpoint::serve;
 pub use self::exposition::PROMETHEUS_CONTENT_TYPE;
 pub use self::logs::{LOG_FORMAT_VAR, LogFormat, init_tracing};
-pub use self::metrics::{ActiveRun, CommandOutcome, Metrics, MetricsSnapshot, StepOutcome};
+pub use self::metrics::{
+    ActiveRun, CommandOutcome, Metrics, MetricsSnapshot, RunMode, StepOutcome,
+};
 
 #[cfg(test)]
 mod tests;

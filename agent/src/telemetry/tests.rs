@@ -18,15 +18,17 @@ fn renders_the_exposition_format() {
     metrics.record_command(CommandOutcome::Malformed);
     metrics.record_events_appended(5);
     metrics.record_append_conflict();
-    metrics.record_step("sql", StepOutcome::Succeeded);
-    metrics.record_step("sql", StepOutcome::Succeeded);
-    metrics.record_step("shell", StepOutcome::Failed);
-    metrics.record_step_attempt();
-    metrics.record_escalation("team lead");
+    metrics.record_run_started(RunMode::Rehearsal);
+    metrics.record_step("sql", StepOutcome::Succeeded, RunMode::Real);
+    metrics.record_step("sql", StepOutcome::Succeeded, RunMode::Real);
+    metrics.record_step("sql", StepOutcome::Succeeded, RunMode::Rehearsal);
+    metrics.record_step("shell", StepOutcome::Failed, RunMode::DryRun);
+    metrics.record_step_attempt(RunMode::Real);
+    metrics.record_escalation("team lead", RunMode::Real);
     metrics.record_executor_failure();
     metrics.set_nats_connected(true);
     metrics.set_event_stream_safe(true);
-    let _run = metrics.run_started();
+    let _run = metrics.run_active(RunMode::Rehearsal);
 
     let text = metrics.render();
     let expected = "\
@@ -42,22 +44,32 @@ events_appended_total 5
 # HELP append_conflicts_total Appends refused because another writer appended to the run first.
 # TYPE append_conflicts_total counter
 append_conflicts_total 1
-# HELP steps_total Steps that finished, by step kind and outcome.
+# HELP runs_started_total Runs started by commands this agent accepted, by mode (real, dry_run, rehearsal).
+# TYPE runs_started_total counter
+runs_started_total{mode=\"real\"} 0
+runs_started_total{mode=\"dry_run\"} 0
+runs_started_total{mode=\"rehearsal\"} 1
+# HELP steps_total Steps that finished, by step kind, outcome and the run's mode.
 # TYPE steps_total counter
-steps_total{kind=\"shell\",outcome=\"failed\"} 1
-steps_total{kind=\"sql\",outcome=\"succeeded\"} 2
-# HELP step_attempts_total Step attempts started, retries included.
+steps_total{kind=\"shell\",outcome=\"failed\",mode=\"dry_run\"} 1
+steps_total{kind=\"sql\",outcome=\"succeeded\",mode=\"real\"} 2
+steps_total{kind=\"sql\",outcome=\"succeeded\",mode=\"rehearsal\"} 1
+# HELP step_attempts_total Step attempts started, retries included, by the run's mode.
 # TYPE step_attempts_total counter
-step_attempts_total 1
-# HELP escalations_total Escalation pings sent, by level.
+step_attempts_total{mode=\"real\"} 1
+step_attempts_total{mode=\"dry_run\"} 0
+step_attempts_total{mode=\"rehearsal\"} 0
+# HELP escalations_total Escalation pings sent, by level and the run's mode.
 # TYPE escalations_total counter
-escalations_total{level=\"team lead\"} 1
+escalations_total{level=\"team lead\",mode=\"real\"} 1
 # HELP executor_failures_total Run executors that failed or panicked and gave their run back.
 # TYPE executor_failures_total counter
 executor_failures_total 1
-# HELP runs_active Runs this agent is executing now.
+# HELP runs_active Runs this agent is executing now (holding their lease), by mode.
 # TYPE runs_active gauge
-runs_active 1
+runs_active{mode=\"real\"} 0
+runs_active{mode=\"dry_run\"} 0
+runs_active{mode=\"rehearsal\"} 1
 # HELP nats_connected Whether the agent is connected to NATS (1) or not (0).
 # TYPE nats_connected gauge
 nats_connected 1
@@ -74,32 +86,45 @@ event_stream_safe 1
 #[test]
 fn label_values_are_escaped() {
     let metrics = Metrics::new();
-    metrics.record_escalation("a \"quoted\" \\ level\nwith a newline");
+    metrics.record_escalation("a \"quoted\" \\ level\nwith a newline", RunMode::Real);
     assert!(
-        metrics
-            .render()
-            .contains(r#"escalations_total{level="a \"quoted\" \\ level\nwith a newline"} 1"#),
+        metrics.render().contains(
+            r#"escalations_total{level="a \"quoted\" \\ level\nwith a newline",mode="real"} 1"#
+        ),
         "{}",
         metrics.render()
     );
 }
 
 #[test]
-fn the_active_run_gauge_follows_its_guards() {
+fn the_active_run_gauge_follows_its_guards_by_mode() {
     let metrics = Metrics::new();
-    let first = metrics.run_started();
-    let second = metrics.clone().run_started();
-    assert_eq!(metrics.snapshot().runs_active, 2);
+    let active =
+        |metrics: &Metrics| -> Vec<u64> { metrics.snapshot().runs_active.into_values().collect() };
+    let first = metrics.run_active(RunMode::Real);
+    let second = metrics.clone().run_active(RunMode::Rehearsal);
+    let third = metrics.run_active(RunMode::Rehearsal);
+    assert_eq!(active(&metrics), [1, 0, 2], "real, dry_run, rehearsal");
     drop(first);
-    assert_eq!(metrics.snapshot().runs_active, 1);
+    assert_eq!(active(&metrics), [0, 0, 2]);
     drop(second);
-    assert_eq!(metrics.snapshot().runs_active, 0);
+    drop(third);
+    assert_eq!(active(&metrics), [0, 0, 0], "every mode present, at 0");
     assert!(!metrics.nats_connected());
     assert_eq!(
         metrics.snapshot().commands[&CommandOutcome::Duplicate],
         0,
         "every outcome is present"
     );
+}
+
+#[test]
+fn a_run_is_labelled_by_its_mode() {
+    assert_eq!(RunMode::of(false, false), RunMode::Real);
+    assert_eq!(RunMode::of(true, false), RunMode::DryRun);
+    assert_eq!(RunMode::of(false, true), RunMode::Rehearsal);
+    let names: Vec<&str> = RunMode::ALL.iter().map(|m| m.name()).collect();
+    assert_eq!(names, ["real", "dry_run", "rehearsal"]);
 }
 
 #[test]

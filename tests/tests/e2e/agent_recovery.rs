@@ -1012,6 +1012,17 @@ async fn metrics_and_health_are_served() {
     assert_eq!(status, 200);
     assert_eq!(sample(&page, "commands_total{outcome=\"accepted\"}"), 1);
     assert_eq!(sample(&page, "events_appended_total"), 1, "RunStarted");
+    // Series about runs carry the run's mode.
+    assert_eq!(sample(&page, "runs_started_total{mode=\"real\"}"), 1);
+    assert_eq!(sample(&page, "runs_started_total{mode=\"rehearsal\"}"), 0);
+    until("the run active as a real one", DEADLINE, async || {
+        get("/metrics")
+            .await
+            .is_some_and(|(_, page)| sample(&page, "runs_active{mode=\"real\"}") == 1)
+    })
+    .await;
+    let (_, page) = get("/metrics").await.unwrap();
+    assert_eq!(sample(&page, "runs_active{mode=\"dry_run\"}"), 0);
 }
 
 #[tokio::test]

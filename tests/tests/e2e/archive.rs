@@ -72,7 +72,8 @@ async fn dump_schemas(
     archive::dump(
         &PgPrograms::in_dir(pg.bin_dir()).unwrap(),
         &ConnectionParams::from_url(&db.url).unwrap(),
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: dir,
             label: "test-run",
             schemas,

@@ -51,7 +51,8 @@ async fn archived_source(pg: &Postgres, dir: &std::path::Path) -> Archive {
     archive::dump(
         &PgPrograms::in_dir(pg.bin_dir()).unwrap(),
         &ConnectionParams::from_url(&source.url).unwrap(),
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: dir,
             label: "source",
             schemas: &[],
@@ -472,7 +473,8 @@ async fn a_dump_recorded_before_the_agent_died_is_the_steps_result() {
     let written = archive::dump(
         &PgPrograms::in_dir(pg.bin_dir()).unwrap(),
         &ConnectionParams::from_url(&db.url).unwrap(),
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: &dir,
             label: "earlier",
             schemas: &[],

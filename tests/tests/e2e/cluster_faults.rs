@@ -100,12 +100,23 @@ async fn stream_leader(js: &jetstream::Context) -> usize {
     }
 }
 
-/// The value of a sample without labels on the agent's `/metrics` page.
+/// The sum of a series' samples, whatever their labels (`runs_active` has one per run mode),
+/// on the agent's `/metrics` page.
 async fn metric(address: &str, name: &str) -> u64 {
     let (_, page) = http_get(address, "/metrics").await.unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
+    let samples: Vec<u64> = page
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.parse().ok()
+        })
+        .collect();
+    assert!(!samples.is_empty(), "no sample {name} in:\n{page}");
+    samples.iter().sum()
 }
 
 /// `(step, event name, attempt)` of every step lifecycle event.

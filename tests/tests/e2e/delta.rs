@@ -183,7 +183,8 @@ async fn emergency(pg: &Postgres, tenants: u32, rows: u32) -> Emergency {
     let backup = archive::dump(
         &programs(pg),
         &conn,
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: dir.path(),
             label: "pre-migration",
             schemas: &[],

@@ -35,7 +35,8 @@ async fn the_delta_export_and_import_killed_in_the_middle_resume_by_themselves()
     let backup = archive::dump(
         &PgPrograms::in_dir(pg.bin_dir()).unwrap(),
         &ConnectionParams::from_url(&db.url).unwrap(),
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: &h.path("backups"),
             label: "pre-migration",
             schemas: &[],

@@ -24,6 +24,7 @@ mod proof;
 mod provisioning;
 mod quarantine;
 mod rehearsal;
+mod rehearse_cli;
 mod replay;
 mod request_timeout;
 mod runbooks;

@@ -25,6 +25,7 @@ async fn slow_agent(nats: &NatsServer) -> tokio::task::JoinHandle<()> {
                 let request: CommandRequest = serde_json::from_slice(&message.payload).unwrap();
                 tokio::time::sleep(ANSWER_AFTER).await;
                 let reply = CommandReply::Accepted {
+                    files: Vec::new(),
                     status: None,
                     run: request.command.run(),
                     events: Vec::new(),

@@ -414,7 +414,8 @@ async fn the_emergency_restore_runbook_restores_and_brings_back_every_row() {
     let backup = archive::dump(
         &PgPrograms::in_dir(pg.bin_dir()).unwrap(),
         &ConnectionParams::from_url(&db.url).unwrap(),
-        &DumpRequest { exclude_schemas: &[],
+        &DumpRequest {
+            exclude_schemas: &[],
             output_dir: &h.path("premigration"),
             label: "pre-migration",
             schemas: &[],

@@ -83,7 +83,7 @@ pub async fn newest_verified(store: &JetStreamEventStore, target: &str) -> Optio
         }
     }
     // Newest first; the first that still verifies.
-    found.sort_by(|a, b| b.at.cmp(&a.at));
+    found.sort_by_key(|b| std::cmp::Reverse(b.at));
     for backup in found {
         match verify_archive(&backup.path, &backup.sha256, None).await {
             Ok(()) => return Some(backup),

@@ -418,3 +418,79 @@ command = "echo about to fail; exit 3"
         thread[0]
     );
 }
+
+/// A rehearsal started from chat: when it ends, its report is posted in the run's thread, the
+/// postmortem attached as Markdown, HTML and JSON.
+#[tokio::test]
+async fn a_rehearsals_report_is_posted_in_its_thread_when_it_ends() {
+    use rollback_agent::demo::{self, DemoSpec};
+    let pg = rollback_tests::Postgres::start().await.unwrap();
+    let app = pg.fresh_database().await.unwrap();
+    let pool = app.pool().await.unwrap();
+    demo::generate(
+        &pool,
+        &DemoSpec {
+            tenants: 2,
+            rows: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let b = BotHarness::start(
+        &[(
+            "plan-only",
+            "name = \"plan-only\"\n[[phases]]\nid = \"database\"\n[[phases.steps]]\nid = \"plan\"\nkind = \"plan\"\ntarget = \"app\"\n",
+        )],
+        &crate::agent_recovery::database_target("app", &app),
+        BotOptions::default(),
+    )
+    .await;
+    let text = b
+        .answer(payloads::slash(
+            &alice(),
+            "rehearse",
+            vec![payloads::option("runbook", "plan-only".into())],
+        ))
+        .await;
+    let run = super::run_in(&text).unwrap_or_else(|| panic!("no run in {text:?}"));
+    let status = b.status_message(run).await;
+    b.status_shows(run, "COMPLETED").await;
+    let heading = format!("**Rehearsal report of run {run}**");
+    until("the rehearsal's report", DEADLINE, async || {
+        b.discord
+            .messages_in(&status.id)
+            .iter()
+            .any(|m| m.content.starts_with(&heading))
+    })
+    .await;
+    let posted: Vec<Posted> = b
+        .discord
+        .messages_in(&status.id)
+        .into_iter()
+        .filter(|m| m.content.starts_with(&heading))
+        .collect();
+    assert_eq!(posted.len(), 1, "posted once");
+    let report = &posted[0];
+    assert!(
+        report.content.contains("Scratch copy `"),
+        "{}",
+        report.content
+    );
+    assert!(report.content.chars().count() <= 2000);
+    let names: Vec<&str> = report.files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("postmortem-{run}.md"),
+            format!("postmortem-{run}.html"),
+            format!("postmortem-{run}.json")
+        ]
+    );
+    let markdown = String::from_utf8(report.files[0].1.clone()).unwrap();
+    assert!(markdown.contains("## Rehearsal"), "{markdown}");
+    let json: serde_json::Value = serde_json::from_slice(&report.files[2].1).unwrap();
+    assert!(json["run"]["rehearsal_facts"].is_object(), "{json}");
+    let html = String::from_utf8(report.files[1].1.clone()).unwrap();
+    assert!(html.contains("<h2>Rehearsal</h2>"));
+}

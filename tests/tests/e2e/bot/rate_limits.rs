@@ -136,6 +136,10 @@ impl Setup {
                     channels: config.channels().unwrap(),
                     settings: config.progress.clone(),
                     emergency_mentions: Vec::new(),
+                    agent: rollback_bot::agent_client::AgentClient::new(
+                        h.client.nats().clone(),
+                        std::time::Duration::from_secs(10),
+                    ),
                 };
                 let stop = CancellationToken::new();
                 let token = stop.clone();

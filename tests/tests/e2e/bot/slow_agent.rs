@@ -175,6 +175,7 @@ async fn stand_in_agent(b: &BotHarness, after: Option<Duration>) -> tokio::task:
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
                 let reply = CommandReply::Accepted {
+                    files: Vec::new(),
                     status: None,
                     run: None,
                     events: Vec::new(),
