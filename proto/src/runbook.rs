@@ -245,6 +245,22 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// Whether its time grows with the tenants' rows (the engine's steps and the archives'):
+    /// what a sampled rehearsal extrapolates.
+    pub fn grows_with_rows(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Plan(_)
+                | StepKind::Consolidate(_)
+                | StepKind::Verify(_)
+                | StepKind::DropSchemas(_)
+                | StepKind::ExportDelta(_)
+                | StepKind::ImportDelta(_)
+                | StepKind::PgDump(_)
+                | StepKind::PgRestore(_)
+        )
+    }
+
     /// The folder the step writes its archives into (unexpanded), if it writes any.
     pub fn written_dir(&self) -> Option<&str> {
         match self {

@@ -448,3 +448,93 @@ fn a_rehearsal_asked_to_keep_its_copies_completes_with_them() {
     assert_eq!(sc.state.scratch_copies_left().len(), 1);
     assert!(status_text(&sc.state).contains("(kept: drop it when done)"));
 }
+
+#[test]
+fn a_sampled_rehearsals_evidence_extrapolates_the_engines_steps_by_rows() {
+    let start = Start {
+        rehearsal: Some(rollback_proto::Rehearsal {
+            sample: Some(1),
+            ..rollback_proto::Rehearsal::default()
+        }),
+        ..Start::default()
+    };
+    let mut sc = Scenario::start_as(RUNBOOK, &alice(), &start).unwrap();
+    assert_eq!(sc.state.sample, Some(1));
+    let mut copy = made("app");
+    if let Event::ScratchCopyMade { sample, .. } = &mut copy {
+        *sample = Some(rollback_proto::TenantSample {
+            schemas: vec!["tenant_1".into()],
+            schemas_total: 10,
+            rows: 10,
+            rows_total: 100,
+        });
+    }
+    sc.agent(copy);
+    for (name, secs) in [("notify", 1), ("plan", 2), ("consolidate", 3)] {
+        sc.agent(Event::StepStarted {
+            step: step(name),
+            attempt: 1,
+        });
+        sc.wait(time::Duration::seconds(secs));
+        sc.agent(Event::StepSucceeded {
+            step: step(name),
+            attempt: 1,
+            summary: "done".into(),
+        });
+    }
+    sc.agent(Event::ScratchCopyDropped {
+        target: "app".into(),
+        database: "rehearsal_x_app".into(),
+    });
+    assert_eq!(sc.state.status, RunStatus::Completed);
+    let evidence = sc.state.rehearsal_evidence().unwrap();
+    // A shell step as it ran; the engine's steps ×10 (100 rows in all, 10 in the sample).
+    assert_eq!(evidence.step_millis[&step("notify")], 1_000);
+    assert_eq!(evidence.step_millis[&step("plan")], 20_000);
+    assert_eq!(evidence.step_millis[&step("consolidate")], 30_000);
+}
+
+#[test]
+fn a_rehearsal_with_people_waits_for_them_as_the_night_would() {
+    let start = Start {
+        rehearsal: Some(rollback_proto::Rehearsal {
+            with_people: true,
+            ..rollback_proto::Rehearsal::default()
+        }),
+        ..Start::default()
+    };
+    let mut sc = Scenario::start_as(RUNBOOK, &alice(), &start).unwrap();
+    sc.agent(made("app"));
+    // No phase starts by itself, no checklist is completed by the rehearsal.
+    assert_eq!(sc.state.active_phase, None);
+    assert_eq!(sc.state.next_action(), NextAction::Idle(Waiting::NextPhase));
+    sc.when(&alice(), Command::Next { run: sc.run() }).unwrap();
+    let (_, _, _, assess) = sc.state.step(&step("assess")).unwrap();
+    assert_eq!(assess.status, StepStatus::Pending);
+    // A failure waits for a person instead of ending the rehearsal.
+    sc.when(
+        &alice(),
+        Command::Check {
+            run: sc.run(),
+            step: step("assess"),
+            item: 1,
+        },
+    )
+    .unwrap();
+    sc.agent(Event::StepStarted {
+        step: step("notify"),
+        attempt: 1,
+    });
+    let events = sc.agent(Event::StepFailed {
+        step: step("notify"),
+        attempt: 1,
+        error: "exit 1".into(),
+        retryable: false,
+        retry_in_ms: None,
+    });
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::RunAborted { .. })),
+        "{events:?}"
+    );
+    assert_eq!(sc.state.status, RunStatus::Active);
+}

@@ -172,7 +172,9 @@ impl RunState {
             .flat_map(|(phase, ps)| phase.steps.iter().zip(&ps.steps))
             .filter_map(|(step, st)| {
                 let took = st.finished_at? - st.started_at?;
-                Some((step.id.clone(), took.whole_milliseconds().max(0) as u64))
+                // A sampled rehearsal's engine steps, as they would take on every tenant.
+                let millis = took.whole_milliseconds().max(0) as f64 * self.sample_scale(step);
+                Some((step.id.clone(), millis.round() as u64))
             })
             .collect();
         Some(crate::events::RehearsalEvidence {
@@ -180,6 +182,21 @@ impl RunState {
             completed_at: self.updated_at,
             step_millis,
         })
+    }
+
+    /// The factor a step's time grows by from a sampled rehearsal to every tenant: the sampled
+    /// copy's rows_total / rows for a step whose time grows with rows on a sampled target, 1
+    /// otherwise (extrapolated linearly by rows).
+    pub fn sample_scale(&self, step: &crate::runbook::Step) -> f64 {
+        if !step.kind.grows_with_rows() {
+            return 1.0;
+        }
+        step.kind
+            .database_target()
+            .and_then(|t| self.runbook.expand(t, &self.params).ok())
+            .and_then(|target| self.scratch.get(&target))
+            .and_then(|copy| copy.sample.as_ref())
+            .map_or(1.0, |s| s.scale())
     }
 
     /// The scratch copies not dropped yet, as (target, database).

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use rollback_proto::RunState;
-use rollback_proto::runbook::{Step, StepKind};
 
 use super::finish::StepRow;
 use crate::replay::model::{DiskNeed, MeasuredStep, OverBudget, SampleReport};
@@ -20,42 +19,13 @@ pub(super) struct Measured {
     pub predicted_ms: BTreeMap<String, i64>,
 }
 
-/// Whether a step's time grows with the tenants' rows: the engine's steps and the archives'.
-fn grows_with_rows(kind: &StepKind) -> bool {
-    matches!(
-        kind,
-        StepKind::Plan(_)
-            | StepKind::Consolidate(_)
-            | StepKind::Verify(_)
-            | StepKind::DropSchemas(_)
-            | StepKind::ExportDelta(_)
-            | StepKind::ImportDelta(_)
-            | StepKind::PgDump(_)
-            | StepKind::PgRestore(_)
-    )
-}
-
-/// The factor a step's time and bytes grow by from the sample to every tenant: the sampled
-/// copy's rows_total / rows for a step that grows with rows on a sampled target, else 1.
-fn scale(state: &RunState, step: &Step) -> f64 {
-    if !grows_with_rows(&step.kind) {
-        return 1.0;
-    }
-    step.kind
-        .database_target()
-        .and_then(|t| state.runbook.expand(t, &state.params).ok())
-        .and_then(|target| state.scratch.get(&target))
-        .and_then(|copy| copy.sample.as_ref())
-        .map_or(1.0, |s| s.scale())
-}
-
 pub(super) fn measured(state: &RunState, rows: &[StepRow<'_>]) -> Measured {
     let mut steps = Vec::new();
     let mut over_budget = Vec::new();
     let mut predicted_ms = BTreeMap::new();
     let mut disk: BTreeMap<String, DiskNeed> = BTreeMap::new();
     for (def, st, report) in rows {
-        let factor = scale(state, def);
+        let factor = state.sample_scale(def);
         let predicted = (report.running_ms as f64 * factor).round() as i64;
         predicted_ms.insert(report.id.clone(), predicted);
         if let Some(budget) = def.budget {
