@@ -210,6 +210,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         policy: config.policy.clone(),
         databases: databases.clone(),
         metrics: metrics.clone(),
+        discord: config.discord.clone(),
     });
     {
         let stop = shutdown.clone();

@@ -15,6 +15,7 @@ use rollback_proto::subjects::{COMMANDS_QUEUE, COMMANDS_SUBJECT, QUERY_RUNBOOKS,
 use rollback_proto::times::TimeStyle;
 
 use crate::rehearsal_gate;
+use rollback_proto::interaction;
 use rollback_proto::{
     Caller, Command, CommandReply, CommandRequest, Event, NewRun, Policy, Rehearsal, Rejection,
     RejectionKind, ReplyFile, RunId, Runbook, authorize, decide, decide_start,
@@ -59,6 +60,9 @@ pub struct CommandService {
     pub databases: Arc<DatabaseTargets>,
     /// Counters.
     pub metrics: Metrics,
+    /// The Discord application's public key and how old a signed interaction may be: what
+    /// a command's proof is checked with (`[discord]`).
+    pub discord: crate::config::DiscordSection,
 }
 
 /// The outcomes bucket's settings. An administrator creates the bucket with them
@@ -309,11 +313,11 @@ impl CommandService {
     }
 
     async fn process(&self, req: &CommandRequest) -> CommandReply {
-        let caller = Caller {
-            actor: req.actor.clone(),
-            roles: req.roles.clone(),
-        };
         let now = OffsetDateTime::now_utc();
+        let caller = match self.caller(req, now) {
+            Ok(caller) => caller,
+            Err(reason) => return self.refuse_proof(req, reason, now).await,
+        };
         match &req.command {
             Command::Start {
                 runbook,
@@ -373,6 +377,72 @@ impl CommandService {
                 self.on_run(req, &caller, run, now).await
             }
         }
+    }
+
+    /// Who asks, with which roles: from the request, or, when it carries Discord's signed
+    /// interaction, from that (checked: signature, age, the same command, keyed by the
+    /// interaction's id), with the proof attached to the actor so that the events record it.
+    fn caller(&self, req: &CommandRequest, now: OffsetDateTime) -> Result<Caller, String> {
+        let asserted = || Caller {
+            actor: req.actor.clone(),
+            roles: req.roles.clone(),
+        };
+        let Some(proof) = &req.proof else {
+            return Ok(asserted());
+        };
+        // Without the application's public key a proof cannot be checked: the command is
+        // taken as the bot asserts it (and recorded so), never with an unchecked proof.
+        let Some(key) = self.discord.verifying_key() else {
+            return Ok(asserted());
+        };
+        let action = interaction::verify(
+            proof,
+            &key,
+            now,
+            self.discord.proof_max_age,
+            &req.command,
+            &req.idempotency_key,
+        )
+        .map_err(|e| e.to_string())?;
+        let actor = match action.actor {
+            rollback_proto::Actor::Chat { user_id, name, .. } => rollback_proto::Actor::Chat {
+                user_id,
+                name,
+                proof: Some(Box::new(proof.clone())),
+            },
+            other => other,
+        };
+        Ok(Caller {
+            actor,
+            roles: action.roles,
+        })
+    }
+
+    /// Refuses a command whose proof does not hold, and records the refusal in its run (if it
+    /// names one) as the request's actor: whoever sent it is who the log can name.
+    async fn refuse_proof(
+        &self,
+        req: &CommandRequest,
+        reason: String,
+        now: OffsetDateTime,
+    ) -> CommandReply {
+        tracing::warn!(%reason, "refused a command whose proof does not hold");
+        let rejection = Rejection {
+            kind: RejectionKind::Unauthorized,
+            reason,
+        };
+        if let Some(run) = req.command.run()
+            && let Ok(loaded) = self.store.load(run).await
+            && loaded.state.is_some()
+        {
+            let caller = Caller {
+                actor: req.actor.clone(),
+                roles: req.roles.clone(),
+            };
+            self.audit(loaded.cursor, req, &caller, &rejection, now)
+                .await;
+        }
+        rejected(rejection.reason)
     }
 
     /// The run's postmortem report in Markdown, which chat attaches as a file. A history that

@@ -12,6 +12,8 @@ use rollback_proto::{
 use serenity::all::{ButtonStyle, CreateActionRow, CreateButton};
 use sha2::{Digest, Sha256};
 
+pub use rollback_proto::grammar::{custom_id, parse_custom_id};
+
 /// Discord refuses message content over this many characters.
 pub const MESSAGE_LIMIT: usize = 2000;
 /// What a content line may hold once a code block's fences are around it.
@@ -19,27 +21,6 @@ const BLOCK_BUDGET: usize = MESSAGE_LIMIT - 100;
 /// Buttons per action row, and rows per message.
 const BUTTONS_PER_ROW: usize = 5;
 const MAX_ROWS: usize = 5;
-/// Prefix of every custom id the bot issues.
-const ID_PREFIX: &str = "rb";
-
-/// A button's or modal's custom id: the subcommand and its leading required values,
-/// `rb|approve|<run>|<step>`.
-pub fn custom_id(sub: &str, values: &[&str]) -> String {
-    let mut id = format!("{ID_PREFIX}|{sub}");
-    for v in values {
-        id.push('|');
-        id.push_str(v);
-    }
-    id
-}
-
-/// The subcommand and values of a custom id the bot issued.
-pub fn parse_custom_id(id: &str) -> Option<(&str, Vec<&str>)> {
-    let mut parts = id.split('|');
-    (parts.next()? == ID_PREFIX).then_some(())?;
-    let sub = parts.next()?;
-    Some((sub, parts.collect()))
-}
 
 /// A Discord nonce (at most 25 characters) derived from what is posted: posting the same
 /// thing again with `enforce_nonce` returns the first message instead of a second one.

@@ -233,6 +233,7 @@ impl Console {
             Err(e) => return Step::Done(format!("not understood: {e}"), false),
         };
         let request = CommandRequest {
+            proof: None,
             idempotency_key: uuid::Uuid::now_v7().to_string(),
             actor: Actor::Console { user: actor },
             roles,
@@ -254,6 +255,7 @@ impl Console {
         let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
         loop {
             let request = CommandRequest {
+                proof: None,
                 idempotency_key: uuid::Uuid::now_v7().to_string(),
                 actor: Actor::Console {
                     user: self.settings.user.clone(),

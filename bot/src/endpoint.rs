@@ -3,6 +3,7 @@
 //! signature, a stale timestamp, or an interaction already answered (a replayed request)
 //! gets 401; a body over the limit gets 413.
 
+use rollback_proto::interaction::DiscordProof;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,7 +198,24 @@ async fn receive(
     }
     let token = interaction.token().to_owned();
     let deferral = Interactions::deferral(&interaction);
-    let work = endpoint.interactions.clone().answer(interaction).boxed();
+    // The interaction exactly as Discord signed it goes with the command to the agent.
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let proof = std::str::from_utf8(&body).ok().map(|text| DiscordProof {
+        body: text.to_owned(),
+        signature: header("x-signature-ed25519"),
+        timestamp: header("x-signature-timestamp"),
+    });
+    let work = endpoint
+        .interactions
+        .clone()
+        .answer(interaction, proof)
+        .boxed();
     let first = interactions::within(endpoint.budget, deferral, work).await;
     let response = match first {
         FirstResponse::Now(answer) if !answer.has_file() => answer.into_response(),

@@ -32,7 +32,8 @@ impl EventHandler for Handler {
         let id = interaction.id();
         let token = interaction.token().to_owned();
         let deferral = Interactions::deferral(&interaction);
-        let work = self.interactions.clone().answer(interaction).boxed();
+        // Over the gateway Discord signs nothing: the agent takes the bot's word for who acted.
+        let work = self.interactions.clone().answer(interaction, None).boxed();
         let result = match interactions::within(self.budget, deferral, work).await {
             FirstResponse::Now(answer) => {
                 answer

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use rollback_proto::interaction::DiscordProof;
 use rollback_proto::{Actor, Command, CommandReply, CommandRequest};
 use serenity::all::{
     ActionRowComponent, AutocompleteChoice, CommandDataOption, CommandDataOptionValue,
@@ -29,8 +30,7 @@ use crate::bot_state::BotState;
 use crate::chat::{self, MESSAGE_LIMIT};
 use crate::grammar::{self, OptionKind, Subcommand, Value};
 
-/// The one top-level command.
-pub const COMMAND_NAME: &str = "rollback";
+pub use rollback_proto::grammar::COMMAND_NAME;
 
 /// Discord shows at most this many autocomplete choices.
 const MAX_CHOICES: usize = 25;
@@ -192,6 +192,7 @@ impl Asker {
             .unwrap_or_else(|| user.name.clone());
         Asker {
             actor: Actor::Chat {
+                proof: None,
                 user_id: user.id.to_string(),
                 name,
             },
@@ -223,18 +224,24 @@ impl Interactions {
     }
 
     /// The answer to one interaction; never fails: every problem is a private message.
-    pub async fn answer(self: Arc<Self>, interaction: Interaction) -> Answer {
+    /// `proof` is the interaction as Discord signed it (the HTTP endpoint's), forwarded with
+    /// the command so that the agent can check who acted; the gateway has none.
+    pub async fn answer(
+        self: Arc<Self>,
+        interaction: Interaction,
+        proof: Option<DiscordProof>,
+    ) -> Answer {
         match &interaction {
             Interaction::Ping(_) => Answer::Pong,
-            Interaction::Command(c) => self.slash(c).await,
+            Interaction::Command(c) => self.slash(c, proof).await,
             Interaction::Autocomplete(c) => self.autocomplete(c).await,
-            Interaction::Component(c) => self.button(c).await,
-            Interaction::Modal(m) => self.modal(m).await,
+            Interaction::Component(c) => self.button(c, proof).await,
+            Interaction::Modal(m) => self.modal(m, proof).await,
             _ => Answer::private("This kind of interaction is not handled."),
         }
     }
 
-    async fn slash(&self, c: &CommandInteraction) -> Answer {
+    async fn slash(&self, c: &CommandInteraction, proof: Option<DiscordProof>) -> Answer {
         let asker = Asker::of(c.member.as_deref(), &c.user);
         let (sub, values) = match slash_values(c) {
             Ok(x) => x,
@@ -255,7 +262,7 @@ impl Interactions {
         }
         let values = values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         match grammar::build(sub.name, &values) {
-            Ok(command) => self.send(command, asker, c.id.to_string()).await,
+            Ok(command) => self.send(command, asker, c.id.to_string(), proof).await,
             Err(e) => Answer::private(format!("Not understood: {e}")),
         }
     }
@@ -291,7 +298,7 @@ impl Interactions {
         Answer::Choices(choices)
     }
 
-    async fn button(&self, c: &ComponentInteraction) -> Answer {
+    async fn button(&self, c: &ComponentInteraction, proof: Option<DiscordProof>) -> Answer {
         let asker = Asker::of(c.member.as_ref(), &c.user);
         let Some((sub, leading)) = ours(&c.data.custom_id) else {
             return Answer::private("This button is not one of the bot's.");
@@ -305,19 +312,19 @@ impl Interactions {
         {
             return modal(sub, &leading, |o| o.kind == OptionKind::Text);
         }
-        let values = leading_values(sub, &leading);
+        let values = grammar::leading_values(sub, &leading);
         match grammar::build(sub.name, &values) {
-            Ok(command) => self.send(command, asker, c.id.to_string()).await,
+            Ok(command) => self.send(command, asker, c.id.to_string(), proof).await,
             Err(e) => Answer::private(format!("Not understood: {e}")),
         }
     }
 
-    async fn modal(&self, m: &ModalInteraction) -> Answer {
+    async fn modal(&self, m: &ModalInteraction, proof: Option<DiscordProof>) -> Answer {
         let asker = Asker::of(m.member.as_ref(), &m.user);
         let Some((sub, leading)) = ours(&m.data.custom_id) else {
             return Answer::private("This form is not one of the bot's.");
         };
-        let mut values = leading_values(sub, &leading);
+        let mut values = grammar::leading_values(sub, &leading);
         for row in &m.data.components {
             for component in &row.components {
                 if let ActionRowComponent::InputText(input) = component {
@@ -329,14 +336,21 @@ impl Interactions {
             }
         }
         match grammar::build(sub.name, &values) {
-            Ok(command) => self.send(command, asker, m.id.to_string()).await,
+            Ok(command) => self.send(command, asker, m.id.to_string(), proof).await,
             Err(e) => Answer::private(format!("Not understood: {e}")),
         }
     }
 
     /// Sends the command with the interaction id as idempotency key and words the reply.
-    async fn send(&self, command: Command, asker: Asker, key: String) -> Answer {
+    async fn send(
+        &self,
+        command: Command,
+        asker: Asker,
+        key: String,
+        proof: Option<DiscordProof>,
+    ) -> Answer {
         let request = CommandRequest {
+            proof,
             idempotency_key: key,
             actor: asker.actor,
             roles: asker.roles,
@@ -452,15 +466,6 @@ fn modal(sub: &Subcommand, leading: &[&str], ask: impl Fn(&grammar::OptionSpec) 
 fn ours(custom_id: &str) -> Option<(&'static Subcommand, Vec<&str>)> {
     let (name, leading) = chat::parse_custom_id(custom_id)?;
     Some((grammar::subcommand(name)?, leading))
-}
-
-fn leading_values(sub: &Subcommand, leading: &[&str]) -> BTreeMap<String, Value> {
-    sub.options
-        .iter()
-        .filter(|o| o.required)
-        .zip(leading)
-        .map(|(o, v)| (o.name.to_owned(), Value::Text((*v).to_owned())))
-        .collect()
 }
 
 /// The subcommand and its option values from a slash command's data.

@@ -11,7 +11,7 @@ pub mod discord_rest;
 pub mod endpoint;
 pub mod feed;
 pub mod gateway;
-pub mod grammar;
+pub use rollback_proto::grammar;
 pub mod interactions;
 pub mod local_time;
 pub mod progress;

@@ -604,6 +604,7 @@ impl Progress {
     /// that says why and how to get it.
     async fn rehearsal_report(&self, run: RunId) -> (String, Vec<CreateAttachment>) {
         let request = CommandRequest {
+            proof: None,
             idempotency_key: uuid::Uuid::now_v7().to_string(),
             actor: Actor::Console {
                 user: "rollback-bot".into(),

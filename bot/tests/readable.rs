@@ -50,6 +50,7 @@ command = "true"
 
 fn alice() -> Actor {
     Actor::Chat {
+        proof: None,
         user_id: "900000000000000042".into(),
         name: "alice".into(),
     }

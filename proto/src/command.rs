@@ -249,6 +249,11 @@ pub struct CommandRequest {
     pub roles: Vec<String>,
     /// What they ask.
     pub command: Command,
+    /// The interaction as Discord signed it, when the command came through the bot's signed
+    /// HTTP endpoint: the agent then takes the person and their roles from it, not from
+    /// `actor` and `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::interaction::DiscordProof>,
 }
 
 /// The agent's answer to a command.

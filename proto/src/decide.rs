@@ -72,6 +72,25 @@ pub fn required_permission(command: &Command) -> Option<Permission> {
 
 /// Checks that the caller may issue the command at all.
 pub fn authorize(command: &Command, caller: &Caller, policy: &Policy) -> Result<(), Rejection> {
+    let decisive = matches!(
+        command,
+        Command::Approve { .. } | Command::Emergency { .. } | Command::ConfirmEmergency { .. }
+    );
+    // The agent's own actions need no proof; a person's must carry Discord's signature.
+    if policy.require_proved_actions
+        && decisive
+        && let Some(how) = caller.actor.provenance()
+        && !caller.actor.is_proved()
+    {
+        return Err(reject(
+            RejectionKind::Unauthorized,
+            format!(
+                "`{}` must be proved by Discord's signature (through the bot's signed \
+                 interactions endpoint); this one was {how}",
+                command.describe()
+            ),
+        ));
+    }
     match required_permission(command) {
         Some(p) if !policy.allows(caller, p) => Err(reject(
             RejectionKind::Unauthorized,

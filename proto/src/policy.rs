@@ -42,6 +42,11 @@ pub struct Policy {
     /// Permissions by user: a chat user id, or a console user name.
     #[serde(default)]
     pub users: BTreeMap<String, BTreeSet<Permission>>,
+    /// Approvals, emergency requests and their confirmations are taken only when proved by
+    /// Discord's signature (a command through the bot's signed HTTP endpoint, checked by the
+    /// agent); one asserted by the bot or given at the console is refused.
+    #[serde(default)]
+    pub require_proved_actions: bool,
 }
 
 /// The actor behind a command with the roles the chat platform says they hold.
@@ -89,6 +94,7 @@ mod tests {
     fn chat(id: &str, roles: &[&str]) -> Caller {
         Caller {
             actor: Actor::Chat {
+                proof: None,
                 user_id: id.into(),
                 name: id.into(),
             },
@@ -99,6 +105,7 @@ mod tests {
     #[test]
     fn permissions_come_from_roles_users_and_admin() {
         let policy = Policy {
+            require_proved_actions: false,
             roles: BTreeMap::from([
                 ("oncall".into(), BTreeSet::from([Permission::Run])),
                 ("leads".into(), BTreeSet::from([Permission::Admin])),

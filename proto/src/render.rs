@@ -208,7 +208,7 @@ pub fn status_body(state: &RunState) -> String {
                         );
                     }
                     if step.approvals > 0 {
-                        let who: Vec<String> = st.approvals.iter().map(|a| a.to_string()).collect();
+                        let who: Vec<String> = st.approvals.iter().map(approver).collect();
                         t.push_str(&format!(
                             "; {} of {}{}",
                             st.approvals.len(),
@@ -418,5 +418,17 @@ pub fn bytes_words(bytes: u64) -> String {
         b if b < 1_000_000 => format!("{} kB", b.div_ceil(1_000)),
         b if b < 10_000_000_000 => format!("{} MB", b.div_ceil(1_000_000)),
         b => format!("{} GB", b.div_ceil(1_000_000_000)),
+    }
+}
+
+/// An approver as the status shows them: with how the approval is known to be theirs, for a
+/// person in chat (the console's say so already; the agent's need nothing).
+fn approver(actor: &crate::actor::Actor) -> String {
+    match actor {
+        crate::actor::Actor::Chat { .. } if actor.is_proved() => {
+            format!("{actor}, signed by Discord")
+        }
+        crate::actor::Actor::Chat { .. } => format!("{actor}, asserted by the bot"),
+        _ => actor.to_string(),
     }
 }

@@ -328,8 +328,10 @@ async fn measure_nats(
 ) -> anyhow::Result<Vec<(Duration, bool)>> {
     let results = join_all((0..n).map(|_| async move {
         let request = CommandRequest {
+            proof: None,
             idempotency_key: uuid::Uuid::now_v7().to_string(),
             actor: Actor::Chat {
+                proof: None,
                 user_id: "700000000000000001".into(),
                 name: "alice".into(),
             },

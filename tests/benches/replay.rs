@@ -95,6 +95,7 @@ idempotent = true
 
 fn person(name: &str) -> Actor {
     Actor::Chat {
+        proof: None,
         user_id: format!("{}", name.len() * 1_000_003),
         name: name.to_owned(),
     }

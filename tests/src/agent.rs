@@ -196,6 +196,7 @@ impl CommandClient {
         command: Command,
     ) -> anyhow::Result<CommandReply> {
         let req = CommandRequest {
+            proof: None,
             idempotency_key: key.to_owned(),
             actor: actor.clone(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
@@ -270,6 +271,7 @@ impl CommandClient {
 /// A chat user.
 pub fn chat_user(id: &str) -> Actor {
     Actor::Chat {
+        proof: None,
         user_id: id.to_owned(),
         name: id.to_owned(),
     }

@@ -553,6 +553,7 @@ impl RunDriver {
         command: Command,
     ) -> anyhow::Result<CommandReply> {
         let request = CommandRequest {
+            proof: None,
             idempotency_key: uuid::Uuid::now_v7().to_string(),
             actor: chat_user(who),
             roles: roles.iter().map(|r| r.to_string()).collect(),

@@ -141,6 +141,7 @@ async fn ask(
 ) -> anyhow::Result<CommandReply> {
     use async_nats::client::RequestErrorKind;
     let request = CommandRequest {
+        proof: None,
         idempotency_key: uuid::Uuid::now_v7().to_string(),
         actor: caller.actor.clone(),
         roles: caller.roles.clone(),

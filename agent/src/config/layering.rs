@@ -28,6 +28,7 @@ struct ConfigFile {
     escalation: Option<EscalationPolicy>,
     metrics: Option<MetricsSection>,
     rehearsal: RehearsalSection,
+    discord: super::DiscordSection,
 }
 
 /// [`Policy`] with unknown keys refused.
@@ -36,6 +37,7 @@ struct ConfigFile {
 struct PolicyFile {
     roles: BTreeMap<String, BTreeSet<Permission>>,
     users: BTreeMap<String, BTreeSet<Permission>>,
+    require_proved_actions: bool,
 }
 
 impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
@@ -140,6 +142,9 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
         if let Some(url) = self.take("ROLLBACK_REHEARSAL_SERVER_URL", "rehearsal.server") {
             file.rehearsal.server = Some(Secret::new(url));
         }
+        if let Some(key) = self.take("ROLLBACK_DISCORD_PUBLIC_KEY", "discord.public_key") {
+            file.discord.public_key = Some(key);
+        }
         databases::apply_env(self, &mut file.databases, env_names)
     }
 
@@ -151,6 +156,14 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
         file.store.check(at)?;
         file.events.check(at)?;
         file.rehearsal.check(at)?;
+        file.discord.check(at)?;
+        if file.policy.require_proved_actions && file.discord.public_key.is_none() {
+            return Err(at.error(
+                ConfigErrorKind::InvalidValue,
+                Some("policy.require_proved_actions"),
+                "proved actions need the application's public key (`discord.public_key`) to check them",
+            ));
+        }
         let databases = databases::checked(file.databases, at)?;
         let escalation = match file.escalation {
             None => EscalationPolicy::default(),
@@ -168,10 +181,12 @@ impl<E: Fn(&str) -> Option<String>> Layering<'_, E> {
             policy: Policy {
                 roles: file.policy.roles,
                 users: file.policy.users,
+                require_proved_actions: file.policy.require_proved_actions,
             },
             escalation,
             metrics: file.metrics,
             rehearsal: file.rehearsal,
+            discord: file.discord,
         })
     }
 }

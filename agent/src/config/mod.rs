@@ -14,6 +14,7 @@
 //! | `ROLLBACK_DATABASE_<NAME>_URL` | `databases.<name>.url` (`<name>` lower-cased; a `-` in the name is written `_`) |
 //! | `ROLLBACK_METRICS_LISTEN` | `metrics.listen`; `off` turns the endpoint off |
 //! | `ROLLBACK_REHEARSAL_SERVER_URL` | `rehearsal.server` |
+//! | `ROLLBACK_DISCORD_PUBLIC_KEY` | `discord.public_key` |
 //! | `ROLLBACK_EVENTS_SIGNING_KEY` | the agent's event signing key (64 hex digits); see [`EventsSection`] |
 //! | `ROLLBACK_EVENTS_SIGNING_KEY_ID`, `ROLLBACK_EVENTS_SIGNING_KEY_FILE` | `events.signing_key_id`, `.signing_key_file` |
 //!
@@ -26,6 +27,7 @@
 
 mod agent;
 mod databases;
+mod discord;
 mod env;
 mod error;
 mod escalation;
@@ -46,6 +48,7 @@ pub use self::agent::{AgentSection, MAX_OUTPUT_CHUNK_BYTES};
 pub use self::databases::{
     DATABASE_URL, DEFAULT_DATABASE_TARGET, DatabaseTarget, database_env_var,
 };
+pub use self::discord::DiscordSection;
 use self::env::Layering;
 pub use self::error::{ConfigError, ConfigErrorKind};
 pub use self::escalation::{EscalationLevel, EscalationPolicy};
@@ -76,6 +79,8 @@ pub struct AgentConfig {
     pub metrics: Option<MetricsSection>,
     /// Where rehearsals restore their scratch copies.
     pub rehearsal: RehearsalSection,
+    /// How to check a person's action that Discord signed.
+    pub discord: DiscordSection,
 }
 
 impl AgentConfig {

@@ -561,6 +561,32 @@ fn the_scratch_server_comes_from_the_file_or_the_environment_and_must_be_postgre
 }
 
 #[test]
+fn proved_actions_need_the_applications_public_key_which_must_be_one() {
+    let key = "a".repeat(64);
+    let config = load_text(
+        &format!("[discord]\npublic_key = \"{key}\"\n[policy]\nrequire_proved_actions = true"),
+        &[],
+    )
+    .unwrap();
+    assert!(config.policy.require_proved_actions);
+    assert!(config.discord.verifying_key().is_some());
+    assert_eq!(
+        config.discord.proof_max_age,
+        std::time::Duration::from_secs(300)
+    );
+    let error = load_err("[policy]\nrequire_proved_actions = true", &[]);
+    assert_eq!(error.setting(), Some("policy.require_proved_actions"));
+    let config = load_text(
+        "[policy]\nrequire_proved_actions = true",
+        &[("ROLLBACK_DISCORD_PUBLIC_KEY", &key)],
+    )
+    .unwrap();
+    assert!(config.discord.verifying_key().is_some());
+    let error = load_err("[discord]\npublic_key = \"not hex\"", &[]);
+    assert_eq!(error.setting(), Some("discord.public_key"));
+}
+
+#[test]
 fn limits_are_checked() {
     for (text, setting) in [
         (

@@ -66,6 +66,7 @@ approvals = 1
     #[test]
     fn the_reason_for_a_run_waiting_on_an_approval_reads_as_words() {
         let alice = Actor::Chat {
+            proof: None,
             user_id: "42".into(),
             name: "alice".into(),
         };

@@ -201,12 +201,20 @@ pub fn render(report: &Report) -> String {
     table(
         &mut out,
         "Who did what",
-        &["person", "actions", "first", "last"],
+        &[
+            "person",
+            "actions",
+            "how they are known to be theirs",
+            "first",
+            "last",
+        ],
         run.people.iter().map(|p| {
             let actions: Vec<String> = p.actions.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
+            let how: Vec<String> = p.how.iter().map(|(h, n)| format!("{h} ×{n}")).collect();
             vec![
                 p.who.clone(),
                 actions.join(", "),
+                how.join(", "),
                 time(p.first_at),
                 time(p.last_at),
             ]

@@ -238,15 +238,17 @@ fn people(out: &mut String, run: &RunFacts) {
     }
     let _ = writeln!(
         out,
-        "| person | actions | first | last |\n|---|---|---|---|"
+        "| person | actions | how they are known to be theirs | first | last |\n|---|---|---|---|---|"
     );
     for p in &run.people {
         let actions: Vec<String> = p.actions.iter().map(|(e, n)| format!("{e} ×{n}")).collect();
+        let how: Vec<String> = p.how.iter().map(|(h, n)| format!("{h} ×{n}")).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             cell(&p.who),
             actions.join(", "),
+            how.join(", "),
             time(p.first_at),
             time(p.last_at)
         );

@@ -598,6 +598,10 @@ pub struct PersonReport {
     pub who: String,
     /// Events they caused, by type.
     pub actions: BTreeMap<&'static str, u64>,
+    /// Those events by how they are known to be theirs: "proved by Discord's signature",
+    /// "asserted by the bot" (a gateway interaction, or a request without proof), "given at
+    /// the console".
+    pub how: BTreeMap<&'static str, u64>,
     /// Their first action.
     #[serde(with = "time::serde::rfc3339")]
     pub first_at: OffsetDateTime,

@@ -31,6 +31,7 @@ const T0: OffsetDateTime = datetime!(2026-11-25 22:00:00 UTC);
 
 fn person(id: &str) -> Actor {
     Actor::Chat {
+        proof: None,
         user_id: id.to_owned(),
         name: id.to_owned(),
     }

@@ -86,6 +86,7 @@ pub fn t0() -> OffsetDateTime {
 pub fn chat(id: &str, roles: &[&str]) -> Caller {
     Caller {
         actor: Actor::Chat {
+            proof: None,
             user_id: id.into(),
             name: id.into(),
         },
@@ -116,6 +117,7 @@ pub fn mallory() -> Caller {
 
 pub fn policy() -> Policy {
     Policy {
+        require_proved_actions: false,
         roles: BTreeMap::from([
             ("oncall".into(), BTreeSet::from([Permission::Run])),
             ("approvers".into(), BTreeSet::from([Permission::Approve])),

@@ -21,6 +21,7 @@ mod local_demo;
 mod nats_faults;
 mod nats_permissions;
 mod proof;
+mod proved_actions;
 mod provisioning;
 mod quarantine;
 mod rehearsal;

@@ -540,6 +540,7 @@ async fn tampered_histories_are_flagged_with_the_seq_that_broke() {
         &rollback_tests::signing::test_signer(),
     );
     sealed[3].actor = Actor::Chat {
+        proof: None,
         user_id: "666".into(),
         name: "mallory".into(),
     };

@@ -66,6 +66,7 @@ fn approval_by_bob(stored: &[Envelope], signer: Option<&EventSigner>) -> Envelop
     };
     let draft = Draft {
         actor: Actor::Chat {
+            proof: None,
             user_id: "1002".into(),
             name: "bob".into(),
         },

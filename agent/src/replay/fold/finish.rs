@@ -98,6 +98,7 @@ impl ReplayFold {
                 .map(|p| PersonReport {
                     who: p.who.clone(),
                     actions: p.actions.clone(),
+                    how: p.how.clone(),
                     first_at: p.first_at,
                     last_at: p.last_at,
                 })

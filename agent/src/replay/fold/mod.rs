@@ -81,6 +81,8 @@ struct BlockedAgg {
 struct PersonAgg {
     who: String,
     actions: BTreeMap<&'static str, u64>,
+    /// Their actions by how they are known to be theirs (proved, asserted, at the console).
+    how: BTreeMap<&'static str, u64>,
     first_at: OffsetDateTime,
     last_at: OffsetDateTime,
 }
@@ -472,10 +474,14 @@ impl ReplayFold {
         let person = self.people.entry(key).or_insert_with(|| PersonAgg {
             who,
             actions: BTreeMap::new(),
+            how: BTreeMap::new(),
             first_at: at,
             last_at: at,
         });
         *person.actions.entry(event).or_default() += 1;
+        if let Some(how) = actor.provenance() {
+            *person.how.entry(how).or_default() += 1;
+        }
         person.last_at = at;
     }
 }

@@ -211,9 +211,16 @@ async fn a_whole_run_is_driven_from_chat() {
     let (status, body) = b.interact(&replay).await;
     assert_eq!((status, body["type"].as_u64()), (200, Some(5)), "{body}");
     let edit = b.original_edit(&token).await;
-    assert_eq!(edit.files.len(), 1);
-    assert_eq!(edit.files[0].0, format!("postmortem-{run}.md"));
-    assert!(!edit.files[0].1.is_empty());
+    let names: Vec<&str> = edit.files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            format!("postmortem-{run}.md"),
+            format!("postmortem-{run}.html"),
+            format!("postmortem-{run}.json")
+        ]
+    );
+    assert!(edit.files.iter().all(|(_, bytes)| !bytes.is_empty()));
 
     // One status message for the run, nothing else in the channel.
     assert_eq!(b.discord.messages_in(CHANNEL_ID).len(), 1);
@@ -493,4 +500,41 @@ async fn a_rehearsals_report_is_posted_in_its_thread_when_it_ends() {
     assert!(json["run"]["rehearsal_facts"].is_object(), "{json}");
     let html = String::from_utf8(report.files[1].1.clone()).unwrap();
     assert!(html.contains("<h2>Rehearsal</h2>"));
+}
+
+/// With `policy.require_proved_actions`, a run driven from chat through the signed endpoint
+/// goes as before: the bot forwards each interaction as Discord signed it, and the approval in
+/// the log carries that proof; the postmortem says so.
+#[tokio::test]
+async fn through_the_signed_endpoint_approvals_are_proved() {
+    let b = BotHarness::start(
+        &[("demo", RUNBOOK)],
+        "",
+        BotOptions {
+            proved_actions: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let run = b.start_run("demo").await;
+    drive(&b, run).await;
+    let envelopes = b.h.envelopes(run).await;
+    let approval = envelopes
+        .iter()
+        .find(|e| matches!(e.event, Event::ApprovalGranted { .. }))
+        .expect("the approval");
+    assert!(approval.actor.is_proved(), "{:?}", approval.actor);
+    let report = match b
+        .h
+        .send(
+            "alice",
+            &["oncall"],
+            rollback_proto::Command::Replay { run },
+        )
+        .await
+    {
+        rollback_proto::CommandReply::Accepted { message, .. } => message,
+        other => panic!("{other:?}"),
+    };
+    assert!(report.contains("proved by Discord's signature"), "{report}");
 }

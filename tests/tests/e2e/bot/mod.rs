@@ -64,6 +64,9 @@ pub(crate) struct BotOptions {
     pub(crate) no_agent: bool,
     /// More lines for the bot's `[discord]` table.
     pub(crate) discord_extra: String,
+    /// The agent takes approvals and emergencies only when proved by Discord's signature
+    /// (`policy.require_proved_actions`, with the stand-in application's public key).
+    pub(crate) proved_actions: bool,
 }
 
 impl BotHarness {
@@ -78,18 +81,26 @@ impl BotHarness {
         for (name, text) in runbooks {
             h.runbook(name, text);
         }
+        let discord = DiscordStandIn::start().await.unwrap();
         let agent = if options.no_agent {
             None
         } else {
+            let proved = if options.proved_actions {
+                format!(
+                    "\n[discord]\npublic_key = \"{}\"\n[policy]\nrequire_proved_actions = true\n",
+                    discord.key.public_hex()
+                )
+            } else {
+                String::new()
+            };
             let agent = h
-                .agent("agent", &format!("{}{agent_extra}", policy_roles()))
+                .agent("agent", &format!("{}{agent_extra}{proved}", policy_roles()))
                 .await;
             // The agent answers commands (the client retries while nobody does).
             h.send("nobody", &[], Command::Status { run: RunId::new() })
                 .await;
             Some(agent)
         };
-        let discord = DiscordStandIn::start().await.unwrap();
         let port = free_port().unwrap();
         let config = bot_config(&h, &discord, port, &options);
         let bot = BotProcess::start(h.dir.path(), "bot", &config)

@@ -1,10 +1,12 @@
-//! The `/rollback` command grammar, once for every front end: the subcommands and their typed
-//! options, turned into `proto` commands. Discord registration, Discord's options, buttons and
-//! the console's lines all go through here.
+//! The `/rollback` command grammar, once for every front end and for the agent: the subcommands
+//! and their typed options, turned into commands. Discord registration, Discord's options,
+//! buttons and forms (whose custom ids carry a subcommand and its leading values), the
+//! console's lines, and the agent's reading of an interaction Discord signed
+//! ([`crate::interaction`]) all go through here.
 
 use std::collections::BTreeMap;
 
-use rollback_proto::{Command, RunId, StepId};
+use crate::{Command, RunId, StepId};
 
 /// What an option holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,41 @@ const fn opt(
 const RUN: OptionSpec = opt("run", OptionKind::Run, true, "The run id");
 const STEP: OptionSpec = opt("step", OptionKind::Step, true, "The step id");
 const RUNBOOK: OptionSpec = opt("runbook", OptionKind::Runbook, true, "The runbook's name");
+
+/// The one top-level command.
+pub const COMMAND_NAME: &str = "rollback";
+
+/// What starts the custom id of every button and form the bot issues.
+pub const ID_PREFIX: &str = "rb";
+
+/// The custom id of a button or form for `sub` with its leading values.
+pub fn custom_id(sub: &str, values: &[&str]) -> String {
+    let mut id = format!("{ID_PREFIX}|{sub}");
+    for v in values {
+        id.push('|');
+        id.push_str(v);
+    }
+    id
+}
+
+/// The subcommand and values of a custom id the bot issued.
+pub fn parse_custom_id(id: &str) -> Option<(&str, Vec<&str>)> {
+    let mut parts = id.split('|');
+    (parts.next()? == ID_PREFIX).then_some(())?;
+    let sub = parts.next()?;
+    Some((sub, parts.collect()))
+}
+
+/// The option values a custom id's leading values give: the subcommand's required options, in
+/// order.
+pub fn leading_values(sub: &Subcommand, leading: &[&str]) -> BTreeMap<String, Value> {
+    sub.options
+        .iter()
+        .filter(|o| o.required)
+        .zip(leading)
+        .map(|(o, v)| (o.name.to_owned(), Value::Text((*v).to_owned())))
+        .collect()
+}
 
 /// Every subcommand of `/rollback`.
 pub const SUBCOMMANDS: &[Subcommand] = &[
