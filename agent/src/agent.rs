@@ -192,6 +192,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             Ok(())
         });
     }
+    tasks.spawn({
+        let (store, agent, every, stop) = (
+            store.clone(),
+            config.agent.name.clone(),
+            config.events.checkpoint_every,
+            shutdown.clone(),
+        );
+        async move {
+            crate::checkpoints::run(store, agent, every, stop).await;
+            Ok(())
+        }
+    });
     let databases = Arc::new(DatabaseTargets::new(
         config
             .databases

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod archive;
+mod checkpoints;
 pub mod config;
 pub mod db;
 pub mod delta;

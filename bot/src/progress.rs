@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
-use rollback_proto::subjects::{BOT_CONSUMER, EVENTS_STREAM, events_subject};
+use rollback_proto::subjects::{
+    BOT_CONSUMER, EVENTS_STREAM, events_subject, is_checkpoint_subject,
+};
 use rollback_proto::{
     Actor, Command, CommandReply, CommandRequest, Envelope, Event, EventId, RunId, RunState,
 };
@@ -198,6 +200,11 @@ impl Progress {
                             continue;
                         }
                     };
+                    if is_checkpoint_subject(&message.subject) {
+                        // A signed checkpoint of a run's head: nothing to show.
+                        let _ = message.ack().await;
+                        continue;
+                    }
                     let env: Envelope = match serde_json::from_slice(&message.payload) {
                         Ok(env) => env,
                         Err(e) => {

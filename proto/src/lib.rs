@@ -3,6 +3,7 @@
 //! machine and the decision function. No IO.
 
 pub mod actor;
+pub mod checkpoint;
 pub mod command;
 pub mod decide;
 pub mod envelope;

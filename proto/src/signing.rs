@@ -103,6 +103,12 @@ impl EventSigner {
         hex::encode(self.public_key().as_bytes())
     }
 
+    /// Signs `message` (another kind of statement than an event: a checkpoint), in hex.
+    pub fn sign_message(&self, message: &[u8]) -> String {
+        use ed25519_dalek::Signer;
+        hex::encode(self.key.sign(message).to_bytes())
+    }
+
     /// The signature over the envelope whose chain hash is `hash`, as 128 hex digits.
     pub fn sign_hash(&self, hash: &str) -> String {
         hex::encode(self.key.sign(&signed_message(hash)).to_bytes())

@@ -29,6 +29,20 @@ pub fn events_subject(run: RunId) -> String {
     format!("{EVENTS_PREFIX}.{run}")
 }
 
+/// The subject of a run's signed checkpoints: one token under the events' prefix, so that the
+/// event stream and the audit copy capture it, and no run id (no run is listed for it).
+pub fn checkpoint_subject(run: RunId) -> String {
+    format!("{EVENTS_PREFIX}.checkpoint-{run}")
+}
+
+/// Whether a subject carries checkpoints rather than a run's events.
+pub fn is_checkpoint_subject(subject: &str) -> bool {
+    subject
+        .strip_prefix(EVENTS_PREFIX)
+        .and_then(|rest| rest.strip_prefix(".checkpoint-"))
+        .is_some()
+}
+
 /// The run a subject belongs to, if it is an event subject.
 pub fn run_of_subject(subject: &str) -> Option<RunId> {
     subject

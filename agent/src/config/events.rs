@@ -36,6 +36,10 @@ pub struct EventsSection {
     /// Unsigned events stored at or before this stream sequence are accepted (history written
     /// before signing started). Default: 0, none.
     pub unsigned_through_stream_seq: u64,
+    /// How often the agent states each grown run's head in a signed checkpoint (`5m`; `0s`:
+    /// never).
+    #[serde(with = "rollback_proto::runbook::duration::text")]
+    pub checkpoint_every: std::time::Duration,
     /// The signer read from the key, once checked.
     #[serde(skip)]
     signer: Option<EventSigner>,
@@ -53,6 +57,7 @@ impl Default for EventsSection {
             trusted_keys: BTreeMap::new(),
             require_signatures: true,
             unsigned_through_stream_seq: 0,
+            checkpoint_every: std::time::Duration::from_secs(300),
             signer: None,
             keys: TrustedKeys::new(),
         }

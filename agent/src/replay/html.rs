@@ -42,6 +42,13 @@ pub fn render(report: &Report) -> String {
         "<p class=\"signatures\" id=\"signatures\">{}</p>",
         escape(&report.signatures.headline())
     );
+    if let Some(checkpoint) = &report.checkpoint {
+        let _ = writeln!(
+            out,
+            "<p class=\"checkpoint\">Agrees with its newest checkpoint: {}.</p>",
+            escape(checkpoint)
+        );
+    }
     if let Some(c) = &report.cutoff {
         let _ = writeln!(
             out,

@@ -22,6 +22,9 @@ pub fn render(report: &Report) -> String {
     };
     let _ = writeln!(out, "{mark} **{}**\n", report.verdict.headline());
     let _ = writeln!(out, "{}\n", report.signatures.headline());
+    if let Some(checkpoint) = &report.checkpoint {
+        let _ = writeln!(out, "Agrees with its newest checkpoint: {checkpoint}.\n");
+    }
     if let Some(cutoff) = &report.cutoff {
         let _ = writeln!(
             out,

@@ -210,7 +210,10 @@ pub async fn replay_from(
             fold_run(js, stream, run, Some(stored), again).await?.0
         }
     };
-    let report = fold.finish();
+    let mut report = fold.finish();
+    if at.is_none() {
+        check_against_checkpoint(js, stream, run, signatures, &mut report).await?;
+    }
     if let Some(At::Time(time)) = at
         && report.run.is_none()
         && report.verdict.is_intact()
@@ -221,6 +224,79 @@ pub async fn replay_from(
         });
     }
     Ok(report)
+}
+
+/// Holds an intact history against the run's newest signed checkpoint in the same stream: a
+/// checkpoint that states more events than the stream holds means the history was cut short
+/// after it (the stream written again with fewer); one whose hash differs at its seq means it
+/// was rewritten; one that does not verify was not written by a trusted agent. Each breaks the
+/// verdict. A report's `checkpoint` says what was checked.
+async fn check_against_checkpoint(
+    js: &jetstream::Context,
+    stream: &str,
+    run: RunId,
+    signatures: &SignaturePolicy,
+    report: &mut Report,
+) -> Result<(), ReplayError> {
+    let unavailable = |source: async_nats::Error| ReplayError::Unavailable { run, source };
+    let Verdict::Intact {
+        last_seq,
+        ref last_hash,
+    } = report.verdict
+    else {
+        return Ok(());
+    };
+    let handle = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    let Some(signed) = crate::store::checkpoint::last_checkpoint(&handle, run)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(());
+    };
+    let broken = |seq: u64, detail: String| Verdict::Broken {
+        seq,
+        problem: Problem::Truncated,
+        detail,
+        verified: last_seq,
+        untrusted: 0,
+    };
+    let checkpoint = match signed.open(signatures.keys()) {
+        Ok(checkpoint) => checkpoint,
+        Err(why) => {
+            report.verdict = broken(
+                last_seq,
+                format!("the run's newest checkpoint does not hold: {why}"),
+            );
+            return Ok(());
+        }
+    };
+    let said = format!(
+        "a checkpoint signed by `{}` at {} states {} event(s) ending in hash {}…",
+        signed.key_id,
+        rollback_proto::times::utc(checkpoint.at),
+        checkpoint.seq,
+        &checkpoint.hash[..12.min(checkpoint.hash.len())]
+    );
+    if checkpoint.seq > last_seq {
+        report.verdict = broken(
+            last_seq + 1,
+            format!(
+                "{said}; this stream holds {last_seq}: events were removed after the checkpoint \
+                 (compare with the audit copy)"
+            ),
+        );
+    } else if checkpoint.seq == last_seq && checkpoint.hash != *last_hash {
+        report.verdict = broken(
+            last_seq,
+            format!("{said}; this stream's event {last_seq} has another hash: it was rewritten"),
+        );
+    } else {
+        report.checkpoint = Some(said);
+    }
+    Ok(())
 }
 
 /// Reads the run's messages (at most `limit`) into the fold `start` makes for their number,

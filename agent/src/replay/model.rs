@@ -35,6 +35,9 @@ pub struct Report {
     pub cutoff: Option<Cutoff>,
     /// The run's facts up to the cutoff (or the break); `None` when no event could be folded.
     pub run: Option<RunFacts>,
+    /// The run's newest signed checkpoint, when the history agrees with it, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// The verdict on the hash chain and the history it holds.
@@ -122,6 +125,9 @@ pub enum Problem {
     UntrustedKey,
     /// The event's signature does not verify with the key it names.
     BadSignature,
+    /// The run's signed checkpoint states more events, or another last hash, than the stream
+    /// holds (or does not verify).
+    Truncated,
 }
 
 impl Problem {
@@ -143,6 +149,9 @@ impl Problem {
             Problem::UntrustedKey => "untrusted key (the event is signed with a key nobody trusts)",
             Problem::BadSignature => {
                 "bad signature (the signature does not verify with the key the event names)"
+            }
+            Problem::Truncated => {
+                "against its signed checkpoint (events removed or rewritten after it was stated)"
             }
         }
     }

@@ -16,6 +16,7 @@
 //! still keeps history whole, and appends are held while its [`StreamGuard`] says it does not.
 
 mod append;
+pub mod checkpoint;
 mod error;
 mod guard;
 mod list;
@@ -216,5 +217,10 @@ impl JetStreamEventStore {
     /// The signatures the store's reads accept.
     pub fn signatures(&self) -> &rollback_proto::SignaturePolicy {
         self.config.signing.signatures()
+    }
+
+    /// The key this store's appends are signed with (checkpoints too).
+    pub fn signer(&self) -> &rollback_proto::EventSigner {
+        self.config.signing.signer()
     }
 }

@@ -8,6 +8,7 @@ mod archive_resume;
 mod audit;
 mod blocked;
 mod bot;
+mod checkpoints;
 mod cluster;
 mod cluster_faults;
 mod delta;

@@ -26,6 +26,7 @@ impl ReplayFold {
         };
         let run = self.state.as_ref().map(|state| self.facts(state));
         Report {
+            checkpoint: None,
             run_id: self.run,
             verdict,
             signatures: self.signatures.clone(),

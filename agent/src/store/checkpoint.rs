@@ -1,0 +1,78 @@
+//! Signed checkpoints in the event stream (see `rollback_proto::checkpoint`): each run's head
+//! as the stream holds it, the newest checkpoint of a run, and publishing one.
+
+use futures::TryStreamExt;
+use rollback_proto::checkpoint::SignedCheckpoint;
+use rollback_proto::subjects::{
+    EVENTS_WILDCARD, checkpoint_subject, events_subject, run_of_subject,
+};
+use rollback_proto::{Envelope, RunId};
+
+use super::JetStreamEventStore;
+
+/// Why checkpoints could not be read or written.
+pub type CheckpointError = async_nats::Error;
+
+impl JetStreamEventStore {
+    /// Every run in the stream with its number of events.
+    pub async fn run_counts(&self) -> Result<Vec<(RunId, u64)>, CheckpointError> {
+        let mut subjects = self.stream.info_with_subjects(EVENTS_WILDCARD).await?;
+        let mut runs = Vec::new();
+        while let Some((subject, count)) = subjects.try_next().await? {
+            if let Some(run) = run_of_subject(&subject) {
+                runs.push((run, count as u64));
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The run's last event as stored: its seq and hash (read, not verified: a checkpoint
+    /// states what the stream holds).
+    pub async fn head(&self, run: RunId) -> Result<(u64, String), CheckpointError> {
+        let last = self
+            .stream
+            .direct_get_last_for_subject(events_subject(run))
+            .await?;
+        let envelope: Envelope = serde_json::from_slice(&last.payload)?;
+        Ok((envelope.seq, envelope.hash))
+    }
+
+    /// The run's newest checkpoint in the stream, if any.
+    pub async fn last_checkpoint(
+        &self,
+        run: RunId,
+    ) -> Result<Option<SignedCheckpoint>, CheckpointError> {
+        last_checkpoint(&self.stream, run).await
+    }
+
+    /// Stores a checkpoint of `run`.
+    pub async fn publish_checkpoint(
+        &self,
+        run: RunId,
+        checkpoint: &SignedCheckpoint,
+    ) -> Result<(), CheckpointError> {
+        let body = serde_json::to_vec(checkpoint)?;
+        self.js
+            .publish(checkpoint_subject(run), body.into())
+            .await?
+            .await?;
+        Ok(())
+    }
+}
+
+/// The run's newest checkpoint in `stream` (the event stream, or a copy such as the audit
+/// copy), if any.
+pub async fn last_checkpoint(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    run: RunId,
+) -> Result<Option<SignedCheckpoint>, CheckpointError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    match stream
+        .direct_get_last_for_subject(checkpoint_subject(run))
+        .await
+    {
+        Ok(message) => Ok(Some(serde_json::from_slice(&message.payload)?)),
+        Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
