@@ -24,7 +24,8 @@ pub async fn run(
         return;
     }
     let mut stated: HashMap<RunId, u64> = HashMap::new();
-    let mut tick = tokio::time::interval(every);
+    // The first round after one period: a start states nothing, and restarts stay quiet.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -195,6 +195,39 @@ async fn raw_same_shape(
     Ok(started.elapsed())
 }
 
+/// The store's append path by hand for one run, `n` single-event decisions one after the
+/// other: seal (signed by `signer`, or unsigned as before events were signed), publish with
+/// the store's headers, await the ack. Signed against unsigned is what signing costs an append.
+async fn sealed_sequential(
+    js: &jetstream::Context,
+    n: usize,
+    signer: Option<&rollback_proto::EventSigner>,
+) -> anyhow::Result<Duration> {
+    let mut head = RunCursor::genesis(RunId::new()).head;
+    let subject = events_subject(head.run_id);
+    let mut last = 0;
+    let started = Instant::now();
+    for i in 0..n {
+        let drafts = vec![progress(i as u64, n as u64)];
+        let envelopes = match signer {
+            Some(signer) => head.seal_signed(drafts, signer),
+            None => head.seal(drafts),
+        };
+        for envelope in envelopes {
+            let message = PublishMessage::build()
+                .payload(envelope.to_bytes().into())
+                .message_id(envelope.event_id.to_string())
+                .expected_last_subject_sequence(last);
+            last = js
+                .send_publish(subject.clone(), message)
+                .await?
+                .await?
+                .sequence;
+        }
+    }
+    Ok(started.elapsed())
+}
+
 /// Appends `n` single-event decisions to the run at `cursor`, one after the other.
 async fn store_sequential(
     store: &JetStreamEventStore,
@@ -339,6 +372,31 @@ fn proto_costs() -> anyhow::Result<(Duration, Duration, Duration)> {
     Ok((seal, verify, apply))
 }
 
+/// CPU cost per event of sealing with a signature, and of verifying chain and signature.
+fn signed_costs() -> anyhow::Result<(Duration, Duration)> {
+    let per_event = |d: Duration| d / CPU_EVENTS as u32;
+    let signer = rollback_proto::EventSigner::from_seed("bench", [5; 32])?;
+    let mut head = RunCursor::genesis(RunId::new()).head;
+    let started = Instant::now();
+    let mut envelopes = head.seal_signed(start_drafts(), &signer);
+    for i in 0..CPU_EVENTS {
+        envelopes.extend(head.seal_signed(vec![progress(i as u64, CPU_EVENTS as u64)], &signer));
+    }
+    let seal = per_event(started.elapsed());
+    let bytes: Vec<Vec<u8>> = envelopes.iter().map(|e| e.to_bytes()).collect();
+    let mut keys = rollback_proto::TrustedKeys::new();
+    keys.trust(signer.key_id(), signer.public_key());
+    let mut verifier = ChainVerifier::new(
+        head.run_id,
+        &rollback_proto::SignaturePolicy::required(keys),
+    );
+    let started = Instant::now();
+    for b in &bytes {
+        std::hint::black_box(verifier.push(b)?);
+    }
+    Ok((seal, per_event(started.elapsed())))
+}
+
 /// Keeps the shortest of several measurements.
 fn best(current: &mut Duration, measured: Duration) {
     *current = (*current).min(measured);
@@ -430,6 +488,15 @@ async fn bench() -> anyhow::Result<()> {
         cursor = next;
         t_sequential += elapsed;
     }
+    eprintln!("appends by hand, unsigned and signed alternating in {BLOCKS} blocks");
+    let signer = store.signer().clone();
+    let (mut t_unsigned, mut t_signed) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..BLOCKS {
+        t_unsigned += sealed_sequential(&js, ONE_BY_ONE / BLOCKS, None).await?;
+        t_signed += sealed_sequential(&js, ONE_BY_ONE / BLOCKS, Some(&signer)).await?;
+    }
+    let unsigned = rate(ONE_BY_ONE, t_unsigned);
+    let signed = rate(ONE_BY_ONE, t_signed);
     let mut t_pipelined = Duration::MAX;
     let mut t_same_shape = Duration::MAX;
     let mut t_concurrent = Duration::MAX;
@@ -468,6 +535,7 @@ async fn bench() -> anyhow::Result<()> {
     let short = compare_reads(&js, &store, short_run, SHORT_RUN).await?;
     eprintln!("proto alone: seal, verify and apply {CPU_EVENTS} events");
     let (seal, verify, apply) = proto_costs()?;
+    let (signed_seal, signed_verify) = signed_costs()?;
 
     let seq_ratio = sequential / raw_awaited;
     let conc_ratio = concurrent / raw_pipelined;
@@ -507,6 +575,21 @@ async fn bench() -> anyhow::Result<()> {
             "(the store's traffic, no store)".into(),
         ),
         row(
+            "append by hand, one run, single-event decisions, sealed unsigned (before signing)"
+                .into(),
+            ONE_BY_ONE,
+            format!("{unsigned:.0} events/s"),
+            baseline(),
+            String::new(),
+        ),
+        row(
+            "the same, sealed and signed (Ed25519, as the store appends)".into(),
+            ONE_BY_ONE,
+            format!("{signed:.0} events/s"),
+            format!("{:.2} of unsigned", signed / unsigned),
+            format!(">= 0.8: {}", verdict(signed / unsigned >= 0.8)),
+        ),
+        row(
             "store append, one run, single-event decisions".into(),
             ONE_BY_ONE,
             format!("{sequential:.0} events/s"),
@@ -542,7 +625,7 @@ async fn bench() -> anyhow::Result<()> {
             String::new(),
         ),
         row(
-            "store load: read + verify chain + fold".into(),
+            "store load: read + verify chain and signatures + fold".into(),
             LONG_RUN,
             format!(
                 "{:.3} s, peak heap {}",
@@ -564,7 +647,7 @@ async fn bench() -> anyhow::Result<()> {
             String::new(),
         ),
         row(
-            "store load: read + verify chain + fold".into(),
+            "store load: read + verify chain and signatures + fold".into(),
             SHORT_RUN,
             format!(
                 "{:.3} s, peak heap {}",
@@ -580,7 +663,7 @@ async fn bench() -> anyhow::Result<()> {
             ),
         ),
         row(
-            "proto: ChainHead::seal, CPU only".into(),
+            "proto: ChainHead::seal (unsigned), CPU only".into(),
             CPU_EVENTS,
             micros(seal),
             String::new(),
@@ -590,6 +673,20 @@ async fn bench() -> anyhow::Result<()> {
             "proto: ChainVerifier::push, CPU only".into(),
             CPU_EVENTS,
             micros(verify),
+            String::new(),
+            String::new(),
+        ),
+        row(
+            "proto: ChainHead::seal_signed, CPU only".into(),
+            CPU_EVENTS,
+            micros(signed_seal),
+            String::new(),
+            String::new(),
+        ),
+        row(
+            "proto: ChainVerifier::push, signatures required, CPU only".into(),
+            CPU_EVENTS,
+            micros(signed_verify),
             String::new(),
             String::new(),
         ),

@@ -45,12 +45,15 @@ impl JetStreamEventStore {
         last_checkpoint(&self.stream, run).await
     }
 
-    /// Stores a checkpoint of `run`.
+    /// Stores a checkpoint of `run`; nothing while the stream is unsafe (as for appends).
     pub async fn publish_checkpoint(
         &self,
         run: RunId,
         checkpoint: &SignedCheckpoint,
     ) -> Result<(), CheckpointError> {
+        if let Some(reason) = self.guard.refusal() {
+            return Err(reason.into());
+        }
         let body = serde_json::to_vec(checkpoint)?;
         self.js
             .publish(checkpoint_subject(run), body.into())

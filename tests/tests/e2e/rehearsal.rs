@@ -667,25 +667,6 @@ async fn a_rehearsal_asked_to_keep_its_copy_leaves_it_and_says_so() {
     assert!(report.contains("kept as asked"), "{report}");
 }
 
-/// The tenancy runbook's database phase alone, for the tests below.
-const TENANCY: &str = r#"
-name = "tenancy"
-[[phases]]
-id = "database"
-[[phases.steps]]
-id = "plan"
-kind = "plan"
-target = "app"
-[[phases.steps]]
-id = "consolidate"
-kind = "consolidate"
-target = "app"
-[[phases.steps]]
-id = "verify"
-kind = "verify"
-target = "app"
-"#;
-
 /// `rehearse … sample=2`: the copy holds two tenants, the largest among them; the report
 /// says so and extrapolates the engine's times by rows.
 #[tokio::test]
@@ -701,12 +682,12 @@ async fn a_sampled_rehearsal_copies_the_largest_tenant_and_extrapolates_by_rows(
     .unwrap();
     sqlx::query("ANALYZE").execute(&pool).await.unwrap();
     let h = Harness::new().await;
-    h.runbook("tenancy", TENANCY);
+    h.runbook("moves", MOVES);
     let _agent = h.agent("agent-a", &database_target("app", &app)).await;
     let before = fingerprints(&pool).await;
     let run = h
         .rehearse_with(
-            "tenancy",
+            "moves",
             Rehearsal {
                 sample: Some(2),
                 ..Rehearsal::default()
@@ -768,7 +749,7 @@ async fn a_rehearsal_restores_the_newest_verified_backup_unless_asked_for_a_fres
             backups.display()
         ),
     );
-    h.runbook("tenancy", TENANCY);
+    h.runbook("moves", MOVES);
     let _agent = h.agent("agent-a", &database_target("app", &app)).await;
 
     // The phase starts by itself.
@@ -785,7 +766,7 @@ async fn a_rehearsal_restores_the_newest_verified_backup_unless_asked_for_a_fres
     let archive = state.archives[0].path.clone();
 
     let source_of = |state: &rollback_proto::RunState| state.scratch["app"].source.clone();
-    let rehearsed = h.rehearse("tenancy").await;
+    let rehearsed = h.rehearse("moves").await;
     let state = h
         .wait_for(rehearsed, "the rehearsal's end", |s| s.is_finished())
         .await;
@@ -802,7 +783,7 @@ async fn a_rehearsal_restores_the_newest_verified_backup_unless_asked_for_a_fres
 
     let fresh = h
         .rehearse_with(
-            "tenancy",
+            "moves",
             Rehearsal {
                 fresh_copy: true,
                 ..Rehearsal::default()
@@ -823,7 +804,7 @@ async fn a_rehearsal_restores_the_newest_verified_backup_unless_asked_for_a_fres
     let mut bytes = std::fs::read(&toc).unwrap();
     bytes.push(0);
     std::fs::write(&toc, bytes).unwrap();
-    let after = h.rehearse("tenancy").await;
+    let after = h.rehearse("moves").await;
     let state = h
         .wait_for(after, "the rehearsal's end", |s| s.is_finished())
         .await;
