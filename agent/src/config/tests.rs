@@ -174,6 +174,35 @@ fn the_example_file_loads() {
 }
 
 #[test]
+fn the_example_files_proof_and_checkpoint_settings_load_when_uncommented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.example.toml");
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let uncommented = [
+                "# [discord]",
+                "# public_key",
+                "# proof_max_age",
+                "# [policy]",
+            ]
+            .iter()
+            .chain(&["# require_proved_actions", "# checkpoint_every"])
+            .any(|start| line.starts_with(start));
+            let line = if uncommented { &line[2..] } else { line };
+            format!("{}\n", line.replace("<64 hex digits>", &"a".repeat(64)))
+        })
+        .collect();
+    let config = load_text(&text, &[]).unwrap();
+    assert!(config.policy.require_proved_actions);
+    assert!(config.discord.verifying_key().is_some());
+    assert_eq!(
+        config.events.checkpoint_every,
+        std::time::Duration::from_secs(300)
+    );
+}
+
+#[test]
 fn no_secret_reaches_debug_output() {
     let config = load_text(FULL, &[]).unwrap();
     let with_token = load_text(
