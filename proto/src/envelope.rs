@@ -422,6 +422,9 @@ pub struct ChainVerifier {
     position: u64,
     ids: SeenIds,
     signatures: SignaturePolicy,
+    /// A head this process verified before, signatures included: events up to it have their
+    /// signatures checked no more (see [`ChainVerifier::trusting`]).
+    anchor: Option<ChainHead>,
 }
 
 impl ChainVerifier {
@@ -433,11 +436,30 @@ impl ChainVerifier {
             position: 0,
             ids: SeenIds::new(),
             signatures: signatures.clone(),
+            anchor: None,
         }
     }
 
     /// A verifier for a second read of `run` from its first event, with the ids the first read
     /// left unsettled: it finds any repeat among them at the repeat's seq.
+    /// This verifier, checking no more the signatures of the events up to `verified`: a head
+    /// of the same run that this process verified before, signatures included. The hash chain
+    /// ties every earlier event to it, so an event at or before its seq is the one verified
+    /// then, byte for byte (but for its signature, which is not under the hash and says
+    /// nothing new about content already verified). The event at its seq must have its hash,
+    /// else the history is not the one verified ([`ChainError::Tampered`]). Whether the read
+    /// reached it: [`ChainVerifier::anchor_reached`].
+    pub fn trusting(mut self, verified: ChainHead) -> Self {
+        self.anchor = Some(verified);
+        self
+    }
+
+    /// Whether every event whose signature was not checked is tied to the trusted head: the
+    /// chain reached it (or there was none).
+    pub fn anchor_reached(&self) -> bool {
+        self.anchor.as_ref().is_none_or(|a| self.head.seq >= a.seq)
+    }
+
     pub fn rechecking(run: RunId, unsettled: UnsettledIds, signatures: &SignaturePolicy) -> Self {
         Self {
             ids: SeenIds::rechecking(unsettled),
@@ -452,6 +474,7 @@ impl ChainVerifier {
             head,
             ids: SeenIds::new(),
             signatures: signatures.clone(),
+            anchor: None,
         }
     }
 
@@ -533,6 +556,16 @@ impl ChainVerifier {
             });
         }
         let seq = envelope.seq;
+        if let Some(anchor) = &self.anchor
+            && seq <= anchor.seq
+        {
+            if seq == anchor.seq && anchor.hash != stored_hash {
+                return Err(ChainError::Tampered { run, seq });
+            }
+            self.head.seq = envelope.seq;
+            self.head.hash = stored_hash.to_owned();
+            return Ok(envelope);
+        }
         let key_id = |k: &str| k.to_owned();
         match self.signatures.check(
             stored_hash,
@@ -798,6 +831,45 @@ mod tests {
                 seq: 1,
                 key_id: "agent-a".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_verified_head_spares_the_signatures_before_it_only_when_the_chain_reaches_it() {
+        let a = key("agent-a", 1);
+        let run = RunId::new();
+        let mut head = ChainHead::genesis(run);
+        let envs = head.seal_signed((0..4).map(|i| draft(&format!("e{i}"))), &a);
+        let policy = trusting(&[&a]);
+        let mut full = ChainVerifier::new(run, &policy);
+        for env in &envs[..2] {
+            full.push(&env.to_bytes()).unwrap();
+        }
+        let verified = full.head().clone();
+        // Before the head: signatures not checked (here, one stripped after the fact).
+        let mut stripped = envs[0].clone();
+        stripped.signature = None;
+        let mut v = ChainVerifier::new(run, &policy).trusting(verified.clone());
+        assert!(!v.anchor_reached());
+        v.push(&stripped.to_bytes()).unwrap();
+        v.push(&envs[1].to_bytes()).unwrap();
+        assert!(v.anchor_reached());
+        // After it: checked as ever.
+        let mut unsigned_after = envs[2].clone();
+        unsigned_after.signature = None;
+        assert!(matches!(
+            v.clone().push(&unsigned_after.to_bytes()),
+            Err(ChainError::BadSignature { seq: 3, .. })
+        ));
+        v.push(&envs[2].to_bytes()).unwrap();
+        // Another history under the same seq is refused at the head.
+        let mut other = ChainHead::genesis(run);
+        let others = other.seal_signed((0..2).map(|i| draft(&format!("x{i}"))), &a);
+        let mut v = ChainVerifier::new(run, &policy).trusting(verified);
+        v.push(&others[0].to_bytes()).unwrap();
+        assert_eq!(
+            v.push(&others[1].to_bytes()),
+            Err(ChainError::Tampered { run, seq: 2 })
         );
     }
 

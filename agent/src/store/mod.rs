@@ -139,7 +139,14 @@ pub struct JetStreamEventStore {
     atomic: bool,
     /// Whether appends are allowed, shared by every clone.
     guard: StreamGuard,
+    /// Each run's head as this process last loaded and verified it, signatures included: a
+    /// load checks the signatures after it only (the hash chain ties the rest to it). Shared
+    /// by every clone.
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<RunId, rollback_proto::ChainHead>>>,
 }
+
+/// Runs whose verified head a store remembers at most; past that it starts again empty.
+const VERIFIED_HEADS: usize = 10_000;
 
 impl JetStreamEventStore {
     /// Opens the store on the provisioned event stream, refusing one that no longer keeps
@@ -185,6 +192,7 @@ impl JetStreamEventStore {
             config,
             atomic,
             guard: StreamGuard::new(verdict),
+            verified: Default::default(),
         })
     }
 
@@ -197,6 +205,43 @@ impl JetStreamEventStore {
         let verdict = StreamVerdict::of(existing.as_ref(), &self.config);
         self.guard.set(verdict.clone());
         Ok(verdict)
+    }
+
+    /// The run's head as this process last verified it, if it remembers one.
+    pub(crate) fn verified_head(&self, run: RunId) -> Option<rollback_proto::ChainHead> {
+        self.verified
+            .lock()
+            .expect("the verified heads are never poisoned")
+            .get(&run)
+            .cloned()
+    }
+
+    /// Remembers (or, with `None`, forgets) the run's verified head.
+    pub(crate) fn remember_verified(&self, run: RunId, head: Option<rollback_proto::ChainHead>) {
+        let mut heads = self
+            .verified
+            .lock()
+            .expect("the verified heads are never poisoned");
+        match head {
+            Some(head) => {
+                if heads.len() >= VERIFIED_HEADS && !heads.contains_key(&run) {
+                    heads.clear();
+                }
+                heads.insert(run, head);
+            }
+            None => {
+                heads.remove(&run);
+            }
+        }
+    }
+
+    /// Forgets every verified head: the next load of each run checks every signature again
+    /// (what a new process would do; the benchmarks' cold loads).
+    pub fn forget_verified(&self) {
+        self.verified
+            .lock()
+            .expect("the verified heads are never poisoned")
+            .clear();
     }
 
     /// Whether appends are allowed now, and the means to wait until they are.

@@ -454,9 +454,19 @@ impl JetStreamEventStore {
     /// same messages are read a second time to check them.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        let (fold, read) = self
-            .fold_run(ChainVerifier::new(run, self.signatures()), None)
-            .await?;
+        // Signatures up to the head this process verified before are not checked again.
+        let anchor = self.verified_head(run);
+        let verifier = match &anchor {
+            Some(head) => ChainVerifier::new(run, self.signatures()).trusting(head.clone()),
+            None => ChainVerifier::new(run, self.signatures()),
+        };
+        let (fold, read) = self.fold_run(verifier, None).await?;
+        if anchor.is_some() && (fold.broken.is_some() || !fold.verifier.anchor_reached()) {
+            // Not the history verified before (or shorter): a full verification says what
+            // is wrong with it.
+            self.remember_verified(run, None);
+            return Box::pin(self.load(run)).await;
+        }
         let (fold, read) = match fold.verifier.unsettled() {
             None => (fold, read),
             Some(ids) => {
@@ -474,6 +484,7 @@ impl JetStreamEventStore {
         if let Some(broken) = fold.broken {
             return Err(broken);
         }
+        self.remember_verified(run, Some(fold.verifier.head().clone()));
         Ok(LoadedRun {
             state: fold.state,
             cursor: RunCursor {
