@@ -370,6 +370,19 @@ pub enum ChainError {
         /// The key id it names (empty when it names none).
         key_id: String,
     },
+    /// The run holds fewer events than this process verified of it before: events were
+    /// removed (the stream written again without them).
+    #[error(
+        "run {run} holds {found} event(s), but {verified} were verified before: events were removed"
+    )]
+    Truncated {
+        /// The run being read.
+        run: RunId,
+        /// How many events were verified before.
+        verified: u64,
+        /// How many it holds now.
+        found: u64,
+    },
 }
 
 impl ChainError {
@@ -384,7 +397,8 @@ impl ChainError {
             | ChainError::RepeatedEventId { run, .. }
             | ChainError::Unsigned { run, .. }
             | ChainError::UntrustedKey { run, .. }
-            | ChainError::BadSignature { run, .. } => *run,
+            | ChainError::BadSignature { run, .. }
+            | ChainError::Truncated { run, .. } => *run,
         }
     }
 
@@ -397,6 +411,7 @@ impl ChainError {
                 *position
             }
             ChainError::Gap { expected, .. } => *expected,
+            ChainError::Truncated { found, .. } => *found + 1,
             ChainError::BrokenLink { seq, .. }
             | ChainError::Tampered { seq, .. }
             | ChainError::RepeatedEventId { seq, .. }

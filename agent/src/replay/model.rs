@@ -169,6 +169,7 @@ impl Problem {
             ChainError::Unsigned { seq, .. } => (Problem::Unsigned, *seq),
             ChainError::UntrustedKey { seq, .. } => (Problem::UntrustedKey, *seq),
             ChainError::BadSignature { seq, .. } => (Problem::BadSignature, *seq),
+            ChainError::Truncated { found, .. } => (Problem::Truncated, found + 1),
         }
     }
 

@@ -142,7 +142,9 @@ pub struct JetStreamEventStore {
     /// Each run's head as this process last loaded and verified it, signatures included: a
     /// load checks the signatures after it only (the hash chain ties the rest to it). Shared
     /// by every clone.
-    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<RunId, rollback_proto::ChainHead>>>,
+    verified: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<RunId, rollback_proto::ChainHead>>,
+    >,
 }
 
 /// Runs whose verified head a store remembers at most; past that it starts again empty.

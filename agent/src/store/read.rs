@@ -461,9 +461,19 @@ impl JetStreamEventStore {
             None => ChainVerifier::new(run, self.signatures()),
         };
         let (fold, read) = self.fold_run(verifier, None).await?;
-        if anchor.is_some() && (fold.broken.is_some() || !fold.verifier.anchor_reached()) {
-            // Not the history verified before (or shorter): a full verification says what
-            // is wrong with it.
+        if let Some(anchor) = &anchor
+            && fold.broken.is_none()
+            && !fold.verifier.anchor_reached()
+        {
+            // A stream never loses events: fewer than were verified means they were removed.
+            return Err(LoadError::Chain(ChainError::Truncated {
+                run,
+                verified: anchor.seq,
+                found: fold.verifier.head().seq,
+            }));
+        }
+        if anchor.is_some() && fold.broken.is_some() {
+            // Not the history verified before: a full verification says what is wrong with it.
             self.remember_verified(run, None);
             return Box::pin(self.load(run)).await;
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rollback_agent::replay::{self, Verdict};
 use rollback_proto::checkpoint::Checkpoint;
+use rollback_proto::envelope::ChainError;
 use rollback_proto::subjects::{EVENTS_STREAM, checkpoint_subject, events_subject};
 
 use crate::harness::{DEADLINE, Harness, until};
@@ -86,6 +87,16 @@ async fn a_history_cut_short_after_its_checkpoint_is_not_intact() {
         "the checkpoint is still there ({})",
         checkpoint_subject(run)
     );
+    // A process that verified the run before sees that events are gone.
+    match h.store.load(run).await {
+        Err(rollback_agent::store::LoadError::Chain(ChainError::Truncated {
+            verified,
+            found,
+            ..
+        })) => assert_eq!((verified, found), (last, last - 2)),
+        other => panic!("the store verified {last} events before: {:?}", other.err()),
+    }
+    // A new one reads a chain that verifies, but not against the checkpoint.
     let report = replay::replay(&h.store, run, None).await.unwrap();
     match &report.verdict {
         Verdict::Broken { seq, detail, .. } => {
