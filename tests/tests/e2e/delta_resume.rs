@@ -1,5 +1,5 @@
 //! The emergency path's delta steps resume by themselves. `export_delta` killed while its
-//! scratch baseline loads: the restarted agent drops that database and compares afresh, and one
+//! scratch baseline exists: the restarted agent drops that database and compares afresh, and one
 //! delta is recorded. `import_delta` killed in the middle: the restarted agent says how many
 //! units were already imported and skips them. In the end every row the tenant schemas held is
 //! back exactly once, checked by content without the engine.
@@ -94,25 +94,46 @@ concurrency = 2
     let mut agent = h.agent("agent-a", &database_target("app", &db)).await;
     let run = h.start("emergency").await;
 
-    // 1. Killed while the scratch baseline loads.
+    // 1. Killed while the scratch baseline exists: loading, or loaded and being compared. (Its
+    // load alone, a few hundred milliseconds at this size, was missed once by a poll.)
     let scratch_mark = step_mark(run, &step("export-delta"));
-    let mut scratch = String::new();
-    until("the scratch baseline to load", DEADLINE, async || {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let scratch = loop {
         let loading: Option<String> = sqlx::query_scalar(
             "SELECT d.datname::text FROM pg_database d
-             WHERE shobj_description(d.oid, 'pg_database') = $1
-               AND EXISTS (SELECT 1 FROM pg_stat_activity a
-                           WHERE a.datname = d.datname AND a.application_name = 'pg_restore')",
+             WHERE shobj_description(d.oid, 'pg_database') = $1",
         )
         .bind(&scratch_mark)
         .fetch_optional(&admin)
         .await
         .unwrap();
-        scratch = loading.unwrap_or_default();
-        !scratch.is_empty()
-    })
-    .await;
+        if let Some(scratch) = loading {
+            break scratch;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let events: Vec<&str> = h.events(run).await.iter().map(|e| e.name()).collect();
+            panic!(
+                "no scratch baseline within {DEADLINE:?}; the run's events: {events:?}\n\
+                 the agent's log:\n{}",
+                agent.log()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     agent.kill().await;
+    // The kill came before the step's end: its scratch baseline is still there.
+    let left: Option<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1",
+    )
+    .bind(&scratch_mark)
+    .fetch_optional(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        left.as_deref(),
+        Some(scratch.as_str()),
+        "the step ended before the kill"
+    );
     agent.restart().await.unwrap();
 
     h.wait_for(run, "the restore to wait for its approval", |s| {
