@@ -1,7 +1,6 @@
 //! The agent's signed checkpoints (see `rollback_proto::checkpoint`): every
 //! `events.checkpoint_every`, each run whose history grew since its last checkpoint gets a new
-//! one, signed with the agent's event key, stating the head as the agent loaded and verified
-//! it. Several agents may each state the same head; that
+//! one, signed with the agent's event key. Several agents may each state the same head; that
 //! is harmless. A checkpoint that cannot be written now is tried at the next round.
 
 use std::collections::HashMap;
@@ -58,22 +57,11 @@ async fn round(
         if stated[&run] >= count {
             continue;
         }
-        // A checkpoint states a head this agent verified (the load does), never one it only
-        // read: a load elsewhere then checks the signatures after it only.
-        let head = match store.load(run).await {
-            Ok(loaded) => loaded.cursor.head,
-            Err(e @ crate::store::LoadError::Chain(_)) => {
-                tracing::warn!(%run, error = %e, "no checkpoint of a run whose history does not verify");
-                stated.insert(run, count);
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let seq = head.seq;
+        let (seq, hash) = store.head(run).await?;
         let checkpoint = Checkpoint {
             run,
             seq,
-            hash: head.hash,
+            hash,
             at: OffsetDateTime::now_utc(),
             by: agent.to_owned(),
         };

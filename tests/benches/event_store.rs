@@ -348,37 +348,6 @@ async fn compare_reads(
     })
 }
 
-/// Writes a signed checkpoint of the run's head (as an agent does every few minutes), then
-/// loads the run cold (no head remembered) best of a few times: the signatures after the
-/// checkpoint only are checked.
-async fn cold_from_checkpoint(
-    store: &JetStreamEventStore,
-    run: RunId,
-    events: usize,
-) -> anyhow::Result<Duration> {
-    let head = store.load(run).await?.cursor.head;
-    let checkpoint = rollback_proto::checkpoint::Checkpoint {
-        run,
-        seq: head.seq,
-        hash: head.hash,
-        at: OffsetDateTime::now_utc(),
-        by: "bench".into(),
-    };
-    store
-        .publish_checkpoint(
-            run,
-            &rollback_proto::checkpoint::SignedCheckpoint::seal(&checkpoint, store.signer()),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("writing the checkpoint: {e}"))?;
-    let mut best = Duration::MAX;
-    for _ in 0..READ_REPEATS {
-        store.forget_verified();
-        best = best.min(store_load(store, run, events).await?);
-    }
-    Ok(best)
-}
-
 /// CPU cost per event of proto's chain and fold code alone, no IO: seal, verify, apply.
 fn proto_costs() -> anyhow::Result<(Duration, Duration, Duration)> {
     let per_event = |d: Duration| d / CPU_EVENTS as u32;
@@ -567,8 +536,6 @@ async fn bench() -> anyhow::Result<()> {
         "reading {LONG_RUN} events: raw ordered consumer vs store load, best of {READ_REPEATS}"
     );
     let long = compare_reads(&js, &store, long_run, LONG_RUN).await?;
-    eprintln!("reading {LONG_RUN} events again, cold, from the run's signed checkpoint");
-    let from_checkpoint = cold_from_checkpoint(&store, long_run, LONG_RUN).await?;
     eprintln!(
         "reading {SHORT_RUN} events: raw ordered consumer vs store load, best of {READ_REPEATS}"
     );
@@ -674,19 +641,6 @@ async fn bench() -> anyhow::Result<()> {
             ),
             format!("{long_ratio:.2} x raw read"),
             format!("<= 1.5: {}", verdict(long_ratio <= 1.5)),
-        ),
-        row(
-            "store load, cold, from the run's signed checkpoint (signatures after it only)".into(),
-            LONG_RUN,
-            format!("{:.3} s", from_checkpoint.as_secs_f64()),
-            format!(
-                "{:.2} x raw read",
-                from_checkpoint.as_secs_f64() / long.raw.as_secs_f64()
-            ),
-            format!(
-                "<= 1.5: {}",
-                verdict(from_checkpoint.as_secs_f64() / long.raw.as_secs_f64() <= 1.5)
-            ),
         ),
         row(
             "store load again, the head verified before remembered (signatures after it only)"

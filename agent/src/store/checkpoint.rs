@@ -1,11 +1,12 @@
-//! Signed checkpoints in the event stream (see `rollback_proto::checkpoint`): the runs and
-//! their sizes, the newest checkpoint of a run (and the verified head it states), and
-//! publishing one.
+//! Signed checkpoints in the event stream (see `rollback_proto::checkpoint`): each run's head
+//! as the stream holds it, the newest checkpoint of a run, and publishing one.
 
 use futures::TryStreamExt;
 use rollback_proto::checkpoint::SignedCheckpoint;
-use rollback_proto::subjects::{EVENTS_WILDCARD, checkpoint_subject, run_of_subject};
-use rollback_proto::{ChainHead, RunId};
+use rollback_proto::subjects::{
+    EVENTS_WILDCARD, checkpoint_subject, events_subject, run_of_subject,
+};
+use rollback_proto::{Envelope, RunId};
 
 use super::JetStreamEventStore;
 
@@ -25,18 +26,15 @@ impl JetStreamEventStore {
         Ok(runs)
     }
 
-    /// The head the run's newest checkpoint states, when a trusted key signed it: a head a
-    /// trusted agent verified, from which a load checks signatures after it only. `None` when
-    /// there is none, it does not verify, or it cannot be read (the load then checks every
-    /// signature).
-    pub(crate) async fn checkpointed_head(&self, run: RunId) -> Option<ChainHead> {
-        let signed = self.last_checkpoint(run).await.ok()??;
-        let checkpoint = signed.open(self.signatures().keys()).ok()?;
-        (checkpoint.run == run).then_some(ChainHead {
-            run_id: run,
-            seq: checkpoint.seq,
-            hash: checkpoint.hash,
-        })
+    /// The run's last event as stored: its seq and hash (read, not verified: a checkpoint
+    /// states what the stream holds).
+    pub async fn head(&self, run: RunId) -> Result<(u64, String), CheckpointError> {
+        let last = self
+            .stream
+            .direct_get_last_for_subject(events_subject(run))
+            .await?;
+        let envelope: Envelope = serde_json::from_slice(&last.payload)?;
+        Ok((envelope.seq, envelope.hash))
     }
 
     /// The run's newest checkpoint in the stream, if any.

@@ -454,21 +454,8 @@ impl JetStreamEventStore {
     /// same messages are read a second time to check them.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        self.load_from(run, true).await
-    }
-
-    /// [`load`](Self::load), with `anchored`: the signatures up to a head verified before are
-    /// not checked again: the head this process verified, else the run's newest signed
-    /// checkpoint (which a trusted agent wrote of a head it verified).
-    async fn load_from(&self, run: RunId, anchored: bool) -> Result<LoadedRun, LoadError> {
-        let anchor = if anchored {
-            match self.verified_head(run) {
-                Some(head) => Some(head),
-                None => self.checkpointed_head(run).await,
-            }
-        } else {
-            None
-        };
+        // Signatures up to the head this process verified before are not checked again.
+        let anchor = self.verified_head(run);
         let verifier = match &anchor {
             Some(head) => ChainVerifier::new(run, self.signatures()).trusting(head.clone()),
             None => ChainVerifier::new(run, self.signatures()),
@@ -488,7 +475,7 @@ impl JetStreamEventStore {
         if anchor.is_some() && fold.broken.is_some() {
             // Not the history verified before: a full verification says what is wrong with it.
             self.remember_verified(run, None);
-            return Box::pin(self.load_from(run, false)).await;
+            return Box::pin(self.load(run)).await;
         }
         let (fold, read) = match fold.verifier.unsettled() {
             None => (fold, read),
