@@ -61,13 +61,12 @@ impl SignedCheckpoint {
         let key = keys
             .get(&self.key_id)
             .ok_or_else(|| format!("it is signed with `{}`, a key nobody trusts", self.key_id))?;
-        let signature = hex::decode(&self.signature)
-            .ok()
-            .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
-            .ok_or("its signature is not one")?;
-        use ed25519_dalek::Verifier;
-        key.verify(&message(&self.body), &signature)
-            .map_err(|_| format!("its signature does not verify with `{}`", self.key_id))?;
+        if !crate::signing::verifies(key, &message(&self.body), &self.signature) {
+            return Err(format!(
+                "its signature does not verify with `{}`",
+                self.key_id
+            ));
+        }
         serde_json::from_str(&self.body).map_err(|e| format!("its body is unreadable: {e}"))
     }
 }

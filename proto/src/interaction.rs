@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use ed25519_dalek::VerifyingKey;
-use ed25519_dalek::{Signature, Verifier};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use time::OffsetDateTime;
@@ -32,8 +31,7 @@ pub struct DiscordProof {
 
 /// An application's public key from its 64 hex digits.
 pub fn public_key(hex_digits: &str) -> Option<VerifyingKey> {
-    let bytes: [u8; 32] = hex::decode(hex_digits.trim()).ok()?.try_into().ok()?;
-    VerifyingKey::from_bytes(&bytes).ok()
+    crate::signing::public_key_from_hex(hex_digits).ok()
 }
 
 /// Why a proof is refused.
@@ -90,15 +88,11 @@ pub fn verify(
     command: &Command,
     key: &str,
 ) -> Result<SignedAction, ProofError> {
-    let signature = hex::decode(proof.signature.trim())
-        .ok()
-        .and_then(|bytes| Signature::from_slice(&bytes).ok())
-        .ok_or(ProofError::BadSignature)?;
     let mut signed = proof.timestamp.as_bytes().to_vec();
     signed.extend_from_slice(proof.body.as_bytes());
-    key_of_app
-        .verify(&signed, &signature)
-        .map_err(|_| ProofError::BadSignature)?;
+    if !crate::signing::verifies(key_of_app, &signed, proof.signature.trim()) {
+        return Err(ProofError::BadSignature);
+    }
     let at: i64 = proof
         .timestamp
         .trim()

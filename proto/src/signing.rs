@@ -55,6 +55,18 @@ fn key_bytes(hex_text: &str) -> Result<[u8; 32], KeyError> {
     Ok(bytes)
 }
 
+/// An Ed25519 public key written as 64 hex digits.
+pub fn public_key_from_hex(key_hex: &str) -> Result<VerifyingKey, KeyError> {
+    VerifyingKey::from_bytes(&key_bytes(key_hex)?).map_err(|_| KeyError::NotAPublicKey)
+}
+
+/// Whether `signature_hex` (128 hex digits) is `key`'s Ed25519 signature of `message`.
+pub fn verifies(key: &VerifyingKey, message: &[u8], signature_hex: &str) -> bool {
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(signature_hex, &mut bytes).is_ok()
+        && key.verify(message, &Signature::from_bytes(&bytes)).is_ok()
+}
+
 /// The agent's signing key and its key id. Never printed: `Debug` shows the key id only.
 #[derive(Clone)]
 pub struct EventSigner {
@@ -136,9 +148,7 @@ impl TrustedKeys {
         if key_id.is_empty() {
             return Err(KeyError::EmptyKeyId);
         }
-        let key =
-            VerifyingKey::from_bytes(&key_bytes(key_hex)?).map_err(|_| KeyError::NotAPublicKey)?;
-        self.trust(key_id, key);
+        self.trust(key_id, public_key_from_hex(key_hex)?);
         Ok(())
     }
 
@@ -247,15 +257,13 @@ impl SignaturePolicy {
                 let Some(key) = self.keys.get(key_id) else {
                     return SignatureCheck::UntrustedKey(key_id);
                 };
-                let mut bytes = [0u8; 64];
-                if hex::decode_to_slice(signature, &mut bytes).is_err()
-                    || signature.bytes().any(|b| b.is_ascii_uppercase())
+                // The stored form is lowercase: an uppercase signature is not the one written.
+                if !signature.bytes().any(|b| b.is_ascii_uppercase())
+                    && verifies(key, &signed_message(hash), signature)
                 {
-                    return SignatureCheck::BadSignature(key_id);
-                }
-                match key.verify(&signed_message(hash), &Signature::from_bytes(&bytes)) {
-                    Ok(()) => SignatureCheck::Signed(key_id),
-                    Err(_) => SignatureCheck::BadSignature(key_id),
+                    SignatureCheck::Signed(key_id)
+                } else {
+                    SignatureCheck::BadSignature(key_id)
                 }
             }
         }

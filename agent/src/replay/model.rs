@@ -421,6 +421,13 @@ pub struct DiskNeed {
     pub free_bytes: Option<u64>,
 }
 
+impl DiskNeed {
+    /// The bytes the night's archives need there: extrapolated when sampled, else as written.
+    pub fn needed_bytes(&self) -> u64 {
+        self.extrapolated_bytes.unwrap_or(self.written_bytes)
+    }
+}
+
 /// The tenants a sampled rehearsal copied of one target.
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleReport {

@@ -281,7 +281,7 @@ pub fn rehearsal_lines(facts: &RehearsalFacts) -> Vec<String> {
         facts.archive_bytes.div_ceil(1_000_000)
     ));
     for need in &facts.disk {
-        let need_bytes = need.extrapolated_bytes.unwrap_or(need.written_bytes);
+        let need_bytes = need.needed_bytes();
         lines.push(format!(
             "Disk for archives in {}: {} written{}; {}",
             need.path,

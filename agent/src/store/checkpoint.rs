@@ -1,11 +1,9 @@
 //! Signed checkpoints in the event stream (see `rollback_proto::checkpoint`): each run's head
-//! as the stream holds it, the newest checkpoint of a run, and publishing one.
+//! as the stream holds it, the newest checkpoint of a run, and publishing one. (The runs and
+//! their sizes: [`JetStreamEventStore::run_counts`].)
 
-use futures::TryStreamExt;
 use rollback_proto::checkpoint::SignedCheckpoint;
-use rollback_proto::subjects::{
-    EVENTS_WILDCARD, checkpoint_subject, events_subject, run_of_subject,
-};
+use rollback_proto::subjects::{checkpoint_subject, events_subject};
 use rollback_proto::{Envelope, RunId};
 
 use super::JetStreamEventStore;
@@ -14,18 +12,6 @@ use super::JetStreamEventStore;
 pub type CheckpointError = async_nats::Error;
 
 impl JetStreamEventStore {
-    /// Every run in the stream with its number of events.
-    pub async fn run_counts(&self) -> Result<Vec<(RunId, u64)>, CheckpointError> {
-        let mut subjects = self.stream.info_with_subjects(EVENTS_WILDCARD).await?;
-        let mut runs = Vec::new();
-        while let Some((subject, count)) = subjects.try_next().await? {
-            if let Some(run) = run_of_subject(&subject) {
-                runs.push((run, count as u64));
-            }
-        }
-        Ok(runs)
-    }
-
     /// The run's last event as stored: its seq and hash (read, not verified: a checkpoint
     /// states what the stream holds).
     pub async fn head(&self, run: RunId) -> Result<(u64, String), CheckpointError> {

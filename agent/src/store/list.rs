@@ -33,21 +33,7 @@ impl JetStreamEventStore {
     /// run's (verified) first event. Fails only when the store cannot be read.
     #[tracing::instrument(skip_all)]
     pub async fn list_runs(&self) -> Result<RunList, ListError> {
-        let mut subjects = self
-            .stream
-            .info_with_subjects(EVENTS_WILDCARD)
-            .await
-            .map_err(|e| ListError::Unavailable(e.into()))?;
-        let mut runs = Vec::new();
-        while let Some((subject, count)) = subjects
-            .try_next()
-            .await
-            .map_err(|e| ListError::Unavailable(e.into()))?
-        {
-            if let Some(run) = run_of_subject(&subject) {
-                runs.push((run, count as u64));
-            }
-        }
+        let mut runs = self.run_counts().await.map_err(ListError::Unavailable)?;
         // Run ids are UUID v7: sorting by id sorts by start time.
         runs.sort_unstable();
         let listed: Vec<Listed> = futures::stream::iter(runs)
@@ -63,6 +49,18 @@ impl JetStreamEventStore {
             }
         }
         Ok(list)
+    }
+
+    /// Every run in the stream with its number of events.
+    pub async fn run_counts(&self) -> Result<Vec<(RunId, u64)>, async_nats::Error> {
+        let mut subjects = self.stream.info_with_subjects(EVENTS_WILDCARD).await?;
+        let mut runs = Vec::new();
+        while let Some((subject, count)) = subjects.try_next().await? {
+            if let Some(run) = run_of_subject(&subject) {
+                runs.push((run, count as u64));
+            }
+        }
+        Ok(runs)
     }
 
     async fn summary(&self, run: RunId, events: u64) -> Result<Listed, ListError> {

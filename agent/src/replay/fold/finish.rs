@@ -197,7 +197,7 @@ impl ReplayFold {
             }
         }
         for need in &measured.disk {
-            let need_bytes = need.extrapolated_bytes.unwrap_or(need.written_bytes);
+            let need_bytes = need.needed_bytes();
             if let Some(free) = need.free_bytes.filter(|free| *free < need_bytes) {
                 blockers.push(format!(
                     "the archives in {} need {}, and only {} was free there",
