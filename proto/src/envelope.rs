@@ -22,7 +22,7 @@ use crate::events::Event;
 use crate::ids::{EventId, RunId};
 use crate::seen_ids::SeenIds;
 pub use crate::seen_ids::UnsettledIds;
-use crate::signing::{EventSigner, SignatureCheck, SignaturePolicy};
+use crate::signing::{Claim, EventSigner, SignatureCheck, SignaturePolicy};
 
 /// The version of the envelope and event schema this code writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -440,6 +440,20 @@ pub struct ChainVerifier {
     /// A head this process verified before, signatures included: events up to it have their
     /// signatures checked no more (see [`ChainVerifier::trusting`]).
     anchor: Option<ChainHead>,
+    /// Whether signatures are left to the newest signed event (see
+    /// [`ChainVerifier::vouched_by_newest`]).
+    vouching: bool,
+    /// The newest signed event whose signature is not verified yet, while vouching.
+    unverified: Option<UnverifiedSignature>,
+}
+
+/// A signed event's signature waiting for [`ChainVerifier::finish`].
+#[derive(Debug, Clone)]
+struct UnverifiedSignature {
+    seq: u64,
+    hash: String,
+    key_id: String,
+    signature: String,
 }
 
 impl ChainVerifier {
@@ -452,6 +466,8 @@ impl ChainVerifier {
             ids: SeenIds::new(),
             signatures: signatures.clone(),
             anchor: None,
+            vouching: false,
+            unverified: None,
         }
     }
 
@@ -467,6 +483,45 @@ impl ChainVerifier {
     pub fn trusting(mut self, verified: ChainHead) -> Self {
         self.anchor = Some(verified);
         self
+    }
+
+    /// This verifier, verifying the signature of the newest signed event only, when the read
+    /// is over ([`finish`](Self::finish)), and of every other event only what costs no
+    /// signature arithmetic: that it is signed where signatures are required, by a key id
+    /// that is trusted, in the stored form.
+    ///
+    /// Sound because of how events come to be signed: an agent seals an event only on the
+    /// head of a history it verified itself, signatures included (a load, a live read, its own
+    /// appends), and the hash it signs covers `prev_hash`, which covers the event before, down
+    /// to the first. A trusted signature on the newest event therefore vouches for the content
+    /// of every event before it. What it does not vouch for is another event's signature
+    /// field, which is not under any hash: a signature there that was altered afterwards
+    /// changes no content and is found by a full check (`replay`, the independent script).
+    /// A key removed from the trusted keys still fails every event it signed. The live reads
+    /// after a load verify each event as it comes.
+    pub fn vouched_by_newest(mut self) -> Self {
+        self.vouching = true;
+        self
+    }
+
+    /// Ends a read: verifies the signature left for the end, if any, and from then on checks
+    /// every event's signature as it comes. A verifier that never vouched has nothing to do.
+    pub fn finish(&mut self) -> Result<(), ChainError> {
+        self.vouching = false;
+        let Some(pending) = self.unverified.take() else {
+            return Ok(());
+        };
+        match self
+            .signatures
+            .verify(&pending.hash, &pending.key_id, &pending.signature)
+        {
+            SignatureCheck::Signed(_) => Ok(()),
+            _ => Err(ChainError::BadSignature {
+                run: self.head.run_id,
+                seq: pending.seq,
+                key_id: pending.key_id,
+            }),
+        }
     }
 
     /// Whether every event whose signature was not checked is tied to the trusted head: the
@@ -490,6 +545,8 @@ impl ChainVerifier {
             ids: SeenIds::new(),
             signatures: signatures.clone(),
             anchor: None,
+            vouching: false,
+            unverified: None,
         }
     }
 
@@ -582,12 +639,27 @@ impl ChainVerifier {
             return Ok(envelope);
         }
         let key_id = |k: &str| k.to_owned();
-        match self.signatures.check(
-            stored_hash,
-            envelope.key_id.as_deref(),
-            envelope.signature.as_deref(),
-            stream_seq,
-        ) {
+        let signature = envelope.signature.as_deref();
+        let check = match self
+            .signatures
+            .claim(envelope.key_id.as_deref(), signature, stream_seq)
+        {
+            Claim::Settled(check) => check,
+            Claim::ToVerify(key) if self.vouching => {
+                self.unverified = Some(UnverifiedSignature {
+                    seq,
+                    hash: stored_hash.to_owned(),
+                    key_id: key.to_owned(),
+                    signature: signature.unwrap_or_default().to_owned(),
+                });
+                SignatureCheck::Signed(key)
+            }
+            Claim::ToVerify(key) => {
+                self.signatures
+                    .verify(stored_hash, key, signature.unwrap_or_default())
+            }
+        };
+        match check {
             SignatureCheck::Signed(_) | SignatureCheck::UnsignedAccepted => {}
             SignatureCheck::Unsigned => return Err(ChainError::Unsigned { run, seq }),
             SignatureCheck::UntrustedKey(k) => {
@@ -886,6 +958,86 @@ mod tests {
             v.push(&others[1].to_bytes()),
             Err(ChainError::Tampered { run, seq: 2 })
         );
+    }
+
+    #[test]
+    fn the_newest_signature_vouches_for_the_events_before_it() {
+        let (a, b, mallory) = (key("agent-a", 1), key("agent-b", 2), key("agent-a", 9));
+        let run = RunId::new();
+        let mut head = ChainHead::genesis(run);
+        let mut envs = head.seal_signed((0..3).map(|i| draft(&format!("a{i}"))), &a);
+        envs.extend(head.seal_signed((0..2).map(|i| draft(&format!("b{i}"))), &b));
+        let policy = trusting(&[&a, &b]);
+        let read = |envs: &[Envelope]| {
+            let mut v = ChainVerifier::new(run, &policy).vouched_by_newest();
+            for env in envs {
+                v.push(&env.to_bytes())?;
+            }
+            v.finish().map(|()| v)
+        };
+
+        // Across a rotation, the newest signature checked at the end.
+        let mut v = read(&envs).unwrap();
+        assert_eq!(v.head().seq, 5);
+        // Then every event is checked as it comes.
+        let next = head.clone().seal_signed([draft("next")], &mallory);
+        assert!(matches!(
+            v.push(&next[0].to_bytes()),
+            Err(ChainError::BadSignature { seq: 6, .. })
+        ));
+
+        // A newest event signed with another key under a trusted id: found at the end.
+        let mut forged = envs.clone();
+        forged.extend(
+            head.clone()
+                .seal_signed([draft("approved by bob")], &mallory),
+        );
+        assert_eq!(
+            read(&forged).err(),
+            Some(ChainError::BadSignature {
+                run,
+                seq: 6,
+                key_id: "agent-a".into()
+            })
+        );
+        // Unsigned, or a key id nobody trusts: found where it stands, without arithmetic.
+        let mut unsigned = envs.clone();
+        unsigned.extend(head.clone().seal([draft("approved by bob")]));
+        assert_eq!(
+            read(&unsigned).err(),
+            Some(ChainError::Unsigned { run, seq: 6 })
+        );
+        let only_b = ChainVerifier::new(run, &trusting(&[&b])).vouched_by_newest();
+        let mut v = only_b;
+        assert!(matches!(
+            v.push(&envs[0].to_bytes()),
+            Err(ChainError::UntrustedKey { seq: 1, .. })
+        ));
+        let mut stripped = envs.clone();
+        stripped[1].signature = None;
+        assert!(matches!(
+            read(&stripped).err(),
+            Some(ChainError::BadSignature { seq: 2, .. })
+        ));
+
+        // An earlier event's signature altered afterwards: its content is vouched for by the
+        // newest signature, so a vouched read accepts it; a full check finds it.
+        let mut altered = envs.clone();
+        altered[1].signature = envs[0].signature.clone();
+        assert!(read(&altered).is_ok());
+        let mut full = ChainVerifier::new(run, &policy);
+        full.push(&altered[0].to_bytes()).unwrap();
+        assert!(matches!(
+            full.push(&altered[1].to_bytes()),
+            Err(ChainError::BadSignature { seq: 2, .. })
+        ));
+        // An altered content is a broken chain whatever the signatures.
+        let mut edited = envs.clone();
+        edited[1].event = draft("edited").event;
+        assert!(matches!(
+            read(&edited).err(),
+            Some(ChainError::Tampered { seq: 2, .. })
+        ));
     }
 
     #[test]

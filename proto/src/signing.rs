@@ -241,7 +241,26 @@ impl SignaturePolicy {
         signature: Option<&str>,
         stream_seq: impl FnOnce() -> Option<u64>,
     ) -> SignatureCheck<'a> {
-        match (key_id, signature) {
+        match self.claim(key_id, signature, stream_seq) {
+            Claim::Settled(check) => check,
+            Claim::ToVerify(key_id) => self.verify(
+                hash,
+                key_id,
+                signature.expect("a claim to verify is signed"),
+            ),
+        }
+    }
+
+    /// Everything [`check`](Self::check) finds short of the signature arithmetic: whether the
+    /// event is unsigned where that is accepted, claims a key nobody trusts, or is signed in a
+    /// form that cannot verify. [`Claim::ToVerify`] is left to [`verify`](Self::verify).
+    pub fn claim<'a>(
+        &self,
+        key_id: Option<&'a str>,
+        signature: Option<&str>,
+        stream_seq: impl FnOnce() -> Option<u64>,
+    ) -> Claim<'a> {
+        Claim::Settled(match (key_id, signature) {
             (None, None) => {
                 let before_signing =
                     || stream_seq().is_some_and(|seq| seq > 0 && seq <= self.unsigned_through);
@@ -253,21 +272,39 @@ impl SignaturePolicy {
             }
             (None, Some(_)) => SignatureCheck::BadSignature(""),
             (Some(key_id), None) => SignatureCheck::BadSignature(key_id),
-            (Some(key_id), Some(signature)) => {
-                let Some(key) = self.keys.get(key_id) else {
-                    return SignatureCheck::UntrustedKey(key_id);
-                };
-                // The stored form is lowercase: an uppercase signature is not the one written.
-                if !signature.bytes().any(|b| b.is_ascii_uppercase())
-                    && verifies(key, &signed_message(hash), signature)
-                {
-                    SignatureCheck::Signed(key_id)
-                } else {
-                    SignatureCheck::BadSignature(key_id)
-                }
+            (Some(key_id), Some(_)) if self.keys.get(key_id).is_none() => {
+                SignatureCheck::UntrustedKey(key_id)
             }
+            // The stored form is lowercase: an uppercase signature is not the one written.
+            (Some(key_id), Some(signature))
+                if signature.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                SignatureCheck::BadSignature(key_id)
+            }
+            (Some(key_id), Some(_)) => return Claim::ToVerify(key_id),
+        })
+    }
+
+    /// Whether `signature` is the trusted key `key_id`'s signature of the envelope with chain
+    /// hash `hash`: [`SignatureCheck::Signed`] or [`SignatureCheck::BadSignature`].
+    pub fn verify<'a>(&self, hash: &str, key_id: &'a str, signature: &str) -> SignatureCheck<'a> {
+        match self.keys.get(key_id) {
+            Some(key) if verifies(key, &signed_message(hash), signature) => {
+                SignatureCheck::Signed(key_id)
+            }
+            Some(_) => SignatureCheck::BadSignature(key_id),
+            None => SignatureCheck::UntrustedKey(key_id),
         }
     }
+}
+
+/// What an event's key id and signature claim, before any signature is verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim<'a> {
+    /// Nothing to verify: the check's outcome.
+    Settled(SignatureCheck<'a>),
+    /// Signed by the trusted key with this id: the signature remains to be verified.
+    ToVerify(&'a str),
 }
 
 #[cfg(test)]

@@ -140,8 +140,8 @@ pub struct JetStreamEventStore {
     /// Whether appends are allowed, shared by every clone.
     guard: StreamGuard,
     /// Each run's head as this process last loaded and verified it, signatures included: a
-    /// load checks the signatures after it only (the hash chain ties the rest to it). Shared
-    /// by every clone.
+    /// load checks the key ids and the newest signature after it only (the hash chain ties
+    /// the rest to it). Shared by every clone.
     verified: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<RunId, rollback_proto::ChainHead>>,
     >,
@@ -237,8 +237,9 @@ impl JetStreamEventStore {
         }
     }
 
-    /// Forgets every verified head: the next load of each run checks every signature again
-    /// (what a new process would do; the benchmarks' cold loads).
+    /// Forgets every verified head: the next load of each run checks the chain and its
+    /// signatures from the first event again (what a new process would do; the benchmarks'
+    /// cold loads).
     pub fn forget_verified(&self) {
         self.verified
             .lock()

@@ -383,6 +383,15 @@ impl RunRead {
     }
 }
 
+/// How much of a run's signatures a load verifies.
+#[derive(Debug, Clone, Copy)]
+enum Thoroughness {
+    /// The newest signed event's, after a head verified before (see [`JetStreamEventStore::load`]).
+    NewestVouches,
+    /// Every event's, from the first.
+    EverySignature,
+}
+
 /// A run's state as its stored payloads are verified and applied one by one, up to the first
 /// payload that does not verify or cannot follow (kept in `broken`).
 struct Fold {
@@ -452,15 +461,47 @@ impl JetStreamEventStore {
     /// Memory stays flat whatever the run's length ([`RunRead`]). When event ids older than
     /// the newest ones read were found (never in a healthy store: see [`ChainVerifier`]), the
     /// same messages are read a second time to check them.
+    ///
+    /// Signatures: every event must be signed where signatures are required, by a trusted key
+    /// id; the signature arithmetic is done for the newest signed event, whose signature
+    /// vouches for the content of every event before it
+    /// ([`ChainVerifier::vouched_by_newest`]), and not again for events up to a head this
+    /// process verified before. A history that does not verify is read again with every
+    /// signature checked, so that the error names the first event found wanting.
     #[tracing::instrument(skip_all, fields(run_id = %run))]
     pub async fn load(&self, run: RunId) -> Result<LoadedRun, LoadError> {
-        // Signatures up to the head this process verified before are not checked again.
-        let anchor = self.verified_head(run);
-        let verifier = match &anchor {
+        match self.load_checking(run, Thoroughness::NewestVouches).await {
+            // Fewer events than verified before: a full read would take the rest for the run.
+            Err(LoadError::Chain(err @ ChainError::Truncated { .. })) => Err(LoadError::Chain(err)),
+            // The first event found wanting may stand before the one the read stopped at.
+            Err(err @ (LoadError::Chain(_) | LoadError::Transition(_))) => {
+                tracing::debug!(error = %err, "the history does not verify; reading it again with every signature checked");
+                self.remember_verified(run, None);
+                self.load_checking(run, Thoroughness::EverySignature).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn load_checking(
+        &self,
+        run: RunId,
+        thoroughness: Thoroughness,
+    ) -> Result<LoadedRun, LoadError> {
+        let verifier = |verifier: ChainVerifier| match thoroughness {
+            Thoroughness::NewestVouches => verifier.vouched_by_newest(),
+            Thoroughness::EverySignature => verifier,
+        };
+        let anchor = match thoroughness {
+            // Signatures up to the head this process verified before are not checked again.
+            Thoroughness::NewestVouches => self.verified_head(run),
+            Thoroughness::EverySignature => None,
+        };
+        let first = match &anchor {
             Some(head) => ChainVerifier::new(run, self.signatures()).trusting(head.clone()),
             None => ChainVerifier::new(run, self.signatures()),
         };
-        let (fold, read) = self.fold_run(verifier, None).await?;
+        let (fold, read) = self.fold_run(verifier(first), None).await?;
         if let Some(anchor) = &anchor
             && fold.broken.is_none()
             && !fold.verifier.anchor_reached()
@@ -472,28 +513,21 @@ impl JetStreamEventStore {
                 found: fold.verifier.head().seq,
             }));
         }
-        if anchor.is_some() && fold.broken.is_some() {
-            // Not the history verified before: a full verification says what is wrong with it.
-            self.remember_verified(run, None);
-            return Box::pin(self.load(run)).await;
-        }
-        let (fold, read) = match fold.verifier.unsettled() {
+        let (mut fold, read) = match fold.verifier.unsettled() {
             None => (fold, read),
             Some(ids) => {
                 tracing::info!(
                     unsettled = ids.len(),
                     "event ids older than the newest ones read; reading the run again to check them"
                 );
-                self.fold_run(
-                    ChainVerifier::rechecking(run, ids, self.signatures()),
-                    Some(read.stored),
-                )
-                .await?
+                let again = ChainVerifier::rechecking(run, ids, self.signatures());
+                self.fold_run(verifier(again), Some(read.stored)).await?
             }
         };
         if let Some(broken) = fold.broken {
             return Err(broken);
         }
+        fold.verifier.finish()?;
         self.remember_verified(run, Some(fold.verifier.head().clone()));
         Ok(LoadedRun {
             state: fold.state,
