@@ -119,3 +119,75 @@ async fn an_emergency_needs_the_typed_name_and_a_second_person() {
     );
     b.status_shows(run, "confirmed by bob").await;
 }
+
+/// With `policy.require_proved_actions`, the request (a form's submission) and the
+/// confirmation (a button) through the signed endpoint are taken, each with Discord's proof in
+/// its event; the same confirmation published by the bot's credentials without the proof is
+/// refused.
+#[tokio::test]
+async fn with_proved_actions_an_emergency_is_requested_and_confirmed_by_signed_interactions() {
+    let b = BotHarness::start(
+        &[("restore", RESTORE)],
+        "",
+        BotOptions {
+            proved_actions: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let text = b
+        .answer(payloads::modal_submit(
+            &alice(),
+            "rb|emergency|restore",
+            &[("database", "appdb")],
+        ))
+        .await;
+    let run = run_in(&text).unwrap_or_else(|| panic!("{text}"));
+    until("the emergency ping", DEADLINE, async || {
+        b.discord
+            .messages_in(CHANNEL_ID)
+            .iter()
+            .any(|m| m.content.contains("Emergency restore requested"))
+    })
+    .await;
+    let ping = b
+        .discord
+        .messages_in(CHANNEL_ID)
+        .into_iter()
+        .find(|m| m.content.contains("Emergency restore requested"))
+        .unwrap();
+    let confirm = button_ids(&ping)
+        .into_iter()
+        .find(|id| id.starts_with("rb|confirm-emergency|"))
+        .unwrap();
+
+    // Claimed by a client holding the bot's credentials, without Discord's signature.
+    let unproved =
+        b.h.send(
+            "bob",
+            &["approvers", "oncall"],
+            rollback_proto::Command::ConfirmEmergency { run },
+        )
+        .await;
+    assert!(
+        matches!(&unproved, rollback_proto::CommandReply::Rejected { reason } if reason.contains("Discord's signature")),
+        "{unproved:?}"
+    );
+
+    let text = b.answer(payloads::button(&bob(), &confirm, &ping.id)).await;
+    assert!(text.contains("accepted"), "{text}");
+    let envelopes = b.h.envelopes(run).await;
+    for wanted in ["EmergencyRequested", "EmergencyConfirmed"] {
+        let envelope = envelopes
+            .iter()
+            .find(|e| e.event.name() == wanted)
+            .unwrap_or_else(|| panic!("no {wanted}: {envelopes:?}"));
+        assert!(envelope.actor.is_proved(), "{wanted}: {:?}", envelope.actor);
+    }
+    assert!(
+        envelopes
+            .iter()
+            .any(|e| matches!(e.event, Event::CommandRefused { .. })),
+        "the unproved confirmation is recorded as refused"
+    );
+}
