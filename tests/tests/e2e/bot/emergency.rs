@@ -5,8 +5,7 @@ use rollback_proto::Event;
 use rollback_tests::discord::payloads::{self, CHANNEL_ID};
 use serde_json::json;
 
-use super::{BotHarness, BotOptions, RESTORE, alice, bob, button_ids, run_in, visitor};
-use crate::harness::{DEADLINE, until};
+use super::{BotHarness, BotOptions, RESTORE, alice, bob, button_ids, visitor};
 
 #[tokio::test]
 async fn an_emergency_needs_the_typed_name_and_a_second_person() {
@@ -37,29 +36,12 @@ async fn an_emergency_needs_the_typed_name_and_a_second_person() {
         ))
         .await;
     assert!(text.starts_with("Refused:"), "{text}");
-    let text = b
-        .answer(payloads::modal_submit(
-            &alice(),
-            &form,
-            &[("database", "appdb")],
-        ))
-        .await;
-    let run = run_in(&text).unwrap_or_else(|| panic!("{text}"));
+    let run = b.request_emergency().await;
 
     // Every level is pinged at once, with a Confirm button.
-    until("the emergency ping", DEADLINE, async || {
-        b.discord
-            .messages_in(CHANNEL_ID)
-            .iter()
-            .any(|m| m.content.contains("Emergency restore requested"))
-    })
-    .await;
     let ping = b
-        .discord
-        .messages_in(CHANNEL_ID)
-        .into_iter()
-        .find(|m| m.content.contains("Emergency restore requested"))
-        .unwrap();
+        .message_in(CHANNEL_ID, "Emergency restore requested")
+        .await;
     assert!(
         ping.content
             .contains("<@&900000000000000009> <@700000000000000009>"),
@@ -135,27 +117,10 @@ async fn with_proved_actions_an_emergency_is_requested_and_confirmed_by_signed_i
         },
     )
     .await;
-    let text = b
-        .answer(payloads::modal_submit(
-            &alice(),
-            "rb|emergency|restore",
-            &[("database", "appdb")],
-        ))
-        .await;
-    let run = run_in(&text).unwrap_or_else(|| panic!("{text}"));
-    until("the emergency ping", DEADLINE, async || {
-        b.discord
-            .messages_in(CHANNEL_ID)
-            .iter()
-            .any(|m| m.content.contains("Emergency restore requested"))
-    })
-    .await;
+    let run = b.request_emergency().await;
     let ping = b
-        .discord
-        .messages_in(CHANNEL_ID)
-        .into_iter()
-        .find(|m| m.content.contains("Emergency restore requested"))
-        .unwrap();
+        .message_in(CHANNEL_ID, "Emergency restore requested")
+        .await;
     let confirm = button_ids(&ping)
         .into_iter()
         .find(|id| id.starts_with("rb|confirm-emergency|"))

@@ -3,7 +3,6 @@
 //! progress channel, or the runbook's own).
 
 use rollback_proto::RunId;
-use rollback_tests::discord::Posted;
 use rollback_tests::discord::payloads::{
     self, CHANNEL_ID, ESCALATION_CHANNEL_ID, GUILD_ID, RUNBOOK_CHANNEL_ID,
 };
@@ -47,21 +46,6 @@ fn options(discord_extra: String) -> BotOptions {
     }
 }
 
-/// The first message in `channel` whose text contains `what`, once there is one.
-async fn message_in(b: &BotHarness, channel: &str, what: &str) -> Posted {
-    let find = || {
-        b.discord
-            .messages_in(channel)
-            .into_iter()
-            .find(|m| m.content.contains(what))
-    };
-    until(&format!("{what:?} in {channel}"), DEADLINE, async || {
-        find().is_some()
-    })
-    .await;
-    find().unwrap()
-}
-
 /// Where a Discord client opens a message.
 fn link(channel: &str, message: &str) -> String {
     format!("https://discord.com/channels/{GUILD_ID}/{channel}/{message}")
@@ -93,8 +77,10 @@ async fn a_stalled_run_pings_the_escalation_channel_with_a_link_to_its_status_me
     .await;
     // The run waits for someone to start its first phase; a second later the agent escalates.
     let run = b.start_run("stalls").await;
-    let ping = message_in(&b, ESCALATION_CHANNEL_ID, "**Escalation, level 1**").await;
-    let status = message_in(&b, CHANNEL_ID, &status_text(run)).await;
+    let ping = b
+        .message_in(ESCALATION_CHANNEL_ID, "**Escalation, level 1**")
+        .await;
+    let status = b.message_in(CHANNEL_ID, &status_text(run)).await;
     let status_link = format!("Status message: {}", link(CHANNEL_ID, &status.id));
     assert!(ping.content.contains(&status_link), "{}", ping.content);
     assert!(
@@ -132,7 +118,7 @@ async fn a_stalled_run_pings_the_escalation_channel_with_a_link_to_its_status_me
         ))
         .await;
     assert!(text.contains("accepted"), "{text}");
-    let output = message_in(&b, &status.id, "hello from the run").await;
+    let output = b.message_in(&status.id, "hello from the run").await;
     assert_eq!(output.channel_id, status.id);
     assert_eq!(
         b.discord.threads(),
@@ -170,17 +156,12 @@ async fn an_emergency_request_and_its_confirmation_land_in_the_escalation_channe
         options(format!("escalation_channel_id = {ESCALATION_CHANNEL_ID}")),
     )
     .await;
-    let text = b
-        .answer(payloads::modal_submit(
-            &alice(),
-            "rb|emergency|restore",
-            &[("database", "appdb")],
-        ))
-        .await;
-    let run = run_in(&text).unwrap_or_else(|| panic!("{text}"));
+    let run = b.request_emergency().await;
 
-    let request = message_in(&b, ESCALATION_CHANNEL_ID, "**Emergency restore requested**").await;
-    let status = message_in(&b, CHANNEL_ID, &status_text(run)).await;
+    let request = b
+        .message_in(ESCALATION_CHANNEL_ID, "**Emergency restore requested**")
+        .await;
+    let status = b.message_in(CHANNEL_ID, &status_text(run)).await;
     assert!(
         request
             .content
@@ -208,12 +189,12 @@ async fn an_emergency_request_and_its_confirmation_land_in_the_escalation_channe
         ))
         .await;
     assert!(text.contains("accepted"), "{text}");
-    let confirmed = message_in(
-        &b,
-        ESCALATION_CHANNEL_ID,
-        "**Emergency restore confirmed** of `appdb` by bob, requested by alice",
-    )
-    .await;
+    let confirmed = b
+        .message_in(
+            ESCALATION_CHANNEL_ID,
+            "**Emergency restore confirmed** of `appdb` by bob, requested by alice",
+        )
+        .await;
     assert!(
         confirmed
             .content
@@ -256,15 +237,17 @@ async fn a_runbook_with_its_own_channel_gets_its_status_message_there() {
         .await;
     assert!(text.contains("accepted"), "{text}");
 
-    let status = message_in(&b, RUNBOOK_CHANNEL_ID, &status_text(run)).await;
-    let output = message_in(&b, &status.id, "hello from the run").await;
+    let status = b.message_in(RUNBOOK_CHANNEL_ID, &status_text(run)).await;
+    let output = b.message_in(&status.id, "hello from the run").await;
     assert_eq!(output.channel_id, status.id);
     assert_eq!(
         b.discord.threads(),
         [(status.id.clone(), RUNBOOK_CHANNEL_ID.to_owned())]
     );
     // Its escalation goes to the escalation channel, linking to the runbook's channel.
-    let ping = message_in(&b, ESCALATION_CHANNEL_ID, "**Escalation, level 1**").await;
+    let ping = b
+        .message_in(ESCALATION_CHANNEL_ID, "**Escalation, level 1**")
+        .await;
     assert!(
         ping.content.contains(&link(RUNBOOK_CHANNEL_ID, &status.id)),
         "{}",
@@ -321,7 +304,9 @@ async fn a_ping_goes_out_without_a_link_while_the_run_has_no_status_message() {
 
     // The run's channel refuses the status message; on-call is pinged all the same, told in
     // words that there is no status message and where to look instead.
-    let ping = message_in(&b, ESCALATION_CHANNEL_ID, "Escalation, level 1").await;
+    let ping = b
+        .message_in(ESCALATION_CHANNEL_ID, "Escalation, level 1")
+        .await;
     assert!(
         ping.content.contains(&format!(
             "No status message yet: Discord has not taken it so far. \

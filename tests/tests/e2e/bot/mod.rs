@@ -147,6 +147,30 @@ impl BotHarness {
         )
     }
 
+    /// Submits the emergency form of the `restore` runbook with the database's name typed
+    /// right, as alice; the run it started.
+    pub(crate) async fn request_emergency(&self) -> RunId {
+        let form =
+            payloads::modal_submit(&alice(), "rb|emergency|restore", &[("database", "appdb")]);
+        let text = self.answer(form).await;
+        run_in(&text).unwrap_or_else(|| panic!("{text}"))
+    }
+
+    /// The first message in `channel` whose text contains `what`, once there is one.
+    pub(crate) async fn message_in(&self, channel: &str, what: &str) -> Posted {
+        let find = || {
+            self.discord
+                .messages_in(channel)
+                .into_iter()
+                .find(|m| m.content.contains(what))
+        };
+        until(&format!("{what:?} in {channel}"), DEADLINE, async || {
+            find().is_some()
+        })
+        .await;
+        find().unwrap()
+    }
+
     /// Sends an interaction and returns the text the person sees: the immediate answer, or
     /// the deferred one once it is edited in.
     pub(crate) async fn answer(&self, interaction: Value) -> String {
