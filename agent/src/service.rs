@@ -245,7 +245,7 @@ impl CommandService {
 
     /// Decides a well-formed request once per idempotency key.
     async fn handle_claimed(&self, req: &CommandRequest) -> CommandReply {
-        let key = outcome_key(&req.idempotency_key);
+        let key = outcome_key(req);
         match self.claim(&key).await {
             Ok(Claim::Done(reply)) => {
                 self.metrics.record_command(CommandOutcome::Duplicate);
@@ -808,9 +808,25 @@ enum Claim {
     Done(CommandReply),
 }
 
-/// Keys are hashed: idempotency keys come from outside and may hold any character.
-fn outcome_key(idempotency_key: &str) -> String {
-    hex::encode(Sha256::digest(idempotency_key.as_bytes()))
+/// Where a request's outcome is kept: under its idempotency key, hashed (keys come from
+/// outside and may hold any character). A request that carries Discord's proof is kept under
+/// the proof's signature too: a request that only claims a genuine interaction's id, sent
+/// first by someone holding NATS credentials, then cannot take the genuine one's outcome,
+/// while the bot's retries of the genuine one (the same proof) still find it. The signature
+/// is taken as its bytes when it reads as hex, so that no spelling of the same signature is
+/// a new request.
+fn outcome_key(req: &CommandRequest) -> String {
+    let mut key = Sha256::new();
+    key.update(req.idempotency_key.as_bytes());
+    if let Some(proof) = &req.proof {
+        key.update(b"\0discord-proof\0");
+        let signature = proof.signature.trim();
+        match hex::decode(signature) {
+            Ok(bytes) => key.update(bytes),
+            Err(_) => key.update(signature.as_bytes()),
+        }
+    }
+    hex::encode(key.finalize())
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -887,5 +903,33 @@ mod tests {
             matches!(&refused, CommandReply::Rejected { reason } if reason.contains("rollback-agent replay")),
             "{refused:?}"
         );
+    }
+
+    #[test]
+    fn a_proved_requests_outcome_is_kept_apart_from_requests_claiming_its_id() {
+        let request = |proof: Option<&str>| CommandRequest {
+            idempotency_key: "1200000000000000001".into(),
+            actor: rollback_proto::Actor::Console { user: "x".into() },
+            roles: Vec::new(),
+            command: Command::Status {
+                run: rollback_proto::RunId::new(),
+            },
+            proof: proof.map(|signature| rollback_proto::interaction::DiscordProof {
+                body: "{}".into(),
+                signature: signature.into(),
+                timestamp: "1".into(),
+            }),
+        };
+        let genuine = outcome_key(&request(Some("ab12")));
+        // Unproved keys are what they always were.
+        assert_eq!(
+            outcome_key(&request(None)),
+            hex::encode(Sha256::digest(b"1200000000000000001"))
+        );
+        assert_ne!(outcome_key(&request(None)), genuine);
+        assert_ne!(outcome_key(&request(Some("ab13"))), genuine);
+        assert_ne!(outcome_key(&request(Some("not hex"))), genuine);
+        // Another spelling of the same signature is the same request.
+        assert_eq!(outcome_key(&request(Some(" AB12 "))), genuine);
     }
 }

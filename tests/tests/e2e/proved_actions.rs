@@ -167,6 +167,11 @@ async fn approvals_count_only_when_discord_signed_them() {
     .await;
     refused(&reply, "too far from now");
 
+    // dave's click claimed first under its own id by someone holding NATS credentials,
+    // unproved: refused, and the refusal is not what the genuine click gets back.
+    let reply = send(&h, &by_dave, &["approvers"], approve(run, "go"), None).await;
+    refused(&reply, "must be proved by Discord's signature");
+
     // dave's signed click, as the bot forwards it: taken, with the proof in the event.
     let reply = send(&h, &by_dave, &[], approve(run, "go"), Some(proof)).await;
     assert!(matches!(reply, CommandReply::Accepted { .. }), "{reply:?}");
@@ -191,7 +196,7 @@ async fn approvals_count_only_when_discord_signed_them() {
         .iter()
         .filter(|e| matches!(e.event, Event::CommandRefused { .. }))
         .count();
-    assert_eq!(refusals, 5, "{envelopes:#?}");
+    assert_eq!(refusals, 6, "{envelopes:#?}");
 
     // The postmortem says how each person's action is known.
     let report = match h.send("alice", &["oncall"], Command::Replay { run }).await {
