@@ -4,6 +4,7 @@
 //! (`RunStarted.rehearsed_in`, with each step's time in the rehearsal) and `proto` refuses a
 //! start without it. A refusal names the last rehearsal and what differs.
 
+use futures::StreamExt;
 use rollback_proto::runbook::{format_duration, source_hash};
 use rollback_proto::{RehearsalEvidence, RunStatus, Runbook};
 use time::OffsetDateTime;
@@ -43,14 +44,14 @@ pub async fn rehearsal_for(
         .await
         .map_err(|e| format!("the event stream could not be read to find a rehearsal: {e}"))?;
     let mut newest_differing: Option<String> = None;
-    for summary in list.runs.iter().rev() {
-        if summary.runbook != name || now - summary.started_at > window {
-            continue;
-        }
-        let Ok(loaded) = store.load(summary.run).await else {
-            continue;
-        };
-        let Some(state) = loaded.state else { continue };
+    let candidates: Vec<_> = list
+        .runs
+        .iter()
+        .rev()
+        .filter(|summary| summary.runbook == name && now - summary.started_at <= window)
+        .collect();
+    let mut states = std::pin::pin!(store.states_of(candidates));
+    while let Some(state) = states.next().await {
         if !state.rehearsal
             || state.status != RunStatus::Completed
             || now - state.updated_at > window

@@ -5,7 +5,7 @@
 use futures::{StreamExt, TryStreamExt};
 use rollback_proto::envelope::ChainVerifier;
 use rollback_proto::subjects::{EVENTS_WILDCARD, events_subject, run_of_subject};
-use rollback_proto::{Event, RunId, TransitionError};
+use rollback_proto::{Event, RunId, RunState, TransitionError};
 
 use super::Quarantine;
 use super::{JetStreamEventStore, ListError, RunSummary};
@@ -49,6 +49,17 @@ impl JetStreamEventStore {
             }
         }
         Ok(list)
+    }
+
+    /// The states of `runs`, in the order given, each loaded when the stream is polled for
+    /// it. A run whose history does not load is passed over: its quarantine is reported where
+    /// the run itself is asked for.
+    pub fn states_of<'a>(
+        &'a self,
+        runs: impl IntoIterator<Item = &'a RunSummary> + 'a,
+    ) -> impl futures::Stream<Item = RunState> + 'a {
+        futures::stream::iter(runs)
+            .filter_map(move |summary| async move { self.load(summary.run).await.ok()?.state })
     }
 
     /// Every run in the stream with its number of events.

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use futures::StreamExt;
 use rollback_proto::runbook::StepKind;
 use time::OffsetDateTime;
 
@@ -52,11 +53,8 @@ pub async fn newest_verified(store: &JetStreamEventStore, target: &str) -> Optio
         }
     };
     let mut found = Vec::new();
-    for summary in list.runs.iter().rev().take(RUNS_SEARCHED) {
-        let Ok(loaded) = store.load(summary.run).await else {
-            continue;
-        };
-        let Some(state) = loaded.state else { continue };
+    let mut states = std::pin::pin!(store.states_of(list.runs.iter().rev().take(RUNS_SEARCHED)));
+    while let Some(state) = states.next().await {
         if state.dry_run || state.rehearsal {
             continue;
         }
