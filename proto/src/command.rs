@@ -153,6 +153,24 @@ pub enum Command {
 }
 
 impl Command {
+    /// A start of `runbook` for real, or as a dry run: none of a rehearsal's options.
+    pub fn start(
+        runbook: impl Into<String>,
+        dry_run: bool,
+        params: BTreeMap<String, String>,
+    ) -> Self {
+        Command::Start {
+            runbook: runbook.into(),
+            dry_run,
+            rehearsal: false,
+            keep: false,
+            people: false,
+            fresh: false,
+            sample: None,
+            params,
+        }
+    }
+
     /// The run the command is about, if it names one.
     pub fn run(&self) -> Option<RunId> {
         match self {

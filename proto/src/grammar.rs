@@ -71,6 +71,12 @@ const fn opt(
 const RUN: OptionSpec = opt("run", OptionKind::Run, true, "The run id");
 const STEP: OptionSpec = opt("step", OptionKind::Step, true, "The step id");
 const RUNBOOK: OptionSpec = opt("runbook", OptionKind::Runbook, true, "The runbook's name");
+const PARAMS: OptionSpec = opt(
+    "params",
+    OptionKind::Params,
+    false,
+    "Parameter overrides: name=value,name=value",
+);
 
 /// The one top-level command.
 pub const COMMAND_NAME: &str = "rollback";
@@ -125,12 +131,7 @@ pub const SUBCOMMANDS: &[Subcommand] = &[
                 false,
                 "Only record what each step would do",
             ),
-            opt(
-                "params",
-                OptionKind::Params,
-                false,
-                "Parameter overrides: name=value,name=value",
-            ),
+            PARAMS,
         ],
     },
     Subcommand {
@@ -162,12 +163,7 @@ pub const SUBCOMMANDS: &[Subcommand] = &[
                 false,
                 "Rehearse on this many tenants (the largest among them); times extrapolated",
             ),
-            opt(
-                "params",
-                OptionKind::Params,
-                false,
-                "Parameter overrides: name=value,name=value",
-            ),
+            PARAMS,
         ],
     },
     Subcommand {
@@ -380,16 +376,7 @@ pub fn build(sub_name: &str, values: &BTreeMap<String, Value>) -> Result<Command
         "plan" => Command::Plan {
             runbook: args.runbook()?,
         },
-        "start" => Command::Start {
-            fresh: false,
-            people: false,
-            sample: None,
-            keep: false,
-            runbook: args.runbook()?,
-            dry_run: args.flag("dry_run")?,
-            rehearsal: false,
-            params: args.params()?,
-        },
+        "start" => Command::start(args.runbook()?, args.flag("dry_run")?, args.params()?),
         "rehearse" => Command::Start {
             fresh: args.flag("fresh")?,
             people: args.flag("people")?,

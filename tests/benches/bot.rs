@@ -430,16 +430,7 @@ async fn lag(n: usize) -> anyhow::Result<String> {
             .send(
                 &alice,
                 &["oncall"],
-                Command::Start {
-                    fresh: false,
-                    people: false,
-                    sample: None,
-                    keep: false,
-                    rehearsal: false,
-                    runbook: "busy".into(),
-                    dry_run: false,
-                    params: Default::default(),
-                },
+                Command::start("busy", false, Default::default()),
             )
             .await?;
         let rollback_proto::CommandReply::Accepted { run: Some(run), .. } = reply else {

@@ -161,6 +161,27 @@ async fn raw_pipelined(
     Ok(started.elapsed())
 }
 
+/// Publishes `payload` with the headers the store sends (`Nats-Msg-Id`,
+/// `Nats-Expected-Last-Subject-Sequence` after `last`) and awaits the ack: the stream
+/// sequence it was stored at.
+async fn publish_as_the_store(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: Vec<u8>,
+    message_id: String,
+    last: u64,
+) -> anyhow::Result<u64> {
+    let message = PublishMessage::build()
+        .payload(payload.into())
+        .message_id(message_id)
+        .expected_last_subject_sequence(last);
+    Ok(js
+        .send_publish(subject.to_owned(), message)
+        .await?
+        .await?
+        .sequence)
+}
+
 /// Publishes from `subjects` tasks at once, each awaiting its ack before the next publish and
 /// sending the headers the store sends (`Nats-Msg-Id`, `Nats-Expected-Last-Subject-Sequence`):
 /// the traffic of the concurrent store appends, without the store.
@@ -178,15 +199,8 @@ async fn raw_same_shape(
             let subject = events_subject(RunId::new());
             let mut last = 0;
             for _ in 0..each {
-                let message = PublishMessage::build()
-                    .payload(payload.clone().into())
-                    .message_id(EventId::new().to_string())
-                    .expected_last_subject_sequence(last);
-                last = js
-                    .send_publish(subject.clone(), message)
-                    .await?
-                    .await?
-                    .sequence;
+                let id = EventId::new().to_string();
+                last = publish_as_the_store(&js, &subject, payload.clone(), id, last).await?;
             }
             anyhow::Ok(())
         });
@@ -216,15 +230,8 @@ async fn sealed_sequential(
             None => head.seal(drafts),
         };
         for envelope in envelopes {
-            let message = PublishMessage::build()
-                .payload(envelope.to_bytes().into())
-                .message_id(envelope.event_id.to_string())
-                .expected_last_subject_sequence(last);
-            last = js
-                .send_publish(subject.clone(), message)
-                .await?
-                .await?
-                .sequence;
+            let id = envelope.event_id.to_string();
+            last = publish_as_the_store(js, &subject, envelope.to_bytes(), id, last).await?;
         }
     }
     Ok(started.elapsed())

@@ -213,16 +213,7 @@ impl CommandClient {
         roles: &[&str],
         runbook: &str,
     ) -> anyhow::Result<rollback_proto::RunId> {
-        let start = Command::Start {
-            fresh: false,
-            people: false,
-            sample: None,
-            keep: false,
-            rehearsal: false,
-            runbook: runbook.into(),
-            dry_run: false,
-            params: Default::default(),
-        };
+        let start = Command::start(runbook, false, Default::default());
         match self.send(actor, roles, start).await? {
             CommandReply::Accepted { run: Some(run), .. } => Ok(run),
             other => bail!("start of `{runbook}` refused: {other:?}"),

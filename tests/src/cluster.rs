@@ -599,16 +599,7 @@ impl RunDriver {
             .accepted(
                 "alice",
                 &["oncall"],
-                Command::Start {
-                    fresh: false,
-                    people: false,
-                    sample: None,
-                    keep: false,
-                    rehearsal: false,
-                    runbook: runbook.into(),
-                    dry_run: false,
-                    params: Default::default(),
-                },
+                Command::start(runbook, false, Default::default()),
             )
             .await?;
         match reply {

@@ -185,16 +185,7 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
         .send(
             "alice",
             &["oncall"],
-            Command::Start {
-                fresh: false,
-                people: false,
-                sample: None,
-                keep: false,
-                rehearsal: false,
-                runbook: "../etc/passwd".into(),
-                dry_run: false,
-                params: Default::default(),
-            },
+            Command::start("../etc/passwd", false, Default::default()),
         )
         .await;
     assert!(
@@ -205,16 +196,7 @@ async fn a_repeated_command_returns_its_first_outcome_and_bad_input_is_refused()
         .send(
             "alice",
             &["oncall"],
-            Command::Start {
-                fresh: false,
-                people: false,
-                sample: None,
-                keep: false,
-                rehearsal: false,
-                runbook: "nope".into(),
-                dry_run: false,
-                params: Default::default(),
-            },
+            Command::start("nope", false, Default::default()),
         )
         .await;
     assert!(

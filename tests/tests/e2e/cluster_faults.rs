@@ -198,16 +198,7 @@ impl Chaos {
                 .send(
                     "alice",
                     &["oncall"],
-                    Command::Start {
-                        fresh: false,
-                        people: false,
-                        sample: None,
-                        keep: false,
-                        rehearsal: false,
-                        runbook: "chaos".into(),
-                        dry_run: false,
-                        params: [("tag".to_owned(), tag.to_owned())].into(),
-                    },
+                    Command::start("chaos", false, [("tag".to_owned(), tag.to_owned())].into()),
                 )
                 .await
                 .unwrap_or_else(|e| panic!("{e}\n{}", self.agent.log()));

@@ -119,17 +119,7 @@ approvers = ["approve"]
         dry_run: bool,
         params: BTreeMap<String, String>,
     ) -> RunId {
-        self.opened(Command::Start {
-            fresh: false,
-            people: false,
-            sample: None,
-            keep: false,
-            rehearsal: false,
-            runbook: runbook.into(),
-            dry_run,
-            params,
-        })
-        .await
+        self.opened(Command::start(runbook, dry_run, params)).await
     }
 
     /// `rehearse`, as alice (oncall).

@@ -434,16 +434,7 @@ command = "echo after >> {out}"
         .send(
             "alice",
             &["oncall"],
-            Command::Start {
-                fresh: false,
-                people: false,
-                sample: None,
-                keep: false,
-                rehearsal: false,
-                runbook: "gated".into(),
-                dry_run: false,
-                params: Default::default(),
-            },
+            Command::start("gated", false, Default::default()),
         )
         .await
         .unwrap();

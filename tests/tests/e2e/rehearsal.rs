@@ -440,16 +440,7 @@ async fn a_rehearsal_killed_twice_resumes_and_leaves_no_copy_behind() {
 }
 
 fn real_start(runbook: &str) -> Command {
-    Command::Start {
-        fresh: false,
-        people: false,
-        sample: None,
-        keep: false,
-        runbook: runbook.into(),
-        dry_run: false,
-        rehearsal: false,
-        params: BTreeMap::new(),
-    }
+    Command::start(runbook, false, BTreeMap::new())
 }
 
 /// `require_rehearsal_within`: a real start is refused without a rehearsal, accepted after one

@@ -240,16 +240,7 @@ async fn a_run_that_spans_a_key_rotation_verifies_end_to_end() {
         driver.send("alice", roles, command).await.unwrap()
     };
     let started = send(
-        Command::Start {
-            fresh: false,
-            people: false,
-            sample: None,
-            keep: false,
-            rehearsal: false,
-            runbook: "tick".into(),
-            params: Default::default(),
-            dry_run: false,
-        },
+        Command::start("tick", false, Default::default()),
         &["oncall"],
     )
     .await;
