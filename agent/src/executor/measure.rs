@@ -191,13 +191,21 @@ async fn wal_since(conn: &mut PgConnection, start: &str) -> Option<u64> {
     bytes.map(|b| b.max(0) as u64)
 }
 
+/// SQL: whether the row's `datname` is one of the copies (`$1`, a text array) or a database
+/// named after one (`<copy>_…`, what a rehearsed restore leaves).
+macro_rules! of_the_copies {
+    () => {
+        "EXISTS (SELECT 1 FROM unnest($1::text[]) c \
+                 WHERE datname = c OR starts_with(datname, c || '_'))"
+    };
+}
+
 /// The copies' size, with the databases named after them (what a rehearsed restore leaves).
 async fn copies_size(conn: &mut PgConnection, copies: &[String]) -> Option<i64> {
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(pg_database_size(d.oid)), 0)::bigint FROM pg_database d \
-         WHERE EXISTS (SELECT 1 FROM unnest($1::text[]) c \
-                       WHERE d.datname = c OR starts_with(d.datname, c || '_'))",
-    )
+    sqlx::query_scalar(concat!(
+        "SELECT coalesce(sum(pg_database_size(oid)), 0)::bigint FROM pg_database WHERE ",
+        of_the_copies!()
+    ))
     .bind(copies)
     .fetch_one(conn)
     .await
@@ -248,15 +256,14 @@ async fn sample(servers: Vec<(ConnectionParams, Vec<String>)>, stop: Cancellatio
         let mut someone_waited = false;
         for (server, (conn, copies)) in conns.iter_mut().enumerate() {
             let Some(c) = conn else { continue };
-            let rows: Result<Vec<Session>, _> = sqlx::query_as(
+            let rows: Result<Vec<Session>, _> = sqlx::query_as(concat!(
                 "SELECT pid, query_start, coalesce(wait_event_type = 'Lock', false), \
-                            (extract(epoch FROM clock_timestamp() - query_start) * 1000)::bigint, \
-                            left(query, $2) \
-                     FROM pg_stat_activity \
-                     WHERE state = 'active' AND pid <> pg_backend_pid() \
-                       AND EXISTS (SELECT 1 FROM unnest($1::text[]) c \
-                                   WHERE datname = c OR starts_with(datname, c || '_'))",
-            )
+                        (extract(epoch FROM clock_timestamp() - query_start) * 1000)::bigint, \
+                        left(query, $2) \
+                 FROM pg_stat_activity \
+                 WHERE state = 'active' AND pid <> pg_backend_pid() AND ",
+                of_the_copies!()
+            ))
             .bind(*copies)
             .bind(STATEMENT_CHARS)
             .fetch_all(&mut *c)
