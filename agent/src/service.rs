@@ -383,17 +383,13 @@ impl CommandService {
     /// interaction, from that (checked: signature, age, the same command, keyed by the
     /// interaction's id), with the proof attached to the actor so that the events record it.
     fn caller(&self, req: &CommandRequest, now: OffsetDateTime) -> Result<Caller, String> {
-        let asserted = || Caller {
-            actor: req.actor.clone(),
-            roles: req.roles.clone(),
-        };
         let Some(proof) = &req.proof else {
-            return Ok(asserted());
+            return Ok(asserted(req));
         };
         // Without the application's public key a proof cannot be checked: the command is
         // taken as the bot asserts it (and recorded so), never with an unchecked proof.
         let Some(key) = self.discord.verifying_key() else {
-            return Ok(asserted());
+            return Ok(asserted(req));
         };
         let action = interaction::verify(
             proof,
@@ -435,11 +431,7 @@ impl CommandService {
             && let Ok(loaded) = self.store.load(run).await
             && loaded.state.is_some()
         {
-            let caller = Caller {
-                actor: req.actor.clone(),
-                roles: req.roles.clone(),
-            };
-            self.audit(loaded.cursor, req, &caller, &rejection, now)
+            self.audit(loaded.cursor, req, &asserted(req), &rejection, now)
                 .await;
         }
         rejected(rejection.reason)
@@ -806,6 +798,14 @@ enum Stored {
 enum Claim {
     Ours(u64),
     Done(CommandReply),
+}
+
+/// The caller as the request asserts it: its actor and roles, unproved.
+fn asserted(req: &CommandRequest) -> Caller {
+    Caller {
+        actor: req.actor.clone(),
+        roles: req.roles.clone(),
+    }
 }
 
 /// Where a request's outcome is kept: under its idempotency key, hashed (keys come from
